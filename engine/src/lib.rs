@@ -1,0 +1,11 @@
+//! Basalt's storage: everything that keeps state, and nothing that talks to a network.
+//!
+//! - [`mvcc`]: etcd's multi-version key space (revisions, key index, Range/Put/DeleteRange/Txn/Compact).
+//! - [`wal`]: the segmented write-ahead log, the durability point of every write.
+//! - [`btree`]: the copy-on-write B+tree file that holds MVCC revisions.
+//!
+//! This crate must never open a socket; `net` wires it to the outside world.
+
+pub mod btree;
+pub mod mvcc;
+pub mod wal;

@@ -1,0 +1,1 @@
+//! gRPC over h2 on glommio (placeholder).

@@ -1,0 +1,1 @@
+//! Raft consensus as a pure state machine (placeholder; see issue 4).
