@@ -1,0 +1,374 @@
+//! Command-line flags and `ETCD_*` environment variables, named exactly as etcd 3.5 names them,
+//! so that a deployment script written for etcd starts Basalt unchanged.
+//!
+//! Go's flag package (which etcd uses) accepts `-flag`, `--flag`, `--flag=value` and
+//! `--flag value`; [`normalize_go_flags`] rewrites the single-dash spelling so clap sees one form.
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// etcd's default for `--max-request-bytes` (1.5 MiB).
+pub const MAX_REQUEST_BYTES_DEFAULT: usize = 1024 * 1024 + 512 * 1024;
+/// etcd's default for `--max-txn-ops`.
+pub const MAX_TXN_OPS_DEFAULT: usize = 128;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "basalt",
+    about = "Basalt: an etcd v3 compatible key-value server",
+    disable_version_flag = true,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub server: ServerFlags,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the records of a member's write-ahead log (what etcd-dump-log does).
+    DumpLog(DumpLogFlags),
+}
+
+#[derive(Debug, Args)]
+pub struct DumpLogFlags {
+    /// The member's data directory (the WAL is read from <data-dir>/member/wal).
+    #[arg(long = "data-dir")]
+    pub data_dir: PathBuf,
+    /// First raft index to print.
+    #[arg(long = "start-index", default_value_t = 0)]
+    pub start_index: u64,
+    /// Last raft index to print (inclusive); all when absent.
+    #[arg(long = "end-index")]
+    pub end_index: Option<u64>,
+    /// Only print records of this type.
+    #[arg(long = "entry-type")]
+    pub entry_type: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServerFlags {
+    /// Print the version and exit.
+    #[arg(long = "version", action = ArgAction::SetTrue)]
+    pub version: bool,
+
+    // ---- member ----
+    /// Human-readable name for this member.
+    #[arg(long, env = "ETCD_NAME", default_value = "default")]
+    pub name: String,
+    /// Path to the data directory (default: "${name}.basalt").
+    #[arg(long = "data-dir", env = "ETCD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Path to a dedicated WAL directory (default: inside the data directory).
+    #[arg(long = "wal-dir", env = "ETCD_WAL_DIR")]
+    pub wal_dir: Option<PathBuf>,
+    /// Committed entries that trigger a snapshot to disk.
+    #[arg(long = "snapshot-count", env = "ETCD_SNAPSHOT_COUNT", default_value_t = 100_000)]
+    pub snapshot_count: u64,
+    /// Time (in milliseconds) of a heartbeat interval.
+    #[arg(long = "heartbeat-interval", env = "ETCD_HEARTBEAT_INTERVAL", default_value_t = 100)]
+    pub heartbeat_interval_ms: u64,
+    /// Time (in milliseconds) for an election to time out.
+    #[arg(long = "election-timeout", env = "ETCD_ELECTION_TIMEOUT", default_value_t = 1000)]
+    pub election_timeout_ms: u64,
+    /// List of URLs to listen on for peer traffic.
+    #[arg(long = "listen-peer-urls", env = "ETCD_LISTEN_PEER_URLS", default_value = "http://localhost:2380", value_delimiter = ',')]
+    pub listen_peer_urls: Vec<String>,
+    /// List of URLs to listen on for client traffic.
+    #[arg(long = "listen-client-urls", env = "ETCD_LISTEN_CLIENT_URLS", default_value = "http://localhost:2379", value_delimiter = ',')]
+    pub listen_client_urls: Vec<String>,
+    /// List of URLs to listen on for the metrics and health endpoints.
+    #[arg(long = "listen-metrics-urls", env = "ETCD_LISTEN_METRICS_URLS", value_delimiter = ',')]
+    pub listen_metrics_urls: Vec<String>,
+    /// Maximum number of snapshot files to retain (0 is unlimited).
+    #[arg(long = "max-snapshots", env = "ETCD_MAX_SNAPSHOTS", default_value_t = 5)]
+    pub max_snapshots: u32,
+    /// Maximum number of WAL files to retain (0 is unlimited).
+    #[arg(long = "max-wals", env = "ETCD_MAX_WALS", default_value_t = 5)]
+    pub max_wals: u32,
+    /// Raise an alarm when the backend size exceeds this many bytes (0 means the default, 2 GiB).
+    #[arg(long = "quota-backend-bytes", env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
+    pub quota_backend_bytes: i64,
+    /// Maximum number of operations permitted in a transaction.
+    #[arg(long = "max-txn-ops", env = "ETCD_MAX_TXN_OPS", default_value_t = MAX_TXN_OPS_DEFAULT)]
+    pub max_txn_ops: usize,
+    /// Maximum client request size in bytes the server will accept.
+    #[arg(long = "max-request-bytes", env = "ETCD_MAX_REQUEST_BYTES", default_value_t = MAX_REQUEST_BYTES_DEFAULT)]
+    pub max_request_bytes: usize,
+    /// Minimum interval a client should wait before pinging the server (Go duration, e.g. 5s).
+    #[arg(long = "grpc-keepalive-min-time", env = "ETCD_GRPC_KEEPALIVE_MIN_TIME", default_value = "5s", value_parser = parse_go_duration)]
+    pub grpc_keepalive_min_time: Duration,
+    /// Frequency of server-to-client pings to check that a connection is alive (0 disables).
+    #[arg(long = "grpc-keepalive-interval", env = "ETCD_GRPC_KEEPALIVE_INTERVAL", default_value = "2h", value_parser = parse_go_duration)]
+    pub grpc_keepalive_interval: Duration,
+    /// How long to wait for a ping answer before closing the connection.
+    #[arg(long = "grpc-keepalive-timeout", env = "ETCD_GRPC_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = parse_go_duration)]
+    pub grpc_keepalive_timeout: Duration,
+    /// Accepted for compatibility: Basalt always listens with SO_REUSEPORT (one listener per core).
+    #[arg(long = "socket-reuse-port", env = "ETCD_SOCKET_REUSE_PORT", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true")]
+    pub socket_reuse_port: bool,
+    /// Accepted for compatibility (SO_REUSEADDR is always set).
+    #[arg(long = "socket-reuse-address", env = "ETCD_SOCKET_REUSE_ADDRESS", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true")]
+    pub socket_reuse_address: bool,
+
+    // ---- clustering ----
+    /// List of this member's peer URLs to advertise to the rest of the cluster.
+    #[arg(long = "initial-advertise-peer-urls", env = "ETCD_INITIAL_ADVERTISE_PEER_URLS", default_value = "http://localhost:2380", value_delimiter = ',')]
+    pub initial_advertise_peer_urls: Vec<String>,
+    /// Initial cluster configuration for bootstrapping (name=peer-url,...).
+    #[arg(long = "initial-cluster", env = "ETCD_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+    /// Initial cluster state: new or existing.
+    #[arg(long = "initial-cluster-state", env = "ETCD_INITIAL_CLUSTER_STATE", default_value = "new", value_parser = ["new", "existing"])]
+    pub initial_cluster_state: String,
+    /// Initial cluster token for the cluster during bootstrap.
+    #[arg(long = "initial-cluster-token", env = "ETCD_INITIAL_CLUSTER_TOKEN", default_value = "etcd-cluster")]
+    pub initial_cluster_token: String,
+    /// List of this member's client URLs to advertise to the public.
+    #[arg(long = "advertise-client-urls", env = "ETCD_ADVERTISE_CLIENT_URLS", default_value = "http://localhost:2379", value_delimiter = ',')]
+    pub advertise_client_urls: Vec<String>,
+    /// Reject reconfiguration requests that would cause quorum loss.
+    #[arg(long = "strict-reconfig-check", env = "ETCD_STRICT_RECONFIG_CHECK", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value = "true", default_missing_value = "true")]
+    pub strict_reconfig_check: bool,
+    /// Enable the raft pre-vote phase.
+    #[arg(long = "pre-vote", env = "ETCD_PRE_VOTE", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value = "true", default_missing_value = "true")]
+    pub pre_vote: bool,
+    /// Auto compaction retention (hours for periodic mode unless a unit is given; revisions otherwise).
+    #[arg(long = "auto-compaction-retention", env = "ETCD_AUTO_COMPACTION_RETENTION", default_value = "0")]
+    pub auto_compaction_retention: String,
+    /// Interpret the retention as a period ("periodic") or a revision count ("revision").
+    #[arg(long = "auto-compaction-mode", env = "ETCD_AUTO_COMPACTION_MODE", default_value = "periodic", value_parser = ["periodic", "revision"])]
+    pub auto_compaction_mode: String,
+    /// Force a new single-member cluster from this member's existing data.
+    #[arg(long = "force-new-cluster", env = "ETCD_FORCE_NEW_CLUSTER", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true")]
+    pub force_new_cluster: bool,
+
+    // ---- security ----
+    /// Path to the client server TLS certificate file.
+    #[arg(long = "cert-file", env = "ETCD_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// Path to the client server TLS key file.
+    #[arg(long = "key-file", env = "ETCD_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Enable client certificate authentication.
+    #[arg(long = "client-cert-auth", env = "ETCD_CLIENT_CERT_AUTH", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true")]
+    pub client_cert_auth: bool,
+    /// Path to the client server TLS trusted CA file.
+    #[arg(long = "trusted-ca-file", env = "ETCD_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Path to the peer server TLS certificate file.
+    #[arg(long = "peer-cert-file", env = "ETCD_PEER_CERT_FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+    /// Path to the peer server TLS key file.
+    #[arg(long = "peer-key-file", env = "ETCD_PEER_KEY_FILE")]
+    pub peer_key_file: Option<PathBuf>,
+    /// Enable peer client certificate authentication.
+    #[arg(long = "peer-client-cert-auth", env = "ETCD_PEER_CLIENT_CERT_AUTH", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true")]
+    pub peer_client_cert_auth: bool,
+    /// Path to the peer server TLS trusted CA file.
+    #[arg(long = "peer-trusted-ca-file", env = "ETCD_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Auth token type and options: simple or jwt,...
+    #[arg(long = "auth-token", env = "ETCD_AUTH_TOKEN", default_value = "simple")]
+    pub auth_token: String,
+    /// bcrypt cost for hashing auth passwords.
+    #[arg(long = "bcrypt-cost", env = "ETCD_BCRYPT_COST", default_value_t = 10)]
+    pub bcrypt_cost: u32,
+
+    // ---- logging and monitoring ----
+    /// Logger (only "zap" exists in etcd 3.5; accepted for compatibility).
+    #[arg(long, env = "ETCD_LOGGER", default_value = "zap")]
+    pub logger: String,
+    /// Log level: debug, info, warn, error, panic or fatal.
+    #[arg(long = "log-level", env = "ETCD_LOG_LEVEL", default_value = "info", value_parser = ["debug", "info", "warn", "error", "panic", "fatal"])]
+    pub log_level: String,
+    /// Where to write logs: stderr, stdout or a file path.
+    #[arg(long = "log-outputs", env = "ETCD_LOG_OUTPUTS", default_value = "default", value_delimiter = ',')]
+    pub log_outputs: Vec<String>,
+    /// Metrics detail: basic or extensive.
+    #[arg(long, env = "ETCD_METRICS", default_value = "basic", value_parser = ["basic", "extensive"])]
+    pub metrics: String,
+    /// Enable runtime profiling data over HTTP (accepted; Basalt has no Go profiler to expose).
+    #[arg(long = "enable-pprof", env = "ETCD_ENABLE_PPROF", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true")]
+    pub enable_pprof: bool,
+
+    // ---- experimental (etcd's names) ----
+    /// Interval of watch progress notifications.
+    #[arg(long = "experimental-watch-progress-notify-interval", env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL", default_value = "10m", value_parser = parse_go_duration)]
+    pub watch_progress_notify_interval: Duration,
+    /// Check database corruption on start.
+    #[arg(long = "experimental-initial-corrupt-check", env = "ETCD_EXPERIMENTAL_INITIAL_CORRUPT_CHECK", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true")]
+    pub initial_corrupt_check: bool,
+    /// Interval between corruption checks across members (0 disables).
+    #[arg(long = "experimental-corrupt-check-time", env = "ETCD_EXPERIMENTAL_CORRUPT_CHECK_TIME", default_value = "0s", value_parser = parse_go_duration)]
+    pub corrupt_check_time: Duration,
+
+    // ---- Basalt's own ----
+    /// Number of cores (glommio executors) serving clients; 0 means every core.
+    #[arg(long, env = "BASALT_CORES", default_value_t = 0)]
+    pub cores: usize,
+}
+
+impl ServerFlags {
+    /// The data directory, defaulting like etcd's `${name}.etcd` but with Basalt's own suffix so
+    /// an etcd data directory is never mistaken for ours.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("{}.basalt", self.name)))
+    }
+}
+
+/// Rewrites Go's single-dash long flags (`-name x`, `-data-dir=y`) into `--name x`, leaving short
+/// flags (`-h`), values, a lone `-` and everything after `--` untouched.
+pub fn normalize_go_flags(args: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut seen_separator = false;
+    args.into_iter()
+        .enumerate()
+        .map(|(position, arg)| {
+            if position == 0 || seen_separator {
+                return arg;
+            }
+            if arg == "--" {
+                seen_separator = true;
+                return arg;
+            }
+            let is_single_dash_long = arg.starts_with('-')
+                && !arg.starts_with("--")
+                && arg.len() > 2
+                && arg.as_bytes()[1].is_ascii_alphabetic();
+            if is_single_dash_long {
+                format!("-{arg}")
+            } else {
+                arg
+            }
+        })
+        .collect()
+}
+
+/// Parses a Go `time.Duration` string such as `5s`, `100ms`, `1h30m` or `0`.
+pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let invalid = || format!("time: invalid duration \"{text}\"");
+    let mut rest = text;
+    let mut total_ns: f64 = 0.0;
+    if rest.is_empty() {
+        return Err(invalid());
+    }
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| format!("time: missing unit in duration \"{text}\""))?;
+        if number_len == 0 {
+            return Err(invalid());
+        }
+        let number: f64 = rest[..number_len].parse().map_err(|_| invalid())?;
+        rest = &rest[number_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let unit_ns = match &rest[..unit_len] {
+            "ns" => 1.0,
+            "us" | "µs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            unit => return Err(format!("time: unknown unit \"{unit}\" in duration \"{text}\"")),
+        };
+        total_ns += number * unit_ns;
+        rest = &rest[unit_len..];
+    }
+    Ok(Duration::from_nanos(total_ns as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        let args = normalize_go_flags(args.iter().map(|s| s.to_string()));
+        Cli::try_parse_from(args)
+    }
+
+    #[test]
+    fn defaults_match_etcd() {
+        let cli = parse(&["basalt"]).unwrap();
+        let flags = cli.server;
+        assert_eq!(flags.name, "default");
+        assert_eq!(flags.data_dir(), PathBuf::from("default.basalt"));
+        assert_eq!(flags.listen_client_urls, vec!["http://localhost:2379"]);
+        assert_eq!(flags.max_txn_ops, 128);
+        assert_eq!(flags.max_request_bytes, 1_572_864);
+        assert_eq!(flags.snapshot_count, 100_000);
+        assert_eq!(flags.max_wals, 5);
+    }
+
+    #[test]
+    fn go_style_spellings_are_accepted() {
+        let cases: &[&[&str]] = &[
+            &["basalt", "--name", "n1"],
+            &["basalt", "--name=n1"],
+            &["basalt", "-name", "n1"],
+            &["basalt", "-name=n1"],
+        ];
+        for args in cases {
+            let cli = parse(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            assert_eq!(cli.server.name, "n1", "{args:?}");
+        }
+    }
+
+    #[test]
+    fn go_booleans_take_an_optional_value() {
+        assert!(parse(&["basalt", "--force-new-cluster"]).unwrap().server.force_new_cluster);
+        assert!(!parse(&["basalt", "--pre-vote=false"]).unwrap().server.pre_vote);
+        assert!(parse(&["basalt", "--pre-vote=maybe"]).is_err());
+    }
+
+    #[test]
+    fn url_lists_split_on_commas() {
+        let cli = parse(&[
+            "basalt",
+            "--listen-client-urls",
+            "http://127.0.0.1:1,http://127.0.0.1:2",
+        ])
+        .unwrap();
+        assert_eq!(cli.server.listen_client_urls.len(), 2);
+    }
+
+    #[test]
+    fn unknown_and_malformed_flags_are_rejected() {
+        assert!(parse(&["basalt", "--no-such-flag"]).is_err());
+        assert!(parse(&["basalt", "--max-txn-ops", "many"]).is_err());
+        assert!(parse(&["basalt", "--initial-cluster-state", "old"]).is_err());
+        assert!(parse(&["basalt", "--grpc-keepalive-min-time", "5 parsecs"]).is_err());
+    }
+
+    #[test]
+    fn go_durations_parse() {
+        let cases = [
+            ("0", Duration::ZERO),
+            ("5s", Duration::from_secs(5)),
+            ("100ms", Duration::from_millis(100)),
+            ("1h30m", Duration::from_secs(5400)),
+            ("1.5s", Duration::from_millis(1500)),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse_go_duration(text), Ok(expected), "{text}");
+        }
+        for bad in ["", "s", "5", "5x", "-"] {
+            assert!(parse_go_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn subcommands_do_not_mix_with_server_flags() {
+        let cli = parse(&["basalt", "dump-log", "--data-dir", "d"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::DumpLog(_))));
+    }
+}
