@@ -1,7 +1,8 @@
 //! Compiles `proto/` with protox (pure Rust, no system protoc) into prost
 //! types, and writes `methods.rs`: the table of every gRPC method the files
 //! declare, so the server knows each method's path and streaming shape without
-//! a hand-kept list that could drift from the .proto files.
+//! a hand-kept list that could drift from the .proto files. The compiled
+//! descriptor set is also left in OUT_DIR for `tests/descriptors.rs`.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -25,6 +26,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out_dir.join("methods.rs"), methods_rs)?;
+    // Kept for the test that compares our schema with the one compiled into etcd.
+    std::fs::write(
+        out_dir.join("file_descriptor_set.bin"),
+        protox::prost::Message::encode_to_vec(&fds),
+    )?;
 
     prost_build::Config::new()
         // Values and keys are handed between layers without copying.
