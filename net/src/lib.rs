@@ -1,1 +1,27 @@
-//! gRPC over h2 on glommio (placeholder).
+//! Basalt's network edge: etcd's v3 gRPC API over h2 on glommio, one executor per core.
+//!
+//! - [`server`]: executors, SO_REUSEPORT listeners, HTTP/2 vs HTTP/1.1 on accept, streams.
+//! - [`service`]: which gRPC path runs what; validation before execution; response headers.
+//! - [`kv`]: the [`KvService`] seam, served today by one in-memory store ([`LocalKv`]).
+//! - [`status`]: gRPC status codes and the one table from Basalt's errors to etcd's.
+//! - [`client`]: a small gRPC client on the same stack, for benches and tests.
+//!
+//! This crate owns sockets and wire formats. It must never hold KV state or decide KV
+//! semantics: every request goes through [`KvService`], and every error it shows a client is
+//! etcd's, mapped in [`status`].
+
+pub mod client;
+mod config;
+mod grpc;
+mod http1;
+mod io;
+pub mod kv;
+mod server;
+mod service;
+pub mod status;
+
+pub use config::{parse_client_url, NetError, ServerConfig, GRPC_OVERHEAD_BYTES};
+pub use kv::{KvService, LocalKv, StoreStatus};
+pub use server::{run, spawn, spawn_with, ServerHandle};
+pub use service::{ETCD_CLUSTER_VERSION, ETCD_SERVER_VERSION};
+pub use status::{Code, Status};

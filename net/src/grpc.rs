@@ -1,0 +1,315 @@
+//! gRPC framing over one h2 stream, shared by the server and the client.
+//!
+//! Each message on the wire (gRPC over HTTP/2 spec, "Length-Prefixed-Message"):
+//! ```text
+//!   byte 0      compressed flag (0 = plain; Basalt supports no compression)
+//!   bytes 1..5  message length, u32 big-endian
+//!   bytes 5..   the protobuf message, `length` bytes
+//! ```
+//! A message may span many DATA frames and a DATA frame may hold many messages.
+//! A call ends with trailers `grpc-status` (decimal code) and `grpc-message` (percent-encoded),
+//! or, when nothing was sent yet, with a single HEADERS frame that carries them
+//! ("trailers-only").
+
+use crate::status::{percent_decode, percent_encode, Code, Status};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use h2::{RecvStream, SendStream};
+use http::{HeaderMap, HeaderValue};
+use std::collections::VecDeque;
+use std::future::poll_fn;
+
+pub(crate) const PREFIX_BYTES: usize = 5;
+pub(crate) const CONTENT_TYPE: &str = "application/grpc";
+
+/// Frames one protobuf message: the prefix and the body in one contiguous buffer, so it goes
+/// out as one DATA frame when the window allows.
+pub(crate) fn encode<M: prost::Message>(message: &M) -> Bytes {
+    let body_bytes = message.encoded_len();
+    let mut out = BytesMut::with_capacity(PREFIX_BYTES + body_bytes);
+    out.put_u8(0);
+    out.put_u32(u32::try_from(body_bytes).expect("a protobuf message is below 4 GiB"));
+    message
+        .encode(&mut out)
+        .expect("the buffer was sized by encoded_len");
+    debug_assert_eq!(out.len(), PREFIX_BYTES + body_bytes);
+    out.freeze()
+}
+
+/// Decodes one message body into `M`, with grpc-go's status for a body that does not parse.
+pub(crate) fn decode<M: prost::Message + Default>(body: Bytes, what: &str) -> Result<M, Status> {
+    M::decode(body).map_err(|e| Status::internal(format!("grpc: error unmarshalling {what}: {e}")))
+}
+
+/// Reads length-prefixed messages from one h2 stream.
+///
+/// Flow-control capacity is released as soon as a DATA frame is taken off the stream: the
+/// bytes then count against `message_bytes_max`, which bounds what one stream can buffer.
+pub(crate) struct MessageReader {
+    body: RecvStream,
+    chunks: VecDeque<Bytes>,
+    buffered_bytes: usize,
+    message_bytes_max: usize,
+    /// The peer declared a grpc-encoding other than identity; it may still send plain messages.
+    encoding: Option<String>,
+}
+
+impl MessageReader {
+    pub(crate) fn new(
+        body: RecvStream,
+        message_bytes_max: usize,
+        encoding: Option<String>,
+    ) -> Self {
+        Self {
+            body,
+            chunks: VecDeque::new(),
+            buffered_bytes: 0,
+            message_bytes_max,
+            encoding,
+        }
+    }
+
+    /// The next whole message body, `None` once the peer ended the stream cleanly between
+    /// messages.
+    pub(crate) async fn next(&mut self) -> Result<Option<Bytes>, Status> {
+        loop {
+            if let Some(body_bytes) = self.complete_message()? {
+                return Ok(Some(self.take(body_bytes)));
+            }
+            match self.body.data().await {
+                Some(Ok(chunk)) => {
+                    // Releasing at once is safe because buffering is capped per message by
+                    // `complete_message`; holding capacity back would only stall the peer.
+                    let chunk_bytes = chunk.len();
+                    self.body
+                        .flow_control()
+                        .release_capacity(chunk_bytes)
+                        .map_err(stream_error)?;
+                    if chunk_bytes > 0 {
+                        self.buffered_bytes += chunk_bytes;
+                        self.chunks.push_back(chunk);
+                    }
+                }
+                Some(Err(e)) => return Err(stream_error(e)),
+                None if self.buffered_bytes == 0 => return Ok(None),
+                None => {
+                    return Err(Status::internal(format!(
+                        "grpc: stream ended inside a message ({} bytes of a frame received)",
+                        self.buffered_bytes
+                    )))
+                }
+            }
+        }
+    }
+
+    /// The trailers that ended the stream (client side).
+    pub(crate) async fn trailers(&mut self) -> Result<Option<HeaderMap>, Status> {
+        self.body.trailers().await.map_err(stream_error)
+    }
+
+    /// The body length of the message at the head of the buffer once all of it has arrived;
+    /// rejects the message as soon as its prefix shows it can never be accepted.
+    fn complete_message(&self) -> Result<Option<usize>, Status> {
+        let mut prefix = [0u8; PREFIX_BYTES];
+        if !self.peek(&mut prefix) {
+            return Ok(None);
+        }
+        if prefix[0] != 0 {
+            return Err(match self.encoding.as_deref() {
+                None | Some("identity") => {
+                    Status::internal("grpc: compressed flag set with identity or empty encoding")
+                }
+                Some(other) => Status::unimplemented(format!(
+                    "grpc: Decompressor is not installed for grpc-encoding \"{other}\""
+                )),
+            });
+        }
+        let body_bytes = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+        if body_bytes > self.message_bytes_max {
+            return Err(Status::new(
+                Code::ResourceExhausted,
+                format!(
+                    "grpc: received message larger than max ({} vs. {})",
+                    body_bytes, self.message_bytes_max
+                ),
+            ));
+        }
+        Ok((self.buffered_bytes >= PREFIX_BYTES + body_bytes).then_some(body_bytes))
+    }
+
+    fn peek(&self, out: &mut [u8]) -> bool {
+        if self.buffered_bytes < out.len() {
+            return false;
+        }
+        let mut filled = 0;
+        for chunk in &self.chunks {
+            let n = chunk.len().min(out.len() - filled);
+            out[filled..filled + n].copy_from_slice(&chunk[..n]);
+            filled += n;
+            if filled == out.len() {
+                break;
+            }
+        }
+        true
+    }
+
+    /// Removes one framed message from the buffer and returns its body. A body that sits in a
+    /// single DATA frame (the usual case) is returned without copying.
+    fn take(&mut self, body_bytes: usize) -> Bytes {
+        self.skip(PREFIX_BYTES);
+        self.buffered_bytes -= body_bytes;
+        let front = self.chunks.front_mut().map(|c| c.len()).unwrap_or(0);
+        if front >= body_bytes {
+            let chunk = self.chunks.front_mut().expect("front exists");
+            let body = chunk.split_to(body_bytes);
+            if chunk.is_empty() {
+                self.chunks.pop_front();
+            }
+            return body;
+        }
+        let mut body = BytesMut::with_capacity(body_bytes);
+        while body.len() < body_bytes {
+            let chunk = self.chunks.front_mut().expect("buffered_bytes counted it");
+            let n = chunk.len().min(body_bytes - body.len());
+            body.put_slice(&chunk[..n]);
+            chunk.advance(n);
+            if chunk.is_empty() {
+                self.chunks.pop_front();
+            }
+        }
+        body.freeze()
+    }
+
+    fn skip(&mut self, mut n: usize) {
+        assert!(self.buffered_bytes >= n);
+        self.buffered_bytes -= n;
+        while n > 0 {
+            let chunk = self.chunks.front_mut().expect("buffered_bytes counted it");
+            let k = chunk.len().min(n);
+            chunk.advance(k);
+            n -= k;
+            if chunk.is_empty() {
+                self.chunks.pop_front();
+            }
+        }
+    }
+}
+
+/// Sends messages on one h2 stream, waiting for flow-control capacity so a slow reader
+/// holds back its sender instead of growing our buffers.
+pub(crate) struct MessageWriter {
+    body: SendStream<Bytes>,
+}
+
+impl MessageWriter {
+    pub(crate) fn new(body: SendStream<Bytes>) -> Self {
+        Self { body }
+    }
+
+    /// Queues one framed message after the peer's window has room for it.
+    pub(crate) async fn send(&mut self, mut framed: Bytes) -> Result<(), Status> {
+        while !framed.is_empty() {
+            self.body.reserve_capacity(framed.len());
+            let granted = poll_fn(|cx| self.body.poll_capacity(cx))
+                .await
+                .ok_or_else(|| Status::new(Code::Unavailable, "stream closed by peer"))?
+                .map_err(stream_error)?;
+            if granted == 0 {
+                continue;
+            }
+            let chunk = framed.split_to(granted.min(framed.len()));
+            self.body.send_data(chunk, false).map_err(stream_error)?;
+        }
+        Ok(())
+    }
+
+    /// Queues one framed message without waiting for window: h2 holds it until the peer
+    /// lets it out. Used for the single response of a unary call, whose size the handler
+    /// already bounded, to save a round through the scheduler.
+    pub(crate) fn send_now(&mut self, framed: Bytes) -> Result<(), Status> {
+        self.body.send_data(framed, false).map_err(stream_error)
+    }
+
+    /// Ends the stream with `status` as trailers (server side).
+    pub(crate) fn finish(mut self, status: &Status) -> Result<(), Status> {
+        self.body
+            .send_trailers(status_headers(status))
+            .map_err(stream_error)
+    }
+
+    /// Ends the request stream (client side).
+    pub(crate) fn close(&mut self) -> Result<(), Status> {
+        self.body
+            .send_data(Bytes::new(), true)
+            .map_err(stream_error)
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.body.send_reset(h2::Reason::CANCEL);
+    }
+}
+
+/// The headers that carry a status, as trailers or in a trailers-only response.
+pub(crate) fn status_headers(status: &Status) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(2);
+    headers.insert(
+        "grpc-status",
+        HeaderValue::from(u16::from(status.code.as_wire())),
+    );
+    if !status.message.is_empty() {
+        let encoded = percent_encode(&status.message);
+        let value =
+            HeaderValue::from_str(&encoded).expect("percent-encoding leaves only visible ASCII");
+        headers.insert("grpc-message", value);
+    }
+    headers
+}
+
+/// The status carried by `headers`, if they carry one.
+pub(crate) fn status_from_headers(headers: &HeaderMap) -> Option<Status> {
+    let code = headers.get("grpc-status")?;
+    let code = std::str::from_utf8(code.as_bytes())
+        .ok()
+        .and_then(|s| s.parse::<u32>().ok())
+        .map(Code::from_wire)
+        .unwrap_or(Code::Unknown);
+    let message = headers
+        .get("grpc-message")
+        .map(|m| percent_decode(m.as_bytes()))
+        .unwrap_or_default();
+    Some(Status::new(code, message))
+}
+
+/// The status for an h2 failure on one stream: the peer reset it or the connection broke.
+pub(crate) fn stream_error(err: h2::Error) -> Status {
+    if err.reason() == Some(h2::Reason::CANCEL) {
+        Status::new(Code::Cancelled, "stream cancelled by peer")
+    } else {
+        Status::new(Code::Unavailable, format!("transport: {err}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_headers_round_trip() {
+        for status in [
+            Status::ok(),
+            Status::new(
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision has been compacted",
+            ),
+            Status::new(Code::Internal, "bad: 100% ✗"),
+        ] {
+            assert_eq!(status_from_headers(&status_headers(&status)), Some(status));
+        }
+    }
+
+    #[test]
+    fn framing_prefix_is_flag_then_big_endian_length() {
+        let framed = encode(&Bytes::from_static(b"abc").to_vec());
+        // A Vec<u8> encodes as a bytes field 1: tag 0x0a, length 3, then the bytes.
+        assert_eq!(&framed[..], &[0, 0, 0, 0, 5, 0x0a, 3, b'a', b'b', b'c']);
+    }
+}

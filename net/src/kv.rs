@@ -1,0 +1,112 @@
+//! The seam between the gRPC edge and whatever executes KV requests.
+//!
+//! Today [`LocalKv`] runs them on one in-memory [`KvStore`] shared by every core behind a lock.
+//! The durable server replaces only that implementation (proposals batched to the raft core);
+//! framing, validation and error mapping stay where they are.
+
+use crate::status::Status;
+use basalt_engine::mvcc::KvStore;
+use basalt_proto::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+};
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Executes already-validated KV requests. One value lives on each core (built there by the
+/// factory given to [`crate::spawn_with`]), so implementations need not be `Send`.
+///
+/// Responses carry `header.revision`; the edge fills cluster id, member id and raft term.
+pub trait KvService: 'static {
+    fn range(&self, req: RangeRequest) -> impl Future<Output = Result<RangeResponse, Status>>;
+    fn put(&self, req: PutRequest) -> impl Future<Output = Result<PutResponse, Status>>;
+    fn delete_range(
+        &self,
+        req: DeleteRangeRequest,
+    ) -> impl Future<Output = Result<DeleteRangeResponse, Status>>;
+    fn txn(&self, req: TxnRequest) -> impl Future<Output = Result<TxnResponse, Status>>;
+    fn compact(
+        &self,
+        req: CompactionRequest,
+    ) -> impl Future<Output = Result<CompactionResponse, Status>>;
+    /// What Maintenance.Status reports about the store and consensus.
+    fn status(&self) -> impl Future<Output = Result<StoreStatus, Status>>;
+    /// The raft term for response headers.
+    fn raft_term(&self) -> u64;
+}
+
+/// The state behind Maintenance.Status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreStatus {
+    pub revision: i64,
+    pub raft_index: u64,
+    pub raft_term: u64,
+    pub db_size_bytes: i64,
+}
+
+/// The single-node, in-memory executor: one store shared by every core.
+#[derive(Clone)]
+pub struct LocalKv {
+    store: Arc<Mutex<KvStore>>,
+}
+
+/// The term a single member reaches after electing itself at start-up.
+const LOCAL_RAFT_TERM: u64 = 2;
+
+impl Default for LocalKv {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LocalKv {
+    pub fn new() -> Self {
+        Self {
+            store: Arc::new(Mutex::new(KvStore::new())),
+        }
+    }
+
+    fn store(&self) -> MutexGuard<'_, KvStore> {
+        // A panic while holding the lock means the store may be half-updated; serving from it
+        // would return wrong data, so every later request fails loudly instead.
+        self.store
+            .lock()
+            .expect("the KV store panicked during an earlier request")
+    }
+}
+
+impl KvService for LocalKv {
+    async fn range(&self, req: RangeRequest) -> Result<RangeResponse, Status> {
+        Ok(self.store().range(&req)?)
+    }
+
+    async fn put(&self, req: PutRequest) -> Result<PutResponse, Status> {
+        Ok(self.store().put(&req)?)
+    }
+
+    async fn delete_range(&self, req: DeleteRangeRequest) -> Result<DeleteRangeResponse, Status> {
+        Ok(self.store().delete_range(&req)?)
+    }
+
+    async fn txn(&self, req: TxnRequest) -> Result<TxnResponse, Status> {
+        Ok(self.store().txn(&req)?)
+    }
+
+    async fn compact(&self, req: CompactionRequest) -> Result<CompactionResponse, Status> {
+        Ok(self.store().compact(&req)?)
+    }
+
+    async fn status(&self) -> Result<StoreStatus, Status> {
+        let revision = self.store().current_revision();
+        Ok(StoreStatus {
+            revision,
+            raft_index: u64::try_from(revision).unwrap_or(0),
+            raft_term: LOCAL_RAFT_TERM,
+            db_size_bytes: 0,
+        })
+    }
+
+    fn raft_term(&self) -> u64 {
+        LOCAL_RAFT_TERM
+    }
+}

@@ -1,0 +1,369 @@
+//! Executors, listeners and connections: one glommio executor per core, each accepting on
+//! every client port through its own SO_REUSEPORT socket, so the kernel spreads connections
+//! over cores and a connection stays on the core that accepted it for its whole life.
+
+use crate::config::{allowed_cpus, parse_client_url, NetError, ServerConfig};
+use crate::grpc::{MessageReader, CONTENT_TYPE};
+use crate::io::TokioIo;
+use crate::kv::{KvService, LocalKv};
+use crate::service::{respond_status, ServerCall, Services};
+use crate::status::Status;
+use basalt_engine::mvcc::Limits;
+use bytes::Bytes;
+use futures_lite::AsyncReadExt;
+use glommio::net::{TcpListener, TcpStream};
+use glommio::{LocalExecutorBuilder, Placement};
+use socket2::{Domain, Protocol, Socket, Type};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+/// Pending connections the kernel queues per listening socket before accept.
+const LISTEN_BACKLOG: i32 = 1024;
+/// Pause after a failed accept (EMFILE, ENOMEM) before trying again.
+const ACCEPT_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(10);
+/// The HTTP/2 connection preface starts with these bytes; an HTTP/1.1 request never does.
+const H2_PREFACE_START: &[u8] = b"PRI ";
+/// io_uring registered-buffer memory per executor: network I/O here does not use it, and a
+/// small value keeps many executors under the default RLIMIT_MEMLOCK.
+const EXECUTOR_IO_MEMORY_BYTES: usize = 512 * 1024;
+/// Largest HTTP/2 frame we accept (the h2 default and the spec minimum is 16 KiB; larger
+/// frames cut per-frame overhead on big ranges).
+const H2_FRAME_BYTES_MAX: u32 = 256 * 1024;
+/// Response bytes h2 may buffer per stream beyond the peer's window.
+const H2_SEND_BUFFER_BYTES_MAX: usize = 1 << 20;
+
+/// A running server.
+pub struct ServerHandle {
+    client_addrs: Vec<SocketAddr>,
+    stop: StopSignal,
+    executors: Vec<glommio::ExecutorJoinHandle<()>>,
+}
+
+impl ServerHandle {
+    /// The bound address of each `listen_client_urls` entry, in order (port 0 resolved).
+    pub fn client_addrs(&self) -> &[SocketAddr] {
+        &self.client_addrs
+    }
+
+    /// Stops accepting, drops every connection and waits for the executors to exit.
+    pub fn stop(self) -> Result<(), NetError> {
+        self.stop.raise();
+        self.wait()
+    }
+
+    /// Blocks until the server stops.
+    pub fn wait(self) -> Result<(), NetError> {
+        for (core, executor) in self.executors.into_iter().enumerate() {
+            executor.join().map_err(|e| NetError::ExecutorFailed {
+                core,
+                reason: e.to_string(),
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs the server with the in-memory KV store until it stops.
+pub fn run(config: ServerConfig) -> Result<(), NetError> {
+    spawn(config)?.wait()
+}
+
+/// Starts the server with the in-memory KV store shared by every core, and returns once every
+/// port is bound.
+pub fn spawn(config: ServerConfig) -> Result<ServerHandle, NetError> {
+    let kv = LocalKv::new();
+    spawn_with(config, move |_core| kv.clone())
+}
+
+/// Starts the server with the KV executor that `make_kv` builds on each core.
+pub fn spawn_with<K, F>(config: ServerConfig, make_kv: F) -> Result<ServerHandle, NetError>
+where
+    K: KvService,
+    F: Fn(usize) -> K + Send + Sync + 'static,
+{
+    let cores = config.core_count();
+    let (client_addrs, mut listeners) = bind_listeners(&config.listen_client_urls, cores)?;
+    let make_kv = Arc::new(make_kv);
+    let stop = StopSignal::default();
+    let cpus = allowed_cpus();
+    let mut executors = Vec::with_capacity(cores);
+    for core in (0..cores).rev() {
+        let sockets = listeners.pop().expect("one socket set per core");
+        let placement = match config.pin_cores {
+            true => Placement::Fixed(cpus[core % cpus.len()]),
+            false => Placement::Unbound,
+        };
+        let (config, make_kv, core_stop) = (config.clone(), make_kv.clone(), stop.clone());
+        let executor = LocalExecutorBuilder::new(placement)
+            .name(&format!("basalt-net-{core}"))
+            .io_memory(EXECUTOR_IO_MEMORY_BYTES)
+            .spawn(move || async move {
+                let services = Rc::new(Services {
+                    kv: make_kv(core),
+                    limits: Limits {
+                        max_txn_ops: config.max_txn_ops,
+                        max_request_bytes: config.max_request_bytes,
+                    },
+                    cluster_id: config.cluster_id,
+                    member_id: config.member_id,
+                });
+                serve_core(sockets, Rc::new(config), services, core_stop).await;
+            })
+            .map_err(|e| NetError::Executor {
+                core,
+                reason: e.to_string(),
+            });
+        match executor {
+            Ok(executor) => executors.push(executor),
+            Err(e) => {
+                stop.raise();
+                return Err(e);
+            }
+        }
+    }
+    executors.reverse();
+    Ok(ServerHandle {
+        client_addrs,
+        stop,
+        executors,
+    })
+}
+
+/// Binds one listening socket per (core, URL). Returns the bound address of each URL and the
+/// sockets grouped by core.
+fn bind_listeners(
+    urls: &[String],
+    cores: usize,
+) -> Result<(Vec<SocketAddr>, Vec<Vec<Socket>>), NetError> {
+    if urls.is_empty() {
+        return Err(NetError::NoListenUrls);
+    }
+    let mut bound = Vec::with_capacity(urls.len());
+    let mut per_core: Vec<Vec<Socket>> = (0..cores).map(|_| Vec::new()).collect();
+    for url in urls {
+        let requested = parse_client_url(url)?;
+        let addr = claim_port(requested)?;
+        for sockets in per_core.iter_mut() {
+            sockets.push(reuseport_listener(addr)?);
+        }
+        bound.push(addr);
+    }
+    Ok((bound, per_core))
+}
+
+/// Proves the port free before sharing it: SO_REUSEPORT sockets of the same user would
+/// otherwise bind beside another running server and silently split its clients. Also resolves
+/// port 0 to the port every core then shares.
+fn claim_port(requested: SocketAddr) -> Result<SocketAddr, NetError> {
+    let listen_error = |source| NetError::Listen {
+        addr: requested,
+        source,
+    };
+    let probe = new_socket(requested).map_err(listen_error)?;
+    probe.bind(&requested.into()).map_err(listen_error)?;
+    let local = probe.local_addr().map_err(listen_error)?;
+    Ok(local
+        .as_socket()
+        .expect("an inet socket has an inet address"))
+}
+
+fn reuseport_listener(addr: SocketAddr) -> Result<Socket, NetError> {
+    let listen_error = |source| NetError::Listen { addr, source };
+    let socket = new_socket(addr).map_err(listen_error)?;
+    socket.set_reuse_port(true).map_err(listen_error)?;
+    socket.bind(&addr.into()).map_err(listen_error)?;
+    socket.listen(LISTEN_BACKLOG).map_err(listen_error)?;
+    Ok(socket)
+}
+
+fn new_socket(addr: SocketAddr) -> std::io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // A restarted server must not wait out TIME_WAIT connections of its predecessor.
+    socket.set_reuse_address(true)?;
+    Ok(socket)
+}
+
+/// One core's life: accept on every port until stopped.
+async fn serve_core<K: KvService>(
+    sockets: Vec<Socket>,
+    config: Rc<ServerConfig>,
+    services: Rc<Services<K>>,
+    stop: StopSignal,
+) {
+    for socket in sockets {
+        // SAFETY: the fd comes from a socket we own and bound as a listener; into_raw_fd gives
+        // up that ownership, so the glommio listener is its only owner and closes it.
+        let listener = unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) };
+        let (config, services) = (config.clone(), services.clone());
+        glommio::spawn_local(accept_loop(listener, config, services)).detach();
+    }
+    stop.wait().await;
+}
+
+async fn accept_loop<K: KvService>(
+    listener: TcpListener,
+    config: Rc<ServerConfig>,
+    services: Rc<Services<K>>,
+) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                let (config, services) = (config.clone(), services.clone());
+                glommio::spawn_local(serve_connection(stream, config, services)).detach();
+            }
+            // Out of fds or memory: keep the listener and retry after a pause rather than
+            // taking every client of this core down or spinning on the error.
+            Err(_) => glommio::timer::sleep(ACCEPT_RETRY_DELAY).await,
+        }
+    }
+}
+
+async fn serve_connection<K: KvService>(
+    mut stream: TcpStream,
+    config: Rc<ServerConfig>,
+    services: Rc<Services<K>>,
+) {
+    // Small unary replies must leave at once, not wait for Nagle's timer.
+    let _ = stream.set_nodelay(true);
+    let mut sniffed = Vec::with_capacity(H2_PREFACE_START.len());
+    while sniffed.len() < H2_PREFACE_START.len() && H2_PREFACE_START.starts_with(&sniffed) {
+        let mut byte_buf = [0u8; 4];
+        let want = H2_PREFACE_START.len() - sniffed.len();
+        match stream.read(&mut byte_buf[..want]).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => sniffed.extend_from_slice(&byte_buf[..n]),
+        }
+    }
+    if sniffed == H2_PREFACE_START {
+        serve_h2(
+            TokioIo::with_replay(stream, Bytes::from(sniffed)),
+            &config,
+            services,
+        )
+        .await;
+    } else {
+        crate::http1::serve(stream, sniffed).await;
+    }
+}
+
+async fn serve_h2<K: KvService>(
+    io: TokioIo<TcpStream>,
+    config: &ServerConfig,
+    services: Rc<Services<K>>,
+) {
+    let handshake = h2::server::Builder::new()
+        .initial_window_size(config.stream_window_bytes)
+        .initial_connection_window_size(config.connection_window_bytes)
+        .max_concurrent_streams(config.max_concurrent_streams)
+        .max_frame_size(H2_FRAME_BYTES_MAX)
+        .max_send_buffer_size(H2_SEND_BUFFER_BYTES_MAX)
+        .handshake::<_, Bytes>(io)
+        .await;
+    let Ok(mut connection) = handshake else {
+        return;
+    };
+    let message_bytes_max = config.recv_message_bytes_max();
+    // Polling accept also drives the connection: PINGs, SETTINGS, window updates and every
+    // stream's frames all move only while this loop runs.
+    while let Some(next) = connection.accept().await {
+        let Ok((request, respond)) = next else {
+            return;
+        };
+        let services = services.clone();
+        glommio::spawn_local(async move {
+            serve_stream(request, respond, message_bytes_max, &services).await;
+        })
+        .detach();
+    }
+}
+
+async fn serve_stream<K: KvService>(
+    request: http::Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<Bytes>,
+    message_bytes_max: usize,
+    services: &Services<K>,
+) {
+    let (head, body) = request.into_parts();
+    let is_grpc = head
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(CONTENT_TYPE));
+    if head.method != http::Method::POST || !is_grpc {
+        // grpc-go answers a non-gRPC request on its port with a plain HTTP error.
+        let mut reply = http::Response::new(());
+        *reply.status_mut() = http::StatusCode::UNSUPPORTED_MEDIA_TYPE;
+        let _ = respond.send_response(reply, true);
+        return;
+    }
+    let encoding = head
+        .headers
+        .get("grpc-encoding")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| *v != "identity")
+        .map(str::to_string);
+    if let Some(encoding) = encoding {
+        let status = Status::unimplemented(format!(
+            "grpc: Decompressor is not installed for grpc-encoding \"{encoding}\""
+        ));
+        respond_status(respond, &status);
+        return;
+    }
+    let call = ServerCall {
+        reader: MessageReader::new(body, message_bytes_max, None),
+        respond,
+    };
+    services.call(head.uri.path(), call).await;
+}
+
+/// A one-shot, cross-thread stop flag that glommio tasks can await.
+#[derive(Clone, Default)]
+struct StopSignal {
+    inner: Arc<StopInner>,
+}
+
+#[derive(Default)]
+struct StopInner {
+    raised: AtomicBool,
+    waiters: Mutex<Vec<Waker>>,
+}
+
+impl StopSignal {
+    fn raise(&self) {
+        self.inner.raised.store(true, Ordering::SeqCst);
+        let waiters = std::mem::take(&mut *self.inner.waiters.lock().expect("never poisoned"));
+        waiters.into_iter().for_each(Waker::wake);
+    }
+
+    fn wait(&self) -> impl Future<Output = ()> + '_ {
+        StopWait { signal: self }
+    }
+}
+
+struct StopWait<'a> {
+    signal: &'a StopSignal,
+}
+
+impl Future for StopWait<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let inner = &self.signal.inner;
+        if inner.raised.load(Ordering::SeqCst) {
+            return Poll::Ready(());
+        }
+        let mut waiters = inner.waiters.lock().expect("never poisoned");
+        // Checked again under the lock: raise() may have drained the list in between.
+        if inner.raised.load(Ordering::SeqCst) {
+            return Poll::Ready(());
+        }
+        waiters.push(cx.waker().clone());
+        Poll::Pending
+    }
+}

@@ -1,0 +1,227 @@
+//! The etcd services: which gRPC path runs what, request validation before execution, and
+//! the response headers every reply carries.
+//!
+//! A call arrives as a [`ServerCall`] (the request stream and the handle to answer it), so a
+//! streaming method (Watch, LeaseKeepAlive) plugs in beside the unary ones with the same shape.
+
+use crate::grpc::{decode, encode, MessageReader, MessageWriter, CONTENT_TYPE};
+use crate::kv::KvService;
+use crate::status::Status;
+use basalt_engine::mvcc::{
+    validate_compaction, validate_delete_range, validate_put, validate_range, validate_txn, Limits,
+};
+use basalt_proto::etcdserverpb::{ResponseHeader, StatusRequest, StatusResponse};
+use bytes::Bytes;
+use h2::server::SendResponse;
+use std::future::Future;
+
+/// The etcd version Basalt reports (Maintenance.Status and `/version`): the etcd release
+/// whose behaviour it reproduces.
+pub const ETCD_SERVER_VERSION: &str = "3.5.1";
+/// The cluster version reported by `/version` (etcd reports major.minor.0).
+pub const ETCD_CLUSTER_VERSION: &str = "3.5.0";
+
+/// One gRPC call as the server sees it.
+pub(crate) struct ServerCall {
+    pub(crate) reader: MessageReader,
+    pub(crate) respond: SendResponse<Bytes>,
+}
+
+/// Everything one core needs to answer calls.
+pub(crate) struct Services<K> {
+    pub(crate) kv: K,
+    pub(crate) limits: Limits,
+    pub(crate) cluster_id: u64,
+    pub(crate) member_id: u64,
+}
+
+impl<K: KvService> Services<K> {
+    pub(crate) async fn call(&self, path: &str, call: ServerCall) {
+        let limits = &self.limits;
+        let kv = &self.kv;
+        match path {
+            "/etcdserverpb.KV/Range" => {
+                unary(call, |req| async move {
+                    validate_range(&req, limits)?;
+                    let mut resp = kv.range(req).await?;
+                    self.fill_header(&mut resp.header);
+                    Ok(resp)
+                })
+                .await
+            }
+            "/etcdserverpb.KV/Put" => {
+                unary(call, |req| async move {
+                    validate_put(&req, limits)?;
+                    let mut resp = kv.put(req).await?;
+                    self.fill_header(&mut resp.header);
+                    Ok(resp)
+                })
+                .await
+            }
+            "/etcdserverpb.KV/DeleteRange" => {
+                unary(call, |req| async move {
+                    validate_delete_range(&req, limits)?;
+                    let mut resp = kv.delete_range(req).await?;
+                    self.fill_header(&mut resp.header);
+                    Ok(resp)
+                })
+                .await
+            }
+            "/etcdserverpb.KV/Txn" => {
+                unary(call, |req| async move {
+                    validate_txn(&req, limits)?;
+                    let mut resp = kv.txn(req).await?;
+                    self.fill_header(&mut resp.header);
+                    Ok(resp)
+                })
+                .await
+            }
+            "/etcdserverpb.KV/Compact" => {
+                unary(call, |req| async move {
+                    validate_compaction(&req, limits)?;
+                    let mut resp = kv.compact(req).await?;
+                    self.fill_header(&mut resp.header);
+                    Ok(resp)
+                })
+                .await
+            }
+            "/etcdserverpb.Maintenance/Status" => {
+                unary(call, |_: StatusRequest| self.maintenance_status()).await
+            }
+            _ => respond_status(call.respond, &unserved(path)),
+        }
+    }
+
+    async fn maintenance_status(&self) -> Result<StatusResponse, Status> {
+        let store = self.kv.status().await?;
+        let mut header = Some(ResponseHeader {
+            revision: store.revision,
+            ..Default::default()
+        });
+        self.fill_header(&mut header);
+        Ok(StatusResponse {
+            header,
+            version: ETCD_SERVER_VERSION.to_string(),
+            db_size: store.db_size_bytes,
+            leader: self.member_id,
+            raft_index: store.raft_index,
+            raft_term: store.raft_term,
+            raft_applied_index: store.raft_index,
+            errors: Vec::new(),
+            db_size_in_use: store.db_size_bytes,
+            is_learner: false,
+        })
+    }
+
+    /// etcd fills these on the top-level header only; headers nested in a Txn keep just
+    /// their revision.
+    fn fill_header(&self, header: &mut Option<ResponseHeader>) {
+        let header = header.get_or_insert_with(Default::default);
+        header.cluster_id = self.cluster_id;
+        header.member_id = self.member_id;
+        header.raft_term = self.kv.raft_term();
+    }
+}
+
+/// Reads the one request of a unary call, runs `handler`, and answers with its response or
+/// its status.
+async fn unary<Req, Resp, Fut>(call: ServerCall, handler: impl FnOnce(Req) -> Fut)
+where
+    Req: prost::Message + Default,
+    Resp: prost::Message,
+    Fut: Future<Output = Result<Resp, Status>>,
+{
+    let ServerCall {
+        mut reader,
+        respond,
+    } = call;
+    // grpc-go answers as soon as the one message is in, without waiting for the client to
+    // half-close; a client that sends more is not read further.
+    let request = match reader.next().await {
+        Ok(Some(body)) => decode::<Req>(body, "request"),
+        Ok(None) => Err(Status::internal(
+            "grpc: unary request ended before its message",
+        )),
+        Err(status) => Err(status),
+    };
+    let result = match request {
+        Ok(req) => handler(req).await,
+        Err(status) => Err(status),
+    };
+    match result {
+        Ok(resp) => respond_message(respond, encode(&resp)),
+        Err(status) => respond_status(respond, &status),
+    }
+}
+
+/// Answers with one message and an OK status.
+fn respond_message(mut respond: SendResponse<Bytes>, framed: Bytes) {
+    let Ok(body) = respond.send_response(grpc_response_head(), false) else {
+        return; // The client is gone; there is no one to tell.
+    };
+    let mut writer = MessageWriter::new(body);
+    if writer.send_now(framed).is_ok() {
+        let _ = writer.finish(&Status::ok());
+    }
+}
+
+/// Answers with a status and no message, as one HEADERS frame (trailers-only).
+pub(crate) fn respond_status(mut respond: SendResponse<Bytes>, status: &Status) {
+    let mut head = grpc_response_head();
+    head.headers_mut()
+        .extend(crate::grpc::status_headers(status));
+    // An error here means the client reset the stream; nothing is left to answer.
+    let _ = respond.send_response(head, true);
+}
+
+fn grpc_response_head() -> http::Response<()> {
+    let mut head = http::Response::new(());
+    head.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(CONTENT_TYPE),
+    );
+    head
+}
+
+/// The status for a path no handler serves, worded as grpc-go words it.
+fn unserved(path: &str) -> Status {
+    if let Some(method) = basalt_proto::method_by_path(path) {
+        // Declared by etcd's protos but not served by Basalt yet: what grpc-go's generated
+        // Unimplemented*Server answers.
+        return Status::unimplemented(format!("method {} not implemented", method.method));
+    }
+    let Some((service, method)) = path
+        .strip_prefix('/')
+        .and_then(|rest| rest.rsplit_once('/'))
+    else {
+        return Status::unimplemented(format!("malformed method name: {path:?}"));
+    };
+    if basalt_proto::METHODS.iter().any(|m| m.service == service) {
+        Status::unimplemented(format!("unknown method {method} for service {service}"))
+    } else {
+        Status::unimplemented(format!("unknown service {service}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unserved_paths_are_worded_as_grpc_go_words_them() {
+        let cases = [
+            ("/etcdserverpb.Watch/Watch", "method Watch not implemented"),
+            (
+                "/etcdserverpb.KV/Frobnicate",
+                "unknown method Frobnicate for service etcdserverpb.KV",
+            ),
+            ("/nope.Nothing/Range", "unknown service nope.Nothing"),
+            ("no-slash", "malformed method name: \"no-slash\""),
+        ];
+        for (path, message) in cases {
+            let status = unserved(path);
+            assert_eq!(status.code, crate::status::Code::Unimplemented, "{path}");
+            assert_eq!(status.message, message, "{path}");
+        }
+    }
+}
