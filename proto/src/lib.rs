@@ -5,6 +5,12 @@
 //! This crate owns message shapes only. It must never hold behaviour: no I/O,
 //! no validation, no defaults beyond protobuf's. A field number here is the
 //! wire format every etcd client speaks, so it never changes.
+//!
+//! prost renames etcd's Go-style names into Rust case, which surprises at
+//! first: `HashKVRequest` is [`etcdserverpb::HashKvRequest`], `TTL`/`ID` are
+//! `ttl`/`id`, `peerURLs` is `peer_ur_ls`, `memberID` is `member_id`. Enum
+//! fields are `i32` on the struct; the generated getter (e.g.
+//! `RangeRequest::sort_order()`) maps unknown values to the default variant.
 
 pub mod mvccpb {
     include!(concat!(env!("OUT_DIR"), "/mvccpb.rs"));
