@@ -92,12 +92,21 @@ impl Client {
         Resp: prost::Message + Default,
     {
         let (mut sender, mut responses) = self.open(path).await?;
-        sender.send(req).await?;
-        sender.close()?;
-        let resp = responses
-            .message::<Resp>()
-            .await?
-            .ok_or_else(|| Status::internal("server ended a unary call without a response"))?;
+        let sent = match sender.send(req).await {
+            Ok(()) => sender.close(),
+            Err(e) => Err(e),
+        };
+        // The server may answer (say, RESOURCE_EXHAUSTED) before reading the whole request
+        // and reset the rest; its status then explains the failed send, so it wins.
+        let resp = match (responses.message::<Resp>().await, sent) {
+            (Err(status), _) | (Ok(_), Err(status)) => return Err(status),
+            (Ok(None), Ok(())) => {
+                return Err(Status::internal(
+                    "server ended a unary call without a response",
+                ))
+            }
+            (Ok(Some(resp)), Ok(())) => resp,
+        };
         match responses.message::<Resp>().await? {
             None => Ok(resp),
             Some(_) => Err(Status::internal(

@@ -156,10 +156,12 @@ impl MessageReader {
     /// single DATA frame (the usual case) is returned without copying.
     fn take(&mut self, body_bytes: usize) -> Bytes {
         self.skip(PREFIX_BYTES);
+        if body_bytes == 0 {
+            return Bytes::new();
+        }
         self.buffered_bytes -= body_bytes;
-        let front = self.chunks.front_mut().map(|c| c.len()).unwrap_or(0);
-        if front >= body_bytes {
-            let chunk = self.chunks.front_mut().expect("front exists");
+        let chunk = self.chunks.front_mut().expect("buffered_bytes counted it");
+        if chunk.len() >= body_bytes {
             let body = chunk.split_to(body_bytes);
             if chunk.is_empty() {
                 self.chunks.pop_front();

@@ -1,0 +1,404 @@
+//! The gRPC edge against a real server on loopback: every malformed or abandoned call gets a
+//! clear status (or is simply dropped) and the server keeps serving everyone else.
+
+use basalt_net::client::Client;
+use basalt_net::{Code, ServerConfig, ServerHandle, Status};
+use basalt_proto::etcdserverpb::{
+    compare, request_op, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
+    TxnRequest,
+};
+use bytes::{BufMut, Bytes, BytesMut};
+use glommio::{LocalExecutorBuilder, Placement};
+use std::future::Future;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+
+const MAX_REQUEST_BYTES: usize = 1_572_864;
+const RECV_MESSAGE_BYTES_MAX: usize = MAX_REQUEST_BYTES + 512 * 1024;
+
+fn start_server() -> ServerHandle {
+    let config = ServerConfig {
+        listen_client_urls: vec!["http://127.0.0.1:0".to_string()],
+        cores: 2,
+        pin_cores: false,
+        max_request_bytes: MAX_REQUEST_BYTES,
+        ..ServerConfig::default()
+    };
+    basalt_net::spawn(config).expect("server starts")
+}
+
+/// Runs `test` as a client on its own executor thread against a fresh server.
+fn with_server<F, Fut>(test: F)
+where
+    F: FnOnce(SocketAddr) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    let server = start_server();
+    let addr = server.client_addrs()[0];
+    LocalExecutorBuilder::new(Placement::Unbound)
+        .io_memory(512 * 1024)
+        .spawn(move || test(addr))
+        .expect("client executor starts")
+        .join()
+        .expect("client test passed");
+    server.stop().expect("server stops cleanly");
+}
+
+/// The server still answers a normal Range on a new connection.
+async fn assert_serving(addr: SocketAddr) {
+    let client = Client::connect(addr).await.expect("connects");
+    let resp = client
+        .range(&range("after"))
+        .await
+        .expect("range is served");
+    assert!(resp.header.expect("header").revision >= 1);
+}
+
+fn range(key: &str) -> RangeRequest {
+    RangeRequest {
+        key: Bytes::copy_from_slice(key.as_bytes()),
+        ..Default::default()
+    }
+}
+
+fn put(key: &str, value: &str) -> PutRequest {
+    PutRequest {
+        key: Bytes::copy_from_slice(key.as_bytes()),
+        value: Bytes::copy_from_slice(value.as_bytes()),
+        ..Default::default()
+    }
+}
+
+/// A gRPC frame header declaring `body_bytes`, followed by `body`.
+fn frame(compressed: bool, body_bytes: u32, body: &[u8]) -> Bytes {
+    let mut out = BytesMut::new();
+    out.put_u8(u8::from(compressed));
+    out.put_u32(body_bytes);
+    out.put_slice(body);
+    out.freeze()
+}
+
+/// Sends `raw` as the whole request body of a call to `path` and returns how the call ended.
+async fn raw_call(client: &Client, path: &str, raw: Bytes) -> Status {
+    let (mut sender, mut responses) = client.open(path).await.expect("stream opens");
+    sender.send_raw(raw).await.expect("bytes go out");
+    sender.close().expect("half-close");
+    match responses
+        .message::<basalt_proto::etcdserverpb::RangeResponse>()
+        .await
+    {
+        Err(status) => status,
+        Ok(resp) => panic!("call to {path} succeeded: {resp:?}"),
+    }
+}
+
+#[test]
+fn kv_round_trip_through_the_client() {
+    with_server(|addr| async move {
+        let client = Client::connect(addr).await.unwrap();
+        let first = client.put(&put("a", "1")).await.unwrap();
+        let second = client.put(&put("b", "2")).await.unwrap();
+        let rev_a = first.header.unwrap().revision;
+        assert_eq!(second.header.as_ref().unwrap().revision, rev_a + 1);
+
+        let got = client.range(&range("a")).await.unwrap();
+        assert_eq!(got.kvs.len(), 1);
+        assert_eq!(&got.kvs[0].value[..], b"1");
+        let header = got.header.unwrap();
+        let config = ServerConfig::default();
+        assert_eq!(
+            (header.cluster_id, header.member_id, header.revision),
+            (config.cluster_id, config.member_id, rev_a + 1)
+        );
+        assert!(header.raft_term > 0);
+
+        let txn = TxnRequest {
+            compare: vec![Compare {
+                key: Bytes::from_static(b"a"),
+                result: compare::CompareResult::Equal as i32,
+                target: compare::CompareTarget::Value as i32,
+                target_union: Some(compare::TargetUnion::Value(Bytes::from_static(b"1"))),
+                ..Default::default()
+            }],
+            success: vec![RequestOp {
+                request: Some(request_op::Request::RequestPut(put("c", "3"))),
+            }],
+            failure: vec![],
+        };
+        assert!(client.txn(&txn).await.unwrap().succeeded);
+
+        let deleted = client
+            .delete_range(&DeleteRangeRequest {
+                key: Bytes::from_static(b"a"),
+                range_end: Bytes::from_static(b"z"),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(deleted.deleted, 3);
+
+        let status = client.status().await.unwrap();
+        assert_eq!(status.leader, config.member_id);
+        assert_eq!(status.raft_index, status.header.unwrap().revision as u64);
+    });
+}
+
+#[test]
+fn storage_errors_reach_the_client_with_etcds_code_and_message() {
+    with_server(|addr| async move {
+        let client = Client::connect(addr).await.unwrap();
+        let empty_key = client.put(&put("", "v")).await.unwrap_err();
+        assert_eq!(
+            empty_key,
+            Status::new(Code::InvalidArgument, "etcdserver: key is not provided")
+        );
+        let future = client
+            .range(&RangeRequest {
+                revision: 1_000,
+                ..range("a")
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            future,
+            Status::new(
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision is a future revision"
+            )
+        );
+        let too_large = client
+            .put(&put("big", &"x".repeat(MAX_REQUEST_BYTES + 1)))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            too_large,
+            Status::new(Code::InvalidArgument, "etcdserver: request is too large")
+        );
+        assert_serving(addr).await;
+    });
+}
+
+#[test]
+fn bad_frames_get_a_clear_status_and_the_server_keeps_serving() {
+    const RANGE: &str = "/etcdserverpb.KV/Range";
+    let oversized = u32::try_from(RECV_MESSAGE_BYTES_MAX + 1).unwrap();
+    let cases: Vec<(&str, Bytes, Code, String)> = vec![
+        (
+            "malformed protobuf",
+            frame(false, 3, &[0x0a, 0x05, b'x']),
+            Code::Internal,
+            "grpc: error unmarshalling request: ".to_string(),
+        ),
+        (
+            "frame truncated by end of stream",
+            frame(false, 100, &[0x0a, 0x01]),
+            Code::Internal,
+            "grpc: stream ended inside a message".to_string(),
+        ),
+        (
+            "prefix truncated by end of stream",
+            Bytes::from_static(&[0, 0, 0]),
+            Code::Internal,
+            "grpc: stream ended inside a message".to_string(),
+        ),
+        (
+            "no message at all",
+            Bytes::new(),
+            Code::Internal,
+            "grpc: unary request ended before its message".to_string(),
+        ),
+        (
+            "message above the receive limit",
+            frame(false, oversized, &[]),
+            Code::ResourceExhausted,
+            format!(
+                "grpc: received message larger than max ({} vs. {})",
+                oversized, RECV_MESSAGE_BYTES_MAX
+            ),
+        ),
+        (
+            "compressed message",
+            frame(true, 1, &[0]),
+            Code::Internal,
+            "grpc: compressed flag set with identity or empty encoding".to_string(),
+        ),
+    ];
+    with_server(move |addr| async move {
+        let client = Client::connect(addr).await.unwrap();
+        for (case, raw, code, message_start) in cases {
+            let status = raw_call(&client, RANGE, raw).await;
+            assert_eq!(status.code, code, "{case}: {status}");
+            assert!(
+                status.message.starts_with(&message_start),
+                "{case}: {status}"
+            );
+            // The same connection and a new one both still work.
+            client.range(&range("k")).await.expect(case);
+            assert_serving(addr).await;
+        }
+    });
+}
+
+#[test]
+fn unserved_methods_are_unimplemented_in_grpc_go_words() {
+    let cases = [
+        (
+            "/etcdserverpb.KV/Frobnicate",
+            "unknown method Frobnicate for service etcdserverpb.KV",
+        ),
+        ("/nope.Nowhere/Range", "unknown service nope.Nowhere"),
+        (
+            "/etcdserverpb.Lease/LeaseGrant",
+            "method LeaseGrant not implemented",
+        ),
+        ("/etcdserverpb.Watch/Watch", "method Watch not implemented"),
+    ];
+    with_server(move |addr| async move {
+        let client = Client::connect(addr).await.unwrap();
+        for (path, message) in cases {
+            let status = raw_call(&client, path, frame(false, 0, &[])).await;
+            assert_eq!(status, Status::new(Code::Unimplemented, message), "{path}");
+        }
+        assert_serving(addr).await;
+    });
+}
+
+#[test]
+fn an_oversized_put_is_refused_before_it_is_read_in_full() {
+    with_server(|addr| async move {
+        let client = Client::connect(addr).await.unwrap();
+        let status = client
+            .put(&put("big", &"x".repeat(RECV_MESSAGE_BYTES_MAX + 1)))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code, Code::ResourceExhausted, "{status}");
+        assert!(status
+            .message
+            .starts_with("grpc: received message larger than max ("));
+        assert_serving(addr).await;
+    });
+}
+
+#[test]
+fn clients_that_vanish_mid_call_do_not_disturb_the_server() {
+    with_server(|addr| async move {
+        // A call cancelled halfway through its request, on a connection that stays up.
+        let client = Client::connect(addr).await.unwrap();
+        let (mut sender, _responses) = client.open("/etcdserverpb.KV/Put").await.unwrap();
+        sender.send_raw(frame(false, 50, b"partial")).await.unwrap();
+        sender.cancel();
+        client.range(&range("k")).await.unwrap();
+
+        // A whole connection dropped with a call half sent.
+        {
+            let doomed = Client::connect(addr).await.unwrap();
+            let (mut sender, _responses) = doomed.open("/etcdserverpb.KV/Put").await.unwrap();
+            sender.send_raw(frame(false, 50, b"partial")).await.unwrap();
+        }
+        assert_serving(addr).await;
+    });
+}
+
+#[test]
+fn garbage_after_the_http2_preface_only_closes_that_connection() {
+    let server = start_server();
+    let addr = server.client_addrs()[0];
+    for garbage in [
+        &b"\xff\xff\xff\xff\xff\xff\xff\xff\xff"[..],
+        b"",
+        b"\x00\x00\x04",
+    ] {
+        let mut socket = std::net::TcpStream::connect(addr).unwrap();
+        socket
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .unwrap();
+        socket.write_all(garbage).unwrap();
+        drop(socket);
+    }
+    // Half an HTTP/1.1 request, then gone.
+    let mut socket = std::net::TcpStream::connect(addr).unwrap();
+    socket.write_all(b"GET /hea").unwrap();
+    drop(socket);
+    LocalExecutorBuilder::new(Placement::Unbound)
+        .io_memory(512 * 1024)
+        .spawn(move || assert_serving(addr))
+        .unwrap()
+        .join()
+        .unwrap();
+    server.stop().unwrap();
+}
+
+#[test]
+fn many_concurrent_streams_on_one_connection_all_complete() {
+    const STREAMS: usize = 256;
+    with_server(|addr| async move {
+        let client = Client::connect(addr).await.unwrap();
+        // One stream stalls mid-message for the whole test; it must hold up no one.
+        let (mut stalled, _stalled_responses) = client.open("/etcdserverpb.KV/Put").await.unwrap();
+        stalled.send_raw(frame(false, 10, b"half")).await.unwrap();
+
+        let calls: Vec<_> = (0..STREAMS)
+            .map(|i| {
+                let client = client.clone();
+                glommio::spawn_local(async move {
+                    let key = format!("key-{i}");
+                    client.put(&put(&key, "v")).await.unwrap();
+                    client.range(&range(&key)).await.unwrap()
+                })
+            })
+            .collect();
+        for (i, call) in calls.into_iter().enumerate() {
+            let resp = call.await;
+            assert_eq!(resp.kvs.len(), 1, "stream {i}");
+        }
+    });
+}
+
+#[test]
+fn http1_health_and_version_share_the_client_port() {
+    let server = start_server();
+    let addr = server.client_addrs()[0];
+    let cases = [
+        ("/health", "200 OK", r#"{"health":"true","reason":""}"#),
+        (
+            "/version",
+            "200 OK",
+            r#"{"etcdserver":"3.5.1","etcdcluster":"3.5.0"}"#,
+        ),
+        ("/nothing", "404 Not Found", "404 page not found\n"),
+    ];
+    for (path, status, body) in cases {
+        let mut socket = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            socket,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut reply = String::new();
+        socket.read_to_string(&mut reply).unwrap();
+        assert!(
+            reply.starts_with(&format!("HTTP/1.1 {status}\r\n")),
+            "{path}: {reply}"
+        );
+        assert!(
+            reply.ends_with(&format!("\r\n\r\n{body}")),
+            "{path}: {reply}"
+        );
+    }
+    server.stop().unwrap();
+}
+
+#[test]
+fn a_port_in_use_is_reported_not_shared() {
+    let first = start_server();
+    let taken = first.client_addrs()[0];
+    let config = ServerConfig {
+        listen_client_urls: vec![format!("http://{taken}")],
+        cores: 1,
+        pin_cores: false,
+        ..ServerConfig::default()
+    };
+    let err = basalt_net::spawn(config).err().expect("second bind fails");
+    assert!(err.to_string().contains(&taken.to_string()), "{err}");
+    first.stop().unwrap();
+}
