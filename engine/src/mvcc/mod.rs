@@ -1,7 +1,7 @@
 //! etcd 3.5's multi-version key space: revisions (main, sub), the key index
 //! (key -> generations of revisions, ended by tombstones), and the KV requests
-//! Range, Put, DeleteRange, Txn and Compact with etcd's exact results, revisions
-//! and errors.
+//! Range, Put, DeleteRange, Txn and Compact with etcd 3.5.1's exact results,
+//! revisions and errors.
 //!
 //! This module owns request semantics and the key index. It never owns bytes
 //! on disk: every revision's record goes through [`RevisionBackend`], whose
@@ -10,12 +10,18 @@
 //! validate a request ([`validate_put`], ...) before proposing it, and apply it
 //! on the single writer.
 
+mod backend;
 mod error;
+mod go_sort;
+mod key_index;
+mod revision;
 mod store;
 mod validate;
 
+pub use backend::{MemoryBackend, MetaKey, RevisionBackend, RevisionRecord};
 pub use error::MvccError;
-pub use store::KvStore;
+pub use revision::{Revision, REVISION_BYTES};
+pub use store::{KvStore, LeaseLookup, NoLeases};
 pub use validate::{
     validate_compaction, validate_delete_range, validate_put, validate_range, validate_txn, Limits,
 };

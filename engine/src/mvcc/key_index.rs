@@ -1,0 +1,421 @@
+//! The in-memory key index: for every key, the revisions that wrote it,
+//! grouped into generations (a generation runs from a create to the
+//! tombstone that deletes the key).
+//!
+//! Semantics follow etcd 3.5's `keyIndex`/`treeIndex` exactly, including how
+//! compaction keeps the newest revision at or below the compaction point and
+//! drops generations that ended before it.
+
+use std::collections::{BTreeMap, HashSet};
+use std::ops::Bound;
+
+use bytes::Bytes;
+
+use super::Revision;
+
+/// The keys a request covers, decoded from its `key` and `range_end` the way
+/// etcd does: no `range_end` is the one key, a `range_end` of a single zero
+/// byte is every key from `key` on, anything else is `[key, range_end)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRange<'a> {
+    Single(&'a [u8]),
+    From(&'a [u8]),
+    Between(&'a [u8], &'a [u8]),
+}
+
+impl<'a> KeyRange<'a> {
+    pub fn new(key: &'a [u8], range_end: &'a [u8]) -> Self {
+        match range_end {
+            [] => KeyRange::Single(key),
+            [0] => KeyRange::From(key),
+            end => KeyRange::Between(key, end),
+        }
+    }
+}
+
+/// A key as seen at some revision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyAt {
+    /// The revision whose record holds the key's value at that point.
+    pub modified: Revision,
+    /// The revision that created the key's current generation.
+    pub created: Revision,
+    /// Writes to the key since it was created, counting the creating write.
+    pub version: i64,
+}
+
+/// One life of a key, from the put that created it to the tombstone (the
+/// last revision of every generation but the newest) that deleted it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Generation {
+    /// Writes in this generation, including any compacted away.
+    version: i64,
+    created: Revision,
+    revisions: Vec<Revision>,
+}
+
+impl Generation {
+    fn is_empty(&self) -> bool {
+        self.revisions.is_empty()
+    }
+
+    /// Index of the newest revision for which `keep_walking` is false.
+    fn walk_back(&self, keep_walking: impl FnMut(&Revision) -> bool) -> Option<usize> {
+        self.revisions.iter().rposition(negate(keep_walking))
+    }
+}
+
+fn negate<T>(mut f: impl FnMut(&T) -> bool) -> impl FnMut(&T) -> bool {
+    move |t| !f(t)
+}
+
+/// Every revision of one key. Invariant: at least one generation, and only
+/// the last may be empty (a key that is currently deleted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct KeyIndex {
+    modified: Revision,
+    generations: Vec<Generation>,
+}
+
+impl KeyIndex {
+    fn new() -> Self {
+        KeyIndex {
+            modified: Revision::default(),
+            generations: vec![Generation::default()],
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.generations.len() == 1 && self.generations[0].is_empty()
+    }
+
+    fn put(&mut self, revision: Revision) {
+        assert!(
+            revision > self.modified,
+            "key index put {revision} is not newer than {}",
+            self.modified
+        );
+        let generation = self
+            .generations
+            .last_mut()
+            .expect("a key index always has a generation");
+        if generation.is_empty() {
+            generation.created = revision;
+        }
+        generation.revisions.push(revision);
+        generation.version += 1;
+        self.modified = revision;
+    }
+
+    /// Ends the current generation; `false` if the key is already deleted.
+    fn tombstone(&mut self, revision: Revision) -> bool {
+        match self.generations.last() {
+            Some(generation) if !generation.is_empty() => {}
+            _ => return false,
+        }
+        self.put(revision);
+        self.generations.push(Generation::default());
+        true
+    }
+
+    /// The generation alive at `at`, if the key existed then.
+    fn find_generation(&self, at: i64) -> Option<&Generation> {
+        let last = self.generations.len() - 1;
+        for (index, generation) in self.generations.iter().enumerate().rev() {
+            let (Some(first), Some(tomb)) =
+                (generation.revisions.first(), generation.revisions.last())
+            else {
+                continue;
+            };
+            if index != last && tomb.main <= at {
+                return None;
+            }
+            if first.main <= at {
+                return Some(generation);
+            }
+        }
+        None
+    }
+
+    fn get(&self, at: i64) -> Option<KeyAt> {
+        let generation = self.find_generation(at)?;
+        let newest = generation.walk_back(|revision| revision.main > at)?;
+        let later_writes = (generation.revisions.len() - newest - 1) as i64;
+        Some(KeyAt {
+            modified: generation.revisions[newest],
+            created: generation.created,
+            version: generation.version - later_writes,
+        })
+    }
+
+    /// Drops what no read at `at` or later can reach, and adds the revisions
+    /// such reads still need (at or below `at`) to `keep`.
+    fn compact(&mut self, at: i64, keep: &mut HashSet<Revision>) {
+        assert!(!self.is_empty(), "compacting an empty key index");
+        let mut first_kept = 0;
+        while first_kept < self.generations.len() - 1 {
+            let generation = &self.generations[first_kept];
+            let tomb = generation
+                .revisions
+                .last()
+                .expect("only the last generation is empty");
+            if tomb.main > at {
+                break;
+            }
+            first_kept += 1;
+        }
+        let last = self.generations.len() - 1;
+        let generation = &mut self.generations[first_kept];
+        if !generation.is_empty() {
+            if let Some(newest) = generation.walk_back(|revision| revision.main > at) {
+                keep.insert(generation.revisions[newest]);
+                generation.revisions.drain(..newest);
+            }
+            // A generation reduced to its tombstone has nothing left to read.
+            if generation.revisions.len() == 1 && first_kept != last {
+                keep.remove(&generation.revisions[0]);
+                first_kept += 1;
+            }
+        }
+        self.generations.drain(..first_kept);
+    }
+}
+
+/// All keys' indexes, ordered by key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TreeIndex {
+    keys: BTreeMap<Bytes, KeyIndex>,
+}
+
+impl TreeIndex {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn put(&mut self, key: &Bytes, revision: Revision) {
+        match self.keys.get_mut(key.as_ref()) {
+            Some(index) => index.put(revision),
+            None => {
+                let mut index = KeyIndex::new();
+                index.put(revision);
+                self.keys.insert(key.clone(), index);
+            }
+        }
+    }
+
+    /// Records the key's deletion; `false` if the key is not live.
+    pub fn tombstone(&mut self, key: &[u8], revision: Revision) -> bool {
+        self.keys
+            .get_mut(key)
+            .is_some_and(|index| index.tombstone(revision))
+    }
+
+    /// Seeds a key from the newest record a restart found for it, as etcd's
+    /// restore does: its creation and version come from the record itself,
+    /// because compaction may have removed the earlier revisions.
+    pub fn restore(&mut self, key: &Bytes, created: Revision, modified: Revision, version: i64) {
+        let index = KeyIndex {
+            modified,
+            generations: vec![Generation {
+                version,
+                created,
+                revisions: vec![modified],
+            }],
+        };
+        let previous = self.keys.insert(key.clone(), index);
+        assert!(previous.is_none(), "restore of a key already indexed");
+    }
+
+    pub fn contains(&self, key: &[u8]) -> bool {
+        self.keys.contains_key(key)
+    }
+
+    pub fn get(&self, key: &[u8], at: i64) -> Option<KeyAt> {
+        self.keys.get(key)?.get(at)
+    }
+
+    /// Calls `visit` on each key of `range` live at `at`, in key order, until it returns false.
+    pub fn visit_live(
+        &self,
+        range: KeyRange<'_>,
+        at: i64,
+        mut visit: impl FnMut(&Bytes, KeyAt) -> bool,
+    ) {
+        let bounds: (Bound<&[u8]>, Bound<&[u8]>) = match range {
+            KeyRange::Single(key) => {
+                if let Some((key, index)) = self.keys.get_key_value(key) {
+                    if let Some(found) = index.get(at) {
+                        visit(key, found);
+                    }
+                }
+                return;
+            }
+            KeyRange::From(key) => (Bound::Included(key), Bound::Unbounded),
+            // BTreeMap::range panics on an inverted range; etcd finds nothing.
+            KeyRange::Between(key, end) if key > end => return,
+            KeyRange::Between(key, end) => (Bound::Included(key), Bound::Excluded(end)),
+        };
+        for (key, index) in self.keys.range::<[u8], _>(bounds) {
+            if let Some(found) = index.get(at) {
+                if !visit(key, found) {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Applies a compaction at `at` and returns the revisions at or below `at`
+    /// that reads still need; every other revision at or below `at` may be
+    /// deleted from the backend.
+    pub fn compact(&mut self, at: i64) -> HashSet<Revision> {
+        let mut keep = HashSet::new();
+        self.keys.retain(|_, index| {
+            index.compact(at, &mut keep);
+            !index.is_empty()
+        });
+        keep
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    fn rev(main: i64) -> Revision {
+        Revision::new(main, 0)
+    }
+
+    /// The key index's history as a reader sees it: for each revision, the
+    /// live keys and their (modified, created, version).
+    type History = BTreeMap<i64, BTreeMap<Bytes, KeyAt>>;
+
+    /// One write of the model history: put (true) or delete (false) of a key.
+    #[derive(Debug, Clone)]
+    struct Write {
+        key: u8,
+        put: bool,
+    }
+
+    /// Replays `writes` (one per main revision, from 2) into an index and into
+    /// a plain model that stores every revision's full state.
+    fn replay(writes: &[Write]) -> (TreeIndex, History) {
+        let mut index = TreeIndex::new();
+        let mut model: History = BTreeMap::new();
+        let mut live: BTreeMap<Bytes, KeyAt> = BTreeMap::new();
+        model.insert(1, live.clone());
+        for (offset, write) in writes.iter().enumerate() {
+            let main = offset as i64 + 2;
+            let key = Bytes::from(vec![b'a' + write.key]);
+            if write.put {
+                index.put(&key, rev(main));
+                let entry = live.entry(key).or_insert(KeyAt {
+                    modified: rev(main),
+                    created: rev(main),
+                    version: 0,
+                });
+                entry.modified = rev(main);
+                entry.version += 1;
+            } else {
+                let was_live = live.remove(&key).is_some();
+                assert_eq!(index.tombstone(&key, rev(main)), was_live);
+            }
+            model.insert(main, live.clone());
+        }
+        (index, model)
+    }
+
+    fn live_at(index: &TreeIndex, at: i64) -> BTreeMap<Bytes, KeyAt> {
+        let mut seen = BTreeMap::new();
+        index.visit_live(KeyRange::From(b"\0"), at, |key, found| {
+            seen.insert(key.clone(), found);
+            true
+        });
+        seen
+    }
+
+    fn writes() -> impl Strategy<Value = Vec<Write>> {
+        prop::collection::vec(
+            (0u8..4, prop::bool::weighted(0.7)).prop_map(|(key, put)| Write { key, put }),
+            0..60,
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn index_answers_every_revision_like_the_model(writes in writes()) {
+            let (index, model) = replay(&writes);
+            for (at, expected) in &model {
+                prop_assert_eq!(&live_at(&index, *at), expected, "at {}", at);
+            }
+        }
+
+        #[test]
+        fn compaction_keeps_every_read_at_or_after_its_revision(
+            writes in writes(),
+            compact_fraction in 0.0f64..1.0,
+        ) {
+            let (mut index, model) = replay(&writes);
+            let newest = *model.keys().last().unwrap();
+            let at = 1 + ((newest - 1) as f64 * compact_fraction) as i64;
+            let keep = index.compact(at);
+            for (read_at, expected) in model.range(at..) {
+                prop_assert_eq!(&live_at(&index, *read_at), expected, "read at {}", read_at);
+            }
+            // Exactly the newest write at or below `at` of every key live at `at` survives.
+            let expected_keep: HashSet<Revision> =
+                model[&at].values().map(|found| found.modified).collect();
+            prop_assert_eq!(keep, expected_keep);
+        }
+
+        #[test]
+        fn compacting_twice_equals_compacting_once_at_the_later_revision(
+            writes in writes(),
+            first in 1i64..70,
+            second in 1i64..70,
+        ) {
+            let (first, second) = (first.min(second), first.max(second));
+            let (mut twice, _) = replay(&writes);
+            let (mut once, _) = replay(&writes);
+            twice.compact(first);
+            twice.compact(second);
+            once.compact(second);
+            prop_assert_eq!(twice, once);
+        }
+    }
+
+    #[test]
+    fn tombstone_of_a_deleted_or_unknown_key_is_refused() {
+        let mut index = TreeIndex::new();
+        let key = Bytes::from_static(b"k");
+        assert!(!index.tombstone(&key, rev(2)));
+        index.put(&key, rev(2));
+        assert!(index.tombstone(&key, rev(3)));
+        assert!(!index.tombstone(&key, rev(4)));
+    }
+
+    #[test]
+    fn compaction_removes_a_key_deleted_at_or_before_it() {
+        let mut index = TreeIndex::new();
+        let key = Bytes::from_static(b"k");
+        index.put(&key, rev(2));
+        index.tombstone(&key, rev(3));
+        assert!(index.compact(2).contains(&rev(2)));
+        assert!(index.contains(&key));
+        assert!(index.compact(3).is_empty());
+        assert!(!index.contains(&key));
+    }
+
+    #[test]
+    fn inverted_range_is_empty() {
+        let mut index = TreeIndex::new();
+        index.put(&Bytes::from_static(b"b"), rev(2));
+        let mut seen = 0;
+        index.visit_live(KeyRange::Between(b"c", b"a"), 2, |_, _| {
+            seen += 1;
+            true
+        });
+        assert_eq!(seen, 0);
+    }
+}
