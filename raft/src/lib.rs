@@ -1,1 +1,78 @@
-//! Raft consensus as a pure state machine (placeholder; see issue 4).
+//! Raft consensus as a pure state machine: messages, ticks and proposals go in; entries to
+//! persist, messages to send and committed entries to apply come out in a `Ready`. This crate
+//! owns elections (pre-vote, check-quorum), pipelined replication, commit, ReadIndex and lease
+//! reads, membership changes (learners, joint consensus) and snapshots. It must never do I/O,
+//! read a clock, spawn a thread or depend on the rest of Basalt: the server drives it, and the
+//! simulator (`sim`, test builds and the `sim` feature) replays any run from a seed.
+//!
+//! The loop a server runs, here for a single-node cluster:
+//!
+//! ```
+//! use basalt_raft::{Config, ConfState, EntryData, MemStorage, RawNode};
+//!
+//! let storage = MemStorage::new_with_conf_state(ConfState { voters: vec![1], ..ConfState::default() });
+//! let mut node = RawNode::new(Config { id: 1, ..Config::default() }, storage).unwrap();
+//! node.campaign(); // a lone voter elects itself at once; others wait for ticks
+//!
+//! let mut applied = Vec::new();
+//! let mut proposed = None;
+//! for _ in 0..10 {
+//!     // Every tick interval: node.tick(). Every message from a peer: node.step(msg).
+//!     if proposed.is_none() && node.status().soft_state.leader_id == 1 {
+//!         proposed = Some(node.propose(b"put x=1".to_vec()).unwrap());
+//!     }
+//!     if !node.has_ready() {
+//!         continue;
+//!     }
+//!     let mut ready = node.ready();
+//!     let _send_now = std::mem::take(&mut ready.messages); // may leave before the disk write
+//!     if let Some(snapshot) = ready.snapshot.take() {
+//!         node.storage_mut().apply_snapshot(snapshot).unwrap();
+//!     }
+//!     node.storage_mut().append(&ready.entries).unwrap();
+//!     if let Some(hard_state) = ready.hard_state {
+//!         node.storage_mut().set_hard_state(hard_state);
+//!     }
+//!     // (fdatasync here when ready.must_sync)
+//!     let _send_after_sync = std::mem::take(&mut ready.persisted_messages);
+//!     for entry in &ready.committed_entries {
+//!         match &entry.data {
+//!             EntryData::Normal(data) if !data.is_empty() => applied.push((entry.index, data.clone())),
+//!             EntryData::Normal(_) => {} // a new leader's empty entry
+//!             EntryData::ConfChange(cc) => {
+//!                 node.apply_conf_change(cc).unwrap();
+//!             }
+//!         }
+//!     }
+//!     node.advance();
+//! }
+//! assert_eq!(applied, vec![(proposed.unwrap(), b"put x=1".to_vec())]);
+//! ```
+
+mod confchange;
+mod error;
+mod log_unstable;
+mod message;
+mod progress;
+mod quorum;
+mod raft;
+mod raft_log;
+mod raw_node;
+mod read_only;
+mod rng;
+mod storage;
+mod tracker;
+
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
+
+pub use error::{ConfChangeError, ConfigError, ProposalError, StorageError};
+pub use message::{
+    ConfChange, ConfChangeKind, ConfChangeSingle, ConfChangeTransition, ConfState, Entry, EntryData, HardState, Message, MessageType, NodeId, ReadState, Snapshot,
+    SnapshotMetadata, NONE,
+};
+pub use progress::ProgressState;
+pub use raft::{Config, Role};
+pub use raw_node::{PeerStatus, RawNode, Ready, SnapshotStatus, SoftState, Status};
+pub use read_only::ReadOnlyOption;
+pub use storage::{MemStorage, RaftState, Storage};
