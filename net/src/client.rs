@@ -201,7 +201,7 @@ impl ResponseStream {
                         return status_result(status);
                     }
                     self.state =
-                        ResponseState::Body(MessageReader::new(body, RECV_MESSAGE_BYTES_MAX, None));
+                        ResponseState::Body(MessageReader::new(body, RECV_MESSAGE_BYTES_MAX));
                 }
                 ResponseState::Body(reader) => {
                     if let Some(body) = reader.next().await? {

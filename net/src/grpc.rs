@@ -13,6 +13,7 @@
 
 use crate::status::{percent_decode, percent_encode, Code, Status};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
 use http::{HeaderMap, HeaderValue};
 use std::collections::VecDeque;
@@ -49,22 +50,17 @@ pub(crate) struct MessageReader {
     chunks: VecDeque<Bytes>,
     buffered_bytes: usize,
     message_bytes_max: usize,
-    /// The peer declared a grpc-encoding other than identity; it may still send plain messages.
-    encoding: Option<String>,
 }
 
 impl MessageReader {
-    pub(crate) fn new(
-        body: RecvStream,
-        message_bytes_max: usize,
-        encoding: Option<String>,
-    ) -> Self {
+    /// The caller has already refused any grpc-encoding but identity, so a compressed
+    /// message can only be a peer error.
+    pub(crate) fn new(body: RecvStream, message_bytes_max: usize) -> Self {
         Self {
             body,
             chunks: VecDeque::new(),
             buffered_bytes: 0,
             message_bytes_max,
-            encoding,
         }
     }
 
@@ -114,14 +110,9 @@ impl MessageReader {
             return Ok(None);
         }
         if prefix[0] != 0 {
-            return Err(match self.encoding.as_deref() {
-                None | Some("identity") => {
-                    Status::internal("grpc: compressed flag set with identity or empty encoding")
-                }
-                Some(other) => Status::unimplemented(format!(
-                    "grpc: Decompressor is not installed for grpc-encoding \"{other}\""
-                )),
-            });
+            return Err(Status::internal(
+                "grpc: compressed flag set with identity or empty encoding",
+            ));
         }
         let body_bytes = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
         if body_bytes > self.message_bytes_max {
@@ -211,28 +202,25 @@ impl MessageWriter {
     pub(crate) async fn send(&mut self, mut framed: Bytes) -> Result<(), Status> {
         while !framed.is_empty() {
             self.body.reserve_capacity(framed.len());
-            let granted = poll_fn(|cx| self.body.poll_capacity(cx))
-                .await
-                .ok_or_else(|| Status::new(Code::Unavailable, "stream closed by peer"))?
-                .map_err(stream_error)?;
+            // h2 assigns window synchronously when the connection has some, so the common
+            // case sends without a trip through the scheduler.
+            let mut granted = self.body.capacity();
             if granted == 0 {
-                continue;
+                granted = poll_fn(|cx| self.body.poll_capacity(cx))
+                    .await
+                    .ok_or_else(|| Status::new(Code::Unavailable, "stream closed by peer"))?
+                    .map_err(stream_error)?;
             }
-            let chunk = framed.split_to(granted.min(framed.len()));
-            self.body.send_data(chunk, false).map_err(stream_error)?;
+            if granted > 0 {
+                let chunk = framed.split_to(granted.min(framed.len()));
+                self.body.send_data(chunk, false).map_err(stream_error)?;
+            }
         }
         Ok(())
     }
 
-    /// Queues one framed message without waiting for window: h2 holds it until the peer
-    /// lets it out. Used for the single response of a unary call, whose size the handler
-    /// already bounded, to save a round through the scheduler.
-    pub(crate) fn send_now(&mut self, framed: Bytes) -> Result<(), Status> {
-        self.body.send_data(framed, false).map_err(stream_error)
-    }
-
     /// Ends the stream with `status` as trailers (server side).
-    pub(crate) fn finish(mut self, status: &Status) -> Result<(), Status> {
+    fn finish(mut self, status: &Status) -> Result<(), Status> {
         self.body
             .send_trailers(status_headers(status))
             .map_err(stream_error)
@@ -248,6 +236,64 @@ impl MessageWriter {
     pub(crate) fn reset(&mut self) {
         self.body.send_reset(h2::Reason::CANCEL);
     }
+}
+
+/// The server's side of a call's responses, for every shape: no message or one (unary), or
+/// any number sent as they come (Watch, LeaseKeepAlive). Response headers go out with the first
+/// message; a call that ends before any is answered trailers-only.
+pub(crate) struct ResponseSink {
+    state: SinkState,
+}
+
+enum SinkState {
+    Idle(SendResponse<Bytes>),
+    Streaming(MessageWriter),
+}
+
+impl ResponseSink {
+    pub(crate) fn new(respond: SendResponse<Bytes>) -> Self {
+        Self {
+            state: SinkState::Idle(respond),
+        }
+    }
+
+    /// Sends one response message, waiting for the client's window.
+    pub(crate) async fn send<M: prost::Message>(&mut self, message: &M) -> Result<(), Status> {
+        if let SinkState::Idle(respond) = &mut self.state {
+            let body = respond
+                .send_response(grpc_response_head(), false)
+                .map_err(stream_error)?;
+            self.state = SinkState::Streaming(MessageWriter::new(body));
+        }
+        let SinkState::Streaming(writer) = &mut self.state else {
+            unreachable!("the head was sent just above");
+        };
+        writer.send(encode(message)).await
+    }
+
+    /// Ends the call with `status`. A failure means the client is gone and no one is left to
+    /// tell, so there is nothing to return.
+    pub(crate) fn finish(self, status: &Status) {
+        match self.state {
+            SinkState::Idle(mut respond) => {
+                let mut head = grpc_response_head();
+                head.headers_mut().extend(status_headers(status));
+                let _ = respond.send_response(head, true);
+            }
+            SinkState::Streaming(writer) => {
+                let _ = writer.finish(status);
+            }
+        }
+    }
+}
+
+fn grpc_response_head() -> http::Response<()> {
+    let mut head = http::Response::new(());
+    head.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static(CONTENT_TYPE),
+    );
+    head
 }
 
 /// The headers that carry a status, as trailers or in a trailers-only response.

@@ -3,10 +3,10 @@
 //! over cores and a connection stays on the core that accepted it for its whole life.
 
 use crate::config::{allowed_cpus, parse_client_url, NetError, ServerConfig};
-use crate::grpc::{MessageReader, CONTENT_TYPE};
+use crate::grpc::{MessageReader, ResponseSink, CONTENT_TYPE};
 use crate::io::TokioIo;
 use crate::kv::{KvService, LocalKv};
-use crate::service::{respond_status, ServerCall, Services};
+use crate::service::{ServerCall, Services};
 use crate::status::Status;
 use basalt_engine::mvcc::Limits;
 use bytes::Bytes;
@@ -312,12 +312,12 @@ async fn serve_stream<K: KvService>(
         let status = Status::unimplemented(format!(
             "grpc: Decompressor is not installed for grpc-encoding \"{encoding}\""
         ));
-        respond_status(respond, &status);
+        ResponseSink::new(respond).finish(&status);
         return;
     }
     let call = ServerCall {
-        reader: MessageReader::new(body, message_bytes_max, None),
-        respond,
+        reader: MessageReader::new(body, message_bytes_max),
+        sink: ResponseSink::new(respond),
     };
     services.call(head.uri.path(), call).await;
 }

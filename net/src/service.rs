@@ -4,15 +4,13 @@
 //! A call arrives as a [`ServerCall`] (the request stream and the handle to answer it), so a
 //! streaming method (Watch, LeaseKeepAlive) plugs in beside the unary ones with the same shape.
 
-use crate::grpc::{decode, encode, MessageReader, MessageWriter, CONTENT_TYPE};
+use crate::grpc::{decode, MessageReader, ResponseSink};
 use crate::kv::KvService;
 use crate::status::Status;
 use basalt_engine::mvcc::{
     validate_compaction, validate_delete_range, validate_put, validate_range, validate_txn, Limits,
 };
 use basalt_proto::etcdserverpb::{ResponseHeader, StatusRequest, StatusResponse};
-use bytes::Bytes;
-use h2::server::SendResponse;
 use std::future::Future;
 
 /// The etcd version Basalt reports (Maintenance.Status and `/version`): the etcd release
@@ -21,10 +19,12 @@ pub const ETCD_SERVER_VERSION: &str = "3.5.1";
 /// The cluster version reported by `/version` (etcd reports major.minor.0).
 pub const ETCD_CLUSTER_VERSION: &str = "3.5.0";
 
-/// One gRPC call as the server sees it.
+/// One gRPC call as the server sees it: requests come in through `reader`, responses and the
+/// final status go out through `sink`. A streaming method (Watch, LeaseKeepAlive) reads and
+/// sends on its own schedule with the same pair; [`unary`] is the one-in, one-out case.
 pub(crate) struct ServerCall {
     pub(crate) reader: MessageReader,
-    pub(crate) respond: SendResponse<Bytes>,
+    pub(crate) sink: ResponseSink,
 }
 
 /// Everything one core needs to answer calls.
@@ -88,7 +88,7 @@ impl<K: KvService> Services<K> {
             "/etcdserverpb.Maintenance/Status" => {
                 unary(call, |_: StatusRequest| self.maintenance_status()).await
             }
-            _ => respond_status(call.respond, &unserved(path)),
+            _ => call.sink.finish(&unserved(path)),
         }
     }
 
@@ -133,7 +133,7 @@ where
 {
     let ServerCall {
         mut reader,
-        respond,
+        mut sink,
     } = call;
     // grpc-go answers as soon as the one message is in, without waiting for the client to
     // half-close; a client that sends more is not read further.
@@ -148,39 +148,14 @@ where
         Ok(req) => handler(req).await,
         Err(status) => Err(status),
     };
-    match result {
-        Ok(resp) => respond_message(respond, encode(&resp)),
-        Err(status) => respond_status(respond, &status),
-    }
-}
-
-/// Answers with one message and an OK status.
-fn respond_message(mut respond: SendResponse<Bytes>, framed: Bytes) {
-    let Ok(body) = respond.send_response(grpc_response_head(), false) else {
-        return; // The client is gone; there is no one to tell.
+    let status = match result {
+        Ok(resp) => match sink.send(&resp).await {
+            Ok(()) => Status::ok(),
+            Err(_) => return, // The client is gone.
+        },
+        Err(status) => status,
     };
-    let mut writer = MessageWriter::new(body);
-    if writer.send_now(framed).is_ok() {
-        let _ = writer.finish(&Status::ok());
-    }
-}
-
-/// Answers with a status and no message, as one HEADERS frame (trailers-only).
-pub(crate) fn respond_status(mut respond: SendResponse<Bytes>, status: &Status) {
-    let mut head = grpc_response_head();
-    head.headers_mut()
-        .extend(crate::grpc::status_headers(status));
-    // An error here means the client reset the stream; nothing is left to answer.
-    let _ = respond.send_response(head, true);
-}
-
-fn grpc_response_head() -> http::Response<()> {
-    let mut head = http::Response::new(());
-    head.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static(CONTENT_TYPE),
-    );
-    head
+    sink.finish(&status);
 }
 
 /// The status for a path no handler serves, worded as grpc-go words it.
