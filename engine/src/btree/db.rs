@@ -1,0 +1,417 @@
+//! The database handle: opening a file, the published snapshot readers start from, the reader
+//! table that holds back page reuse, durable checkpoints.
+
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use arc_swap::ArcSwap;
+use memmap2::Mmap;
+
+use super::alloc::Allocator;
+use super::file::{PageFile, StdFile};
+use super::meta::Meta;
+use super::page::{self, Kind, PageRef, FREELIST_IDS_OFFSET};
+use super::read::ReadTxn;
+use super::write::WriteTxn;
+use super::Error;
+
+/// How to open a tree file.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Page size for a new file (a power of two, 1 KiB to 64 KiB); an existing file keeps its own.
+    pub page_size_bytes: usize,
+    /// Check the crc32c of every page a reader touches, not only the pages a writer copies.
+    pub verify_checksums: bool,
+    /// Read transactions that may be open at once; one more gets [`Error::ReadersFull`].
+    pub readers_max: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { page_size_bytes: 4096, verify_checksums: false, readers_max: 1024 }
+    }
+}
+
+const PAGE_SIZE_MIN: usize = 1024;
+const PAGE_SIZE_MAX: usize = 65536;
+/// Reader slot states besides a snapshot txn id (which is always >= 1).
+const SLOT_FREE: u64 = 0;
+const SLOT_CLAIMED: u64 = u64::MAX;
+/// Growth step bounds: small files grow by a quarter, big ones by at most this much.
+const GROW_BYTES_MIN: u64 = 256 << 10;
+const GROW_BYTES_MAX: u64 = 64 << 20;
+
+/// A copy-on-write B+tree file: one writer at a time, any number of lock-free readers.
+#[derive(Clone)]
+pub struct Db {
+    pub(crate) shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) page_size: usize,
+    pub(crate) verify: bool,
+    pub(crate) published: ArcSwap<Snapshot>,
+    readers: Box<[AtomicU64]>,
+    reader_hint: AtomicUsize,
+    writer: Mutex<Writer>,
+    pub(crate) path: Option<PathBuf>,
+}
+
+/// What a reader sees: one committed transaction and a map that covers all its pages.
+pub(crate) struct Snapshot {
+    pub(crate) txn_id: u64,
+    pub(crate) roots: Vec<(String, u64)>,
+    pub(crate) map: Arc<Mmap>,
+}
+
+pub(crate) struct Writer {
+    pub(crate) file: Box<dyn PageFile>,
+    pub(crate) map: Arc<Mmap>,
+    pub(crate) txn_id: u64,
+    pub(crate) roots: Vec<(String, u64)>,
+    pub(crate) alloc: Allocator,
+    pub(crate) durable: Durable,
+    pub(crate) poisoned: bool,
+}
+
+/// The newest meta known to be on stable storage.
+pub(crate) struct Durable {
+    pub(crate) txn_id: u64,
+    pub(crate) seq: u64,
+    pub(crate) slot: u64,
+    pub(crate) applied_index: u64,
+    pub(crate) freelist_pages: Vec<u64>,
+}
+
+/// Counters for tests, `basalt check` and the perf comparison.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stats {
+    pub page_size_bytes: usize,
+    pub file_bytes: u64,
+    pub high_water_pages: u64,
+    pub free_pages: u64,
+    pub waiting_pages: u64,
+    pub txn_id: u64,
+    pub durable_txn_id: u64,
+    pub durable_applied_index: u64,
+}
+
+/// Opens (creating if missing or empty) the tree file at `path`.
+pub fn open(path: impl AsRef<Path>, options: Options) -> Result<Db, Error> {
+    let path = path.as_ref();
+    let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+    Db::open_with(Box::new(StdFile(file)), Some(path.to_path_buf()), options)
+}
+
+impl Db {
+    /// Opens a tree over any [`PageFile`] (e.g. a fault-injecting one). Without a path the file
+    /// cannot be defragmented.
+    pub fn open_file(file: Box<dyn PageFile>, options: Options) -> Result<Db, Error> {
+        Db::open_with(file, None, options)
+    }
+
+    fn open_with(file: Box<dyn PageFile>, path: Option<PathBuf>, options: Options) -> Result<Db, Error> {
+        let ps = options.page_size_bytes;
+        if !ps.is_power_of_two() || !(PAGE_SIZE_MIN..=PAGE_SIZE_MAX).contains(&ps) {
+            return Err(Error::InvalidOptions("page_size_bytes must be a power of two from 1 KiB to 64 KiB"));
+        }
+        if options.readers_max == 0 {
+            return Err(Error::InvalidOptions("readers_max must be at least 1"));
+        }
+        if file.len_bytes()? == 0 {
+            init_file(file.as_ref(), ps)?;
+        }
+        let meta = read_newest_meta(file.as_ref(), ps)?;
+        let page_size = meta.page_size;
+        let file_bytes = file.len_bytes()?;
+        if file_bytes < meta.high_water_pages * page_size as u64 {
+            return Err(Error::corrupt(0, page_size, 48, "file is shorter than its meta page says"));
+        }
+        let freelist_pages = read_freelist(file.as_ref(), &meta)?;
+        let (chain, free) = freelist_pages;
+        let map = Arc::new(file.map(file_bytes)?);
+        let snapshot = Snapshot { txn_id: meta.txn_id, roots: meta.buckets.clone(), map: map.clone() };
+        let writer = Writer {
+            file,
+            map,
+            txn_id: meta.txn_id,
+            roots: meta.buckets.clone(),
+            alloc: Allocator::new(free, meta.high_water_pages),
+            durable: Durable {
+                txn_id: meta.txn_id,
+                seq: meta.seq,
+                slot: meta.seq % 2,
+                applied_index: meta.applied_index,
+                freelist_pages: chain,
+            },
+            poisoned: false,
+        };
+        let readers = (0..options.readers_max).map(|_| AtomicU64::new(SLOT_FREE)).collect();
+        Ok(Db {
+            shared: Arc::new(Shared {
+                page_size,
+                verify: options.verify_checksums,
+                published: ArcSwap::from_pointee(snapshot),
+                readers,
+                reader_hint: AtomicUsize::new(0),
+                writer: Mutex::new(writer),
+                path,
+            }),
+        })
+    }
+
+    /// Starts the (only) write transaction; blocks while another is open.
+    pub fn begin_write(&self) -> Result<WriteTxn<'_>, Error> {
+        let mut writer = self.shared.lock_writer()?;
+        let durable_txn = writer.durable.txn_id;
+        writer.alloc.reclaim(self.shared.oldest_reader_txn(), durable_txn);
+        Ok(WriteTxn::new(&self.shared, writer))
+    }
+
+    /// A snapshot of the newest committed transaction, readable from any thread without locks.
+    pub fn begin_read(&self) -> Result<ReadTxn, Error> {
+        let slot = self.shared.claim_reader_slot()?;
+        loop {
+            let snapshot = self.shared.published.load_full();
+            self.shared.readers[slot].store(snapshot.txn_id, Ordering::SeqCst);
+            // The writer scans the slots after publishing; if the snapshot is still the newest
+            // after our store, that scan will see us, so the pages we read stay put.
+            if self.shared.published.load().txn_id == snapshot.txn_id {
+                return Ok(ReadTxn::new(self.shared.clone(), snapshot, slot));
+            }
+        }
+    }
+
+    /// Makes every committed transaction durable and records `applied_index` with it: pages
+    /// written and synced, then the alternate meta page written and synced.
+    pub fn checkpoint(&self, applied_index: u64) -> Result<(), Error> {
+        let mut writer = self.shared.lock_writer()?;
+        let result = writer.checkpoint(self.shared.page_size, applied_index);
+        if result.is_err() {
+            writer.poisoned = true;
+        } else {
+            let durable_txn = writer.durable.txn_id;
+            writer.alloc.reclaim(self.shared.oldest_reader_txn(), durable_txn);
+        }
+        result
+    }
+
+    /// The applied index of the newest durable checkpoint (what recovery replays the WAL from).
+    pub fn durable_applied_index(&self) -> Result<u64, Error> {
+        Ok(self.shared.lock_writer()?.durable.applied_index)
+    }
+
+    pub fn stats(&self) -> Result<Stats, Error> {
+        let writer = self.shared.lock_writer()?;
+        Ok(Stats {
+            page_size_bytes: self.shared.page_size,
+            file_bytes: writer.file.len_bytes()?,
+            high_water_pages: writer.alloc.next_page,
+            free_pages: writer.alloc.pooled_pages() as u64,
+            waiting_pages: writer.alloc.waiting_pages() as u64,
+            txn_id: writer.txn_id,
+            durable_txn_id: writer.durable.txn_id,
+            durable_applied_index: writer.durable.applied_index,
+        })
+    }
+
+    /// Rewrites the newest committed state into a compact new file, makes it durable with
+    /// `applied_index`, and swaps it in place of the old one. Readers keep reading the old file
+    /// through their own map until they finish; writers wait for the copy.
+    pub fn defragment(&self, applied_index: u64) -> Result<(), Error> {
+        let path = self.shared.path.clone().ok_or(Error::InvalidOptions("defragment needs a Db opened by path"))?;
+        let mut writer = self.shared.lock_writer()?;
+        let result = super::defrag::defragment(&self.shared, &mut writer, &path, applied_index);
+        if result.is_err() {
+            writer.poisoned = true;
+        }
+        result
+    }
+}
+
+impl Shared {
+    pub(crate) fn lock_writer(&self) -> Result<MutexGuard<'_, Writer>, Error> {
+        let writer = self.writer.lock().map_err(|_| Error::Poisoned)?;
+        if writer.poisoned {
+            return Err(Error::Poisoned);
+        }
+        Ok(writer)
+    }
+
+    fn claim_reader_slot(&self) -> Result<usize, Error> {
+        let n = self.readers.len();
+        let start = self.reader_hint.fetch_add(1, Ordering::Relaxed) % n;
+        for i in 0..n {
+            let slot = (start + i) % n;
+            if self.readers[slot]
+                .compare_exchange(SLOT_FREE, SLOT_CLAIMED, Ordering::SeqCst, Ordering::Relaxed)
+                .is_ok()
+            {
+                return Ok(slot);
+            }
+        }
+        Err(Error::ReadersFull { readers_max: n })
+    }
+
+    pub(crate) fn release_reader_slot(&self, slot: usize) {
+        self.readers[slot].store(SLOT_FREE, Ordering::SeqCst);
+    }
+
+    /// The oldest snapshot any open reader holds, `u64::MAX` if none.
+    pub(crate) fn oldest_reader_txn(&self) -> u64 {
+        self.readers
+            .iter()
+            .map(|slot| slot.load(Ordering::SeqCst))
+            .filter(|&txn| txn != SLOT_FREE && txn != SLOT_CLAIMED)
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+}
+
+impl Writer {
+    /// Grows the file (and the writer's map) so that every page below `next_page` exists.
+    pub(crate) fn ensure_file_covers(&mut self, page_size: usize) -> Result<(), Error> {
+        let needed_bytes = self.alloc.next_page * page_size as u64;
+        let len_bytes = self.map.len() as u64;
+        if needed_bytes <= len_bytes {
+            return Ok(());
+        }
+        let step_bytes = (len_bytes / 4).clamp(GROW_BYTES_MIN, GROW_BYTES_MAX);
+        let new_len_bytes = needed_bytes.next_multiple_of(step_bytes).next_multiple_of(page_size as u64);
+        self.file.set_len_bytes(new_len_bytes)?;
+        self.map = Arc::new(self.file.map(new_len_bytes)?);
+        Ok(())
+    }
+
+    fn checkpoint(&mut self, page_size: usize, applied_index: u64) -> Result<(), Error> {
+        let ids_per_page = (page_size - FREELIST_IDS_OFFSET) / 8;
+        let mut free = self.alloc.all_unreachable();
+        free.extend_from_slice(&self.durable.freelist_pages);
+        free.sort_unstable();
+        let mut chain = Vec::new();
+        while chain.len() < free.len().div_ceil(ids_per_page) {
+            let page = match self.alloc.take_pooled() {
+                Some(page) => {
+                    let at = free.binary_search(&page).expect("pooled pages are listed as free");
+                    free.remove(at);
+                    page
+                }
+                None => self.alloc.alloc(1),
+            };
+            chain.push(page);
+        }
+        self.ensure_file_covers(page_size)?;
+        let mut buf = vec![0u8; page_size];
+        for (i, ids) in free.chunks(ids_per_page).enumerate() {
+            buf.fill(0);
+            page::write_header(&mut buf, Kind::Freelist, ids.len(), self.txn_id);
+            page::put_u64(&mut buf, 16, chain.get(i + 1).copied().unwrap_or(0));
+            for (j, id) in ids.iter().enumerate() {
+                page::put_u64(&mut buf, FREELIST_IDS_OFFSET + j * 8, *id);
+            }
+            page::seal(&mut buf);
+            self.file.write_at(&buf, chain[i] * page_size as u64)?;
+        }
+        self.file.sync_data()?;
+        let meta = Meta {
+            page_size,
+            txn_id: self.txn_id,
+            seq: self.durable.seq + 1,
+            applied_index,
+            high_water_pages: self.alloc.next_page,
+            freelist_head: chain.first().copied().unwrap_or(0),
+            freelist_count: free.len() as u64,
+            buckets: self.roots.clone(),
+        };
+        let slot = meta.seq % 2;
+        assert_ne!(slot, self.durable.slot, "a checkpoint must never overwrite the newest durable meta");
+        meta.encode(&mut buf);
+        self.file.write_at(&buf, slot * page_size as u64)?;
+        self.file.sync_data()?;
+        let old_chain = std::mem::replace(&mut self.durable.freelist_pages, chain);
+        self.alloc.release_now(old_chain);
+        self.durable.txn_id = meta.txn_id;
+        self.durable.seq = meta.seq;
+        self.durable.slot = slot;
+        self.durable.applied_index = applied_index;
+        Ok(())
+    }
+}
+
+fn init_file(file: &dyn PageFile, page_size: usize) -> Result<(), Error> {
+    let mut buf = vec![0u8; page_size * 2];
+    // Both slots valid from the start, so a damaged slot is always a real fault worth reporting.
+    for seq in [0u64, 1] {
+        let meta = Meta {
+            page_size,
+            txn_id: 1,
+            seq,
+            applied_index: 0,
+            high_water_pages: 2,
+            freelist_head: 0,
+            freelist_count: 0,
+            buckets: Vec::new(),
+        };
+        let slot = (seq % 2) as usize;
+        meta.encode(&mut buf[slot * page_size..(slot + 1) * page_size]);
+    }
+    file.write_at(&buf, 0)?;
+    file.sync_data()?;
+    Ok(())
+}
+
+/// Both meta slots, decoded or with the reason they are unusable.
+pub(crate) fn read_metas(file: &dyn PageFile, page_size_hint: usize) -> Result<[Result<Meta, Error>; 2], Error> {
+    let mut head = [0u8; 28];
+    file.read_at(&mut head, 0)?;
+    let page_size = Meta::peek_page_size(&head)
+        .filter(|ps| ps.is_power_of_two() && (PAGE_SIZE_MIN..=PAGE_SIZE_MAX).contains(ps))
+        .unwrap_or(page_size_hint);
+    let read = |slot: u64| -> Result<Meta, Error> {
+        let mut buf = vec![0u8; page_size];
+        file.read_at(&mut buf, slot * page_size as u64)?;
+        Meta::decode(slot, &buf)
+    };
+    Ok([read(0), read(1)])
+}
+
+fn read_newest_meta(file: &dyn PageFile, page_size_hint: usize) -> Result<Meta, Error> {
+    let [a, b] = read_metas(file, page_size_hint)?;
+    match (a, b) {
+        (Ok(a), Ok(b)) => Ok(if a.seq >= b.seq { a } else { b }),
+        (Ok(m), Err(_)) | (Err(_), Ok(m)) => Ok(m),
+        (Err(a), Err(_)) => Err(Error::NoValidMeta(Box::new(a))),
+    }
+}
+
+/// The freelist chain pages and the free page ids they list.
+pub(crate) fn read_freelist(file: &dyn PageFile, meta: &Meta) -> Result<(Vec<u64>, Vec<u64>), Error> {
+    let (mut chain, mut free) = (Vec::new(), Vec::new());
+    let mut next = meta.freelist_head;
+    let mut buf = vec![0u8; meta.page_size];
+    while next != 0 {
+        if next < 2 || next >= meta.high_water_pages || chain.len() as u64 > meta.high_water_pages {
+            return Err(Error::corrupt(next, meta.page_size, 16, "freelist chain leaves the file or loops"));
+        }
+        file.read_at(&mut buf, next * meta.page_size as u64)?;
+        let page = PageRef::new(next, &buf, meta.page_size, true)?;
+        if page.kind() != Kind::Freelist {
+            return Err(page.corrupt(4, "freelist chain reaches a non-freelist page"));
+        }
+        for i in 0..page.count() {
+            let id = page.u64_at(FREELIST_IDS_OFFSET + i * 8)?;
+            if id < 2 || id >= meta.high_water_pages {
+                return Err(page.corrupt(FREELIST_IDS_OFFSET + i * 8, "free page id outside the file"));
+            }
+            free.push(id);
+        }
+        chain.push(next);
+        next = page.u64_at(16)?;
+    }
+    if free.len() as u64 != meta.freelist_count {
+        return Err(Error::corrupt(meta.freelist_head, meta.page_size, 0, "freelist length differs from the meta page"));
+    }
+    Ok((chain, free))
+}
