@@ -131,7 +131,8 @@ fn check_txn(req: &TxnRequest, max_txn_ops: usize) -> Result<(), MvccError> {
             Some(Request::RequestRange(range)) => check_range(range)?,
             Some(Request::RequestPut(put)) => check_put(put)?,
             Some(Request::RequestDeleteRange(delete)) => check_delete(delete)?,
-            Some(Request::RequestTxn(txn)) => check_txn(txn, max_txn_ops)?,
+            // A nested txn gets what its parent's longest list left of the limit.
+            Some(Request::RequestTxn(txn)) => check_txn(txn, max_txn_ops - ops)?,
             // etcd's answer to an op with nothing in it.
             None => return Err(MvccError::KeyNotFound),
         }
@@ -456,6 +457,11 @@ mod tests {
             (
                 "nested level has its own limit",
                 txn(vec![nested(vec![put("a"), put("b"), put("c")], vec![])]),
+                MvccError::TooManyOps,
+            ),
+            (
+                "nested level gets what its parent left",
+                txn(vec![put("a"), nested(vec![put("b")], vec![])]),
                 MvccError::TooManyOps,
             ),
             (
