@@ -17,6 +17,9 @@ pub struct ServerConfig {
     pub listen_client_urls: Vec<String>,
     /// What the member tells clients to use (`--advertise-client-urls`).
     pub advertise_client_urls: Vec<String>,
+    /// What peers use to reach this member (`--initial-advertise-peer-urls`); shown by
+    /// Cluster.MemberList.
+    pub advertise_peer_urls: Vec<String>,
     /// Executors, one per core; 0 means every core this process may run on.
     pub cores: usize,
     /// Pin executor `i` to the i-th allowed CPU. Off lets the OS move them (tests that run
@@ -42,6 +45,7 @@ impl Default for ServerConfig {
             name: "default".to_string(),
             listen_client_urls: vec!["http://localhost:2379".to_string()],
             advertise_client_urls: vec!["http://localhost:2379".to_string()],
+            advertise_peer_urls: vec!["http://localhost:2380".to_string()],
             cores: 0,
             pin_cores: true,
             max_txn_ops: 128,

@@ -9,6 +9,7 @@ use crate::kv::{KvService, LocalKv};
 use crate::service::{ServerCall, Services};
 use crate::status::Status;
 use basalt_engine::mvcc::Limits;
+use basalt_proto::etcdserverpb::Member;
 use bytes::Bytes;
 use futures_lite::AsyncReadExt;
 use glommio::net::{TcpListener, TcpStream};
@@ -112,6 +113,13 @@ where
                     },
                     cluster_id: config.cluster_id,
                     member_id: config.member_id,
+                    member: Member {
+                        id: config.member_id,
+                        name: config.name.clone(),
+                        peer_ur_ls: config.advertise_peer_urls.clone(),
+                        client_ur_ls: config.advertise_client_urls.clone(),
+                        is_learner: false,
+                    },
                 });
                 serve_core(sockets, Rc::new(config), services, core_stop).await;
             })

@@ -10,7 +10,10 @@ use crate::status::Status;
 use basalt_engine::mvcc::{
     validate_compaction, validate_delete_range, validate_put, validate_range, validate_txn, Limits,
 };
-use basalt_proto::etcdserverpb::{ResponseHeader, StatusRequest, StatusResponse};
+use basalt_proto::etcdserverpb::{
+    alarm_request::AlarmAction, AlarmRequest, AlarmResponse, Member, MemberListRequest,
+    MemberListResponse, ResponseHeader, StatusRequest, StatusResponse,
+};
 use std::future::Future;
 
 /// The etcd version Basalt reports (Maintenance.Status and `/version`): the etcd release
@@ -33,6 +36,8 @@ pub(crate) struct Services<K> {
     pub(crate) limits: Limits,
     pub(crate) cluster_id: u64,
     pub(crate) member_id: u64,
+    /// This member as Cluster.MemberList shows it.
+    pub(crate) member: Member,
 }
 
 impl<K: KvService> Services<K> {
@@ -88,6 +93,21 @@ impl<K: KvService> Services<K> {
             "/etcdserverpb.Maintenance/Status" => {
                 unary(call, |_: StatusRequest| self.maintenance_status()).await
             }
+            "/etcdserverpb.Maintenance/Alarm" => {
+                unary(call, |req: AlarmRequest| self.alarm(req)).await
+            }
+            "/etcdserverpb.Cluster/MemberList" => {
+                unary(call, |_: MemberListRequest| async {
+                    // etcd's cluster server leaves the revision out of this header.
+                    let mut header = None;
+                    self.fill_header(&mut header);
+                    Ok(MemberListResponse {
+                        header,
+                        members: vec![self.member.clone()],
+                    })
+                })
+                .await
+            }
             _ => call.sink.finish(&unserved(path)),
         }
     }
@@ -110,6 +130,26 @@ impl<K: KvService> Services<K> {
             errors: Vec::new(),
             db_size_in_use: store.db_size_bytes,
             is_learner: false,
+        })
+    }
+
+    /// No alarm is ever raised yet (no space quota, no corruption check), so listing finds
+    /// none and disarming has nothing to clear; `etcdctl endpoint health` lists alarms.
+    async fn alarm(&self, req: AlarmRequest) -> Result<AlarmResponse, Status> {
+        if req.action == AlarmAction::Activate as i32 {
+            return Err(Status::unimplemented(
+                "basalt: raising an alarm is not implemented",
+            ));
+        }
+        let store = self.kv.status().await?;
+        let mut header = Some(ResponseHeader {
+            revision: store.revision,
+            ..Default::default()
+        });
+        self.fill_header(&mut header);
+        Ok(AlarmResponse {
+            header,
+            alarms: Vec::new(),
         })
     }
 

@@ -4,8 +4,8 @@
 use basalt_net::client::Client;
 use basalt_net::{Code, ServerConfig, ServerHandle, Status};
 use basalt_proto::etcdserverpb::{
-    compare, request_op, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
-    TxnRequest,
+    compare, request_op, AlarmRequest, AlarmResponse, Compare, DeleteRangeRequest,
+    MemberListRequest, MemberListResponse, PutRequest, RangeRequest, RequestOp, TxnRequest,
 };
 use bytes::{BufMut, Bytes, BytesMut};
 use glommio::{LocalExecutorBuilder, Placement};
@@ -140,6 +140,46 @@ fn kv_round_trip_through_the_client() {
         let status = client.status().await.unwrap();
         assert_eq!(status.leader, config.member_id);
         assert_eq!(status.raft_index, status.header.unwrap().revision as u64);
+    });
+}
+
+#[test]
+fn maintenance_and_cluster_describe_the_single_member() {
+    with_server(|addr| async move {
+        let client = Client::connect(addr).await.unwrap();
+        let config = ServerConfig::default();
+        client.put(&put("a", "1")).await.unwrap();
+
+        let status = client.status().await.unwrap();
+        let header = status.header.unwrap();
+        assert_eq!((header.member_id, header.revision), (config.member_id, 2));
+        assert_eq!(status.leader, config.member_id);
+        assert_eq!((status.raft_index, status.raft_applied_index), (2, 2));
+        assert_eq!(status.version, basalt_net::ETCD_SERVER_VERSION);
+
+        let alarms: AlarmResponse = client
+            .unary("/etcdserverpb.Maintenance/Alarm", &AlarmRequest::default())
+            .await
+            .unwrap();
+        assert!(alarms.alarms.is_empty());
+
+        let members: MemberListResponse = client
+            .unary(
+                "/etcdserverpb.Cluster/MemberList",
+                &MemberListRequest::default(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(members.members.len(), 1);
+        let member = &members.members[0];
+        assert_eq!(
+            (member.id, &member.name, &member.client_ur_ls),
+            (
+                config.member_id,
+                &config.name,
+                &config.advertise_client_urls
+            )
+        );
     });
 }
 
