@@ -1,0 +1,122 @@
+//! The background task that keeps the next segment ready: created under a temporary name,
+//! zero-filled with real writes (so its extents are written, not merely allocated), synced,
+//! then renamed into place. The writer takes finished segments from a channel and never waits
+//! on this work unless it outruns it.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use glommio::channels::local_channel::LocalSender;
+
+use super::storage::{SegmentFile, Storage, WriteBuf};
+
+/// Zero-fill write size: large enough to stream, small enough to interleave with the hot path.
+const ZERO_FILL_WRITE_BYTES: usize = 1 << 20;
+/// Retries of a write that the device cut short before the WAL gives up on it.
+pub const SHORT_WRITE_RETRIES_MAX: u32 = 8;
+
+/// A ready segment: its sequence number and its open file.
+pub type ReadySegment<F> = (u64, Rc<F>);
+
+pub fn segment_name(seq: u64) -> String {
+    format!("{seq:016x}.wal")
+}
+
+/// The sequence number in a segment file name, or None for any other file.
+pub fn parse_segment_name(name: &str) -> Option<u64> {
+    let hex = name.strip_suffix(".wal")?;
+    if hex.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
+}
+
+pub const TEMP_SUFFIX: &str = ".tmp";
+
+/// Writes all of `buf` at `pos`, rewriting the whole buffer when the device writes less.
+pub async fn write_all<F: SegmentFile>(file: &F, buf: &Rc<F::Buf>, pos: u64) -> io::Result<()> {
+    let len = buf.bytes().len();
+    for _ in 0..=SHORT_WRITE_RETRIES_MAX {
+        if file.write_at(Rc::clone(buf), pos).await? == len {
+            return Ok(());
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::WriteZero,
+        format!("write of {len} bytes at {pos} stayed short after {SHORT_WRITE_RETRIES_MAX} retries"),
+    ))
+}
+
+/// Feeds `tx` with the `ready` segments, then with new ones from `next_seq` on, until the
+/// receiver goes away or a segment cannot be made (the error is sent, then the task ends).
+pub async fn run<S: Storage>(
+    storage: S,
+    dir: PathBuf,
+    segment_bytes: u64,
+    ready: Vec<ReadySegment<S::File>>,
+    mut next_seq: u64,
+    tx: LocalSender<io::Result<ReadySegment<S::File>>>,
+) {
+    for seg in ready {
+        if tx.send(Ok(seg)).await.is_err() {
+            return;
+        }
+    }
+    loop {
+        let made = make_segment(&storage, &dir, segment_bytes, next_seq).await;
+        let failed = made.is_err();
+        if tx.send(made).await.is_err() || failed {
+            return;
+        }
+        next_seq += 1;
+    }
+}
+
+async fn make_segment<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    segment_bytes: u64,
+    seq: u64,
+) -> io::Result<ReadySegment<S::File>> {
+    let name = segment_name(seq);
+    let temp = dir.join(format!("{name}{TEMP_SUFFIX}"));
+    let file = storage.create(&temp).await?;
+    let zeros = zero_buf(&file, ZERO_FILL_WRITE_BYTES.min(segment_bytes as usize));
+    let mut pos = 0;
+    while pos < segment_bytes {
+        let left = (segment_bytes - pos) as usize;
+        if left < zeros.bytes().len() {
+            write_all(&file, &zero_buf(&file, left), pos).await?;
+        } else {
+            write_all(&file, &zeros, pos).await?;
+        }
+        pos += zeros.bytes().len().min(left) as u64;
+    }
+    file.fdatasync().await?;
+    storage.rename(&temp, &dir.join(&name)).await?;
+    storage.sync_dir(dir).await?;
+    Ok((seq, Rc::new(file)))
+}
+
+fn zero_buf<F: SegmentFile>(file: &F, len: usize) -> Rc<F::Buf> {
+    let mut buf = file.alloc(len);
+    buf.bytes_mut().fill(0);
+    Rc::new(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_names_sort_by_sequence_and_parse_back() {
+        for seq in [0, 1, 0xff, u64::MAX] {
+            assert_eq!(parse_segment_name(&segment_name(seq)), Some(seq));
+        }
+        assert!(segment_name(9) < segment_name(10));
+        for other in ["x.wal", "0000000000000001.wal.tmp", "0000000000000001", "lock"] {
+            assert_eq!(parse_segment_name(other), None, "{other}");
+        }
+    }
+}

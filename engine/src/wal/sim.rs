@@ -1,0 +1,293 @@
+//! A simulated disk for tests: files in memory that remember what was synced, so a test can
+//! pull the plug ([`SimStorage::crash`]) and see exactly what a real disk could have kept, and
+//! inject faults: short writes, ENOSPC, failing fdatasync, bit flips. Deterministic by seed.
+//!
+//! The crash model follows the media assumptions in [`super`]: every sector written since the
+//! file's last fdatasync independently keeps its new or its old content, and at most one of
+//! them (the torn one) keeps a new prefix over old bytes.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use super::format::TORN_SECTOR_BYTES;
+use super::storage::{SegmentFile, Storage, WriteBuf};
+
+/// The O_DIRECT alignment the simulated files demand.
+pub const SIM_ALIGNMENT_BYTES: usize = 4096;
+
+/// Faults to inject; each `one_in` is a 1-in-N chance per call (0: never).
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    pub short_write_one_in: u32,
+    pub sync_error_one_in: u32,
+    /// Writes fail with ENOSPC once this many bytes have been written in total.
+    pub enospc_after_bytes: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+struct FileData {
+    current: Vec<u8>,
+    durable: Vec<u8>,
+    /// Byte ranges written since the last fdatasync.
+    unsynced: Vec<(usize, usize)>,
+}
+
+#[derive(Debug)]
+struct Disk {
+    files: BTreeMap<PathBuf, Rc<RefCell<FileData>>>,
+    rng: u64,
+    faults: Faults,
+    bytes_written: u64,
+    /// Bumped by a crash: handles opened before it stop working, like a dead process's.
+    epoch: u64,
+}
+
+impl Disk {
+    /// xorshift64*: small, deterministic, good enough to pick faults.
+    fn next(&mut self) -> u64 {
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn one_in(&mut self, n: u32) -> bool {
+        n != 0 && self.next() % u64::from(n) == 0
+    }
+}
+
+/// An in-memory [`Storage`] with crash and fault injection.
+#[derive(Debug, Clone)]
+pub struct SimStorage {
+    disk: Rc<RefCell<Disk>>,
+}
+
+pub struct SimFile {
+    data: Rc<RefCell<FileData>>,
+    storage: SimStorage,
+    epoch: u64,
+}
+
+/// A plain heap buffer stands in for DMA memory.
+pub struct SimBuf(Vec<u8>);
+
+impl WriteBuf for SimBuf {
+    fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.0
+    }
+}
+
+impl SimStorage {
+    pub fn new(seed: u64) -> SimStorage {
+        SimStorage {
+            disk: Rc::new(RefCell::new(Disk {
+                files: BTreeMap::new(),
+                rng: seed | 1,
+                faults: Faults::default(),
+                bytes_written: 0,
+                epoch: 0,
+            })),
+        }
+    }
+
+    pub fn set_faults(&self, faults: Faults) {
+        let mut d = self.disk.borrow_mut();
+        d.faults = faults;
+        d.bytes_written = 0;
+    }
+
+    /// Power loss: every file keeps its synced bytes plus a random subset of the sectors
+    /// written since, one of them possibly torn. Open handles die.
+    pub fn crash(&self) {
+        let mut d = self.disk.borrow_mut();
+        d.epoch += 1;
+        let files: Vec<_> = d.files.values().cloned().collect();
+        for f in files {
+            let mut f = f.borrow_mut();
+            let mut out = f.durable.clone();
+            out.resize(f.current.len(), 0);
+            let mut torn_left = 1;
+            for (start, end) in std::mem::take(&mut f.unsynced) {
+                let end = end.min(f.current.len());
+                let mut s = start;
+                while s < end {
+                    let e = ((s / TORN_SECTOR_BYTES + 1) * TORN_SECTOR_BYTES).min(end);
+                    match d.next() % 4 {
+                        0 => {}
+                        1 if torn_left > 0 => {
+                            torn_left -= 1;
+                            let cut = s + (d.next() as usize % (e - s));
+                            out[s..cut].copy_from_slice(&f.current[s..cut]);
+                        }
+                        _ => out[s..e].copy_from_slice(&f.current[s..e]),
+                    }
+                    s = e;
+                }
+            }
+            f.durable = out.clone();
+            f.current = out;
+        }
+    }
+
+    /// Flips one bit of a file as stored (both before and after any crash).
+    pub fn flip_bit(&self, path: &Path, byte: usize, bit: u8) {
+        let d = self.disk.borrow();
+        let mut f = d.files[path].borrow_mut();
+        f.current[byte] ^= 1 << bit;
+        if byte < f.durable.len() {
+            f.durable[byte] ^= 1 << bit;
+        }
+    }
+
+    /// The current bytes of a file.
+    pub fn contents(&self, path: &Path) -> Option<Vec<u8>> {
+        let d = self.disk.borrow();
+        d.files.get(path).map(|f| f.borrow().current.clone())
+    }
+
+    pub fn paths(&self) -> Vec<PathBuf> {
+        self.disk.borrow().files.keys().cloned().collect()
+    }
+
+    fn file(&self, data: Rc<RefCell<FileData>>) -> SimFile {
+        let epoch = self.disk.borrow().epoch;
+        SimFile {
+            data,
+            storage: self.clone(),
+            epoch,
+        }
+    }
+}
+
+fn not_found(path: &Path) -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, path.display().to_string())
+}
+
+impl SimFile {
+    /// The disk, unless a crash killed this handle.
+    fn live(&self) -> io::Result<std::cell::RefMut<'_, Disk>> {
+        let d = self.storage.disk.borrow_mut();
+        if d.epoch != self.epoch {
+            return Err(io::Error::other("simulated power loss: handle is dead"));
+        }
+        Ok(d)
+    }
+}
+
+impl SegmentFile for SimFile {
+    type Buf = SimBuf;
+    type ReadBuf = Vec<u8>;
+
+    fn alignment_bytes(&self) -> usize {
+        SIM_ALIGNMENT_BYTES
+    }
+
+    fn alloc(&self, len: usize) -> SimBuf {
+        // Garbage, not zeros, so a caller that forgets to fill a byte is caught.
+        SimBuf(vec![0xa5; len])
+    }
+
+    async fn write_at(&self, buf: Rc<SimBuf>, pos: u64) -> io::Result<usize> {
+        let mut d = self.live()?;
+        let len = buf.0.len();
+        if pos as usize % SIM_ALIGNMENT_BYTES != 0 || len % SIM_ALIGNMENT_BYTES != 0 {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        if d.faults.enospc_after_bytes.is_some_and(|max| d.bytes_written + len as u64 > max) {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        let short_write = d.faults.short_write_one_in;
+        let n = if len > 1 && d.one_in(short_write) {
+            1 + d.next() as usize % (len - 1)
+        } else {
+            len
+        };
+        d.bytes_written += n as u64;
+        let mut f = self.data.borrow_mut();
+        let pos = pos as usize;
+        if f.current.len() < pos + n {
+            f.current.resize(pos + n, 0);
+        }
+        f.current[pos..pos + n].copy_from_slice(&buf.0[..n]);
+        f.unsynced.push((pos, pos + n));
+        Ok(n)
+    }
+
+    async fn read_at(&self, pos: u64, len: usize) -> io::Result<Vec<u8>> {
+        let _live = self.live()?;
+        let f = self.data.borrow();
+        let start = (pos as usize).min(f.current.len());
+        let end = (start + len).min(f.current.len());
+        Ok(f.current[start..end].to_vec())
+    }
+
+    async fn fdatasync(&self) -> io::Result<()> {
+        let mut d = self.live()?;
+        let sync_error = d.faults.sync_error_one_in;
+        if d.one_in(sync_error) {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        let mut f = self.data.borrow_mut();
+        f.durable = f.current.clone();
+        f.unsynced.clear();
+        Ok(())
+    }
+
+    async fn size_bytes(&self) -> io::Result<u64> {
+        let _live = self.live()?;
+        Ok(self.data.borrow().current.len() as u64)
+    }
+}
+
+// Namespace operations are durable at once in the simulation; the WAL syncs its directory
+// anyway, and the crash model targets file data, where the WAL's own ordering matters.
+impl Storage for SimStorage {
+    type File = SimFile;
+
+    async fn create_dir_all(&self, _dir: &Path) -> io::Result<()> {
+        Ok(())
+    }
+
+    async fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let d = self.disk.borrow();
+        Ok(d.files
+            .keys()
+            .filter(|p| p.parent() == Some(dir))
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect())
+    }
+
+    async fn open(&self, path: &Path) -> io::Result<SimFile> {
+        let data = self.disk.borrow().files.get(path).cloned().ok_or_else(|| not_found(path))?;
+        Ok(self.file(data))
+    }
+
+    async fn create(&self, path: &Path) -> io::Result<SimFile> {
+        let data = Rc::new(RefCell::new(FileData::default()));
+        self.disk.borrow_mut().files.insert(path.to_path_buf(), Rc::clone(&data));
+        Ok(self.file(data))
+    }
+
+    async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut d = self.disk.borrow_mut();
+        let data = d.files.remove(from).ok_or_else(|| not_found(from))?;
+        d.files.insert(to.to_path_buf(), data);
+        Ok(())
+    }
+
+    async fn remove(&self, path: &Path) -> io::Result<()> {
+        self.disk.borrow_mut().files.remove(path).map(drop).ok_or_else(|| not_found(path))
+    }
+
+    async fn sync_dir(&self, _dir: &Path) -> io::Result<()> {
+        Ok(())
+    }
+}

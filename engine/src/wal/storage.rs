@@ -1,0 +1,147 @@
+//! The file layer under the WAL: a small trait with one real implementation on glommio DMA
+//! files (O_DIRECT through io_uring) and one simulated disk ([`super::sim`]) for fault tests.
+//!
+//! Everything the WAL does to the medium goes through [`Storage`] and [`SegmentFile`], so the
+//! same WAL code runs over both.
+
+use std::io;
+use std::ops::Deref;
+use std::path::Path;
+use std::rc::Rc;
+
+use glommio::io::{DmaBuffer, DmaFile, OpenOptions, ReadResult};
+
+/// A buffer the file layer can write from; for O_DIRECT it is suitably aligned memory.
+pub trait WriteBuf: 'static {
+    fn bytes(&self) -> &[u8];
+    fn bytes_mut(&mut self) -> &mut [u8];
+}
+
+// The WAL runs on one glommio executor; its futures are never sent across threads, so the
+// auto-trait bounds that this lint asks for would only get in the way.
+#[allow(async_fn_in_trait)]
+/// One open segment file.
+pub trait SegmentFile: 'static {
+    type Buf: WriteBuf;
+    type ReadBuf: Deref<Target = [u8]>;
+
+    /// Offsets and lengths of writes must be multiples of this.
+    fn alignment_bytes(&self) -> usize;
+    /// A buffer of `len` bytes (a multiple of the alignment) for `write_at`. Its contents are
+    /// unspecified: the caller writes every byte.
+    fn alloc(&self, len: usize) -> Self::Buf;
+    /// Writes `buf` at `pos`; may write fewer bytes than asked (the caller retries).
+    async fn write_at(&self, buf: Rc<Self::Buf>, pos: u64) -> io::Result<usize>;
+    /// Reads up to `len` bytes at `pos`; fewer only at the end of the file.
+    async fn read_at(&self, pos: u64, len: usize) -> io::Result<Self::ReadBuf>;
+    async fn fdatasync(&self) -> io::Result<()>;
+    async fn size_bytes(&self) -> io::Result<u64>;
+}
+
+#[allow(async_fn_in_trait)]
+/// The directory operations the WAL needs.
+pub trait Storage: Clone + 'static {
+    type File: SegmentFile;
+
+    async fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// File names (not paths) in `dir`.
+    async fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Opens an existing file for reading and writing.
+    async fn open(&self, path: &Path) -> io::Result<Self::File>;
+    /// Creates (or truncates) a file for reading and writing.
+    async fn create(&self, path: &Path) -> io::Result<Self::File>;
+    async fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    async fn remove(&self, path: &Path) -> io::Result<()>;
+    /// Makes creations, renames and removals in `dir` durable.
+    async fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+}
+
+/// The production file layer: glommio DMA files, O_DIRECT, io_uring.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DmaStorage;
+
+impl WriteBuf for DmaBuffer {
+    fn bytes(&self) -> &[u8] {
+        self.as_bytes()
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        self.as_bytes_mut()
+    }
+}
+
+impl SegmentFile for DmaFile {
+    type Buf = DmaBuffer;
+    type ReadBuf = ReadResult;
+
+    fn alignment_bytes(&self) -> usize {
+        usize::try_from(self.alignment()).expect("alignment fits usize")
+    }
+
+    fn alloc(&self, len: usize) -> DmaBuffer {
+        self.alloc_dma_buffer(len)
+    }
+
+    async fn write_at(&self, buf: Rc<DmaBuffer>, pos: u64) -> io::Result<usize> {
+        Ok(self.write_rc_at(buf, pos).await?)
+    }
+
+    async fn read_at(&self, pos: u64, len: usize) -> io::Result<ReadResult> {
+        Ok(DmaFile::read_at(self, pos, len).await?)
+    }
+
+    async fn fdatasync(&self) -> io::Result<()> {
+        Ok(DmaFile::fdatasync(self).await?)
+    }
+
+    async fn size_bytes(&self) -> io::Result<u64> {
+        Ok(self.file_size().await?)
+    }
+}
+
+impl Storage for DmaStorage {
+    type File = DmaFile;
+
+    async fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(dir)
+    }
+
+    async fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            names.push(entry?.file_name().to_string_lossy().into_owned());
+        }
+        Ok(names)
+    }
+
+    async fn open(&self, path: &Path) -> io::Result<DmaFile> {
+        Ok(OpenOptions::new()
+            .read(true)
+            .write(true)
+            .dma_open(path)
+            .await?)
+    }
+
+    async fn create(&self, path: &Path) -> io::Result<DmaFile> {
+        Ok(OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .dma_open(path)
+            .await?)
+    }
+
+    async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+
+    async fn remove(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+
+    async fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        let d = glommio::io::Directory::open(dir).await?;
+        d.sync().await?;
+        Ok(d.close().await?)
+    }
+}

@@ -1,0 +1,619 @@
+//! The open WAL: the append path (encode now, durable later), the single writer task that turns
+//! everything queued into one write plus one fdatasync, reads by index, and purge.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::future::{poll_fn, Future};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+use glommio::channels::local_channel::{self, LocalReceiver};
+use glommio::task::JoinHandle;
+
+use super::format::{self, encode_record, record_bytes, SegmentHeader, RECORD_FRAME_BYTES};
+use super::prealloc::{self, segment_name, write_all, ReadySegment};
+use super::recover::{self, Tail};
+use super::storage::{DmaStorage, SegmentFile, Storage, WriteBuf};
+use super::view::{LogView, Loc};
+use super::{Record, RecordKind, RecordRef, Recovered, WalError, WalOptions};
+
+/// The alignment recorded in segment headers: writes are aligned to the file's own alignment,
+/// which must divide this.
+const WRITE_ALIGNMENT_MAX_BYTES: usize = 4096;
+
+/// An open write-ahead log, owned by one glommio executor (the raft core). Share it between
+/// tasks of that executor with `Rc<Wal>`; concurrent [`Wal::append`] calls coalesce.
+pub struct Wal<S: Storage = DmaStorage> {
+    shared: Rc<Shared<S>>,
+    writer: Option<JoinHandle<()>>,
+    preallocator: JoinHandle<()>,
+}
+
+struct Shared<S: Storage> {
+    storage: S,
+    dir: PathBuf,
+    opts: WalOptions,
+    st: RefCell<State<S::File>>,
+}
+
+/// Records encoded for one segment, waiting for the writer.
+struct Chunk {
+    seg: u64,
+    offset: u64,
+    bytes: Vec<u8>,
+    /// The latest submission whose last record is in this chunk (0: none).
+    last_ticket: u64,
+}
+
+#[derive(Clone, Copy)]
+struct EncodeTail {
+    seq: u64,
+    offset: u64,
+    segment_bytes: u64,
+}
+
+struct State<F> {
+    view: LogView,
+    /// Highest entry index per segment holding records, oldest first.
+    seg_max_entry_index: BTreeMap<u64, u64>,
+    /// Open files of the segments the writer has reached.
+    files: BTreeMap<u64, Rc<F>>,
+    enc: Option<EncodeTail>,
+    /// Sequence of the next segment to open when `enc` is None.
+    first_new_seq: u64,
+    chain_crc: u32,
+    pending: VecDeque<Chunk>,
+    pending_bytes: usize,
+    next_ticket: u64,
+    durable_ticket: u64,
+    /// (segment, offset) up to which everything is durable.
+    durable_end: (u64, u64),
+    failed: Option<String>,
+    durable_waiters: Vec<(u64, Waker)>,
+    space_waiters: Vec<Waker>,
+    writer_waker: Option<Waker>,
+    closed: bool,
+}
+
+impl<S: Storage> Wal<S> {
+    /// Opens (creating if needed) the WAL in `dir` and recovers it. Must run inside a glommio
+    /// executor, which the WAL's writer and preallocator tasks join.
+    pub async fn open(
+        storage: S,
+        dir: impl Into<PathBuf>,
+        opts: WalOptions,
+    ) -> Result<(Wal<S>, Recovered), WalError> {
+        opts.validate()?;
+        let dir = dir.into();
+        let disk = recover::recover(&storage, &dir, &opts).await?;
+        let view = disk.view;
+        let bounds = view.bounds();
+        let recovered = Recovered {
+            metadata: view.metadata.clone(),
+            hard_state: view.hard_state.clone(),
+            snapshot: view.snapshot.clone(),
+            first_index: bounds.first_index.max(1),
+            last_index: bounds.last_index(),
+            torn_tail: disk.torn_tail,
+        };
+        let first_new_seq = disk.ready.first().map_or(disk.next_seq, |r| r.0);
+        let (enc, durable_end, prefix, current) = match disk.tail {
+            Some(Tail {
+                seq,
+                offset,
+                segment_bytes,
+                sector_prefix,
+            }) => (
+                Some(EncodeTail {
+                    seq,
+                    offset,
+                    segment_bytes,
+                }),
+                (seq, offset),
+                sector_prefix,
+                Some(seq),
+            ),
+            None => (None, (0, 0), Vec::new(), None),
+        };
+        let files: BTreeMap<u64, Rc<S::File>> =
+            disk.segs.iter().map(|(&seq, s)| (seq, Rc::clone(&s.file))).collect();
+        let current = current.map(|seq| (seq, Rc::clone(&files[&seq])));
+        let st = State {
+            seg_max_entry_index: disk.segs.iter().map(|(&s, i)| (s, i.max_entry_index)).collect(),
+            files,
+            view,
+            enc,
+            first_new_seq,
+            chain_crc: disk.chain_crc,
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            next_ticket: 1,
+            durable_ticket: 0,
+            durable_end,
+            failed: None,
+            durable_waiters: Vec::new(),
+            space_waiters: Vec::new(),
+            writer_waker: None,
+            closed: false,
+        };
+        let shared = Rc::new(Shared {
+            storage: storage.clone(),
+            dir: dir.clone(),
+            opts: opts.clone(),
+            st: RefCell::new(st),
+        });
+        // One segment in the channel and one being made is enough look-ahead: a segment takes
+        // far longer to fill than to zero.
+        let (tx, rx) = local_channel::new_bounded(1);
+        let preallocator = glommio::spawn_local(prealloc::run(
+            storage,
+            dir,
+            opts.segment_bytes,
+            disk.ready,
+            disk.next_seq,
+            tx,
+        ))
+        .detach();
+        let writer = glommio::spawn_local(write_loop(Rc::clone(&shared), rx, current, prefix)).detach();
+        Ok((
+            Wal {
+                shared,
+                writer: Some(writer),
+                preallocator,
+            },
+            recovered,
+        ))
+    }
+
+    /// Validates and queues `records` in call order, and returns a future that resolves once
+    /// they (and everything queued before them) are durable. Waits first only if the queue is
+    /// over [`WalOptions::pending_bytes_max`]. An empty slice gives a barrier on all earlier
+    /// appends. On error nothing was queued.
+    pub async fn submit(&self, records: &[RecordRef<'_>]) -> Result<Durable<S>, WalError> {
+        let bytes_max = self.shared.opts.pending_bytes_max;
+        poll_fn(|cx| {
+            let mut st = self.shared.st.borrow_mut();
+            if let Some(f) = &st.failed {
+                return Poll::Ready(Err(WalError::Failed(f.clone())));
+            }
+            if st.pending_bytes < bytes_max {
+                return Poll::Ready(Ok(()));
+            }
+            st.space_waiters.push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await?;
+        let ticket = self.shared.st.borrow_mut().encode(&self.shared.opts, records)?;
+        Ok(Durable {
+            shared: Rc::clone(&self.shared),
+            ticket,
+        })
+    }
+
+    /// Appends `records` and returns once they are durable.
+    pub async fn append(&self, records: &[RecordRef<'_>]) -> Result<(), WalError> {
+        self.submit(records).await?.await
+    }
+
+    /// Drops every entry after `index` (durably, like an append).
+    pub async fn truncate_after(&self, index: u64) -> Result<(), WalError> {
+        let rec = RecordRef {
+            kind: RecordKind::Truncate,
+            term: 0,
+            index,
+            payload: &[],
+        };
+        self.append(&[rec]).await
+    }
+
+    /// Index of the oldest retained entry (`last_index() + 1` when there is none).
+    pub fn first_index(&self) -> u64 {
+        self.shared.st.borrow().view.first_index.max(1)
+    }
+
+    /// Index of the newest entry queued (durable or not).
+    pub fn last_index(&self) -> u64 {
+        self.shared.st.borrow().view.last_index()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// Entries `[lo, hi)`, stopping early once `bytes_max` of payload is reached (at least one
+    /// entry is returned). Waits for entries still queued to become durable first.
+    pub async fn read_entries(&self, lo: u64, hi: u64, bytes_max: usize) -> Result<Vec<Record>, WalError> {
+        let (locs, wait_for) = {
+            let st = self.shared.st.borrow();
+            let first = st.view.first_index.max(1);
+            let last = st.view.last_index();
+            if lo < first {
+                return Err(WalError::Compacted { index: lo, first_index: first });
+            }
+            if hi > last + 1 {
+                return Err(WalError::Unavailable { index: hi - 1, last_index: last });
+            }
+            let mut locs = Vec::new();
+            let mut bytes = 0usize;
+            for i in lo..hi {
+                let loc = st.view.locs[(i - st.view.first_index) as usize];
+                if !locs.is_empty() && bytes + loc.payload_len as usize > bytes_max {
+                    break;
+                }
+                bytes += loc.payload_len as usize;
+                locs.push((i, loc));
+            }
+            let durable = locs.last().is_none_or(|(_, l)| {
+                (l.seg, l.offset + record_bytes(l.payload_len as usize) as u64) <= st.durable_end
+            });
+            (locs, (!durable).then(|| st.next_ticket - 1))
+        };
+        if let Some(ticket) = wait_for {
+            Durable {
+                shared: Rc::clone(&self.shared),
+                ticket,
+            }
+            .await?;
+        }
+        let mut out = Vec::with_capacity(locs.len());
+        for run in locs.chunk_by(|a, b| a.1.seg == b.1.seg) {
+            let seg = run[0].1.seg;
+            let file = Rc::clone(&self.shared.st.borrow().files[&seg]);
+            let start = run[0].1.offset;
+            let last = run[run.len() - 1].1;
+            let end = last.offset + record_bytes(last.payload_len as usize) as u64;
+            let path = self.shared.dir.join(segment_name(seg));
+            let bytes = file
+                .read_at(start, (end - start) as usize)
+                .await
+                .map_err(|e| WalError::io(&path, e))?;
+            for &(index, loc) in run {
+                let at = (loc.offset - start) as usize;
+                out.push(verify_entry(&bytes, at, index, loc).ok_or_else(|| WalError::Corrupt {
+                    file: path.clone(),
+                    offset: loc.offset,
+                    reason: format!("entry {index} does not verify on read"),
+                })?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes the oldest segments while more than [`WalOptions::max_wals`] remain and every
+    /// entry in them is at or below `snapshot_index`. Returns the removed files.
+    pub async fn purge(&self, snapshot_index: u64) -> Result<Vec<PathBuf>, WalError> {
+        let keep = self.shared.opts.max_wals;
+        if keep == 0 {
+            return Ok(Vec::new());
+        }
+        let victims: Vec<u64> = {
+            let mut st = self.shared.st.borrow_mut();
+            let writing_seg = st.durable_end.0;
+            let mut left = st.seg_max_entry_index.len();
+            let victims: Vec<u64> = st
+                .seg_max_entry_index
+                .iter()
+                .take_while(|&(&seq, &max_index)| {
+                    let go = left > keep && seq < writing_seg && max_index <= snapshot_index;
+                    left -= usize::from(go);
+                    go
+                })
+                .map(|(&seq, _)| seq)
+                .collect();
+            for seq in &victims {
+                st.seg_max_entry_index.remove(seq);
+                st.files.remove(seq);
+            }
+            if let Some(&oldest) = st.seg_max_entry_index.keys().next() {
+                st.view.drop_segments_before(oldest);
+                debug_assert!(st.view.first_index <= snapshot_index + 1 || victims.is_empty());
+            }
+            victims
+        };
+        let mut removed = Vec::with_capacity(victims.len());
+        for seq in victims {
+            let path = self.shared.dir.join(segment_name(seq));
+            self.shared.storage.remove(&path).await.map_err(|e| WalError::io(&path, e))?;
+            removed.push(path);
+        }
+        if !removed.is_empty() {
+            let dir = &self.shared.dir;
+            self.shared.storage.sync_dir(dir).await.map_err(|e| WalError::io(dir, e))?;
+        }
+        Ok(removed)
+    }
+
+    /// Waits for everything queued to be durable, then stops the background tasks.
+    pub async fn close(mut self) -> Result<(), WalError> {
+        let barrier = self.submit(&[]).await;
+        self.shared.st.borrow_mut().close();
+        if let Some(w) = self.writer.take() {
+            w.await;
+        }
+        self.preallocator.cancel();
+        barrier?.await
+    }
+}
+
+impl<S: Storage> Drop for Wal<S> {
+    fn drop(&mut self) {
+        // The writer drains what is queued, then ends; the preallocator ends with it.
+        self.shared.st.borrow_mut().close();
+    }
+}
+
+/// Resolves once the submission it stands for is durable, or the WAL failed first.
+pub struct Durable<S: Storage = DmaStorage> {
+    shared: Rc<Shared<S>>,
+    ticket: u64,
+}
+
+impl<S: Storage> Future for Durable<S> {
+    type Output = Result<(), WalError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut st = self.shared.st.borrow_mut();
+        if st.durable_ticket >= self.ticket {
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(f) = &st.failed {
+            return Poll::Ready(Err(WalError::Failed(f.clone())));
+        }
+        st.durable_waiters.push((self.ticket, cx.waker().clone()));
+        Poll::Pending
+    }
+}
+
+impl<F> State<F> {
+    fn close(&mut self) {
+        self.closed = true;
+        if let Some(w) = self.writer_waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Validates a submission as a whole, then encodes it; returns its ticket.
+    fn encode(&mut self, opts: &WalOptions, records: &[RecordRef<'_>]) -> Result<u64, WalError> {
+        if let Some(f) = &self.failed {
+            return Err(WalError::Failed(f.clone()));
+        }
+        let bytes_max = opts.record_payload_bytes_max();
+        let mut bounds = self.view.bounds();
+        for r in records {
+            if r.payload.len() > bytes_max {
+                return Err(WalError::RecordTooLarge {
+                    bytes: r.payload.len(),
+                    bytes_max,
+                });
+            }
+            bounds.step(r)?;
+        }
+        if records.is_empty() {
+            return Ok(self.next_ticket - 1);
+        }
+        for r in records {
+            let fits = self
+                .enc
+                .is_some_and(|e| e.offset + record_bytes(r.payload.len()) as u64 <= e.segment_bytes);
+            if !fits {
+                self.roll(opts);
+            }
+            self.put(opts, r);
+        }
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        self.pending.back_mut().expect("records were just queued").last_ticket = ticket;
+        if let Some(w) = self.writer_waker.take() {
+            w.wake();
+        }
+        Ok(ticket)
+    }
+
+    /// Starts the next segment: header, then the records every segment carries.
+    fn roll(&mut self, opts: &WalOptions) {
+        let seq = self.enc.map_or(self.first_new_seq, |e| e.seq + 1);
+        let header = SegmentHeader {
+            alignment_bytes: WRITE_ALIGNMENT_MAX_BYTES as u32,
+            seq,
+            first_index: if self.view.first_index == 0 {
+                0
+            } else {
+                self.view.last_index() + 1
+            },
+            segment_bytes: opts.segment_bytes,
+            chain_seed: self.chain_crc,
+            batch_bytes_max: opts.batch_bytes_max as u32,
+        };
+        self.pending.push_back(Chunk {
+            seg: seq,
+            offset: 0,
+            bytes: header.encode().to_vec(),
+            last_ticket: 0,
+        });
+        self.pending_bytes += format::SEGMENT_HEADER_BYTES;
+        self.enc = Some(EncodeTail {
+            seq,
+            offset: format::SEGMENT_HEADER_BYTES as u64,
+            segment_bytes: opts.segment_bytes,
+        });
+        self.seg_max_entry_index.insert(seq, 0);
+        let carried: Vec<Record> = self
+            .view
+            .carried_records()
+            .iter()
+            .map(|r| Record {
+                kind: r.kind,
+                term: r.term,
+                index: r.index,
+                payload: r.payload.to_vec(),
+            })
+            .collect();
+        for r in &carried {
+            self.put(opts, &r.as_ref());
+        }
+    }
+
+    /// Encodes one validated record at the encode tail.
+    fn put(&mut self, opts: &WalOptions, r: &RecordRef<'_>) {
+        let enc = self.enc.expect("a segment is open for encoding");
+        let len = record_bytes(r.payload.len());
+        assert!(enc.offset + len as u64 <= enc.segment_bytes, "record overflows its segment");
+        let extend = self.pending.back().is_some_and(|c| {
+            c.seg == enc.seq
+                && c.offset + c.bytes.len() as u64 == enc.offset
+                && c.bytes.len() + len <= opts.batch_bytes_max
+        });
+        if !extend {
+            self.pending.push_back(Chunk {
+                seg: enc.seq,
+                offset: enc.offset,
+                bytes: Vec::with_capacity(len),
+                last_ticket: 0,
+            });
+        }
+        let chunk = self.pending.back_mut().expect("pushed above");
+        let prev_crc = self.chain_crc;
+        self.chain_crc = encode_record(&mut chunk.bytes, prev_crc, r.kind, r.term, r.index, r.payload);
+        let loc = Loc {
+            seg: enc.seq,
+            offset: enc.offset,
+            payload_len: r.payload.len() as u32,
+            prev_crc,
+        };
+        self.view.apply(r, loc);
+        if r.kind == RecordKind::Entry {
+            let max = self.seg_max_entry_index.entry(enc.seq).or_default();
+            *max = (*max).max(r.index);
+        }
+        self.pending_bytes += len;
+        self.enc = Some(EncodeTail {
+            offset: enc.offset + len as u64,
+            ..enc
+        });
+    }
+
+    fn wake_durable(&mut self) {
+        let durable = self.durable_ticket;
+        let failed = self.failed.is_some();
+        self.durable_waiters.retain(|(ticket, waker)| {
+            let done = failed || *ticket <= durable;
+            if done {
+                waker.wake_by_ref();
+            }
+            !done
+        });
+    }
+
+    fn wake_space(&mut self) {
+        for w in self.space_waiters.drain(..) {
+            w.wake();
+        }
+    }
+}
+
+/// The single writer: one chunk (everything queued for one segment, up to the batch bound) at
+/// a time, one write and one fdatasync each.
+async fn write_loop<S: Storage>(
+    shared: Rc<Shared<S>>,
+    segments: LocalReceiver<io::Result<ReadySegment<S::File>>>,
+    mut current: Option<ReadySegment<S::File>>,
+    mut sector_prefix: Vec<u8>,
+) {
+    loop {
+        let next = poll_fn(|cx| {
+            let mut st = shared.st.borrow_mut();
+            if let Some(c) = st.pending.pop_front() {
+                st.pending_bytes -= c.bytes.len();
+                st.wake_space();
+                return Poll::Ready(Some(c));
+            }
+            if st.closed {
+                return Poll::Ready(None);
+            }
+            st.writer_waker = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await;
+        let Some(chunk) = next else { return };
+        let written = write_chunk(&shared, &segments, &mut current, &mut sector_prefix, &chunk).await;
+        let mut st = shared.st.borrow_mut();
+        match written {
+            Ok(()) => {
+                debug_assert!(chunk.last_ticket == 0 || chunk.last_ticket > st.durable_ticket);
+                st.durable_ticket = st.durable_ticket.max(chunk.last_ticket);
+                st.durable_end = (chunk.seg, chunk.offset + chunk.bytes.len() as u64);
+                st.wake_durable();
+            }
+            Err(e) => {
+                // After a failed write or fdatasync the state of the file is unknown; only a
+                // reopen (recovery) may decide what survived.
+                let path = shared.dir.join(segment_name(chunk.seg));
+                st.failed = Some(format!("{}: {e}", path.display()));
+                st.pending.clear();
+                st.pending_bytes = 0;
+                st.wake_durable();
+                st.wake_space();
+                return;
+            }
+        }
+    }
+}
+
+async fn write_chunk<S: Storage>(
+    shared: &Shared<S>,
+    segments: &LocalReceiver<io::Result<ReadySegment<S::File>>>,
+    current: &mut Option<ReadySegment<S::File>>,
+    sector_prefix: &mut Vec<u8>,
+    chunk: &Chunk,
+) -> io::Result<()> {
+    if current.as_ref().map(|c| c.0) != Some(chunk.seg) {
+        assert_eq!(chunk.offset, 0, "a new segment starts with its header");
+        let (seq, file) = segments
+            .recv()
+            .await
+            .ok_or_else(|| io::Error::other("segment preallocator stopped"))??;
+        assert_eq!(seq, chunk.seg, "segments are made in sequence");
+        assert!(WRITE_ALIGNMENT_MAX_BYTES % file.alignment_bytes() == 0);
+        shared.st.borrow_mut().files.insert(seq, Rc::clone(&file));
+        *current = Some((seq, file));
+        sector_prefix.clear();
+    }
+    let file = &current.as_ref().expect("set above").1;
+    let align = file.alignment_bytes();
+    let prefix = sector_prefix.len();
+    let start = chunk.offset - prefix as u64;
+    assert_eq!(start % align as u64, 0, "the sector prefix reaches back to an aligned offset");
+    let end = prefix + chunk.bytes.len();
+    let mut buf = file.alloc(end.next_multiple_of(align));
+    let b = buf.bytes_mut();
+    b[..prefix].copy_from_slice(sector_prefix);
+    b[prefix..end].copy_from_slice(&chunk.bytes);
+    b[end..].fill(0);
+    let next_prefix = b[end / align * align..end].to_vec();
+    write_all(&**file, &Rc::new(buf), start).await?;
+    file.fdatasync().await?;
+    *sector_prefix = next_prefix;
+    Ok(())
+}
+
+/// Decodes the entry frame at `at` and checks it against what the index says it holds.
+fn verify_entry(bytes: &[u8], at: usize, index: u64, loc: Loc) -> Option<Record> {
+    let len = loc.payload_len as usize;
+    let frame = bytes.get(at..at + RECORD_FRAME_BYTES)?;
+    let payload = bytes.get(at + RECORD_FRAME_BYTES..at + RECORD_FRAME_BYTES + len)?;
+    let want = crc32c::crc32c_append(crc32c::crc32c_append(loc.prev_crc, &frame[0..24]), payload);
+    let u64_at = |i: usize| u64::from_le_bytes(frame[i..i + 8].try_into().expect("8 bytes"));
+    let ok = frame[0] == RecordKind::Entry as u8
+        && u32::from_le_bytes(frame[4..8].try_into().expect("4 bytes")) as usize == len
+        && u64_at(16) == index
+        && u32::from_le_bytes(frame[24..28].try_into().expect("4 bytes")) == want;
+    ok.then(|| Record {
+        kind: RecordKind::Entry,
+        term: u64_at(8),
+        index,
+        payload: payload.to_vec(),
+    })
+}
