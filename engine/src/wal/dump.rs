@@ -53,12 +53,19 @@ pub struct DumpSummary {
 }
 
 /// Lists the WAL records under `<data_dir>/member/wal` to `out`.
-pub fn dump_log(data_dir: &Path, filter: &DumpFilter, out: &mut impl Write) -> Result<DumpSummary, WalError> {
+pub fn dump_log(
+    data_dir: &Path,
+    filter: &DumpFilter,
+    out: &mut impl Write,
+) -> Result<DumpSummary, WalError> {
     let dir = wal_dir(data_dir);
     let io = |e| WalError::io(&dir, e);
     let mut seqs: Vec<u64> = std::fs::read_dir(&dir)
         .map_err(io)?
-        .filter_map(|e| e.ok().and_then(|e| parse_segment_name(&e.file_name().to_string_lossy())))
+        .filter_map(|e| {
+            e.ok()
+                .and_then(|e| parse_segment_name(&e.file_name().to_string_lossy()))
+        })
         .collect();
     seqs.sort_unstable();
     let mut files = Vec::with_capacity(seqs.len());
@@ -74,7 +81,10 @@ pub fn dump_log(data_dir: &Path, filter: &DumpFilter, out: &mut impl Write) -> R
     let mut seed = None;
     for (i, (path, bytes)) in files.iter().enumerate() {
         summary.segments += 1;
-        let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
         if last_used.is_none_or(|l| i > l) {
             writeln!(out, "segment {name}: preallocated, empty").map_err(w)?;
             continue;
@@ -92,47 +102,68 @@ pub fn dump_log(data_dir: &Path, filter: &DumpFilter, out: &mut impl Write) -> R
                     super::format::FORMAT_VERSION
                 )
                 .map_err(w)?;
-                writeln!(out, "{:>10} {:>12} {:<10} {:>10} {:>12}", "term", "index", "type", "bytes", "offset")
-                    .map_err(w)?;
+                writeln!(
+                    out,
+                    "{:>10} {:>12} {:<10} {:>10} {:>12}",
+                    "term", "index", "type", "bytes", "offset"
+                )
+                .map_err(w)?;
                 let chain_seed = seed.unwrap_or(h.chain_seed);
                 if chain_seed != h.chain_seed {
-                    writeln!(out, "  (crc chain does not continue from the previous segment)").map_err(w)?;
+                    writeln!(
+                        out,
+                        "  (crc chain does not continue from the previous segment)"
+                    )
+                    .map_err(w)?;
                 }
                 let payload_max = record_payload_bytes_max(h.batch_bytes_max as usize);
                 let mut lines = Vec::new();
-                let (crc, s) = scan_records(bytes, SEGMENT_HEADER_BYTES, h.chain_seed, payload_max, |r| {
-                    summary.records += 1;
-                    if filter.admits(r.kind, r.index) {
-                        summary.shown += 1;
-                        lines.push(format!(
-                            "{:>10} {:>12} {:<10} {:>10} {:>12}",
-                            r.term,
-                            r.index,
-                            r.kind.name(),
-                            r.payload.len(),
-                            r.offset
-                        ));
-                    }
-                });
+                let (crc, s) = scan_records(
+                    bytes,
+                    SEGMENT_HEADER_BYTES,
+                    h.chain_seed,
+                    payload_max,
+                    |r| {
+                        summary.records += 1;
+                        if filter.admits(r.kind, r.index) {
+                            summary.shown += 1;
+                            lines.push(format!(
+                                "{:>10} {:>12} {:<10} {:>10} {:>12}",
+                                r.term,
+                                r.index,
+                                r.kind.name(),
+                                r.payload.len(),
+                                r.offset
+                            ));
+                        }
+                    },
+                );
                 for l in lines {
                     writeln!(out, "{l}").map_err(w)?;
                 }
                 seed = Some(crc);
                 stop = s;
             }
-            Err(reason) => writeln!(out, "segment {name}: header does not verify ({reason})").map_err(w)?,
+            Err(reason) => {
+                writeln!(out, "segment {name}: header does not verify ({reason})").map_err(w)?
+            }
         }
         let is_last = Some(i) == last_used;
         let fallback = super::WalOptions::default().batch_bytes_max as u64;
         match classify_end(bytes, header, stop, is_last, fallback) {
-            Ok(Ending::Clean { end }) => writeln!(out, "  end of records at offset {end}").map_err(w)?,
-            Ok(Ending::Torn { at, .. }) => {
-                writeln!(out, "  torn tail at offset {at} (a crash cut the last write; open will drop it)")
-                    .map_err(w)?
+            Ok(Ending::Clean { end }) => {
+                writeln!(out, "  end of records at offset {end}").map_err(w)?
             }
+            Ok(Ending::Torn { at, .. }) => writeln!(
+                out,
+                "  torn tail at offset {at} (a crash cut the last write; open will drop it)"
+            )
+            .map_err(w)?,
             Err((offset, reason)) => {
                 writeln!(out, "  CORRUPT at offset {offset}: {reason}").map_err(w)?;
-                summary.corruption.get_or_insert((path.clone(), offset, reason.to_string()));
+                summary
+                    .corruption
+                    .get_or_insert((path.clone(), offset, reason.to_string()));
             }
         }
     }

@@ -296,7 +296,10 @@ mod tests {
         for bit in 0..SEGMENT_HEADER_BYTES * 8 {
             let mut b = bytes;
             b[bit / 8] ^= 1 << (bit % 8);
-            assert!(SegmentHeader::decode(&b).is_err(), "bit {bit} flip accepted");
+            assert!(
+                SegmentHeader::decode(&b).is_err(),
+                "bit {bit} flip accepted"
+            );
         }
     }
 

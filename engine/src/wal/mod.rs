@@ -201,7 +201,7 @@ impl WalOptions {
         let ok = self.batch_bytes_max >= 16 << 10
             && self.batch_bytes_max <= u32::MAX as usize
             && self.segment_bytes >= 2 * self.batch_bytes_max as u64
-            && self.segment_bytes % 4096 == 0
+            && self.segment_bytes.is_multiple_of(4096)
             && self.pending_bytes_max >= self.batch_bytes_max;
         if ok {
             Ok(())

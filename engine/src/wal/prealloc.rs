@@ -44,7 +44,9 @@ pub async fn write_all<F: SegmentFile>(file: &F, buf: &Rc<F::Buf>, pos: u64) -> 
     }
     Err(io::Error::new(
         io::ErrorKind::WriteZero,
-        format!("write of {len} bytes at {pos} stayed short after {SHORT_WRITE_RETRIES_MAX} retries"),
+        format!(
+            "write of {len} bytes at {pos} stayed short after {SHORT_WRITE_RETRIES_MAX} retries"
+        ),
     ))
 }
 
@@ -115,7 +117,12 @@ mod tests {
             assert_eq!(parse_segment_name(&segment_name(seq)), Some(seq));
         }
         assert!(segment_name(9) < segment_name(10));
-        for other in ["x.wal", "0000000000000001.wal.tmp", "0000000000000001", "lock"] {
+        for other in [
+            "x.wal",
+            "0000000000000001.wal.tmp",
+            "0000000000000001",
+            "lock",
+        ] {
             assert_eq!(parse_segment_name(other), None, "{other}");
         }
     }

@@ -19,7 +19,7 @@ use super::format::{
 };
 use super::prealloc::{parse_segment_name, write_all, ReadySegment, TEMP_SUFFIX};
 use super::storage::{SegmentFile, Storage, WriteBuf};
-use super::view::{LogView, Loc};
+use super::view::{Loc, LogView};
 use super::{record_payload_bytes_max, TornTail, WalError, WalOptions};
 
 /// A segment that holds records.
@@ -90,7 +90,11 @@ pub async fn recover<S: Storage>(
     }
     seqs.sort_unstable();
     if let Some(w) = seqs.windows(2).find(|w| w[1] != w[0] + 1) {
-        return Err(corrupt(&seg_path(dir, w[1]), 0, "segment sequence has a gap before this file"));
+        return Err(corrupt(
+            &seg_path(dir, w[1]),
+            0,
+            "segment sequence has a gap before this file",
+        ));
     }
 
     let mut view: Option<LogView> = None;
@@ -111,7 +115,11 @@ pub async fn recover<S: Storage>(
             continue;
         }
         if let Some((_, zpath, _, _)) = zeros.first() {
-            return Err(corrupt(zpath, 0, "empty segment before a segment with records"));
+            return Err(corrupt(
+                zpath,
+                0,
+                "empty segment before a segment with records",
+            ));
         }
         if let Some(prev) = last.take() {
             match judge(&prev, false, opts)? {
@@ -127,7 +135,11 @@ pub async fn recover<S: Storage>(
             }
             match &view {
                 Some(_) if h.chain_seed != chain_crc => {
-                    return Err(corrupt(&path, 40, "crc chain does not continue from the previous segment"))
+                    return Err(corrupt(
+                        &path,
+                        40,
+                        "crc chain does not continue from the previous segment",
+                    ))
                 }
                 Some(_) => {}
                 None => view = Some(LogView::anchored_at(h.first_index)),
@@ -135,9 +147,13 @@ pub async fn recover<S: Storage>(
             let v = view.as_mut().expect("set above");
             let mut records = Vec::new();
             let payload_max = record_payload_bytes_max(h.batch_bytes_max as usize);
-            let (crc, s) = format::scan_records(&bytes, SEGMENT_HEADER_BYTES, h.chain_seed, payload_max, |r| {
-                records.push(r)
-            });
+            let (crc, s) = format::scan_records(
+                &bytes,
+                SEGMENT_HEADER_BYTES,
+                h.chain_seed,
+                payload_max,
+                |r| records.push(r),
+            );
             let mut max_entry_index = 0;
             let mut prev_crc = h.chain_seed;
             for r in &records {
@@ -147,7 +163,9 @@ pub async fn recover<S: Storage>(
                     index: r.index,
                     payload: r.payload,
                 };
-                v.bounds().step(&rec).map_err(|e| corrupt(&path, r.offset, &e.to_string()))?;
+                v.bounds()
+                    .step(&rec)
+                    .map_err(|e| corrupt(&path, r.offset, &e.to_string()))?;
                 let loc = Loc {
                     seg: seq,
                     offset: r.offset,
@@ -188,7 +206,9 @@ pub async fn recover<S: Storage>(
         match judge(&l, true, opts)? {
             Ending::Clean { end } => tail = Some(make_tail(&l, end)),
             Ending::Torn { at, dirty_end } => {
-                zero_range(&*l.file, &l.bytes, at, dirty_end).await.map_err(|e| WalError::io(&l.path, e))?;
+                zero_range(&*l.file, &l.bytes, at, dirty_end)
+                    .await
+                    .map_err(|e| WalError::io(&l.path, e))?;
                 torn_tail = Some(TornTail {
                     file: l.path.clone(),
                     offset: at,
@@ -199,9 +219,19 @@ pub async fn recover<S: Storage>(
                     // The very first write of this segment was torn: it is an empty segment
                     // again, and the tail is where the previous one ended.
                     ready.push((l.seq, l.file));
-                    if let (Some(end), Some((&seq, info))) = (last_clean_end, segs.iter().next_back()) {
-                        let bytes = info.file.read_at(0, end as usize).await.map_err(|e| WalError::io(&info.path, e))?;
-                        let seg_bytes = info.file.size_bytes().await.map_err(|e| WalError::io(&info.path, e))?;
+                    if let (Some(end), Some((&seq, info))) =
+                        (last_clean_end, segs.iter().next_back())
+                    {
+                        let bytes = info
+                            .file
+                            .read_at(0, end as usize)
+                            .await
+                            .map_err(|e| WalError::io(&info.path, e))?;
+                        let seg_bytes = info
+                            .file
+                            .size_bytes()
+                            .await
+                            .map_err(|e| WalError::io(&info.path, e))?;
                         tail = Some(Tail {
                             seq,
                             offset: end,
@@ -228,7 +258,10 @@ pub async fn recover<S: Storage>(
             ready.push((seq, file));
             next_seq += 1;
         } else {
-            storage.remove(&path).await.map_err(|e| WalError::io(&path, e))?;
+            storage
+                .remove(&path)
+                .await
+                .map_err(|e| WalError::io(&path, e))?;
         }
     }
     let view = view.unwrap_or_default();
@@ -244,9 +277,19 @@ pub async fn recover<S: Storage>(
 }
 
 /// Decides how a segment's records ended; `is_last` allows a torn tail.
-fn judge<F: SegmentFile>(l: &Loaded<F>, is_last: bool, opts: &WalOptions) -> Result<Ending, WalError> {
-    classify_end(&l.bytes, l.header, l.stop, is_last, opts.batch_bytes_max as u64)
-        .map_err(|(offset, reason)| corrupt(&l.path, offset, reason))
+fn judge<F: SegmentFile>(
+    l: &Loaded<F>,
+    is_last: bool,
+    opts: &WalOptions,
+) -> Result<Ending, WalError> {
+    classify_end(
+        &l.bytes,
+        l.header,
+        l.stop,
+        is_last,
+        opts.batch_bytes_max as u64,
+    )
+    .map_err(|(offset, reason)| corrupt(&l.path, offset, reason))
 }
 
 /// How a segment's records ended. `stop` is where the scan stopped (ignored when the header
@@ -266,9 +309,21 @@ pub fn classify_end(
                 return Ok(Ending::Clean { end: offset });
             }
             let span_end = offset + RECORD_FRAME_BYTES as u64;
-            (offset, span_end, "records continue after an empty frame", h.batch_bytes_max as u64)
+            (
+                offset,
+                span_end,
+                "records continue after an empty frame",
+                h.batch_bytes_max as u64,
+            )
         }
-        (Ok(h), ScanStop::Bad { offset, span_end, reason }) => (offset, span_end, reason, h.batch_bytes_max as u64),
+        (
+            Ok(h),
+            ScanStop::Bad {
+                offset,
+                span_end,
+                reason,
+            },
+        ) => (offset, span_end, reason, h.batch_bytes_max as u64),
     };
     let alignment = header.map_or(4096, |h| h.alignment_bytes as u64);
     let dirty_end = (at + torn_window_bytes(window, alignment)).min(bytes.len() as u64);
@@ -298,7 +353,12 @@ fn sector_prefix<F: SegmentFile>(file: &F, bytes: &[u8], end: u64) -> Vec<u8> {
 }
 
 /// Overwrites `[from, to)` with zeros, keeping the bytes before `from` in its sector, then syncs.
-async fn zero_range<F: SegmentFile>(file: &F, bytes: &[u8], from: u64, to: u64) -> std::io::Result<()> {
+async fn zero_range<F: SegmentFile>(
+    file: &F,
+    bytes: &[u8],
+    from: u64,
+    to: u64,
+) -> std::io::Result<()> {
     let align = file.alignment_bytes() as u64;
     let start = from / align * align;
     let end = to.next_multiple_of(align).min(bytes.len() as u64);

@@ -57,7 +57,7 @@ impl Disk {
     }
 
     fn one_in(&mut self, n: u32) -> bool {
-        n != 0 && self.next() % u64::from(n) == 0
+        n != 0 && self.next().is_multiple_of(u64::from(n))
     }
 }
 
@@ -198,10 +198,15 @@ impl SegmentFile for SimFile {
     async fn write_at(&self, buf: Rc<SimBuf>, pos: u64) -> io::Result<usize> {
         let mut d = self.live()?;
         let len = buf.0.len();
-        if pos as usize % SIM_ALIGNMENT_BYTES != 0 || len % SIM_ALIGNMENT_BYTES != 0 {
+        if !(pos as usize).is_multiple_of(SIM_ALIGNMENT_BYTES)
+            || !len.is_multiple_of(SIM_ALIGNMENT_BYTES)
+        {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
-        if d.faults.enospc_after_bytes.is_some_and(|max| d.bytes_written + len as u64 > max) {
+        if d.faults
+            .enospc_after_bytes
+            .is_some_and(|max| d.bytes_written + len as u64 > max)
+        {
             return Err(io::Error::from_raw_os_error(libc::ENOSPC));
         }
         let short_write = d.faults.short_write_one_in;
@@ -266,13 +271,22 @@ impl Storage for SimStorage {
     }
 
     async fn open(&self, path: &Path) -> io::Result<SimFile> {
-        let data = self.disk.borrow().files.get(path).cloned().ok_or_else(|| not_found(path))?;
+        let data = self
+            .disk
+            .borrow()
+            .files
+            .get(path)
+            .cloned()
+            .ok_or_else(|| not_found(path))?;
         Ok(self.file(data))
     }
 
     async fn create(&self, path: &Path) -> io::Result<SimFile> {
         let data = Rc::new(RefCell::new(FileData::default()));
-        self.disk.borrow_mut().files.insert(path.to_path_buf(), Rc::clone(&data));
+        self.disk
+            .borrow_mut()
+            .files
+            .insert(path.to_path_buf(), Rc::clone(&data));
         Ok(self.file(data))
     }
 
@@ -284,7 +298,12 @@ impl Storage for SimStorage {
     }
 
     async fn remove(&self, path: &Path) -> io::Result<()> {
-        self.disk.borrow_mut().files.remove(path).map(drop).ok_or_else(|| not_found(path))
+        self.disk
+            .borrow_mut()
+            .files
+            .remove(path)
+            .map(drop)
+            .ok_or_else(|| not_found(path))
     }
 
     async fn sync_dir(&self, _dir: &Path) -> io::Result<()> {

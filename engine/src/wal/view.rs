@@ -101,7 +101,8 @@ impl LogView {
     /// Applies a record that passed [`Bounds::step`]; `loc` is where it was written.
     pub fn apply(&mut self, rec: &RecordRef<'_>, loc: Loc) {
         let mut b = self.bounds();
-        b.step(rec).expect("records are validated before they are applied");
+        b.step(rec)
+            .expect("records are validated before they are applied");
         self.first_index = b.first_index;
         match rec.kind {
             RecordKind::Entry => {
@@ -168,19 +169,45 @@ mod tests {
     #[test]
     fn sequences_are_accepted_or_refused_by_the_raft_log_rules() {
         let s = |i| RecordRef::snapshot(1, i, b"");
-        let cases: &[(&str, &[RecordRef<'static>], Result<(u64, u64), ()>)] = &[
+        // (rule, records, Ok((first_index, last_index)) or refused)
+        type Case<'a> = (&'a str, &'a [RecordRef<'a>], Result<(u64, u64), ()>);
+        let cases: &[Case<'_>] = &[
             ("first entry may take any index", &[e(7), e(8)], Ok((7, 8))),
             ("gap is refused", &[e(1), e(3)], Err(())),
             ("index 0 is refused", &[e(0)], Err(())),
-            ("lower index overwrites the tail", &[e(1), e(2), e(3), e(2)], Ok((1, 2))),
-            ("overwrite below the first entry is refused", &[e(5), e(4)], Err(())),
-            ("truncate keeps up to its index", &[e(1), e(2), e(3), t(1)], Ok((1, 1))),
+            (
+                "lower index overwrites the tail",
+                &[e(1), e(2), e(3), e(2)],
+                Ok((1, 2)),
+            ),
+            (
+                "overwrite below the first entry is refused",
+                &[e(5), e(4)],
+                Err(()),
+            ),
+            (
+                "truncate keeps up to its index",
+                &[e(1), e(2), e(3), t(1)],
+                Ok((1, 1)),
+            ),
             ("truncate to empty", &[e(1), e(2), t(0)], Ok((1, 0))),
             ("truncate past the end is refused", &[e(1), t(2)], Err(())),
             ("truncate of a fresh log is refused", &[t(0)], Err(())),
-            ("snapshot past the end resets the log", &[e(1), s(10), e(11)], Ok((11, 11))),
-            ("entries after a reset must follow it", &[e(1), s(10), e(2)], Err(())),
-            ("snapshot inside the log keeps the entries", &[e(1), e(2), e(3), s(2)], Ok((1, 3))),
+            (
+                "snapshot past the end resets the log",
+                &[e(1), s(10), e(11)],
+                Ok((11, 11)),
+            ),
+            (
+                "entries after a reset must follow it",
+                &[e(1), s(10), e(2)],
+                Err(()),
+            ),
+            (
+                "snapshot inside the log keeps the entries",
+                &[e(1), e(2), e(3), s(2)],
+                Ok((1, 3)),
+            ),
         ];
         for (name, recs, want) in cases {
             let mut b = Bounds {

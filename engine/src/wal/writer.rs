@@ -17,7 +17,7 @@ use super::format::{self, encode_record, record_bytes, SegmentHeader, RECORD_FRA
 use super::prealloc::{self, segment_name, write_all, ReadySegment};
 use super::recover::{self, Tail};
 use super::storage::{DmaStorage, SegmentFile, Storage, WriteBuf};
-use super::view::{LogView, Loc};
+use super::view::{Loc, LogView};
 use super::{Record, RecordKind, RecordRef, Recovered, WalError, WalOptions};
 
 /// The alignment recorded in segment headers: writes are aligned to the file's own alignment,
@@ -118,11 +118,18 @@ impl<S: Storage> Wal<S> {
             ),
             None => (None, (0, 0), Vec::new(), None),
         };
-        let files: BTreeMap<u64, Rc<S::File>> =
-            disk.segs.iter().map(|(&seq, s)| (seq, Rc::clone(&s.file))).collect();
+        let files: BTreeMap<u64, Rc<S::File>> = disk
+            .segs
+            .iter()
+            .map(|(&seq, s)| (seq, Rc::clone(&s.file)))
+            .collect();
         let current = current.map(|seq| (seq, Rc::clone(&files[&seq])));
         let st = State {
-            seg_max_entry_index: disk.segs.iter().map(|(&s, i)| (s, i.max_entry_index)).collect(),
+            seg_max_entry_index: disk
+                .segs
+                .iter()
+                .map(|(&s, i)| (s, i.max_entry_index))
+                .collect(),
             files,
             view,
             enc,
@@ -157,7 +164,8 @@ impl<S: Storage> Wal<S> {
             tx,
         ))
         .detach();
-        let writer = glommio::spawn_local(write_loop(Rc::clone(&shared), rx, current, prefix)).detach();
+        let writer =
+            glommio::spawn_local(write_loop(Rc::clone(&shared), rx, current, prefix)).detach();
         Ok((
             Wal {
                 shared,
@@ -186,7 +194,11 @@ impl<S: Storage> Wal<S> {
             Poll::Pending
         })
         .await?;
-        let ticket = self.shared.st.borrow_mut().encode(&self.shared.opts, records)?;
+        let ticket = self
+            .shared
+            .st
+            .borrow_mut()
+            .encode(&self.shared.opts, records)?;
         Ok(Durable {
             shared: Rc::clone(&self.shared),
             ticket,
@@ -225,16 +237,27 @@ impl<S: Storage> Wal<S> {
 
     /// Entries `[lo, hi)`, stopping early once `bytes_max` of payload is reached (at least one
     /// entry is returned). Waits for entries still queued to become durable first.
-    pub async fn read_entries(&self, lo: u64, hi: u64, bytes_max: usize) -> Result<Vec<Record>, WalError> {
+    pub async fn read_entries(
+        &self,
+        lo: u64,
+        hi: u64,
+        bytes_max: usize,
+    ) -> Result<Vec<Record>, WalError> {
         let (locs, wait_for) = {
             let st = self.shared.st.borrow();
             let first = st.view.first_index.max(1);
             let last = st.view.last_index();
             if lo < first {
-                return Err(WalError::Compacted { index: lo, first_index: first });
+                return Err(WalError::Compacted {
+                    index: lo,
+                    first_index: first,
+                });
             }
             if hi > last + 1 {
-                return Err(WalError::Unavailable { index: hi - 1, last_index: last });
+                return Err(WalError::Unavailable {
+                    index: hi - 1,
+                    last_index: last,
+                });
             }
             let mut locs = Vec::new();
             let mut bytes = 0usize;
@@ -247,7 +270,10 @@ impl<S: Storage> Wal<S> {
                 locs.push((i, loc));
             }
             let durable = locs.last().is_none_or(|(_, l)| {
-                (l.seg, l.offset + record_bytes(l.payload_len as usize) as u64) <= st.durable_end
+                (
+                    l.seg,
+                    l.offset + record_bytes(l.payload_len as usize) as u64,
+                ) <= st.durable_end
             });
             (locs, (!durable).then(|| st.next_ticket - 1))
         };
@@ -272,10 +298,12 @@ impl<S: Storage> Wal<S> {
                 .map_err(|e| WalError::io(&path, e))?;
             for &(index, loc) in run {
                 let at = (loc.offset - start) as usize;
-                out.push(verify_entry(&bytes, at, index, loc).ok_or_else(|| WalError::Corrupt {
-                    file: path.clone(),
-                    offset: loc.offset,
-                    reason: format!("entry {index} does not verify on read"),
+                out.push(verify_entry(&bytes, at, index, loc).ok_or_else(|| {
+                    WalError::Corrupt {
+                        file: path.clone(),
+                        offset: loc.offset,
+                        reason: format!("entry {index} does not verify on read"),
+                    }
                 })?);
             }
         }
@@ -316,12 +344,20 @@ impl<S: Storage> Wal<S> {
         let mut removed = Vec::with_capacity(victims.len());
         for seq in victims {
             let path = self.shared.dir.join(segment_name(seq));
-            self.shared.storage.remove(&path).await.map_err(|e| WalError::io(&path, e))?;
+            self.shared
+                .storage
+                .remove(&path)
+                .await
+                .map_err(|e| WalError::io(&path, e))?;
             removed.push(path);
         }
         if !removed.is_empty() {
             let dir = &self.shared.dir;
-            self.shared.storage.sync_dir(dir).await.map_err(|e| WalError::io(dir, e))?;
+            self.shared
+                .storage
+                .sync_dir(dir)
+                .await
+                .map_err(|e| WalError::io(dir, e))?;
         }
         Ok(removed)
     }
@@ -395,9 +431,9 @@ impl<F> State<F> {
             return Ok(self.next_ticket - 1);
         }
         for r in records {
-            let fits = self
-                .enc
-                .is_some_and(|e| e.offset + record_bytes(r.payload.len()) as u64 <= e.segment_bytes);
+            let fits = self.enc.is_some_and(|e| {
+                e.offset + record_bytes(r.payload.len()) as u64 <= e.segment_bytes
+            });
             if !fits {
                 self.roll(opts);
             }
@@ -405,7 +441,10 @@ impl<F> State<F> {
         }
         let ticket = self.next_ticket;
         self.next_ticket += 1;
-        self.pending.back_mut().expect("records were just queued").last_ticket = ticket;
+        self.pending
+            .back_mut()
+            .expect("records were just queued")
+            .last_ticket = ticket;
         if let Some(w) = self.writer_waker.take() {
             w.wake();
         }
@@ -460,7 +499,10 @@ impl<F> State<F> {
     fn put(&mut self, opts: &WalOptions, r: &RecordRef<'_>) {
         let enc = self.enc.expect("a segment is open for encoding");
         let len = record_bytes(r.payload.len());
-        assert!(enc.offset + len as u64 <= enc.segment_bytes, "record overflows its segment");
+        assert!(
+            enc.offset + len as u64 <= enc.segment_bytes,
+            "record overflows its segment"
+        );
         let extend = self.pending.back().is_some_and(|c| {
             c.seg == enc.seq
                 && c.offset + c.bytes.len() as u64 == enc.offset
@@ -476,7 +518,14 @@ impl<F> State<F> {
         }
         let chunk = self.pending.back_mut().expect("pushed above");
         let prev_crc = self.chain_crc;
-        self.chain_crc = encode_record(&mut chunk.bytes, prev_crc, r.kind, r.term, r.index, r.payload);
+        self.chain_crc = encode_record(
+            &mut chunk.bytes,
+            prev_crc,
+            r.kind,
+            r.term,
+            r.index,
+            r.payload,
+        );
         let loc = Loc {
             seg: enc.seq,
             offset: enc.offset,
@@ -538,7 +587,8 @@ async fn write_loop<S: Storage>(
         })
         .await;
         let Some(chunk) = next else { return };
-        let written = write_chunk(&shared, &segments, &mut current, &mut sector_prefix, &chunk).await;
+        let written =
+            write_chunk(&shared, &segments, &mut current, &mut sector_prefix, &chunk).await;
         let mut st = shared.st.borrow_mut();
         match written {
             Ok(()) => {
@@ -576,7 +626,7 @@ async fn write_chunk<S: Storage>(
             .await
             .ok_or_else(|| io::Error::other("segment preallocator stopped"))??;
         assert_eq!(seq, chunk.seg, "segments are made in sequence");
-        assert!(WRITE_ALIGNMENT_MAX_BYTES % file.alignment_bytes() == 0);
+        assert!(WRITE_ALIGNMENT_MAX_BYTES.is_multiple_of(file.alignment_bytes()));
         shared.st.borrow_mut().files.insert(seq, Rc::clone(&file));
         *current = Some((seq, file));
         sector_prefix.clear();
@@ -585,7 +635,11 @@ async fn write_chunk<S: Storage>(
     let align = file.alignment_bytes();
     let prefix = sector_prefix.len();
     let start = chunk.offset - prefix as u64;
-    assert_eq!(start % align as u64, 0, "the sector prefix reaches back to an aligned offset");
+    assert_eq!(
+        start % align as u64,
+        0,
+        "the sector prefix reaches back to an aligned offset"
+    );
     let end = prefix + chunk.bytes.len();
     let mut buf = file.alloc(end.next_multiple_of(align));
     let b = buf.bytes_mut();
