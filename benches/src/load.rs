@@ -37,7 +37,7 @@ const WATCH_STAMP_BYTES: usize = 8;
 pub enum LoadError {
     #[error("no endpoint given")]
     NoEndpoint,
-    #[error("--conns and --clients must be at least 1, and --clients at least --conns")]
+    #[error("--conns must be at least 1, and --clients at least --conns")]
     BadShape,
     #[error("no endpoint reports itself as the leader: {0}")]
     NoLeader(String),
@@ -415,11 +415,13 @@ where
     Ok((results, start.elapsed(), CpuTime::now().since(cpu_start)))
 }
 
-fn check_shape(common: &Common) -> Result<(), LoadError> {
+/// Checks the connection and client counts; `clients_used` is false for the watch runs, whose
+/// concurrency is their streams.
+fn check_shape(common: &Common, clients_used: bool) -> Result<(), LoadError> {
     if common.endpoints.is_empty() {
         return Err(LoadError::NoEndpoint);
     }
-    if common.conns == 0 || common.clients < common.conns {
+    if common.conns == 0 || (clients_used && common.clients < common.conns) {
         return Err(LoadError::BadShape);
     }
     Ok(())
@@ -457,7 +459,7 @@ pub fn run(
     workload: Workload,
     params: Value,
 ) -> Result<RunReport, LoadError> {
-    check_shape(common)?;
+    check_shape(common, true)?;
     let endpoints = resolve_endpoints(common)?;
     let threads = common.threads.clamp(1, common.conns);
     let progress = Progress::start(pace.goal);
@@ -713,7 +715,7 @@ pub fn run_watch(
     options: WatchOptions,
     params: Value,
 ) -> Result<RunReport, LoadError> {
-    check_shape(common)?;
+    check_shape(common, false)?;
     let endpoints = resolve_endpoints(common)?;
     let threads = common.threads.clamp(1, common.conns);
     let progress = Progress::start(Goal::Count(options.put_total));
@@ -855,6 +857,9 @@ mod tests {
             target_leader: false,
             threads: 1,
         };
-        assert!(matches!(check_shape(&common), Err(LoadError::BadShape)));
+        assert!(matches!(
+            check_shape(&common, true),
+            Err(LoadError::BadShape)
+        ));
     }
 }
