@@ -3,7 +3,7 @@
 //! owns elections (pre-vote, check-quorum), pipelined replication, commit, ReadIndex and lease
 //! reads, membership changes (learners, joint consensus) and snapshots. It must never do I/O,
 //! read a clock, spawn a thread or depend on the rest of Basalt: the server drives it, and the
-//! simulator (`sim`, test builds and the `sim` feature) replays any run from a seed.
+//! simulator (`sim`, built for tests) replays any run from a seed.
 //!
 //! The loop a server runs, here for a single-node cluster:
 //!
@@ -63,8 +63,8 @@ mod rng;
 mod storage;
 mod tracker;
 
-#[cfg(any(test, feature = "sim"))]
-pub mod sim;
+#[cfg(test)]
+mod sim;
 
 pub use error::{ConfChangeError, ConfigError, ProposalError, StorageError};
 pub use message::{

@@ -9,7 +9,7 @@ pub type NodeId = u64;
 pub const NONE: NodeId = 0;
 
 /// What an entry carries.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum EntryData {
     /// Application bytes. An empty vector is the no-op a new leader appends.
     Normal(Vec<u8>),
@@ -18,7 +18,7 @@ pub enum EntryData {
 }
 
 /// One slot of the replicated log.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Entry {
     pub term: u64,
     pub index: u64,
@@ -71,21 +71,21 @@ pub struct ConfState {
     pub auto_leave: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ConfChangeKind {
     AddVoter,
     AddLearner,
     RemoveNode,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConfChangeSingle {
     pub kind: ConfChangeKind,
     pub node_id: NodeId,
 }
 
 /// How a change moves between configurations.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum ConfChangeTransition {
     /// One voter change is applied directly; anything larger goes through a joint configuration
     /// that the leader leaves by itself once it is applied.
@@ -98,7 +98,7 @@ pub enum ConfChangeTransition {
 }
 
 /// A membership change. An empty `changes` list with `Auto` means "leave the joint configuration".
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ConfChange {
     pub changes: Vec<ConfChangeSingle>,
     pub transition: ConfChangeTransition,

@@ -242,7 +242,7 @@ impl<S: Storage> RawNode<S> {
         }
     }
 
-    #[cfg(any(test, feature = "sim"))]
+    #[cfg(test)]
     pub(crate) fn raft(&self) -> &Raft<S> {
         &self.raft
     }

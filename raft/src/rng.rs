@@ -25,7 +25,7 @@ impl Rng {
         low + self.next_u64() % (high - low)
     }
 
-    #[cfg(any(test, feature = "sim"))]
+    #[cfg(test)]
     /// True with probability `per_million / 1_000_000`.
     pub fn chance(&mut self, per_million: u32) -> bool {
         self.next_u64() % 1_000_000 < u64::from(per_million)

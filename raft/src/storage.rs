@@ -115,8 +115,9 @@ impl MemStorage {
         Ok(())
     }
 
-    /// Records the application's snapshot of its state at `index` (an applied index) and drops
-    /// the log before it. `conf_state` is the configuration in effect at `index`.
+    /// Records the application's snapshot of its state at `index` (an applied index).
+    /// `conf_state` is the configuration in effect at `index`. The log is kept: `compact`
+    /// drops it, usually leaving a tail so that slow followers can still catch up from entries.
     pub fn create_snapshot(&mut self, index: u64, conf_state: ConfState, data: Vec<u8>) -> Result<&Snapshot, StorageError> {
         if index <= self.snapshot.metadata.index {
             return Err(StorageError::SnapshotOutOfDate);
@@ -124,7 +125,6 @@ impl MemStorage {
         let term = self.term(index)?;
         assert!(index <= self.hard_state.commit, "snapshot at {index} beyond commit {}", self.hard_state.commit);
         self.snapshot = Snapshot { metadata: SnapshotMetadata { index, term, conf_state }, data };
-        self.compact(index)?;
         Ok(&self.snapshot)
     }
 
@@ -135,6 +135,8 @@ impl MemStorage {
         }
         let last = self.offset() + self.entries.len() as u64 - 1;
         assert!(compact_index <= last, "compact {compact_index} beyond last index {last}");
+        let snapshot_index = self.snapshot.metadata.index;
+        assert!(compact_index <= snapshot_index, "compact {compact_index} beyond the snapshot at {snapshot_index} would lose entries");
         self.entries.drain(..(compact_index - self.offset()) as usize);
         let dummy = &mut self.entries[0];
         dummy.data = crate::message::EntryData::Normal(Vec::new());
@@ -205,6 +207,7 @@ mod tests {
     fn compacted_indices_are_reported_and_the_snapshot_term_still_answers() {
         let mut s = storage_with(&[1, 2, 3, 4]);
         s.create_snapshot(2, ConfState::default(), b"state".to_vec()).unwrap();
+        s.compact(2).unwrap();
         assert_eq!(s.first_index().unwrap(), 3);
         assert_eq!(s.term(2).unwrap(), 2);
         assert_eq!(s.term(1), Err(StorageError::Compacted));

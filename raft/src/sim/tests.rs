@@ -1,0 +1,91 @@
+//! The simulation as tests: many seeds must pass, one seed can be replayed with a trace, and
+//! the checkers must catch deliberately broken rules.
+
+use super::{run_seed, SimOptions, SimStats};
+use crate::raft::BrokenRule;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().map_or(default, |v| v.parse().unwrap_or_else(|_| panic!("{name} must be a number")))
+}
+
+/// Runs `count` seeds from `first` on every core; returns the stats and the failures.
+fn run_seeds(first: u64, count: u64, broken_rule: Option<BrokenRule>) -> (SimStats, Vec<String>) {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
+    let results: Vec<(SimStats, Vec<String>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                scope.spawn(move || {
+                    let mut stats = SimStats::default();
+                    let mut failures = Vec::new();
+                    for seed in (first + t..first + count).step_by(threads as usize) {
+                        let mut opts = SimOptions::from_seed(seed);
+                        opts.broken_rule = broken_rule;
+                        match run_seed(opts) {
+                            Ok(s) => stats.add(&s),
+                            Err(e) => failures.push(e),
+                        }
+                    }
+                    (stats, failures)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("seed thread")).collect()
+    });
+    let mut stats = SimStats::default();
+    let mut failures = Vec::new();
+    for (s, f) in results {
+        stats.add(&s);
+        failures.extend(f);
+    }
+    (stats, failures)
+}
+
+#[test]
+fn simulation_passes_every_seed() {
+    let first = env_u64("RAFT_SEED_START", 0);
+    let count = env_u64("RAFT_SEEDS", 10_000);
+    let (stats, failures) = run_seeds(first, count, None);
+    for f in failures.iter().take(10) {
+        eprintln!("{f}");
+    }
+    assert!(failures.is_empty(), "{} of {count} seeds failed (first shown above)", failures.len());
+    eprintln!("{count} seeds passed: {stats:?}");
+    // The faults and features must actually have been exercised, or passing means little.
+    if count >= 1_000 {
+        let exercised = [
+            ("reads", stats.reads_completed),
+            ("crashes", stats.crashes),
+            ("crashes mid-write", stats.crashes_mid_write),
+            ("snapshots installed", stats.snapshots_installed),
+            ("conf changes", stats.conf_changes_applied),
+            ("joint configurations", stats.joint_entered),
+            ("leader transfers", stats.transfers_started),
+            ("leaders removed", stats.leaders_removed),
+        ];
+        for (what, n) in exercised {
+            assert!(n > 0, "no {what} in {count} seeds: {stats:?}");
+        }
+    }
+}
+
+#[test]
+fn replay_seed() {
+    let seed = env_u64("RAFT_SEED", 1);
+    let mut opts = SimOptions::from_seed(seed);
+    opts.trace = std::env::var("RAFT_TRACE").is_ok();
+    if let Err(e) = run_seed(opts) {
+        panic!("{e}");
+    }
+}
+
+#[test]
+fn checkers_catch_a_node_that_votes_twice_in_a_term() {
+    let (_, failures) = run_seeds(0, 300, Some(BrokenRule::VoteTwicePerTerm));
+    assert!(failures.iter().any(|f| f.contains("election safety")), "no seed caught the double vote: {failures:?}");
+}
+
+#[test]
+fn checkers_catch_a_leader_that_commits_without_a_quorum() {
+    let (_, failures) = run_seeds(0, 300, Some(BrokenRule::CommitWithoutQuorum));
+    assert!(!failures.is_empty(), "no seed caught commits without a quorum");
+}
