@@ -19,6 +19,28 @@ pub trait PageFile: Send + Sync {
     fn map(&self, len_bytes: u64) -> io::Result<Mmap>;
 }
 
+/// Lets a test keep a handle on a file the tree owns (to take a crash image of it).
+impl<T: PageFile + ?Sized> PageFile for std::sync::Arc<T> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        (**self).read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        (**self).write_at(buf, offset)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        (**self).sync_data()
+    }
+    fn len_bytes(&self) -> io::Result<u64> {
+        (**self).len_bytes()
+    }
+    fn set_len_bytes(&self, len_bytes: u64) -> io::Result<()> {
+        (**self).set_len_bytes(len_bytes)
+    }
+    fn map(&self, len_bytes: u64) -> io::Result<Mmap> {
+        (**self).map(len_bytes)
+    }
+}
+
 /// A plain file: pwrite, fdatasync, ftruncate.
 pub struct StdFile(pub File);
 
