@@ -27,6 +27,8 @@ pub enum BrokenRule {
     VoteTwicePerTerm,
     /// The leader commits what it has persisted itself, without waiting for a quorum.
     CommitWithoutQuorum,
+    /// The leader answers reads at once, without confirming it is still the leader.
+    ReadWithoutQuorumCheck,
 }
 
 #[derive(Clone, Debug)]
@@ -843,6 +845,10 @@ impl<S: Storage> Raft<S> {
     /// The lease: a quorum answered a heartbeat sent at tick T, so none of them will vote for
     /// another leader before T + election timeout (they refuse votes while they hear from us).
     fn lease_valid(&self) -> bool {
+        #[cfg(test)]
+        if self.cfg.broken_rule == Some(BrokenRule::ReadWithoutQuorumCheck) && self.role == Role::Leader {
+            return self.committed_entry_in_current_term();
+        }
         self.cfg.read_only == ReadOnlyOption::LeaseBased
             && self.role == Role::Leader
             && self.lead_transferee == NONE

@@ -421,7 +421,15 @@ impl World {
     fn inject_faults(&mut self) {
         let all = self.all_ids();
         if self.rng.chance(self.opts.partition_ppm) {
-            match self.rng.range(0, 3) {
+            match self.rng.range(0, 4) {
+                3 => {
+                    // The classic: cut the leader off while clients can still reach it.
+                    if let Some(leader) = self.leader() {
+                        let id = self.nodes[leader].id;
+                        self.trace(|| format!("isolate leader {id}"));
+                        self.net.isolate(id, &all);
+                    }
+                }
                 0 => {
                     if let Some(id) = self.pick(&all) {
                         self.trace(|| format!("isolate {id}"));
@@ -553,8 +561,10 @@ impl World {
                 continue;
             }
             let live = self.live_ids();
+            // Mostly follow the leader hint; sometimes ask any node (a follower forwards reads).
+            let follow_hint = self.rng.chance(700_000);
             let target = match self.clients[c].leader_hint {
-                Some(hint) if live.contains(&hint) => hint,
+                Some(hint) if follow_hint && live.contains(&hint) => hint,
                 _ => match self.pick(&live) {
                     Some(id) => id,
                     None => continue,
@@ -812,5 +822,9 @@ impl World {
 /// Runs one seed; the error names the seed and how to replay it.
 pub fn run_seed(opts: SimOptions) -> Result<SimStats, String> {
     let seed = opts.seed;
-    World::new(opts).run().map_err(|e| format!("seed {seed} failed: {e}\n  replay: RAFT_SEED={seed} RAFT_TRACE=1 cargo test -p basalt-raft --lib sim::tests::replay_seed -- --nocapture"))
+    World::new(opts).run().map_err(|e| format!("seed {seed} failed: {e}\n  replay: {}", replay_command(seed)))
+}
+
+pub fn replay_command(seed: u64) -> String {
+    format!("RAFT_SEED={seed} RAFT_TRACE=1 cargo test -p basalt-raft --lib sim::tests::replay_seed -- --nocapture")
 }

@@ -20,7 +20,12 @@ fn run_seeds(first: u64, count: u64, broken_rule: Option<BrokenRule>) -> (SimSta
                     for seed in (first + t..first + count).step_by(threads as usize) {
                         let mut opts = SimOptions::from_seed(seed);
                         opts.broken_rule = broken_rule;
-                        match run_seed(opts) {
+                        // A panic inside raft (a failed assertion) is a failing seed too.
+                        let outcome = std::panic::catch_unwind(|| run_seed(opts)).unwrap_or_else(|panic| {
+                            let what = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+                            Err(format!("seed {seed} panicked: {what}\n  replay: {}", super::replay_command(seed)))
+                        });
+                        match outcome {
                             Ok(s) => stats.add(&s),
                             Err(e) => failures.push(e),
                         }
@@ -87,5 +92,14 @@ fn checkers_catch_a_node_that_votes_twice_in_a_term() {
 #[test]
 fn checkers_catch_a_leader_that_commits_without_a_quorum() {
     let (_, failures) = run_seeds(0, 300, Some(BrokenRule::CommitWithoutQuorum));
+    for f in failures.iter().take(5) {
+        eprintln!("{f}");
+    }
     assert!(!failures.is_empty(), "no seed caught commits without a quorum");
+}
+
+#[test]
+fn checkers_catch_a_leader_that_serves_reads_without_confirming_leadership() {
+    let (_, failures) = run_seeds(0, 2_000, Some(BrokenRule::ReadWithoutQuorumCheck));
+    assert!(failures.iter().any(|f| f.contains("no linearization exists")), "no seed caught a stale read: {failures:?}");
 }
