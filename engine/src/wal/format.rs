@@ -28,12 +28,15 @@
 //! Record (32-byte frame + payload, little-endian):
 //!
 //! ```text
-//!  0      1         4           8        16        24     28        32
-//!  +------+---------+-----------+--------+---------+------+---------+-------------------+---------+
-//!  | kind | 0 (3 B) | len u32   | term   | index   | crc  | 0 (4 B) | payload (len B)   | 0 pad   |
-//!  | u8   |         |           | u64    | u64     | u32  |         |                   | to 8 B  |
-//!  +------+---------+-----------+--------+---------+------+---------+-------------------+---------+
+//!  0      1       2         4           8        16        24     28        32
+//!  +------+-------+---------+-----------+--------+---------+------+---------+-----------------+--------+
+//!  | kind | flags | 0 (2 B) | len u32   | term   | index   | crc  | 0 (4 B) | payload (len B) | 0 pad  |
+//!  | u8   | u8    |         |           | u64    | u64     | u32  |         |                 | to 8 B |
+//!  +------+-------+---------+-----------+--------+---------+------+---------+-----------------+--------+
 //! ```
+//! `flags` bit 0 ([`FLAG_CARRIED`]) marks a record that a segment repeats at its start (latest
+//! metadata, hard state, snapshot marker) so that it stands alone once older segments are
+//! purged; such a record restates state and never changes the entry log. Other bits are zero.
 //! `crc` = crc32c continued from the previous record's crc (or the segment seed) over frame bytes
 //! 0..24 followed by the payload. Kind 0 never appears in a record: a zero kind byte is the
 //! pre-zeroed space after the last record.
@@ -50,6 +53,8 @@ pub const RECORD_ALIGN_BYTES: usize = 8;
 /// The smallest unit the medium writes atomically. A torn write leaves whole sectors of old
 /// content (zeros, as segments are pre-zeroed), which is how recovery tells it from a bit flip.
 pub const TORN_SECTOR_BYTES: usize = 512;
+/// Record flag: a copy carried to the start of a segment, see the layout above.
+pub const FLAG_CARRIED: u8 = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmentHeader {
@@ -116,6 +121,7 @@ pub fn record_bytes(payload_len: usize) -> usize {
 pub fn encode_record(
     out: &mut Vec<u8>,
     prev_crc: u32,
+    flags: u8,
     kind: RecordKind,
     term: u64,
     index: u64,
@@ -126,6 +132,7 @@ pub fn encode_record(
     let len = u32::try_from(payload.len()).expect("payload length is bounded by batch_bytes_max");
     let mut frame = [0u8; RECORD_FRAME_BYTES];
     frame[0] = kind as u8;
+    frame[1] = flags;
     frame[4..8].copy_from_slice(&len.to_le_bytes());
     frame[8..16].copy_from_slice(&term.to_le_bytes());
     frame[16..24].copy_from_slice(&index.to_le_bytes());
@@ -145,6 +152,8 @@ pub struct RecordView<'a> {
     pub term: u64,
     pub index: u64,
     pub crc: u32,
+    /// A copy carried to the segment start ([`FLAG_CARRIED`]).
+    pub carried: bool,
     pub payload: &'a [u8],
 }
 
@@ -201,7 +210,7 @@ pub fn scan_records<'a>(
         let Some(kind) = RecordKind::from_u8(frame[0]) else {
             return (crc, bad("unknown record kind", frame_end));
         };
-        if frame[1..4] != [0; 3] || frame[28..32] != [0; 4] {
+        if frame[1] & !FLAG_CARRIED != 0 || frame[2..4] != [0; 2] || frame[28..32] != [0; 4] {
             return (crc, bad("reserved record bytes are not zero", frame_end));
         }
         let len = u32_at(frame, 4) as usize;
@@ -224,6 +233,7 @@ pub fn scan_records<'a>(
             term: u64_at(frame, 8),
             index: u64_at(frame, 16),
             crc,
+            carried: frame[1] & FLAG_CARRIED != 0,
             payload,
         });
         at = end;
@@ -269,8 +279,16 @@ mod tests {
     fn two_records() -> Vec<u8> {
         let mut seg = vec![0u8; 4096];
         let mut out = Vec::new();
-        let c = encode_record(&mut out, 7, RecordKind::Entry, 2, 10, b"hello");
-        encode_record(&mut out, c, RecordKind::HardState, 2, 0, &[9; 13]);
+        let c = encode_record(&mut out, 7, 0, RecordKind::Entry, 2, 10, b"hello");
+        encode_record(
+            &mut out,
+            c,
+            FLAG_CARRIED,
+            RecordKind::HardState,
+            2,
+            0,
+            &[9; 13],
+        );
         seg[64..64 + out.len()].copy_from_slice(&out);
         seg
     }

@@ -133,6 +133,9 @@ pub async fn recover<S: Storage>(
             if h.seq != seq || h.segment_bytes != size {
                 return Err(corrupt(&path, 0, "segment header does not match its file"));
             }
+            // The oldest segment left after a purge may rewrite entries below its header's
+            // first index (an overwrite after the roll), whose older copies were purged.
+            let oldest = view.is_none();
             match &view {
                 Some(_) if h.chain_seed != chain_crc => {
                     return Err(corrupt(
@@ -163,6 +166,20 @@ pub async fn recover<S: Storage>(
                     index: r.index,
                     payload: r.payload,
                 };
+                if r.carried {
+                    if matches!(
+                        r.kind,
+                        super::RecordKind::Entry | super::RecordKind::Truncate
+                    ) {
+                        return Err(corrupt(&path, r.offset, "log record marked as carried"));
+                    }
+                    v.restate(&rec);
+                    prev_crc = r.crc;
+                    continue;
+                }
+                if oldest {
+                    v.reanchor_for(&rec);
+                }
                 v.bounds()
                     .step(&rec)
                     .map_err(|e| corrupt(&path, r.offset, &e.to_string()))?;

@@ -3,8 +3,8 @@
 //! inject faults: short writes, ENOSPC, failing fdatasync, bit flips. Deterministic by seed.
 //!
 //! The crash model follows the media assumptions in [`super`]: every sector written since the
-//! file's last fdatasync independently keeps its new or its old content, and at most one of
-//! them (the torn one) keeps a new prefix over old bytes.
+//! file's last fdatasync independently keeps its new or its old content (so the last write is
+//! torn at sector granularity). [`Faults::sub_sector_tears`] goes beyond them.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -25,6 +25,9 @@ pub struct Faults {
     pub sync_error_one_in: u32,
     /// Writes fail with ENOSPC once this many bytes have been written in total.
     pub enospc_after_bytes: Option<u64>,
+    /// Let a crash keep a new prefix of a sector over its old bytes, which the media
+    /// assumptions rule out; the WAL must then refuse to open rather than lose records.
+    pub sub_sector_tears: bool,
 }
 
 #[derive(Debug, Default)]
@@ -61,16 +64,17 @@ impl Disk {
     }
 }
 
-/// An in-memory [`Storage`] with crash and fault injection.
+/// An in-memory [`Storage`] with crash and fault injection. A handle dies with a crash, so
+/// tasks of the "dead process" cannot touch the disk the next one recovers.
 #[derive(Debug, Clone)]
 pub struct SimStorage {
     disk: Rc<RefCell<Disk>>,
+    epoch: u64,
 }
 
 pub struct SimFile {
     data: Rc<RefCell<FileData>>,
     storage: SimStorage,
-    epoch: u64,
 }
 
 /// A plain heap buffer stands in for DMA memory.
@@ -95,6 +99,7 @@ impl SimStorage {
                 bytes_written: 0,
                 epoch: 0,
             })),
+            epoch: 0,
         }
     }
 
@@ -105,36 +110,38 @@ impl SimStorage {
     }
 
     /// Power loss: every file keeps its synced bytes plus a random subset of the sectors
-    /// written since, one of them possibly torn. Open handles die.
-    pub fn crash(&self) {
+    /// written since, one of them possibly torn. Every handle dies; use the one returned.
+    pub fn crash(&self) -> SimStorage {
         let mut d = self.disk.borrow_mut();
         d.epoch += 1;
+        let revived = SimStorage {
+            disk: Rc::clone(&self.disk),
+            epoch: d.epoch,
+        };
         let files: Vec<_> = d.files.values().cloned().collect();
         for f in files {
             let mut f = f.borrow_mut();
             let mut out = f.durable.clone();
             out.resize(f.current.len(), 0);
-            let mut torn_left = 1;
             for (start, end) in std::mem::take(&mut f.unsynced) {
                 let end = end.min(f.current.len());
                 let mut s = start;
                 while s < end {
                     let e = ((s / TORN_SECTOR_BYTES + 1) * TORN_SECTOR_BYTES).min(end);
-                    match d.next() % 4 {
-                        0 => {}
-                        1 if torn_left > 0 => {
-                            torn_left -= 1;
-                            let cut = s + (d.next() as usize % (e - s));
-                            out[s..cut].copy_from_slice(&f.current[s..cut]);
-                        }
-                        _ => out[s..e].copy_from_slice(&f.current[s..e]),
-                    }
+                    let cut = match d.next() % 4 {
+                        0 => s,
+                        // A tear inside a sector breaks the media assumption; only on request.
+                        1 if d.faults.sub_sector_tears => s + (d.next() as usize % (e - s)),
+                        _ => e,
+                    };
+                    out[s..cut].copy_from_slice(&f.current[s..cut]);
                     s = e;
                 }
             }
             f.durable = out.clone();
             f.current = out;
         }
+        revived
     }
 
     /// Flips one bit of a file as stored (both before and after any crash).
@@ -158,28 +165,33 @@ impl SimStorage {
     }
 
     fn file(&self, data: Rc<RefCell<FileData>>) -> SimFile {
-        let epoch = self.disk.borrow().epoch;
         SimFile {
             data,
             storage: self.clone(),
-            epoch,
         }
     }
-}
 
-fn not_found(path: &Path) -> io::Error {
-    io::Error::new(io::ErrorKind::NotFound, path.display().to_string())
-}
+    /// Device latency: a few scheduler turns, so other tasks (and crashes) run between a write
+    /// being issued and completing, and between a write and its fdatasync.
+    async fn latency(&self) {
+        let turns = self.disk.borrow_mut().next() % 3;
+        for _ in 0..turns {
+            futures_lite::future::yield_now().await;
+        }
+    }
 
-impl SimFile {
     /// The disk, unless a crash killed this handle.
     fn live(&self) -> io::Result<std::cell::RefMut<'_, Disk>> {
-        let d = self.storage.disk.borrow_mut();
+        let d = self.disk.borrow_mut();
         if d.epoch != self.epoch {
             return Err(io::Error::other("simulated power loss: handle is dead"));
         }
         Ok(d)
     }
+}
+
+fn not_found(path: &Path) -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, path.display().to_string())
 }
 
 impl SegmentFile for SimFile {
@@ -196,7 +208,8 @@ impl SegmentFile for SimFile {
     }
 
     async fn write_at(&self, buf: Rc<SimBuf>, pos: u64) -> io::Result<usize> {
-        let mut d = self.live()?;
+        self.storage.latency().await;
+        let mut d = self.storage.live()?;
         let len = buf.0.len();
         if !(pos as usize).is_multiple_of(SIM_ALIGNMENT_BYTES)
             || !len.is_multiple_of(SIM_ALIGNMENT_BYTES)
@@ -227,7 +240,7 @@ impl SegmentFile for SimFile {
     }
 
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<Vec<u8>> {
-        let _live = self.live()?;
+        let _live = self.storage.live()?;
         let f = self.data.borrow();
         let start = (pos as usize).min(f.current.len());
         let end = (start + len).min(f.current.len());
@@ -235,7 +248,8 @@ impl SegmentFile for SimFile {
     }
 
     async fn fdatasync(&self) -> io::Result<()> {
-        let mut d = self.live()?;
+        self.storage.latency().await;
+        let mut d = self.storage.live()?;
         let sync_error = d.faults.sync_error_one_in;
         if d.one_in(sync_error) {
             return Err(io::Error::from_raw_os_error(libc::EIO));
@@ -247,7 +261,7 @@ impl SegmentFile for SimFile {
     }
 
     async fn size_bytes(&self) -> io::Result<u64> {
-        let _live = self.live()?;
+        let _live = self.storage.live()?;
         Ok(self.data.borrow().current.len() as u64)
     }
 }
@@ -258,11 +272,11 @@ impl Storage for SimStorage {
     type File = SimFile;
 
     async fn create_dir_all(&self, _dir: &Path) -> io::Result<()> {
-        Ok(())
+        self.live().map(drop)
     }
 
     async fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
-        let d = self.disk.borrow();
+        let d = self.live()?;
         Ok(d.files
             .keys()
             .filter(|p| p.parent() == Some(dir))
@@ -272,8 +286,7 @@ impl Storage for SimStorage {
 
     async fn open(&self, path: &Path) -> io::Result<SimFile> {
         let data = self
-            .disk
-            .borrow()
+            .live()?
             .files
             .get(path)
             .cloned()
@@ -283,23 +296,21 @@ impl Storage for SimStorage {
 
     async fn create(&self, path: &Path) -> io::Result<SimFile> {
         let data = Rc::new(RefCell::new(FileData::default()));
-        self.disk
-            .borrow_mut()
+        self.live()?
             .files
             .insert(path.to_path_buf(), Rc::clone(&data));
         Ok(self.file(data))
     }
 
     async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        let mut d = self.disk.borrow_mut();
+        let mut d = self.live()?;
         let data = d.files.remove(from).ok_or_else(|| not_found(from))?;
         d.files.insert(to.to_path_buf(), data);
         Ok(())
     }
 
     async fn remove(&self, path: &Path) -> io::Result<()> {
-        self.disk
-            .borrow_mut()
+        self.live()?
             .files
             .remove(path)
             .map(drop)
@@ -307,6 +318,6 @@ impl Storage for SimStorage {
     }
 
     async fn sync_dir(&self, _dir: &Path) -> io::Result<()> {
-        Ok(())
+        self.live().map(drop)
     }
 }

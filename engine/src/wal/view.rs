@@ -124,6 +124,39 @@ impl LogView {
         debug_assert_eq!(self.locs.len() as u64, b.len);
     }
 
+    /// Moves the start of the log down to where `rec` needs it, dropping every entry: only
+    /// for records of the oldest segment on disk, whose predecessors were purged.
+    pub fn reanchor_for(&mut self, rec: &RecordRef<'_>) {
+        let first = match rec.kind {
+            RecordKind::Entry => rec.index,
+            RecordKind::Truncate => rec.index + 1,
+            _ => return,
+        };
+        if self.first_index != 0 && first < self.first_index {
+            self.first_index = first;
+            self.locs.clear();
+        }
+    }
+
+    /// Takes in a record carried to a segment start: state only, the entry log is untouched.
+    pub fn restate(&mut self, rec: &RecordRef<'_>) {
+        match rec.kind {
+            RecordKind::HardState => self.hard_state = Some(rec.payload.to_vec()),
+            RecordKind::Metadata => self.metadata = Some(rec.payload.to_vec()),
+            RecordKind::Snapshot => {
+                self.snapshot = Some(Record {
+                    kind: rec.kind,
+                    term: rec.term,
+                    index: rec.index,
+                    payload: rec.payload.to_vec(),
+                })
+            }
+            RecordKind::Entry | RecordKind::Truncate => {
+                unreachable!("only state records are carried")
+            }
+        }
+    }
+
     /// Forgets the entries stored in segments older than `oldest_seg` (they were purged).
     pub fn drop_segments_before(&mut self, oldest_seg: u64) {
         while self.locs.front().is_some_and(|l| l.seg < oldest_seg) {

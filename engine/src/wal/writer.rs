@@ -437,7 +437,7 @@ impl<F> State<F> {
             if !fits {
                 self.roll(opts);
             }
-            self.put(opts, r);
+            self.put(opts, r, 0);
         }
         let ticket = self.next_ticket;
         self.next_ticket += 1;
@@ -491,12 +491,12 @@ impl<F> State<F> {
             })
             .collect();
         for r in &carried {
-            self.put(opts, &r.as_ref());
+            self.put(opts, &r.as_ref(), format::FLAG_CARRIED);
         }
     }
 
     /// Encodes one validated record at the encode tail.
-    fn put(&mut self, opts: &WalOptions, r: &RecordRef<'_>) {
+    fn put(&mut self, opts: &WalOptions, r: &RecordRef<'_>, flags: u8) {
         let enc = self.enc.expect("a segment is open for encoding");
         let len = record_bytes(r.payload.len());
         assert!(
@@ -521,6 +521,7 @@ impl<F> State<F> {
         self.chain_crc = encode_record(
             &mut chunk.bytes,
             prev_crc,
+            flags,
             r.kind,
             r.term,
             r.index,
@@ -532,7 +533,11 @@ impl<F> State<F> {
             payload_len: r.payload.len() as u32,
             prev_crc,
         };
-        self.view.apply(r, loc);
+        if flags & format::FLAG_CARRIED != 0 {
+            self.view.restate(r);
+        } else {
+            self.view.apply(r, loc);
+        }
         if r.kind == RecordKind::Entry {
             let max = self.seg_max_entry_index.entry(enc.seq).or_default();
             *max = (*max).max(r.index);
