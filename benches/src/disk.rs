@@ -317,7 +317,26 @@ pub fn print_table(result: &Value, out: &mut impl Write) -> std::io::Result<()> 
         } else {
             "FAIL"
         }
-    )
+    )?;
+    let curve = &result["wal_group_commit"]["points"];
+    if let Some(points) = curve.as_array() {
+        writeln!(
+            out,
+            "WAL group commit ({} B records): appenders, records/s, p50 us, p99 us",
+            result["wal_group_commit"]["record_payload_bytes"]
+        )?;
+        for p in points {
+            writeln!(
+                out,
+                "{:>5} {:>10.0} {:>9.0} {:>9.0}",
+                p["appenders"],
+                p["records_per_s"].as_f64().unwrap_or(0.0),
+                p["latency_us"]["p50"].as_f64().unwrap_or(0.0),
+                p["latency_us"]["p99"].as_f64().unwrap_or(0.0)
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// The scratch files a run makes in `dir`: the O_DIRECT one and the fio-style one.

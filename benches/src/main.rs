@@ -3,13 +3,15 @@
 //! It owns two things: a load generator for any etcd v3 endpoint (subcommands named after
 //! etcd's `benchmark` tool, with its own lean gRPC client so the client is never what is
 //! measured) and the disk harness that says what an SSD allows a write-ahead log.
-//! It must never depend on Basalt's server internals: it measures Basalt and etcd alike,
-//! through the wire protocol only.
+//! The load generator must never depend on Basalt's server internals: it measures Basalt and
+//! etcd alike, through the wire protocol only. The disk harness alone uses `engine::wal`, to
+//! draw the WAL's group-commit curve against the raw disk floor.
 
 mod disk;
 mod grpc;
 mod load;
 mod report;
+mod walcurve;
 
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
@@ -178,7 +180,8 @@ enum Command {
         pace: PaceArgs,
     },
     /// SSD harness on DIR: O_DIRECT write + fdatasync latency at 4K/16K/64K/1M, sequential
-    /// bandwidth, and etcd's fio-style check (2300-byte writes, fdatasync each, p99 < 10 ms).
+    /// bandwidth, etcd's fio-style check (2300-byte writes, fdatasync each, p99 < 10 ms), and
+    /// the group-commit curve of Basalt's WAL (concurrent appenders vs records/s).
     Disk {
         /// Directory on the disk under test (two scratch files are made and removed there).
         dir: PathBuf,
@@ -194,6 +197,9 @@ enum Command {
         /// Bytes written by the fio-style check, MiB (etcd's guide uses 22).
         #[arg(long, default_value_t = 22)]
         fio_mib: usize,
+        /// Seconds per point of the WAL group-commit curve (0 leaves the curve out).
+        #[arg(long, default_value_t = 2.0)]
+        wal_seconds_per_point: f64,
     },
 }
 
@@ -362,6 +368,7 @@ fn run(cli: Cli) -> Result<Option<RunReport>, String> {
             samples,
             seconds_per_size,
             fio_mib,
+            wal_seconds_per_point,
         } => {
             let options = disk::DiskOptions {
                 dir: dir.clone(),
@@ -370,7 +377,10 @@ fn run(cli: Cli) -> Result<Option<RunReport>, String> {
                 seconds_per_size: *seconds_per_size,
                 fio_mib: *fio_mib,
             };
-            let result = disk::run(&options).map_err(|e| e.to_string())?;
+            let mut result = disk::run(&options).map_err(|e| e.to_string())?;
+            if *wal_seconds_per_point > 0.0 {
+                result["wal_group_commit"] = walcurve::run(dir, *wal_seconds_per_point)?;
+            }
             disk::print_table(&result, &mut std::io::stdout()).map_err(|e| e.to_string())?;
             if let Some(path) = &g.json {
                 report::write_json(path, &result)
