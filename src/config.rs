@@ -66,31 +66,65 @@ pub struct ServerFlags {
     #[arg(long = "wal-dir", env = "ETCD_WAL_DIR")]
     pub wal_dir: Option<PathBuf>,
     /// Committed entries that trigger a snapshot to disk.
-    #[arg(long = "snapshot-count", env = "ETCD_SNAPSHOT_COUNT", default_value_t = 100_000)]
+    #[arg(
+        long = "snapshot-count",
+        env = "ETCD_SNAPSHOT_COUNT",
+        default_value_t = 100_000
+    )]
     pub snapshot_count: u64,
     /// Time (in milliseconds) of a heartbeat interval.
-    #[arg(long = "heartbeat-interval", env = "ETCD_HEARTBEAT_INTERVAL", default_value_t = 100)]
+    #[arg(
+        long = "heartbeat-interval",
+        env = "ETCD_HEARTBEAT_INTERVAL",
+        default_value_t = 100
+    )]
     pub heartbeat_interval_ms: u64,
     /// Time (in milliseconds) for an election to time out.
-    #[arg(long = "election-timeout", env = "ETCD_ELECTION_TIMEOUT", default_value_t = 1000)]
+    #[arg(
+        long = "election-timeout",
+        env = "ETCD_ELECTION_TIMEOUT",
+        default_value_t = 1000
+    )]
     pub election_timeout_ms: u64,
     /// List of URLs to listen on for peer traffic.
-    #[arg(long = "listen-peer-urls", env = "ETCD_LISTEN_PEER_URLS", default_value = "http://localhost:2380", value_delimiter = ',')]
+    #[arg(
+        long = "listen-peer-urls",
+        env = "ETCD_LISTEN_PEER_URLS",
+        default_value = "http://localhost:2380",
+        value_delimiter = ','
+    )]
     pub listen_peer_urls: Vec<String>,
     /// List of URLs to listen on for client traffic.
-    #[arg(long = "listen-client-urls", env = "ETCD_LISTEN_CLIENT_URLS", default_value = "http://localhost:2379", value_delimiter = ',')]
+    #[arg(
+        long = "listen-client-urls",
+        env = "ETCD_LISTEN_CLIENT_URLS",
+        default_value = "http://localhost:2379",
+        value_delimiter = ','
+    )]
     pub listen_client_urls: Vec<String>,
     /// List of URLs to listen on for the metrics and health endpoints.
-    #[arg(long = "listen-metrics-urls", env = "ETCD_LISTEN_METRICS_URLS", value_delimiter = ',')]
+    #[arg(
+        long = "listen-metrics-urls",
+        env = "ETCD_LISTEN_METRICS_URLS",
+        value_delimiter = ','
+    )]
     pub listen_metrics_urls: Vec<String>,
     /// Maximum number of snapshot files to retain (0 is unlimited).
-    #[arg(long = "max-snapshots", env = "ETCD_MAX_SNAPSHOTS", default_value_t = 5)]
+    #[arg(
+        long = "max-snapshots",
+        env = "ETCD_MAX_SNAPSHOTS",
+        default_value_t = 5
+    )]
     pub max_snapshots: u32,
     /// Maximum number of WAL files to retain (0 is unlimited).
     #[arg(long = "max-wals", env = "ETCD_MAX_WALS", default_value_t = 5)]
     pub max_wals: u32,
     /// Raise an alarm when the backend size exceeds this many bytes (0 means the default, 2 GiB).
-    #[arg(long = "quota-backend-bytes", env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
+    #[arg(
+        long = "quota-backend-bytes",
+        env = "ETCD_QUOTA_BACKEND_BYTES",
+        default_value_t = 0
+    )]
     pub quota_backend_bytes: i64,
     /// Maximum number of operations permitted in a transaction.
     #[arg(long = "max-txn-ops", env = "ETCD_MAX_TXN_OPS", default_value_t = MAX_TXN_OPS_DEFAULT)]
@@ -98,6 +132,9 @@ pub struct ServerFlags {
     /// Maximum client request size in bytes the server will accept.
     #[arg(long = "max-request-bytes", env = "ETCD_MAX_REQUEST_BYTES", default_value_t = MAX_REQUEST_BYTES_DEFAULT)]
     pub max_request_bytes: usize,
+    /// Maximum concurrent streams that each client connection may open.
+    #[arg(long = "max-concurrent-streams", env = "ETCD_MAX_CONCURRENT_STREAMS", default_value_t = u32::MAX)]
+    pub max_concurrent_streams: u32,
     /// Minimum interval a client should wait before pinging the server (Go duration, e.g. 5s).
     #[arg(long = "grpc-keepalive-min-time", env = "ETCD_GRPC_KEEPALIVE_MIN_TIME", default_value = "5s", value_parser = parse_go_duration)]
     pub grpc_keepalive_min_time: Duration,
@@ -116,7 +153,12 @@ pub struct ServerFlags {
 
     // ---- clustering ----
     /// List of this member's peer URLs to advertise to the rest of the cluster.
-    #[arg(long = "initial-advertise-peer-urls", env = "ETCD_INITIAL_ADVERTISE_PEER_URLS", default_value = "http://localhost:2380", value_delimiter = ',')]
+    #[arg(
+        long = "initial-advertise-peer-urls",
+        env = "ETCD_INITIAL_ADVERTISE_PEER_URLS",
+        default_value = "http://localhost:2380",
+        value_delimiter = ','
+    )]
     pub initial_advertise_peer_urls: Vec<String>,
     /// Initial cluster configuration for bootstrapping (name=peer-url,...).
     #[arg(long = "initial-cluster", env = "ETCD_INITIAL_CLUSTER")]
@@ -125,10 +167,19 @@ pub struct ServerFlags {
     #[arg(long = "initial-cluster-state", env = "ETCD_INITIAL_CLUSTER_STATE", default_value = "new", value_parser = ["new", "existing"])]
     pub initial_cluster_state: String,
     /// Initial cluster token for the cluster during bootstrap.
-    #[arg(long = "initial-cluster-token", env = "ETCD_INITIAL_CLUSTER_TOKEN", default_value = "etcd-cluster")]
+    #[arg(
+        long = "initial-cluster-token",
+        env = "ETCD_INITIAL_CLUSTER_TOKEN",
+        default_value = "etcd-cluster"
+    )]
     pub initial_cluster_token: String,
     /// List of this member's client URLs to advertise to the public.
-    #[arg(long = "advertise-client-urls", env = "ETCD_ADVERTISE_CLIENT_URLS", default_value = "http://localhost:2379", value_delimiter = ',')]
+    #[arg(
+        long = "advertise-client-urls",
+        env = "ETCD_ADVERTISE_CLIENT_URLS",
+        default_value = "http://localhost:2379",
+        value_delimiter = ','
+    )]
     pub advertise_client_urls: Vec<String>,
     /// Reject reconfiguration requests that would cause quorum loss.
     #[arg(long = "strict-reconfig-check", env = "ETCD_STRICT_RECONFIG_CHECK", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value = "true", default_missing_value = "true")]
@@ -137,7 +188,11 @@ pub struct ServerFlags {
     #[arg(long = "pre-vote", env = "ETCD_PRE_VOTE", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value = "true", default_missing_value = "true")]
     pub pre_vote: bool,
     /// Auto compaction retention (hours for periodic mode unless a unit is given; revisions otherwise).
-    #[arg(long = "auto-compaction-retention", env = "ETCD_AUTO_COMPACTION_RETENTION", default_value = "0")]
+    #[arg(
+        long = "auto-compaction-retention",
+        env = "ETCD_AUTO_COMPACTION_RETENTION",
+        default_value = "0"
+    )]
     pub auto_compaction_retention: String,
     /// Interpret the retention as a period ("periodic") or a revision count ("revision").
     #[arg(long = "auto-compaction-mode", env = "ETCD_AUTO_COMPACTION_MODE", default_value = "periodic", value_parser = ["periodic", "revision"])]
@@ -186,7 +241,12 @@ pub struct ServerFlags {
     #[arg(long = "log-level", env = "ETCD_LOG_LEVEL", default_value = "info", value_parser = ["debug", "info", "warn", "error", "panic", "fatal"])]
     pub log_level: String,
     /// Where to write logs: stderr, stdout or a file path.
-    #[arg(long = "log-outputs", env = "ETCD_LOG_OUTPUTS", default_value = "default", value_delimiter = ',')]
+    #[arg(
+        long = "log-outputs",
+        env = "ETCD_LOG_OUTPUTS",
+        default_value = "default",
+        value_delimiter = ','
+    )]
     pub log_outputs: Vec<String>,
     /// Metrics detail: basic or extensive.
     #[arg(long, env = "ETCD_METRICS", default_value = "basic", value_parser = ["basic", "extensive"])]
@@ -220,6 +280,32 @@ impl ServerFlags {
             .clone()
             .unwrap_or_else(|| PathBuf::from(format!("{}.basalt", self.name)))
     }
+}
+
+/// A member's id: stable for the same advertised peer URLs and cluster token, as etcd derives it
+/// (etcd hashes the same inputs with SHA-1; the exact value differs, the stability does not).
+pub fn member_id(peer_urls: &[String], cluster_token: &str) -> u64 {
+    let mut sorted = peer_urls.to_vec();
+    sorted.sort();
+    nonzero_hash(sorted.join("").bytes().chain(cluster_token.bytes()))
+}
+
+/// A cluster's id, derived from its members' ids and the cluster token.
+pub fn cluster_id(member_ids: &[u64], cluster_token: &str) -> u64 {
+    let mut sorted = member_ids.to_vec();
+    sorted.sort_unstable();
+    let id_bytes = sorted.into_iter().flat_map(u64::to_be_bytes);
+    nonzero_hash(id_bytes.chain(cluster_token.bytes()))
+}
+
+/// 64-bit FNV-1a; ids of zero mean "none" in etcd's protocol, so zero is never returned.
+fn nonzero_hash(bytes: impl Iterator<Item = u8>) -> u64 {
+    const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+    let hash = bytes.fold(FNV_OFFSET, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(FNV_PRIME)
+    });
+    hash.max(1)
 }
 
 /// Rewrites Go's single-dash long flags (`-name x`, `-data-dir=y`) into `--name x`, leaving short
@@ -279,7 +365,11 @@ pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
             "s" => 1e9,
             "m" => 60e9,
             "h" => 3600e9,
-            unit => return Err(format!("time: unknown unit \"{unit}\" in duration \"{text}\"")),
+            unit => {
+                return Err(format!(
+                    "time: unknown unit \"{unit}\" in duration \"{text}\""
+                ))
+            }
         };
         total_ns += number * unit_ns;
         rest = &rest[unit_len..];
@@ -325,8 +415,18 @@ mod tests {
 
     #[test]
     fn go_booleans_take_an_optional_value() {
-        assert!(parse(&["basalt", "--force-new-cluster"]).unwrap().server.force_new_cluster);
-        assert!(!parse(&["basalt", "--pre-vote=false"]).unwrap().server.pre_vote);
+        assert!(
+            parse(&["basalt", "--force-new-cluster"])
+                .unwrap()
+                .server
+                .force_new_cluster
+        );
+        assert!(
+            !parse(&["basalt", "--pre-vote=false"])
+                .unwrap()
+                .server
+                .pre_vote
+        );
         assert!(parse(&["basalt", "--pre-vote=maybe"]).is_err());
     }
 
@@ -347,6 +447,15 @@ mod tests {
         assert!(parse(&["basalt", "--max-txn-ops", "many"]).is_err());
         assert!(parse(&["basalt", "--initial-cluster-state", "old"]).is_err());
         assert!(parse(&["basalt", "--grpc-keepalive-min-time", "5 parsecs"]).is_err());
+    }
+
+    #[test]
+    fn ids_are_stable_and_depend_on_their_inputs() {
+        let urls = vec!["http://10.0.0.1:2380".to_string()];
+        assert_eq!(member_id(&urls, "t"), member_id(&urls, "t"));
+        assert_ne!(member_id(&urls, "t"), member_id(&urls, "other-token"));
+        assert_ne!(cluster_id(&[1, 2], "t"), cluster_id(&[1, 3], "t"));
+        assert_eq!(cluster_id(&[1, 2], "t"), cluster_id(&[2, 1], "t"));
     }
 
     #[test]

@@ -40,8 +40,39 @@ fn print_version() {
 }
 
 fn serve(flags: ServerFlags) -> Result<(), String> {
-    let _ = flags;
-    Err("serving is not wired yet".into())
+    let data_dir = flags.data_dir();
+    std::fs::create_dir_all(&data_dir)
+        .map_err(|e| format!("cannot create data dir {}: {e}", data_dir.display()))?;
+    let config = server_config(&flags);
+    eprintln!(
+        "basalt: serving member {:x} ({}) of cluster {:x} on {} with data in {}",
+        config.member_id,
+        config.name,
+        config.cluster_id,
+        config.listen_client_urls.join(","),
+        data_dir.display()
+    );
+    basalt_net::run(config).map_err(|e| e.to_string())
+}
+
+fn server_config(flags: &ServerFlags) -> basalt_net::ServerConfig {
+    let member_id = config::member_id(
+        &flags.initial_advertise_peer_urls,
+        &flags.initial_cluster_token,
+    );
+    basalt_net::ServerConfig {
+        name: flags.name.clone(),
+        listen_client_urls: flags.listen_client_urls.clone(),
+        advertise_client_urls: flags.advertise_client_urls.clone(),
+        advertise_peer_urls: flags.initial_advertise_peer_urls.clone(),
+        cores: flags.cores,
+        max_txn_ops: flags.max_txn_ops,
+        max_request_bytes: flags.max_request_bytes,
+        max_concurrent_streams: flags.max_concurrent_streams,
+        cluster_id: config::cluster_id(&[member_id], &flags.initial_cluster_token),
+        member_id,
+        ..basalt_net::ServerConfig::default()
+    }
 }
 
 fn dump_log(flags: config::DumpLogFlags) -> Result<(), String> {
