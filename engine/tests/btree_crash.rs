@@ -30,7 +30,11 @@ impl Rng {
 }
 
 fn options() -> Options {
-    Options { page_size_bytes: 1024, verify_checksums: true, ..Options::default() }
+    Options {
+        page_size_bytes: 1024,
+        verify_checksums: true,
+        ..Options::default()
+    }
 }
 
 /// What the disk may legitimately show after the crash.
@@ -45,9 +49,20 @@ struct Outcome {
 fn run(seed: u64, dir: &std::path::Path, crash_after_ops: Option<u64>) -> Outcome {
     let path = dir.join("live.db");
     let _ = std::fs::remove_file(&path);
-    let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
     let fault = Arc::new(FaultFile::new(file, crash_after_ops).unwrap());
-    let mut outcome = Outcome { ops_done: 0, last_durable: (Model::new(), 0), in_flight: None, fault: fault.clone() };
+    let mut outcome = Outcome {
+        ops_done: 0,
+        last_durable: (Model::new(), 0),
+        in_flight: None,
+        fault: fault.clone(),
+    };
     let Ok(db) = Db::open_file(Box::new(fault.clone()), options()) else {
         return outcome;
     };
@@ -71,7 +86,11 @@ fn run(seed: u64, dir: &std::path::Path, crash_after_ops: Option<u64>) -> Outcom
     outcome
 }
 
-fn write_txn(db: &Db, rng: &mut Rng, committed: &mut Model) -> Result<(), basalt_engine::btree::Error> {
+fn write_txn(
+    db: &Db,
+    rng: &mut Rng,
+    committed: &mut Model,
+) -> Result<(), basalt_engine::btree::Error> {
     let mut working = committed.clone();
     let mut txn = db.begin_write()?;
     for _ in 0..1 + rng.below(30) {
@@ -80,8 +99,11 @@ fn write_txn(db: &Db, rng: &mut Rng, committed: &mut Model) -> Result<(), basalt
         let key = (rng.below(300) as u16).to_be_bytes().to_vec();
         match rng.below(10) {
             0 => {
-                let end = (u16::from_be_bytes([key[0], key[1]]) + 40).to_be_bytes().to_vec();
-                txn.bucket(name)?.remove_range(Bound::Included(&key), Bound::Excluded(&end))?;
+                let end = (u16::from_be_bytes([key[0], key[1]]) + 40)
+                    .to_be_bytes()
+                    .to_vec();
+                txn.bucket(name)?
+                    .remove_range(Bound::Included(&key), Bound::Excluded(&end))?;
                 map.retain(|k, _| k < &key || k >= &end);
             }
             1 | 2 => {
@@ -108,7 +130,10 @@ fn contents(db: &Db) -> Model {
         let mut cursor = read.cursor(name);
         let mut entry = cursor.first().unwrap();
         while let Some((k, v)) = entry {
-            model.entry(name.to_owned()).or_default().insert(k.to_vec(), v.to_vec());
+            model
+                .entry(name.to_owned())
+                .or_default()
+                .insert(k.to_vec(), v.to_vec());
             entry = cursor.next().unwrap();
         }
     }
@@ -116,12 +141,19 @@ fn contents(db: &Db) -> Model {
 }
 
 fn non_empty(model: &Model) -> Model {
-    model.iter().filter(|(_, m)| !m.is_empty()).map(|(k, v)| (k.clone(), v.clone())).collect()
+    model
+        .iter()
+        .filter(|(_, m)| !m.is_empty())
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 #[test]
 fn reopen_after_a_crash_at_any_write_shows_exactly_a_durable_checkpoint() {
-    let seeds: u64 = std::env::var("BTREE_CRASH_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let seeds: u64 = std::env::var("BTREE_CRASH_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
     let dir = std::env::temp_dir().join(format!("btree-crash-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut images_checked = 0;
@@ -143,8 +175,12 @@ fn reopen_after_a_crash_at_any_write_shows_exactly_a_durable_checkpoint() {
                 let image_path = dir.join("image.db");
                 std::fs::write(&image_path, &image).unwrap();
                 let case = format!("seed {seed}, crash before op {crash_at}, variant {variant}");
-                let db = open(&image_path, options()).unwrap_or_else(|e| panic!("{case}: reopen failed: {e}"));
-                let state = (non_empty(&contents(&db)), db.durable_applied_index().unwrap());
+                let db = open(&image_path, options())
+                    .unwrap_or_else(|e| panic!("{case}: reopen failed: {e}"));
+                let state = (
+                    non_empty(&contents(&db)),
+                    db.durable_applied_index().unwrap(),
+                );
                 let durable = (non_empty(&outcome.last_durable.0), outcome.last_durable.1);
                 let in_flight = outcome.in_flight.as_ref().map(|(m, a)| (non_empty(m), *a));
                 assert!(
@@ -157,7 +193,8 @@ fn reopen_after_a_crash_at_any_write_shows_exactly_a_durable_checkpoint() {
                 drop(db);
                 let report = check(&image_path).unwrap();
                 // A torn meta slot is expected after a crash mid-checkpoint; nothing else is.
-                let tree_problems: Vec<_> = report.problems.iter().filter(|p| p.page >= 2).collect();
+                let tree_problems: Vec<_> =
+                    report.problems.iter().filter(|p| p.page >= 2).collect();
                 assert!(tree_problems.is_empty(), "{case}: {tree_problems:?}");
                 assert_eq!(report.leaked_pages, 0, "{case}: leaked pages");
                 images_checked += 1;
@@ -176,7 +213,10 @@ fn a_corrupted_page_is_reported_with_its_offset_and_never_followed() {
     let db = open(&path, options()).unwrap();
     let mut txn = db.begin_write().unwrap();
     for i in 0..2000u32 {
-        txn.bucket("key").unwrap().insert(&i.to_be_bytes(), &[7u8; 40]).unwrap();
+        txn.bucket("key")
+            .unwrap()
+            .insert(&i.to_be_bytes(), &[7u8; 40])
+            .unwrap();
     }
     txn.commit().unwrap();
     db.checkpoint(1).unwrap();
@@ -199,5 +239,11 @@ fn a_corrupted_page_is_reported_with_its_offset_and_never_followed() {
     while let Ok(true) = result {
         result = cursor.next().map(|e| e.is_some());
     }
-    assert!(matches!(result, Err(basalt_engine::btree::Error::Corrupt { page: 5, .. })), "{result:?}");
+    assert!(
+        matches!(
+            result,
+            Err(basalt_engine::btree::Error::Corrupt { page: 5, .. })
+        ),
+        "{result:?}"
+    );
 }

@@ -17,14 +17,29 @@ const PAGE_SIZE: usize = 1024;
 
 #[derive(Clone, Debug)]
 enum Mutation {
-    Insert { bucket: usize, key: u16, value_len: usize, salt: u8 },
-    Remove { bucket: usize, key: u16 },
-    RemoveRange { bucket: usize, from: u16, to: u16 },
+    Insert {
+        bucket: usize,
+        key: u16,
+        value_len: usize,
+        salt: u8,
+    },
+    Remove {
+        bucket: usize,
+        key: u16,
+    },
+    RemoveRange {
+        bucket: usize,
+        from: u16,
+        to: u16,
+    },
 }
 
 #[derive(Clone, Debug)]
 enum Step {
-    Txn { mutations: Vec<Mutation>, commit: bool },
+    Txn {
+        mutations: Vec<Mutation>,
+        commit: bool,
+    },
     OpenReader,
     CloseReader,
     Checkpoint,
@@ -40,7 +55,14 @@ fn key_bytes(key: u16) -> Vec<u8> {
 }
 
 fn value_bytes(key: u16, len: usize, salt: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(salt).wrapping_add(key as u8)).collect()
+    (0..len)
+        .map(|i| {
+            (i as u8)
+                .wrapping_mul(31)
+                .wrapping_add(salt)
+                .wrapping_add(key as u8)
+        })
+        .collect()
 }
 
 fn mutation() -> impl Strategy<Value = Mutation> {
@@ -69,7 +91,11 @@ fn step() -> impl Strategy<Value = Step> {
 }
 
 fn options() -> Options {
-    Options { page_size_bytes: PAGE_SIZE, verify_checksums: true, ..Options::default() }
+    Options {
+        page_size_bytes: PAGE_SIZE,
+        verify_checksums: true,
+        ..Options::default()
+    }
 }
 
 /// Everything a reader sees, read forwards with a cursor and checked backwards too.
@@ -90,7 +116,11 @@ fn contents(read: &ReadTxn) -> Model {
             entry = cursor.prev().unwrap();
         }
         backwards.reverse();
-        assert_eq!(backwards, map.keys().cloned().collect::<Vec<_>>(), "backward scan of {name}");
+        assert_eq!(
+            backwards,
+            map.keys().cloned().collect::<Vec<_>>(),
+            "backward scan of {name}"
+        );
         if !map.is_empty() || read.buckets().any(|b| b == name) {
             model.insert(name.to_owned(), map);
         }
@@ -99,12 +129,20 @@ fn contents(read: &ReadTxn) -> Model {
 }
 
 fn normalized(model: &Model) -> BTreeMap<String, Map> {
-    model.iter().filter(|(_, m)| !m.is_empty()).map(|(k, v)| (k.clone(), v.clone())).collect()
+    model
+        .iter()
+        .filter(|(_, m)| !m.is_empty())
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 fn assert_clean(path: &Path) {
     let report = check(path).unwrap();
-    assert!(report.problems.is_empty(), "check found {:?}", report.problems);
+    assert!(
+        report.problems.is_empty(),
+        "check found {:?}",
+        report.problems
+    );
     assert_eq!(report.leaked_pages, 0, "pages neither in a tree nor free");
 }
 
@@ -113,15 +151,27 @@ fn apply(db: &Db, mutations: &[Mutation], commit: bool, model: &mut Model) {
     let mut txn = db.begin_write().unwrap();
     for m in mutations {
         match *m {
-            Mutation::Insert { bucket, key, value_len, salt } => {
+            Mutation::Insert {
+                bucket,
+                key,
+                value_len,
+                salt,
+            } => {
                 let (k, v) = (key_bytes(key), value_bytes(key, value_len, salt));
                 txn.bucket(BUCKETS[bucket]).unwrap().insert(&k, &v).unwrap();
-                working.entry(BUCKETS[bucket].to_owned()).or_default().insert(k, v);
+                working
+                    .entry(BUCKETS[bucket].to_owned())
+                    .or_default()
+                    .insert(k, v);
             }
             Mutation::Remove { bucket, key } => {
                 let k = key_bytes(key);
                 let removed = txn.bucket(BUCKETS[bucket]).unwrap().remove(&k).unwrap();
-                let expected = working.entry(BUCKETS[bucket].to_owned()).or_default().remove(&k).is_some();
+                let expected = working
+                    .entry(BUCKETS[bucket].to_owned())
+                    .or_default()
+                    .remove(&k)
+                    .is_some();
                 assert_eq!(removed, expected, "remove reports whether the key existed");
             }
             Mutation::RemoveRange { bucket, from, to } => {
@@ -132,11 +182,18 @@ fn apply(db: &Db, mutations: &[Mutation], commit: bool, model: &mut Model) {
                     .remove_range(Bound::Included(&a), Bound::Excluded(&b))
                     .unwrap();
                 let map = working.entry(BUCKETS[bucket].to_owned()).or_default();
-                let doomed: Vec<_> = map.range(a.clone()..b.clone()).map(|(k, _)| k.clone()).collect();
+                let doomed: Vec<_> = map
+                    .range(a.clone()..b.clone())
+                    .map(|(k, _)| k.clone())
+                    .collect();
                 for k in &doomed {
                     map.remove(k);
                 }
-                assert_eq!(n, doomed.len() as u64, "remove_range counts what it removed");
+                assert_eq!(
+                    n,
+                    doomed.len() as u64,
+                    "remove_range counts what it removed"
+                );
             }
         }
     }
@@ -153,7 +210,13 @@ fn apply(db: &Db, mutations: &[Mutation], commit: bool, model: &mut Model) {
             seen.push((k, v));
             entry = cursor.next().unwrap();
         }
-        assert_eq!(seen, map.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<Vec<_>>(), "write cursor of {name}");
+        assert_eq!(
+            seen,
+            map.iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<Vec<_>>(),
+            "write cursor of {name}"
+        );
     }
     if commit {
         txn.commit().unwrap();
@@ -211,18 +274,30 @@ fn run(steps: Vec<Step>) {
         std::thread::scope(|s| {
             s.spawn(|| {
                 for (read, model) in &readers {
-                    assert_eq!(normalized(&contents(read)), normalized(model), "snapshot {} changed", read.txn_id());
+                    assert_eq!(
+                        normalized(&contents(read)),
+                        normalized(model),
+                        "snapshot {} changed",
+                        read.txn_id()
+                    );
                 }
             });
         });
-        assert_eq!(normalized(&contents(&db.begin_read().unwrap())), normalized(&committed));
+        assert_eq!(
+            normalized(&contents(&db.begin_read().unwrap())),
+            normalized(&committed)
+        );
     }
 }
 
 fn tempdir() -> std::path::PathBuf {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
-    let dir = std::env::temp_dir().join(format!("btree-model-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+    let dir = std::env::temp_dir().join(format!(
+        "btree-model-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -249,12 +324,23 @@ fn cursor_seek_lands_on_first_key_at_or_after_and_seek_before_on_last_key_before
     let read = db.begin_read().unwrap();
     let mut cursor = read.cursor("key");
     // (sought key, expected seek result, expected seek_before result)
-    let cases: [(u32, Option<u32>, Option<u32>); 5] =
-        [(0, Some(0), None), (1, Some(2), Some(0)), (1000, Some(1000), Some(998)), (1997, Some(1998), Some(1996)), (1999, None, Some(1998))];
+    let cases: [(u32, Option<u32>, Option<u32>); 5] = [
+        (0, Some(0), None),
+        (1, Some(2), Some(0)),
+        (1000, Some(1000), Some(998)),
+        (1997, Some(1998), Some(1996)),
+        (1999, None, Some(1998)),
+    ];
     for (sought, at, before) in cases {
-        let got = cursor.seek(&sought.to_be_bytes()).unwrap().map(|(k, _)| u32::from_be_bytes(k.try_into().unwrap()));
+        let got = cursor
+            .seek(&sought.to_be_bytes())
+            .unwrap()
+            .map(|(k, _)| u32::from_be_bytes(k.try_into().unwrap()));
         assert_eq!(got, at, "seek({sought})");
-        let got = cursor.seek_before(&sought.to_be_bytes()).unwrap().map(|(k, _)| u32::from_be_bytes(k.try_into().unwrap()));
+        let got = cursor
+            .seek_before(&sought.to_be_bytes())
+            .unwrap()
+            .map(|(k, _)| u32::from_be_bytes(k.try_into().unwrap()));
         assert_eq!(got, before, "seek_before({sought})");
     }
 }
@@ -294,7 +380,11 @@ fn pages_are_reused_once_readers_and_the_durable_meta_let_go() {
         write_round(round);
         db.checkpoint(round as u64).unwrap();
     }
-    assert_eq!(db.stats().unwrap().high_water_pages, steady_pages, "rewriting the same keys must not grow the file");
+    assert_eq!(
+        db.stats().unwrap().high_water_pages,
+        steady_pages,
+        "rewriting the same keys must not grow the file"
+    );
     // A reader pins the pages of its snapshot: the file has to grow while it is open.
     let read = db.begin_read().unwrap();
     for round in 50..55 {
@@ -302,5 +392,8 @@ fn pages_are_reused_once_readers_and_the_durable_meta_let_go() {
         db.checkpoint(round as u64).unwrap();
     }
     assert!(db.stats().unwrap().high_water_pages > steady_pages);
-    assert_eq!(read.get("key", &7u16.to_be_bytes()).unwrap(), Some(&[49u8; 100][..]));
+    assert_eq!(
+        read.get("key", &7u16.to_be_bytes()).unwrap(),
+        Some(&[49u8; 100][..])
+    );
 }

@@ -30,7 +30,11 @@ fn value_of(main: u64) -> Vec<u8> {
 
 #[test]
 fn many_revisions_and_huge_values_survive_compaction_defragment_and_reopen() {
-    let keys: u64 = if std::env::var("BTREE_SCALE").is_ok() { 5_000_000 } else { 1_200_000 };
+    let keys: u64 = if std::env::var("BTREE_SCALE").is_ok() {
+        5_000_000
+    } else {
+        1_200_000
+    };
     let dir = tempdir("scale");
     let path = dir.join("scale.db");
     let _ = std::fs::remove_file(&path);
@@ -52,7 +56,10 @@ fn many_revisions_and_huge_values_survive_compaction_defragment_and_reopen() {
     let mut txn = db.begin_write().unwrap();
     for (i, size) in sizes.iter().enumerate() {
         let value: Vec<u8> = (0..*size).map(|j| (j * 13 + i) as u8).collect();
-        txn.bucket("meta").unwrap().insert(format!("big-{i}").as_bytes(), &value).unwrap();
+        txn.bucket("meta")
+            .unwrap()
+            .insert(format!("big-{i}").as_bytes(), &value)
+            .unwrap();
     }
     txn.commit().unwrap();
     db.checkpoint(1_000_000).unwrap();
@@ -61,7 +68,11 @@ fn many_revisions_and_huge_values_survive_compaction_defragment_and_reopen() {
     // Compaction: drop the older half of the revisions in one range deletion.
     let mut txn = db.begin_write().unwrap();
     let cut = revision(keys / 2, 0);
-    let removed = txn.bucket("key").unwrap().remove_range(Bound::Unbounded, Bound::Excluded(&cut)).unwrap();
+    let removed = txn
+        .bucket("key")
+        .unwrap()
+        .remove_range(Bound::Unbounded, Bound::Excluded(&cut))
+        .unwrap();
     assert_eq!(removed, keys / 2);
     txn.commit().unwrap();
     db.checkpoint(1_000_001).unwrap();
@@ -77,15 +88,27 @@ fn many_revisions_and_huge_values_survive_compaction_defragment_and_reopen() {
 
     let report = check(&path).unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
-    assert_eq!(report.buckets, vec![("key".to_owned(), keys / 2), ("meta".to_owned(), sizes.len() as u64)]);
+    assert_eq!(
+        report.buckets,
+        vec![
+            ("key".to_owned(), keys / 2),
+            ("meta".to_owned(), sizes.len() as u64)
+        ]
+    );
 
     let db = open(&path, Options::default()).unwrap();
     assert_eq!(db.durable_applied_index().unwrap(), 1_000_002);
     let read = db.begin_read().unwrap();
     for (i, size) in sizes.iter().enumerate() {
-        let value = read.get("meta", format!("big-{i}").as_bytes()).unwrap().unwrap();
+        let value = read
+            .get("meta", format!("big-{i}").as_bytes())
+            .unwrap()
+            .unwrap();
         assert_eq!(value.len(), *size);
-        assert!(value.iter().enumerate().all(|(j, b)| *b == (j * 13 + i) as u8));
+        assert!(value
+            .iter()
+            .enumerate()
+            .all(|(j, b)| *b == (j * 13 + i) as u8));
     }
     let mut cursor = read.cursor("key");
     let mut entry = cursor.first().unwrap();
@@ -104,7 +127,14 @@ fn readers_on_other_threads_always_see_whole_transactions() {
     let dir = tempdir("threads");
     let path = dir.join("threads.db");
     let _ = std::fs::remove_file(&path);
-    let db = open(&path, Options { page_size_bytes: 1024, ..Options::default() }).unwrap();
+    let db = open(
+        &path,
+        Options {
+            page_size_bytes: 1024,
+            ..Options::default()
+        },
+    )
+    .unwrap();
     const KEYS: u32 = 500;
     let write_round = |round: u8| {
         let mut txn = db.begin_write().unwrap();
@@ -128,7 +158,10 @@ fn readers_on_other_threads_always_see_whole_transactions() {
                         let (mut count, first) = (0, cursor.first().unwrap().unwrap().1[0]);
                         let mut entry = cursor.first().unwrap();
                         while let Some((_, v)) = entry {
-                            assert!(v.iter().all(|b| *b == first), "snapshot mixes two transactions");
+                            assert!(
+                                v.iter().all(|b| *b == first),
+                                "snapshot mixes two transactions"
+                            );
                             count += 1;
                             entry = cursor.next().unwrap();
                         }

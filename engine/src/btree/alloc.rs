@@ -33,12 +33,21 @@ impl Allocator {
     pub(crate) fn new(free: impl IntoIterator<Item = u64>, next_page: u64) -> Allocator {
         let pool: BTreeSet<u64> = free.into_iter().collect();
         debug_assert!(pool.iter().all(|&p| p >= 2 && p < next_page));
-        Allocator { pool, pending: VecDeque::new(), blocked: Vec::new(), next_page }
+        Allocator {
+            pool,
+            pending: VecDeque::new(),
+            blocked: Vec::new(),
+            next_page,
+        }
     }
 
     pub(crate) fn free(&mut self, freed_by: u64, freed: Freed) {
         debug_assert!(self.pending.back().is_none_or(|(x, _)| *x <= freed_by));
-        debug_assert!(freed.page >= 2 && freed.page < self.next_page, "freeing page {} outside the file", freed.page);
+        debug_assert!(
+            freed.page >= 2 && freed.page < self.next_page,
+            "freeing page {} outside the file",
+            freed.page
+        );
         self.pending.push_back((freed_by, freed));
     }
 
@@ -146,7 +155,11 @@ mod tests {
         a.free(5, freed(3, 5)); // written after durable txn 4: no meta ever saw it
         a.reclaim(u64::MAX, 4);
         assert_eq!(a.alloc(1), 3);
-        assert_eq!(a.alloc(1), 10, "page 2 must wait for a durable meta past txn 5");
+        assert_eq!(
+            a.alloc(1),
+            10,
+            "page 2 must wait for a durable meta past txn 5"
+        );
         a.reclaim(u64::MAX, 5);
         assert_eq!(a.alloc(1), 2);
     }

@@ -60,7 +60,9 @@ pub fn check(path: impl AsRef<Path>) -> Result<CheckReport, Error> {
             Err(e) => report.problems.push(problem(e)),
         }
     }
-    let Some(meta) = newest else { return Ok(report) };
+    let Some(meta) = newest else {
+        return Ok(report);
+    };
     report.page_size_bytes = meta.page_size;
     report.meta_seq = meta.seq;
     report.txn_id = meta.txn_id;
@@ -68,12 +70,21 @@ pub fn check(path: impl AsRef<Path>) -> Result<CheckReport, Error> {
     report.high_water_pages = meta.high_water_pages;
     let file_bytes = file.len_bytes()?;
     if file_bytes < meta.high_water_pages * meta.page_size as u64 {
-        report.problems.push(problem(Error::corrupt(0, meta.page_size, 48, "file is shorter than its meta page says")));
+        report.problems.push(problem(Error::corrupt(
+            0,
+            meta.page_size,
+            48,
+            "file is shorter than its meta page says",
+        )));
         return Ok(report);
     }
     let map = file.map(file_bytes)?;
     let mut walk = Walk {
-        pages: Pages { map: &map, page_size: meta.page_size, verify: true },
+        pages: Pages {
+            map: &map,
+            page_size: meta.page_size,
+            verify: true,
+        },
         uses: vec![Use::Unseen; meta.high_water_pages as usize],
         leaf_depth: None,
         problems: Vec::new(),
@@ -82,7 +93,11 @@ pub fn check(path: impl AsRef<Path>) -> Result<CheckReport, Error> {
     walk.uses[..meta_pages].fill(Use::Tree);
     for (name, root) in &meta.buckets {
         walk.leaf_depth = None;
-        let entries = if *root == 0 { 0 } else { walk.node(*root, None, None, 0) };
+        let entries = if *root == 0 {
+            0
+        } else {
+            walk.node(*root, None, None, 0)
+        };
         report.buckets.push((name.clone(), entries));
     }
     match read_freelist(&file, &meta) {
@@ -91,7 +106,12 @@ pub fn check(path: impl AsRef<Path>) -> Result<CheckReport, Error> {
                 walk.claim(page, 1, Use::Tree, "freelist page is also used elsewhere");
             }
             for page in free {
-                walk.claim(page, 1, Use::Free, "page listed free is in use or listed twice");
+                walk.claim(
+                    page,
+                    1,
+                    Use::Free,
+                    "page listed free is in use or listed twice",
+                );
             }
         }
         Err(e) => walk.problems.push(problem(e)),
@@ -105,9 +125,21 @@ pub fn check(path: impl AsRef<Path>) -> Result<CheckReport, Error> {
 
 fn problem(e: Error) -> Problem {
     match e {
-        Error::Corrupt { page, offset, reason } => Problem { page, offset, reason: reason.to_owned() },
+        Error::Corrupt {
+            page,
+            offset,
+            reason,
+        } => Problem {
+            page,
+            offset,
+            reason: reason.to_owned(),
+        },
         Error::NoValidMeta(inner) => problem(*inner),
-        other => Problem { page: 0, offset: 0, reason: other.to_string() },
+        other => Problem {
+            page: 0,
+            offset: 0,
+            reason: other.to_string(),
+        },
     }
 }
 
@@ -120,7 +152,12 @@ struct Walk<'a> {
 
 impl Walk<'_> {
     fn report(&mut self, page: u64, offset_in_page: usize, reason: &'static str) {
-        self.problems.push(problem(Error::corrupt(page, self.pages.page_size, offset_in_page, reason)));
+        self.problems.push(problem(Error::corrupt(
+            page,
+            self.pages.page_size,
+            offset_in_page,
+            reason,
+        )));
     }
 
     /// Marks `pages` pages from `first` as used; false (and a problem) if any was already.
@@ -176,7 +213,11 @@ impl Walk<'_> {
                 let ordered = previous.is_none_or(|p| p < key);
                 let inside = lo.is_none_or(|l| key >= l) && hi.is_none_or(|h| key < h);
                 if !ordered || !inside {
-                    self.report(id, 16 + 2 * i, "key out of order or outside its parent's bounds");
+                    self.report(
+                        id,
+                        16 + 2 * i,
+                        "key out of order or outside its parent's bounds",
+                    );
                 }
                 previous = Some(key);
             }
@@ -184,7 +225,10 @@ impl Walk<'_> {
                 Kind::Leaf => {
                     entries += 1;
                     match page.value(i) {
-                        Ok(StoredValue::Overflow { page: run, len_bytes }) => match self.pages.overflow_run(run, len_bytes) {
+                        Ok(StoredValue::Overflow {
+                            page: run,
+                            len_bytes,
+                        }) => match self.pages.overflow_run(run, len_bytes) {
                             Ok(_) => {
                                 let pages = overflow_pages(len_bytes, self.pages.page_size);
                                 self.claim(run, pages, Use::Tree, "overflow page reachable twice");
@@ -197,7 +241,11 @@ impl Walk<'_> {
                 }
                 _ => {
                     let child_lo = if i == 0 { lo } else { Some(key) };
-                    let child_hi = if i + 1 < page.count() { page.key(i + 1).ok() } else { hi };
+                    let child_hi = if i + 1 < page.count() {
+                        page.key(i + 1).ok()
+                    } else {
+                        hi
+                    };
                     match page.child(i) {
                         Ok(child) => entries += self.node(child, child_lo, child_hi, depth + 1),
                         Err(e) => self.problems.push(problem(e)),

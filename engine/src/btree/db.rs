@@ -30,7 +30,11 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { page_size_bytes: 4096, verify_checksums: false, readers_max: 1024 }
+        Options {
+            page_size_bytes: 4096,
+            verify_checksums: false,
+            readers_max: 1024,
+        }
     }
 }
 
@@ -101,7 +105,12 @@ pub struct Stats {
 /// Opens (creating if missing or empty) the tree file at `path`.
 pub fn open(path: impl AsRef<Path>, options: Options) -> Result<Db, Error> {
     let path = path.as_ref();
-    let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
     Db::open_with(Box::new(StdFile(file)), Some(path.to_path_buf()), options)
 }
 
@@ -112,10 +121,16 @@ impl Db {
         Db::open_with(file, None, options)
     }
 
-    fn open_with(file: Box<dyn PageFile>, path: Option<PathBuf>, options: Options) -> Result<Db, Error> {
+    fn open_with(
+        file: Box<dyn PageFile>,
+        path: Option<PathBuf>,
+        options: Options,
+    ) -> Result<Db, Error> {
         let ps = options.page_size_bytes;
         if !ps.is_power_of_two() || !(PAGE_SIZE_MIN..=PAGE_SIZE_MAX).contains(&ps) {
-            return Err(Error::InvalidOptions("page_size_bytes must be a power of two from 1 KiB to 64 KiB"));
+            return Err(Error::InvalidOptions(
+                "page_size_bytes must be a power of two from 1 KiB to 64 KiB",
+            ));
         }
         if options.readers_max == 0 {
             return Err(Error::InvalidOptions("readers_max must be at least 1"));
@@ -127,12 +142,21 @@ impl Db {
         let page_size = meta.page_size;
         let file_bytes = file.len_bytes()?;
         if file_bytes < meta.high_water_pages * page_size as u64 {
-            return Err(Error::corrupt(0, page_size, 48, "file is shorter than its meta page says"));
+            return Err(Error::corrupt(
+                0,
+                page_size,
+                48,
+                "file is shorter than its meta page says",
+            ));
         }
         let freelist_pages = read_freelist(file.as_ref(), &meta)?;
         let (chain, free) = freelist_pages;
         let map = Arc::new(file.map(file_bytes)?);
-        let snapshot = Snapshot { txn_id: meta.txn_id, roots: meta.buckets.clone(), map: map.clone() };
+        let snapshot = Snapshot {
+            txn_id: meta.txn_id,
+            roots: meta.buckets.clone(),
+            map: map.clone(),
+        };
         let writer = Writer {
             file,
             map,
@@ -148,7 +172,9 @@ impl Db {
             },
             poisoned: false,
         };
-        let readers = (0..options.readers_max).map(|_| AtomicU64::new(SLOT_FREE)).collect();
+        let readers = (0..options.readers_max)
+            .map(|_| AtomicU64::new(SLOT_FREE))
+            .collect();
         Ok(Db {
             shared: Arc::new(Shared {
                 page_size,
@@ -166,7 +192,9 @@ impl Db {
     pub fn begin_write(&self) -> Result<WriteTxn<'_>, Error> {
         let mut writer = self.shared.lock_writer()?;
         let durable_txn = writer.durable.txn_id;
-        writer.alloc.reclaim(self.shared.oldest_reader_txn(), durable_txn);
+        writer
+            .alloc
+            .reclaim(self.shared.oldest_reader_txn(), durable_txn);
         Ok(WriteTxn::new(&self.shared, writer))
     }
 
@@ -193,7 +221,9 @@ impl Db {
             writer.poisoned = true;
         } else {
             let durable_txn = writer.durable.txn_id;
-            writer.alloc.reclaim(self.shared.oldest_reader_txn(), durable_txn);
+            writer
+                .alloc
+                .reclaim(self.shared.oldest_reader_txn(), durable_txn);
         }
         result
     }
@@ -221,7 +251,9 @@ impl Db {
     /// `applied_index`, and swaps it in place of the old one. Readers keep reading the old file
     /// through their own map until they finish; writers wait for the copy.
     pub fn defragment(&self, applied_index: u64) -> Result<(), Error> {
-        let path = self.shared.path.clone().ok_or(Error::InvalidOptions("defragment needs a Db opened by path"))?;
+        let path = self.shared.path.clone().ok_or(Error::InvalidOptions(
+            "defragment needs a Db opened by path",
+        ))?;
         let mut writer = self.shared.lock_writer()?;
         let result = super::defrag::defragment(&self.shared, &mut writer, &path, applied_index);
         if result.is_err() {
@@ -279,7 +311,9 @@ impl Writer {
             return Ok(());
         }
         let step_bytes = (len_bytes / 4).clamp(GROW_BYTES_MIN, GROW_BYTES_MAX);
-        let new_len_bytes = needed_bytes.next_multiple_of(step_bytes).next_multiple_of(page_size as u64);
+        let new_len_bytes = needed_bytes
+            .next_multiple_of(step_bytes)
+            .next_multiple_of(page_size as u64);
         self.file.set_len_bytes(new_len_bytes)?;
         self.map = Arc::new(self.file.map(new_len_bytes)?);
         Ok(())
@@ -294,7 +328,9 @@ impl Writer {
         while chain.len() < free.len().div_ceil(ids_per_page) {
             let page = match self.alloc.take_pooled() {
                 Some(page) => {
-                    let at = free.binary_search(&page).expect("pooled pages are listed as free");
+                    let at = free
+                        .binary_search(&page)
+                        .expect("pooled pages are listed as free");
                     free.remove(at);
                     page
                 }
@@ -326,7 +362,10 @@ impl Writer {
             buckets: self.roots.clone(),
         };
         let slot = meta.seq % 2;
-        assert_ne!(slot, self.durable.slot, "a checkpoint must never overwrite the newest durable meta");
+        assert_ne!(
+            slot, self.durable.slot,
+            "a checkpoint must never overwrite the newest durable meta"
+        );
         meta.encode(&mut buf);
         self.file.write_at(&buf, slot * page_size as u64)?;
         self.file.sync_data()?;
@@ -363,7 +402,10 @@ fn init_file(file: &dyn PageFile, page_size: usize) -> Result<(), Error> {
 }
 
 /// Both meta slots, decoded or with the reason they are unusable.
-pub(crate) fn read_metas(file: &dyn PageFile, page_size_hint: usize) -> Result<[Result<Meta, Error>; 2], Error> {
+pub(crate) fn read_metas(
+    file: &dyn PageFile,
+    page_size_hint: usize,
+) -> Result<[Result<Meta, Error>; 2], Error> {
     let mut head = [0u8; 28];
     file.read_at(&mut head, 0)?;
     let page_size = Meta::peek_page_size(&head)
@@ -387,13 +429,21 @@ fn read_newest_meta(file: &dyn PageFile, page_size_hint: usize) -> Result<Meta, 
 }
 
 /// The freelist chain pages and the free page ids they list.
-pub(crate) fn read_freelist(file: &dyn PageFile, meta: &Meta) -> Result<(Vec<u64>, Vec<u64>), Error> {
+pub(crate) fn read_freelist(
+    file: &dyn PageFile,
+    meta: &Meta,
+) -> Result<(Vec<u64>, Vec<u64>), Error> {
     let (mut chain, mut free) = (Vec::new(), Vec::new());
     let mut next = meta.freelist_head;
     let mut buf = vec![0u8; meta.page_size];
     while next != 0 {
         if next < 2 || next >= meta.high_water_pages || chain.len() as u64 > meta.high_water_pages {
-            return Err(Error::corrupt(next, meta.page_size, 16, "freelist chain leaves the file or loops"));
+            return Err(Error::corrupt(
+                next,
+                meta.page_size,
+                16,
+                "freelist chain leaves the file or loops",
+            ));
         }
         file.read_at(&mut buf, next * meta.page_size as u64)?;
         let page = PageRef::new(next, &buf, meta.page_size, true)?;
@@ -403,7 +453,9 @@ pub(crate) fn read_freelist(file: &dyn PageFile, meta: &Meta) -> Result<(Vec<u64
         for i in 0..page.count() {
             let id = page.u64_at(FREELIST_IDS_OFFSET + i * 8)?;
             if id < 2 || id >= meta.high_water_pages {
-                return Err(page.corrupt(FREELIST_IDS_OFFSET + i * 8, "free page id outside the file"));
+                return Err(
+                    page.corrupt(FREELIST_IDS_OFFSET + i * 8, "free page id outside the file")
+                );
             }
             free.push(id);
         }
@@ -411,7 +463,12 @@ pub(crate) fn read_freelist(file: &dyn PageFile, meta: &Meta) -> Result<(Vec<u64
         next = page.u64_at(16)?;
     }
     if free.len() as u64 != meta.freelist_count {
-        return Err(Error::corrupt(meta.freelist_head, meta.page_size, 0, "freelist length differs from the meta page"));
+        return Err(Error::corrupt(
+            meta.freelist_head,
+            meta.page_size,
+            0,
+            "freelist length differs from the meta page",
+        ));
     }
     Ok((chain, free))
 }

@@ -59,7 +59,10 @@ impl Builder {
                 StoredValue::Inline(value)
             } else {
                 let page = self.emit(page::encode_overflow(self.page_size, self.txn_id, value))?;
-                StoredValue::Overflow { page, len_bytes: value.len() as u64 }
+                StoredValue::Overflow {
+                    page,
+                    len_bytes: value.len() as u64,
+                }
             });
             entry = cursor.next()?;
         }
@@ -70,19 +73,29 @@ impl Builder {
             .iter()
             .zip(&values)
             .map(|(k, v)| {
-                leaf_entry_bytes(k.len(), match v {
-                    StoredValue::Inline(b) => b.len(),
-                    StoredValue::Overflow { .. } => 8,
-                })
+                leaf_entry_bytes(
+                    k.len(),
+                    match v {
+                        StoredValue::Inline(b) => b.len(),
+                        StoredValue::Overflow { .. } => 8,
+                    },
+                )
             })
             .collect();
         let mut level: Vec<(Vec<u8>, u64)> = Vec::new();
         for range in group(&sizes, usable, true) {
-            let leaf = page::encode_leaf(self.page_size, self.txn_id, range.clone().map(|i| (keys[i], values[i])));
+            let leaf = page::encode_leaf(
+                self.page_size,
+                self.txn_id,
+                range.clone().map(|i| (keys[i], values[i])),
+            );
             level.push((keys[range.start].to_vec(), self.emit(leaf)?));
         }
         while level.len() > 1 {
-            let sizes: Vec<usize> = level.iter().map(|(k, _)| branch_entry_bytes(k.len())).collect();
+            let sizes: Vec<usize> = level
+                .iter()
+                .map(|(k, _)| branch_entry_bytes(k.len()))
+                .collect();
             let mut upper = Vec::new();
             for range in group(&sizes, usable, true) {
                 let entries = level[range.clone()].iter().map(|(k, c)| (k.as_slice(), *c));
@@ -95,12 +108,32 @@ impl Builder {
     }
 }
 
-pub(crate) fn defragment(shared: &Shared, writer: &mut Writer, path: &Path, applied_index: u64) -> Result<(), Error> {
+pub(crate) fn defragment(
+    shared: &Shared,
+    writer: &mut Writer,
+    path: &Path,
+    applied_index: u64,
+) -> Result<(), Error> {
     let page_size = shared.page_size;
     let tmp_path = path.with_extension("defrag");
-    let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp_path)?;
-    let mut builder = Builder { file: StdFile(file), page_size, txn_id: writer.txn_id, next_page: 2, staged: Vec::new() };
-    let pages = Pages { map: &writer.map, page_size, verify: true };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp_path)?;
+    let mut builder = Builder {
+        file: StdFile(file),
+        page_size,
+        txn_id: writer.txn_id,
+        next_page: 2,
+        staged: Vec::new(),
+    };
+    let pages = Pages {
+        map: &writer.map,
+        page_size,
+        verify: true,
+    };
     let mut roots = Vec::with_capacity(writer.roots.len());
     for (name, root) in &writer.roots {
         roots.push((name.clone(), builder.copy_tree(pages, *root)?));
@@ -129,15 +162,29 @@ pub(crate) fn defragment(shared: &Shared, writer: &mut Writer, path: &Path, appl
     file.sync_data()?;
     std::fs::rename(&tmp_path, path)?;
     if let Some(dir) = path.parent() {
-        let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
         File::open(dir)?.sync_all()?;
     }
     let map = Arc::new(file.map(high_water_pages * page_size as u64)?);
     writer.file = Box::new(file);
     writer.map = map.clone();
     writer.alloc = Allocator::new([], high_water_pages);
-    writer.durable = Durable { txn_id: writer.txn_id, seq, slot: seq % 2, applied_index, freelist_pages: Vec::new() };
+    writer.durable = Durable {
+        txn_id: writer.txn_id,
+        seq,
+        slot: seq % 2,
+        applied_index,
+        freelist_pages: Vec::new(),
+    };
     writer.roots = roots.clone();
-    shared.published.store(Arc::new(Snapshot { txn_id: writer.txn_id, roots, map }));
+    shared.published.store(Arc::new(Snapshot {
+        txn_id: writer.txn_id,
+        roots,
+        map,
+    }));
     Ok(())
 }

@@ -61,7 +61,8 @@ impl PageFile for StdFile {
         self.0.set_len(len_bytes)
     }
     fn map(&self, len_bytes: u64) -> io::Result<Mmap> {
-        let len = usize::try_from(len_bytes).map_err(|_| io::Error::other("file larger than the address space"))?;
+        let len = usize::try_from(len_bytes)
+            .map_err(|_| io::Error::other("file larger than the address space"))?;
         // SAFETY: the map is read-only and the tree only ever rewrites pages that no published
         // snapshot can reach (copy-on-write with reader tracking), and never shrinks a file
         // while a map of it is alive (defragmentation swaps in a new file instead).
@@ -88,10 +89,19 @@ impl FaultFile {
     /// Wraps a new, empty file; every write/sync/set_len counts as one operation, and the
     /// operation numbered `crash_after_ops` (0-based) and all later ones fail.
     pub fn new(file: File, crash_after_ops: Option<u64>) -> io::Result<FaultFile> {
-        assert_eq!(file.metadata()?.len(), 0, "FaultFile starts from an empty file");
+        assert_eq!(
+            file.metadata()?.len(),
+            0,
+            "FaultFile starts from an empty file"
+        );
         Ok(FaultFile {
             inner: StdFile(file),
-            state: Mutex::new(FaultState { durable: Vec::new(), pending: Vec::new(), ops_left: crash_after_ops, ops_done: 0 }),
+            state: Mutex::new(FaultState {
+                durable: Vec::new(),
+                pending: Vec::new(),
+                ops_left: crash_after_ops,
+                ops_done: 0,
+            }),
         })
     }
 

@@ -49,7 +49,10 @@ pub(crate) fn buckets_fit(buckets: &[(String, u64)], page_size: usize) -> bool {
 impl Meta {
     pub(crate) fn encode(&self, page: &mut [u8]) {
         assert_eq!(page.len(), self.page_size);
-        assert!(buckets_fit(&self.buckets, self.page_size), "bucket table overflows the meta page");
+        assert!(
+            buckets_fit(&self.buckets, self.page_size),
+            "bucket table overflows the meta page"
+        );
         page.fill(0);
         page::write_header(page, Kind::Meta, self.buckets.len(), self.txn_id);
         page[16..24].copy_from_slice(MAGIC);
@@ -92,11 +95,16 @@ impl Meta {
         let mut buckets = Vec::with_capacity(page.count());
         let mut at = BUCKETS_AT;
         for _ in 0..page.count() {
-            let name_len = *bytes.get(at).ok_or_else(|| page.corrupt(at, "bucket table runs past the page"))? as usize;
+            let name_len = *bytes
+                .get(at)
+                .ok_or_else(|| page.corrupt(at, "bucket table runs past the page"))?
+                as usize;
             let name = bytes
                 .get(at + 1..at + 1 + name_len)
                 .and_then(|b| std::str::from_utf8(b).ok())
-                .ok_or_else(|| page.corrupt(at, "bucket name is not valid UTF-8 inside the page"))?;
+                .ok_or_else(|| {
+                    page.corrupt(at, "bucket name is not valid UTF-8 inside the page")
+                })?;
             let root = page.u64_at(at + 1 + name_len)?;
             buckets.push((name.to_owned(), root));
             at += 1 + name_len + 8;

@@ -71,7 +71,11 @@ pub enum Error {
     Io(#[from] std::io::Error),
     /// A page failed its checksum or a structural check; nothing was read past it.
     #[error("btree file corrupt at page {page} (file offset {offset}): {reason}")]
-    Corrupt { page: u64, offset: u64, reason: &'static str },
+    Corrupt {
+        page: u64,
+        offset: u64,
+        reason: &'static str,
+    },
     #[error("no valid meta page: {0}")]
     NoValidMeta(Box<Error>),
     #[error("key of {len} bytes exceeds the limit of {bytes_max}")]
@@ -92,7 +96,16 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn corrupt(page: u64, page_size: usize, offset_in_page: usize, reason: &'static str) -> Error {
-        Error::Corrupt { page, offset: page * page_size as u64 + offset_in_page as u64, reason }
+    pub(crate) fn corrupt(
+        page: u64,
+        page_size: usize,
+        offset_in_page: usize,
+        reason: &'static str,
+    ) -> Error {
+        Error::Corrupt {
+            page,
+            offset: page * page_size as u64 + offset_in_page as u64,
+            reason,
+        }
     }
 }

@@ -6,7 +6,8 @@ use std::ops::{Bound, Range};
 
 use super::alloc::{Allocator, Freed};
 use super::page::{
-    self, branch_entry_bytes, leaf_entry_bytes, overflow_pages, Kind, PageRef, StoredValue, HEADER_BYTES,
+    self, branch_entry_bytes, leaf_entry_bytes, overflow_pages, Kind, PageRef, StoredValue,
+    HEADER_BYTES,
 };
 use super::read::{Cursor, Pages};
 use super::Error;
@@ -38,6 +39,9 @@ pub(crate) struct Node {
     /// Lost entries in this transaction: a candidate for merging with a neighbour.
     shrunk: bool,
 }
+
+/// A node split in two: the right half and the lowest key it may hold.
+type Split = (Vec<u8>, Box<Node>);
 
 /// What tree edits need besides the tree: clean pages to copy and a list of pages they free.
 pub(crate) struct Ctx<'a> {
@@ -77,13 +81,29 @@ fn child_index(keys: &[Vec<u8>], key: &[u8]) -> usize {
 
 impl Node {
     fn empty_leaf() -> Node {
-        Node { keys: Vec::new(), body: Body::Leaf(Vec::new()), bytes: HEADER_BYTES, appended_only: true, shrunk: false }
+        Node {
+            keys: Vec::new(),
+            body: Body::Leaf(Vec::new()),
+            bytes: HEADER_BYTES,
+            appended_only: true,
+            shrunk: false,
+        }
     }
 
     fn branch(keys: Vec<Vec<u8>>, children: Vec<Child>) -> Node {
         debug_assert_eq!(keys.len(), children.len());
-        let bytes = HEADER_BYTES + keys.iter().map(|k| branch_entry_bytes(k.len())).sum::<usize>();
-        Node { keys, body: Body::Branch(children), bytes, appended_only: false, shrunk: false }
+        let bytes = HEADER_BYTES
+            + keys
+                .iter()
+                .map(|k| branch_entry_bytes(k.len()))
+                .sum::<usize>();
+        Node {
+            keys,
+            body: Body::Branch(children),
+            bytes,
+            appended_only: false,
+            shrunk: false,
+        }
     }
 
     fn decode(page: &PageRef<'_>) -> Result<Node, Error> {
@@ -102,9 +122,12 @@ impl Node {
                 for (i, key) in keys.iter().enumerate() {
                     let value = match page.value(i)? {
                         StoredValue::Inline(b) => Value::Bytes(b.to_vec()),
-                        StoredValue::Overflow { page, len_bytes } => Value::Overflow { page, len_bytes },
+                        StoredValue::Overflow { page, len_bytes } => {
+                            Value::Overflow { page, len_bytes }
+                        }
                     };
-                    bytes += leaf_entry_bytes(key.len(), value_entry_bytes(&value, page.bytes.len()));
+                    bytes +=
+                        leaf_entry_bytes(key.len(), value_entry_bytes(&value, page.bytes.len()));
                     values.push(value);
                 }
                 (Body::Leaf(values), bytes)
@@ -114,11 +137,21 @@ impl Node {
                 for i in 0..n {
                     children.push(Child::Clean(page.child(i)?));
                 }
-                let bytes = HEADER_BYTES + keys.iter().map(|k| branch_entry_bytes(k.len())).sum::<usize>();
+                let bytes = HEADER_BYTES
+                    + keys
+                        .iter()
+                        .map(|k| branch_entry_bytes(k.len()))
+                        .sum::<usize>();
                 (Body::Branch(children), bytes)
             }
         };
-        Ok(Node { keys, body, bytes, appended_only: true, shrunk: false })
+        Ok(Node {
+            keys,
+            body,
+            bytes,
+            appended_only: true,
+            shrunk: false,
+        })
     }
 
     fn recount_bytes(&mut self, page_size: usize) {
@@ -135,7 +168,7 @@ impl Node {
     }
 
     /// Splits an oversized in-memory node in two; returns the right half and its lower key.
-    fn split_if_large(&mut self, page_size: usize) -> Option<(Vec<u8>, Box<Node>)> {
+    fn split_if_large(&mut self, page_size: usize) -> Option<Split> {
         if self.bytes <= NODE_PAGES_MAX * page_size || self.keys.len() < 2 {
             return None;
         }
@@ -146,7 +179,13 @@ impl Node {
             Body::Branch(children) => Body::Branch(children.split_off(mid)),
         };
         let separator = keys[0].clone();
-        let mut right = Node { keys, body, bytes: 0, appended_only: self.appended_only, shrunk: false };
+        let mut right = Node {
+            keys,
+            body,
+            bytes: 0,
+            appended_only: self.appended_only,
+            shrunk: false,
+        };
         right.recount_bytes(page_size);
         self.recount_bytes(page_size);
         Some((separator, Box::new(right)))
@@ -167,7 +206,10 @@ impl Ctx<'_> {
                 return Err(page.corrupt(0, "checksum mismatch"));
             }
             let node = Node::decode(&page)?;
-            self.freed.push(Freed { page: id, written_by: page.txn_id() });
+            self.freed.push(Freed {
+                page: id,
+                written_by: page.txn_id(),
+            });
             *child = Child::Dirty(Box::new(node));
         }
         match child {
@@ -181,7 +223,10 @@ impl Ctx<'_> {
             let run = self.pages.overflow_run(page, len_bytes)?;
             let written_by = run.txn_id();
             for id in page..page + overflow_pages(len_bytes, self.page_size()) {
-                self.freed.push(Freed { page: id, written_by });
+                self.freed.push(Freed {
+                    page: id,
+                    written_by,
+                });
             }
         }
         Ok(())
@@ -206,7 +251,10 @@ impl Ctx<'_> {
                         entries += self.free_subtree(Child::Clean(page.child(i)?))?;
                     }
                 }
-                self.freed.push(Freed { page: id, written_by: page.txn_id() });
+                self.freed.push(Freed {
+                    page: id,
+                    written_by: page.txn_id(),
+                });
                 Ok(entries)
             }
             Child::Dirty(node) => match node.body {
@@ -246,7 +294,9 @@ impl KeyRange<'_> {
     pub(crate) fn is_empty(&self) -> bool {
         match (self.start, self.end) {
             (Bound::Included(s), Bound::Included(e)) => s > e,
-            (Bound::Included(s) | Bound::Excluded(s), Bound::Included(e) | Bound::Excluded(e)) => s >= e,
+            (Bound::Included(s) | Bound::Excluded(s), Bound::Included(e) | Bound::Excluded(e)) => {
+                s >= e
+            }
             _ => false,
         }
     }
@@ -281,11 +331,19 @@ impl KeyRange<'_> {
 }
 
 /// Inserts or replaces; the root grows a level when it splits.
-pub(crate) fn insert(ctx: &mut Ctx<'_>, root: &mut Option<Child>, key: &[u8], value: Vec<u8>) -> Result<(), Error> {
+pub(crate) fn insert(
+    ctx: &mut Ctx<'_>,
+    root: &mut Option<Child>,
+    key: &[u8],
+    value: Vec<u8>,
+) -> Result<(), Error> {
     let child = root.get_or_insert_with(|| Child::Dirty(Box::new(Node::empty_leaf())));
     if let Some((separator, right)) = insert_into(ctx, child, key, value)? {
         let left = std::mem::replace(child, Child::Clean(0));
-        *child = Child::Dirty(Box::new(Node::branch(vec![Vec::new(), separator], vec![left, Child::Dirty(right)])));
+        *child = Child::Dirty(Box::new(Node::branch(
+            vec![Vec::new(), separator],
+            vec![left, Child::Dirty(right)],
+        )));
     }
     Ok(())
 }
@@ -295,15 +353,22 @@ fn insert_into(
     child: &mut Child,
     key: &[u8],
     value: Vec<u8>,
-) -> Result<Option<(Vec<u8>, Box<Node>)>, Error> {
+) -> Result<Option<Split>, Error> {
     let page_size = ctx.page_size();
     let node = ctx.make_dirty(child)?;
-    let Node { keys, body, bytes, appended_only, .. } = node;
+    let Node {
+        keys,
+        body,
+        bytes,
+        appended_only,
+        ..
+    } = node;
     match body {
         Body::Leaf(values) => match keys.binary_search_by(|k| k.as_slice().cmp(key)) {
             Ok(i) => {
                 let old = std::mem::replace(&mut values[i], Value::Bytes(value));
-                *bytes = *bytes + value_entry_bytes(&values[i], page_size) - value_entry_bytes(&old, page_size);
+                *bytes = *bytes + value_entry_bytes(&values[i], page_size)
+                    - value_entry_bytes(&old, page_size);
                 ctx.free_value(&old)?;
             }
             Err(i) => {
@@ -344,10 +409,14 @@ fn remove_from(ctx: &mut Ctx<'_>, child: &mut Child, key: &[u8]) -> Result<bool,
     let page_size = ctx.page_size();
     let node = ctx.make_dirty(child)?;
     node.shrunk = true;
-    let Node { keys, body, bytes, .. } = node;
+    let Node {
+        keys, body, bytes, ..
+    } = node;
     match body {
         Body::Leaf(values) => {
-            let i = keys.binary_search_by(|k| k.as_slice().cmp(key)).expect("caller checked the key exists");
+            let i = keys
+                .binary_search_by(|k| k.as_slice().cmp(key))
+                .expect("caller checked the key exists");
             let old = values.remove(i);
             let old_key = keys.remove(i);
             *bytes -= leaf_entry_bytes(old_key.len(), value_entry_bytes(&old, page_size));
@@ -366,8 +435,14 @@ fn remove_from(ctx: &mut Ctx<'_>, child: &mut Child, key: &[u8]) -> Result<bool,
 }
 
 /// Removes every key in `range`; whole subtrees inside it are freed without being copied.
-pub(crate) fn remove_range(ctx: &mut Ctx<'_>, root: &mut Option<Child>, range: &KeyRange<'_>) -> Result<u64, Error> {
-    let Some(child) = root.as_mut() else { return Ok(0) };
+pub(crate) fn remove_range(
+    ctx: &mut Ctx<'_>,
+    root: &mut Option<Child>,
+    range: &KeyRange<'_>,
+) -> Result<u64, Error> {
+    let Some(child) = root.as_mut() else {
+        return Ok(0);
+    };
     if range.is_empty() {
         return Ok(0);
     }
@@ -394,7 +469,9 @@ fn remove_range_from(
     }
     let page_size = ctx.page_size();
     let node = ctx.make_dirty(child)?;
-    let Node { keys, body, shrunk, .. } = node;
+    let Node {
+        keys, body, shrunk, ..
+    } = node;
     let mut removed = 0;
     match body {
         Body::Leaf(values) => {
@@ -432,11 +509,18 @@ fn remove_range_from(
 /// append-only node, otherwise evenly filled ones.
 pub(crate) fn group(sizes: &[usize], usable: usize, left_pack: bool) -> Vec<Range<usize>> {
     let total: usize = sizes.iter().sum();
-    let target = if left_pack || total <= usable { usable } else { total.div_ceil(total.div_ceil(usable)) };
+    let target = if left_pack || total <= usable {
+        usable
+    } else {
+        total.div_ceil(total.div_ceil(usable))
+    };
     let mut groups = Vec::with_capacity(total / usable + 1);
     let (mut start, mut bytes) = (0, 0);
     for (i, &size) in sizes.iter().enumerate() {
-        assert!(size <= usable, "one entry of {size} bytes cannot fill a page of {usable}");
+        assert!(
+            size <= usable,
+            "one entry of {size} bytes cannot fill a page of {usable}"
+        );
         if i > start && (bytes + size > usable || bytes >= target) {
             groups.push(start..i);
             (start, bytes) = (i, 0);
@@ -449,7 +533,11 @@ pub(crate) fn group(sizes: &[usize], usable: usize, left_pack: bool) -> Vec<Rang
 
 /// Merges children that lost entries and fell under a quarter page into a neighbour (spill
 /// splits the result again if it is too big).
-fn rebalance(ctx: &mut Ctx<'_>, keys: &mut Vec<Vec<u8>>, children: &mut Vec<Child>) -> Result<(), Error> {
+fn rebalance(
+    ctx: &mut Ctx<'_>,
+    keys: &mut Vec<Vec<u8>>,
+    children: &mut Vec<Child>,
+) -> Result<(), Error> {
     let page_size = ctx.page_size();
     let mut i = 0;
     while i < children.len() && children.len() > 1 {
@@ -461,16 +549,27 @@ fn rebalance(ctx: &mut Ctx<'_>, keys: &mut Vec<Vec<u8>>, children: &mut Vec<Chil
         let left = if i + 1 < children.len() { i } else { i - 1 };
         ctx.make_dirty(&mut children[left])?;
         ctx.make_dirty(&mut children[left + 1])?;
-        let Child::Dirty(mut right) = children.remove(left + 1) else { unreachable!("made dirty above") };
+        let Child::Dirty(mut right) = children.remove(left + 1) else {
+            unreachable!("made dirty above")
+        };
         let separator = keys.remove(left + 1);
-        let Child::Dirty(into) = &mut children[left] else { unreachable!("made dirty above") };
+        let Child::Dirty(into) = &mut children[left] else {
+            unreachable!("made dirty above")
+        };
         match (&mut into.body, right.body) {
             (Body::Leaf(a), Body::Leaf(b)) => a.extend(b),
             (Body::Branch(a), Body::Branch(b)) => {
                 right.keys[0] = separator;
                 a.extend(b);
             }
-            _ => return Err(Error::corrupt(0, page_size, 0, "siblings at different depths")),
+            _ => {
+                return Err(Error::corrupt(
+                    0,
+                    page_size,
+                    0,
+                    "siblings at different depths",
+                ))
+            }
         }
         into.keys.append(&mut right.keys);
         into.appended_only = false;
@@ -483,35 +582,56 @@ fn rebalance(ctx: &mut Ctx<'_>, keys: &mut Vec<Vec<u8>>, children: &mut Vec<Chil
 
 /// Writes `node` (and every changed node below it) into new pages; returns each page with
 /// the lowest key it may hold.
-pub(crate) fn spill(ctx: &mut Ctx<'_>, out: &mut Out<'_>, node: Box<Node>) -> Result<Vec<(Vec<u8>, u64)>, Error> {
+pub(crate) fn spill(
+    ctx: &mut Ctx<'_>,
+    out: &mut Out<'_>,
+    node: Node,
+) -> Result<Vec<(Vec<u8>, u64)>, Error> {
     let page_size = ctx.page_size();
     let usable = page_size - HEADER_BYTES;
-    let Node { mut keys, body, appended_only, .. } = *node;
+    let Node {
+        mut keys,
+        body,
+        appended_only,
+        ..
+    } = node;
     let mut parts = Vec::new();
     match body {
         Body::Leaf(values) => {
             let mut stored = Vec::with_capacity(values.len());
             for value in &values {
                 stored.push(match value {
-                    Value::Bytes(b) if b.len() <= inline_value_bytes_max(page_size) => StoredValue::Inline(b),
-                    Value::Bytes(b) => StoredValue::Overflow { page: write_overflow(out, page_size, b), len_bytes: b.len() as u64 },
-                    Value::Overflow { page, len_bytes } => StoredValue::Overflow { page: *page, len_bytes: *len_bytes },
+                    Value::Bytes(b) if b.len() <= inline_value_bytes_max(page_size) => {
+                        StoredValue::Inline(b)
+                    }
+                    Value::Bytes(b) => StoredValue::Overflow {
+                        page: write_overflow(out, page_size, b),
+                        len_bytes: b.len() as u64,
+                    },
+                    Value::Overflow { page, len_bytes } => StoredValue::Overflow {
+                        page: *page,
+                        len_bytes: *len_bytes,
+                    },
                 });
             }
             let sizes: Vec<usize> = keys
                 .iter()
                 .zip(&stored)
                 .map(|(k, v)| {
-                    leaf_entry_bytes(k.len(), match v {
-                        StoredValue::Inline(b) => b.len(),
-                        StoredValue::Overflow { .. } => 8,
-                    })
+                    leaf_entry_bytes(
+                        k.len(),
+                        match v {
+                            StoredValue::Inline(b) => b.len(),
+                            StoredValue::Overflow { .. } => 8,
+                        },
+                    )
                 })
                 .collect();
             for range in group(&sizes, usable, appended_only) {
                 let entries = range.clone().map(|i| (keys[i].as_slice(), stored[i]));
                 let id = out.alloc.alloc(1);
-                out.writes.push((id, page::encode_leaf(page_size, out.txn_id, entries)));
+                out.writes
+                    .push((id, page::encode_leaf(page_size, out.txn_id, entries)));
                 parts.push((keys[range.start].clone(), id));
             }
         }
@@ -522,17 +642,27 @@ pub(crate) fn spill(ctx: &mut Ctx<'_>, out: &mut Out<'_>, node: Box<Node>) -> Re
                 match child {
                     Child::Clean(id) => entries.push((key, id)),
                     Child::Dirty(node) => {
-                        let mut child_parts = spill(ctx, out, node)?.into_iter();
-                        let (_, first) = child_parts.next().expect("spill yields at least one page");
+                        let mut child_parts = spill(ctx, out, *node)?.into_iter();
+                        let (_, first) =
+                            child_parts.next().expect("spill yields at least one page");
                         entries.push((key, first));
                         entries.extend(child_parts);
                     }
                 }
             }
-            let sizes: Vec<usize> = entries.iter().map(|(k, _)| branch_entry_bytes(k.len())).collect();
+            let sizes: Vec<usize> = entries
+                .iter()
+                .map(|(k, _)| branch_entry_bytes(k.len()))
+                .collect();
             for range in group(&sizes, usable, false) {
                 let id = out.alloc.alloc(1);
-                let page = page::encode_branch(page_size, out.txn_id, entries[range.clone()].iter().map(|(k, c)| (k.as_slice(), *c)));
+                let page = page::encode_branch(
+                    page_size,
+                    out.txn_id,
+                    entries[range.clone()]
+                        .iter()
+                        .map(|(k, c)| (k.as_slice(), *c)),
+                );
                 out.writes.push((id, page));
                 parts.push((entries[range.start].0.clone(), id));
             }
@@ -542,13 +672,20 @@ pub(crate) fn spill(ctx: &mut Ctx<'_>, out: &mut Out<'_>, node: Box<Node>) -> Re
 }
 
 fn write_overflow(out: &mut Out<'_>, page_size: usize, value: &[u8]) -> u64 {
-    let id = out.alloc.alloc(overflow_pages(value.len() as u64, page_size));
-    out.writes.push((id, page::encode_overflow(page_size, out.txn_id, value)));
+    let id = out
+        .alloc
+        .alloc(overflow_pages(value.len() as u64, page_size));
+    out.writes
+        .push((id, page::encode_overflow(page_size, out.txn_id, value)));
     id
 }
 
 /// Spills a bucket's root; returns its new root page (0 = empty bucket).
-pub(crate) fn spill_root(ctx: &mut Ctx<'_>, out: &mut Out<'_>, root: Option<Child>) -> Result<u64, Error> {
+pub(crate) fn spill_root(
+    ctx: &mut Ctx<'_>,
+    out: &mut Out<'_>,
+    root: Option<Child>,
+) -> Result<u64, Error> {
     let Some(mut child) = root else { return Ok(0) };
     if let Child::Dirty(node) = &mut child {
         if let Body::Branch(children) = &mut node.body {
@@ -572,18 +709,27 @@ pub(crate) fn spill_root(ctx: &mut Ctx<'_>, out: &mut Out<'_>, root: Option<Chil
             }
         }
     };
-    let mut parts = spill(ctx, out, node)?;
+    let mut parts = spill(ctx, out, *node)?;
     while parts.len() > 1 {
-        let (mut keys, children): (Vec<_>, Vec<_>) = parts.into_iter().map(|(k, id)| (k, Child::Clean(id))).unzip();
+        let (mut keys, children): (Vec<_>, Vec<_>) = parts
+            .into_iter()
+            .map(|(k, id)| (k, Child::Clean(id)))
+            .unzip();
         keys[0].clear();
-        parts = spill(ctx, out, Box::new(Node::branch(keys, children)))?;
+        parts = spill(ctx, out, Node::branch(keys, children))?;
     }
     Ok(parts[0].1)
 }
 
 /// Looks `key` up in a tree whose upper part may be in memory.
-pub(crate) fn get<'a>(pages: Pages<'a>, root: &'a Option<Child>, key: &[u8]) -> Result<Option<&'a [u8]>, Error> {
-    let Some(mut child) = root.as_ref() else { return Ok(None) };
+pub(crate) fn get<'a>(
+    pages: Pages<'a>,
+    root: &'a Option<Child>,
+    key: &[u8],
+) -> Result<Option<&'a [u8]>, Error> {
+    let Some(mut child) = root.as_ref() else {
+        return Ok(None);
+    };
     loop {
         let node = match child {
             Child::Clean(id) => return pages.get(*id, key),
@@ -591,12 +737,17 @@ pub(crate) fn get<'a>(pages: Pages<'a>, root: &'a Option<Child>, key: &[u8]) -> 
         };
         match &node.body {
             Body::Leaf(values) => {
-                let Ok(i) = node.keys.binary_search_by(|k| k.as_slice().cmp(key)) else { return Ok(None) };
+                let Ok(i) = node.keys.binary_search_by(|k| k.as_slice().cmp(key)) else {
+                    return Ok(None);
+                };
                 return match &values[i] {
                     Value::Bytes(b) => Ok(Some(b)),
-                    Value::Overflow { page, len_bytes } => {
-                        pages.value(StoredValue::Overflow { page: *page, len_bytes: *len_bytes }).map(Some)
-                    }
+                    Value::Overflow { page, len_bytes } => pages
+                        .value(StoredValue::Overflow {
+                            page: *page,
+                            len_bytes: *len_bytes,
+                        })
+                        .map(Some),
                 };
             }
             Body::Branch(children) => child = &children[child_index(&node.keys, key)],
@@ -617,7 +768,12 @@ pub(crate) enum Dir {
 }
 
 /// The neighbour of `bound` in direction `dir`, in a tree whose upper part may be in memory.
-pub(crate) fn seek(pages: Pages<'_>, child: &Child, bound: Option<&[u8]>, dir: Dir) -> Result<Option<OwnedEntry>, Error> {
+pub(crate) fn seek(
+    pages: Pages<'_>,
+    child: &Child,
+    bound: Option<&[u8]>,
+    dir: Dir,
+) -> Result<Option<OwnedEntry>, Error> {
     let node = match child {
         Child::Clean(id) => return seek_clean(pages, *id, bound, dir),
         Child::Dirty(node) => node,
@@ -627,9 +783,12 @@ pub(crate) fn seek(pages: Pages<'_>, child: &Child, bound: Option<&[u8]>, dir: D
             let hit = |i: usize| -> Result<Option<OwnedEntry>, Error> {
                 let value = match &values[i] {
                     Value::Bytes(b) => b.clone(),
-                    Value::Overflow { page, len_bytes } => {
-                        pages.value(StoredValue::Overflow { page: *page, len_bytes: *len_bytes })?.to_vec()
-                    }
+                    Value::Overflow { page, len_bytes } => pages
+                        .value(StoredValue::Overflow {
+                            page: *page,
+                            len_bytes: *len_bytes,
+                        })?
+                        .to_vec(),
                 };
                 Ok(Some((node.keys[i].clone(), value)))
             };
@@ -637,7 +796,9 @@ pub(crate) fn seek(pages: Pages<'_>, child: &Child, bound: Option<&[u8]>, dir: D
             let i = match (dir, bound) {
                 (Dir::Forward { .. }, None) => 0,
                 (Dir::Backward { .. }, None) => n.wrapping_sub(1),
-                (Dir::Forward { strict }, Some(b)) => node.keys.partition_point(|k| k.as_slice() < b || (strict && k.as_slice() == b)),
+                (Dir::Forward { strict }, Some(b)) => node
+                    .keys
+                    .partition_point(|k| k.as_slice() < b || (strict && k.as_slice() == b)),
                 (Dir::Backward { strict }, Some(b)) => node
                     .keys
                     .partition_point(|k| k.as_slice() < b || (!strict && k.as_slice() == b))
@@ -675,7 +836,12 @@ pub(crate) fn seek(pages: Pages<'_>, child: &Child, bound: Option<&[u8]>, dir: D
     }
 }
 
-fn seek_clean(pages: Pages<'_>, root: u64, bound: Option<&[u8]>, dir: Dir) -> Result<Option<OwnedEntry>, Error> {
+fn seek_clean(
+    pages: Pages<'_>,
+    root: u64,
+    bound: Option<&[u8]>,
+    dir: Dir,
+) -> Result<Option<OwnedEntry>, Error> {
     let mut cursor = Cursor::over(pages, root);
     let entry = match (dir, bound) {
         (Dir::Forward { .. }, None) => cursor.first()?,

@@ -80,7 +80,10 @@ impl Kind {
 }
 
 pub(crate) fn write_header(page: &mut [u8], kind: Kind, count: usize, txn_id: u64) {
-    assert!(count <= u16::MAX as usize, "entry count {count} does not fit a page header");
+    assert!(
+        count <= u16::MAX as usize,
+        "entry count {count} does not fit a page header"
+    );
     page[4] = kind as u8;
     page[5] = FORMAT_VERSION;
     page[6..8].copy_from_slice(&(count as u16).to_le_bytes());
@@ -132,8 +135,14 @@ pub(crate) struct PageRef<'a> {
 impl<'a> PageRef<'a> {
     /// Validates the header; `verify` also checks the crc (the caller passes the whole run for
     /// overflow pages when it wants that checked).
-    pub(crate) fn new(id: u64, bytes: &'a [u8], page_size: usize, verify: bool) -> Result<Self, Error> {
-        let corrupt = |offset: usize, reason: &'static str| Error::corrupt(id, page_size, offset, reason);
+    pub(crate) fn new(
+        id: u64,
+        bytes: &'a [u8],
+        page_size: usize,
+        verify: bool,
+    ) -> Result<Self, Error> {
+        let corrupt =
+            |offset: usize, reason: &'static str| Error::corrupt(id, page_size, offset, reason);
         if bytes.len() < HEADER_BYTES {
             return Err(corrupt(0, "page shorter than its header"));
         }
@@ -145,8 +154,16 @@ impl<'a> PageRef<'a> {
             return Err(corrupt(5, "unsupported page format version"));
         }
         let count = u16::from_le_bytes([bytes[6], bytes[7]]) as usize;
-        let page = PageRef { id, bytes, page_size, kind, count };
-        if matches!(kind, Kind::Branch | Kind::Leaf) && HEADER_BYTES + count * SLOT_BYTES > bytes.len() {
+        let page = PageRef {
+            id,
+            bytes,
+            page_size,
+            kind,
+            count,
+        };
+        if matches!(kind, Kind::Branch | Kind::Leaf)
+            && HEADER_BYTES + count * SLOT_BYTES > bytes.len()
+        {
             return Err(corrupt(6, "slot array runs past the page end"));
         }
         Ok(page)
@@ -172,13 +189,19 @@ impl<'a> PageRef<'a> {
             .ok_or_else(|| self.corrupt(at, "field runs past the page end"))
     }
     pub(crate) fn u16_at(&self, at: usize) -> Result<u16, Error> {
-        Ok(u16::from_le_bytes(self.range(at, 2)?.try_into().expect("length 2")))
+        Ok(u16::from_le_bytes(
+            self.range(at, 2)?.try_into().expect("length 2"),
+        ))
     }
     pub(crate) fn u32_at(&self, at: usize) -> Result<u32, Error> {
-        Ok(u32::from_le_bytes(self.range(at, 4)?.try_into().expect("length 4")))
+        Ok(u32::from_le_bytes(
+            self.range(at, 4)?.try_into().expect("length 4"),
+        ))
     }
     pub(crate) fn u64_at(&self, at: usize) -> Result<u64, Error> {
-        Ok(u64::from_le_bytes(self.range(at, 8)?.try_into().expect("length 8")))
+        Ok(u64::from_le_bytes(
+            self.range(at, 8)?.try_into().expect("length 8"),
+        ))
     }
 
     fn entry_offset(&self, i: usize) -> Result<usize, Error> {
@@ -210,9 +233,14 @@ impl<'a> PageRef<'a> {
         let len_bytes = self.u32_at(at + 3)? as u64;
         let value_at = at + LEAF_ENTRY_FIXED_BYTES + key_len;
         if flags & LEAF_FLAG_OVERFLOW != 0 {
-            Ok(StoredValue::Overflow { page: self.u64_at(value_at)?, len_bytes })
+            Ok(StoredValue::Overflow {
+                page: self.u64_at(value_at)?,
+                len_bytes,
+            })
         } else {
-            Ok(StoredValue::Inline(self.range(value_at, len_bytes as usize)?))
+            Ok(StoredValue::Inline(
+                self.range(value_at, len_bytes as usize)?,
+            ))
         }
     }
 
@@ -271,11 +299,19 @@ impl<'a> NodeWriter<'a> {
     fn new(page: &'a mut [u8], capacity: usize) -> Self {
         page.fill(0);
         let next_entry_at = HEADER_BYTES + capacity * SLOT_BYTES;
-        NodeWriter { page, count: 0, capacity, next_entry_at }
+        NodeWriter {
+            page,
+            count: 0,
+            capacity,
+            next_entry_at,
+        }
     }
 
     fn slot(&mut self) -> usize {
-        assert!(self.count < self.capacity, "more entries than the slot array holds");
+        assert!(
+            self.count < self.capacity,
+            "more entries than the slot array holds"
+        );
         let at = self.next_entry_at;
         put_u16(self.page, HEADER_BYTES + self.count * SLOT_BYTES, at as u16);
         self.count += 1;
@@ -286,7 +322,8 @@ impl<'a> NodeWriter<'a> {
         let at = self.slot();
         put_u16(self.page, at, key.len() as u16);
         put_u64(self.page, at + 2, child);
-        self.page[at + BRANCH_ENTRY_FIXED_BYTES..at + BRANCH_ENTRY_FIXED_BYTES + key.len()].copy_from_slice(key);
+        self.page[at + BRANCH_ENTRY_FIXED_BYTES..at + BRANCH_ENTRY_FIXED_BYTES + key.len()]
+            .copy_from_slice(key);
         self.next_entry_at = at + BRANCH_ENTRY_FIXED_BYTES + key.len();
     }
 
@@ -313,7 +350,10 @@ impl<'a> NodeWriter<'a> {
     }
 
     fn finish(self, kind: Kind, txn_id: u64) {
-        assert_eq!(self.count, self.capacity, "slot array sized for a different entry count");
+        assert_eq!(
+            self.count, self.capacity,
+            "slot array sized for a different entry count"
+        );
         write_header(self.page, kind, self.count, txn_id);
         seal(self.page);
     }
@@ -354,7 +394,11 @@ pub(crate) fn encode_overflow(page_size: usize, txn_id: u64, value: &[u8]) -> Ve
     let pages = overflow_pages(value.len() as u64, page_size);
     let mut buf = vec![0u8; pages as usize * page_size];
     write_header(&mut buf, Kind::Overflow, 0, txn_id);
-    put_u32(&mut buf, 16, u32::try_from(pages).expect("values are under 4 GiB"));
+    put_u32(
+        &mut buf,
+        16,
+        u32::try_from(pages).expect("values are under 4 GiB"),
+    );
     put_u64(&mut buf, 24, value.len() as u64);
     buf[OVERFLOW_DATA_OFFSET..OVERFLOW_DATA_OFFSET + value.len()].copy_from_slice(value);
     seal(&mut buf);

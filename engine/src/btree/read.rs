@@ -18,7 +18,12 @@ pub(crate) struct Pages<'a> {
 impl<'a> Pages<'a> {
     pub(crate) fn page(&self, id: u64) -> Result<PageRef<'a>, Error> {
         let bytes = self.bytes(id, 1)?;
-        let page = PageRef::new(id, bytes, self.page_size, self.verify && !self.is_overflow(bytes))?;
+        let page = PageRef::new(
+            id,
+            bytes,
+            self.page_size,
+            self.verify && !self.is_overflow(bytes),
+        )?;
         Ok(page)
     }
 
@@ -37,13 +42,30 @@ impl<'a> Pages<'a> {
 
     fn bytes(&self, id: u64, pages: u64) -> Result<&'a [u8], Error> {
         let ps = self.page_size as u64;
-        let out_of_file = || Error::corrupt(id, self.page_size, 0, "page reference beyond the end of the file");
+        let out_of_file = || {
+            Error::corrupt(
+                id,
+                self.page_size,
+                0,
+                "page reference beyond the end of the file",
+            )
+        };
         if id < 2 {
-            return Err(Error::corrupt(id, self.page_size, 0, "tree points at a meta page"));
+            return Err(Error::corrupt(
+                id,
+                self.page_size,
+                0,
+                "tree points at a meta page",
+            ));
         }
         let start = id.checked_mul(ps).ok_or_else(out_of_file)?;
-        let end = pages.checked_mul(ps).and_then(|len| start.checked_add(len)).ok_or_else(out_of_file)?;
-        self.map.get(start as usize..end as usize).ok_or_else(out_of_file)
+        let end = pages
+            .checked_mul(ps)
+            .and_then(|len| start.checked_add(len))
+            .ok_or_else(out_of_file)?;
+        self.map
+            .get(start as usize..end as usize)
+            .ok_or_else(out_of_file)
     }
 
     /// The whole overflow run starting at `id`, checked against the length the leaf expects.
@@ -102,15 +124,27 @@ pub struct ReadTxn {
 
 impl ReadTxn {
     pub(crate) fn new(shared: Arc<Shared>, snapshot: Arc<Snapshot>, slot: usize) -> ReadTxn {
-        ReadTxn { shared, snapshot, slot }
+        ReadTxn {
+            shared,
+            snapshot,
+            slot,
+        }
     }
 
     fn pages(&self) -> Pages<'_> {
-        Pages { map: &self.snapshot.map, page_size: self.shared.page_size, verify: self.shared.verify }
+        Pages {
+            map: &self.snapshot.map,
+            page_size: self.shared.page_size,
+            verify: self.shared.verify,
+        }
     }
 
     fn root(&self, bucket: &str) -> u64 {
-        self.snapshot.roots.iter().find(|(name, _)| name == bucket).map_or(0, |(_, root)| *root)
+        self.snapshot
+            .roots
+            .iter()
+            .find(|(name, _)| name == bucket)
+            .map_or(0, |(_, root)| *root)
     }
 
     /// The transaction this snapshot shows.
@@ -159,7 +193,11 @@ enum Side {
 
 impl<'a> Cursor<'a> {
     pub(crate) fn over(pages: Pages<'a>, root: u64) -> Cursor<'a> {
-        Cursor { pages, root, stack: Vec::new() }
+        Cursor {
+            pages,
+            root,
+            stack: Vec::new(),
+        }
     }
 
     /// First entry with key >= `key`.
@@ -212,13 +250,19 @@ impl<'a> Cursor<'a> {
     /// The entry under the cursor.
     pub fn current(&self) -> Result<Option<Entry<'a>>, Error> {
         match self.stack.last() {
-            Some((page, i)) if *i < page.count() => Ok(Some((page.key(*i)?, self.pages.value(page.value(*i)?)?))),
+            Some((page, i)) if *i < page.count() => {
+                Ok(Some((page.key(*i)?, self.pages.value(page.value(*i)?)?)))
+            }
             _ => Ok(None),
         }
     }
 
+    // A cursor moves both ways and every move can fail, so it is not an Iterator.
+    #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Result<Option<Entry<'a>>, Error> {
-        let Some((leaf, i)) = self.stack.last_mut() else { return self.first() };
+        let Some((leaf, i)) = self.stack.last_mut() else {
+            return self.first();
+        };
         if *i + 1 < leaf.count() {
             *i += 1;
             return self.current();
@@ -237,7 +281,9 @@ impl<'a> Cursor<'a> {
     }
 
     pub fn prev(&mut self) -> Result<Option<Entry<'a>>, Error> {
-        let Some((leaf, i)) = self.stack.last_mut() else { return self.last() };
+        let Some((leaf, i)) = self.stack.last_mut() else {
+            return self.last();
+        };
         if *i > 0 && leaf.count() > 0 {
             *i = (*i).min(leaf.count()) - 1;
             return self.current();

@@ -6,7 +6,7 @@ use std::sync::{Arc, MutexGuard};
 use super::alloc::Freed;
 use super::db::{Shared, Snapshot, Writer};
 use super::meta::{buckets_fit, BUCKET_NAME_BYTES_MAX};
-use super::node::{self, Child, Ctx, Dir, KeyRange, OwnedEntry, Out};
+use super::node::{self, Child, Ctx, Dir, KeyRange, Out, OwnedEntry};
 use super::read::Pages;
 use super::Error;
 
@@ -33,7 +33,14 @@ impl<'db> WriteTxn<'db> {
             .map(|(name, root)| (name.clone(), (*root != 0).then_some(Child::Clean(*root))))
             .collect();
         let txn_id = writer.txn_id + 1;
-        WriteTxn { shared, writer, txn_id, buckets, freed: Vec::new(), changed: false }
+        WriteTxn {
+            shared,
+            writer,
+            txn_id,
+            buckets,
+            freed: Vec::new(),
+            changed: false,
+        }
     }
 
     /// The id this transaction commits as.
@@ -47,9 +54,13 @@ impl<'db> WriteTxn<'db> {
             Ok(index) => index,
             Err(index) => {
                 if name.is_empty() || name.len() > BUCKET_NAME_BYTES_MAX {
-                    return Err(Error::BucketName { name: name.to_owned(), bytes_max: BUCKET_NAME_BYTES_MAX });
+                    return Err(Error::BucketName {
+                        name: name.to_owned(),
+                        bytes_max: BUCKET_NAME_BYTES_MAX,
+                    });
                 }
-                let mut names: Vec<(String, u64)> = self.buckets.iter().map(|(n, _)| (n.clone(), 0)).collect();
+                let mut names: Vec<(String, u64)> =
+                    self.buckets.iter().map(|(n, _)| (n.clone(), 0)).collect();
                 names.push((name.to_owned(), 0));
                 if !buckets_fit(&names, self.shared.page_size) {
                     return Err(Error::TooManyBuckets);
@@ -79,8 +90,19 @@ impl<'db> WriteTxn<'db> {
         let writer: &mut Writer = &mut self.writer;
         let mut roots = Vec::with_capacity(self.buckets.len());
         let mut writes = {
-            let mut ctx = Ctx { pages: Pages { map: &writer.map, page_size, verify: true }, freed: &mut self.freed };
-            let mut out = Out { alloc: &mut writer.alloc, writes: Vec::new(), txn_id: self.txn_id };
+            let mut ctx = Ctx {
+                pages: Pages {
+                    map: &writer.map,
+                    page_size,
+                    verify: true,
+                },
+                freed: &mut self.freed,
+            };
+            let mut out = Out {
+                alloc: &mut writer.alloc,
+                writes: Vec::new(),
+                txn_id: self.txn_id,
+            };
             for (name, root) in self.buckets.drain(..) {
                 roots.push((name, node::spill_root(&mut ctx, &mut out, root)?));
             }
@@ -94,17 +116,29 @@ impl<'db> WriteTxn<'db> {
         }
         writer.txn_id = self.txn_id;
         writer.roots = roots.clone();
-        self.shared.published.store(Arc::new(Snapshot { txn_id: self.txn_id, roots, map: writer.map.clone() }));
+        self.shared.published.store(Arc::new(Snapshot {
+            txn_id: self.txn_id,
+            roots,
+            map: writer.map.clone(),
+        }));
         Ok(())
     }
 
     fn pages(&self) -> Pages<'_> {
-        Pages { map: &self.writer.map, page_size: self.shared.page_size, verify: self.shared.verify }
+        Pages {
+            map: &self.writer.map,
+            page_size: self.shared.page_size,
+            verify: self.shared.verify,
+        }
     }
 }
 
 /// Issues one pwrite per run of consecutive pages.
-fn write_coalesced(writer: &Writer, page_size: usize, writes: &[(u64, Vec<u8>)]) -> Result<(), Error> {
+fn write_coalesced(
+    writer: &Writer,
+    page_size: usize,
+    writes: &[(u64, Vec<u8>)],
+) -> Result<(), Error> {
     let mut staged: Vec<u8> = Vec::new();
     let mut staged_at = 0u64;
     for (id, buf) in writes {
@@ -134,8 +168,18 @@ pub struct Bucket<'t, 'db> {
 impl Bucket<'_, '_> {
     fn split(&mut self) -> (Ctx<'_>, &mut Option<Child>) {
         let txn = &mut *self.txn;
-        let pages = Pages { map: &txn.writer.map, page_size: txn.shared.page_size, verify: txn.shared.verify };
-        (Ctx { pages, freed: &mut txn.freed }, &mut txn.buckets[self.index].1)
+        let pages = Pages {
+            map: &txn.writer.map,
+            page_size: txn.shared.page_size,
+            verify: txn.shared.verify,
+        };
+        (
+            Ctx {
+                pages,
+                freed: &mut txn.freed,
+            },
+            &mut txn.buckets[self.index].1,
+        )
     }
 
     /// Inserts or replaces `key`. Keys up to a quarter page; values up to 4 GiB (large ones go
@@ -143,10 +187,15 @@ impl Bucket<'_, '_> {
     pub fn insert(&mut self, key: &[u8], value: &[u8]) -> Result<(), Error> {
         let key_max = node::key_bytes_max(self.txn.shared.page_size);
         if key.len() > key_max {
-            return Err(Error::KeyTooLarge { len: key.len(), bytes_max: key_max });
+            return Err(Error::KeyTooLarge {
+                len: key.len(),
+                bytes_max: key_max,
+            });
         }
         if u32::try_from(value.len()).is_err() {
-            return Err(Error::ValueTooLarge { len: value.len() as u64 });
+            return Err(Error::ValueTooLarge {
+                len: value.len() as u64,
+            });
         }
         self.txn.changed = true;
         let (mut ctx, root) = self.split();
@@ -178,7 +227,11 @@ impl Bucket<'_, '_> {
 
     /// A cursor over this bucket as this transaction sees it (owned entries).
     pub fn cursor(&self) -> WriteCursor<'_> {
-        WriteCursor { pages: self.txn.pages(), root: &self.txn.buckets[self.index].1, at: None }
+        WriteCursor {
+            pages: self.txn.pages(),
+            root: &self.txn.buckets[self.index].1,
+            at: None,
+        }
     }
 }
 
@@ -191,12 +244,15 @@ pub struct WriteCursor<'a> {
 }
 
 impl WriteCursor<'_> {
+    /// Moves to the neighbour of `bound`; past either end the cursor stays where it was.
     fn go(&mut self, bound: Option<&[u8]>, dir: Dir) -> Result<Option<OwnedEntry>, Error> {
         let found = match self.root {
             Some(root) => node::seek(self.pages, root, bound, dir)?,
             None => None,
         };
-        self.at = found.as_ref().map(|(k, _)| k.clone());
+        if let Some((key, _)) = &found {
+            self.at = Some(key.clone());
+        }
         Ok(found)
     }
 
@@ -211,13 +267,14 @@ impl WriteCursor<'_> {
         self.go(None, Dir::Backward { strict: false })
     }
     /// The entry after the current one (the first if not positioned).
+    #[allow(clippy::should_implement_trait)] // moves both ways and can fail: not an Iterator
     pub fn next(&mut self) -> Result<Option<OwnedEntry>, Error> {
-        let at = self.at.take();
+        let at = self.at.clone();
         self.go(at.as_deref(), Dir::Forward { strict: true })
     }
     /// The entry before the current one (the last if not positioned).
     pub fn prev(&mut self) -> Result<Option<OwnedEntry>, Error> {
-        let at = self.at.take();
+        let at = self.at.clone();
         self.go(at.as_deref(), Dir::Backward { strict: true })
     }
 }
