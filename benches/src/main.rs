@@ -405,7 +405,14 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             }
-            ExitCode::SUCCESS
+            // Scripts (perf/compare.sh waiting for a server) need to tell "nothing worked"
+            // from a run with the odd error, which the table already shows.
+            if report.succeeded() {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("basalt-bench: no request succeeded");
+                ExitCode::FAILURE
+            }
         }
         Err(message) => {
             eprintln!("basalt-bench: {message}");

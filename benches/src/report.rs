@@ -160,6 +160,11 @@ impl RunReport {
         })
     }
 
+    /// True when at least one request of the run got a successful answer.
+    pub fn succeeded(&self) -> bool {
+        self.series.iter().any(|s| !s.latency_ns.is_empty())
+    }
+
     pub fn print_table(&self, out: &mut impl Write) -> std::io::Result<()> {
         let wall_s = self.wall.as_secs_f64();
         let cpu_s = self.cpu.user_s + self.cpu.system_s;

