@@ -143,8 +143,8 @@ pub(crate) struct Raft<S: Storage> {
     randomized_election_timeout: u64,
     /// Ticks since the node started: the lease clock.
     tick_count: u64,
-    /// After a restart with check-quorum, refuse votes for one election timeout, as if a
-    /// leader had just been heard: the node may have acknowledged a leader's lease before.
+    /// With lease reads, a (re)started node refuses votes for one election timeout, as if a
+    /// leader had just been heard: before a crash it may have backed a leader's lease.
     start_guard: bool,
     /// Set once this leader sent TimeoutNow: the target's forced election ignores followers'
     /// leases, so ours can no longer be trusted this term.
@@ -179,7 +179,7 @@ impl<S: Storage> Raft<S> {
             heartbeat_elapsed: 0,
             randomized_election_timeout: 0,
             tick_count: 0,
-            start_guard: cfg.check_quorum,
+            start_guard: cfg.read_only == ReadOnlyOption::LeaseBased,
             lease_revoked: false,
             bcast_pending: false,
             rng: Rng::new(cfg.seed ^ cfg.id.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
@@ -806,6 +806,12 @@ impl<S: Storage> Raft<S> {
         self.check_can_propose()?;
         if self.pending_conf_index > self.log.applied {
             return Err(ProposalError::ConfChangeRefused { reason: "a configuration change is not yet applied" });
+        }
+        // The fix for single-server changes: a leader changes membership only once it has
+        // committed an entry of its own term, so a change an earlier leader left uncommitted can
+        // never combine with this one into two overlapping majorities.
+        if !self.committed_entry_in_current_term() {
+            return Err(ProposalError::ConfChangeRefused { reason: "the leader has not committed an entry in its term yet" });
         }
         let joint = self.prs.config.voters.is_joint();
         if joint && !cc.is_leave_joint() {
