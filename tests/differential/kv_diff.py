@@ -36,7 +36,10 @@ SMALL_VALUE_BYTES_MAX = MAX_REQUEST_BYTES - 1024
 LARGE_VALUE_BYTES_MIN = MAX_REQUEST_BYTES + 1024
 RPC_TIMEOUT_S = 10.0
 
-KEYS = [b"a", b"b", b"c", b"d", b"e", b"a/1", b"a/2", b"a/3", b"b/1", b"b/2", b"z", b"\x00"]
+KEYS = [b"a", b"b", b"c", b"d", b"e", b"a/1", b"a/2", b"a/3", b"b/1", b"b/2", b"k/", b"z", b"\x00"]
+# A wider key family, so a range can hold more keys than Go's sort handles by insertion sort
+# (12): sorting by a target with ties then depends on Go's exact quicksort, which we mirror.
+WIDE_KEYS = [b"k/%02d" % i for i in range(40)]
 VALUES = [b"", b"x", b"y", b"z", b"xx", b"0", b"1"]
 
 
@@ -71,6 +74,8 @@ class Generator:
             return b""  # key not provided
         if r < 0.05:
             return bytes([self.rng.randrange(1, 255)])
+        if r < 0.45:
+            return self.rng.choice(WIDE_KEYS)
         return self.rng.choice(KEYS)
 
     def range_end(self, key: bytes) -> bytes:
@@ -292,8 +297,15 @@ class Mismatch:
         )
 
 
-def run_seed(seed: int, requests: int, against_etcd: bool = False):
-    """Runs one seed against fresh servers; returns the first Mismatch, or None."""
+def outcome(method: str, result) -> str:
+    if isinstance(result, tuple):
+        return f"{method} {result[1]} {result[2]}"
+    return f"{method} OK"
+
+
+def run_seed(seed: int, requests: int, against_etcd: bool = False, outcomes=None):
+    """Runs one seed against fresh servers; returns the first Mismatch, or None. Counts each
+    (method, result) into `outcomes` when given."""
     candidate_kind = "etcd" if against_etcd else "basalt"
     with harness.Server("etcd", server_flags()) as reference, harness.Server(
         candidate_kind, server_flags()
@@ -309,6 +321,9 @@ def run_seed(seed: int, requests: int, against_etcd: bool = False):
                 method, request = generator.next(revs)
                 expected = call(stubs[0], method, request)
                 actual = call(stubs[1], method, request)
+                if outcomes is not None:
+                    key = outcome(method, expected)
+                    outcomes[key] = outcomes.get(key, 0) + 1
                 if normalized(expected) != normalized(actual):
                     return Mismatch(
                         seed, index, method, describe(request), describe(expected), describe(actual)
@@ -332,6 +347,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=1000, help="requests per seed")
     parser.add_argument("--basalt-bin", help="basalt binary (default: $BASALT_BIN or target/release/basalt)")
     parser.add_argument("--against-etcd", action="store_true", help="compare etcd with a second etcd")
+    parser.add_argument("--stats", action="store_true", help="print how often each outcome came up")
     args = parser.parse_args()
     if args.basalt_bin:
         os.environ["BASALT_BIN"] = str(Path(args.basalt_bin).resolve())
@@ -339,15 +355,18 @@ def main() -> int:
         os.environ["BASALT_BIN"] = str(harness.REPO / "target" / "release" / "basalt")
     seeds = args.seed or [1, 2, 3, 4, 5]
     failures = 0
+    outcomes = {} if args.stats else None
     for seed in seeds:
         started = time.monotonic()
-        mismatch = run_seed(seed, args.requests, args.against_etcd)
+        mismatch = run_seed(seed, args.requests, args.against_etcd, outcomes)
         elapsed_s = time.monotonic() - started
         if mismatch:
             failures += 1
             print(mismatch.report(args.requests, "etcd#2" if args.against_etcd else "basalt"))
         else:
             print(f"seed {seed}: {args.requests} requests, 0 differences ({elapsed_s:.1f} s)")
+    for key, count in sorted((outcomes or {}).items()):
+        print(f"{count:6d}  {key}")
     return 1 if failures else 0
 
 
