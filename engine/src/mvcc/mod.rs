@@ -25,3 +25,6 @@ pub use store::{KvStore, LeaseLookup, NoLeases};
 pub use validate::{
     validate_compaction, validate_delete_range, validate_put, validate_range, validate_txn, Limits,
 };
+
+#[cfg(test)]
+mod tests;
