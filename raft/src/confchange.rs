@@ -7,25 +7,49 @@ use crate::message::{ConfChange, ConfChangeKind, ConfChangeSingle, NodeId};
 use crate::tracker::{ProgressMap, ProgressTracker, TrackerConfig};
 
 /// Computes the configuration after `cc`. `last_index` seeds new members' progress.
-pub fn apply(tracker: &ProgressTracker, cc: &ConfChange, last_index: u64) -> Result<(TrackerConfig, ProgressMap), ConfChangeError> {
+pub fn apply(
+    tracker: &ProgressTracker,
+    cc: &ConfChange,
+    last_index: u64,
+) -> Result<(TrackerConfig, ProgressMap), ConfChangeError> {
     let mut cfg = tracker.config.clone();
     let mut prs = tracker.progress.clone();
     if cc.is_leave_joint() {
         leave_joint(&mut cfg, &mut prs)?;
     } else if let Some(auto_leave) = cc.enters_joint() {
-        enter_joint(tracker, &mut cfg, &mut prs, auto_leave, &cc.changes, last_index)?;
+        enter_joint(
+            tracker,
+            &mut cfg,
+            &mut prs,
+            auto_leave,
+            &cc.changes,
+            last_index,
+        )?;
     } else {
         simple(tracker, &mut cfg, &mut prs, &cc.changes, last_index)?;
     }
     cfg.assert_valid();
     for id in cfg.ids() {
-        assert!(prs.contains_key(&id), "configuration member {id} has no progress");
+        assert!(
+            prs.contains_key(&id),
+            "configuration member {id} has no progress"
+        );
     }
-    assert_eq!(prs.len(), cfg.ids().len(), "progress for a non-member: {cfg:?}");
+    assert_eq!(
+        prs.len(),
+        cfg.ids().len(),
+        "progress for a non-member: {cfg:?}"
+    );
     Ok((cfg, prs))
 }
 
-fn simple(tracker: &ProgressTracker, cfg: &mut TrackerConfig, prs: &mut ProgressMap, changes: &[ConfChangeSingle], last_index: u64) -> Result<(), ConfChangeError> {
+fn simple(
+    tracker: &ProgressTracker,
+    cfg: &mut TrackerConfig,
+    prs: &mut ProgressMap,
+    changes: &[ConfChangeSingle],
+    last_index: u64,
+) -> Result<(), ConfChangeError> {
     if cfg.voters.is_joint() {
         return Err(ConfChangeError::AlreadyJoint);
     }
@@ -39,7 +63,14 @@ fn simple(tracker: &ProgressTracker, cfg: &mut TrackerConfig, prs: &mut Progress
     Ok(())
 }
 
-fn enter_joint(tracker: &ProgressTracker, cfg: &mut TrackerConfig, prs: &mut ProgressMap, auto_leave: bool, changes: &[ConfChangeSingle], last_index: u64) -> Result<(), ConfChangeError> {
+fn enter_joint(
+    tracker: &ProgressTracker,
+    cfg: &mut TrackerConfig,
+    prs: &mut ProgressMap,
+    auto_leave: bool,
+    changes: &[ConfChangeSingle],
+    last_index: u64,
+) -> Result<(), ConfChangeError> {
     if cfg.voters.is_joint() {
         return Err(ConfChangeError::AlreadyJoint);
     }
@@ -59,7 +90,9 @@ fn leave_joint(cfg: &mut TrackerConfig, prs: &mut ProgressMap) -> Result<(), Con
     }
     for id in std::mem::take(&mut cfg.learners_next) {
         cfg.learners.insert(id);
-        prs.get_mut(&id).expect("learner-next has progress").is_learner = true;
+        prs.get_mut(&id)
+            .expect("learner-next has progress")
+            .is_learner = true;
     }
     let outgoing = std::mem::take(&mut cfg.voters.outgoing.voters);
     for id in outgoing {
@@ -71,14 +104,22 @@ fn leave_joint(cfg: &mut TrackerConfig, prs: &mut ProgressMap) -> Result<(), Con
     Ok(())
 }
 
-fn apply_changes(tracker: &ProgressTracker, cfg: &mut TrackerConfig, prs: &mut ProgressMap, changes: &[ConfChangeSingle], last_index: u64) -> Result<(), ConfChangeError> {
+fn apply_changes(
+    tracker: &ProgressTracker,
+    cfg: &mut TrackerConfig,
+    prs: &mut ProgressMap,
+    changes: &[ConfChangeSingle],
+    last_index: u64,
+) -> Result<(), ConfChangeError> {
     for change in changes {
         if change.node_id == 0 {
             return Err(ConfChangeError::ZeroNodeId);
         }
         match change.kind {
             ConfChangeKind::AddVoter => make_voter(tracker, cfg, prs, change.node_id, last_index),
-            ConfChangeKind::AddLearner => make_learner(tracker, cfg, prs, change.node_id, last_index),
+            ConfChangeKind::AddLearner => {
+                make_learner(tracker, cfg, prs, change.node_id, last_index)
+            }
             ConfChangeKind::RemoveNode => remove(cfg, prs, change.node_id),
         }
     }
@@ -88,20 +129,40 @@ fn apply_changes(tracker: &ProgressTracker, cfg: &mut TrackerConfig, prs: &mut P
     Ok(())
 }
 
-fn ensure_progress(tracker: &ProgressTracker, prs: &mut ProgressMap, id: NodeId, is_learner: bool, last_index: u64) {
+fn ensure_progress(
+    tracker: &ProgressTracker,
+    prs: &mut ProgressMap,
+    id: NodeId,
+    is_learner: bool,
+    last_index: u64,
+) {
     // A new member starts probing at the leader's last index, like etcd: the first append
     // tells us how far behind it is.
-    prs.entry(id).or_insert_with(|| tracker.new_progress(last_index.max(1), is_learner)).is_learner = is_learner;
+    prs.entry(id)
+        .or_insert_with(|| tracker.new_progress(last_index.max(1), is_learner))
+        .is_learner = is_learner;
 }
 
-fn make_voter(tracker: &ProgressTracker, cfg: &mut TrackerConfig, prs: &mut ProgressMap, id: NodeId, last_index: u64) {
+fn make_voter(
+    tracker: &ProgressTracker,
+    cfg: &mut TrackerConfig,
+    prs: &mut ProgressMap,
+    id: NodeId,
+    last_index: u64,
+) {
     ensure_progress(tracker, prs, id, false, last_index);
     cfg.learners.remove(&id);
     cfg.learners_next.remove(&id);
     cfg.voters.incoming.voters.insert(id);
 }
 
-fn make_learner(tracker: &ProgressTracker, cfg: &mut TrackerConfig, prs: &mut ProgressMap, id: NodeId, last_index: u64) {
+fn make_learner(
+    tracker: &ProgressTracker,
+    cfg: &mut TrackerConfig,
+    prs: &mut ProgressMap,
+    id: NodeId,
+    last_index: u64,
+) {
     if cfg.learners.contains(&id) {
         return;
     }
@@ -133,12 +194,25 @@ mod tests {
 
     fn tracker(voters: &[NodeId], learners: &[NodeId]) -> ProgressTracker {
         let mut t = ProgressTracker::new(4, 0);
-        t.restore(&ConfState { voters: voters.to_vec(), learners: learners.to_vec(), ..ConfState::default() }, 1);
+        t.restore(
+            &ConfState {
+                voters: voters.to_vec(),
+                learners: learners.to_vec(),
+                ..ConfState::default()
+            },
+            1,
+        );
         t
     }
 
     fn change(pairs: &[(ConfChangeKind, NodeId)], transition: ConfChangeTransition) -> ConfChange {
-        ConfChange { changes: pairs.iter().map(|&(kind, node_id)| ConfChangeSingle { kind, node_id }).collect(), transition }
+        ConfChange {
+            changes: pairs
+                .iter()
+                .map(|&(kind, node_id)| ConfChangeSingle { kind, node_id })
+                .collect(),
+            transition,
+        }
     }
 
     use ConfChangeKind::*;
@@ -147,19 +221,64 @@ mod tests {
     #[test]
     fn simple_changes_alter_at_most_one_voter() {
         // (voters, learners, change) -> Ok(voters, learners) or Err
-        type Case = (&'static [NodeId], &'static [NodeId], Vec<(ConfChangeKind, NodeId)>, Result<(Vec<NodeId>, Vec<NodeId>), ConfChangeError>);
+        type Case = (
+            &'static [NodeId],
+            &'static [NodeId],
+            Vec<(ConfChangeKind, NodeId)>,
+            Result<(Vec<NodeId>, Vec<NodeId>), ConfChangeError>,
+        );
         let cases: Vec<Case> = vec![
-            (&[1, 2, 3], &[], vec![(AddVoter, 4)], Ok((vec![1, 2, 3, 4], vec![]))),
-            (&[1, 2, 3], &[], vec![(RemoveNode, 1)], Ok((vec![2, 3], vec![]))),
-            (&[1, 2, 3], &[], vec![(AddLearner, 4)], Ok((vec![1, 2, 3], vec![4]))),
-            (&[1, 2, 3], &[4], vec![(AddVoter, 4)], Ok((vec![1, 2, 3, 4], vec![]))),
-            (&[1, 2, 3], &[], vec![(AddLearner, 3)], Ok((vec![1, 2], vec![3]))),
-            (&[1], &[], vec![(RemoveNode, 1)], Err(ConfChangeError::NoVoters)),
-            (&[1, 2, 3], &[], vec![(AddVoter, 0)], Err(ConfChangeError::ZeroNodeId)),
+            (
+                &[1, 2, 3],
+                &[],
+                vec![(AddVoter, 4)],
+                Ok((vec![1, 2, 3, 4], vec![])),
+            ),
+            (
+                &[1, 2, 3],
+                &[],
+                vec![(RemoveNode, 1)],
+                Ok((vec![2, 3], vec![])),
+            ),
+            (
+                &[1, 2, 3],
+                &[],
+                vec![(AddLearner, 4)],
+                Ok((vec![1, 2, 3], vec![4])),
+            ),
+            (
+                &[1, 2, 3],
+                &[4],
+                vec![(AddVoter, 4)],
+                Ok((vec![1, 2, 3, 4], vec![])),
+            ),
+            (
+                &[1, 2, 3],
+                &[],
+                vec![(AddLearner, 3)],
+                Ok((vec![1, 2], vec![3])),
+            ),
+            (
+                &[1],
+                &[],
+                vec![(RemoveNode, 1)],
+                Err(ConfChangeError::NoVoters),
+            ),
+            (
+                &[1, 2, 3],
+                &[],
+                vec![(AddVoter, 0)],
+                Err(ConfChangeError::ZeroNodeId),
+            ),
         ];
         for (voters, learners, changes, want) in cases {
             let t = tracker(voters, learners);
-            let got = apply(&t, &change(&changes, Auto), 5).map(|(cfg, _)| (cfg.voters.incoming.voters.into_iter().collect::<Vec<_>>(), cfg.learners.into_iter().collect::<Vec<_>>()));
+            let got = apply(&t, &change(&changes, Auto), 5).map(|(cfg, _)| {
+                (
+                    cfg.voters.incoming.voters.into_iter().collect::<Vec<_>>(),
+                    cfg.learners.into_iter().collect::<Vec<_>>(),
+                )
+            });
             assert_eq!(got, want, "{voters:?}/{learners:?} {changes:?}");
         }
         // Two voter changes in one simple step are refused even when spelled out explicitly.
@@ -169,7 +288,16 @@ mod tests {
         t.progress = prs;
         let mut cfg = t.config.clone();
         let mut prs = t.progress.clone();
-        assert_eq!(simple(&t, &mut cfg, &mut prs, &change(&[(AddVoter, 4), (RemoveNode, 1)], Auto).changes, 5), Err(ConfChangeError::TooManyVoterChanges(2)));
+        assert_eq!(
+            simple(
+                &t,
+                &mut cfg,
+                &mut prs,
+                &change(&[(AddVoter, 4), (RemoveNode, 1)], Auto).changes,
+                5
+            ),
+            Err(ConfChangeError::TooManyVoterChanges(2))
+        );
     }
 
     #[test]
@@ -177,15 +305,36 @@ mod tests {
         let t = tracker(&[1, 2, 3], &[]);
         let (cfg, prs) = apply(&t, &change(&[(AddVoter, 4), (AddLearner, 3)], Auto), 5).unwrap();
         assert!(cfg.voters.is_joint() && cfg.auto_leave);
-        assert_eq!(cfg.learners_next.iter().copied().collect::<Vec<_>>(), vec![3]);
-        let joint = ProgressTracker { config: cfg, progress: prs, ..ProgressTracker::new(4, 0) };
-        assert_eq!(apply(&joint, &change(&[(AddVoter, 5)], Auto), 5).unwrap_err(), ConfChangeError::AlreadyJoint);
+        assert_eq!(
+            cfg.learners_next.iter().copied().collect::<Vec<_>>(),
+            vec![3]
+        );
+        let joint = ProgressTracker {
+            config: cfg,
+            progress: prs,
+            ..ProgressTracker::new(4, 0)
+        };
+        assert_eq!(
+            apply(&joint, &change(&[(AddVoter, 5)], Auto), 5).unwrap_err(),
+            ConfChangeError::AlreadyJoint
+        );
         let (left, prs) = apply(&joint, &ConfChange::leave_joint(), 5).unwrap();
         assert!(!left.voters.is_joint());
-        assert_eq!(left.voters.incoming.voters.iter().copied().collect::<Vec<_>>(), vec![1, 2, 4]);
+        assert_eq!(
+            left.voters
+                .incoming
+                .voters
+                .iter()
+                .copied()
+                .collect::<Vec<_>>(),
+            vec![1, 2, 4]
+        );
         assert_eq!(left.learners.iter().copied().collect::<Vec<_>>(), vec![3]);
         assert!(prs[&3].is_learner);
-        assert_eq!(apply(&t, &ConfChange::leave_joint(), 5).unwrap_err(), ConfChangeError::NotJoint);
+        assert_eq!(
+            apply(&t, &ConfChange::leave_joint(), 5).unwrap_err(),
+            ConfChangeError::NotJoint
+        );
     }
 
     #[test]
@@ -193,7 +342,11 @@ mod tests {
         let t = tracker(&[1, 2, 3], &[]);
         let (cfg, prs) = apply(&t, &change(&[(RemoveNode, 1)], JointExplicit), 5).unwrap();
         assert!(prs.contains_key(&1) && !cfg.auto_leave);
-        let joint = ProgressTracker { config: cfg, progress: prs, ..ProgressTracker::new(4, 0) };
+        let joint = ProgressTracker {
+            config: cfg,
+            progress: prs,
+            ..ProgressTracker::new(4, 0)
+        };
         let (_, prs) = apply(&joint, &ConfChange::leave_joint(), 5).unwrap();
         assert!(!prs.contains_key(&1));
     }

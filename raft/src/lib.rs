@@ -68,8 +68,9 @@ mod sim;
 
 pub use error::{ConfChangeError, ConfigError, ProposalError, StorageError};
 pub use message::{
-    ConfChange, ConfChangeKind, ConfChangeSingle, ConfChangeTransition, ConfState, Entry, EntryData, HardState, Message, MessageType, NodeId, ReadState, Snapshot,
-    SnapshotMetadata, NONE,
+    ConfChange, ConfChangeKind, ConfChangeSingle, ConfChangeTransition, ConfState, Entry,
+    EntryData, HardState, Message, MessageType, NodeId, ReadState, Snapshot, SnapshotMetadata,
+    NONE,
 };
 pub use progress::ProgressState;
 pub use raft::{Config, Role};

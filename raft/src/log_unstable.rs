@@ -15,7 +15,11 @@ pub(crate) struct Unstable {
 
 impl Unstable {
     pub fn new(offset: u64) -> Unstable {
-        Unstable { snapshot: None, entries: Vec::new(), offset }
+        Unstable {
+            snapshot: None,
+            entries: Vec::new(),
+            offset,
+        }
     }
 
     pub fn maybe_first_index(&self) -> Option<u64> {
@@ -34,7 +38,9 @@ impl Unstable {
             let snap = self.snapshot.as_ref()?;
             return (snap.metadata.index == index).then_some(snap.metadata.term);
         }
-        self.entries.get((index - self.offset) as usize).map(|e| e.term)
+        self.entries
+            .get((index - self.offset) as usize)
+            .map(|e| e.term)
     }
 
     /// Entries up to `index` became durable, provided the entry there still has `term` (it may
@@ -47,7 +53,11 @@ impl Unstable {
     }
 
     pub fn stable_snap_to(&mut self, index: u64) {
-        if self.snapshot.as_ref().is_some_and(|s| s.metadata.index == index) {
+        if self
+            .snapshot
+            .as_ref()
+            .is_some_and(|s| s.metadata.index == index)
+        {
             self.snapshot = None;
         }
     }
@@ -74,7 +84,12 @@ impl Unstable {
 
     /// Entries in `[low, high)`; the caller has checked the bounds.
     pub fn slice(&self, low: u64, high: u64) -> &[Entry] {
-        assert!(self.offset <= low && low <= high && high <= self.offset + self.entries.len() as u64, "unstable slice [{low}, {high}) out of [{}, {}]", self.offset, self.offset + self.entries.len() as u64);
+        assert!(
+            self.offset <= low && low <= high && high <= self.offset + self.entries.len() as u64,
+            "unstable slice [{low}, {high}) out of [{}, {}]",
+            self.offset,
+            self.offset + self.entries.len() as u64
+        );
         &self.entries[(low - self.offset) as usize..(high - self.offset) as usize]
     }
 }

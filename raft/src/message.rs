@@ -30,7 +30,11 @@ const ENTRY_OVERHEAD_BYTES: u64 = 16;
 
 impl Entry {
     pub fn normal(term: u64, index: u64, data: Vec<u8>) -> Entry {
-        Entry { term, index, data: EntryData::Normal(data) }
+        Entry {
+            term,
+            index,
+            data: EntryData::Normal(data),
+        }
     }
 
     /// Bytes this entry counts for in message, in-flight and uncommitted-size limits.
@@ -106,7 +110,10 @@ pub struct ConfChange {
 
 impl ConfChange {
     pub fn single(kind: ConfChangeKind, node_id: NodeId) -> ConfChange {
-        ConfChange { changes: vec![ConfChangeSingle { kind, node_id }], transition: ConfChangeTransition::Auto }
+        ConfChange {
+            changes: vec![ConfChangeSingle { kind, node_id }],
+            transition: ConfChangeTransition::Auto,
+        }
     }
 
     /// The empty change that leaves a joint configuration.
@@ -213,7 +220,11 @@ pub struct Message {
 
 impl Message {
     pub fn new(kind: MessageType, to: NodeId) -> Message {
-        Message { kind, to, ..Message::default() }
+        Message {
+            kind,
+            to,
+            ..Message::default()
+        }
     }
 }
 

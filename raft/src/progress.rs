@@ -25,14 +25,25 @@ pub struct Inflights {
 
 impl Inflights {
     pub fn new(count_max: usize, bytes_max: u64) -> Inflights {
-        assert!(count_max > 0, "an in-flight window must admit at least one message");
-        Inflights { window: VecDeque::with_capacity(count_max), bytes: 0, count_max, bytes_max }
+        assert!(
+            count_max > 0,
+            "an in-flight window must admit at least one message"
+        );
+        Inflights {
+            window: VecDeque::with_capacity(count_max),
+            bytes: 0,
+            count_max,
+            bytes_max,
+        }
     }
 
     pub fn add(&mut self, last_index: u64, bytes: u64) {
         assert!(!self.full(), "sending into a full in-flight window");
         if let Some(&(prev, _)) = self.window.back() {
-            assert!(last_index > prev, "in-flight indices must increase: {prev} then {last_index}");
+            assert!(
+                last_index > prev,
+                "in-flight indices must increase: {prev} then {last_index}"
+            );
         }
         self.window.push_back((last_index, bytes));
         self.bytes += bytes;
@@ -111,7 +122,11 @@ impl Progress {
 
     pub fn become_probe(&mut self) {
         // Coming back from a snapshot, resume after it (the follower may have applied it).
-        let next = if self.state == ProgressState::Snapshot { self.matched.max(self.pending_snapshot) + 1 } else { self.matched + 1 };
+        let next = if self.state == ProgressState::Snapshot {
+            self.matched.max(self.pending_snapshot) + 1
+        } else {
+            self.matched + 1
+        };
         self.reset_state(ProgressState::Probe);
         self.next = next;
     }
@@ -206,8 +221,15 @@ mod tests {
             let mut pr = Progress::new(next, Inflights::new(4, 0));
             pr.state = state;
             pr.matched = matched;
-            assert_eq!(pr.maybe_decr_to(rejected, hint), want_ok, "{state:?} m{matched} n{next} r{rejected} h{hint}");
-            assert_eq!(pr.next, want_next, "{state:?} m{matched} n{next} r{rejected} h{hint}");
+            assert_eq!(
+                pr.maybe_decr_to(rejected, hint),
+                want_ok,
+                "{state:?} m{matched} n{next} r{rejected} h{hint}"
+            );
+            assert_eq!(
+                pr.next, want_next,
+                "{state:?} m{matched} n{next} r{rejected} h{hint}"
+            );
         }
     }
 }

@@ -67,7 +67,11 @@ impl JointConfig {
     }
 
     pub fn ids(&self) -> BTreeSet<NodeId> {
-        self.incoming.voters.union(&self.outgoing.voters).copied().collect()
+        self.incoming
+            .voters
+            .union(&self.outgoing.voters)
+            .copied()
+            .collect()
     }
 
     pub fn contains(&self, id: NodeId) -> bool {
@@ -75,11 +79,16 @@ impl JointConfig {
     }
 
     pub fn committed_index(&self, acked: impl Fn(NodeId) -> u64) -> u64 {
-        self.incoming.committed_index(&acked).min(self.outgoing.committed_index(&acked))
+        self.incoming
+            .committed_index(&acked)
+            .min(self.outgoing.committed_index(&acked))
     }
 
     pub fn vote_result(&self, votes: &BTreeMap<NodeId, bool>) -> VoteResult {
-        match (self.incoming.vote_result(votes), self.outgoing.vote_result(votes)) {
+        match (
+            self.incoming.vote_result(votes),
+            self.outgoing.vote_result(votes),
+        ) {
             (VoteResult::Won, VoteResult::Won) => VoteResult::Won,
             (VoteResult::Lost, _) | (_, VoteResult::Lost) => VoteResult::Lost,
             _ => VoteResult::Pending,
@@ -92,7 +101,9 @@ mod tests {
     use super::*;
 
     fn majority(ids: &[NodeId]) -> MajorityConfig {
-        MajorityConfig { voters: ids.iter().copied().collect() }
+        MajorityConfig {
+            voters: ids.iter().copied().collect(),
+        }
     }
 
     #[test]
@@ -115,7 +126,10 @@ mod tests {
 
     #[test]
     fn a_joint_configuration_commits_only_what_both_halves_hold() {
-        let joint = JointConfig { incoming: majority(&[1, 2, 3]), outgoing: majority(&[3, 4, 5]) };
+        let joint = JointConfig {
+            incoming: majority(&[1, 2, 3]),
+            outgoing: majority(&[3, 4, 5]),
+        };
         let acked = |id: NodeId| [0, 9, 9, 4, 4, 0][id as usize];
         assert_eq!(joint.committed_index(acked), 4);
     }
@@ -134,9 +148,21 @@ mod tests {
         for (v, want) in cases {
             assert_eq!(three.vote_result(&votes(&v)), want, "{v:?}");
         }
-        let joint = JointConfig { incoming: majority(&[1, 2, 3]), outgoing: majority(&[1, 4, 5]) };
-        assert_eq!(joint.vote_result(&votes(&[(1, true), (2, true)])), VoteResult::Pending);
-        assert_eq!(joint.vote_result(&votes(&[(1, true), (2, true), (4, true)])), VoteResult::Won);
-        assert_eq!(joint.vote_result(&votes(&[(1, true), (2, true), (4, false), (5, false)])), VoteResult::Lost);
+        let joint = JointConfig {
+            incoming: majority(&[1, 2, 3]),
+            outgoing: majority(&[1, 4, 5]),
+        };
+        assert_eq!(
+            joint.vote_result(&votes(&[(1, true), (2, true)])),
+            VoteResult::Pending
+        );
+        assert_eq!(
+            joint.vote_result(&votes(&[(1, true), (2, true), (4, true)])),
+            VoteResult::Won
+        );
+        assert_eq!(
+            joint.vote_result(&votes(&[(1, true), (2, true), (4, false), (5, false)])),
+            VoteResult::Lost
+        );
     }
 }

@@ -4,7 +4,10 @@
 
 use crate::confchange;
 use crate::error::{ConfChangeError, ConfigError, ProposalError, StorageError};
-use crate::message::{ConfChange, ConfState, Entry, EntryData, HardState, Message, MessageType, NodeId, ReadState, NONE};
+use crate::message::{
+    ConfChange, ConfState, Entry, EntryData, HardState, Message, MessageType, NodeId, ReadState,
+    NONE,
+};
 use crate::progress::ProgressState;
 use crate::quorum::VoteResult;
 use crate::raft_log::RaftLog;
@@ -91,11 +94,26 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let checks = [
             (self.id == NONE, "id must not be 0"),
-            (self.heartbeat_ticks == 0, "heartbeat_ticks must be positive"),
-            (self.election_ticks <= self.heartbeat_ticks, "election_ticks must exceed heartbeat_ticks"),
-            (self.inflight_msgs_max == 0, "inflight_msgs_max must be positive"),
-            (self.pending_reads_max == 0, "pending_reads_max must be positive"),
-            (self.read_only == ReadOnlyOption::LeaseBased && !self.check_quorum, "lease-based reads require check_quorum"),
+            (
+                self.heartbeat_ticks == 0,
+                "heartbeat_ticks must be positive",
+            ),
+            (
+                self.election_ticks <= self.heartbeat_ticks,
+                "election_ticks must exceed heartbeat_ticks",
+            ),
+            (
+                self.inflight_msgs_max == 0,
+                "inflight_msgs_max must be positive",
+            ),
+            (
+                self.pending_reads_max == 0,
+                "pending_reads_max must be positive",
+            ),
+            (
+                self.read_only == ReadOnlyOption::LeaseBased && !self.check_quorum,
+                "lease-based reads require check_quorum",
+            ),
         ];
         match checks.iter().find(|(bad, _)| *bad) {
             Some((_, why)) => Err(ConfigError::Invalid(why)),
@@ -187,16 +205,24 @@ impl<S: Storage> Raft<S> {
         };
         let last_index = raft.log.last_index();
         raft.prs.restore(&state.conf_state, last_index + 1);
-        raft.is_learner = raft.prs.progress.get(&raft.id).is_some_and(|pr| pr.is_learner);
+        raft.is_learner = raft
+            .prs
+            .progress
+            .get(&raft.id)
+            .is_some_and(|pr| pr.is_learner);
         let hs = state.hard_state;
         if hs.commit > last_index {
-            return Err(ConfigError::CommitOutOfRange { commit: hs.commit, last_index });
+            return Err(ConfigError::CommitOutOfRange {
+                commit: hs.commit,
+                last_index,
+            });
         }
         raft.log.commit_to(hs.commit);
         raft.term = hs.term;
         raft.vote = hs.vote;
         if raft.cfg.applied > 0 {
-            raft.log.applied_to(raft.cfg.applied.min(raft.log.committed));
+            raft.log
+                .applied_to(raft.cfg.applied.min(raft.log.committed));
         }
         let term = raft.term;
         raft.become_follower(term, NONE);
@@ -204,7 +230,11 @@ impl<S: Storage> Raft<S> {
     }
 
     pub fn hard_state(&self) -> HardState {
-        HardState { term: self.term, vote: self.vote, commit: self.log.committed }
+        HardState {
+            term: self.term,
+            vote: self.vote,
+            commit: self.log.committed,
+        }
     }
 
     pub fn conf_state(&self) -> ConfState {
@@ -212,7 +242,11 @@ impl<S: Storage> Raft<S> {
     }
 
     pub fn has_pending_work(&self) -> bool {
-        self.bcast_pending || (self.role == Role::Leader && self.read_only.has_unassigned() && !self.read_only.round_in_flight() && self.committed_entry_in_current_term())
+        self.bcast_pending
+            || (self.role == Role::Leader
+                && self.read_only.has_unassigned()
+                && !self.read_only.round_in_flight()
+                && self.committed_entry_in_current_term())
     }
 
     // ---- sending ----
@@ -220,7 +254,10 @@ impl<S: Storage> Raft<S> {
     fn send(&mut self, mut m: Message) {
         m.from = self.id;
         match m.kind {
-            MessageType::Vote | MessageType::VoteResp | MessageType::PreVote | MessageType::PreVoteResp => {
+            MessageType::Vote
+            | MessageType::VoteResp
+            | MessageType::PreVote
+            | MessageType::PreVoteResp => {
                 // Vote traffic names its own term: pre-votes ask about a future term.
                 assert!(m.term != 0, "{:?} without a term", m.kind);
             }
@@ -236,7 +273,9 @@ impl<S: Storage> Raft<S> {
     /// Sends the follower what it is missing (entries, or a snapshot when they are compacted).
     /// Returns whether a message went out.
     fn maybe_send_append(&mut self, to: NodeId, send_if_empty: bool) -> bool {
-        let Some(pr) = self.prs.progress.get(&to) else { return false };
+        let Some(pr) = self.prs.progress.get(&to) else {
+            return false;
+        };
         if pr.is_paused() {
             return false;
         }
@@ -261,7 +300,15 @@ impl<S: Storage> Raft<S> {
                 }
             }
             let commit = self.log.committed;
-            self.send(Message { kind: MessageType::App, to, index: next - 1, log_term, entries, commit, ..Message::default() });
+            self.send(Message {
+                kind: MessageType::App,
+                to,
+                index: next - 1,
+                log_term,
+                entries,
+                commit,
+                ..Message::default()
+            });
             return true;
         }
         // The entries are compacted: only a snapshot can catch the follower up.
@@ -273,14 +320,31 @@ impl<S: Storage> Raft<S> {
             Err(StorageError::SnapshotTemporarilyUnavailable) => return false,
             Err(e) => panic!("leader cannot read its snapshot: {e}"),
         };
-        assert!(snapshot.metadata.index > 0, "need a snapshot for {to} but the snapshot is empty");
-        self.prs.progress.get_mut(&to).expect("checked above").become_snapshot(snapshot.metadata.index);
-        self.send(Message { kind: MessageType::Snap, to, snapshot: Some(snapshot), ..Message::default() });
+        assert!(
+            snapshot.metadata.index > 0,
+            "need a snapshot for {to} but the snapshot is empty"
+        );
+        self.prs
+            .progress
+            .get_mut(&to)
+            .expect("checked above")
+            .become_snapshot(snapshot.metadata.index);
+        self.send(Message {
+            kind: MessageType::Snap,
+            to,
+            snapshot: Some(snapshot),
+            ..Message::default()
+        });
         true
     }
 
     fn peers(&self) -> Vec<NodeId> {
-        self.prs.progress.keys().copied().filter(|&id| id != self.id).collect()
+        self.prs
+            .progress
+            .keys()
+            .copied()
+            .filter(|&id| id != self.id)
+            .collect()
     }
 
     fn bcast_append(&mut self) {
@@ -293,12 +357,20 @@ impl<S: Storage> Raft<S> {
     /// at this moment join it.
     fn bcast_heartbeat(&mut self) {
         // Reads may take the commit index only once it covers every earlier leader's entries.
-        let reads_commit = self.committed_entry_in_current_term().then_some(self.log.committed);
+        let reads_commit = self
+            .committed_entry_in_current_term()
+            .then_some(self.log.committed);
         let round = self.read_only.start_round(self.tick_count, reads_commit);
         let context = encode_round(round);
         for id in self.peers() {
             let commit = self.prs.progress[&id].matched.min(self.log.committed);
-            self.send(Message { kind: MessageType::Heartbeat, to: id, commit, context: context.clone(), ..Message::default() });
+            self.send(Message {
+                kind: MessageType::Heartbeat,
+                to: id,
+                commit,
+                context: context.clone(),
+                ..Message::default()
+            });
         }
         // A single voter confirms its own rounds.
         self.confirm_read_rounds();
@@ -314,7 +386,9 @@ impl<S: Storage> Raft<S> {
         self.lead = NONE;
         self.election_elapsed = 0;
         self.heartbeat_elapsed = 0;
-        self.randomized_election_timeout = self.rng.range(self.cfg.election_ticks, 2 * self.cfg.election_ticks);
+        self.randomized_election_timeout = self
+            .rng
+            .range(self.cfg.election_ticks, 2 * self.cfg.election_ticks);
         self.lead_transferee = NONE;
         self.prs.reset_votes();
         let next = self.log.last_index() + 1;
@@ -343,7 +417,10 @@ impl<S: Storage> Raft<S> {
     }
 
     fn become_pre_candidate(&mut self) {
-        assert!(self.role != Role::Leader, "leader cannot become pre-candidate");
+        assert!(
+            self.role != Role::Leader,
+            "leader cannot become pre-candidate"
+        );
         // Term and vote stay: a pre-election changes no durable state.
         self.prs.reset_votes();
         self.lead = NONE;
@@ -358,7 +435,10 @@ impl<S: Storage> Raft<S> {
     }
 
     fn become_leader(&mut self) {
-        assert!(self.role != Role::Follower, "follower cannot become leader without an election");
+        assert!(
+            self.role != Role::Follower,
+            "follower cannot become leader without an election"
+        );
         self.reset(self.term);
         self.lead = self.id;
         self.role = Role::Leader;
@@ -368,13 +448,18 @@ impl<S: Storage> Raft<S> {
         self.pending_conf_index = self.log.last_index();
         // An empty entry of the new term: committing it commits everything before it.
         let empty = Entry::normal(0, 0, Vec::new());
-        self.append_entries(vec![empty]).expect("the empty entry is never refused");
+        self.append_entries(vec![empty])
+            .expect("the empty entry is never refused");
     }
 
     // ---- elections ----
 
     pub fn promotable(&self) -> bool {
-        self.prs.progress.get(&self.id).is_some_and(|pr| !pr.is_learner) && self.log.unstable.snapshot.is_none()
+        self.prs
+            .progress
+            .get(&self.id)
+            .is_some_and(|pr| !pr.is_learner)
+            && self.log.unstable.snapshot.is_none()
     }
 
     fn has_unapplied_conf_change(&self) -> bool {
@@ -382,12 +467,19 @@ impl<S: Storage> Raft<S> {
             return false;
         }
         let low = (self.log.applied + 1).max(self.log.first_index());
-        let entries = self.log.slice(low, self.log.committed + 1, u64::MAX).expect("unapplied committed entries are readable");
+        let entries = self
+            .log
+            .slice(low, self.log.committed + 1, u64::MAX)
+            .expect("unapplied committed entries are readable");
         entries.iter().any(Entry::is_conf_change)
     }
 
     pub fn hup(&mut self) {
-        let kind = if self.cfg.pre_vote { CampaignKind::PreElection } else { CampaignKind::Election };
+        let kind = if self.cfg.pre_vote {
+            CampaignKind::PreElection
+        } else {
+            CampaignKind::Election
+        };
         self.hup_with(kind);
     }
 
@@ -411,15 +503,29 @@ impl<S: Storage> Raft<S> {
             (MessageType::Vote, self.term)
         };
         match self.poll(self.id, true) {
-            VoteResult::Won if kind == CampaignKind::PreElection => return self.campaign(CampaignKind::Election),
+            VoteResult::Won if kind == CampaignKind::PreElection => {
+                return self.campaign(CampaignKind::Election)
+            }
             VoteResult::Won => return self.become_leader(),
             _ => {}
         }
-        let context = if kind == CampaignKind::Transfer { TRANSFER_CONTEXT.to_vec() } else { Vec::new() };
+        let context = if kind == CampaignKind::Transfer {
+            TRANSFER_CONTEXT.to_vec()
+        } else {
+            Vec::new()
+        };
         let (index, log_term) = (self.log.last_index(), self.log.last_term());
         for id in self.prs.config.voters.ids() {
             if id != self.id {
-                self.send(Message { kind: request, to: id, term, index, log_term, context: context.clone(), ..Message::default() });
+                self.send(Message {
+                    kind: request,
+                    to: id,
+                    term,
+                    index,
+                    log_term,
+                    context: context.clone(),
+                    ..Message::default()
+                });
             }
         }
     }
@@ -482,7 +588,9 @@ impl<S: Storage> Raft<S> {
         if m.term > self.term {
             if matches!(m.kind, MessageType::Vote | MessageType::PreVote) {
                 let forced = m.context == TRANSFER_CONTEXT;
-                let in_lease = self.cfg.check_quorum && (self.lead != NONE || self.start_guard) && self.election_elapsed < self.cfg.election_ticks;
+                let in_lease = self.cfg.check_quorum
+                    && (self.lead != NONE || self.start_guard)
+                    && self.election_elapsed < self.cfg.election_ticks;
                 if !forced && in_lease {
                     // We heard from a leader recently: do not help depose it.
                     return;
@@ -493,17 +601,27 @@ impl<S: Storage> Raft<S> {
                 // future term we asked about.
                 MessageType::PreVote => {}
                 MessageType::PreVoteResp if !m.reject => {}
-                MessageType::App | MessageType::Heartbeat | MessageType::Snap => self.become_follower(m.term, m.from),
+                MessageType::App | MessageType::Heartbeat | MessageType::Snap => {
+                    self.become_follower(m.term, m.from)
+                }
                 _ => self.become_follower(m.term, NONE),
             }
         } else if m.term < self.term {
-            if (self.cfg.check_quorum || self.cfg.pre_vote) && matches!(m.kind, MessageType::App | MessageType::Heartbeat) {
+            if (self.cfg.check_quorum || self.cfg.pre_vote)
+                && matches!(m.kind, MessageType::App | MessageType::Heartbeat)
+            {
                 // A stale leader (perhaps cut off and unable to learn the new term otherwise,
                 // since pre-vote never raises terms) learns our term from this response.
                 self.send(Message::new(MessageType::AppResp, m.from));
             } else if m.kind == MessageType::PreVote {
                 let term = self.term;
-                self.send(Message { kind: MessageType::PreVoteResp, to: m.from, term, reject: true, ..Message::default() });
+                self.send(Message {
+                    kind: MessageType::PreVoteResp,
+                    to: m.from,
+                    term,
+                    reject: true,
+                    ..Message::default()
+                });
             }
             return;
         }
@@ -519,19 +637,32 @@ impl<S: Storage> Raft<S> {
     }
 
     fn handle_vote_request(&mut self, m: Message) {
-        let can_vote = self.vote == m.from || (self.vote == NONE && self.lead == NONE) || (m.kind == MessageType::PreVote && m.term > self.term);
+        let can_vote = self.vote == m.from
+            || (self.vote == NONE && self.lead == NONE)
+            || (m.kind == MessageType::PreVote && m.term > self.term);
         #[cfg(test)]
         let can_vote = can_vote || self.cfg.broken_rule == Some(BrokenRule::VoteTwicePerTerm);
         let response = m.kind.vote_response();
         if can_vote && self.log.is_up_to_date(m.index, m.log_term) {
-            self.send(Message { kind: response, to: m.from, term: m.term, ..Message::default() });
+            self.send(Message {
+                kind: response,
+                to: m.from,
+                term: m.term,
+                ..Message::default()
+            });
             if m.kind == MessageType::Vote {
                 self.election_elapsed = 0;
                 self.vote = m.from;
             }
         } else {
             let term = self.term;
-            self.send(Message { kind: response, to: m.from, term, reject: true, ..Message::default() });
+            self.send(Message {
+                kind: response,
+                to: m.from,
+                term,
+                reject: true,
+                ..Message::default()
+            });
         }
     }
 
@@ -548,7 +679,11 @@ impl<S: Storage> Raft<S> {
     }
 
     fn step_candidate(&mut self, m: Message) {
-        let my_response = if self.role == Role::PreCandidate { MessageType::PreVoteResp } else { MessageType::VoteResp };
+        let my_response = if self.role == Role::PreCandidate {
+            MessageType::PreVoteResp
+        } else {
+            MessageType::VoteResp
+        };
         match m.kind {
             MessageType::App => {
                 self.become_follower(m.term, m.from);
@@ -563,7 +698,9 @@ impl<S: Storage> Raft<S> {
                 self.handle_snapshot(m);
             }
             kind if kind == my_response => match self.poll(m.from, !m.reject) {
-                VoteResult::Won if self.role == Role::PreCandidate => self.campaign(CampaignKind::Election),
+                VoteResult::Won if self.role == Role::PreCandidate => {
+                    self.campaign(CampaignKind::Election)
+                }
                 VoteResult::Won => {
                     self.become_leader();
                     self.bcast_append();
@@ -593,7 +730,10 @@ impl<S: Storage> Raft<S> {
                 self.handle_snapshot(m);
             }
             MessageType::TimeoutNow => self.hup_with(CampaignKind::Transfer),
-            MessageType::ReadIndexResp => self.read_states.push(ReadState { index: m.index, request_ctx: m.context }),
+            MessageType::ReadIndexResp => self.read_states.push(ReadState {
+                index: m.index,
+                request_ctx: m.context,
+            }),
             _ => {}
         }
     }
@@ -608,29 +748,64 @@ impl<S: Storage> Raft<S> {
     fn handle_append_entries(&mut self, m: Message) {
         if m.index < self.log.committed {
             let committed = self.log.committed;
-            self.send(Message { kind: MessageType::AppResp, to: m.from, index: committed, ..Message::default() });
+            self.send(Message {
+                kind: MessageType::AppResp,
+                to: m.from,
+                index: committed,
+                ..Message::default()
+            });
             return;
         }
-        if let Some(last_index) = self.log.maybe_append(m.index, m.log_term, m.commit, &m.entries) {
-            self.send(Message { kind: MessageType::AppResp, to: m.from, index: last_index, ..Message::default() });
+        if let Some(last_index) = self
+            .log
+            .maybe_append(m.index, m.log_term, m.commit, &m.entries)
+        {
+            self.send(Message {
+                kind: MessageType::AppResp,
+                to: m.from,
+                index: last_index,
+                ..Message::default()
+            });
             return;
         }
         // Tell the leader where our log might match, so it can skip a whole term per round trip.
         let hint = m.index.min(self.log.last_index());
         let (reject_hint, log_term) = self.log.find_conflict_by_term(hint, m.log_term);
-        self.send(Message { kind: MessageType::AppResp, to: m.from, index: m.index, reject: true, reject_hint, log_term, ..Message::default() });
+        self.send(Message {
+            kind: MessageType::AppResp,
+            to: m.from,
+            index: m.index,
+            reject: true,
+            reject_hint,
+            log_term,
+            ..Message::default()
+        });
     }
 
     fn handle_heartbeat(&mut self, m: Message) {
         // The leader sends min(our match, its commit), so this never exceeds our log.
         self.log.commit_to(m.commit);
-        self.send(Message { kind: MessageType::HeartbeatResp, to: m.from, context: m.context, ..Message::default() });
+        self.send(Message {
+            kind: MessageType::HeartbeatResp,
+            to: m.from,
+            context: m.context,
+            ..Message::default()
+        });
     }
 
     fn handle_snapshot(&mut self, m: Message) {
         let snapshot = m.snapshot.expect("snapshot message without a snapshot");
-        let index = if self.restore(snapshot) { self.log.last_index() } else { self.log.committed };
-        self.send(Message { kind: MessageType::AppResp, to: m.from, index, ..Message::default() });
+        let index = if self.restore(snapshot) {
+            self.log.last_index()
+        } else {
+            self.log.committed
+        };
+        self.send(Message {
+            kind: MessageType::AppResp,
+            to: m.from,
+            index,
+            ..Message::default()
+        });
     }
 
     /// Installs a snapshot from the leader. Returns false if it brings nothing new.
@@ -647,7 +822,11 @@ impl<S: Storage> Raft<S> {
         let conf_state = meta.conf_state.clone();
         self.log.restore(snapshot);
         self.prs.restore(&conf_state, self.log.last_index() + 1);
-        self.is_learner = self.prs.progress.get(&self.id).is_some_and(|pr| pr.is_learner);
+        self.is_learner = self
+            .prs
+            .progress
+            .get(&self.id)
+            .is_some_and(|pr| pr.is_learner);
         true
     }
 
@@ -659,7 +838,11 @@ impl<S: Storage> Raft<S> {
             return;
         }
         if m.reject {
-            let next_probe = if m.log_term > 0 { self.log.find_conflict_by_term(m.reject_hint, m.log_term).0 } else { m.reject_hint };
+            let next_probe = if m.log_term > 0 {
+                self.log.find_conflict_by_term(m.reject_hint, m.log_term).0
+            } else {
+                m.reject_hint
+            };
             let pr = self.prs.progress.get_mut(&from).expect("checked above");
             pr.recent_active = true;
             if pr.maybe_decr_to(m.index, next_probe) {
@@ -693,7 +876,8 @@ impl<S: Storage> Raft<S> {
         }
         // Fill the pipeline while the window allows.
         while self.maybe_send_append(from, false) {}
-        if from == self.lead_transferee && self.prs.progress[&from].matched == self.log.last_index() {
+        if from == self.lead_transferee && self.prs.progress[&from].matched == self.log.last_index()
+        {
             self.send_timeout_now(from);
         }
     }
@@ -701,7 +885,9 @@ impl<S: Storage> Raft<S> {
     fn handle_heartbeat_response(&mut self, m: Message) {
         let from = m.from;
         let last_index = self.log.last_index();
-        let Some(pr) = self.prs.progress.get_mut(&from) else { return };
+        let Some(pr) = self.prs.progress.get_mut(&from) else {
+            return;
+        };
         pr.recent_active = true;
         pr.probe_sent = false;
         if pr.state == ProgressState::Replicate && pr.inflights.full() {
@@ -721,7 +907,11 @@ impl<S: Storage> Raft<S> {
         let quorum_index = self.prs.committed();
         #[cfg(test)]
         let quorum_index = match self.cfg.broken_rule {
-            Some(BrokenRule::CommitWithoutQuorum) => self.prs.progress.get(&self.id).map_or(quorum_index, |pr| pr.matched),
+            Some(BrokenRule::CommitWithoutQuorum) => self
+                .prs
+                .progress
+                .get(&self.id)
+                .map_or(quorum_index, |pr| pr.matched),
             _ => quorum_index,
         };
         let term = self.term;
@@ -735,7 +925,11 @@ impl<S: Storage> Raft<S> {
             return;
         }
         let persisted = self.log.persisted;
-        let updated = self.prs.progress.get_mut(&self.id).is_some_and(|pr| pr.maybe_update(persisted));
+        let updated = self
+            .prs
+            .progress
+            .get_mut(&self.id)
+            .is_some_and(|pr| pr.maybe_update(persisted));
         if updated && self.maybe_commit() {
             self.bcast_append();
         }
@@ -745,14 +939,19 @@ impl<S: Storage> Raft<S> {
     pub fn on_applied(&mut self, index: u64, payload_bytes: u64) {
         self.log.applied_to(index);
         self.uncommitted_bytes = self.uncommitted_bytes.saturating_sub(payload_bytes);
-        if self.role == Role::Leader && self.prs.config.auto_leave && index >= self.pending_conf_index {
+        if self.role == Role::Leader
+            && self.prs.config.auto_leave
+            && index >= self.pending_conf_index
+        {
             // The joint configuration is in effect everywhere that matters: leave it.
             let _ = self.propose_conf_change(ConfChange::leave_joint());
         }
     }
 
     pub fn committed_entry_in_current_term(&self) -> bool {
-        self.log.term(self.log.committed).is_ok_and(|t| t == self.term)
+        self.log
+            .term(self.log.committed)
+            .is_ok_and(|t| t == self.term)
     }
 
     /// Sends what accumulated since the last `Ready`: one append per follower for all new
@@ -770,8 +969,13 @@ impl<S: Storage> Raft<S> {
 
     fn append_entries(&mut self, mut entries: Vec<Entry>) -> Result<u64, ProposalError> {
         let payload_bytes: u64 = entries.iter().map(Entry::payload_bytes).sum();
-        if self.cfg.uncommitted_bytes_max > 0 && payload_bytes > 0 && self.uncommitted_bytes + payload_bytes > self.cfg.uncommitted_bytes_max {
-            return Err(ProposalError::Dropped { reason: "too many uncommitted bytes" });
+        if self.cfg.uncommitted_bytes_max > 0
+            && payload_bytes > 0
+            && self.uncommitted_bytes + payload_bytes > self.cfg.uncommitted_bytes_max
+        {
+            return Err(ProposalError::Dropped {
+                reason: "too many uncommitted bytes",
+            });
         }
         self.uncommitted_bytes += payload_bytes;
         let last = self.log.last_index();
@@ -784,13 +988,19 @@ impl<S: Storage> Raft<S> {
 
     fn check_can_propose(&self) -> Result<(), ProposalError> {
         if self.role != Role::Leader {
-            return Err(ProposalError::NotLeader { leader_hint: (self.lead != NONE).then_some(self.lead) });
+            return Err(ProposalError::NotLeader {
+                leader_hint: (self.lead != NONE).then_some(self.lead),
+            });
         }
         if self.lead_transferee != NONE {
-            return Err(ProposalError::Dropped { reason: "leadership transfer in progress" });
+            return Err(ProposalError::Dropped {
+                reason: "leadership transfer in progress",
+            });
         }
         if !self.prs.progress.contains_key(&self.id) {
-            return Err(ProposalError::Dropped { reason: "leader was removed from the configuration" });
+            return Err(ProposalError::Dropped {
+                reason: "leader was removed from the configuration",
+            });
         }
         Ok(())
     }
@@ -805,22 +1015,34 @@ impl<S: Storage> Raft<S> {
     pub fn propose_conf_change(&mut self, cc: ConfChange) -> Result<u64, ProposalError> {
         self.check_can_propose()?;
         if self.pending_conf_index > self.log.applied {
-            return Err(ProposalError::ConfChangeRefused { reason: "a configuration change is not yet applied" });
+            return Err(ProposalError::ConfChangeRefused {
+                reason: "a configuration change is not yet applied",
+            });
         }
         // The fix for single-server changes: a leader changes membership only once it has
         // committed an entry of its own term, so a change an earlier leader left uncommitted can
         // never combine with this one into two overlapping majorities.
         if !self.committed_entry_in_current_term() {
-            return Err(ProposalError::ConfChangeRefused { reason: "the leader has not committed an entry in its term yet" });
+            return Err(ProposalError::ConfChangeRefused {
+                reason: "the leader has not committed an entry in its term yet",
+            });
         }
         let joint = self.prs.config.voters.is_joint();
         if joint && !cc.is_leave_joint() {
-            return Err(ProposalError::ConfChangeRefused { reason: "must leave the joint configuration first" });
+            return Err(ProposalError::ConfChangeRefused {
+                reason: "must leave the joint configuration first",
+            });
         }
         if let Err(e) = confchange::apply(&self.prs, &cc, self.log.last_index()) {
-            return Err(ProposalError::ConfChangeRefused { reason: conf_change_error_reason(&e) });
+            return Err(ProposalError::ConfChangeRefused {
+                reason: conf_change_error_reason(&e),
+            });
         }
-        let index = self.append_entries(vec![Entry { term: 0, index: 0, data: EntryData::ConfChange(cc) }])?;
+        let index = self.append_entries(vec![Entry {
+            term: 0,
+            index: 0,
+            data: EntryData::ConfChange(cc),
+        }])?;
         self.pending_conf_index = index;
         self.bcast_pending = true;
         Ok(index)
@@ -834,16 +1056,28 @@ impl<S: Storage> Raft<S> {
                 return Err(ProposalError::NotLeader { leader_hint: None });
             }
             let lead = self.lead;
-            self.send(Message { kind: MessageType::ReadIndex, to: lead, context: ctx, ..Message::default() });
+            self.send(Message {
+                kind: MessageType::ReadIndex,
+                to: lead,
+                context: ctx,
+                ..Message::default()
+            });
             return Ok(());
         }
         if self.lease_valid() {
             let index = self.log.committed;
-            self.respond_read(ReadRequest { ctx, from, round: 0, index });
+            self.respond_read(ReadRequest {
+                ctx,
+                from,
+                round: 0,
+                index,
+            });
             return Ok(());
         }
         if !self.read_only.add(ctx, from) {
-            return Err(ProposalError::Dropped { reason: "too many pending reads" });
+            return Err(ProposalError::Dropped {
+                reason: "too many pending reads",
+            });
         }
         Ok(())
     }
@@ -852,7 +1086,9 @@ impl<S: Storage> Raft<S> {
     /// another leader before T + election timeout (they refuse votes while they hear from us).
     fn lease_valid(&self) -> bool {
         #[cfg(test)]
-        if self.cfg.broken_rule == Some(BrokenRule::ReadWithoutQuorumCheck) && self.role == Role::Leader {
+        if self.cfg.broken_rule == Some(BrokenRule::ReadWithoutQuorumCheck)
+            && self.role == Role::Leader
+        {
             return self.committed_entry_in_current_term();
         }
         self.cfg.read_only == ReadOnlyOption::LeaseBased
@@ -860,14 +1096,22 @@ impl<S: Storage> Raft<S> {
             && self.lead_transferee == NONE
             && !self.lease_revoked
             && self.committed_entry_in_current_term()
-            && self.read_only.confirmed_sent_tick.is_some_and(|sent| self.tick_count + LEASE_MARGIN_TICKS < sent + self.cfg.election_ticks)
+            && self.read_only.confirmed_sent_tick.is_some_and(|sent| {
+                self.tick_count + LEASE_MARGIN_TICKS < sent + self.cfg.election_ticks
+            })
     }
 
     fn confirm_read_rounds(&mut self) {
         let started = self.read_only.round_started;
         let self_id = self.id;
         let read_only = &self.read_only;
-        let confirmed = self.prs.config.voters.committed_index(|id| if id == self_id { started } else { read_only.acked(id) });
+        let confirmed = self.prs.config.voters.committed_index(|id| {
+            if id == self_id {
+                started
+            } else {
+                read_only.acked(id)
+            }
+        });
         if confirmed == u64::MAX || confirmed == 0 {
             return;
         }
@@ -878,15 +1122,26 @@ impl<S: Storage> Raft<S> {
 
     fn respond_read(&mut self, req: ReadRequest) {
         if req.from == self.id || req.from == NONE {
-            self.read_states.push(ReadState { index: req.index, request_ctx: req.ctx });
+            self.read_states.push(ReadState {
+                index: req.index,
+                request_ctx: req.ctx,
+            });
         } else {
-            self.send(Message { kind: MessageType::ReadIndexResp, to: req.from, index: req.index, context: req.ctx, ..Message::default() });
+            self.send(Message {
+                kind: MessageType::ReadIndexResp,
+                to: req.from,
+                index: req.index,
+                context: req.ctx,
+                ..Message::default()
+            });
         }
     }
 
     pub fn transfer_leader(&mut self, to: NodeId) -> Result<(), ProposalError> {
         if self.role != Role::Leader {
-            return Err(ProposalError::NotLeader { leader_hint: (self.lead != NONE).then_some(self.lead) });
+            return Err(ProposalError::NotLeader {
+                leader_hint: (self.lead != NONE).then_some(self.lead),
+            });
         }
         if to == self.id || to == self.lead_transferee {
             return Ok(());
@@ -926,7 +1181,9 @@ impl<S: Storage> Raft<S> {
         if self.role != Role::Leader {
             return;
         }
-        let Some(pr) = self.prs.progress.get_mut(&id) else { return };
+        let Some(pr) = self.prs.progress.get_mut(&id) else {
+            return;
+        };
         if pr.state != ProgressState::Snapshot {
             return;
         }
@@ -984,13 +1241,17 @@ impl<S: Storage> Raft<S> {
             .into_iter()
             .filter(|&id| id != self.id)
             .max_by_key(|id| self.prs.progress.get(id).map_or(0, |pr| pr.matched));
-        if let Some(to) = successor.filter(|id| self.prs.progress.get(id).is_some_and(|pr| pr.matched == last_index)) {
+        if let Some(to) = successor.filter(|id| {
+            self.prs
+                .progress
+                .get(id)
+                .is_some_and(|pr| pr.matched == last_index)
+        }) {
             self.send_timeout_now(to);
         }
         let term = self.term;
         self.become_follower(term, NONE);
     }
-
 }
 
 fn conf_change_error_reason(e: &ConfChangeError) -> &'static str {

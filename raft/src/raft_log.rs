@@ -46,7 +46,8 @@ impl<S: Storage> RaftLog<S> {
     }
 
     pub fn last_term(&self) -> u64 {
-        self.term(self.last_index()).expect("the last index always has a term")
+        self.term(self.last_index())
+            .expect("the last index always has a term")
     }
 
     pub fn term(&self, index: u64) -> Result<u64, StorageError> {
@@ -74,7 +75,10 @@ impl<S: Storage> RaftLog<S> {
     /// The first new entry whose term disagrees with ours, or 0 if all match (or are already
     /// present). A conflict at or below `committed` would mean a broken leader.
     fn find_conflict(&self, entries: &[Entry]) -> u64 {
-        entries.iter().find(|e| !self.match_term(e.index, e.term)).map_or(0, |e| e.index)
+        entries
+            .iter()
+            .find(|e| !self.match_term(e.index, e.term))
+            .map_or(0, |e| e.index)
     }
 
     /// The largest index <= `index` whose term is <= `term`, with that term: the point where a
@@ -93,14 +97,24 @@ impl<S: Storage> RaftLog<S> {
     /// Follower side of an append: if our log has `prev_term` at `prev_index`, append the new
     /// entries (replacing a conflicting suffix) and advance commit. Returns the last index the
     /// leader's message proves we match.
-    pub fn maybe_append(&mut self, prev_index: u64, prev_term: u64, leader_commit: u64, entries: &[Entry]) -> Option<u64> {
+    pub fn maybe_append(
+        &mut self,
+        prev_index: u64,
+        prev_term: u64,
+        leader_commit: u64,
+        entries: &[Entry],
+    ) -> Option<u64> {
         if !self.match_term(prev_index, prev_term) {
             return None;
         }
         let last_new_index = prev_index + entries.len() as u64;
         let conflict = self.find_conflict(entries);
         if conflict != 0 {
-            assert!(conflict > self.committed, "entry {conflict} conflicts with committed entry (committed {})", self.committed);
+            assert!(
+                conflict > self.committed,
+                "entry {conflict} conflicts with committed entry (committed {})",
+                self.committed
+            );
             self.append(&entries[(conflict - prev_index - 1) as usize..]);
         }
         self.commit_to(leader_commit.min(last_new_index));
@@ -108,8 +122,15 @@ impl<S: Storage> RaftLog<S> {
     }
 
     pub fn append(&mut self, entries: &[Entry]) -> u64 {
-        let Some(first) = entries.first() else { return self.last_index() };
-        assert!(first.index > self.committed, "append at {} would overwrite committed {}", first.index, self.committed);
+        let Some(first) = entries.first() else {
+            return self.last_index();
+        };
+        assert!(
+            first.index > self.committed,
+            "append at {} would overwrite committed {}",
+            first.index,
+            self.committed
+        );
         // Overwritten entries are no longer durable in the sense the leader needs.
         self.persisted = self.persisted.min(first.index - 1);
         self.unstable.truncate_and_append(entries);
@@ -118,7 +139,11 @@ impl<S: Storage> RaftLog<S> {
 
     pub fn commit_to(&mut self, to_commit: u64) {
         if to_commit > self.committed {
-            assert!(to_commit <= self.last_index(), "commit {to_commit} beyond last index {}", self.last_index());
+            assert!(
+                to_commit <= self.last_index(),
+                "commit {to_commit} beyond last index {}",
+                self.last_index()
+            );
             self.committed = to_commit;
         }
     }
@@ -137,7 +162,12 @@ impl<S: Storage> RaftLog<S> {
         if index == 0 {
             return;
         }
-        assert!(self.applied <= index && index <= self.committed, "applied {index} outside [{}, {}]", self.applied, self.committed);
+        assert!(
+            self.applied <= index && index <= self.committed,
+            "applied {index} outside [{}, {}]",
+            self.applied,
+            self.committed
+        );
         self.applied = index;
     }
 
@@ -163,7 +193,8 @@ impl<S: Storage> RaftLog<S> {
             return Vec::new();
         }
         let low = (self.applied + 1).max(self.first_index());
-        self.slice(low, self.committed + 1, self.committed_bytes_max_per_ready).expect("committed entries are never compacted before they are applied")
+        self.slice(low, self.committed + 1, self.committed_bytes_max_per_ready)
+            .expect("committed entries are never compacted before they are applied")
     }
 
     pub fn entries_from(&self, low: u64, bytes_max: u64) -> Result<Vec<Entry>, StorageError> {
@@ -179,7 +210,11 @@ impl<S: Storage> RaftLog<S> {
         if low < self.first_index() {
             return Err(StorageError::Compacted);
         }
-        assert!(high <= self.last_index() + 1, "slice [{low}, {high}) beyond last index {}", self.last_index());
+        assert!(
+            high <= self.last_index() + 1,
+            "slice [{low}, {high}) beyond last index {}",
+            self.last_index()
+        );
         if low == high {
             return Ok(Vec::new());
         }
@@ -208,7 +243,9 @@ impl<S: Storage> RaftLog<S> {
 
     pub fn restore(&mut self, snapshot: Snapshot) {
         self.committed = snapshot.metadata.index;
-        self.persisted = self.persisted.min(snapshot.metadata.index.saturating_sub(1));
+        self.persisted = self
+            .persisted
+            .min(snapshot.metadata.index.saturating_sub(1));
         self.unstable.restore(snapshot);
     }
 }
@@ -220,40 +257,68 @@ mod tests {
 
     fn log_with(terms: &[u64]) -> RaftLog<MemStorage> {
         let mut storage = MemStorage::new();
-        let entries: Vec<Entry> = terms.iter().enumerate().map(|(i, &t)| Entry::normal(t, i as u64 + 1, vec![])).collect();
+        let entries: Vec<Entry> = terms
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| Entry::normal(t, i as u64 + 1, vec![]))
+            .collect();
         storage.append(&entries).unwrap();
         RaftLog::new(storage, u64::MAX).unwrap()
     }
 
     fn entries(first_index: u64, terms: &[u64]) -> Vec<Entry> {
-        terms.iter().enumerate().map(|(i, &t)| Entry::normal(t, first_index + i as u64, vec![])).collect()
+        terms
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| Entry::normal(t, first_index + i as u64, vec![]))
+            .collect()
     }
 
     #[test]
     fn find_conflict_by_term_finds_the_last_index_with_a_term_not_above_the_hint() {
         // Log terms by index: 1:1 2:1 3:2 4:2 5:4 6:4
         let log = log_with(&[1, 1, 2, 2, 4, 4]);
-        let cases = [((6, 4), (6, 4)), ((6, 3), (4, 2)), ((6, 1), (2, 1)), ((3, 5), (3, 2)), ((6, 0), (0, 0))];
+        let cases = [
+            ((6, 4), (6, 4)),
+            ((6, 3), (4, 2)),
+            ((6, 1), (2, 1)),
+            ((3, 5), (3, 2)),
+            ((6, 0), (0, 0)),
+        ];
         for ((index, term), want) in cases {
-            assert_eq!(log.find_conflict_by_term(index, term), want, "hint ({index}, {term})");
+            assert_eq!(
+                log.find_conflict_by_term(index, term),
+                want,
+                "hint ({index}, {term})"
+            );
         }
     }
 
     #[test]
     fn maybe_append_rules() {
         // (prev_index, prev_term, commit, new entry terms) -> (result, last_index, committed)
-        let cases: Vec<((u64, u64, u64, Vec<u64>), (Option<u64>, u64, u64))> = vec![
-            ((3, 2, 3, vec![]), (None, 3, 0)),            // prev term mismatch
-            ((4, 3, 3, vec![]), (None, 3, 0)),            // prev beyond our log
-            ((3, 3, 3, vec![]), (Some(3), 3, 3)),         // heartbeat-like, commits
-            ((3, 3, 5, vec![4]), (Some(4), 4, 4)),        // commit bounded by last new entry
-            ((2, 2, 2, vec![3]), (Some(3), 3, 2)),        // identical entry: no truncation
-            ((1, 1, 1, vec![4, 4]), (Some(3), 3, 1)),     // conflict replaces the suffix
+        type Case = ((u64, u64, u64, Vec<u64>), (Option<u64>, u64, u64));
+        let cases: Vec<Case> = vec![
+            ((3, 2, 3, vec![]), (None, 3, 0)),        // prev term mismatch
+            ((4, 3, 3, vec![]), (None, 3, 0)),        // prev beyond our log
+            ((3, 3, 3, vec![]), (Some(3), 3, 3)),     // heartbeat-like, commits
+            ((3, 3, 5, vec![4]), (Some(4), 4, 4)),    // commit bounded by last new entry
+            ((2, 2, 2, vec![3]), (Some(3), 3, 2)),    // identical entry: no truncation
+            ((1, 1, 1, vec![4, 4]), (Some(3), 3, 1)), // conflict replaces the suffix
         ];
         for ((prev_index, prev_term, commit, terms), (want, want_last, want_commit)) in cases {
             let mut log = log_with(&[1, 2, 3]);
-            let got = log.maybe_append(prev_index, prev_term, commit, &entries(prev_index + 1, &terms));
-            assert_eq!((got, log.last_index(), log.committed), (want, want_last, want_commit), "case {prev_index} {prev_term} {terms:?}");
+            let got = log.maybe_append(
+                prev_index,
+                prev_term,
+                commit,
+                &entries(prev_index + 1, &terms),
+            );
+            assert_eq!(
+                (got, log.last_index(), log.committed),
+                (want, want_last, want_commit),
+                "case {prev_index} {prev_term} {terms:?}"
+            );
         }
     }
 
@@ -261,7 +326,14 @@ mod tests {
     fn slice_spans_storage_and_unstable_and_honours_the_limit() {
         let mut log = log_with(&[1, 1, 1]);
         log.append(&entries(4, &[2, 2]));
-        assert_eq!(log.slice(2, 6, u64::MAX).unwrap().iter().map(|e| e.index).collect::<Vec<_>>(), vec![2, 3, 4, 5]);
+        assert_eq!(
+            log.slice(2, 6, u64::MAX)
+                .unwrap()
+                .iter()
+                .map(|e| e.index)
+                .collect::<Vec<_>>(),
+            vec![2, 3, 4, 5]
+        );
         let one = Entry::normal(1, 1, vec![]).size_bytes();
         assert_eq!(log.slice(2, 6, one * 3).unwrap().len(), 3);
         assert_eq!(log.slice(3, 6, one).unwrap().len(), 1);

@@ -16,7 +16,9 @@
 use std::collections::BTreeMap;
 
 use crate::error::{ConfChangeError, ConfigError, ProposalError};
-use crate::message::{ConfChange, ConfState, Entry, HardState, Message, NodeId, ReadState, Snapshot, NONE};
+use crate::message::{
+    ConfChange, ConfState, Entry, HardState, Message, NodeId, ReadState, Snapshot, NONE,
+};
 use crate::progress::ProgressState;
 use crate::raft::{Config, Raft, Role};
 use crate::storage::Storage;
@@ -94,8 +96,16 @@ impl<S: Storage> RawNode<S> {
     pub fn new(config: Config, storage: S) -> Result<RawNode<S>, ConfigError> {
         let raft = Raft::new(config, storage)?;
         let prev_hard = raft.hard_state();
-        let prev_soft = SoftState { leader_id: raft.lead, role: raft.role };
-        Ok(RawNode { raft, prev_soft, prev_hard, awaiting_advance: None })
+        let prev_soft = SoftState {
+            leader_id: raft.lead,
+            role: raft.role,
+        };
+        Ok(RawNode {
+            raft,
+            prev_soft,
+            prev_hard,
+            awaiting_advance: None,
+        })
     }
 
     /// Advances the logical clock by one tick (the server calls this on a fixed interval).
@@ -149,7 +159,8 @@ impl<S: Storage> RawNode<S> {
 
     /// The transport finished (or failed) sending a snapshot to `id`.
     pub fn report_snapshot(&mut self, id: NodeId, status: SnapshotStatus) {
-        self.raft.report_snapshot(id, status == SnapshotStatus::Delivered);
+        self.raft
+            .report_snapshot(id, status == SnapshotStatus::Delivered);
     }
 
     pub fn storage(&self) -> &S {
@@ -170,22 +181,37 @@ impl<S: Storage> RawNode<S> {
             || raft.log.has_next_committed_entries()
             || !raft.read_states.is_empty()
             || raft.hard_state() != self.prev_hard
-            || (SoftState { leader_id: raft.lead, role: raft.role }) != self.prev_soft
+            || (SoftState {
+                leader_id: raft.lead,
+                role: raft.role,
+            }) != self.prev_soft
     }
 
     /// The next batch of work. Must be followed by `advance()` before the next call.
     pub fn ready(&mut self) -> Ready {
-        assert!(self.awaiting_advance.is_none(), "ready() called again before advance()");
+        assert!(
+            self.awaiting_advance.is_none(),
+            "ready() called again before advance()"
+        );
         self.raft.flush();
         let raft = &mut self.raft;
         let entries = raft.log.unstable.entries.clone();
         let snapshot = raft.log.unstable.snapshot.clone();
         let committed_entries = raft.log.next_committed_entries();
-        let (messages, persisted_messages): (Vec<Message>, Vec<Message>) = std::mem::take(&mut raft.msgs).into_iter().partition(|m| m.kind.may_leave_before_persist());
+        let (messages, persisted_messages): (Vec<Message>, Vec<Message>) =
+            std::mem::take(&mut raft.msgs)
+                .into_iter()
+                .partition(|m| m.kind.may_leave_before_persist());
         let hard = raft.hard_state();
         let hard_state = (hard != self.prev_hard).then_some(hard);
-        let must_sync = !entries.is_empty() || snapshot.is_some() || hard.term != self.prev_hard.term || hard.vote != self.prev_hard.vote;
-        let soft = SoftState { leader_id: raft.lead, role: raft.role };
+        let must_sync = !entries.is_empty()
+            || snapshot.is_some()
+            || hard.term != self.prev_hard.term
+            || hard.vote != self.prev_hard.vote;
+        let soft = SoftState {
+            leader_id: raft.lead,
+            role: raft.role,
+        };
         let soft_state = (soft != self.prev_soft).then_some(soft);
         self.prev_hard = hard;
         self.prev_soft = soft;
@@ -195,13 +221,26 @@ impl<S: Storage> RawNode<S> {
             last_committed: committed_entries.last().map(|e| e.index),
             committed_payload_bytes: committed_entries.iter().map(Entry::payload_bytes).sum(),
         });
-        Ready { soft_state, hard_state, snapshot, entries, messages, persisted_messages, committed_entries, read_states: std::mem::take(&mut raft.read_states), must_sync }
+        Ready {
+            soft_state,
+            hard_state,
+            snapshot,
+            entries,
+            messages,
+            persisted_messages,
+            committed_entries,
+            read_states: std::mem::take(&mut raft.read_states),
+            must_sync,
+        }
     }
 
     /// The application finished the last `Ready`: its writes are durable and its committed
     /// entries applied.
     pub fn advance(&mut self) {
-        let receipt = self.awaiting_advance.take().expect("advance() without a ready()");
+        let receipt = self
+            .awaiting_advance
+            .take()
+            .expect("advance() without a ready()");
         if let Some(index) = receipt.snapshot_index {
             self.raft.log.stable_snap_to(index);
             if index > self.raft.log.applied {
@@ -223,7 +262,14 @@ impl<S: Storage> RawNode<S> {
                 .progress
                 .iter()
                 .map(|(&id, pr)| {
-                    let peer = PeerStatus { matched: pr.matched, next: pr.next, state: pr.state, is_learner: pr.is_learner, recent_active: pr.recent_active, inflight_msgs: pr.inflights.count() };
+                    let peer = PeerStatus {
+                        matched: pr.matched,
+                        next: pr.next,
+                        state: pr.state,
+                        is_learner: pr.is_learner,
+                        recent_active: pr.recent_active,
+                        inflight_msgs: pr.inflights.count(),
+                    };
                     (id, peer)
                 })
                 .collect()
@@ -233,7 +279,10 @@ impl<S: Storage> RawNode<S> {
         Status {
             id: raft.id,
             hard_state: raft.hard_state(),
-            soft_state: SoftState { leader_id: raft.lead, role: raft.role },
+            soft_state: SoftState {
+                leader_id: raft.lead,
+                role: raft.role,
+            },
             applied: raft.log.applied,
             is_learner: raft.is_learner,
             conf_state: raft.conf_state(),

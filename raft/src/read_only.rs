@@ -72,7 +72,12 @@ impl ReadOnly {
         if self.requests.len() >= self.requests_max {
             return false;
         }
-        self.requests.push_back(ReadRequest { ctx, from, round: 0, index: 0 });
+        self.requests.push_back(ReadRequest {
+            ctx,
+            from,
+            round: 0,
+            index: 0,
+        });
         true
     }
 
@@ -118,10 +123,22 @@ impl ReadOnly {
         if round <= self.round_confirmed {
             return Vec::new();
         }
-        assert!(round <= self.round_started, "round {round} confirmed before it started ({})", self.round_started);
+        assert!(
+            round <= self.round_started,
+            "round {round} confirmed before it started ({})",
+            self.round_started
+        );
         self.round_confirmed = round;
-        self.confirmed_sent_tick = self.sent_at_tick.iter().find(|(r, _)| *r == round).map(|&(_, tick)| tick);
-        let released = self.requests.iter().take_while(|r| r.round != 0 && r.round <= round).count();
+        self.confirmed_sent_tick = self
+            .sent_at_tick
+            .iter()
+            .find(|(r, _)| *r == round)
+            .map(|&(_, tick)| tick);
+        let released = self
+            .requests
+            .iter()
+            .take_while(|r| r.round != 0 && r.round <= round)
+            .count();
         self.requests.drain(..released).collect()
     }
 }
@@ -146,7 +163,13 @@ mod tests {
         let round = ro.start_round(0, Some(10));
         assert!(ro.add(b"c".to_vec(), 1));
         let released = ro.confirm(round);
-        assert_eq!(released.iter().map(|r| (r.ctx.clone(), r.index)).collect::<Vec<_>>(), vec![(b"a".to_vec(), 10), (b"b".to_vec(), 10)]);
+        assert_eq!(
+            released
+                .iter()
+                .map(|r| (r.ctx.clone(), r.index))
+                .collect::<Vec<_>>(),
+            vec![(b"a".to_vec(), 10), (b"b".to_vec(), 10)]
+        );
         assert!(ro.has_unassigned());
         let next = ro.start_round(1, Some(12));
         assert_eq!(ro.confirm(next).len(), 1);

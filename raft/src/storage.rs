@@ -57,7 +57,11 @@ impl Default for MemStorage {
 impl MemStorage {
     /// Empty storage, for a node that joins an existing cluster and waits to be sent a snapshot.
     pub fn new() -> MemStorage {
-        MemStorage { hard_state: HardState::default(), snapshot: Snapshot::default(), entries: vec![Entry::normal(0, 0, Vec::new())] }
+        MemStorage {
+            hard_state: HardState::default(),
+            snapshot: Snapshot::default(),
+            entries: vec![Entry::normal(0, 0, Vec::new())],
+        }
     }
 
     /// Storage of a founding member: a bootstrap snapshot at index 1, term 1 holding the initial
@@ -65,8 +69,17 @@ impl MemStorage {
     /// start from `new()` and receive this configuration inside a snapshot.
     pub fn new_with_conf_state(conf_state: ConfState) -> MemStorage {
         let mut storage = MemStorage::new();
-        let snapshot = Snapshot { metadata: SnapshotMetadata { index: 1, term: 1, conf_state }, data: Vec::new() };
-        storage.apply_snapshot(snapshot).expect("fresh storage accepts any snapshot");
+        let snapshot = Snapshot {
+            metadata: SnapshotMetadata {
+                index: 1,
+                term: 1,
+                conf_state,
+            },
+            data: Vec::new(),
+        };
+        storage
+            .apply_snapshot(snapshot)
+            .expect("fresh storage accepts any snapshot");
         storage.hard_state.term = 1;
         storage
     }
@@ -90,14 +103,21 @@ impl MemStorage {
 
     /// Appends entries, replacing any existing entries from the first new index on.
     pub fn append(&mut self, new_entries: &[Entry]) -> Result<(), StorageError> {
-        let Some(first_new) = new_entries.first() else { return Ok(()) };
+        let Some(first_new) = new_entries.first() else {
+            return Ok(());
+        };
         if first_new.index <= self.offset() {
             // Entries at or below the snapshot are already part of it.
             return Err(StorageError::Compacted);
         }
         let last = self.offset() + self.entries.len() as u64 - 1;
-        assert!(first_new.index <= last + 1, "append would leave a gap: last {last}, first new {}", first_new.index);
-        self.entries.truncate((first_new.index - self.offset()) as usize);
+        assert!(
+            first_new.index <= last + 1,
+            "append would leave a gap: last {last}, first new {}",
+            first_new.index
+        );
+        self.entries
+            .truncate((first_new.index - self.offset()) as usize);
         self.entries.extend_from_slice(new_entries);
         Ok(())
     }
@@ -118,13 +138,29 @@ impl MemStorage {
     /// Records the application's snapshot of its state at `index` (an applied index).
     /// `conf_state` is the configuration in effect at `index`. The log is kept: `compact`
     /// drops it, usually leaving a tail so that slow followers can still catch up from entries.
-    pub fn create_snapshot(&mut self, index: u64, conf_state: ConfState, data: Vec<u8>) -> Result<&Snapshot, StorageError> {
+    pub fn create_snapshot(
+        &mut self,
+        index: u64,
+        conf_state: ConfState,
+        data: Vec<u8>,
+    ) -> Result<&Snapshot, StorageError> {
         if index <= self.snapshot.metadata.index {
             return Err(StorageError::SnapshotOutOfDate);
         }
         let term = self.term(index)?;
-        assert!(index <= self.hard_state.commit, "snapshot at {index} beyond commit {}", self.hard_state.commit);
-        self.snapshot = Snapshot { metadata: SnapshotMetadata { index, term, conf_state }, data };
+        assert!(
+            index <= self.hard_state.commit,
+            "snapshot at {index} beyond commit {}",
+            self.hard_state.commit
+        );
+        self.snapshot = Snapshot {
+            metadata: SnapshotMetadata {
+                index,
+                term,
+                conf_state,
+            },
+            data,
+        };
         Ok(&self.snapshot)
     }
 
@@ -134,10 +170,17 @@ impl MemStorage {
             return Err(StorageError::Compacted);
         }
         let last = self.offset() + self.entries.len() as u64 - 1;
-        assert!(compact_index <= last, "compact {compact_index} beyond last index {last}");
+        assert!(
+            compact_index <= last,
+            "compact {compact_index} beyond last index {last}"
+        );
         let snapshot_index = self.snapshot.metadata.index;
-        assert!(compact_index <= snapshot_index, "compact {compact_index} beyond the snapshot at {snapshot_index} would lose entries");
-        self.entries.drain(..(compact_index - self.offset()) as usize);
+        assert!(
+            compact_index <= snapshot_index,
+            "compact {compact_index} beyond the snapshot at {snapshot_index} would lose entries"
+        );
+        self.entries
+            .drain(..(compact_index - self.offset()) as usize);
         let dummy = &mut self.entries[0];
         dummy.data = crate::message::EntryData::Normal(Vec::new());
         Ok(())
@@ -146,7 +189,10 @@ impl MemStorage {
 
 impl Storage for MemStorage {
     fn initial_state(&self) -> Result<RaftState, StorageError> {
-        Ok(RaftState { hard_state: self.hard_state, conf_state: self.snapshot.metadata.conf_state.clone() })
+        Ok(RaftState {
+            hard_state: self.hard_state,
+            conf_state: self.snapshot.metadata.conf_state.clone(),
+        })
     }
 
     fn entries(&self, low: u64, high: u64, bytes_max: u64) -> Result<Vec<Entry>, StorageError> {
@@ -167,7 +213,10 @@ impl Storage for MemStorage {
         if index < offset {
             return Err(StorageError::Compacted);
         }
-        self.entries.get((index - offset) as usize).map(|e| e.term).ok_or(StorageError::Unavailable)
+        self.entries
+            .get((index - offset) as usize)
+            .map(|e| e.term)
+            .ok_or(StorageError::Unavailable)
     }
 
     fn first_index(&self) -> Result<u64, StorageError> {
@@ -189,7 +238,11 @@ mod tests {
 
     fn storage_with(terms: &[u64]) -> MemStorage {
         let mut s = MemStorage::new();
-        let entries: Vec<Entry> = terms.iter().enumerate().map(|(i, &t)| Entry::normal(t, i as u64 + 1, vec![0; 4])).collect();
+        let entries: Vec<Entry> = terms
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| Entry::normal(t, i as u64 + 1, vec![0; 4]))
+            .collect();
         s.append(&entries).unwrap();
         s.set_commit(terms.len() as u64);
         s
@@ -206,7 +259,8 @@ mod tests {
     #[test]
     fn compacted_indices_are_reported_and_the_snapshot_term_still_answers() {
         let mut s = storage_with(&[1, 2, 3, 4]);
-        s.create_snapshot(2, ConfState::default(), b"state".to_vec()).unwrap();
+        s.create_snapshot(2, ConfState::default(), b"state".to_vec())
+            .unwrap();
         s.compact(2).unwrap();
         assert_eq!(s.first_index().unwrap(), 3);
         assert_eq!(s.term(2).unwrap(), 2);
@@ -220,9 +274,19 @@ mod tests {
     fn entries_respect_the_byte_limit_but_return_at_least_one() {
         let s = storage_with(&[1, 1, 1, 1]);
         let one_bytes = Entry::normal(1, 1, vec![0; 4]).size_bytes();
-        let cases = [(0, 1), (one_bytes, 1), (one_bytes * 2, 2), (one_bytes * 2 + 1, 2), (u64::MAX, 4)];
+        let cases = [
+            (0, 1),
+            (one_bytes, 1),
+            (one_bytes * 2, 2),
+            (one_bytes * 2 + 1, 2),
+            (u64::MAX, 4),
+        ];
         for (bytes_max, want) in cases {
-            assert_eq!(s.entries(1, 5, bytes_max).unwrap().len(), want, "bytes_max {bytes_max}");
+            assert_eq!(
+                s.entries(1, 5, bytes_max).unwrap().len(),
+                want,
+                "bytes_max {bytes_max}"
+            );
         }
     }
 
@@ -230,7 +294,14 @@ mod tests {
     fn an_older_snapshot_is_refused() {
         let mut s = storage_with(&[1, 1, 1]);
         s.create_snapshot(3, ConfState::default(), vec![]).unwrap();
-        let old = Snapshot { metadata: SnapshotMetadata { index: 2, term: 1, conf_state: ConfState::default() }, data: vec![] };
+        let old = Snapshot {
+            metadata: SnapshotMetadata {
+                index: 2,
+                term: 1,
+                conf_state: ConfState::default(),
+            },
+            data: vec![],
+        };
         assert_eq!(s.apply_snapshot(old), Err(StorageError::SnapshotOutOfDate));
     }
 }

@@ -22,7 +22,14 @@ impl TrackerConfig {
     pub fn from_conf_state(cs: &ConfState) -> TrackerConfig {
         let set = |ids: &[NodeId]| ids.iter().copied().collect::<BTreeSet<_>>();
         let cfg = TrackerConfig {
-            voters: JointConfig { incoming: MajorityConfig { voters: set(&cs.voters) }, outgoing: MajorityConfig { voters: set(&cs.voters_outgoing) } },
+            voters: JointConfig {
+                incoming: MajorityConfig {
+                    voters: set(&cs.voters),
+                },
+                outgoing: MajorityConfig {
+                    voters: set(&cs.voters_outgoing),
+                },
+            },
             learners: set(&cs.learners),
             learners_next: set(&cs.learners_next),
             auto_leave: cs.auto_leave,
@@ -51,13 +58,25 @@ impl TrackerConfig {
 
     pub fn assert_valid(&self) {
         for id in &self.learners {
-            assert!(!self.voters.contains(*id), "node {id} is both learner and voter: {self:?}");
+            assert!(
+                !self.voters.contains(*id),
+                "node {id} is both learner and voter: {self:?}"
+            );
         }
         for id in &self.learners_next {
-            assert!(self.voters.outgoing.voters.contains(id), "learner-next {id} is not an outgoing voter: {self:?}");
-            assert!(!self.voters.incoming.voters.contains(id), "learner-next {id} is an incoming voter: {self:?}");
+            assert!(
+                self.voters.outgoing.voters.contains(id),
+                "learner-next {id} is not an outgoing voter: {self:?}"
+            );
+            assert!(
+                !self.voters.incoming.voters.contains(id),
+                "learner-next {id} is an incoming voter: {self:?}"
+            );
         }
-        assert!(self.voters.is_joint() || (self.learners_next.is_empty() && !self.auto_leave), "non-joint config with joint state: {self:?}");
+        assert!(
+            self.voters.is_joint() || (self.learners_next.is_empty() && !self.auto_leave),
+            "non-joint config with joint state: {self:?}"
+        );
     }
 }
 
@@ -73,11 +92,20 @@ pub struct ProgressTracker {
 
 impl ProgressTracker {
     pub fn new(inflight_count_max: usize, inflight_bytes_max: u64) -> ProgressTracker {
-        ProgressTracker { config: TrackerConfig::default(), progress: BTreeMap::new(), votes: BTreeMap::new(), inflight_count_max, inflight_bytes_max }
+        ProgressTracker {
+            config: TrackerConfig::default(),
+            progress: BTreeMap::new(),
+            votes: BTreeMap::new(),
+            inflight_count_max,
+            inflight_bytes_max,
+        }
     }
 
     pub fn new_progress(&self, next: u64, is_learner: bool) -> Progress {
-        let mut pr = Progress::new(next, Inflights::new(self.inflight_count_max, self.inflight_bytes_max));
+        let mut pr = Progress::new(
+            next,
+            Inflights::new(self.inflight_count_max, self.inflight_bytes_max),
+        );
         pr.is_learner = is_learner;
         // A new member gets the benefit of the doubt until the next check-quorum round.
         pr.recent_active = true;
@@ -89,7 +117,8 @@ impl ProgressTracker {
         self.config = TrackerConfig::from_conf_state(cs);
         self.progress.clear();
         for id in self.config.ids() {
-            let is_learner = self.config.learners.contains(&id) || self.config.learners_next.contains(&id);
+            let is_learner =
+                self.config.learners.contains(&id) || self.config.learners_next.contains(&id);
             let pr = self.new_progress(next, is_learner);
             self.progress.insert(id, pr);
         }
@@ -97,7 +126,9 @@ impl ProgressTracker {
 
     /// The index a quorum of voters has acknowledged.
     pub fn committed(&self) -> u64 {
-        self.config.voters.committed_index(|id| self.progress.get(&id).map_or(0, |pr| pr.matched))
+        self.config
+            .voters
+            .committed_index(|id| self.progress.get(&id).map_or(0, |pr| pr.matched))
     }
 
     pub fn reset_votes(&mut self) {
@@ -122,5 +153,4 @@ impl ProgressTracker {
             .collect();
         self.config.voters.vote_result(&votes) == VoteResult::Won
     }
-
 }

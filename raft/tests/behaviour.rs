@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use basalt_raft::{
-    Config, ConfChange, ConfChangeKind, ConfState, EntryData, MemStorage, Message, MessageType, NodeId, ProgressState, ProposalError, RawNode, ReadOnlyOption, ReadState, Ready,
-    Role, Storage,
+    ConfChange, ConfChangeKind, ConfState, Config, EntryData, MemStorage, Message, MessageType,
+    NodeId, ProgressState, ProposalError, RawNode, ReadOnlyOption, ReadState, Ready, Role, Storage,
 };
 
 struct Cluster {
@@ -20,15 +20,32 @@ struct Cluster {
 }
 
 fn config(id: NodeId) -> Config {
-    Config { id, election_ticks: 10, heartbeat_ticks: 1, seed: 7, ..Config::default() }
+    Config {
+        id,
+        election_ticks: 10,
+        heartbeat_ticks: 1,
+        seed: 7,
+        ..Config::default()
+    }
 }
 
 impl Cluster {
     fn new(voters: &[NodeId], learners: &[NodeId], tweak: impl Fn(&mut Config)) -> Cluster {
-        let cs = ConfState { voters: voters.to_vec(), learners: learners.to_vec(), ..ConfState::default() };
+        let cs = ConfState {
+            voters: voters.to_vec(),
+            learners: learners.to_vec(),
+            ..ConfState::default()
+        };
         let mut base = config(1);
         tweak(&mut base);
-        let mut cluster = Cluster { nodes: BTreeMap::new(), queue: VecDeque::new(), blocked: BTreeSet::new(), applied: BTreeMap::new(), read_states: BTreeMap::new(), config: base };
+        let mut cluster = Cluster {
+            nodes: BTreeMap::new(),
+            queue: VecDeque::new(),
+            blocked: BTreeSet::new(),
+            applied: BTreeMap::new(),
+            read_states: BTreeMap::new(),
+            config: base,
+        };
         for &id in voters.iter().chain(learners) {
             cluster.start(id, MemStorage::new_with_conf_state(cs.clone()));
         }
@@ -37,7 +54,15 @@ impl Cluster {
 
     fn start(&mut self, id: NodeId, storage: MemStorage) {
         let applied = storage.snapshot().unwrap().metadata.index;
-        let node = RawNode::new(Config { id, applied, ..self.config.clone() }, storage).unwrap();
+        let node = RawNode::new(
+            Config {
+                id,
+                applied,
+                ..self.config.clone()
+            },
+            storage,
+        )
+        .unwrap();
         self.nodes.insert(id, node);
     }
 
@@ -56,7 +81,8 @@ impl Cluster {
         if let Some(hs) = rd.hard_state {
             node.storage_mut().set_hard_state(hs);
         }
-        self.queue.extend(std::mem::take(&mut rd.persisted_messages));
+        self.queue
+            .extend(std::mem::take(&mut rd.persisted_messages));
         for e in &rd.committed_entries {
             match &e.data {
                 EntryData::Normal(d) if d.is_empty() => {}
@@ -66,7 +92,10 @@ impl Cluster {
                 }
             }
         }
-        self.read_states.entry(id).or_default().extend(rd.read_states);
+        self.read_states
+            .entry(id)
+            .or_default()
+            .extend(rd.read_states);
         node.advance();
     }
 
@@ -85,7 +114,9 @@ impl Cluster {
         let mut delivered = Vec::new();
         for _ in 0..10_000 {
             self.process();
-            let Some(m) = self.queue.pop_front() else { return delivered };
+            let Some(m) = self.queue.pop_front() else {
+                return delivered;
+            };
             if self.blocked.contains(&(m.from, m.to)) || !self.nodes.contains_key(&m.to) {
                 continue;
             }
@@ -114,7 +145,12 @@ impl Cluster {
     }
 
     fn leader(&self) -> Option<NodeId> {
-        self.nodes.values().map(|n| n.status()).filter(|s| s.soft_state.role == Role::Leader).max_by_key(|s| s.hard_state.term).map(|s| s.id)
+        self.nodes
+            .values()
+            .map(|n| n.status())
+            .filter(|s| s.soft_state.role == Role::Leader)
+            .max_by_key(|s| s.hard_state.term)
+            .map(|s| s.id)
     }
 
     fn elect(&mut self, id: NodeId) {
@@ -157,7 +193,12 @@ fn a_campaign_elects_one_leader_and_every_member_applies_its_proposals() {
 fn a_follower_refuses_proposals_and_names_the_leader() {
     let mut c = Cluster::new(&[1, 2, 3], &[], no_tweak);
     c.elect(1);
-    assert_eq!(c.node(2).propose(vec![1]), Err(ProposalError::NotLeader { leader_hint: Some(1) }));
+    assert_eq!(
+        c.node(2).propose(vec![1]),
+        Err(ProposalError::NotLeader {
+            leader_hint: Some(1)
+        })
+    );
 }
 
 #[test]
@@ -182,7 +223,11 @@ fn check_quorum_makes_a_leader_cut_off_from_its_quorum_step_down() {
         c.elect(1);
         c.isolate(1);
         c.tick(25);
-        assert_eq!(c.nodes[&1].status().soft_state.role != Role::Leader, steps_down, "check_quorum {check_quorum}");
+        assert_eq!(
+            c.nodes[&1].status().soft_state.role != Role::Leader,
+            steps_down,
+            "check_quorum {check_quorum}"
+        );
     }
 }
 
@@ -193,22 +238,37 @@ fn the_leader_sends_appends_before_its_write_but_counts_itself_only_once_persist
     c.blocked.insert((1, 3));
     let index = c.node(1).propose(b"p".to_vec()).unwrap();
     let rd = c.node(1).ready();
-    assert!(rd.messages.iter().any(|m| m.kind == MessageType::App && m.to == 2 && !m.entries.is_empty()), "appends leave before persistence");
+    assert!(
+        rd.messages
+            .iter()
+            .any(|m| m.kind == MessageType::App && m.to == 2 && !m.entries.is_empty()),
+        "appends leave before persistence"
+    );
     assert!(rd.persisted_messages.is_empty());
     // Node 2 persists and acknowledges while the leader's own write is still in flight.
     for m in rd.messages.iter().filter(|m| m.to == 2).cloned() {
         c.node(2).step(m);
     }
     let rd2 = c.node(2).ready();
-    assert!(rd2.messages.is_empty(), "a follower's acknowledgement waits for its write");
+    assert!(
+        rd2.messages.is_empty(),
+        "a follower's acknowledgement waits for its write"
+    );
     c.handle(2, rd2);
     let acks: Vec<Message> = c.queue.drain(..).filter(|m| m.to == 1).collect();
     for m in acks {
         c.node(1).step(m);
     }
-    assert!(c.nodes[&1].status().hard_state.commit < index, "one follower of three is not a quorum without the leader's own write");
+    assert!(
+        c.nodes[&1].status().hard_state.commit < index,
+        "one follower of three is not a quorum without the leader's own write"
+    );
     c.handle(1, rd);
-    assert_eq!(c.nodes[&1].status().hard_state.commit, index, "the leader's persisted write completes the quorum");
+    assert_eq!(
+        c.nodes[&1].status().hard_state.commit,
+        index,
+        "the leader's persisted write completes the quorum"
+    );
 }
 
 #[test]
@@ -217,7 +277,13 @@ fn vote_requests_wait_for_the_candidate_to_persist_its_term_and_vote() {
     c.node(1).campaign();
     let rd = c.node(1).ready();
     assert!(rd.messages.is_empty());
-    assert_eq!(rd.persisted_messages.iter().filter(|m| m.kind == MessageType::Vote).count(), 2);
+    assert_eq!(
+        rd.persisted_messages
+            .iter()
+            .filter(|m| m.kind == MessageType::Vote)
+            .count(),
+        2
+    );
     assert!(rd.must_sync && rd.hard_state.is_some_and(|hs| hs.vote == 1));
 }
 
@@ -226,12 +292,19 @@ fn pipelining_sends_new_entries_without_waiting_for_acks_up_to_the_window() {
     let window = 3;
     let mut c = Cluster::new(&[1, 2, 3], &[], |cfg| cfg.inflight_msgs_max = window);
     c.elect(1);
-    assert_eq!(c.nodes[&1].status().progress[&2].state, ProgressState::Replicate);
+    assert_eq!(
+        c.nodes[&1].status().progress[&2].state,
+        ProgressState::Replicate
+    );
     let mut appends_to_2 = 0;
     for i in 0..10u8 {
         c.node(1).propose(vec![i]).unwrap();
         let rd = c.node(1).ready();
-        appends_to_2 += rd.messages.iter().filter(|m| m.kind == MessageType::App && m.to == 2).count();
+        appends_to_2 += rd
+            .messages
+            .iter()
+            .filter(|m| m.kind == MessageType::App && m.to == 2)
+            .count();
         c.handle(1, rd);
         c.queue.clear(); // no acknowledgement ever arrives
     }
@@ -246,7 +319,11 @@ fn proposals_between_readies_go_out_in_one_append_per_follower() {
         c.node(1).propose(vec![i]).unwrap();
     }
     let rd = c.node(1).ready();
-    let appends: Vec<&Message> = rd.messages.iter().filter(|m| m.kind == MessageType::App).collect();
+    let appends: Vec<&Message> = rd
+        .messages
+        .iter()
+        .filter(|m| m.kind == MessageType::App)
+        .collect();
     assert_eq!(appends.len(), 2);
     assert!(appends.iter().all(|m| m.entries.len() == 20));
 }
@@ -263,7 +340,10 @@ fn a_lagging_follower_catches_up_in_one_rejection() {
     c.blocked.clear();
     c.tick(1);
     let delivered = c.settle();
-    let rejections = delivered.iter().filter(|m| m.kind == MessageType::AppResp && m.reject).count();
+    let rejections = delivered
+        .iter()
+        .filter(|m| m.kind == MessageType::AppResp && m.reject)
+        .count();
     assert!(rejections <= 1, "{rejections} rejections");
     assert_eq!(c.applied[&3].len(), 50);
 }
@@ -276,11 +356,21 @@ fn one_heartbeat_round_confirms_every_read_waiting_when_it_starts() {
         c.node(1).read_index(vec![i]).unwrap();
     }
     let rd = c.node(1).ready();
-    assert_eq!(rd.messages.iter().filter(|m| m.kind == MessageType::Heartbeat).count(), 2, "one round for five reads");
+    assert_eq!(
+        rd.messages
+            .iter()
+            .filter(|m| m.kind == MessageType::Heartbeat)
+            .count(),
+        2,
+        "one round for five reads"
+    );
     c.handle(1, rd);
     c.settle();
     let commit = c.nodes[&1].status().hard_state.commit;
-    let got: Vec<(u64, Vec<u8>)> = c.read_states[&1].iter().map(|r| (r.index, r.request_ctx.clone())).collect();
+    let got: Vec<(u64, Vec<u8>)> = c.read_states[&1]
+        .iter()
+        .map(|r| (r.index, r.request_ctx.clone()))
+        .collect();
     assert_eq!(got, (0..5u8).map(|i| (commit, vec![i])).collect::<Vec<_>>());
 }
 
@@ -290,7 +380,13 @@ fn a_read_on_a_follower_is_confirmed_by_the_leader() {
     c.elect(1);
     c.node(2).read_index(b"r".to_vec()).unwrap();
     c.settle();
-    assert_eq!(c.read_states[&2].iter().map(|r| r.request_ctx.clone()).collect::<Vec<_>>(), vec![b"r".to_vec()]);
+    assert_eq!(
+        c.read_states[&2]
+            .iter()
+            .map(|r| r.request_ctx.clone())
+            .collect::<Vec<_>>(),
+        vec![b"r".to_vec()]
+    );
 }
 
 #[test]
@@ -305,7 +401,9 @@ fn an_isolated_leader_cannot_confirm_reads() {
 
 #[test]
 fn a_lease_read_needs_no_round_trip_while_the_lease_holds() {
-    let mut c = Cluster::new(&[1, 2, 3], &[], |cfg| cfg.read_only = ReadOnlyOption::LeaseBased);
+    let mut c = Cluster::new(&[1, 2, 3], &[], |cfg| {
+        cfg.read_only = ReadOnlyOption::LeaseBased
+    });
     let leader = c.elect_by_timeout();
     c.tick(1); // a heartbeat round confirms the lease
     c.node(leader).read_index(b"r".to_vec()).unwrap();
@@ -316,13 +414,20 @@ fn a_lease_read_needs_no_round_trip_while_the_lease_holds() {
 
 #[test]
 fn lease_reads_require_check_quorum() {
-    let cfg = Config { id: 1, read_only: ReadOnlyOption::LeaseBased, check_quorum: false, ..Config::default() };
+    let cfg = Config {
+        id: 1,
+        read_only: ReadOnlyOption::LeaseBased,
+        check_quorum: false,
+        ..Config::default()
+    };
     assert!(RawNode::new(cfg, MemStorage::new()).is_err());
 }
 
 #[test]
 fn with_lease_reads_a_restarted_voter_refuses_votes_for_an_election_timeout() {
-    let mut c = Cluster::new(&[1, 2, 3], &[], |cfg| cfg.read_only = ReadOnlyOption::LeaseBased);
+    let mut c = Cluster::new(&[1, 2, 3], &[], |cfg| {
+        cfg.read_only = ReadOnlyOption::LeaseBased
+    });
     let leader = c.elect_by_timeout();
     let others: Vec<NodeId> = [1, 2, 3].into_iter().filter(|&id| id != leader).collect();
     let (candidate, restarted) = (others[0], others[1]);
@@ -332,9 +437,16 @@ fn with_lease_reads_a_restarted_voter_refuses_votes_for_an_election_timeout() {
     c.isolate(leader);
     c.node(candidate).campaign();
     c.settle();
-    assert_ne!(c.leader(), Some(candidate), "the restarted node voted inside a lease it may have backed");
+    assert_ne!(
+        c.leader(),
+        Some(candidate),
+        "the restarted node voted inside a lease it may have backed"
+    );
     c.tick(80);
-    assert!(c.leader().is_some_and(|l| l != leader), "an election succeeds once the lease has run out");
+    assert!(
+        c.leader().is_some_and(|l| l != leader),
+        "an election succeeds once the lease has run out"
+    );
 }
 
 #[test]
@@ -345,7 +457,10 @@ fn leadership_transfer_hands_over_and_refuses_proposals_meanwhile() {
     c.node(1).propose(vec![1]).unwrap();
     c.settle();
     c.node(1).transfer_leader(2).unwrap();
-    assert!(matches!(c.node(1).propose(vec![2]), Err(ProposalError::Dropped { .. })));
+    assert!(matches!(
+        c.node(1).propose(vec![2]),
+        Err(ProposalError::Dropped { .. })
+    ));
     c.blocked.clear();
     c.tick(1);
     assert_eq!(c.leader(), Some(2));
@@ -363,7 +478,9 @@ fn a_learner_replicates_but_never_campaigns_and_votes_once_promoted() {
     c.node(4).campaign();
     c.settle();
     assert_eq!(c.leader(), Some(1));
-    c.node(1).propose_conf_change(ConfChange::single(ConfChangeKind::AddVoter, 4)).unwrap();
+    c.node(1)
+        .propose_conf_change(ConfChange::single(ConfChangeKind::AddVoter, 4))
+        .unwrap();
     c.settle();
     assert!(!c.nodes[&4].status().is_learner);
     assert_eq!(c.nodes[&1].status().conf_state.voters, vec![1, 2, 3, 4]);
@@ -373,9 +490,13 @@ fn a_learner_replicates_but_never_campaigns_and_votes_once_promoted() {
 fn removing_the_leader_hands_leadership_to_an_up_to_date_voter() {
     let mut c = Cluster::new(&[1, 2, 3], &[], no_tweak);
     c.elect(1);
-    c.node(1).propose_conf_change(ConfChange::single(ConfChangeKind::RemoveNode, 1)).unwrap();
+    c.node(1)
+        .propose_conf_change(ConfChange::single(ConfChangeKind::RemoveNode, 1))
+        .unwrap();
     c.settle();
-    let leader = c.leader().expect("a successor leads without waiting for a timeout");
+    let leader = c
+        .leader()
+        .expect("a successor leads without waiting for a timeout");
     assert_ne!(leader, 1);
     assert_eq!(c.nodes[&leader].status().conf_state.voters.len(), 2);
     c.node(leader).propose(b"after".to_vec()).unwrap();
@@ -389,8 +510,14 @@ fn a_joint_change_swaps_voters_and_leaves_the_joint_configuration_by_itself() {
     c.elect(1);
     let cc = ConfChange {
         changes: vec![
-            basalt_raft::ConfChangeSingle { kind: ConfChangeKind::AddVoter, node_id: 4 },
-            basalt_raft::ConfChangeSingle { kind: ConfChangeKind::RemoveNode, node_id: 3 },
+            basalt_raft::ConfChangeSingle {
+                kind: ConfChangeKind::AddVoter,
+                node_id: 4,
+            },
+            basalt_raft::ConfChangeSingle {
+                kind: ConfChangeKind::RemoveNode,
+                node_id: 3,
+            },
         ],
         transition: basalt_raft::ConfChangeTransition::Auto,
     };
@@ -404,9 +531,16 @@ fn a_joint_change_swaps_voters_and_leaves_the_joint_configuration_by_itself() {
 fn only_one_configuration_change_may_be_pending() {
     let mut c = Cluster::new(&[1, 2, 3], &[], no_tweak);
     c.elect(1);
-    c.node(1).propose_conf_change(ConfChange::single(ConfChangeKind::AddLearner, 4)).unwrap();
-    let second = c.node(1).propose_conf_change(ConfChange::single(ConfChangeKind::AddLearner, 5));
-    assert!(matches!(second, Err(ProposalError::ConfChangeRefused { .. })));
+    c.node(1)
+        .propose_conf_change(ConfChange::single(ConfChangeKind::AddLearner, 4))
+        .unwrap();
+    let second = c
+        .node(1)
+        .propose_conf_change(ConfChange::single(ConfChangeKind::AddLearner, 5));
+    assert!(matches!(
+        second,
+        Err(ProposalError::ConfChangeRefused { .. })
+    ));
 }
 
 #[test]
@@ -419,10 +553,18 @@ fn a_new_leader_accepts_a_configuration_change_only_after_committing_in_its_term
         let m = c.queue.pop_front().expect("election traffic");
         c.node(m.to).step(m);
     }
-    let early = c.node(1).propose_conf_change(ConfChange::single(ConfChangeKind::AddLearner, 4));
-    assert!(matches!(early, Err(ProposalError::ConfChangeRefused { .. })));
+    let early = c
+        .node(1)
+        .propose_conf_change(ConfChange::single(ConfChangeKind::AddLearner, 4));
+    assert!(matches!(
+        early,
+        Err(ProposalError::ConfChangeRefused { .. })
+    ));
     c.settle();
-    assert!(c.node(1).propose_conf_change(ConfChange::single(ConfChangeKind::AddLearner, 4)).is_ok());
+    assert!(c
+        .node(1)
+        .propose_conf_change(ConfChange::single(ConfChangeKind::AddLearner, 4))
+        .is_ok());
 }
 
 #[test]
@@ -436,7 +578,10 @@ fn a_follower_behind_the_compacted_log_gets_a_snapshot() {
     }
     let status = c.nodes[&1].status();
     let leader = c.node(1);
-    leader.storage_mut().create_snapshot(status.applied, status.conf_state, b"state".to_vec()).unwrap();
+    leader
+        .storage_mut()
+        .create_snapshot(status.applied, status.conf_state, b"state".to_vec())
+        .unwrap();
     leader.storage_mut().compact(status.applied).unwrap();
     c.blocked.clear();
     let mut delivered = Vec::new();
@@ -446,7 +591,9 @@ fn a_follower_behind_the_compacted_log_gets_a_snapshot() {
         }
         delivered.extend(c.settle());
     }
-    assert!(delivered.iter().any(|m| m.kind == MessageType::Snap && m.to == 3));
+    assert!(delivered
+        .iter()
+        .any(|m| m.kind == MessageType::Snap && m.to == 3));
     assert_eq!(c.nodes[&3].storage().snapshot().unwrap().data, b"state");
     assert_eq!(c.nodes[&3].status().applied, status.applied);
 }
@@ -457,5 +604,8 @@ fn the_uncommitted_bytes_bound_drops_proposals() {
     c.elect(1);
     c.isolate(1);
     assert!(c.node(1).propose(vec![0; 60]).is_ok());
-    assert!(matches!(c.node(1).propose(vec![0; 60]), Err(ProposalError::Dropped { .. })));
+    assert!(matches!(
+        c.node(1).propose(vec![0; 60]),
+        Err(ProposalError::Dropped { .. })
+    ));
 }

@@ -49,17 +49,23 @@ impl SafetyChecker {
     }
 
     pub fn founder_chain() -> LogChain {
-        LogChain { chain: BTreeMap::from([(1, BOOTSTRAP_CHAIN)]) }
+        LogChain {
+            chain: BTreeMap::from([(1, BOOTSTRAP_CHAIN)]),
+        }
     }
 
     pub fn joiner_chain() -> LogChain {
-        LogChain { chain: BTreeMap::from([(0, EMPTY_CHAIN)]) }
+        LogChain {
+            chain: BTreeMap::from([(0, EMPTY_CHAIN)]),
+        }
     }
 
     /// Election safety: at most one leader per term. Returns whether this leader is new.
     pub fn observe_leader(&mut self, id: NodeId, term: u64) -> Result<bool, String> {
         match self.leaders_by_term.get(&term) {
-            Some(&first) if first != id => Err(format!("election safety: nodes {first} and {id} are both leader in term {term}")),
+            Some(&first) if first != id => Err(format!(
+                "election safety: nodes {first} and {id} are both leader in term {term}"
+            )),
             Some(_) => Ok(false),
             None => {
                 self.leaders_by_term.insert(term, id);
@@ -70,15 +76,33 @@ impl SafetyChecker {
 
     /// Log matching: two logs holding an entry with the same index and term hold identical
     /// prefixes up to it.
-    pub fn observe_persisted(&mut self, id: NodeId, log: &mut LogChain, entries: &[Entry]) -> Result<(), String> {
-        let Some(first) = entries.first() else { return Ok(()) };
+    pub fn observe_persisted(
+        &mut self,
+        id: NodeId,
+        log: &mut LogChain,
+        entries: &[Entry],
+    ) -> Result<(), String> {
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
         log.chain.split_off(&first.index);
-        let mut prev = *log.chain.get(&(first.index - 1)).ok_or_else(|| format!("node {id} persisted {} with no entry before it", first.index))?;
+        let mut prev = *log.chain.get(&(first.index - 1)).ok_or_else(|| {
+            format!(
+                "node {id} persisted {} with no entry before it",
+                first.index
+            )
+        })?;
         for entry in entries {
             let chain = chain_hash(prev, entry);
-            let known = *self.chains.entry((entry.index, entry.term)).or_insert(chain);
+            let known = *self
+                .chains
+                .entry((entry.index, entry.term))
+                .or_insert(chain);
             if known != chain {
-                return Err(format!("log matching: node {id} holds ({}, {}) with a different prefix or payload", entry.index, entry.term));
+                return Err(format!(
+                    "log matching: node {id} holds ({}, {}) with a different prefix or payload",
+                    entry.index, entry.term
+                ));
             }
             log.chain.insert(entry.index, chain);
             prev = chain;
@@ -87,8 +111,16 @@ impl SafetyChecker {
     }
 
     /// A snapshot replaced the node's log: it now starts at (`index`, `term`).
-    pub fn observe_snapshot(&mut self, id: NodeId, log: &mut LogChain, index: u64, term: u64) -> Result<(), String> {
-        let chain = *self.chains.get(&(index, term)).ok_or_else(|| format!("node {id} installed a snapshot at ({index}, {term}) that no log ever held"))?;
+    pub fn observe_snapshot(
+        &mut self,
+        id: NodeId,
+        log: &mut LogChain,
+        index: u64,
+        term: u64,
+    ) -> Result<(), String> {
+        let chain = *self.chains.get(&(index, term)).ok_or_else(|| {
+            format!("node {id} installed a snapshot at ({index}, {term}) that no log ever held")
+        })?;
         log.chain = BTreeMap::from([(index, chain)]);
         Ok(())
     }
@@ -107,8 +139,15 @@ impl SafetyChecker {
     /// Leader completeness: a new leader holds every entry applied anywhere so far (checked when
     /// it is first seen; a deposed leader that has not noticed yet is not expected to).
     /// `term_at` answers the leader's log term at an index, or None if compacted.
-    pub fn check_leader_completeness(&self, id: NodeId, term: u64, term_at: impl Fn(u64) -> Result<u64, crate::error::StorageError>) -> Result<(), String> {
-        let Some((&index, &(want_term, _))) = self.applied.last_key_value() else { return Ok(()) };
+    pub fn check_leader_completeness(
+        &self,
+        id: NodeId,
+        term: u64,
+        term_at: impl Fn(u64) -> Result<u64, crate::error::StorageError>,
+    ) -> Result<(), String> {
+        let Some((&index, &(want_term, _))) = self.applied.last_key_value() else {
+            return Ok(());
+        };
         match term_at(index) {
             Ok(t) if t == want_term => Ok(()),
             Err(crate::error::StorageError::Compacted) => Ok(()),

@@ -44,7 +44,16 @@ pub fn check(ops: &[Op]) -> Result<(), String> {
 /// Drops reads that never returned (they constrain nothing) and unacknowledged writes whose
 /// value nobody read (if the history is linearizable with them, it is without them).
 fn prune(ops: Vec<Op>) -> Vec<Op> {
-    let read_values: HashSet<u64> = ops.iter().filter_map(|op| if let OpKind::Read(Some(v)) = op.kind { Some(v) } else { None }).collect();
+    let read_values: HashSet<u64> = ops
+        .iter()
+        .filter_map(|op| {
+            if let OpKind::Read(Some(v)) = op.kind {
+                Some(v)
+            } else {
+                None
+            }
+        })
+        .collect();
     ops.into_iter()
         .filter(|op| match op.kind {
             OpKind::Read(_) => op.ret.is_some(),
@@ -67,7 +76,11 @@ fn check_register(ops: &[Op]) -> Result<(), String> {
         }
         let is_done = |i: usize| done[i / 64] & (1 << (i % 64)) != 0;
         // An operation may go next only if it was called before every pending one returned.
-        let first_return = (0..n).filter(|&i| !is_done(i)).filter_map(|i| ops[i].ret).min().unwrap_or(u64::MAX);
+        let first_return = (0..n)
+            .filter(|&i| !is_done(i))
+            .filter_map(|i| ops[i].ret)
+            .min()
+            .unwrap_or(u64::MAX);
         for i in (0..n).filter(|&i| !is_done(i) && ops[i].call < first_return) {
             let next_value = match ops[i].kind {
                 OpKind::Write(v) => Some(v),
@@ -80,7 +93,11 @@ fn check_register(ops: &[Op]) -> Result<(), String> {
                 if seen.len() > STATES_MAX {
                     return Err(format!("gave up after {STATES_MAX} states"));
                 }
-                stack.push((next_done, next_value, done_required + usize::from(required[i])));
+                stack.push((
+                    next_done,
+                    next_value,
+                    done_required + usize::from(required[i]),
+                ));
             }
         }
     }
@@ -92,7 +109,12 @@ mod tests {
     use super::*;
 
     fn op(kind: OpKind, call: u64, ret: Option<u64>) -> Op {
-        Op { key: 0, kind, call, ret }
+        Op {
+            key: 0,
+            kind,
+            call,
+            ret,
+        }
     }
 
     use OpKind::{Read, Write};
@@ -101,22 +123,68 @@ mod tests {
     fn histories_are_judged_correctly() {
         // (name, history, linearizable?)
         let cases: Vec<(&str, Vec<Op>, bool)> = vec![
-            ("sequential write then read", vec![op(Write(1), 1, Some(2)), op(Read(Some(1)), 3, Some(4))], true),
-            ("stale read after a completed write", vec![op(Write(1), 1, Some(2)), op(Read(None), 3, Some(4))], false),
-            ("read of a value before its write was called", vec![op(Read(Some(1)), 1, Some(2)), op(Write(1), 3, Some(4))], false),
-            ("concurrent read may see either", vec![op(Write(1), 1, Some(4)), op(Read(None), 2, Some(3)), op(Read(Some(1)), 2, Some(5))], true),
+            (
+                "sequential write then read",
+                vec![op(Write(1), 1, Some(2)), op(Read(Some(1)), 3, Some(4))],
+                true,
+            ),
+            (
+                "stale read after a completed write",
+                vec![op(Write(1), 1, Some(2)), op(Read(None), 3, Some(4))],
+                false,
+            ),
+            (
+                "read of a value before its write was called",
+                vec![op(Read(Some(1)), 1, Some(2)), op(Write(1), 3, Some(4))],
+                false,
+            ),
+            (
+                "concurrent read may see either",
+                vec![
+                    op(Write(1), 1, Some(4)),
+                    op(Read(None), 2, Some(3)),
+                    op(Read(Some(1)), 2, Some(5)),
+                ],
+                true,
+            ),
             (
                 "reads must not go back in time",
-                vec![op(Write(1), 1, Some(2)), op(Write(2), 3, Some(10)), op(Read(Some(2)), 4, Some(5)), op(Read(Some(1)), 6, Some(7))],
+                vec![
+                    op(Write(1), 1, Some(2)),
+                    op(Write(2), 3, Some(10)),
+                    op(Read(Some(2)), 4, Some(5)),
+                    op(Read(Some(1)), 6, Some(7)),
+                ],
                 false,
             ),
-            ("an unacknowledged write may take effect late", vec![op(Write(1), 1, None), op(Read(None), 2, Some(3)), op(Read(Some(1)), 4, Some(5))], true),
+            (
+                "an unacknowledged write may take effect late",
+                vec![
+                    op(Write(1), 1, None),
+                    op(Read(None), 2, Some(3)),
+                    op(Read(Some(1)), 4, Some(5)),
+                ],
+                true,
+            ),
             (
                 "an unacknowledged write cannot take effect twice",
-                vec![op(Write(1), 1, None), op(Write(2), 2, Some(3)), op(Read(Some(1)), 4, Some(5)), op(Read(Some(2)), 6, Some(7))],
+                vec![
+                    op(Write(1), 1, None),
+                    op(Write(2), 2, Some(3)),
+                    op(Read(Some(1)), 4, Some(5)),
+                    op(Read(Some(2)), 6, Some(7)),
+                ],
                 false,
             ),
-            ("an unacknowledged write may never take effect", vec![op(Write(1), 1, None), op(Read(None), 2, Some(3)), op(Read(None), 9, Some(10))], true),
+            (
+                "an unacknowledged write may never take effect",
+                vec![
+                    op(Write(1), 1, None),
+                    op(Read(None), 2, Some(3)),
+                    op(Read(None), 9, Some(10)),
+                ],
+                true,
+            ),
         ];
         for (name, history, want) in cases {
             assert_eq!(check(&history).is_ok(), want, "{name}");

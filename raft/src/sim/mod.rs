@@ -13,7 +13,10 @@ mod tests;
 
 use std::collections::BTreeMap;
 
-use crate::message::{ConfChange, ConfChangeKind, ConfChangeSingle, ConfChangeTransition, ConfState, EntryData, MessageType, NodeId};
+use crate::message::{
+    ConfChange, ConfChangeKind, ConfChangeSingle, ConfChangeTransition, ConfState, EntryData,
+    MessageType, NodeId,
+};
 use crate::raft::{Config, Role};
 use crate::raw_node::{RawNode, SnapshotStatus};
 use crate::read_only::ReadOnlyOption;
@@ -66,7 +69,7 @@ pub struct SimOptions {
 impl SimOptions {
     /// Options drawn from the seed, so that the seed alone names the whole run.
     pub fn from_seed(seed: u64) -> SimOptions {
-        let mut rng = Rng::new(seed ^ 0x5EED_0F_0A75);
+        let mut rng = Rng::new(seed ^ 0x5EED_0F0A_75ED);
         let check_quorum = rng.chance(800_000);
         SimOptions {
             seed,
@@ -74,19 +77,32 @@ impl SimOptions {
             spare_nodes: 2,
             fault_duration: 3_000,
             settle_max: 6_000,
-            network: NetworkFaults { drop_ppm: rng.range(0, 100_000) as u32, duplicate_ppm: rng.range(0, 30_000) as u32, delay_min: 1, delay_max: rng.range(2, 30) },
+            network: NetworkFaults {
+                drop_ppm: rng.range(0, 100_000) as u32,
+                duplicate_ppm: rng.range(0, 30_000) as u32,
+                delay_min: 1,
+                delay_max: rng.range(2, 30),
+            },
             partition_ppm: rng.range(0, 1_500) as u32,
             heal_ppm: 1_000,
             crash_ppm: rng.range(0, 1_200) as u32,
             restart_ppm: 3_000,
             crash_mid_write_ppm: rng.range(0, 3_000) as u32,
-            conf_change_ppm: if rng.chance(600_000) { rng.range(500, 2_500) as u32 } else { 0 },
+            conf_change_ppm: if rng.chance(600_000) {
+                rng.range(500, 2_500) as u32
+            } else {
+                0
+            },
             transfer_ppm: rng.range(0, 1_000) as u32,
             snapshot_every: rng.range(5, 40),
             compact_keep: rng.range(0, 10),
             pre_vote: rng.chance(700_000),
             check_quorum,
-            read_only: if check_quorum && rng.chance(400_000) { ReadOnlyOption::LeaseBased } else { ReadOnlyOption::Safe },
+            read_only: if check_quorum && rng.chance(400_000) {
+                ReadOnlyOption::LeaseBased
+            } else {
+                ReadOnlyOption::Safe
+            },
             msg_bytes_max: rng.range(40, 400),
             inflight_msgs_max: rng.range(1, 8) as usize,
             clients: 3,
@@ -133,8 +149,14 @@ impl SimStats {
 }
 
 enum ClientState {
-    Idle { next_op_at: u64 },
-    Waiting { op: usize, node: NodeId, deadline: u64 },
+    Idle {
+        next_op_at: u64,
+    },
+    Waiting {
+        op: usize,
+        node: NodeId,
+        deadline: u64,
+    },
 }
 
 struct Client {
@@ -187,7 +209,10 @@ pub struct World {
 }
 
 fn encode_write(op: u64, key: u64, value: u64) -> Vec<u8> {
-    [op, key, value].iter().flat_map(|v| v.to_le_bytes()).collect()
+    [op, key, value]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect()
 }
 
 fn decode_write(data: &[u8]) -> (u64, u64, u64) {
@@ -196,28 +221,48 @@ fn decode_write(data: &[u8]) -> (u64, u64, u64) {
 }
 
 fn encode_kv(kv: &BTreeMap<u64, u64>) -> Vec<u8> {
-    kv.iter().flat_map(|(k, v)| k.to_le_bytes().into_iter().chain(v.to_le_bytes())).collect()
+    kv.iter()
+        .flat_map(|(k, v)| k.to_le_bytes().into_iter().chain(v.to_le_bytes()))
+        .collect()
 }
 
 fn decode_kv(data: &[u8]) -> BTreeMap<u64, u64> {
-    data.chunks_exact(16).map(|c| (u64::from_le_bytes(c[..8].try_into().expect("8")), u64::from_le_bytes(c[8..].try_into().expect("8")))).collect()
+    data.chunks_exact(16)
+        .map(|c| {
+            (
+                u64::from_le_bytes(c[..8].try_into().expect("8")),
+                u64::from_le_bytes(c[8..].try_into().expect("8")),
+            )
+        })
+        .collect()
 }
 
 impl World {
     pub fn new(opts: SimOptions) -> World {
         let founders: Vec<NodeId> = (1..=opts.voters_initial).collect();
-        let conf_state = ConfState { voters: founders.clone(), ..ConfState::default() };
+        let conf_state = ConfState {
+            voters: founders.clone(),
+            ..ConfState::default()
+        };
         let mut nodes = Vec::new();
         for id in 1..=opts.voters_initial + opts.spare_nodes {
             let founder = id <= opts.voters_initial;
             nodes.push(SimNode {
                 id,
                 raw: None,
-                durable: Some(if founder { MemStorage::new_with_conf_state(conf_state.clone()) } else { MemStorage::new() }),
+                durable: Some(if founder {
+                    MemStorage::new_with_conf_state(conf_state.clone())
+                } else {
+                    MemStorage::new()
+                }),
                 kv: BTreeMap::new(),
                 applied: 0,
                 conf_state: ConfState::default(),
-                log: if founder { SafetyChecker::founder_chain() } else { SafetyChecker::joiner_chain() },
+                log: if founder {
+                    SafetyChecker::founder_chain()
+                } else {
+                    SafetyChecker::joiner_chain()
+                },
                 pending_writes: BTreeMap::new(),
                 pending_reads: BTreeMap::new(),
                 confirmed_reads: Vec::new(),
@@ -234,7 +279,12 @@ impl World {
             net: Network::new(opts.network.clone()),
             checker: SafetyChecker::new(),
             history: Vec::new(),
-            clients: (0..opts.clients).map(|_| Client { state: ClientState::Idle { next_op_at: 0 }, leader_hint: None }).collect(),
+            clients: (0..opts.clients)
+                .map(|_| Client {
+                    state: ClientState::Idle { next_op_at: 0 },
+                    leader_hint: None,
+                })
+                .collect(),
             next_value: 1,
             next_spare: opts.voters_initial + 1,
             stats: SimStats::default(),
@@ -275,7 +325,10 @@ impl World {
     /// Starts (or restarts) a node from its durable state.
     fn start(&mut self, id: NodeId) {
         let idx = (id - 1) as usize;
-        let storage = self.nodes[idx].durable.take().expect("a node starts from durable state");
+        let storage = self.nodes[idx]
+            .durable
+            .take()
+            .expect("a node starts from durable state");
         let snapshot = storage.snapshot().expect("mem storage snapshot");
         let applied = snapshot.metadata.index;
         let config = self.node_config(id, applied);
@@ -310,7 +363,11 @@ impl World {
     }
 
     fn live_ids(&self) -> Vec<NodeId> {
-        self.nodes.iter().filter(|n| n.is_up()).map(|n| n.id).collect()
+        self.nodes
+            .iter()
+            .filter(|n| n.is_up())
+            .map(|n| n.id)
+            .collect()
     }
 
     fn all_ids(&self) -> Vec<NodeId> {
@@ -359,7 +416,11 @@ impl World {
         let deadline = self.now + self.opts.settle_max;
         while self.now < deadline {
             for idx in 0..self.nodes.len() {
-                if !self.nodes[idx].is_up() && !self.nodes[idx].stopped && self.nodes[idx].durable.is_some() && self.nodes[idx].id <= self.next_spare - 1 && self.was_started(idx) {
+                if !self.nodes[idx].is_up()
+                    && !self.nodes[idx].stopped
+                    && self.nodes[idx].durable.is_some()
+                    && self.was_started(idx)
+                {
                     let id = self.nodes[idx].id;
                     self.start(id);
                 }
@@ -370,7 +431,10 @@ impl World {
                 return self.final_checks();
             }
         }
-        Err(format!("no convergence within {} time units after faults stopped", self.opts.settle_max))
+        Err(format!(
+            "no convergence within {} time units after faults stopped",
+            self.opts.settle_max
+        ))
     }
 
     /// Whether the node was ever started (spares wait in `durable` until added).
@@ -384,7 +448,7 @@ impl World {
             self.inject_faults();
         }
         self.deliver_due();
-        if self.now % TICK_UNITS == 0 {
+        if self.now.is_multiple_of(TICK_UNITS) {
             for node in self.nodes.iter_mut() {
                 if let Some(raw) = node.raw.as_mut() {
                     raw.tick();
@@ -403,14 +467,17 @@ impl World {
 
     fn check_leaders(&mut self) -> Result<(), String> {
         for idx in 0..self.nodes.len() {
-            let Some(raw) = self.nodes[idx].raw.as_ref() else { continue };
+            let Some(raw) = self.nodes[idx].raw.as_ref() else {
+                continue;
+            };
             let raft = raw.raft();
             if raft.role != Role::Leader {
                 continue;
             }
             let (id, term) = (raft.id, raft.term);
             if self.checker.observe_leader(id, term)? {
-                self.checker.check_leader_completeness(id, term, |i| raft.log.term(i))?;
+                self.checker
+                    .check_leader_completeness(id, term, |i| raft.log.term(i))?;
             }
         }
         Ok(())
@@ -437,7 +504,11 @@ impl World {
                     }
                 }
                 1 => {
-                    let side: Vec<NodeId> = all.iter().copied().filter(|_| self.rng.chance(500_000)).collect();
+                    let side: Vec<NodeId> = all
+                        .iter()
+                        .copied()
+                        .filter(|_| self.rng.chance(500_000))
+                        .collect();
                     self.trace(|| format!("split {side:?}"));
                     self.net.split(&side, &all);
                 }
@@ -456,13 +527,19 @@ impl World {
             self.net.heal();
         }
         if self.rng.chance(self.opts.crash_ppm) {
-            let live: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.nodes[i].is_up()).collect();
+            let live: Vec<usize> = (0..self.nodes.len())
+                .filter(|&i| self.nodes[i].is_up())
+                .collect();
             if let Some(idx) = self.pick(&live) {
                 self.crash(idx);
             }
         }
         if self.rng.chance(self.opts.restart_ppm) {
-            let down: Vec<usize> = (0..self.nodes.len()).filter(|&i| !self.nodes[i].is_up() && !self.nodes[i].stopped && self.was_started(i)).collect();
+            let down: Vec<usize> = (0..self.nodes.len())
+                .filter(|&i| {
+                    !self.nodes[i].is_up() && !self.nodes[i].stopped && self.was_started(i)
+                })
+                .collect();
             if let Some(idx) = self.pick(&down) {
                 let id = self.nodes[idx].id;
                 self.start(id);
@@ -478,7 +555,12 @@ impl World {
 
     fn propose_conf_change(&mut self) {
         let Some(leader) = self.leader() else { return };
-        let cs = self.nodes[leader].raw.as_ref().expect("leader is up").raft().conf_state();
+        let cs = self.nodes[leader]
+            .raw
+            .as_ref()
+            .expect("leader is up")
+            .raft()
+            .conf_state();
         if !cs.voters_outgoing.is_empty() {
             return;
         }
@@ -495,8 +577,17 @@ impl World {
             }
             (1, Some(l)) => ConfChange::single(ConfChangeKind::AddVoter, l),
             (2, _) if cs.voters.len() > 3 => ConfChange::single(ConfChangeKind::RemoveNode, voter),
-            (3, Some(l)) => ConfChange { changes: vec![single(ConfChangeKind::AddVoter, l), single(ConfChangeKind::RemoveNode, voter)], transition: ConfChangeTransition::Auto },
-            (4, _) if cs.voters.len() > 3 => ConfChange { changes: vec![single(ConfChangeKind::AddLearner, voter)], transition: ConfChangeTransition::JointImplicit },
+            (3, Some(l)) => ConfChange {
+                changes: vec![
+                    single(ConfChangeKind::AddVoter, l),
+                    single(ConfChangeKind::RemoveNode, voter),
+                ],
+                transition: ConfChangeTransition::Auto,
+            },
+            (4, _) if cs.voters.len() > 3 => ConfChange {
+                changes: vec![single(ConfChangeKind::AddLearner, voter)],
+                transition: ConfChangeTransition::JointImplicit,
+            },
             (5, Some(l)) => ConfChange::single(ConfChangeKind::RemoveNode, l),
             _ => return,
         };
@@ -520,7 +611,21 @@ impl World {
     // ---- network ----
 
     fn send(&mut self, m: crate::message::Message) {
-        self.trace(|| format!("send {:?} {}->{} t{} i{} lt{} c{} n{} rej{} ctx{}", m.kind, m.from, m.to, m.term, m.index, m.log_term, m.commit, m.entries.len(), m.reject, m.context.len()));
+        self.trace(|| {
+            format!(
+                "send {:?} {}->{} t{} i{} lt{} c{} n{} rej{} ctx{}",
+                m.kind,
+                m.from,
+                m.to,
+                m.term,
+                m.index,
+                m.log_term,
+                m.commit,
+                m.entries.len(),
+                m.reject,
+                m.context.len()
+            )
+        });
         let now = self.now;
         if let Fate::Dropped(m) = self.net.send(m, now, &mut self.rng) {
             self.snapshot_failed(&m);
@@ -556,7 +661,9 @@ impl World {
 
     fn run_clients(&mut self) {
         for c in 0..self.clients.len() {
-            let ClientState::Idle { next_op_at } = self.clients[c].state else { continue };
+            let ClientState::Idle { next_op_at } = self.clients[c].state else {
+                continue;
+            };
             if next_op_at > self.now {
                 continue;
             }
@@ -585,7 +692,8 @@ impl World {
             let r = raw.propose(encode_write(op, key, value));
             r.map(|_| OpKind::Write(value))
         } else {
-            raw.read_index(op.to_le_bytes().to_vec()).map(|()| OpKind::Read(None))
+            raw.read_index(op.to_le_bytes().to_vec())
+                .map(|()| OpKind::Read(None))
         };
         let gap = self.rng.range(1, self.opts.op_gap_max);
         match result {
@@ -597,16 +705,29 @@ impl World {
                     self.nodes[idx].pending_reads.insert(op, client);
                 }
                 let call = self.next_event();
-                self.history.push(Op { key, kind, call, ret: None });
-                self.clients[client].state = ClientState::Waiting { op: op as usize, node: target, deadline: self.now + self.opts.op_timeout };
+                self.history.push(Op {
+                    key,
+                    kind,
+                    call,
+                    ret: None,
+                });
+                self.clients[client].state = ClientState::Waiting {
+                    op: op as usize,
+                    node: target,
+                    deadline: self.now + self.opts.op_timeout,
+                };
             }
             Err(crate::error::ProposalError::NotLeader { leader_hint }) => {
                 self.clients[client].leader_hint = leader_hint;
-                self.clients[client].state = ClientState::Idle { next_op_at: self.now + gap };
+                self.clients[client].state = ClientState::Idle {
+                    next_op_at: self.now + gap,
+                };
             }
             Err(_) => {
                 self.clients[client].leader_hint = None;
-                self.clients[client].state = ClientState::Idle { next_op_at: self.now + gap };
+                self.clients[client].state = ClientState::Idle {
+                    next_op_at: self.now + gap,
+                };
             }
         }
     }
@@ -621,22 +742,33 @@ impl World {
         }
         self.stats.ops_completed += 1;
         let gap = self.rng.range(1, self.opts.op_gap_max);
-        self.clients[client].state = ClientState::Idle { next_op_at: self.now + gap };
+        self.clients[client].state = ClientState::Idle {
+            next_op_at: self.now + gap,
+        };
     }
 
     fn expire_client_ops(&mut self) {
         for c in 0..self.clients.len() {
-            let ClientState::Waiting { op, node, deadline } = self.clients[c].state else { continue };
+            let ClientState::Waiting { op, node, deadline } = self.clients[c].state else {
+                continue;
+            };
             let idx = (node - 1) as usize;
             let node_lost_it = !self.nodes[idx].pending_writes.contains_key(&(op as u64))
                 && !self.nodes[idx].pending_reads.contains_key(&(op as u64))
-                && !self.nodes[idx].confirmed_reads.iter().any(|&(_, o)| o == op as u64);
+                && !self.nodes[idx]
+                    .confirmed_reads
+                    .iter()
+                    .any(|&(_, o)| o == op as u64);
             if deadline <= self.now || node_lost_it {
                 // The outcome stays unknown: no return time in the history.
                 self.nodes[idx].pending_writes.remove(&(op as u64));
                 self.nodes[idx].pending_reads.remove(&(op as u64));
-                self.nodes[idx].confirmed_reads.retain(|&(_, o)| o != op as u64);
-                self.clients[c].state = ClientState::Idle { next_op_at: self.now + 1 };
+                self.nodes[idx]
+                    .confirmed_reads
+                    .retain(|&(_, o)| o != op as u64);
+                self.clients[c].state = ClientState::Idle {
+                    next_op_at: self.now + 1,
+                };
                 self.clients[c].leader_hint = None;
             }
         }
@@ -646,7 +778,9 @@ impl World {
 
     fn handle_ready(&mut self, idx: usize) -> Result<(), String> {
         let id = self.nodes[idx].id;
-        let Some(raw) = self.nodes[idx].raw.as_mut() else { return Ok(()) };
+        let Some(raw) = self.nodes[idx].raw.as_mut() else {
+            return Ok(());
+        };
         if !raw.has_ready() {
             return Ok(());
         }
@@ -667,7 +801,8 @@ impl World {
                 let node = &mut self.nodes[idx];
                 let raw = node.raw.as_mut().expect("live");
                 raw.storage_mut().append(&rd.entries).expect("append");
-                self.checker.observe_persisted(id, &mut node.log, &rd.entries)?;
+                self.checker
+                    .observe_persisted(id, &mut node.log, &rd.entries)?;
             }
             self.stats.crashes_mid_write += 1;
             self.crash(idx);
@@ -678,11 +813,19 @@ impl World {
             let node = &mut self.nodes[idx];
             let raw = node.raw.as_mut().expect("live");
             if let Some(snapshot) = &rd.snapshot {
-                raw.storage_mut().apply_snapshot(snapshot.clone()).expect("apply snapshot");
-                self.checker.observe_snapshot(id, &mut node.log, snapshot.metadata.index, snapshot.metadata.term)?;
+                raw.storage_mut()
+                    .apply_snapshot(snapshot.clone())
+                    .expect("apply snapshot");
+                self.checker.observe_snapshot(
+                    id,
+                    &mut node.log,
+                    snapshot.metadata.index,
+                    snapshot.metadata.term,
+                )?;
             }
             raw.storage_mut().append(&rd.entries).expect("append");
-            self.checker.observe_persisted(id, &mut node.log, &rd.entries)?;
+            self.checker
+                .observe_persisted(id, &mut node.log, &rd.entries)?;
             if let Some(hs) = rd.hard_state {
                 raw.storage_mut().set_hard_state(hs);
             }
@@ -698,13 +841,21 @@ impl World {
             node.last_snapshot = snapshot.metadata.index;
             node.conf_state = snapshot.metadata.conf_state.clone();
             self.stats.snapshots_installed += 1;
-            self.trace(|| format!("node {id} installed snapshot at {}", snapshot.metadata.index));
+            self.trace(|| {
+                format!(
+                    "node {id} installed snapshot at {}",
+                    snapshot.metadata.index
+                )
+            });
         }
         for entry in &rd.committed_entries {
             self.checker.observe_applied(id, entry)?;
             let node = &mut self.nodes[idx];
             if entry.index != node.applied + 1 {
-                return Err(format!("node {id} applied {} after {}", entry.index, node.applied));
+                return Err(format!(
+                    "node {id} applied {} after {}",
+                    entry.index, node.applied
+                ));
             }
             node.applied = entry.index;
             match &entry.data {
@@ -726,7 +877,9 @@ impl World {
                 node.confirmed_reads.push((rs.index, op));
             }
         }
-        let Some(raw) = node.raw.as_mut() else { return Ok(()) };
+        let Some(raw) = node.raw.as_mut() else {
+            return Ok(());
+        };
         raw.advance();
         self.serve_reads(idx);
         self.maybe_snapshot(idx);
@@ -740,7 +893,9 @@ impl World {
         let node = &mut self.nodes[idx];
         let raw = node.raw.as_mut().expect("live");
         let was_leader = raw.raft().role == Role::Leader;
-        let Ok(cs) = raw.apply_conf_change(cc) else { return };
+        let Ok(cs) = raw.apply_conf_change(cc) else {
+            return;
+        };
         node.conf_state = cs.clone();
         if !was_leader {
             return;
@@ -752,7 +907,14 @@ impl World {
         let id = node.id;
         self.trace(|| format!("leader {id} applied {cc:?} -> {cs:?}"));
         // Like a server shutting down a removed member, once the leader has applied it.
-        let members: Vec<NodeId> = cs.voters.iter().chain(&cs.learners).chain(&cs.voters_outgoing).chain(&cs.learners_next).copied().collect();
+        let members: Vec<NodeId> = cs
+            .voters
+            .iter()
+            .chain(&cs.learners)
+            .chain(&cs.voters_outgoing)
+            .chain(&cs.learners_next)
+            .copied()
+            .collect();
         for other in 0..self.nodes.len() {
             let n = &mut self.nodes[other];
             let started = n.id <= self.opts.voters_initial || n.id < self.next_spare;
@@ -768,10 +930,17 @@ impl World {
 
     fn serve_reads(&mut self, idx: usize) {
         let applied = self.nodes[idx].applied;
-        let (ready, waiting): (Vec<(u64, u64)>, Vec<(u64, u64)>) = self.nodes[idx].confirmed_reads.iter().partition(|&&(index, _)| index <= applied);
+        let confirmed = std::mem::take(&mut self.nodes[idx].confirmed_reads);
+        let (ready, waiting): (Vec<_>, Vec<_>) = confirmed
+            .into_iter()
+            .partition(|&(index, _)| index <= applied);
         self.nodes[idx].confirmed_reads = waiting;
         for (_, op) in ready {
-            let Some(client) = self.clients.iter().position(|c| matches!(c.state, ClientState::Waiting { op: o, .. } if o as u64 == op)) else { continue };
+            let Some(client) = self.clients.iter().position(
+                |c| matches!(c.state, ClientState::Waiting { op: o, .. } if o as u64 == op),
+            ) else {
+                continue;
+            };
             let key = self.history[op as usize].key;
             let value = self.nodes[idx].kv.get(&key).copied();
             self.complete_op(client, op, Some(value));
@@ -785,7 +954,9 @@ impl World {
         }
         let Some(raw) = node.raw.as_mut() else { return };
         let data = encode_kv(&node.kv);
-        raw.storage_mut().create_snapshot(node.applied, node.conf_state.clone(), data).expect("snapshot at the applied index");
+        raw.storage_mut()
+            .create_snapshot(node.applied, node.conf_state.clone(), data)
+            .expect("snapshot at the applied index");
         node.last_snapshot = node.applied;
         let compact_to = node.applied.saturating_sub(self.opts.compact_keep);
         if compact_to >= raw.storage().first_index().expect("first index") {
@@ -796,23 +967,45 @@ impl World {
     // ---- the end ----
 
     fn converged(&self) -> bool {
-        let Some(leader) = self.leader() else { return false };
-        let raft = self.nodes[leader].raw.as_ref().expect("leader is up").raft();
+        let Some(leader) = self.leader() else {
+            return false;
+        };
+        let raft = self.nodes[leader]
+            .raw
+            .as_ref()
+            .expect("leader is up")
+            .raft();
         let cs = raft.conf_state();
-        if !cs.voters_outgoing.is_empty() || !raft.committed_entry_in_current_term() || raft.log.committed < self.checker.max_applied_index() {
+        if !cs.voters_outgoing.is_empty()
+            || !raft.committed_entry_in_current_term()
+            || raft.log.committed < self.checker.max_applied_index()
+        {
             return false;
         }
         let committed = raft.log.committed;
-        cs.voters.iter().chain(&cs.learners).all(|&id| self.nodes[(id - 1) as usize].raw.as_ref().is_some_and(|r| r.raft().log.applied == committed && self.nodes[(id - 1) as usize].applied == committed))
+        cs.voters.iter().chain(&cs.learners).all(|&id| {
+            self.nodes[(id - 1) as usize].raw.as_ref().is_some_and(|r| {
+                r.raft().log.applied == committed
+                    && self.nodes[(id - 1) as usize].applied == committed
+            })
+        })
     }
 
     fn final_checks(&mut self) -> Result<(), String> {
         let leader = self.leader().expect("converged");
-        let cs = self.nodes[leader].raw.as_ref().expect("up").raft().conf_state();
+        let cs = self.nodes[leader]
+            .raw
+            .as_ref()
+            .expect("up")
+            .raft()
+            .conf_state();
         let reference = &self.nodes[leader].kv;
         for &id in cs.voters.iter().chain(&cs.learners) {
             if &self.nodes[(id - 1) as usize].kv != reference {
-                return Err(format!("state machines differ between leader {} and {id}", leader + 1));
+                return Err(format!(
+                    "state machines differ between leader {} and {id}",
+                    leader + 1
+                ));
             }
         }
         linearizability::check(&self.history)
@@ -822,7 +1015,12 @@ impl World {
 /// Runs one seed; the error names the seed and how to replay it.
 pub fn run_seed(opts: SimOptions) -> Result<SimStats, String> {
     let seed = opts.seed;
-    World::new(opts).run().map_err(|e| format!("seed {seed} failed: {e}\n  replay: {}", replay_command(seed)))
+    World::new(opts).run().map_err(|e| {
+        format!(
+            "seed {seed} failed: {e}\n  replay: {}",
+            replay_command(seed)
+        )
+    })
 }
 
 pub fn replay_command(seed: u64) -> String {

@@ -41,7 +41,7 @@ impl Ord for InFlight {
 /// What became of a message handed to the network.
 pub enum Fate {
     Queued,
-    Dropped(Message),
+    Dropped(Box<Message>),
 }
 
 pub struct Network {
@@ -56,27 +56,46 @@ pub struct Network {
 
 impl Network {
     pub fn new(faults: NetworkFaults) -> Network {
-        Network { queue: BinaryHeap::new(), next_seq: 0, blocked: BTreeSet::new(), faults, sent: 0, dropped: 0 }
+        Network {
+            queue: BinaryHeap::new(),
+            next_seq: 0,
+            blocked: BTreeSet::new(),
+            faults,
+            sent: 0,
+            dropped: 0,
+        }
     }
 
     pub fn send(&mut self, message: Message, now: u64, rng: &mut Rng) -> Fate {
         self.sent += 1;
         if self.blocked.contains(&(message.from, message.to)) || rng.chance(self.faults.drop_ppm) {
             self.dropped += 1;
-            return Fate::Dropped(message);
+            return Fate::Dropped(Box::new(message));
         }
-        let copies = if rng.chance(self.faults.duplicate_ppm) { 2 } else { 1 };
+        let copies = if rng.chance(self.faults.duplicate_ppm) {
+            2
+        } else {
+            1
+        };
         for _ in 0..copies {
             let deliver_at = now + rng.range(self.faults.delay_min, self.faults.delay_max + 1);
             self.next_seq += 1;
-            self.queue.push(Reverse(InFlight { deliver_at, seq: self.next_seq, message: message.clone() }));
+            self.queue.push(Reverse(InFlight {
+                deliver_at,
+                seq: self.next_seq,
+                message: message.clone(),
+            }));
         }
         Fate::Queued
     }
 
     /// The next message due at or before `now`, with whether its link is blocked right now.
     pub fn pop_due(&mut self, now: u64) -> Option<(Message, bool)> {
-        if self.queue.peek().is_none_or(|Reverse(m)| m.deliver_at > now) {
+        if self
+            .queue
+            .peek()
+            .is_none_or(|Reverse(m)| m.deliver_at > now)
+        {
             return None;
         }
         let Reverse(InFlight { message, .. }) = self.queue.pop().expect("peeked");

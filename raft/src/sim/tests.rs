@@ -5,7 +5,10 @@ use super::{run_seed, SimOptions, SimStats};
 use crate::raft::BrokenRule;
 
 fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().map_or(default, |v| v.parse().unwrap_or_else(|_| panic!("{name} must be a number")))
+    std::env::var(name).ok().map_or(default, |v| {
+        v.parse()
+            .unwrap_or_else(|_| panic!("{name} must be a number"))
+    })
 }
 
 /// Runs `count` seeds from `first` on every core; returns the stats and the failures.
@@ -21,10 +24,18 @@ fn run_seeds(first: u64, count: u64, broken_rule: Option<BrokenRule>) -> (SimSta
                         let mut opts = SimOptions::from_seed(seed);
                         opts.broken_rule = broken_rule;
                         // A panic inside raft (a failed assertion) is a failing seed too.
-                        let outcome = std::panic::catch_unwind(|| run_seed(opts)).unwrap_or_else(|panic| {
-                            let what = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
-                            Err(format!("seed {seed} panicked: {what}\n  replay: {}", super::replay_command(seed)))
-                        });
+                        let outcome =
+                            std::panic::catch_unwind(|| run_seed(opts)).unwrap_or_else(|panic| {
+                                let what = panic
+                                    .downcast_ref::<String>()
+                                    .cloned()
+                                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                                    .unwrap_or_default();
+                                Err(format!(
+                                    "seed {seed} panicked: {what}\n  replay: {}",
+                                    super::replay_command(seed)
+                                ))
+                            });
                         match outcome {
                             Ok(s) => stats.add(&s),
                             Err(e) => failures.push(e),
@@ -34,7 +45,10 @@ fn run_seeds(first: u64, count: u64, broken_rule: Option<BrokenRule>) -> (SimSta
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("seed thread")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("seed thread"))
+            .collect()
     });
     let mut stats = SimStats::default();
     let mut failures = Vec::new();
@@ -53,7 +67,11 @@ fn simulation_passes_every_seed() {
     for f in failures.iter().take(10) {
         eprintln!("{f}");
     }
-    assert!(failures.is_empty(), "{} of {count} seeds failed (first shown above)", failures.len());
+    assert!(
+        failures.is_empty(),
+        "{} of {count} seeds failed (first shown above)",
+        failures.len()
+    );
     eprintln!("{count} seeds passed: {stats:?}");
     // The faults and features must actually have been exercised, or passing means little.
     if count >= 1_000 {
@@ -86,7 +104,10 @@ fn replay_seed() {
 #[test]
 fn checkers_catch_a_node_that_votes_twice_in_a_term() {
     let (_, failures) = run_seeds(0, 300, Some(BrokenRule::VoteTwicePerTerm));
-    assert!(failures.iter().any(|f| f.contains("election safety")), "no seed caught the double vote: {failures:?}");
+    assert!(
+        failures.iter().any(|f| f.contains("election safety")),
+        "no seed caught the double vote: {failures:?}"
+    );
 }
 
 #[test]
@@ -95,11 +116,19 @@ fn checkers_catch_a_leader_that_commits_without_a_quorum() {
     for f in failures.iter().take(5) {
         eprintln!("{f}");
     }
-    assert!(!failures.is_empty(), "no seed caught commits without a quorum");
+    assert!(
+        !failures.is_empty(),
+        "no seed caught commits without a quorum"
+    );
 }
 
 #[test]
 fn checkers_catch_a_leader_that_serves_reads_without_confirming_leadership() {
     let (_, failures) = run_seeds(0, 2_000, Some(BrokenRule::ReadWithoutQuorumCheck));
-    assert!(failures.iter().any(|f| f.contains("no linearization exists")), "no seed caught a stale read: {failures:?}");
+    assert!(
+        failures
+            .iter()
+            .any(|f| f.contains("no linearization exists")),
+        "no seed caught a stale read: {failures:?}"
+    );
 }
