@@ -34,6 +34,8 @@ MAX_REQUEST_BYTES = 4096
 # varint length depends on the member ID, so the exact edge differs by a few bytes between servers.
 SMALL_VALUE_BYTES_MAX = MAX_REQUEST_BYTES - 1024
 LARGE_VALUE_BYTES_MIN = MAX_REQUEST_BYTES + 1024
+# etcd's gRPC receive limit is the request limit plus this allowance.
+GRPC_OVERHEAD_BYTES = 512 * 1024
 RPC_TIMEOUT_S = 10.0
 
 KEYS = [b"a", b"b", b"c", b"d", b"e", b"a/1", b"a/2", b"a/3", b"b/1", b"b/2", b"k/", b"z", b"\x00"]
@@ -72,6 +74,9 @@ class Generator:
         r = self.rng.random()
         if r < 0.02:
             return b""  # key not provided
+        if r < 0.03:
+            # Too large to propose, but reads are never proposed: only writes must fail.
+            return b"K" * self.rng.randrange(LARGE_VALUE_BYTES_MIN, LARGE_VALUE_BYTES_MIN + 2000)
         if r < 0.05:
             return bytes([self.rng.randrange(1, 256)])
         if r < 0.45:
@@ -90,6 +95,9 @@ class Generator:
 
     def value(self) -> bytes:
         r = self.rng.random()
+        if r < 0.003:
+            # Beyond the gRPC receive limit (request limit + 512 KiB): refused before decoding.
+            return b"g" * (MAX_REQUEST_BYTES + GRPC_OVERHEAD_BYTES + self.rng.randrange(1, 100))
         if r < 0.02:
             return b"v" * self.rng.randrange(LARGE_VALUE_BYTES_MIN, LARGE_VALUE_BYTES_MIN + 2000)
         if r < 0.05:
