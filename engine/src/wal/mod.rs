@@ -36,7 +36,7 @@ mod writer;
 use std::path::{Path, PathBuf};
 
 pub use storage::{DmaStorage, SegmentFile, Storage, WriteBuf};
-pub use writer::{Durable, Wal};
+pub use writer::{Durable, Wal, WalStats};
 
 /// What a record holds; the number is the on-disk kind byte (0 is never used: it marks the
 /// pre-zeroed space after the last record).

@@ -72,6 +72,7 @@ struct State<F> {
     /// (segment, offset) up to which everything is durable.
     durable_end: (u64, u64),
     failed: Option<String>,
+    stats: WalStats,
     durable_waiters: Vec<(u64, Waker)>,
     space_waiters: Vec<Waker>,
     writer_waker: Option<Waker>,
@@ -141,6 +142,7 @@ impl<S: Storage> Wal<S> {
             durable_ticket: 0,
             durable_end,
             failed: None,
+            stats: WalStats::default(),
             durable_waiters: Vec::new(),
             space_waiters: Vec::new(),
             writer_waker: None,
@@ -229,6 +231,10 @@ impl<S: Storage> Wal<S> {
     /// Index of the newest entry queued (durable or not).
     pub fn last_index(&self) -> u64 {
         self.shared.st.borrow().view.last_index()
+    }
+
+    pub fn stats(&self) -> WalStats {
+        self.shared.st.borrow().stats
     }
 
     pub fn dir(&self) -> &Path {
@@ -379,6 +385,15 @@ impl<S: Storage> Drop for Wal<S> {
         // The writer drains what is queued, then ends; the preallocator ends with it.
         self.shared.st.borrow_mut().close();
     }
+}
+
+/// Counters of the writer's work since open.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WalStats {
+    /// Group-commit writes, each followed by one fdatasync.
+    pub writes: u64,
+    /// Record bytes written (the aligned rewrite of a tail sector not counted twice).
+    pub record_bytes: u64,
 }
 
 /// Resolves once the submission it stands for is durable, or the WAL failed first.
@@ -600,6 +615,8 @@ async fn write_loop<S: Storage>(
                 debug_assert!(chunk.last_ticket == 0 || chunk.last_ticket > st.durable_ticket);
                 st.durable_ticket = st.durable_ticket.max(chunk.last_ticket);
                 st.durable_end = (chunk.seg, chunk.offset + chunk.bytes.len() as u64);
+                st.stats.writes += 1;
+                st.stats.record_bytes += chunk.bytes.len() as u64;
                 st.wake_durable();
             }
             Err(e) => {
