@@ -11,6 +11,7 @@
 //! on the single writer.
 
 mod backend;
+pub mod conformance;
 mod error;
 mod go_sort;
 mod key_index;

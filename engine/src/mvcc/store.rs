@@ -142,6 +142,11 @@ impl<B: RevisionBackend> KvStore<B> {
         &self.backend
     }
 
+    /// Closes the store, handing back its backend (to reopen it, for example).
+    pub fn into_backend(self) -> B {
+        self.backend
+    }
+
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, MvccError> {
         self.apply_range(req, self.current_revision)
     }
