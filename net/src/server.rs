@@ -15,6 +15,8 @@ use futures_lite::AsyncReadExt;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::{LocalExecutorBuilder, Placement};
 use socket2::{Domain, Protocol, Socket, Type};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, IntoRawFd};
@@ -197,37 +199,71 @@ fn new_socket(addr: SocketAddr) -> std::io::Result<Socket> {
     Ok(socket)
 }
 
-/// One core's life: accept on every port until stopped.
+/// One core's life: accept on every port until stopped, then close every listener and
+/// connection of the core (an executor that returns does not drop its detached tasks, so
+/// they would keep their sockets open).
 async fn serve_core<K: KvService>(
     sockets: Vec<Socket>,
     config: Rc<ServerConfig>,
     services: Rc<Services<K>>,
     stop: StopSignal,
 ) {
+    let tasks = Rc::new(CoreTasks::default());
     for socket in sockets {
         // SAFETY: the fd comes from a socket we own and bound as a listener; into_raw_fd gives
         // up that ownership, so the glommio listener is its only owner and closes it.
         let listener = unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) };
-        let (config, services) = (config.clone(), services.clone());
-        glommio::spawn_local(accept_loop(listener, config, services)).detach();
+        let accepting = accept_loop(listener, config.clone(), services.clone(), tasks.clone());
+        tasks.spawn(accepting);
     }
     stop.wait().await;
+    tasks.cancel_all();
+    // Cancelled tasks drop their futures (and sockets) when next run; they are queued
+    // ahead of this task, so one yield lets them go before the executor exits.
+    futures_lite::future::yield_now().await;
 }
 
 async fn accept_loop<K: KvService>(
     listener: TcpListener,
     config: Rc<ServerConfig>,
     services: Rc<Services<K>>,
+    tasks: Rc<CoreTasks>,
 ) {
     loop {
         match listener.accept().await {
-            Ok(stream) => {
-                let (config, services) = (config.clone(), services.clone());
-                glommio::spawn_local(serve_connection(stream, config, services)).detach();
-            }
+            Ok(stream) => tasks.spawn(serve_connection(stream, config.clone(), services.clone())),
             // Out of fds or memory: keep the listener and retry after a pause rather than
             // taking every client of this core down or spinning on the error.
             Err(_) => glommio::timer::sleep(ACCEPT_RETRY_DELAY).await,
+        }
+    }
+}
+
+/// The long-lived tasks of one core (accept loops, connections), so stopping can end them.
+#[derive(Default)]
+struct CoreTasks {
+    next_id: Cell<u64>,
+    live: RefCell<HashMap<u64, glommio::task::JoinHandle<()>>>,
+}
+
+impl CoreTasks {
+    fn spawn(self: &Rc<Self>, task: impl Future<Output = ()> + 'static) {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let tasks = self.clone();
+        let handle = glommio::spawn_local(async move {
+            task.await;
+            tasks.live.borrow_mut().remove(&id);
+        })
+        .detach();
+        // The task cannot have run yet (spawning only schedules it), so it is registered
+        // before it can deregister itself.
+        self.live.borrow_mut().insert(id, handle);
+    }
+
+    fn cancel_all(&self) {
+        for (_, handle) in self.live.borrow_mut().drain() {
+            handle.cancel();
         }
     }
 }

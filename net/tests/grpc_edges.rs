@@ -442,3 +442,59 @@ fn a_port_in_use_is_reported_not_shared() {
     assert!(err.to_string().contains(&taken.to_string()), "{err}");
     first.stop().unwrap();
 }
+
+#[test]
+fn responses_and_requests_larger_than_every_window_flow_through() {
+    const VALUES: usize = 24;
+    // Each put is a request of many DATA frames; the range reply (24 MiB) is larger than the
+    // connection window, so it moves only as the client consumes it.
+    let value = "v".repeat(1 << 20);
+    with_server(move |addr| async move {
+        let client = Client::connect(addr).await.unwrap();
+        for i in 0..VALUES {
+            client
+                .put(&put(&format!("big/{i:02}"), &value))
+                .await
+                .unwrap();
+        }
+        let all = client
+            .range(&RangeRequest {
+                key: Bytes::from_static(b"big/"),
+                range_end: Bytes::from_static(b"big0"),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(all.kvs.len(), VALUES);
+        assert!(all.kvs.iter().all(|kv| kv.value.len() == value.len()));
+    });
+}
+
+#[test]
+fn stopping_the_server_closes_its_connections_and_listeners() {
+    let server = start_server();
+    let addr = server.client_addrs()[0];
+    let (connected_tx, connected_rx) = std::sync::mpsc::channel();
+    let (stopped_tx, stopped_rx) = std::sync::mpsc::channel::<()>();
+    let client = LocalExecutorBuilder::new(Placement::Unbound)
+        .io_memory(512 * 1024)
+        .spawn(move || async move {
+            let client = Client::connect(addr).await.unwrap();
+            client.range(&range("k")).await.unwrap();
+            connected_tx.send(()).unwrap();
+            glommio::executor()
+                .spawn_blocking(move || stopped_rx.recv().unwrap())
+                .await;
+            client.range(&range("k")).await.unwrap_err()
+        })
+        .unwrap();
+    connected_rx.recv().unwrap();
+    server.stop().unwrap();
+    stopped_tx.send(()).unwrap();
+    let status = client.join().unwrap();
+    assert_eq!(status.code, Code::Unavailable, "{status}");
+
+    // Nothing listens on the port any more.
+    let refused = std::net::TcpStream::connect(addr).unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+}
