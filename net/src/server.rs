@@ -8,8 +8,6 @@ use crate::io::TokioIo;
 use crate::kv::{KvService, LocalKv};
 use crate::service::{ServerCall, Services};
 use crate::status::Status;
-use basalt_engine::mvcc::Limits;
-use basalt_proto::etcdserverpb::Member;
 use bytes::Bytes;
 use futures_lite::AsyncReadExt;
 use glommio::net::{TcpListener, TcpStream};
@@ -107,22 +105,7 @@ where
             .name(&format!("basalt-net-{core}"))
             .io_memory(EXECUTOR_IO_MEMORY_BYTES)
             .spawn(move || async move {
-                let services = Rc::new(Services {
-                    kv: make_kv(core),
-                    limits: Limits {
-                        max_txn_ops: config.max_txn_ops,
-                        max_request_bytes: config.max_request_bytes,
-                    },
-                    cluster_id: config.cluster_id,
-                    member_id: config.member_id,
-                    member: Member {
-                        id: config.member_id,
-                        name: config.name.clone(),
-                        peer_ur_ls: config.advertise_peer_urls.clone(),
-                        client_ur_ls: config.advertise_client_urls.clone(),
-                        is_learner: false,
-                    },
-                });
+                let services = Rc::new(Services::new(&config, make_kv(core)));
                 serve_core(sockets, Rc::new(config), services, core_stop).await;
             })
             .map_err(|e| NetError::Executor {

@@ -4,6 +4,7 @@
 //! A call arrives as a [`ServerCall`] (the request stream and the handle to answer it), so a
 //! streaming method (Watch, LeaseKeepAlive) plugs in beside the unary ones with the same shape.
 
+use crate::config::ServerConfig;
 use crate::grpc::{decode, MessageReader, ResponseSink};
 use crate::kv::KvService;
 use crate::status::Status;
@@ -32,15 +33,34 @@ pub(crate) struct ServerCall {
 
 /// Everything one core needs to answer calls.
 pub(crate) struct Services<K> {
-    pub(crate) kv: K,
-    pub(crate) limits: Limits,
-    pub(crate) cluster_id: u64,
-    pub(crate) member_id: u64,
+    kv: K,
+    limits: Limits,
+    cluster_id: u64,
+    member_id: u64,
     /// This member as Cluster.MemberList shows it.
-    pub(crate) member: Member,
+    member: Member,
 }
 
 impl<K: KvService> Services<K> {
+    pub(crate) fn new(config: &ServerConfig, kv: K) -> Self {
+        Self {
+            kv,
+            limits: Limits {
+                max_txn_ops: config.max_txn_ops,
+                max_request_bytes: config.max_request_bytes,
+            },
+            cluster_id: config.cluster_id,
+            member_id: config.member_id,
+            member: Member {
+                id: config.member_id,
+                name: config.name.clone(),
+                peer_ur_ls: config.advertise_peer_urls.clone(),
+                client_ur_ls: config.advertise_client_urls.clone(),
+                is_learner: false,
+            },
+        }
+    }
+
     pub(crate) async fn call(&self, path: &str, call: ServerCall) {
         let limits = &self.limits;
         let kv = &self.kv;
