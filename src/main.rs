@@ -76,6 +76,23 @@ fn server_config(flags: &ServerFlags) -> basalt_net::ServerConfig {
 }
 
 fn dump_log(flags: config::DumpLogFlags) -> Result<(), String> {
-    let _ = flags;
-    Err("dump-log is not wired yet".into())
+    use basalt_engine::wal::dump::{dump_log, DumpFilter};
+    let kinds = match &flags.entry_type {
+        Some(list) => DumpFilter::parse_kinds(list)?,
+        None => Vec::new(),
+    };
+    let filter = DumpFilter {
+        start_index: Some(flags.start_index),
+        end_index: flags.end_index,
+        kinds,
+    };
+    let summary = dump_log(&flags.data_dir, &filter, &mut std::io::stdout().lock())
+        .map_err(|e| e.to_string())?;
+    match summary.corruption {
+        Some((file, offset, reason)) => Err(format!(
+            "corrupt WAL segment {} at offset {offset}: {reason}",
+            file.display()
+        )),
+        None => Ok(()),
+    }
 }
