@@ -99,6 +99,19 @@ impl JointConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn committed_index_is_the_largest_index_held_by_a_majority(acked in proptest::collection::vec(0u64..20, 1..8)) {
+            let ids: Vec<NodeId> = (1..=acked.len() as u64).collect();
+            let cfg = MajorityConfig { voters: ids.iter().copied().collect() };
+            let got = cfg.committed_index(|id| acked[(id - 1) as usize]);
+            // Brute force: the largest index that more than half of the voters have reached.
+            let want = (0..20u64).filter(|&i| acked.iter().filter(|&&a| a >= i).count() * 2 > acked.len()).max().unwrap();
+            prop_assert_eq!(got, want);
+        }
+    }
 
     fn majority(ids: &[NodeId]) -> MajorityConfig {
         MajorityConfig {
