@@ -41,7 +41,7 @@ RPC_TIMEOUT_S = 10.0
 KEYS = [b"a", b"b", b"c", b"d", b"e", b"a/1", b"a/2", b"a/3", b"b/1", b"b/2", b"k/", b"z", b"\x00"]
 # A wider key family, so a range can hold more keys than Go's sort handles by insertion sort
 # (12): sorting by a target with ties then depends on Go's exact quicksort, which we mirror.
-WIDE_KEYS = [b"k/%02d" % i for i in range(40)]
+WIDE_KEYS = [b"k/%02d" % i for i in range(64)]
 VALUES = [b"", b"x", b"y", b"z", b"xx", b"0", b"1"]
 
 
@@ -135,6 +135,10 @@ class Generator:
         if rng.random() < 0.3:
             req.revision = self.revision(revs)
         if rng.random() < 0.4:
+            if rng.random() < 0.5:
+                # A wide range, so ties in the sort target meet Go's quicksort (over 12 keys)
+                # and its ninther pivot (over 40 keys).
+                req.key, req.range_end = rng.choice([(b"k/", b"k0"), (b"\x00", b"\x00")])
             req.sort_target = rng.randrange(5)
             # Orders 0-2, plus an unknown one (etcd 3.5.1 leaves the key order then). An unknown
             # target is never sent: etcd 3.5.1 crashes on it.
@@ -168,7 +172,9 @@ class Generator:
 
     def delete_request(self) -> rpc.DeleteRangeRequest:
         key = self.key()
-        req = rpc.DeleteRangeRequest(key=key, range_end=self.range_end(key))
+        # Mostly single keys, so the wide key family stays populated.
+        range_end = self.range_end(key) if self.rng.random() < 0.3 else b""
+        req = rpc.DeleteRangeRequest(key=key, range_end=range_end)
         req.prev_kv = self.rng.random() < 0.4
         return req
 
