@@ -142,6 +142,13 @@ impl<B: RevisionBackend> KvStore<B> {
         &self.backend
     }
 
+    /// The backend, for the apply loop to commit a batch of writes (e.g.
+    /// `BtreeBackend::commit`). Changing revision records through it would
+    /// put the key index out of step with them.
+    pub fn backend_mut(&mut self) -> &mut B {
+        &mut self.backend
+    }
+
     /// Closes the store, handing back its backend (to reopen it, for example).
     pub fn into_backend(self) -> B {
         self.backend
