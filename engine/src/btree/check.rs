@@ -4,9 +4,8 @@
 use std::fs::File;
 use std::path::Path;
 
-use super::db::{read_freelist, read_metas};
+use super::db::{read_metas, validate};
 use super::file::{PageFile, StdFile};
-use super::meta::Meta;
 use super::page::{overflow_pages, Kind, StoredValue};
 use super::read::{Pages, DEPTH_MAX};
 use super::Error;
@@ -48,19 +47,33 @@ enum Use {
 pub fn check(path: impl AsRef<Path>) -> Result<CheckReport, Error> {
     let file = StdFile(File::open(path)?);
     let mut report = CheckReport::default();
-    let metas = read_metas(&file, 4096)?;
-    let mut newest: Option<Meta> = None;
-    for meta in metas {
+    let mut candidates = Vec::new();
+    for (slot, meta) in read_metas(&file, 4096)?.into_iter().enumerate() {
         match meta {
-            Ok(meta) => {
-                if newest.as_ref().is_none_or(|n| meta.seq > n.seq) {
-                    newest = Some(meta);
-                }
-            }
+            Ok(meta) => candidates.push((slot as u64, meta)),
             Err(e) => report.problems.push(problem(e)),
         }
     }
-    let Some(meta) = newest else {
+    candidates.sort_by_key(|(_, m)| std::cmp::Reverse(m.seq));
+    // The meta open would use: the newest whose checkpoint fully reached the disk.
+    let mut chosen = None;
+    for (slot, meta) in candidates {
+        match validate(&file, &meta) {
+            Ok(chains) => {
+                chosen = Some((meta, chains));
+                break;
+            }
+            Err(e) => report.problems.push(Problem {
+                page: slot,
+                offset: slot * meta.page_size as u64,
+                reason: format!(
+                    "checkpoint {} rejected, an older one is used: {e}",
+                    meta.seq
+                ),
+            }),
+        }
+    }
+    let Some((meta, (chain, free))) = chosen else {
         return Ok(report);
     };
     report.page_size_bytes = meta.page_size;
@@ -69,15 +82,6 @@ pub fn check(path: impl AsRef<Path>) -> Result<CheckReport, Error> {
     report.applied_index = meta.applied_index;
     report.high_water_pages = meta.high_water_pages;
     let file_bytes = file.len_bytes()?;
-    if file_bytes < meta.high_water_pages * meta.page_size as u64 {
-        report.problems.push(problem(Error::corrupt(
-            0,
-            meta.page_size,
-            48,
-            "file is shorter than its meta page says",
-        )));
-        return Ok(report);
-    }
     let map = file.map(file_bytes)?;
     let mut walk = Walk {
         pages: Pages {
@@ -100,21 +104,21 @@ pub fn check(path: impl AsRef<Path>) -> Result<CheckReport, Error> {
         };
         report.buckets.push((name.clone(), entries));
     }
-    match read_freelist(&file, &meta) {
-        Ok((chain, free)) => {
-            for page in chain {
-                walk.claim(page, 1, Use::Tree, "freelist page is also used elsewhere");
-            }
-            for page in free {
-                walk.claim(
-                    page,
-                    1,
-                    Use::Free,
-                    "page listed free is in use or listed twice",
-                );
-            }
-        }
-        Err(e) => walk.problems.push(problem(e)),
+    for page in chain {
+        walk.claim(
+            page,
+            1,
+            Use::Tree,
+            "checkpoint chain page is also used elsewhere",
+        );
+    }
+    for page in free {
+        walk.claim(
+            page,
+            1,
+            Use::Free,
+            "page listed free is in use or listed twice",
+        );
     }
     report.tree_pages = walk.uses.iter().filter(|u| **u == Use::Tree).count() as u64;
     report.free_pages = walk.uses.iter().filter(|u| **u == Use::Free).count() as u64;

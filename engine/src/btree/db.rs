@@ -1,18 +1,20 @@
 //! The database handle: opening a file, the published snapshot readers start from, the reader
 //! table that holds back page reuse, durable checkpoints.
 
+use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
 use memmap2::Mmap;
 
 use super::alloc::Allocator;
+use super::chain::{self, ChainHead};
 use super::file::{PageFile, StdFile};
 use super::meta::Meta;
-use super::page::{self, Kind, PageRef, FREELIST_IDS_OFFSET};
+use super::page::Kind;
 use super::read::ReadTxn;
 use super::write::WriteTxn;
 use super::Error;
@@ -46,6 +48,8 @@ const SLOT_CLAIMED: u64 = u64::MAX;
 /// Growth step bounds: small files grow by a quarter, big ones by at most this much.
 const GROW_BYTES_MIN: u64 = 256 << 10;
 const GROW_BYTES_MAX: u64 = 64 << 20;
+/// Writes larger than this are split into several pwrites, bounding the staging copy.
+const WRITE_BATCH_BYTES_MAX: usize = 8 << 20;
 
 /// A copy-on-write B+tree file: one writer at a time, any number of lock-free readers.
 #[derive(Clone)]
@@ -77,6 +81,8 @@ pub(crate) struct Writer {
     pub(crate) roots: Vec<(String, u64)>,
     pub(crate) alloc: Allocator,
     pub(crate) durable: Durable,
+    /// Pages written since the last checkpoint that may still be in the tree, with their crc.
+    pub(crate) unsynced: HashMap<u64, u32>,
     pub(crate) poisoned: bool,
 }
 
@@ -86,7 +92,8 @@ pub(crate) struct Durable {
     pub(crate) seq: u64,
     pub(crate) slot: u64,
     pub(crate) applied_index: u64,
-    pub(crate) freelist_pages: Vec<u64>,
+    /// Pages of its freelist and written-list chains.
+    pub(crate) chain_pages: Vec<u64>,
 }
 
 /// Counters for tests, `basalt check` and the perf comparison.
@@ -138,19 +145,9 @@ impl Db {
         if file.len_bytes()? == 0 {
             init_file(file.as_ref(), ps)?;
         }
-        let meta = read_newest_meta(file.as_ref(), ps)?;
+        let (meta, chain_pages, free) = recover(file.as_ref(), ps)?;
         let page_size = meta.page_size;
         let file_bytes = file.len_bytes()?;
-        if file_bytes < meta.high_water_pages * page_size as u64 {
-            return Err(Error::corrupt(
-                0,
-                page_size,
-                48,
-                "file is shorter than its meta page says",
-            ));
-        }
-        let freelist_pages = read_freelist(file.as_ref(), &meta)?;
-        let (chain, free) = freelist_pages;
         let map = Arc::new(file.map(file_bytes)?);
         let snapshot = Snapshot {
             txn_id: meta.txn_id,
@@ -168,8 +165,9 @@ impl Db {
                 seq: meta.seq,
                 slot: meta.seq % 2,
                 applied_index: meta.applied_index,
-                freelist_pages: chain,
+                chain_pages,
             },
+            unsynced: HashMap::new(),
             poisoned: false,
         };
         let readers = (0..options.readers_max)
@@ -204,8 +202,10 @@ impl Db {
         loop {
             let snapshot = self.shared.published.load_full();
             self.shared.readers[slot].store(snapshot.txn_id, Ordering::SeqCst);
-            // The writer scans the slots after publishing; if the snapshot is still the newest
-            // after our store, that scan will see us, so the pages we read stay put.
+            // Pairs with the fence in `oldest_reader_txn` (store-then-load on both sides): either
+            // the writer's later scan sees this slot, or this load sees the newer snapshot and we
+            // retry. So the pages of the snapshot we keep stay put.
+            fence(Ordering::SeqCst);
             if self.shared.published.load().txn_id == snapshot.txn_id {
                 return Ok(ReadTxn::new(self.shared.clone(), snapshot, slot));
             }
@@ -293,6 +293,7 @@ impl Shared {
 
     /// The oldest snapshot any open reader holds, `u64::MAX` if none.
     pub(crate) fn oldest_reader_txn(&self) -> u64 {
+        fence(Ordering::SeqCst);
         self.readers
             .iter()
             .map(|slot| slot.load(Ordering::SeqCst))
@@ -319,13 +320,25 @@ impl Writer {
         Ok(())
     }
 
+    /// Writes the freelist, the written list and the meta page in one batch and syncs once;
+    /// `recover` rejects the meta if anything it vouches for did not reach the disk.
     fn checkpoint(&mut self, page_size: usize, applied_index: u64) -> Result<(), Error> {
-        let ids_per_page = (page_size - FREELIST_IDS_OFFSET) / 8;
         let mut free = self.alloc.all_unreachable();
-        free.extend_from_slice(&self.durable.freelist_pages);
+        free.extend_from_slice(&self.durable.chain_pages);
         free.sort_unstable();
-        let mut chain = Vec::new();
-        while chain.len() < free.len().div_ceil(ids_per_page) {
+        let mut written: Vec<(u64, u32)> = self
+            .unsynced
+            .drain()
+            .filter(|(page, _)| free.binary_search(page).is_err())
+            .collect();
+        written.sort_unstable();
+        let written_pages =
+            chain::pages_needed(written.len(), page_size, chain::WRITTEN_ENTRY_BYTES);
+        let mut chain_pages = Vec::new();
+        // Chain pages come out of the free set, which shrinks the freelist as it goes.
+        while chain_pages.len()
+            < written_pages + chain::pages_needed(free.len(), page_size, chain::FREE_ENTRY_BYTES)
+        {
             let page = match self.alloc.take_pooled() {
                 Some(page) => {
                     let at = free
@@ -336,29 +349,40 @@ impl Writer {
                 }
                 None => self.alloc.alloc(1),
             };
-            chain.push(page);
+            chain_pages.push(page);
         }
         self.ensure_file_covers(page_size)?;
-        let mut buf = vec![0u8; page_size];
-        for (i, ids) in free.chunks(ids_per_page).enumerate() {
-            buf.fill(0);
-            page::write_header(&mut buf, Kind::Freelist, ids.len(), self.txn_id);
-            page::put_u64(&mut buf, 16, chain.get(i + 1).copied().unwrap_or(0));
-            for (j, id) in ids.iter().enumerate() {
-                page::put_u64(&mut buf, FREELIST_IDS_OFFSET + j * 8, *id);
-            }
-            page::seal(&mut buf);
-            self.file.write_at(&buf, chain[i] * page_size as u64)?;
-        }
-        self.file.sync_data()?;
+        let free_bytes: Vec<u8> = free.iter().flat_map(|id| id.to_le_bytes()).collect();
+        let written_bytes: Vec<u8> = written
+            .iter()
+            .flat_map(|(id, crc)| id.to_le_bytes().into_iter().chain(crc.to_le_bytes()))
+            .collect();
+        let (fl_pages, wl_pages) = chain_pages.split_at(chain_pages.len() - written_pages);
+        let (mut writes, freelist) = chain::encode(
+            Kind::Freelist,
+            chain::FREE_ENTRY_BYTES,
+            &free_bytes,
+            fl_pages,
+            page_size,
+            self.txn_id,
+        );
+        let (written_writes, written) = chain::encode(
+            Kind::Written,
+            chain::WRITTEN_ENTRY_BYTES,
+            &written_bytes,
+            wl_pages,
+            page_size,
+            self.txn_id,
+        );
+        writes.extend(written_writes);
         let meta = Meta {
             page_size,
             txn_id: self.txn_id,
             seq: self.durable.seq + 1,
             applied_index,
             high_water_pages: self.alloc.next_page,
-            freelist_head: chain.first().copied().unwrap_or(0),
-            freelist_count: free.len() as u64,
+            freelist,
+            written,
             buckets: self.roots.clone(),
         };
         let slot = meta.seq % 2;
@@ -366,10 +390,13 @@ impl Writer {
             slot, self.durable.slot,
             "a checkpoint must never overwrite the newest durable meta"
         );
-        meta.encode(&mut buf);
-        self.file.write_at(&buf, slot * page_size as u64)?;
+        let mut meta_page = vec![0u8; page_size];
+        meta.encode(&mut meta_page);
+        writes.push((slot, meta_page));
+        writes.sort_unstable_by_key(|(id, _)| *id);
+        write_coalesced(self.file.as_ref(), page_size, &writes)?;
         self.file.sync_data()?;
-        let old_chain = std::mem::replace(&mut self.durable.freelist_pages, chain);
+        let old_chain = std::mem::replace(&mut self.durable.chain_pages, chain_pages);
         self.alloc.release_now(old_chain);
         self.durable.txn_id = meta.txn_id;
         self.durable.seq = meta.seq;
@@ -377,6 +404,32 @@ impl Writer {
         self.durable.applied_index = applied_index;
         Ok(())
     }
+}
+
+/// Writes sorted page buffers with one pwrite per run of consecutive pages.
+pub(crate) fn write_coalesced(
+    file: &dyn PageFile,
+    page_size: usize,
+    writes: &[(u64, Vec<u8>)],
+) -> Result<(), Error> {
+    let mut staged: Vec<u8> = Vec::new();
+    let mut staged_at = 0u64;
+    for (id, buf) in writes {
+        let offset = id * page_size as u64;
+        let contiguous = !staged.is_empty() && staged_at + staged.len() as u64 == offset;
+        if !contiguous || staged.len() + buf.len() > WRITE_BATCH_BYTES_MAX {
+            if !staged.is_empty() {
+                file.write_at(&staged, staged_at)?;
+                staged.clear();
+            }
+            staged_at = offset;
+        }
+        staged.extend_from_slice(buf);
+    }
+    if !staged.is_empty() {
+        file.write_at(&staged, staged_at)?;
+    }
+    Ok(())
 }
 
 fn init_file(file: &dyn PageFile, page_size: usize) -> Result<(), Error> {
@@ -389,8 +442,8 @@ fn init_file(file: &dyn PageFile, page_size: usize) -> Result<(), Error> {
             seq,
             applied_index: 0,
             high_water_pages: 2,
-            freelist_head: 0,
-            freelist_count: 0,
+            freelist: ChainHead::default(),
+            written: ChainHead::default(),
             buckets: Vec::new(),
         };
         let slot = (seq % 2) as usize;
@@ -419,56 +472,79 @@ pub(crate) fn read_metas(
     Ok([read(0), read(1)])
 }
 
-fn read_newest_meta(file: &dyn PageFile, page_size_hint: usize) -> Result<Meta, Error> {
-    let [a, b] = read_metas(file, page_size_hint)?;
-    match (a, b) {
-        (Ok(a), Ok(b)) => Ok(if a.seq >= b.seq { a } else { b }),
-        (Ok(m), Err(_)) | (Err(_), Ok(m)) => Ok(m),
-        (Err(a), Err(_)) => Err(Error::NoValidMeta(Box::new(a))),
+/// The newest meta whose chains and written pages all read back as the checkpoint wrote
+/// them, with its chain pages and free page ids. An older meta is the fallback when a crash cut
+/// a checkpoint short.
+pub(crate) fn recover(
+    file: &dyn PageFile,
+    page_size_hint: usize,
+) -> Result<(Meta, Vec<u64>, Vec<u64>), Error> {
+    let mut candidates = Vec::new();
+    let mut first_error = None;
+    for meta in read_metas(file, page_size_hint)? {
+        match meta {
+            Ok(meta) => candidates.push(meta),
+            Err(e) => first_error = first_error.or(Some(e)),
+        }
     }
+    candidates.sort_by_key(|m| std::cmp::Reverse(m.seq));
+    for meta in candidates {
+        match validate(file, &meta) {
+            Ok((chain_pages, free)) => return Ok((meta, chain_pages, free)),
+            Err(e) => first_error = first_error.or(Some(e)),
+        }
+    }
+    Err(Error::NoValidMeta(Box::new(first_error.unwrap_or(
+        Error::corrupt(0, page_size_hint, 0, "no meta page"),
+    ))))
 }
 
-/// The freelist chain pages and the free page ids they list.
-pub(crate) fn read_freelist(
-    file: &dyn PageFile,
-    meta: &Meta,
-) -> Result<(Vec<u64>, Vec<u64>), Error> {
-    let (mut chain, mut free) = (Vec::new(), Vec::new());
-    let mut next = meta.freelist_head;
-    let mut buf = vec![0u8; meta.page_size];
-    while next != 0 {
-        if next < 2 || next >= meta.high_water_pages || chain.len() as u64 > meta.high_water_pages {
-            return Err(Error::corrupt(
-                next,
-                meta.page_size,
-                16,
-                "freelist chain leaves the file or loops",
-            ));
-        }
-        file.read_at(&mut buf, next * meta.page_size as u64)?;
-        let page = PageRef::new(next, &buf, meta.page_size, true)?;
-        if page.kind() != Kind::Freelist {
-            return Err(page.corrupt(4, "freelist chain reaches a non-freelist page"));
-        }
-        for i in 0..page.count() {
-            let id = page.u64_at(FREELIST_IDS_OFFSET + i * 8)?;
-            if id < 2 || id >= meta.high_water_pages {
-                return Err(
-                    page.corrupt(FREELIST_IDS_OFFSET + i * 8, "free page id outside the file")
-                );
-            }
-            free.push(id);
-        }
-        chain.push(next);
-        next = page.u64_at(16)?;
-    }
-    if free.len() as u64 != meta.freelist_count {
+/// Checks what `meta` vouches for; returns its chain pages and free page ids.
+pub(crate) fn validate(file: &dyn PageFile, meta: &Meta) -> Result<(Vec<u64>, Vec<u64>), Error> {
+    let ps = meta.page_size;
+    let hw = meta.high_water_pages;
+    if file.len_bytes()? < hw * ps as u64 {
         return Err(Error::corrupt(
-            meta.freelist_head,
-            meta.page_size,
             0,
-            "freelist length differs from the meta page",
+            ps,
+            48,
+            "file is shorter than its meta page says",
         ));
     }
-    Ok((chain, free))
+    let (mut chain_pages, free_bytes) = chain::read(
+        file,
+        meta.freelist,
+        Kind::Freelist,
+        chain::FREE_ENTRY_BYTES,
+        ps,
+        hw,
+    )?;
+    let (written_pages, written) = chain::read(
+        file,
+        meta.written,
+        Kind::Written,
+        chain::WRITTEN_ENTRY_BYTES,
+        ps,
+        hw,
+    )?;
+    chain_pages.extend(written_pages);
+    for entry in written.chunks_exact(chain::WRITTEN_ENTRY_BYTES) {
+        let id = u64::from_le_bytes(entry[..8].try_into().expect("8 bytes"));
+        let crc = u32::from_le_bytes(entry[8..].try_into().expect("4 bytes"));
+        chain::verify_written(file, id, crc, ps, hw)?;
+    }
+    let mut free = Vec::with_capacity(free_bytes.len() / 8);
+    for id in free_bytes.chunks_exact(8) {
+        let id = u64::from_le_bytes(id.try_into().expect("8 bytes"));
+        if id < 2 || id >= hw {
+            return Err(Error::corrupt(
+                meta.freelist.page,
+                ps,
+                0,
+                "free page id outside the file",
+            ));
+        }
+        free.push(id);
+    }
+    Ok((chain_pages, free))
 }

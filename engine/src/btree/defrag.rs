@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::alloc::Allocator;
+use super::chain::ChainHead;
 use super::db::{Durable, Shared, Snapshot, Writer};
 use super::file::{PageFile, StdFile};
 use super::meta::Meta;
@@ -152,8 +153,8 @@ pub(crate) fn defragment(
             seq: slot_seq,
             applied_index,
             high_water_pages,
-            freelist_head: 0,
-            freelist_count: 0,
+            freelist: ChainHead::default(),
+            written: ChainHead::default(),
             buckets: roots.clone(),
         };
         meta.encode(&mut buf);
@@ -178,9 +179,10 @@ pub(crate) fn defragment(
         seq,
         slot: seq % 2,
         applied_index,
-        freelist_pages: Vec::new(),
+        chain_pages: Vec::new(),
     };
     writer.roots = roots.clone();
+    writer.unsynced.clear();
     shared.published.store(Arc::new(Snapshot {
         txn_id: writer.txn_id,
         roots,

@@ -11,17 +11,24 @@
 //! byte 32..40   meta sequence number (u64, +1 per checkpoint; the higher valid one wins)
 //! byte 40..48   applied raft index given to the checkpoint (u64)
 //! byte 48..56   high-water page count: pages at or above it are unused (u64)
-//! byte 56..64   first freelist page (u64, 0 = no freelist)
-//! byte 64..72   number of free page ids in the freelist chain (u64)
-//! byte 72..     buckets, in name order: name_len u8 | name bytes | root page u64 (0 = empty)
+//! byte 56..64   freelist chain: first page (u64, 0 = none)
+//! byte 64..72   freelist chain: number of free page ids (u64)
+//! byte 72..76   freelist chain: crc32c of its first page (u32)
+//! byte 76..80   zero
+//! byte 80..88   written-list chain: first page (u64, 0 = none)
+//! byte 88..96   written-list chain: number of entries (u64)
+//! byte 96..100  written-list chain: crc32c of its first page (u32)
+//! byte 100..104 zero
+//! byte 104..    buckets, in name order: name_len u8 | name bytes | root page u64 (0 = empty)
 //! rest          zero, covered by the crc
 //! ```
 
+use super::chain::ChainHead;
 use super::page::{self, Kind, PageRef, HEADER_BYTES};
 use super::Error;
 
 pub(crate) const MAGIC: &[u8; 8] = b"BASALTBT";
-const BUCKETS_AT: usize = 72;
+const BUCKETS_AT: usize = 104;
 pub(crate) const BUCKET_NAME_BYTES_MAX: usize = 64;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,8 +38,8 @@ pub(crate) struct Meta {
     pub(crate) seq: u64,
     pub(crate) applied_index: u64,
     pub(crate) high_water_pages: u64,
-    pub(crate) freelist_head: u64,
-    pub(crate) freelist_count: u64,
+    pub(crate) freelist: ChainHead,
+    pub(crate) written: ChainHead,
     /// Sorted by name.
     pub(crate) buckets: Vec<(String, u64)>,
 }
@@ -60,8 +67,11 @@ impl Meta {
         page::put_u64(page, 32, self.seq);
         page::put_u64(page, 40, self.applied_index);
         page::put_u64(page, 48, self.high_water_pages);
-        page::put_u64(page, 56, self.freelist_head);
-        page::put_u64(page, 64, self.freelist_count);
+        for (at, chain) in [(56, self.freelist), (80, self.written)] {
+            page::put_u64(page, at, chain.page);
+            page::put_u64(page, at + 8, chain.entries);
+            page::put_u32(page, at + 16, chain.crc);
+        }
         let mut at = BUCKETS_AT;
         for (name, root) in &self.buckets {
             page[at] = name.len() as u8;
@@ -115,11 +125,19 @@ impl Meta {
             seq: page.u64_at(32)?,
             applied_index: page.u64_at(40)?,
             high_water_pages: page.u64_at(48)?,
-            freelist_head: page.u64_at(56)?,
-            freelist_count: page.u64_at(64)?,
+            freelist: ChainHead {
+                page: page.u64_at(56)?,
+                entries: page.u64_at(64)?,
+                crc: page.u32_at(72)?,
+            },
+            written: ChainHead {
+                page: page.u64_at(80)?,
+                entries: page.u64_at(88)?,
+                crc: page.u32_at(96)?,
+            },
             buckets,
         })
     }
 }
 
-const _: () = assert!(BUCKETS_AT >= HEADER_BYTES + 56);
+const _: () = assert!(BUCKETS_AT >= HEADER_BYTES + 88);

@@ -27,26 +27,32 @@
 //!
 //! # Commit and checkpoint
 //! Commit writes each changed node into a newly allocated page with `pwrite` (no fsync) and
-//! publishes the new roots in memory. [`Db::checkpoint`]`(applied_index)` writes the freelist,
-//! fdatasyncs, writes the meta slot not holding the newest durable meta, fdatasyncs. After a
-//! crash, open finds the newest meta whose crc is valid: the last completed checkpoint, or the
-//! one whose meta write was in flight if that write reached the disk whole.
+//! publishes the new roots in memory. [`Db::checkpoint`]`(applied_index)` writes, in one batch,
+//! the freelist, the *written list* (every tree page written since the previous checkpoint with
+//! its crc) and the meta slot not holding the newest durable meta, then fdatasyncs once. Open
+//! takes the newest meta whose crc is valid *and* whose chains and written pages all read back
+//! with the recorded crcs (`chain.rs`); otherwise the previous meta, whose pages the writer never
+//! touches before a newer checkpoint has returned. So a crash mid-checkpoint reopens at the
+//! previous checkpoint, and a returned checkpoint is durable. The caller's WAL must therefore
+//! keep entries from the previous checkpoint's applied index until the next one returns.
 //!
 //! # Media assumptions (stated once, relied on everywhere)
 //! - `fdatasync` returning success means every earlier write to the file is on stable storage.
 //! - A write that is interrupted may leave any mix of old and new bytes in the pages it covered,
 //!   but never changes a page it did not cover; the crc32c in every page detects the mix.
-//! - Writes to different pages are not ordered without an fdatasync between them.
+//! - Writes are not ordered among themselves, not even a meta page after the pages it names.
 //! - A read-only shared map shows the bytes of a completed `pwrite` (one page cache, Linux).
 //!
 //! # File format (version 1)
 //! Fixed-size pages (4 KiB by default, recorded in the meta). Pages 0 and 1 are the two meta
-//! slots (drawn in `meta.rs`); every other page is a branch, leaf, overflow run or freelist page,
+//! slots (drawn in `meta.rs`); every other page is a branch, leaf, overflow run (`page.rs`) or
+//! a freelist or written-list page (`chain.rs`),
 //! each with a 16-byte header holding a crc32c and the format version (drawn in `page.rs`). A
 //! change to any of these layouts is a bump of `FORMAT_VERSION`, and older versions are refused
 //! with [`Error::Corrupt`] naming the page.
 
 mod alloc;
+mod chain;
 mod check;
 mod db;
 mod defrag;

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! byte  0..4   crc32c of bytes 4..end (for an overflow run: to the end of the whole run)
-//! byte  4      kind: 1 meta, 2 branch, 3 leaf, 4 overflow, 5 freelist
+//! byte  4      kind: 1 meta, 2 branch, 3 leaf, 4 overflow, 5 freelist, 6 written list
 //! byte  5      format version (FORMAT_VERSION)
 //! byte  6..8   entry count (u16)
 //! byte  8..16  id of the transaction that wrote the page (u64)
@@ -36,14 +36,7 @@
 //! 32..    value bytes, then zero padding to the end of the run
 //! ```
 //!
-//! Freelist page (kind 5), `n` = ids in this page:
-//!
-//! ```text
-//! 16..24  next freelist page (u64, 0 = last)
-//! 24..    n free page ids (u64 each)
-//! ```
-//!
-//! The meta page (kind 1) is drawn in `meta.rs`.
+//! The meta page (kind 1) is drawn in `meta.rs`, the chains (kinds 5 and 6) in `chain.rs`.
 
 use super::Error;
 
@@ -53,7 +46,6 @@ pub(crate) const SLOT_BYTES: usize = 2;
 pub(crate) const BRANCH_ENTRY_FIXED_BYTES: usize = 2 + 8;
 pub(crate) const LEAF_ENTRY_FIXED_BYTES: usize = 2 + 1 + 4;
 pub(crate) const OVERFLOW_DATA_OFFSET: usize = 32;
-pub(crate) const FREELIST_IDS_OFFSET: usize = 24;
 const LEAF_FLAG_OVERFLOW: u8 = 1;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,6 +56,7 @@ pub(crate) enum Kind {
     Leaf = 3,
     Overflow = 4,
     Freelist = 5,
+    Written = 6,
 }
 
 impl Kind {
@@ -74,6 +67,7 @@ impl Kind {
             3 => Kind::Leaf,
             4 => Kind::Overflow,
             5 => Kind::Freelist,
+            6 => Kind::Written,
             _ => return None,
         })
     }

@@ -4,14 +4,11 @@ use std::ops::Bound;
 use std::sync::{Arc, MutexGuard};
 
 use super::alloc::Freed;
-use super::db::{Shared, Snapshot, Writer};
+use super::db::{write_coalesced, Shared, Snapshot, Writer};
 use super::meta::{buckets_fit, BUCKET_NAME_BYTES_MAX};
 use super::node::{self, Child, Ctx, Dir, KeyRange, Out, OwnedEntry};
 use super::read::Pages;
 use super::Error;
-
-/// Writes larger than this are split into several pwrites, bounding the staging copy.
-const WRITE_BATCH_BYTES_MAX: usize = 8 << 20;
 
 /// The single write transaction. Changes are invisible to readers until [`WriteTxn::commit`];
 /// dropping it without commit discards them. Not durable until [`super::Db::checkpoint`].
@@ -110,7 +107,15 @@ impl<'db> WriteTxn<'db> {
         };
         writer.ensure_file_covers(page_size)?;
         writes.sort_unstable_by_key(|(id, _)| *id);
-        write_coalesced(writer, page_size, &writes)?;
+        write_coalesced(writer.file.as_ref(), page_size, &writes)?;
+        for (id, buf) in &writes {
+            let crc = u32::from_le_bytes(buf[0..4].try_into().expect("sealed page"));
+            writer.unsynced.insert(*id, crc);
+            // Pages inside an overflow run are vouched for by the run's first page.
+            for inner in id + 1..id + (buf.len() / page_size) as u64 {
+                writer.unsynced.remove(&inner);
+            }
+        }
         for freed in self.freed.drain(..) {
             writer.alloc.free(self.txn_id, freed);
         }
@@ -131,32 +136,6 @@ impl<'db> WriteTxn<'db> {
             verify: self.shared.verify,
         }
     }
-}
-
-/// Issues one pwrite per run of consecutive pages.
-fn write_coalesced(
-    writer: &Writer,
-    page_size: usize,
-    writes: &[(u64, Vec<u8>)],
-) -> Result<(), Error> {
-    let mut staged: Vec<u8> = Vec::new();
-    let mut staged_at = 0u64;
-    for (id, buf) in writes {
-        let offset = id * page_size as u64;
-        let contiguous = !staged.is_empty() && staged_at + staged.len() as u64 == offset;
-        if !contiguous || staged.len() + buf.len() > WRITE_BATCH_BYTES_MAX {
-            if !staged.is_empty() {
-                writer.file.write_at(&staged, staged_at)?;
-                staged.clear();
-            }
-            staged_at = offset;
-        }
-        staged.extend_from_slice(buf);
-    }
-    if !staged.is_empty() {
-        writer.file.write_at(&staged, staged_at)?;
-    }
-    Ok(())
 }
 
 /// One bucket inside a write transaction.
