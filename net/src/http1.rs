@@ -1,6 +1,7 @@
-//! The HTTP/1.1 endpoints etcd serves on its client port beside gRPC: `GET /health` and
-//! `GET /version`. Only what monitoring and load balancers probe; no request body is read.
+//! The HTTP/1.1 endpoints etcd serves on its client port beside gRPC: `GET /health`,
+//! `/version`, `/metrics`, `/livez` and `/readyz`. Only what monitoring and load balancers probe; no request body is read.
 
+use crate::metrics::metrics;
 use crate::service::{ETCD_CLUSTER_VERSION, ETCD_SERVER_VERSION};
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -129,18 +130,46 @@ impl Reply {
 }
 
 fn route(request: &Request<'_>) -> Reply {
-    let body = match request.path {
-        // A single member with no alarms is healthy whenever it can answer at all.
-        "/health" => r#"{"health":"true","reason":""}"#.to_string(),
-        "/version" => format!(
-            r#"{{"etcdserver":"{ETCD_SERVER_VERSION}","etcdcluster":"{ETCD_CLUSTER_VERSION}"}}"#
-        ),
-        _ => return Reply::text(404, "Not Found", "404 page not found\n"),
-    };
     if request.method != "GET" && request.method != "HEAD" {
-        return Reply::text(405, "Method Not Allowed", "Method Not Allowed\n");
+        return match request.path {
+            "/health" | "/version" | "/metrics" | "/livez" | "/readyz" => {
+                Reply::text(405, "Method Not Allowed", "Method Not Allowed\n")
+            }
+            _ => Reply::text(404, "Not Found", "404 page not found\n"),
+        };
     }
-    Reply::json(body)
+    match request.path {
+        "/health" => health(metrics().server_has_leader.get() == 1),
+        "/version" => Reply::json(format!(
+            r#"{{"etcdserver":"{ETCD_SERVER_VERSION}","etcdcluster":"{ETCD_CLUSTER_VERSION}"}}"#
+        )),
+        "/metrics" => Reply::new(
+            200,
+            "OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics().render(ETCD_SERVER_VERSION, ETCD_CLUSTER_VERSION),
+        ),
+        // The process answers, so it is alive; it serves clients as soon as it listens.
+        "/livez" | "/readyz" => Reply::text(200, "OK", "ok\n"),
+        _ => Reply::text(404, "Not Found", "404 page not found\n"),
+    }
+}
+
+/// etcd's `/health`: unhealthy, with etcd's reason, while the member knows no leader.
+fn health(has_leader: bool) -> Reply {
+    let metrics = metrics();
+    let (status, reason, body) = if has_leader {
+        metrics.server_health_success.inc();
+        (200, "OK", r#"{"health":"true","reason":""}"#)
+    } else {
+        metrics.server_health_failures.inc();
+        (
+            503,
+            "Service Unavailable",
+            r#"{"health":"false","reason":"RAFT NO LEADER"}"#,
+        )
+    };
+    Reply::new(status, reason, "application/json", body.to_string())
 }
 
 async fn write_response<S: AsyncWrite + Unpin>(
@@ -188,9 +217,11 @@ mod tests {
                 200,
                 r#"{"health":"true","reason":""}"#,
             ),
-            ("GET /metrics HTTP/1.1\r\n\r\n", 404, "404 page not found\n"),
+            ("GET /livez HTTP/1.1\r\n\r\n", 200, "ok\n"),
+            ("GET /nothing HTTP/1.1\r\n\r\n", 404, "404 page not found\n"),
             ("POST /health HTTP/1.1\r\n\r\n", 405, "Method Not Allowed\n"),
         ];
+        metrics().server_has_leader.set(1);
         for (head, status, body) in cases {
             let request = Request::parse(head).expect(head);
             let reply = route(&request);
@@ -200,6 +231,16 @@ mod tests {
                 "{head}"
             );
         }
+    }
+
+    #[test]
+    fn health_without_a_leader_is_503_with_etcds_reason() {
+        let reply = health(false);
+        assert_eq!(reply.status, 503);
+        assert_eq!(
+            reply.body,
+            r#"{"health":"false","reason":"RAFT NO LEADER"}"#
+        );
     }
 
     #[test]

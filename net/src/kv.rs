@@ -61,6 +61,10 @@ impl Default for LocalKv {
 
 impl LocalKv {
     pub fn new() -> Self {
+        // A lone in-memory member is its own leader from the start.
+        let metrics = crate::metrics::metrics();
+        metrics.server_has_leader.set(1);
+        metrics.server_is_leader.set(1);
         Self {
             store: Arc::new(Mutex::new(KvStore::new())),
         }

@@ -4,6 +4,7 @@
 //! - [`service`]: which gRPC path runs what; validation before execution; response headers.
 //! - [`kv`]: the [`KvService`] seam, served today by one in-memory store ([`LocalKv`]).
 //! - [`status`]: gRPC status codes and the one table from Basalt's errors to etcd's.
+//! - [`metrics`]: the `/metrics` registry under etcd's metric names.
 //! - [`client`]: a small gRPC client on the same stack, for benches and tests.
 //!
 //! This crate owns sockets and wire formats. It must never hold KV state or decide KV
@@ -16,6 +17,7 @@ mod grpc;
 mod http1;
 mod io;
 pub mod kv;
+pub mod metrics;
 mod server;
 mod service;
 pub mod status;

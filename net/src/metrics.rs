@@ -127,6 +127,8 @@ pub struct Metrics {
     pub server_proposals_pending: Gauge,
     pub server_proposals_failed_total: Counter,
     pub server_slow_apply_total: Counter,
+    pub server_health_success: Counter,
+    pub server_health_failures: Counter,
     pub server_quota_backend_bytes: Gauge,
     pub mvcc_db_total_size_in_bytes: Gauge,
     pub mvcc_db_total_size_in_use_in_bytes: Gauge,
@@ -164,6 +166,8 @@ impl Metrics {
             server_proposals_pending: Gauge::default(),
             server_proposals_failed_total: Counter::default(),
             server_slow_apply_total: Counter::default(),
+            server_health_success: Counter::default(),
+            server_health_failures: Counter::default(),
             server_quota_backend_bytes: Gauge::default(),
             mvcc_db_total_size_in_bytes: Gauge::default(),
             mvcc_db_total_size_in_use_in_bytes: Gauge::default(),
@@ -184,28 +188,132 @@ impl Metrics {
     /// The Prometheus text exposition (version 0.0.4) of every metric.
     pub fn render(&self, server_version: &str, cluster_version: &str) -> String {
         let mut out = Exposition::default();
-        out.gauge("etcd_server_has_leader", "Whether or not a leader exists. 1 is existence, 0 is not.", self.server_has_leader.get());
-        out.gauge("etcd_server_is_leader", "Whether or not this member is a leader. 1 if is, 0 otherwise.", self.server_is_leader.get());
-        out.counter("etcd_server_leader_changes_seen_total", "The number of leader changes seen.", self.server_leader_changes_seen_total.get());
-        out.gauge("etcd_server_proposals_committed_total", "The total number of consensus proposals committed.", self.server_proposals_committed_total.get());
-        out.gauge("etcd_server_proposals_applied_total", "The total number of consensus proposals applied.", self.server_proposals_applied_total.get());
-        out.gauge("etcd_server_proposals_pending", "The current number of pending proposals to commit.", self.server_proposals_pending.get());
-        out.counter("etcd_server_proposals_failed_total", "The total number of failed proposals seen.", self.server_proposals_failed_total.get());
-        out.counter("etcd_server_slow_apply_total", "The total number of slow apply requests (likely overloaded from slow disk).", self.server_slow_apply_total.get());
-        out.gauge("etcd_server_quota_backend_bytes", "Current backend storage quota size in bytes.", self.server_quota_backend_bytes.get());
-        out.labeled_gauge("etcd_server_id", "Server or member ID in hexadecimal format. 1 for 'server_id' label with current ID.", &[("server_id", format!("{:x}", self.server_id.load(Ordering::Relaxed)))], 1);
-        out.labeled_gauge("etcd_server_version", "Which version is running. 1 for 'server_version' label with current version.", &[("server_version", server_version.to_string())], 1);
-        out.labeled_gauge("etcd_cluster_version", "Which version is running. 1 for 'cluster_version' label with current cluster version", &[("cluster_version", cluster_version.to_string())], 1);
-        out.gauge("etcd_mvcc_db_total_size_in_bytes", "Total size of the underlying database physically allocated in bytes.", self.mvcc_db_total_size_in_bytes.get());
-        out.gauge("etcd_mvcc_db_total_size_in_use_in_bytes", "Total size of the underlying database logically in use in bytes.", self.mvcc_db_total_size_in_use_in_bytes.get());
-        out.counter("etcd_mvcc_put_total", "Total number of puts seen by this member.", self.mvcc_put_total.get());
-        out.counter("etcd_mvcc_delete_total", "Total number of deletes seen by this member.", self.mvcc_delete_total.get());
-        out.counter("etcd_mvcc_range_total", "Total number of ranges seen by this member.", self.mvcc_range_total.get());
-        out.counter("etcd_mvcc_txn_total", "Total number of txns seen by this member.", self.mvcc_txn_total.get());
-        out.histogram("etcd_disk_wal_fsync_duration_seconds", "The latency distributions of fsync called by WAL.", &self.disk_wal_fsync_duration_seconds);
-        out.histogram("etcd_disk_backend_commit_duration_seconds", "The latency distributions of commit called by backend.", &self.disk_backend_commit_duration_seconds);
-        out.counter("etcd_network_client_grpc_received_bytes_total", "The total number of bytes received from grpc clients.", self.network_client_grpc_received_bytes_total.get());
-        out.counter("etcd_network_client_grpc_sent_bytes_total", "The total number of bytes sent to grpc clients.", self.network_client_grpc_sent_bytes_total.get());
+        out.gauge(
+            "etcd_server_has_leader",
+            "Whether or not a leader exists. 1 is existence, 0 is not.",
+            self.server_has_leader.get(),
+        );
+        out.gauge(
+            "etcd_server_is_leader",
+            "Whether or not this member is a leader. 1 if is, 0 otherwise.",
+            self.server_is_leader.get(),
+        );
+        out.counter(
+            "etcd_server_leader_changes_seen_total",
+            "The number of leader changes seen.",
+            self.server_leader_changes_seen_total.get(),
+        );
+        out.gauge(
+            "etcd_server_proposals_committed_total",
+            "The total number of consensus proposals committed.",
+            self.server_proposals_committed_total.get(),
+        );
+        out.gauge(
+            "etcd_server_proposals_applied_total",
+            "The total number of consensus proposals applied.",
+            self.server_proposals_applied_total.get(),
+        );
+        out.gauge(
+            "etcd_server_proposals_pending",
+            "The current number of pending proposals to commit.",
+            self.server_proposals_pending.get(),
+        );
+        out.counter(
+            "etcd_server_proposals_failed_total",
+            "The total number of failed proposals seen.",
+            self.server_proposals_failed_total.get(),
+        );
+        out.counter(
+            "etcd_server_slow_apply_total",
+            "The total number of slow apply requests (likely overloaded from slow disk).",
+            self.server_slow_apply_total.get(),
+        );
+        out.counter(
+            "etcd_server_health_success",
+            "The total number of successful health checks",
+            self.server_health_success.get(),
+        );
+        out.counter(
+            "etcd_server_health_failures",
+            "The total number of failed health checks",
+            self.server_health_failures.get(),
+        );
+        out.gauge(
+            "etcd_server_quota_backend_bytes",
+            "Current backend storage quota size in bytes.",
+            self.server_quota_backend_bytes.get(),
+        );
+        out.labeled_gauge(
+            "etcd_server_id",
+            "Server or member ID in hexadecimal format. 1 for 'server_id' label with current ID.",
+            &[(
+                "server_id",
+                format!("{:x}", self.server_id.load(Ordering::Relaxed)),
+            )],
+            1,
+        );
+        out.labeled_gauge(
+            "etcd_server_version",
+            "Which version is running. 1 for 'server_version' label with current version.",
+            &[("server_version", server_version.to_string())],
+            1,
+        );
+        out.labeled_gauge(
+            "etcd_cluster_version",
+            "Which version is running. 1 for 'cluster_version' label with current cluster version",
+            &[("cluster_version", cluster_version.to_string())],
+            1,
+        );
+        out.gauge(
+            "etcd_mvcc_db_total_size_in_bytes",
+            "Total size of the underlying database physically allocated in bytes.",
+            self.mvcc_db_total_size_in_bytes.get(),
+        );
+        out.gauge(
+            "etcd_mvcc_db_total_size_in_use_in_bytes",
+            "Total size of the underlying database logically in use in bytes.",
+            self.mvcc_db_total_size_in_use_in_bytes.get(),
+        );
+        out.counter(
+            "etcd_mvcc_put_total",
+            "Total number of puts seen by this member.",
+            self.mvcc_put_total.get(),
+        );
+        out.counter(
+            "etcd_mvcc_delete_total",
+            "Total number of deletes seen by this member.",
+            self.mvcc_delete_total.get(),
+        );
+        out.counter(
+            "etcd_mvcc_range_total",
+            "Total number of ranges seen by this member.",
+            self.mvcc_range_total.get(),
+        );
+        out.counter(
+            "etcd_mvcc_txn_total",
+            "Total number of txns seen by this member.",
+            self.mvcc_txn_total.get(),
+        );
+        out.histogram(
+            "etcd_disk_wal_fsync_duration_seconds",
+            "The latency distributions of fsync called by WAL.",
+            &self.disk_wal_fsync_duration_seconds,
+        );
+        out.histogram(
+            "etcd_disk_backend_commit_duration_seconds",
+            "The latency distributions of commit called by backend.",
+            &self.disk_backend_commit_duration_seconds,
+        );
+        out.counter(
+            "etcd_network_client_grpc_received_bytes_total",
+            "The total number of bytes received from grpc clients.",
+            self.network_client_grpc_received_bytes_total.get(),
+        );
+        out.counter(
+            "etcd_network_client_grpc_sent_bytes_total",
+            "The total number of bytes sent to grpc clients.",
+            self.network_client_grpc_sent_bytes_total.get(),
+        );
         out.grpc(&self.grpc);
         out.process(self.process_start_time_seconds);
         out.text
@@ -255,37 +363,74 @@ impl Exposition {
     /// server starts, and `grpc_server_handled_total` only for the codes seen.
     fn grpc(&mut self, grpc: &GrpcMetrics) {
         let per_method = [
-            ("grpc_server_started_total", "Total number of RPCs started on the server.", &grpc.started),
-            ("grpc_server_msg_received_total", "Total number of RPC stream messages received on the server.", &grpc.msg_received),
-            ("grpc_server_msg_sent_total", "Total number of gRPC stream messages sent by the server.", &grpc.msg_sent),
+            (
+                "grpc_server_started_total",
+                "Total number of RPCs started on the server.",
+                &grpc.started,
+            ),
+            (
+                "grpc_server_msg_received_total",
+                "Total number of RPC stream messages received on the server.",
+                &grpc.msg_received,
+            ),
+            (
+                "grpc_server_msg_sent_total",
+                "Total number of gRPC stream messages sent by the server.",
+                &grpc.msg_sent,
+            ),
         ];
         for (name, help, counters) in per_method {
             self.family(name, help, "counter");
             for (method, counter) in METHODS.iter().zip(counters.iter()) {
-                let _ = writeln!(self.text, "{name}{{{}}} {}", method_labels(method, None), counter.get());
+                let _ = writeln!(
+                    self.text,
+                    "{name}{{{}}} {}",
+                    method_labels(method, None),
+                    counter.get()
+                );
             }
         }
         let name = "grpc_server_handled_total";
-        self.family(name, "Total number of RPCs completed on the server, regardless of success or failure.", "counter");
+        self.family(
+            name,
+            "Total number of RPCs completed on the server, regardless of success or failure.",
+            "counter",
+        );
         for (index, counter) in grpc.handled.iter().enumerate() {
             let count = counter.get();
             if count > 0 {
                 let method = &METHODS[index / GRPC_CODES];
-                let code = Code::from_i32((index % GRPC_CODES) as i32);
-                let _ = writeln!(self.text, "{name}{{{}}} {count}", method_labels(method, Some(code)));
+                let code = Code::from_wire((index % GRPC_CODES) as u32);
+                let _ = writeln!(
+                    self.text,
+                    "{name}{{{}}} {count}",
+                    method_labels(method, Some(code))
+                );
             }
         }
     }
 
     fn process(&mut self, start_time_seconds: f64) {
-        self.family("process_start_time_seconds", "Start time of the process since unix epoch in seconds.", "gauge");
+        self.family(
+            "process_start_time_seconds",
+            "Start time of the process since unix epoch in seconds.",
+            "gauge",
+        );
         let _ = writeln!(self.text, "process_start_time_seconds {start_time_seconds}");
         if let Some(rss_bytes) = resident_memory_bytes() {
-            self.family("process_resident_memory_bytes", "Resident memory size in bytes.", "gauge");
+            self.family(
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes.",
+                "gauge",
+            );
             let _ = writeln!(self.text, "process_resident_memory_bytes {rss_bytes}");
         }
         if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
-            self.family("process_open_fds", "Number of open file descriptors.", "gauge");
+            self.family(
+                "process_open_fds",
+                "Number of open file descriptors.",
+                "gauge",
+            );
             let _ = writeln!(self.text, "process_open_fds {}", fds.count());
         }
     }
@@ -309,7 +454,12 @@ fn method_labels(method: &MethodInfo, code: Option<Code>) -> String {
 }
 
 fn label_text(labels: &[(&str, String)]) -> String {
-    let escaped = |value: &str| value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+    let escaped = |value: &str| {
+        value
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+    };
     labels
         .iter()
         .map(|(name, value)| format!("{name}=\"{}\"", escaped(value)))
@@ -337,7 +487,11 @@ mod tests {
         }
         let mut out = Exposition::default();
         out.histogram("h", "help", &histogram);
-        assert!(out.text.contains("h_bucket{le=\"0.001\"} 1\n"), "{}", out.text);
+        assert!(
+            out.text.contains("h_bucket{le=\"0.001\"} 1\n"),
+            "{}",
+            out.text
+        );
         assert!(out.text.contains("h_bucket{le=\"0.002\"} 2\n"));
         assert!(out.text.contains("h_bucket{le=\"0.004\"} 3\n"));
         assert!(out.text.contains("h_bucket{le=\"8.192\"} 3\n"));
@@ -375,7 +529,10 @@ mod tests {
             "etcd_disk_backend_commit_duration_seconds",
             "grpc_server_handled_total",
         ] {
-            assert!(text.contains(&format!("# TYPE {required} ")), "{required} missing");
+            assert!(
+                text.contains(&format!("# TYPE {required} ")),
+                "{required} missing"
+            );
         }
         assert!(text.contains("etcd_server_version{server_version=\"3.5.1\"} 1\n"));
     }

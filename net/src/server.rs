@@ -88,6 +88,9 @@ where
     K: KvService,
     F: Fn(usize) -> K + Send + Sync + 'static,
 {
+    crate::metrics::metrics()
+        .server_id
+        .store(config.member_id, std::sync::atomic::Ordering::Relaxed);
     let cores = config.core_count();
     let (client_addrs, mut listeners) = bind_listeners(&config.listen_client_urls, cores)?;
     let make_kv = Arc::new(make_kv);

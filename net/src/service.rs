@@ -7,7 +7,8 @@
 use crate::config::ServerConfig;
 use crate::grpc::{decode, MessageReader, ResponseSink};
 use crate::kv::KvService;
-use crate::status::Status;
+use crate::metrics::{metrics, GrpcMetrics};
+use crate::status::{Code, Status};
 use basalt_engine::mvcc::{
     validate_compaction, validate_delete_range, validate_put, validate_range, validate_txn, Limits,
 };
@@ -62,11 +63,26 @@ impl<K: KvService> Services<K> {
     }
 
     pub(crate) async fn call(&self, path: &str, call: ServerCall) {
+        let grpc_metrics = &metrics().grpc;
+        let method = GrpcMetrics::method_index(path);
+        if let Some(method) = method {
+            grpc_metrics.started(method);
+        }
+        let code = self.dispatch(path, call).await;
+        if let (Some(method), Some(code)) = (method, code) {
+            grpc_metrics.handled(method, code);
+        }
+    }
+
+    /// Runs the call and says how it ended (None when the client vanished before the end).
+    async fn dispatch(&self, path: &str, call: ServerCall) -> Option<Code> {
         let limits = &self.limits;
         let kv = &self.kv;
+        let m = metrics();
         match path {
             "/etcdserverpb.KV/Range" => {
                 unary(call, |req| async move {
+                    m.mvcc_range_total.inc();
                     validate_range(&req, limits)?;
                     let mut resp = kv.range(req).await?;
                     self.fill_header(&mut resp.header);
@@ -76,6 +92,7 @@ impl<K: KvService> Services<K> {
             }
             "/etcdserverpb.KV/Put" => {
                 unary(call, |req| async move {
+                    m.mvcc_put_total.inc();
                     validate_put(&req, limits)?;
                     let mut resp = kv.put(req).await?;
                     self.fill_header(&mut resp.header);
@@ -85,6 +102,7 @@ impl<K: KvService> Services<K> {
             }
             "/etcdserverpb.KV/DeleteRange" => {
                 unary(call, |req| async move {
+                    m.mvcc_delete_total.inc();
                     validate_delete_range(&req, limits)?;
                     let mut resp = kv.delete_range(req).await?;
                     self.fill_header(&mut resp.header);
@@ -94,6 +112,7 @@ impl<K: KvService> Services<K> {
             }
             "/etcdserverpb.KV/Txn" => {
                 unary(call, |req| async move {
+                    m.mvcc_txn_total.inc();
                     validate_txn(&req, limits)?;
                     let mut resp = kv.txn(req).await?;
                     self.fill_header(&mut resp.header);
@@ -116,6 +135,7 @@ impl<K: KvService> Services<K> {
             "/etcdserverpb.Maintenance/Alarm" => {
                 unary(call, |req: AlarmRequest| self.alarm(req)).await
             }
+            "/grpc.health.v1.Health/Check" => unary(call, health_check).await,
             "/etcdserverpb.Cluster/MemberList" => {
                 unary(call, |_: MemberListRequest| async {
                     // etcd's cluster server leaves the revision out of this header.
@@ -128,7 +148,11 @@ impl<K: KvService> Services<K> {
                 })
                 .await
             }
-            _ => call.sink.finish(&unserved(path)),
+            _ => {
+                let status = unserved(path);
+                call.sink.finish(&status);
+                Some(status.code)
+            }
         }
     }
 
@@ -185,7 +209,7 @@ impl<K: KvService> Services<K> {
 
 /// Reads the one request of a unary call, runs `handler`, and answers with its response or
 /// its status.
-async fn unary<Req, Resp, Fut>(call: ServerCall, handler: impl FnOnce(Req) -> Fut)
+async fn unary<Req, Resp, Fut>(call: ServerCall, handler: impl FnOnce(Req) -> Fut) -> Option<Code>
 where
     Req: prost::Message + Default,
     Resp: prost::Message,
@@ -211,11 +235,44 @@ where
     let status = match result {
         Ok(resp) => match sink.send(&resp).await {
             Ok(()) => Status::ok(),
-            Err(_) => return, // The client is gone.
+            Err(_) => return None, // The client is gone.
         },
         Err(status) => status,
     };
     sink.finish(&status);
+    Some(status.code)
+}
+
+/// gRPC's standard health service (`grpc.health.v1`), which etcd registers on its client
+/// port; probes such as grpc_health_probe use it. Not part of etcd's protos, so the two tiny
+/// messages live here.
+#[derive(Clone, PartialEq, prost::Message)]
+struct HealthCheckRequest {
+    #[prost(string, tag = "1")]
+    service: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct HealthCheckResponse {
+    /// 1 = SERVING in `grpc.health.v1.HealthCheckResponse.ServingStatus`.
+    #[prost(int32, tag = "1")]
+    status: i32,
+}
+
+const HEALTH_SERVING: i32 = 1;
+
+/// etcd marks only the whole server ("") as serving.
+async fn health_check(req: HealthCheckRequest) -> Result<HealthCheckResponse, Status> {
+    if req.service.is_empty() {
+        Ok(HealthCheckResponse {
+            status: HEALTH_SERVING,
+        })
+    } else {
+        Err(Status::new(
+            crate::status::Code::NotFound,
+            "unknown service",
+        ))
+    }
 }
 
 /// The status for a path no handler serves, worded as grpc-go words it.

@@ -184,6 +184,37 @@ fn maintenance_and_cluster_describe_the_single_member() {
 }
 
 #[test]
+fn grpc_health_check_reports_the_server_serving() {
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct HealthCheckRequest {
+        #[prost(string, tag = "1")]
+        service: String,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct HealthCheckResponse {
+        #[prost(int32, tag = "1")]
+        status: i32,
+    }
+    const PATH: &str = "/grpc.health.v1.Health/Check";
+    with_server(|addr| async move {
+        let client = Client::connect(addr).await.unwrap();
+        let whole = HealthCheckRequest {
+            service: String::new(),
+        };
+        let resp: HealthCheckResponse = client.unary(PATH, &whole).await.unwrap();
+        assert_eq!(resp.status, 1, "SERVING");
+        let other = HealthCheckRequest {
+            service: "etcdserverpb.KV".to_string(),
+        };
+        let err = client
+            .unary::<_, HealthCheckResponse>(PATH, &other)
+            .await
+            .unwrap_err();
+        assert_eq!(err, Status::new(Code::NotFound, "unknown service"));
+    });
+}
+
+#[test]
 fn storage_errors_reach_the_client_with_etcds_code_and_message() {
     with_server(|addr| async move {
         let client = Client::connect(addr).await.unwrap();
@@ -405,6 +436,8 @@ fn http1_health_and_version_share_the_client_port() {
             "200 OK",
             r#"{"etcdserver":"3.5.1","etcdcluster":"3.5.0"}"#,
         ),
+        ("/livez", "200 OK", "ok\n"),
+        ("/readyz", "200 OK", "ok\n"),
         ("/nothing", "404 Not Found", "404 page not found\n"),
     ];
     for (path, status, body) in cases {
@@ -426,6 +459,40 @@ fn http1_health_and_version_share_the_client_port() {
         );
     }
     server.stop().unwrap();
+}
+
+#[test]
+fn metrics_count_grpc_calls_under_etcds_names() {
+    with_server(|addr| async move {
+        let client = Client::connect(addr).await.unwrap();
+        client.range(&range("metrics-probe")).await.unwrap();
+        let exposition = blocking_http_get(addr, "/metrics");
+        assert!(
+            exposition.starts_with("HTTP/1.1 200 OK\r\n"),
+            "{exposition}"
+        );
+        assert!(exposition.contains("# TYPE etcd_server_has_leader gauge\n"));
+        let handled = exposition
+            .lines()
+            .find(|line| {
+                line.starts_with("grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"Range\"")
+            })
+            .unwrap_or_else(|| panic!("no handled Range in {exposition}"));
+        let count: u64 = handled.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(count >= 1, "{handled}");
+    });
+}
+
+fn blocking_http_get(addr: SocketAddr, path: &str) -> String {
+    let mut socket = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        socket,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reply = String::new();
+    socket.read_to_string(&mut reply).unwrap();
+    reply
 }
 
 #[test]
