@@ -1,0 +1,318 @@
+//! [`KvStore`]: applies KV requests to the key index and the revision backend
+//! with etcd 3.5.1's results, revisions and errors. Range semantics live in
+//! `range`, txn branch choice and checks in `txn`, the write path in `write`.
+
+mod range;
+mod txn;
+mod write;
+
+use txn::check_no_ignore_after_from_key_delete;
+use write::WriteTxn;
+
+use std::fmt;
+
+use basalt_proto::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
+};
+use basalt_proto::mvccpb::KeyValue;
+use prost::Message;
+
+use super::backend::{MemoryBackend, MetaKey, RevisionBackend};
+use super::key_index::{KeyRange, TreeIndex};
+use super::validate::is_read_only;
+use super::{MvccError, Revision};
+
+/// Answers whether a lease exists. The lease table plugs in here; until it
+/// exists every lease is unknown, as on an etcd that granted none.
+pub trait LeaseLookup: Send + Sync {
+    fn contains(&self, lease_id: i64) -> bool;
+}
+
+/// The lease table of a server that has granted no lease.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoLeases;
+
+impl LeaseLookup for NoLeases {
+    fn contains(&self, _lease_id: i64) -> bool {
+        false
+    }
+}
+
+/// etcd's MVCC store on one node: a single writer (`&mut self`) and any number
+/// of readers (`&self`).
+///
+/// Requests must have passed the matching `validate_*` function first; the
+/// store then applies them exactly as etcd's apply loop does. An
+/// [`MvccError::Backend`] from a write means the backend failed part-way and
+/// the store must not be used further (etcd panics there).
+pub struct KvStore<B: RevisionBackend = MemoryBackend> {
+    backend: B,
+    index: TreeIndex,
+    current_revision: i64,
+    /// etcd's `compactMainRev`: reads below it fail; -1 before any compaction.
+    compacted_revision: i64,
+    leases: Box<dyn LeaseLookup>,
+}
+
+impl<B: RevisionBackend> fmt::Debug for KvStore<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KvStore")
+            .field("current_revision", &self.current_revision)
+            .field("compacted_revision", &self.compacted_revision)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for KvStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl KvStore {
+    /// An empty store over the in-memory backend, at revision 1 like a fresh etcd.
+    pub fn new() -> Self {
+        KvStore::open(MemoryBackend::new()).expect("the in-memory backend cannot fail")
+    }
+}
+
+/// Revision of a fresh store; etcd's first write gets revision 2.
+const FIRST_REVISION: i64 = 1;
+
+/// `compacted_revision` before any compaction; etcd accepts compacting at 0.
+const NEVER_COMPACTED: i64 = -1;
+
+impl<B: RevisionBackend> KvStore<B> {
+    /// Opens a store over `backend`, rebuilding the key index from its records
+    /// and finishing a compaction that was accepted but not completed.
+    pub fn open(backend: B) -> Result<Self, MvccError> {
+        let mut index = TreeIndex::new();
+        let mut current_revision = FIRST_REVISION;
+        let mut decode_error = None;
+        backend.scan(Revision::default(), &mut |revision, record| {
+            current_revision = revision.main;
+            match KeyValue::decode(record.kv.clone()) {
+                Ok(kv) => restore_record(&mut index, revision, record.tombstone, kv),
+                Err(error) => {
+                    decode_error = Some(MvccError::Backend(format!(
+                        "record at revision {revision} does not decode: {error}"
+                    )));
+                    return false;
+                }
+            }
+            true
+        })?;
+        if let Some(error) = decode_error {
+            return Err(error);
+        }
+        let finished = backend.get_meta(MetaKey::FinishedCompactRevision)?;
+        let scheduled = backend.get_meta(MetaKey::ScheduledCompactRevision)?;
+        let compacted_revision = finished.unwrap_or(NEVER_COMPACTED);
+        let mut store = KvStore {
+            backend,
+            index,
+            current_revision: current_revision.max(compacted_revision),
+            compacted_revision,
+            leases: Box::new(NoLeases),
+        };
+        if let Some(scheduled) = scheduled.filter(|&scheduled| scheduled > compacted_revision) {
+            store.current_revision = store.current_revision.max(scheduled);
+            store.compact_at(scheduled)?;
+        }
+        Ok(store)
+    }
+
+    /// Plugs in the lease table that puts with a lease are checked against.
+    pub fn set_lease_lookup(&mut self, leases: Box<dyn LeaseLookup>) {
+        self.leases = leases;
+    }
+
+    /// The revision of the newest write (1 for a fresh store).
+    pub fn current_revision(&self) -> i64 {
+        self.current_revision
+    }
+
+    /// The revision of the newest compaction, -1 if none.
+    pub fn compacted_revision(&self) -> i64 {
+        self.compacted_revision
+    }
+
+    /// The revision backend, e.g. for a test comparing it with a model.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// The backend, for the apply loop to commit a batch of writes (e.g.
+    /// `BtreeBackend::commit`). Changing revision records through it would
+    /// put the key index out of step with them.
+    pub fn backend_mut(&mut self) -> &mut B {
+        &mut self.backend
+    }
+
+    /// Closes the store, handing back its backend (to reopen it, for example).
+    pub fn into_backend(self) -> B {
+        self.backend
+    }
+
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, MvccError> {
+        self.apply_range(req, self.current_revision)
+    }
+
+    pub fn put(&mut self, req: &PutRequest) -> Result<PutResponse, MvccError> {
+        // Outside a txn etcd checks the lease before anything else.
+        if req.lease != 0 && !self.leases.contains(req.lease) {
+            return Err(MvccError::LeaseNotFound);
+        }
+        let mut txn = WriteTxn::begin(self);
+        let result = txn.put(req);
+        txn.end();
+        result
+    }
+
+    pub fn delete_range(
+        &mut self,
+        req: &DeleteRangeRequest,
+    ) -> Result<DeleteRangeResponse, MvccError> {
+        let mut txn = WriteTxn::begin(self);
+        let result = txn.delete_range(req);
+        txn.end();
+        result
+    }
+
+    pub fn txn(&mut self, req: &TxnRequest) -> Result<TxnResponse, MvccError> {
+        // Every compare, nested ones included, sees the state before the txn.
+        let path = self.choose_path(req)?;
+        if !is_read_only(req) {
+            self.check_ops(req, &path, &mut |store, op| store.check_put(op))?;
+        }
+        self.check_ops(req, &path, &mut |store, op| store.check_range(op))?;
+        check_no_ignore_after_from_key_delete(req, &path)?;
+
+        let mut txn = WriteTxn::begin(self);
+        let result = txn.apply_txn(req, &path);
+        txn.end();
+        let mut response = result?;
+        response.header = Some(header(self.current_revision));
+        Ok(response)
+    }
+
+    pub fn compact(&mut self, req: &CompactionRequest) -> Result<CompactionResponse, MvccError> {
+        if req.revision <= self.compacted_revision {
+            return Err(MvccError::Compacted);
+        }
+        if req.revision > self.current_revision {
+            return Err(MvccError::FutureRevision);
+        }
+        // `physical` only makes etcd wait for the deletions; ours are done on return.
+        self.compact_at(req.revision)?;
+        Ok(CompactionResponse {
+            header: Some(header(self.current_revision)),
+        })
+    }
+
+    /// Removes every revision at or below `at` that no read at `at` or later
+    /// can reach. The scheduled mark lets a restart finish an interrupted run.
+    fn compact_at(&mut self, at: i64) -> Result<(), MvccError> {
+        self.compacted_revision = at;
+        self.backend
+            .put_meta(MetaKey::ScheduledCompactRevision, at)?;
+        let keep = self.index.compact(at);
+        let mut doomed = Vec::new();
+        self.backend.scan(Revision::default(), &mut |revision, _| {
+            if revision.main > at {
+                return false;
+            }
+            if !keep.contains(&revision) {
+                doomed.push(revision);
+            }
+            true
+        })?;
+        for revision in doomed {
+            self.backend.delete(revision)?;
+        }
+        self.backend.put_meta(MetaKey::FinishedCompactRevision, at)
+    }
+
+    /// etcd's `rangeKeys`: the live KeyValues of `range` at `revision` (0 or
+    /// less: `view_revision`), at most `fetch_limit` of them (0 or less: all),
+    /// and how many keys the range holds in total.
+    fn range_keys(
+        &self,
+        range: KeyRange<'_>,
+        view_revision: i64,
+        revision: i64,
+        fetch_limit: i64,
+        count_only: bool,
+    ) -> Result<(Vec<KeyValue>, i64), MvccError> {
+        if revision > view_revision {
+            return Err(MvccError::FutureRevision);
+        }
+        let at = if revision <= 0 {
+            view_revision
+        } else {
+            revision
+        };
+        if at < self.compacted_revision {
+            return Err(MvccError::Compacted);
+        }
+        let fetch_limit = usize::try_from(fetch_limit).ok().filter(|&limit| limit > 0);
+        let mut revisions = Vec::new();
+        let mut count = 0i64;
+        self.index.visit_live(range, at, |_, found| {
+            if !count_only && fetch_limit.is_none_or(|limit| revisions.len() < limit) {
+                revisions.push(found.modified);
+            }
+            count += 1;
+            true
+        });
+        let kvs = revisions
+            .into_iter()
+            .map(|revision| self.read_kv(revision))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((kvs, count))
+    }
+
+    fn read_kv(&self, revision: Revision) -> Result<KeyValue, MvccError> {
+        let record = self
+            .backend
+            .get(revision)?
+            .ok_or_else(|| MvccError::Backend(format!("indexed revision {revision} is missing")))?;
+        KeyValue::decode(record.kv).map_err(|error| {
+            MvccError::Backend(format!(
+                "record at revision {revision} does not decode: {error}"
+            ))
+        })
+    }
+
+    /// The key's KeyValue as of `view_revision`, if it is live then.
+    fn get_kv(&self, key: &[u8], view_revision: i64) -> Result<Option<KeyValue>, MvccError> {
+        let (mut kvs, _) = self.range_keys(KeyRange::Single(key), view_revision, 0, 0, false)?;
+        Ok(kvs.pop())
+    }
+}
+
+/// Rebuilds one backend record into the index, as etcd's restore does.
+fn restore_record(index: &mut TreeIndex, revision: Revision, tombstone: bool, kv: KeyValue) {
+    if index.contains(&kv.key) {
+        if tombstone {
+            index.tombstone(&kv.key, revision);
+        } else {
+            index.put(&kv.key, revision);
+        }
+    } else if !tombstone {
+        index.restore(
+            &kv.key,
+            Revision::new(kv.create_revision, 0),
+            revision,
+            kv.version,
+        );
+    }
+}
+
+fn header(revision: i64) -> ResponseHeader {
+    ResponseHeader {
+        revision,
+        ..Default::default()
+    }
+}
