@@ -18,7 +18,7 @@ use crate::message::{
     MessageType, NodeId,
 };
 use crate::raft::{Config, Role};
-use crate::raw_node::{RawNode, SnapshotStatus};
+use crate::raw_node::{RawNode, Ready, SnapshotStatus};
 use crate::read_only::ReadOnlyOption;
 use crate::rng::Rng;
 use crate::storage::{MemStorage, Storage};
@@ -47,6 +47,10 @@ pub struct SimOptions {
     /// Chance, per `Ready` handled, of crashing after the early messages left but before the
     /// write completed.
     pub crash_mid_write_ppm: u32,
+    /// Chance, per `Ready`, that its write completes later (up to `write_delay_max` time
+    /// units), with messages stepped and ticks taken in between.
+    pub async_write_ppm: u32,
+    pub write_delay_max: u64,
     pub conf_change_ppm: u32,
     pub transfer_ppm: u32,
     /// A node snapshots after applying this many entries, keeping `compact_keep` of them.
@@ -88,6 +92,12 @@ impl SimOptions {
             crash_ppm: rng.range(0, 1_200) as u32,
             restart_ppm: 3_000,
             crash_mid_write_ppm: rng.range(0, 3_000) as u32,
+            async_write_ppm: if rng.chance(700_000) {
+                rng.range(300_000, 900_000) as u32
+            } else {
+                0
+            },
+            write_delay_max: rng.range(1, 8),
             conf_change_ppm: if rng.chance(600_000) {
                 rng.range(500, 2_500) as u32
             } else {
@@ -124,6 +134,7 @@ pub struct SimStats {
     pub leaders_elected: u64,
     pub crashes: u64,
     pub crashes_mid_write: u64,
+    pub writes_deferred: u64,
     pub snapshots_installed: u64,
     pub conf_changes_applied: u64,
     pub joint_entered: u64,
@@ -139,6 +150,7 @@ impl SimStats {
         self.leaders_elected += other.leaders_elected;
         self.crashes += other.crashes;
         self.crashes_mid_write += other.crashes_mid_write;
+        self.writes_deferred += other.writes_deferred;
         self.snapshots_installed += other.snapshots_installed;
         self.conf_changes_applied += other.conf_changes_applied;
         self.joint_entered += other.joint_entered;
@@ -184,6 +196,8 @@ struct SimNode {
     /// Removed from the configuration: stopped for good after this time.
     stop_at: Option<u64>,
     stopped: bool,
+    /// A `Ready` whose disk write is in flight until the given time.
+    writing: Option<(Ready, u64)>,
 }
 
 impl SimNode {
@@ -269,6 +283,7 @@ impl World {
                 last_snapshot: 0,
                 stop_at: None,
                 stopped: false,
+                writing: None,
             });
         }
         let mut world = World {
@@ -341,7 +356,19 @@ impl World {
         self.trace(|| format!("start {id} applied={applied}"));
     }
 
-    fn crash(&mut self, idx: usize) {
+    /// Kills a node: whatever it had not persisted is lost. A write in flight may be torn:
+    /// its entries made it to disk but not the hard state.
+    fn crash(&mut self, idx: usize) -> Result<(), String> {
+        let id = self.nodes[idx].id;
+        if let Some((rd, _)) = self.nodes[idx].writing.take() {
+            if rd.snapshot.is_none() && self.rng.chance(500_000) {
+                let node = &mut self.nodes[idx];
+                let raw = node.raw.as_mut().expect("live");
+                raw.storage_mut().append(&rd.entries).expect("append");
+                self.checker
+                    .observe_persisted(id, &mut node.log, &rd.entries)?;
+            }
+        }
         let node = &mut self.nodes[idx];
         let raw = node.raw.take().expect("crashing a live node");
         node.durable = Some(raw.storage().clone());
@@ -349,13 +376,14 @@ impl World {
         node.pending_reads.clear();
         node.confirmed_reads.clear();
         self.stats.crashes += 1;
-        let id = node.id;
         self.trace(|| format!("crash {id}"));
+        Ok(())
     }
 
     fn stop(&mut self, idx: usize) {
         let node = &mut self.nodes[idx];
         node.raw = None;
+        node.writing = None;
         node.durable = None;
         node.stopped = true;
         let id = node.id;
@@ -445,7 +473,7 @@ impl World {
 
     fn step(&mut self, faults: bool) -> Result<(), String> {
         if faults {
-            self.inject_faults();
+            self.inject_faults()?;
         }
         self.deliver_due();
         if self.now.is_multiple_of(TICK_UNITS) {
@@ -485,7 +513,7 @@ impl World {
 
     // ---- faults ----
 
-    fn inject_faults(&mut self) {
+    fn inject_faults(&mut self) -> Result<(), String> {
         let all = self.all_ids();
         if self.rng.chance(self.opts.partition_ppm) {
             match self.rng.range(0, 4) {
@@ -531,7 +559,7 @@ impl World {
                 .filter(|&i| self.nodes[i].is_up())
                 .collect();
             if let Some(idx) = self.pick(&live) {
-                self.crash(idx);
+                self.crash(idx)?;
             }
         }
         if self.rng.chance(self.opts.restart_ppm) {
@@ -551,6 +579,7 @@ impl World {
         if self.rng.chance(self.opts.transfer_ppm) {
             self.transfer_leader();
         }
+        Ok(())
     }
 
     fn propose_conf_change(&mut self) {
@@ -778,6 +807,13 @@ impl World {
 
     fn handle_ready(&mut self, idx: usize) -> Result<(), String> {
         let id = self.nodes[idx].id;
+        if let Some((_, done_at)) = &self.nodes[idx].writing {
+            if *done_at <= self.now {
+                let (rd, _) = self.nodes[idx].writing.take().expect("checked");
+                return self.complete_ready(idx, rd);
+            }
+            return Ok(());
+        }
         let Some(raw) = self.nodes[idx].raw.as_mut() else {
             return Ok(());
         };
@@ -795,19 +831,23 @@ impl World {
             self.send(m);
         }
         if self.rng.chance(self.opts.crash_mid_write_ppm) {
-            // The early messages are out; the disk write dies with the process. A torn write
-            // may still have made the entries (but not the hard state) durable.
-            if rd.snapshot.is_none() && self.rng.chance(500_000) {
-                let node = &mut self.nodes[idx];
-                let raw = node.raw.as_mut().expect("live");
-                raw.storage_mut().append(&rd.entries).expect("append");
-                self.checker
-                    .observe_persisted(id, &mut node.log, &rd.entries)?;
-            }
             self.stats.crashes_mid_write += 1;
-            self.crash(idx);
+            self.nodes[idx].writing = Some((rd, u64::MAX));
+            return self.crash(idx);
+        }
+        if self.rng.chance(self.opts.async_write_ppm) {
+            // The write takes a while; the node keeps stepping messages meanwhile.
+            let done_at = self.now + self.rng.range(1, self.opts.write_delay_max + 1);
+            self.stats.writes_deferred += 1;
+            self.nodes[idx].writing = Some((rd, done_at));
             return Ok(());
         }
+        self.complete_ready(idx, rd)
+    }
+
+    /// The write of `rd` completed: persist, send what waited for it, apply, advance.
+    fn complete_ready(&mut self, idx: usize, mut rd: Ready) -> Result<(), String> {
+        let id = self.nodes[idx].id;
         // Persist: snapshot, entries, hard state.
         {
             let node = &mut self.nodes[idx];

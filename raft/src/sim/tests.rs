@@ -79,6 +79,7 @@ fn simulation_passes_every_seed() {
             ("reads", stats.reads_completed),
             ("crashes", stats.crashes),
             ("crashes mid-write", stats.crashes_mid_write),
+            ("writes completing after later steps", stats.writes_deferred),
             ("snapshots installed", stats.snapshots_installed),
             ("conf changes", stats.conf_changes_applied),
             ("joint configurations", stats.joint_entered),
