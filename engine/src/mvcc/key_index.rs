@@ -181,6 +181,13 @@ impl KeyIndex {
     }
 }
 
+/// A copy of `key` that owns exactly its bytes. A key handed in is usually a
+/// slice of a whole request or record buffer; keeping that slice in the index
+/// would keep the whole buffer (values included) alive for the key's lifetime.
+fn owned_key(key: &[u8]) -> Bytes {
+    Bytes::copy_from_slice(key)
+}
+
 /// All keys' indexes, ordered by key.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TreeIndex {
@@ -192,13 +199,13 @@ impl TreeIndex {
         Self::default()
     }
 
-    pub fn put(&mut self, key: &Bytes, revision: Revision) {
-        match self.keys.get_mut(key.as_ref()) {
+    pub fn put(&mut self, key: &[u8], revision: Revision) {
+        match self.keys.get_mut(key) {
             Some(index) => index.put(revision),
             None => {
                 let mut index = KeyIndex::new();
                 index.put(revision);
-                self.keys.insert(key.clone(), index);
+                self.keys.insert(owned_key(key), index);
             }
         }
     }
@@ -213,7 +220,7 @@ impl TreeIndex {
     /// Seeds a key from the newest record a restart found for it, as etcd's
     /// restore does: its creation and version come from the record itself,
     /// because compaction may have removed the earlier revisions.
-    pub fn restore(&mut self, key: &Bytes, created: Revision, modified: Revision, version: i64) {
+    pub fn restore(&mut self, key: &[u8], created: Revision, modified: Revision, version: i64) {
         let index = KeyIndex {
             modified,
             generations: vec![Generation {
@@ -222,7 +229,7 @@ impl TreeIndex {
                 revisions: vec![modified],
             }],
         };
-        let previous = self.keys.insert(key.clone(), index);
+        let previous = self.keys.insert(owned_key(key), index);
         assert!(previous.is_none(), "restore of a key already indexed");
     }
 
@@ -405,6 +412,15 @@ mod tests {
         assert!(index.contains(&key));
         assert!(index.compact(3).is_empty());
         assert!(!index.contains(&key));
+    }
+
+    #[test]
+    fn the_index_does_not_keep_the_buffer_a_key_came_in() {
+        let request = Bytes::from(vec![b'k'; 4096]);
+        let mut index = TreeIndex::new();
+        index.put(&request.slice(0..3), rev(2));
+        index.restore(&request.slice(0..4), rev(1), rev(3), 1);
+        assert!(request.is_unique());
     }
 
     #[test]
