@@ -19,7 +19,6 @@ use glommio::io::{DmaFile, OpenOptions};
 use hdrhistogram::Histogram;
 
 const FLOOR_FILE_BYTES: u64 = 16 << 20;
-const FLOOR_SAMPLES: usize = 2000;
 const LATENCY_SAMPLES: usize = 2000;
 const BANDWIDTH_WRITE_BYTES: usize = 8 << 20;
 const APPENDERS: [usize; 4] = [1, 8, 64, 512];
@@ -50,13 +49,7 @@ async fn bench(dir: &Path, per_point: Duration) {
         dir.display(),
         per_point.as_secs_f64()
     );
-    let floor = floor_latency(&dir.join("floor")).await;
     let raw_mb_s = raw_bandwidth(&dir.join("bandwidth"), per_point).await;
-    println!("| measure | p50 µs | p99 µs | mean µs |\n|---|---|---|---|");
-    print_latency(
-        "floor: O_DIRECT 4 KiB write + fdatasync (written file)",
-        &floor,
-    );
 
     let opts = WalOptions {
         max_wals: 2,
@@ -70,13 +63,35 @@ async fn bench(dir: &Path, per_point: Duration) {
     // latency samples.
     append_one(&wal, &next, &[0u8; 100]).await;
     glommio::timer::sleep(Duration::from_secs(2)).await;
+
+    // Floor and WAL samples alternate, so both see the same moments of a shared disk.
+    let floor_path = dir.join("floor");
+    let floor_file = written_file(&floor_path, FLOOR_FILE_BYTES).await;
+    let mut floor = Histogram::<u64>::new(3).unwrap();
     let mut lat = Histogram::<u64>::new(3).unwrap();
     let payload = vec![0x5au8; 100];
-    for _ in 0..LATENCY_SAMPLES {
+    for i in 0..LATENCY_SAMPLES as u64 {
+        let mut buf = floor_file.alloc_dma_buffer(4096);
+        buf.as_bytes_mut().fill(i as u8);
+        let t = Instant::now();
+        floor_file
+            .write_at(buf, (i * 4096) % FLOOR_FILE_BYTES)
+            .await
+            .unwrap();
+        floor_file.fdatasync().await.unwrap();
+        floor.record(t.elapsed().as_micros() as u64).unwrap();
+
         let t = Instant::now();
         append_one(&wal, &next, &payload).await;
         lat.record(t.elapsed().as_micros() as u64).unwrap();
     }
+    floor_file.close().await.unwrap();
+    std::fs::remove_file(&floor_path).unwrap();
+    println!("| measure | p50 µs | p99 µs | mean µs |\n|---|---|---|---|");
+    print_latency(
+        "floor: O_DIRECT 4 KiB write + fdatasync (written file)",
+        &floor,
+    );
     print_latency("WAL append, 1 appender, 100 B", &lat);
     println!(
         "\n1-appender p50 / floor p50 = {:.3} (target <= 1.15)\n",
@@ -180,25 +195,6 @@ async fn written_file(path: &Path, bytes: u64) -> DmaFile {
     }
     f.fdatasync().await.unwrap();
     f
-}
-
-/// 4 KiB O_DIRECT write + fdatasync at successive offsets of an already-written file.
-async fn floor_latency(path: &Path) -> Histogram<u64> {
-    let f = written_file(path, FLOOR_FILE_BYTES).await;
-    let mut hist = Histogram::<u64>::new(3).unwrap();
-    for i in 0..FLOOR_SAMPLES as u64 {
-        let mut buf = f.alloc_dma_buffer(4096);
-        buf.as_bytes_mut().fill(i as u8);
-        let t = Instant::now();
-        f.write_at(buf, (i * 4096) % FLOOR_FILE_BYTES)
-            .await
-            .unwrap();
-        f.fdatasync().await.unwrap();
-        hist.record(t.elapsed().as_micros() as u64).unwrap();
-    }
-    f.close().await.unwrap();
-    std::fs::remove_file(path).unwrap();
-    hist
 }
 
 /// Sequential bandwidth of large O_DIRECT writes + fdatasync into a written file, in MB/s.
