@@ -8,12 +8,13 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 /// Every file we compile; imports resolve against the `proto/` root.
-const PROTO_FILES: [&str; 5] = [
+const PROTO_FILES: [&str; 6] = [
     "mvccpb/kv.proto",
     "authpb/auth.proto",
     "etcdserverpb/rpc.proto",
     "v3electionpb/v3election.proto",
     "v3lockpb/v3lock.proto",
+    "basalt/internal.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -32,6 +32,12 @@ pub mod v3lockpb {
     include!(concat!(env!("OUT_DIR"), "/v3lockpb.rs"));
 }
 
+/// Basalt's own log entry format (not on etcd's client wire): what a committed
+/// raft entry asks the applier to do.
+pub mod basaltpb {
+    include!(concat!(env!("OUT_DIR"), "/basaltpb.rs"));
+}
+
 /// One gRPC method declared by the .proto files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MethodInfo {

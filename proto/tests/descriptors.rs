@@ -176,7 +176,13 @@ fn our_schema_matches_the_one_compiled_into_etcd_3_5_1() {
 
     let ours = FileDescriptorSet::decode(OURS).expect("our descriptor set");
     let etcd = definitions(&etcd_files);
-    let ours = definitions(&ours.file);
+    // Basalt's own log entry format is not part of etcd's schema.
+    let ours_client: Vec<FileDescriptorProto> = ours
+        .file
+        .into_iter()
+        .filter(|file| file.package() != "basaltpb")
+        .collect();
+    let ours = definitions(&ours_client);
     let names: std::collections::BTreeSet<&String> = etcd.keys().chain(ours.keys()).collect();
     let differences: Vec<String> = names
         .into_iter()

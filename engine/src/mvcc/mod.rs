@@ -6,11 +6,12 @@
 //! This module owns request semantics and the key index. It never owns bytes
 //! on disk: every revision's record goes through [`RevisionBackend`], whose
 //! in-memory implementation ([`MemoryBackend`]) is the model the durable
-//! B+tree backend is tested against. It never decides who may write: callers
+//! B+tree backend ([`BtreeBackend`]) is tested against. It never decides who may write: callers
 //! validate a request ([`validate_put`], ...) before proposing it, and apply it
 //! on the single writer.
 
 mod backend;
+mod btree_backend;
 pub mod conformance;
 mod error;
 mod go_sort;
@@ -20,6 +21,7 @@ mod store;
 mod validate;
 
 pub use backend::{MemoryBackend, MetaKey, RevisionBackend, RevisionRecord};
+pub use btree_backend::{read_consistent_index, BtreeBackend, KEY_BUCKET, META_BUCKET};
 pub use error::MvccError;
 pub use revision::{Revision, REVISION_BYTES};
 pub use store::{KvStore, LeaseLookup, NoLeases};

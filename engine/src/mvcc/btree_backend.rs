@@ -1,0 +1,385 @@
+//! The durable revision backend: revisions in the copy-on-write B+tree file.
+//!
+//! The store writes one record at a time, but a B+tree commit costs a page write per changed
+//! node, so writes collect in an in-memory overlay and go to the tree together in
+//! [`BtreeBackend::commit`], one write transaction that also carries the consistent (applied
+//! raft) index. Reads see the overlay first, then the newest committed tree. Nothing here
+//! syncs: [`crate::btree::Db::checkpoint`] does, and the WAL covers what lies between.
+//!
+//! Buckets and their records (all integers big-endian, so byte order is number order):
+//!
+//! ```text
+//! bucket "key":  key   = revision, 17 or 18 bytes (Revision::to_key: main u64 | '_' | sub u64
+//!                        | 't' on tombstones)
+//!                value = mvccpb.KeyValue protobuf bytes (only the key on a tombstone)
+//! bucket "meta": key   = "scheduledCompactRev" | "finishedCompactRev" | "consistent_index"
+//!                value = 8 bytes, i64/u64 big-endian
+//! ```
+//!
+//! etcd uses the same bucket names and key layout, so the layout reads the same to anyone who
+//! knows etcd's bbolt file.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+
+use super::backend::{MetaKey, RevisionBackend, RevisionRecord};
+use super::{MvccError, Revision, REVISION_BYTES};
+use crate::btree::{self, Db, ReadTxn};
+
+/// The bucket of revision records.
+pub const KEY_BUCKET: &str = "key";
+/// The bucket of small named integers.
+pub const META_BUCKET: &str = "meta";
+/// The meta record holding the raft index of the newest applied entry in the tree.
+const CONSISTENT_INDEX_KEY: &[u8] = b"consistent_index";
+/// Bytes of every meta value.
+const META_VALUE_BYTES: usize = 8;
+
+/// Revision records in a B+tree, written in batches (see the module docs).
+pub struct BtreeBackend {
+    db: Db,
+    /// The newest committed tree; replaced after every commit.
+    committed: ReadTxn,
+    /// Records written since the last commit; `None` marks a deletion.
+    pending: BTreeMap<Revision, Option<RevisionRecord>>,
+    pending_meta: BTreeMap<MetaKey, i64>,
+}
+
+impl BtreeBackend {
+    /// A backend over `db`, which may be empty or hold an earlier backend's buckets.
+    pub fn open(db: Db) -> Result<Self, MvccError> {
+        let committed = db.begin_read().map_err(backend_error)?;
+        Ok(BtreeBackend {
+            db,
+            committed,
+            pending: BTreeMap::new(),
+            pending_meta: BTreeMap::new(),
+        })
+    }
+
+    /// The tree underneath (for checkpoints, stats, snapshots and defragmentation).
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Records written since the last commit.
+    pub fn pending_records(&self) -> usize {
+        self.pending.len() + self.pending_meta.len()
+    }
+
+    /// Writes every pending record and `consistent_index` in one B+tree transaction, visible to
+    /// new readers at once and durable at the next checkpoint.
+    pub fn commit(&mut self, consistent_index: u64) -> Result<(), MvccError> {
+        let mut txn = self.db.begin_write().map_err(backend_error)?;
+        {
+            let mut keys = txn.bucket(KEY_BUCKET).map_err(backend_error)?;
+            for (revision, record) in &self.pending {
+                match record {
+                    Some(record) => keys
+                        .insert(&revision.to_key(record.tombstone), &record.kv)
+                        .map_err(backend_error)?,
+                    None => {
+                        // The store deletes by revision; the record may be either variant.
+                        keys.remove(&revision.to_key(false))
+                            .map_err(backend_error)?;
+                        keys.remove(&revision.to_key(true)).map_err(backend_error)?;
+                    }
+                }
+            }
+        }
+        {
+            let mut meta = txn.bucket(META_BUCKET).map_err(backend_error)?;
+            for (key, value) in &self.pending_meta {
+                meta.insert(meta_name(*key), &value.to_be_bytes())
+                    .map_err(backend_error)?;
+            }
+            meta.insert(CONSISTENT_INDEX_KEY, &consistent_index.to_be_bytes())
+                .map_err(backend_error)?;
+        }
+        txn.commit().map_err(backend_error)?;
+        self.pending.clear();
+        self.pending_meta.clear();
+        self.committed = self.db.begin_read().map_err(backend_error)?;
+        debug_assert_eq!(self.consistent_index().ok(), Some(consistent_index));
+        Ok(())
+    }
+
+    /// The consistent index of the newest commit (0 for a new file).
+    pub fn consistent_index(&self) -> Result<u64, MvccError> {
+        read_consistent_index(&self.committed)
+    }
+}
+
+/// The consistent index a snapshot of a backend's tree carries (0 when it has none).
+pub fn read_consistent_index(read: &ReadTxn) -> Result<u64, MvccError> {
+    read.get(META_BUCKET, CONSISTENT_INDEX_KEY)
+        .map_err(backend_error)?
+        .map_or(Ok(0), |bytes| decode_meta(bytes).map(|value| value as u64))
+}
+
+fn meta_name(key: MetaKey) -> &'static [u8] {
+    match key {
+        MetaKey::ScheduledCompactRevision => b"scheduledCompactRev",
+        MetaKey::FinishedCompactRevision => b"finishedCompactRev",
+    }
+}
+
+fn decode_meta(bytes: &[u8]) -> Result<i64, MvccError> {
+    let bytes: [u8; META_VALUE_BYTES] = bytes
+        .try_into()
+        .map_err(|_| MvccError::Backend(format!("meta value of {} bytes, want 8", bytes.len())))?;
+    Ok(i64::from_be_bytes(bytes))
+}
+
+fn backend_error(error: btree::Error) -> MvccError {
+    MvccError::Backend(error.to_string())
+}
+
+/// A record as the tree holds it.
+fn decode_entry(key: &[u8], value: &[u8]) -> Result<(Revision, RevisionRecord), MvccError> {
+    let (revision, tombstone) = Revision::from_key(key)
+        .ok_or_else(|| MvccError::Backend(format!("key bucket holds a bad key {key:?}")))?;
+    Ok((
+        revision,
+        RevisionRecord {
+            tombstone,
+            kv: Bytes::copy_from_slice(value),
+        },
+    ))
+}
+
+impl RevisionBackend for BtreeBackend {
+    fn put(&mut self, revision: Revision, record: RevisionRecord) -> Result<(), MvccError> {
+        self.pending.insert(revision, Some(record));
+        Ok(())
+    }
+
+    fn get(&self, revision: Revision) -> Result<Option<RevisionRecord>, MvccError> {
+        if let Some(pending) = self.pending.get(&revision) {
+            return Ok(pending.clone());
+        }
+        let key = revision.to_key(false);
+        let mut cursor = self.committed.cursor(KEY_BUCKET);
+        match cursor.seek(&key).map_err(backend_error)? {
+            Some((found, value))
+                if found.len() >= REVISION_BYTES && found[..REVISION_BYTES] == key[..] =>
+            {
+                Ok(Some(decode_entry(found, value)?.1))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn delete(&mut self, revision: Revision) -> Result<(), MvccError> {
+        self.pending.insert(revision, None);
+        Ok(())
+    }
+
+    fn scan(
+        &self,
+        from: Revision,
+        visit: &mut dyn FnMut(Revision, &RevisionRecord) -> bool,
+    ) -> Result<(), MvccError> {
+        // A merge of two ordered sources; the overlay wins where both hold a revision.
+        let mut cursor = self.committed.cursor(KEY_BUCKET);
+        let mut on_disk = match cursor.seek(&from.to_key(false)).map_err(backend_error)? {
+            Some((key, value)) => Some(decode_entry(key, value)?),
+            None => None,
+        };
+        let mut overlay = self.pending.range(from..).peekable();
+        loop {
+            let take_overlay = match (&on_disk, overlay.peek()) {
+                (None, None) => return Ok(()),
+                (Some((disk_revision, _)), Some((pending_revision, _))) => {
+                    *pending_revision <= disk_revision
+                }
+                (None, Some(_)) => true,
+                (Some(_), None) => false,
+            };
+            if take_overlay {
+                let (revision, record) = overlay.next().expect("peeked");
+                if on_disk.as_ref().is_some_and(|(disk, _)| disk == revision) {
+                    on_disk = next_entry(&mut cursor)?;
+                }
+                if let Some(record) = record {
+                    if !visit(*revision, record) {
+                        return Ok(());
+                    }
+                }
+            } else {
+                let (revision, record) = on_disk.take().expect("checked above");
+                if !visit(revision, &record) {
+                    return Ok(());
+                }
+                on_disk = next_entry(&mut cursor)?;
+            }
+        }
+    }
+
+    fn put_meta(&mut self, key: MetaKey, value: i64) -> Result<(), MvccError> {
+        self.pending_meta.insert(key, value);
+        Ok(())
+    }
+
+    fn get_meta(&self, key: MetaKey) -> Result<Option<i64>, MvccError> {
+        if let Some(value) = self.pending_meta.get(&key) {
+            return Ok(Some(*value));
+        }
+        self.committed
+            .get(META_BUCKET, meta_name(key))
+            .map_err(backend_error)?
+            .map(decode_meta)
+            .transpose()
+    }
+}
+
+fn next_entry(
+    cursor: &mut btree::Cursor<'_>,
+) -> Result<Option<(Revision, RevisionRecord)>, MvccError> {
+    match cursor.next().map_err(backend_error)? {
+        Some((key, value)) => Ok(Some(decode_entry(key, value)?)),
+        None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::btree::{open, Options};
+    use crate::mvcc::conformance::check_backend;
+    use crate::mvcc::KvStore;
+    use basalt_proto::etcdserverpb::{PutRequest, RangeRequest};
+
+    /// Commits after this many writes, so reads mix the overlay and the tree.
+    struct CommitEvery {
+        inner: BtreeBackend,
+        writes_per_commit: usize,
+        writes: usize,
+        index: u64,
+    }
+
+    impl CommitEvery {
+        fn wrote(&mut self) -> Result<(), MvccError> {
+            self.writes += 1;
+            if self.writes.is_multiple_of(self.writes_per_commit) {
+                self.index += 1;
+                self.inner.commit(self.index)?;
+            }
+            Ok(())
+        }
+    }
+
+    impl RevisionBackend for CommitEvery {
+        fn put(&mut self, revision: Revision, record: RevisionRecord) -> Result<(), MvccError> {
+            self.inner.put(revision, record)?;
+            self.wrote()
+        }
+        fn get(&self, revision: Revision) -> Result<Option<RevisionRecord>, MvccError> {
+            self.inner.get(revision)
+        }
+        fn delete(&mut self, revision: Revision) -> Result<(), MvccError> {
+            self.inner.delete(revision)?;
+            self.wrote()
+        }
+        fn scan(
+            &self,
+            from: Revision,
+            visit: &mut dyn FnMut(Revision, &RevisionRecord) -> bool,
+        ) -> Result<(), MvccError> {
+            self.inner.scan(from, visit)
+        }
+        fn put_meta(&mut self, key: MetaKey, value: i64) -> Result<(), MvccError> {
+            self.inner.put_meta(key, value)?;
+            self.wrote()
+        }
+        fn get_meta(&self, key: MetaKey) -> Result<Option<i64>, MvccError> {
+            self.inner.get_meta(key)
+        }
+    }
+
+    fn temp_db(name: &str) -> (std::path::PathBuf, Db) {
+        let dir = std::env::temp_dir().join(format!(
+            "basalt-btree-backend-{name}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = open(dir.join("db"), Options::default()).unwrap();
+        (dir, db)
+    }
+
+    #[test]
+    fn answers_like_the_memory_model_whatever_the_commit_rhythm() {
+        for (seed, writes_per_commit) in [(1, 1), (2, 3), (3, 17), (4, 1000)] {
+            let (dir, db) = temp_db(&format!("rhythm{seed}"));
+            let backend = CommitEvery {
+                inner: BtreeBackend::open(db).unwrap(),
+                writes_per_commit,
+                writes: 0,
+                index: 0,
+            };
+            if let Err(divergence) = check_backend(backend, seed, 1500) {
+                panic!("commit every {writes_per_commit} writes: {divergence}");
+            }
+            std::fs::remove_dir_all(dir).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_checkpointed_store_reopens_from_the_file_with_its_consistent_index() {
+        let (dir, db) = temp_db("reopen");
+        let mut store = KvStore::open(BtreeBackend::open(db).unwrap()).unwrap();
+        for i in 0..300u32 {
+            let put = PutRequest {
+                key: format!("k{}", i % 50).into_bytes().into(),
+                value: i.to_be_bytes().to_vec().into(),
+                ..Default::default()
+            };
+            store.put(&put).unwrap();
+        }
+        let everything = RangeRequest {
+            key: vec![0].into(),
+            range_end: vec![0].into(),
+            ..Default::default()
+        };
+        let before = store.range(&everything).unwrap();
+        let mut backend = store.into_backend();
+        backend.commit(77).unwrap();
+        backend.db().checkpoint(77).unwrap();
+        drop(backend);
+
+        let db = open(dir.join("db"), Options::default()).unwrap();
+        assert_eq!(db.durable_applied_index().unwrap(), 77);
+        let backend = BtreeBackend::open(db).unwrap();
+        assert_eq!(backend.consistent_index().unwrap(), 77);
+        let store = KvStore::open(backend).unwrap();
+        assert_eq!(store.current_revision(), 301);
+        assert_eq!(store.range(&everything).unwrap(), before);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn uncommitted_records_are_not_in_the_file() {
+        let (dir, db) = temp_db("uncommitted");
+        let mut backend = BtreeBackend::open(db).unwrap();
+        let record = RevisionRecord {
+            tombstone: false,
+            kv: Bytes::from_static(b"kv"),
+        };
+        backend.put(Revision::new(2, 0), record.clone()).unwrap();
+        backend.commit(1).unwrap();
+        backend.put(Revision::new(3, 0), record.clone()).unwrap();
+        assert_eq!(
+            backend.get(Revision::new(3, 0)).unwrap(),
+            Some(record.clone())
+        );
+        backend.db().checkpoint(1).unwrap();
+        drop(backend);
+        let backend =
+            BtreeBackend::open(open(dir.join("db"), Options::default()).unwrap()).unwrap();
+        assert_eq!(backend.get(Revision::new(2, 0)).unwrap(), Some(record));
+        assert_eq!(backend.get(Revision::new(3, 0)).unwrap(), None);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
