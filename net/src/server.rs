@@ -17,7 +17,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, IntoRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -196,16 +196,17 @@ async fn serve_core<K: KvService>(
 ) {
     let tasks = Rc::new(CoreTasks::default());
     for socket in sockets {
+        let fd = socket.as_raw_fd();
         // SAFETY: the fd comes from a socket we own and bound as a listener; into_raw_fd gives
         // up that ownership, so the glommio listener is its only owner and closes it.
         let listener = unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) };
         let accepting = accept_loop(listener, config.clone(), services.clone(), tasks.clone());
-        tasks.spawn(accepting);
+        tasks.spawn(accepting, fd);
     }
     stop.wait().await;
-    tasks.cancel_all();
-    // Cancelled tasks drop their futures (and sockets) when next run; they are queued
-    // ahead of this task, so one yield lets them go before the executor exits.
+    tasks.close_all();
+    // Cancelled tasks drop their futures when next run; they are queued ahead of this task,
+    // so one yield lets them go before the executor exits.
     futures_lite::future::yield_now().await;
 }
 
@@ -217,7 +218,13 @@ async fn accept_loop<K: KvService>(
 ) {
     loop {
         match listener.accept().await {
-            Ok(stream) => tasks.spawn(serve_connection(stream, config.clone(), services.clone())),
+            Ok(stream) => {
+                let fd = stream.as_raw_fd();
+                tasks.spawn(
+                    serve_connection(stream, config.clone(), services.clone()),
+                    fd,
+                );
+            }
             // Out of fds or memory: keep the listener and retry after a pause rather than
             // taking every client of this core down or spinning on the error.
             Err(_) => glommio::timer::sleep(ACCEPT_RETRY_DELAY).await,
@@ -225,30 +232,40 @@ async fn accept_loop<K: KvService>(
     }
 }
 
-/// The long-lived tasks of one core (accept loops, connections), so stopping can end them.
+/// The long-lived tasks of one core (accept loops, connections) with the socket each owns,
+/// so stopping can end them.
 #[derive(Default)]
 struct CoreTasks {
     next_id: Cell<u64>,
-    live: RefCell<HashMap<u64, glommio::task::JoinHandle<()>>>,
+    live: RefCell<HashMap<u64, (glommio::task::JoinHandle<()>, RawFd)>>,
 }
 
 impl CoreTasks {
-    fn spawn(self: &Rc<Self>, task: impl Future<Output = ()> + 'static) {
+    /// Runs `task`, which owns the open socket `fd` until it completes.
+    fn spawn(self: &Rc<Self>, task: impl Future<Output = ()> + 'static, fd: RawFd) {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
         let tasks = self.clone();
         let handle = glommio::spawn_local(async move {
             task.await;
+            // In the same poll that dropped the socket, so no other task can have been
+            // given the fd number while it is still listed here.
             tasks.live.borrow_mut().remove(&id);
         })
         .detach();
         // The task cannot have run yet (spawning only schedules it), so it is registered
         // before it can deregister itself.
-        self.live.borrow_mut().insert(id, handle);
+        self.live.borrow_mut().insert(id, (handle, fd));
     }
 
-    fn cancel_all(&self) {
-        for (_, handle) in self.live.borrow_mut().drain() {
+    /// Shuts every socket down and cancels its task. Dropping alone is not enough: an
+    /// io_uring operation in flight holds its own reference to the socket, which would keep a
+    /// listener accepting or a connection open after its task is gone.
+    fn close_all(&self) {
+        for (_, (handle, fd)) in self.live.borrow_mut().drain() {
+            // SAFETY: the task owning `fd` has not completed (it deregisters when it does), so
+            // the fd is still open and still names its socket; shutdown does not close it.
+            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
             handle.cancel();
         }
     }
