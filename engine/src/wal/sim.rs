@@ -46,6 +46,14 @@ struct Disk {
     bytes_written: u64,
     /// Bumped by a crash: handles opened before it stop working, like a dead process's.
     epoch: u64,
+    counts: SimCounts,
+}
+
+/// Calls that reached the simulated device.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SimCounts {
+    pub writes: u64,
+    pub syncs: u64,
 }
 
 impl Disk {
@@ -98,6 +106,7 @@ impl SimStorage {
                 faults: Faults::default(),
                 bytes_written: 0,
                 epoch: 0,
+                counts: SimCounts::default(),
             })),
             epoch: 0,
         }
@@ -152,6 +161,10 @@ impl SimStorage {
         if byte < f.durable.len() {
             f.durable[byte] ^= 1 << bit;
         }
+    }
+
+    pub fn counts(&self) -> SimCounts {
+        self.disk.borrow().counts
     }
 
     /// The current bytes of a file.
@@ -229,6 +242,7 @@ impl SegmentFile for SimFile {
             len
         };
         d.bytes_written += n as u64;
+        d.counts.writes += 1;
         let mut f = self.data.borrow_mut();
         let pos = pos as usize;
         if f.current.len() < pos + n {
@@ -254,6 +268,7 @@ impl SegmentFile for SimFile {
         if d.one_in(sync_error) {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
+        d.counts.syncs += 1;
         let mut f = self.data.borrow_mut();
         f.durable = f.current.clone();
         f.unsynced.clear();
