@@ -31,6 +31,14 @@ impl<'a> KeyRange<'a> {
             end => KeyRange::Between(key, end),
         }
     }
+
+    pub fn contains(&self, candidate: &[u8]) -> bool {
+        match *self {
+            KeyRange::Single(key) => candidate == key,
+            KeyRange::From(key) => candidate >= key,
+            KeyRange::Between(key, end) => key <= candidate && candidate < end,
+        }
+    }
 }
 
 /// A key as seen at some revision.

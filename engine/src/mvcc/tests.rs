@@ -387,3 +387,186 @@ fn an_interrupted_compaction_is_finished_on_open() {
     assert_eq!(reopened.backend().len(), 2);
     assert_eq!(get(&reopened, "a", 2), Err(MvccError::Compacted));
 }
+
+fn any_bytes() -> impl Strategy<Value = Bytes> {
+    prop_oneof![
+        Just(Bytes::new()),
+        Just(Bytes::from_static(b"\0")),
+        (0u8..4).prop_map(key),
+        prop::collection::vec(any::<u8>(), 0..3).prop_map(Bytes::from),
+    ]
+}
+
+fn any_revision() -> impl Strategy<Value = i64> {
+    prop_oneof![Just(0i64), Just(i64::MIN), Just(i64::MAX), -3i64..30]
+}
+
+fn any_range() -> impl Strategy<Value = RangeRequest> {
+    (
+        (any_bytes(), any_bytes(), any_revision(), any_revision()),
+        (-2i32..8, -2i32..8, any::<bool>(), any::<bool>()),
+        (
+            any_revision(),
+            any_revision(),
+            any_revision(),
+            any_revision(),
+        ),
+    )
+        .prop_map(
+            |((key, range_end, limit, revision), (order, target, keys_only, count_only), mods)| {
+                RangeRequest {
+                    key,
+                    range_end,
+                    limit,
+                    revision,
+                    sort_order: order,
+                    sort_target: target,
+                    keys_only,
+                    count_only,
+                    min_mod_revision: mods.0,
+                    max_mod_revision: mods.1,
+                    min_create_revision: mods.2,
+                    max_create_revision: mods.3,
+                    ..Default::default()
+                }
+            },
+        )
+}
+
+fn any_put() -> impl Strategy<Value = PutRequest> {
+    (
+        any_bytes(),
+        any_bytes(),
+        prop_oneof![Just(0i64), any::<i64>()],
+        any::<[bool; 3]>(),
+    )
+        .prop_map(
+            |(key, value, lease, [prev_kv, ignore_value, ignore_lease])| PutRequest {
+                key,
+                value,
+                lease,
+                prev_kv,
+                ignore_value,
+                ignore_lease,
+            },
+        )
+}
+
+fn any_delete() -> impl Strategy<Value = DeleteRangeRequest> {
+    (any_bytes(), any_bytes(), any::<bool>()).prop_map(|(key, range_end, prev_kv)| {
+        DeleteRangeRequest {
+            key,
+            range_end,
+            prev_kv,
+        }
+    })
+}
+
+fn any_compare() -> impl Strategy<Value = Compare> {
+    (
+        any_bytes(),
+        any_bytes(),
+        -1i32..6,
+        -1i32..6,
+        any_revision(),
+        any_bytes(),
+    )
+        .prop_map(|(key, range_end, result, target, operand, value)| Compare {
+            result,
+            target,
+            key,
+            range_end,
+            target_union: Some(match operand.rem_euclid(5) {
+                0 => TargetUnion::Version(operand),
+                1 => TargetUnion::CreateRevision(operand),
+                2 => TargetUnion::ModRevision(operand),
+                3 => TargetUnion::Value(value),
+                _ => TargetUnion::Lease(operand),
+            }),
+        })
+}
+
+fn any_txn() -> impl Strategy<Value = TxnRequest> {
+    let leaf_op = prop_oneof![
+        Just(RequestOp { request: None }),
+        any_range().prop_map(|r| RequestOp {
+            request: Some(Request::RequestRange(r))
+        }),
+        any_put().prop_map(|r| RequestOp {
+            request: Some(Request::RequestPut(r))
+        }),
+        any_delete().prop_map(|r| RequestOp {
+            request: Some(Request::RequestDeleteRange(r))
+        }),
+    ];
+    let leaf_txn = (
+        prop::collection::vec(any_compare(), 0..3),
+        prop::collection::vec(leaf_op.clone(), 0..4),
+        prop::collection::vec(leaf_op.clone(), 0..4),
+    )
+        .prop_map(|(compare, success, failure)| TxnRequest {
+            compare,
+            success,
+            failure,
+        });
+    leaf_txn.prop_recursive(3, 24, 4, move |inner| {
+        let op = prop_oneof![
+            3 => leaf_op.clone(),
+            1 => inner.prop_map(|t| RequestOp { request: Some(Request::RequestTxn(t)) }),
+        ];
+        (
+            prop::collection::vec(any_compare(), 0..3),
+            prop::collection::vec(op.clone(), 0..4),
+            prop::collection::vec(op, 0..4),
+        )
+            .prop_map(|(compare, success, failure)| TxnRequest {
+                compare,
+                success,
+                failure,
+            })
+    })
+}
+
+#[derive(Debug, Clone)]
+enum AnyRequest {
+    Range(RangeRequest),
+    Put(PutRequest),
+    Delete(DeleteRangeRequest),
+    Txn(TxnRequest),
+    Compact(i64),
+}
+
+fn any_request() -> impl Strategy<Value = AnyRequest> {
+    prop_oneof![
+        1 => any_range().prop_map(AnyRequest::Range),
+        2 => any_put().prop_map(AnyRequest::Put),
+        1 => any_delete().prop_map(AnyRequest::Delete),
+        2 => any_txn().prop_map(AnyRequest::Txn),
+        1 => any_revision().prop_map(AnyRequest::Compact),
+    ]
+}
+
+proptest! {
+    /// Apply must be total: whatever reaches the store, validated or not, it
+    /// answers (perhaps with an error) and never panics, and a refused write
+    /// leaves the revision where it was.
+    #[test]
+    fn any_request_is_answered_without_a_panic(requests in prop::collection::vec(any_request(), 1..30)) {
+        let mut store = KvStore::new();
+        for request in &requests {
+            let revision_before = store.current_revision();
+            let refused = match request {
+                AnyRequest::Range(req) => store.range(req).is_err(),
+                AnyRequest::Put(req) => store.put(req).is_err(),
+                AnyRequest::Delete(req) => store.delete_range(req).is_err(),
+                AnyRequest::Txn(req) => store.txn(req).is_err(),
+                AnyRequest::Compact(revision) => store
+                    .compact(&CompactionRequest { revision: *revision, physical: false })
+                    .is_err(),
+            };
+            if refused {
+                prop_assert_eq!(store.current_revision(), revision_before);
+            }
+        }
+    }
+}

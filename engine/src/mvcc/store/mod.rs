@@ -6,7 +6,7 @@ mod range;
 mod txn;
 mod write;
 
-use txn::check_no_ignore_after_from_key_delete;
+use txn::check_ignore_puts_find_their_key;
 use write::WriteTxn;
 
 use std::fmt;
@@ -187,7 +187,7 @@ impl<B: RevisionBackend> KvStore<B> {
             self.check_ops(req, &path, &mut |store, op| store.check_put(op))?;
         }
         self.check_ops(req, &path, &mut |store, op| store.check_range(op))?;
-        check_no_ignore_after_from_key_delete(req, &path)?;
+        check_ignore_puts_find_their_key(req, &path)?;
 
         let mut txn = WriteTxn::begin(self);
         let result = txn.apply_txn(req, &path);

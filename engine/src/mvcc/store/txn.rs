@@ -125,45 +125,49 @@ impl TxnPath {
 }
 
 /// etcd checks `ignore_value`/`ignore_lease` puts against the state before the
-/// txn, then applies ops in order. A from-key delete (which its duplicate-key
-/// check lets through) earlier in the same txn can remove the key in between,
-/// and etcd 3.5.1 then panics in apply on every member. We refuse such a txn
-/// with the error etcd's apply hit, before changing anything.
-pub(super) fn check_no_ignore_after_from_key_delete(
+/// txn, then applies ops in order, so an earlier op of the same txn can delete
+/// the key in between. etcd's duplicate-key check leaves one way to do that, a
+/// from-key delete, and etcd 3.5.1 then panics in apply on every member. We
+/// refuse such a txn with the error etcd's apply hit, before changing anything;
+/// the check follows every earlier write, so even a txn that skipped validation
+/// is refused whole rather than half applied.
+pub(super) fn check_ignore_puts_find_their_key(
     req: &TxnRequest,
     path: &TxnPath,
 ) -> Result<(), MvccError> {
+    /// A write met earlier on the path: `true` for a put of the key(s), `false` for a delete.
+    type Write<'r> = (KeyRange<'r>, bool);
     fn walk<'r>(
         req: &'r TxnRequest,
         path: &TxnPath,
-        lowest_from_key: &mut Option<&'r [u8]>,
+        earlier: &mut Vec<Write<'r>>,
     ) -> Result<(), MvccError> {
         let mut nested_paths = path.nested.iter();
         for op in path.branch(req) {
             match &op.request {
                 Some(Request::RequestTxn(nested)) => {
                     let nested_path = nested_paths.next().expect("a path per nested txn");
-                    walk(nested, nested_path, lowest_from_key)?;
+                    walk(nested, nested_path, earlier)?;
                 }
                 Some(Request::RequestDeleteRange(delete)) => {
-                    if let KeyRange::From(key) = KeyRange::new(&delete.key, &delete.range_end) {
-                        if lowest_from_key.is_none_or(|lowest| key < lowest) {
-                            *lowest_from_key = Some(key);
-                        }
-                    }
+                    earlier.push((KeyRange::new(&delete.key, &delete.range_end), false));
                 }
-                Some(Request::RequestPut(put))
+                Some(Request::RequestPut(put)) => {
+                    let key: &[u8] = &put.key;
+                    let last_write = earlier.iter().rev().find(|(range, _)| range.contains(key));
                     if (put.ignore_value || put.ignore_lease)
-                        && lowest_from_key.is_some_and(|lowest| lowest <= put.key.as_ref()) =>
-                {
-                    return Err(MvccError::KeyNotFound);
+                        && matches!(last_write, Some((_, false)))
+                    {
+                        return Err(MvccError::KeyNotFound);
+                    }
+                    earlier.push((KeyRange::Single(key), true));
                 }
-                _ => {}
+                Some(Request::RequestRange(_)) | None => {}
             }
         }
         Ok(())
     }
-    walk(req, path, &mut None)
+    walk(req, path, &mut Vec::new())
 }
 
 /// etcd's `compareKV`. An operand of the wrong kind counts as zero (or empty),
