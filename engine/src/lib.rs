@@ -2,10 +2,12 @@
 //!
 //! - [`mvcc`]: etcd's multi-version key space (revisions, key index, Range/Put/DeleteRange/Txn/Compact).
 //! - [`wal`]: the segmented write-ahead log, the durability point of every write.
+//! - [`apply`]: committed log entries applied to MVCC on the B+tree, with the applied index.
 //! - [`btree`]: the copy-on-write B+tree file that holds MVCC revisions.
 //!
 //! This crate must never open a socket; `net` wires it to the outside world.
 
+pub mod apply;
 pub mod btree;
 pub mod mvcc;
 pub mod wal;

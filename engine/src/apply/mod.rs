@@ -1,0 +1,240 @@
+//! The applier: turns committed log entries into MVCC changes on the B+tree, in log order, on
+//! the single writer.
+//!
+//! Owns: decoding a committed entry ([`basalt_proto::basaltpb::InternalRequest`]), checking it
+//! again (a log entry may hold anything a buggy or older member proposed), applying it to the
+//! [`KvStore`] over the [`BtreeBackend`], the consistent (applied) index, and the checkpoints
+//! that make the applied state durable. Must never: panic or wedge on an entry's content (every
+//! member must reach the same error result for the same entry), apply an entry twice, or
+//! checkpoint a state that is not a prefix of the log.
+//!
+//! The applied index goes into the B+tree in the same commit as the data it describes
+//! ([`Applier::commit`]), and [`Applier::checkpoint`] makes both durable together; after a crash
+//! the WAL is replayed from [`Applier::applied_index`] onwards.
+
+use basalt_proto::basaltpb::{internal_request::Request, InternalRequest};
+use basalt_proto::etcdserverpb::{
+    CompactionResponse, DeleteRangeResponse, PutResponse, RangeResponse, TxnResponse,
+};
+use prost::Message;
+
+use crate::btree::Db;
+use crate::mvcc::{
+    validate_compaction, validate_delete_range, validate_put, validate_range, validate_txn,
+    BtreeBackend, KvStore, Limits, MvccError,
+};
+
+/// What a request's entry produced once applied.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Applied {
+    Range(RangeResponse),
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+    Compaction(CompactionResponse),
+}
+
+/// Why an entry produced no response. Each variant but [`ApplyError::Storage`] is a result every
+/// member reaches for the same entry.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Mvcc(MvccError),
+    /// The entry's bytes are not an [`InternalRequest`] this member understands.
+    #[error("basalt: committed entry {index} does not decode: {reason}")]
+    Undecodable { index: u64, reason: String },
+    /// A request kind this member does not apply yet.
+    #[error("basalt: committed entry {index} holds a request this member cannot apply: {kind}")]
+    Unsupported { index: u64, kind: &'static str },
+    /// The B+tree failed: the in-memory state may be ahead of the file, so the member must stop
+    /// and recover from its WAL (etcd panics here).
+    #[error("basalt: storage failed while applying: {0}")]
+    Storage(String),
+}
+
+impl ApplyError {
+    /// True when the applier can no longer be used.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, ApplyError::Storage(_))
+    }
+}
+
+/// One applied entry: the id the proposer waits on (0: nobody) and its result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub id: u64,
+    pub result: Result<Applied, ApplyError>,
+}
+
+/// The single writer of the MVCC state.
+pub struct Applier {
+    store: KvStore<BtreeBackend>,
+    limits: Limits,
+    applied_index: u64,
+    /// The applied index of the newest B+tree commit.
+    committed_index: u64,
+    /// The applied index of the newest durable checkpoint.
+    checkpointed_index: u64,
+}
+
+impl Applier {
+    /// Opens the MVCC state held in `db` (empty or written by an earlier applier).
+    pub fn open(db: Db, limits: Limits) -> Result<Applier, ApplyError> {
+        let backend = BtreeBackend::open(db).map_err(storage)?;
+        let applied_index = backend.consistent_index().map_err(storage)?;
+        let checkpointed_index = backend
+            .db()
+            .durable_applied_index()
+            .map_err(|e| ApplyError::Storage(e.to_string()))?;
+        assert_eq!(
+            applied_index, checkpointed_index,
+            "a freshly opened tree holds exactly its newest checkpoint"
+        );
+        let store = KvStore::open(backend).map_err(storage)?;
+        Ok(Applier {
+            store,
+            limits,
+            applied_index,
+            committed_index: applied_index,
+            checkpointed_index,
+        })
+    }
+
+    /// Index of the newest applied entry.
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    /// Index of the newest entry whose effects are durable in the tree file.
+    pub fn checkpointed_index(&self) -> u64 {
+        self.checkpointed_index
+    }
+
+    /// The MVCC store, for reads on the writer's thread.
+    pub fn store(&self) -> &KvStore<BtreeBackend> {
+        &self.store
+    }
+
+    pub fn db(&self) -> &Db {
+        self.store.backend().db()
+    }
+
+    /// Serves a read at the applied state.
+    pub fn range(
+        &self,
+        req: &basalt_proto::etcdserverpb::RangeRequest,
+    ) -> Result<RangeResponse, MvccError> {
+        validate_range(req, &self.limits)?;
+        self.store.range(req)
+    }
+
+    /// Applies the committed entry at `index` (an empty `data` is a leader's no-op). Entries at
+    /// or below the applied index were applied before (a replay) and give `None`.
+    pub fn apply(&mut self, index: u64, data: &[u8]) -> Option<Outcome> {
+        if index <= self.applied_index {
+            return None;
+        }
+        assert_eq!(
+            index,
+            self.applied_index + 1,
+            "committed entries arrive in order without gaps"
+        );
+        self.applied_index = index;
+        if data.is_empty() {
+            return None;
+        }
+        let request = match InternalRequest::decode(data) {
+            Ok(request) => request,
+            Err(error) => {
+                return Some(Outcome {
+                    id: 0,
+                    result: Err(ApplyError::Undecodable {
+                        index,
+                        reason: error.to_string(),
+                    }),
+                })
+            }
+        };
+        let result = self.apply_request(index, request.request);
+        Some(Outcome {
+            id: request.id,
+            result,
+        })
+    }
+
+    fn apply_request(
+        &mut self,
+        index: u64,
+        request: Option<Request>,
+    ) -> Result<Applied, ApplyError> {
+        let limits = &self.limits;
+        let store = &mut self.store;
+        let result = match request {
+            Some(Request::Range(req)) => validate_range(&req, limits)
+                .and_then(|()| store.range(&req))
+                .map(Applied::Range),
+            Some(Request::Put(req)) => validate_put(&req, limits)
+                .and_then(|()| store.put(&req))
+                .map(Applied::Put),
+            Some(Request::DeleteRange(req)) => validate_delete_range(&req, limits)
+                .and_then(|()| store.delete_range(&req))
+                .map(Applied::DeleteRange),
+            Some(Request::Txn(req)) => validate_txn(&req, limits)
+                .and_then(|()| store.txn(&req))
+                .map(Applied::Txn),
+            Some(Request::Compaction(req)) => validate_compaction(&req, limits)
+                .and_then(|()| store.compact(&req))
+                .map(Applied::Compaction),
+            Some(Request::Alarm(_)) => {
+                return Err(ApplyError::Unsupported {
+                    index,
+                    kind: "alarm",
+                })
+            }
+            None => {
+                return Err(ApplyError::Undecodable {
+                    index,
+                    reason: "no request in the entry".into(),
+                })
+            }
+        };
+        result.map_err(|error| match error {
+            MvccError::Backend(reason) => ApplyError::Storage(reason),
+            other => ApplyError::Mvcc(other),
+        })
+    }
+
+    /// Writes everything applied since the last commit to the tree (not yet durable), with the
+    /// applied index beside it. Cheap when nothing changed.
+    pub fn commit(&mut self) -> Result<(), ApplyError> {
+        if self.committed_index == self.applied_index && self.store.backend().pending_records() == 0
+        {
+            return Ok(());
+        }
+        let index = self.applied_index;
+        self.store.backend_mut().commit(index).map_err(storage)?;
+        self.committed_index = index;
+        Ok(())
+    }
+
+    /// Commits, then makes the tree durable with the applied index: recovery replays the WAL
+    /// from here.
+    pub fn checkpoint(&mut self) -> Result<(), ApplyError> {
+        self.commit()?;
+        if self.checkpointed_index == self.applied_index {
+            return Ok(());
+        }
+        self.db()
+            .checkpoint(self.applied_index)
+            .map_err(|e| ApplyError::Storage(e.to_string()))?;
+        self.checkpointed_index = self.applied_index;
+        Ok(())
+    }
+}
+
+fn storage(error: MvccError) -> ApplyError {
+    ApplyError::Storage(error.to_string())
+}
+
+#[cfg(test)]
+mod tests;

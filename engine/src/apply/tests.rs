@@ -1,0 +1,112 @@
+use basalt_proto::basaltpb::{internal_request::Request, InternalRequest};
+use basalt_proto::etcdserverpb::{AlarmRequest, PutRequest, RangeRequest};
+use prost::Message;
+
+use super::*;
+use crate::btree::{open, Options};
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("basalt-apply-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn open_applier(dir: &std::path::Path) -> Applier {
+    Applier::open(
+        open(dir.join("db"), Options::default()).unwrap(),
+        Limits::default(),
+    )
+    .unwrap()
+}
+
+fn entry(id: u64, request: Request) -> Vec<u8> {
+    InternalRequest {
+        id,
+        request: Some(request),
+    }
+    .encode_to_vec()
+}
+
+fn put(key: &str, value: &str) -> Request {
+    Request::Put(PutRequest {
+        key: key.as_bytes().to_vec().into(),
+        value: value.as_bytes().to_vec().into(),
+        ..Default::default()
+    })
+}
+
+#[test]
+fn every_entry_content_yields_a_result_and_never_a_panic() {
+    let dir = temp_dir("total");
+    let mut applier = open_applier(&dir);
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (vec![0xff, 0xff, 0xff], "undecodable"),
+        (
+            InternalRequest {
+                id: 3,
+                request: None,
+            }
+            .encode_to_vec(),
+            "undecodable",
+        ),
+        (
+            entry(4, Request::Alarm(AlarmRequest::default())),
+            "unsupported",
+        ),
+        (entry(5, put("", "v")), "mvcc"),
+        (entry(6, put("k", "v")), "ok"),
+    ];
+    for (i, (data, want)) in cases.into_iter().enumerate() {
+        let outcome = applier.apply(i as u64 + 1, &data).expect("a request entry");
+        let got = match &outcome.result {
+            Ok(_) => "ok",
+            Err(ApplyError::Undecodable { .. }) => "undecodable",
+            Err(ApplyError::Unsupported { .. }) => "unsupported",
+            Err(ApplyError::Mvcc(_)) => "mvcc",
+            Err(ApplyError::Storage(_)) => "storage",
+        };
+        assert_eq!(got, want, "case {i}: {outcome:?}");
+    }
+    assert_eq!(applier.applied_index(), 5);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn entries_at_or_below_the_applied_index_are_not_applied_again() {
+    let dir = temp_dir("replay");
+    let mut applier = open_applier(&dir);
+    assert!(applier.apply(1, &entry(1, put("a", "1"))).is_some());
+    assert!(applier.apply(1, &entry(1, put("a", "1"))).is_none());
+    assert_eq!(applier.store().current_revision(), 2);
+    assert!(
+        applier.apply(2, &[]).is_none(),
+        "a no-op entry has no outcome"
+    );
+    assert_eq!(applier.applied_index(), 2);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_reopened_applier_resumes_at_its_last_checkpoint_not_its_last_commit() {
+    let dir = temp_dir("checkpoint");
+    {
+        let mut applier = open_applier(&dir);
+        applier.apply(1, &entry(1, put("a", "1")));
+        applier.checkpoint().unwrap();
+        applier.apply(2, &entry(2, put("b", "2")));
+        applier.commit().unwrap();
+        assert_eq!(applier.checkpointed_index(), 1);
+    }
+    let applier = open_applier(&dir);
+    assert_eq!(applier.applied_index(), 1);
+    let all = RangeRequest {
+        key: vec![0].into(),
+        range_end: vec![0].into(),
+        ..Default::default()
+    };
+    let resp = applier.range(&all).unwrap();
+    assert_eq!(resp.kvs.len(), 1);
+    assert_eq!(&resp.kvs[0].key[..], b"a");
+    std::fs::remove_dir_all(dir).unwrap();
+}
