@@ -318,6 +318,9 @@ pub fn print_table(result: &Value, out: &mut impl Write) -> std::io::Result<()> 
             "FAIL"
         }
     )?;
+    if let Some(message) = result["wal_group_commit"]["error"].as_str() {
+        writeln!(out, "WAL group commit: failed: {message}")?;
+    }
     let curve = &result["wal_group_commit"]["points"];
     if let Some(points) = curve.as_array() {
         writeln!(

@@ -15,7 +15,7 @@ use serde_json::Value;
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,8 @@ const STATUS: &str = "/etcdserverpb.Maintenance/Status";
 const KEEPALIVE_LEASE_TTL_S: i64 = 600;
 /// A watcher that has seen nothing for this long after the last put gives up on the rest.
 const WATCH_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A stream whose watchers are not all created by then gives up (and so do the puts).
+const WATCH_CREATE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Watch values start with the put's send time, nanoseconds since the run's epoch.
 const WATCH_STAMP_BYTES: usize = 8;
 
@@ -586,7 +588,11 @@ fn stamp_ns(epoch: Instant) -> u64 {
 struct WatchShared {
     epoch: Instant,
     ready_watchers: AtomicU64,
+    /// Watchers whose stream failed before they were created: the puts must not wait for them.
+    lost_watchers: AtomicU64,
     put_start_ns: AtomicU64,
+    /// Set once the putter has made its last put, or decided to make none.
+    puts_over: AtomicBool,
     last_event_ns: AtomicU64,
     events: AtomicU64,
     done: Arc<AtomicU64>,
@@ -594,12 +600,14 @@ struct WatchShared {
 
 const WATCH_SERIES: [&str; 3] = ["watch-create", "event", "put"];
 
-/// One stream: creates its watchers, then times every event it is sent.
+/// One stream: creates its watchers (counting them in `created`), then times every event it is
+/// sent.
 async fn watch_stream(
     channel: Channel,
     options: &WatchOptions,
     shared: &WatchShared,
     series: &RefCell<Vec<Series>>,
+    created: &Cell<usize>,
 ) -> Result<(), CallError> {
     let create = pb::WatchRequest {
         request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
@@ -616,7 +624,7 @@ async fn watch_stream(
         sent.push(Instant::now());
         stream.send(&create)?;
     }
-    let mut created = 0;
+    let create_deadline = Instant::now() + WATCH_CREATE_TIMEOUT;
     let events_expected = options.put_total * options.watchers_per_stream as u64;
     let mut events_seen = 0u64;
     while events_seen < events_expected {
@@ -631,7 +639,13 @@ async fn watch_stream(
             Some(response) => {
                 response?.ok_or_else(|| CallError::Protocol("watch stream ended".into()))?
             }
-            None if shared.put_start_ns.load(Ordering::Relaxed) == 0 => continue,
+            None if created.get() < options.watchers_per_stream => {
+                if Instant::now() >= create_deadline {
+                    return Err(CallError::Protocol("watch creation timed out".into()));
+                }
+                continue;
+            }
+            None if !shared.puts_over.load(Ordering::Relaxed) => continue,
             None => {
                 let missing = events_expected - events_seen;
                 series.borrow_mut()[1].error(format!("{missing} events never arrived"));
@@ -639,11 +653,14 @@ async fn watch_stream(
             }
         };
         if response.created {
-            record(
-                &mut series.borrow_mut()[0].latency_ns,
-                sent[created].elapsed(),
-            );
-            created += 1;
+            let index = created.get();
+            let Some(sent) = sent.get(index) else {
+                return Err(CallError::Protocol(
+                    "more watchers created than asked".into(),
+                ));
+            };
+            record(&mut series.borrow_mut()[0].latency_ns, sent.elapsed());
+            created.set(index + 1);
             shared.ready_watchers.fetch_add(1, Ordering::Relaxed);
         }
         let now_ns = stamp_ns(shared.epoch);
@@ -679,8 +696,18 @@ async fn watch_putter(
 ) -> Result<(), CallError> {
     let channel = Channel::connect(endpoint).await?;
     let watchers = (options.streams * options.watchers_per_stream) as u64;
-    while shared.ready_watchers.load(Ordering::Relaxed) < watchers {
+    let settled = || {
+        shared.ready_watchers.load(Ordering::Relaxed) + shared.lost_watchers.load(Ordering::Relaxed)
+    };
+    while settled() < watchers {
         glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+    let lost = shared.lost_watchers.load(Ordering::Relaxed);
+    if lost > 0 {
+        shared.puts_over.store(true, Ordering::Relaxed);
+        return Err(CallError::Protocol(format!(
+            "{lost} of {watchers} watchers were not created; no puts made"
+        )));
     }
     let limiter = Limiter {
         interval: Duration::from_secs_f64(1.0 / options.put_rate_per_s.max(1e-9)),
@@ -705,6 +732,7 @@ async fn watch_putter(
         }
         shared.done.fetch_add(1, Ordering::Relaxed);
     }
+    shared.puts_over.store(true, Ordering::Relaxed);
     Ok(())
 }
 
@@ -722,7 +750,9 @@ pub fn run_watch(
     let shared = Arc::new(WatchShared {
         epoch: Instant::now(),
         ready_watchers: AtomicU64::new(0),
+        lost_watchers: AtomicU64::new(0),
         put_start_ns: AtomicU64::new(0),
+        puts_over: AtomicBool::new(false),
         last_event_ns: AtomicU64::new(0),
         events: AtomicU64::new(0),
         done: progress.done.clone(),
@@ -752,14 +782,24 @@ pub fn run_watch(
                 let mut tasks = Vec::new();
                 for stream in (0..options.streams).filter(|s| (s % conns) % threads == thread) {
                     let Some(channel) = channels.get(&(stream % conns)).cloned() else {
+                        // Its connection failed (already counted as an error).
+                        let lost = options.watchers_per_stream as u64;
+                        shared.lost_watchers.fetch_add(lost, Ordering::Relaxed);
                         continue;
                     };
                     let (options, shared, series) =
                         (options.clone(), shared.clone(), series.clone());
                     tasks.push(glommio::spawn_local(async move {
-                        if let Err(e) = watch_stream(channel, &options, &shared, &series).await {
+                        let created = Cell::new(0);
+                        let result =
+                            watch_stream(channel, &options, &shared, &series, &created).await;
+                        if let Err(e) = result {
                             series.borrow_mut()[1].error(e.to_string());
                         }
+                        let lost = options.watchers_per_stream - created.get();
+                        shared
+                            .lost_watchers
+                            .fetch_add(lost as u64, Ordering::Relaxed);
                     }));
                 }
                 if thread == 0 {
@@ -770,6 +810,7 @@ pub fn run_watch(
                         if let Err(e) = watch_putter(&endpoint, &options, &shared, &series).await {
                             series.borrow_mut()[2].error(e.to_string());
                         }
+                        shared.puts_over.store(true, Ordering::Relaxed);
                     }));
                 }
                 for task in tasks {

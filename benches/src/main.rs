@@ -379,7 +379,12 @@ fn run(cli: Cli) -> Result<Option<RunReport>, String> {
             };
             let mut result = disk::run(&options).map_err(|e| e.to_string())?;
             if *wal_seconds_per_point > 0.0 {
-                result["wal_group_commit"] = walcurve::run(dir, *wal_seconds_per_point)?;
+                // The WAL wants an absolute directory (it reopens it by path to sync it).
+                let dir =
+                    std::fs::canonicalize(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                // A failing WAL is a finding of the run, not a reason to lose the floor.
+                result["wal_group_commit"] = walcurve::run(&dir, *wal_seconds_per_point)
+                    .unwrap_or_else(|message| json!({ "error": message }));
             }
             disk::print_table(&result, &mut std::io::stdout()).map_err(|e| e.to_string())?;
             if let Some(path) = &g.json {
