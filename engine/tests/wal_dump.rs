@@ -3,7 +3,7 @@
 
 mod wal_common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use basalt_engine::wal::dump::{dump_log, DumpFilter};
 use basalt_engine::wal::{wal_dir, DmaStorage, RecordKind, RecordRef, Wal, WalOptions};
@@ -15,7 +15,7 @@ fn data_dir(name: &str) -> PathBuf {
 
 /// Writes entries 1..=20 (entry i has i bytes), a hard state, a snapshot at 10 and a
 /// truncation to 18, into one small segment.
-fn write_log(data: &PathBuf) {
+fn write_log(data: &Path) {
     let dir = wal_dir(data);
     run(async move {
         let opts = WalOptions {
@@ -43,7 +43,7 @@ fn write_log(data: &PathBuf) {
     });
 }
 
-fn dump(data: &PathBuf, filter: DumpFilter) -> (String, basalt_engine::wal::dump::DumpSummary) {
+fn dump(data: &Path, filter: DumpFilter) -> (String, basalt_engine::wal::dump::DumpSummary) {
     let mut out = Vec::new();
     let summary = dump_log(data, &filter, &mut out).unwrap();
     (String::from_utf8(out).unwrap(), summary)
