@@ -56,4 +56,6 @@ pub enum ConfigError {
     Storage(#[from] StorageError),
     #[error("hard state commit {commit} is beyond the last index {last_index}")]
     CommitOutOfRange { commit: u64, last_index: u64 },
+    #[error("applied index {applied} is beyond the commit index {commit}")]
+    AppliedOutOfRange { applied: u64, commit: u64 },
 }

@@ -220,9 +220,16 @@ impl<S: Storage> Raft<S> {
         raft.log.commit_to(hs.commit);
         raft.term = hs.term;
         raft.vote = hs.vote;
-        if raft.cfg.applied > 0 {
-            raft.log
-                .applied_to(raft.cfg.applied.min(raft.log.committed));
+        let applied = raft.cfg.applied;
+        if applied > raft.log.committed {
+            // Applying beyond commit is impossible; the application's index is corrupt.
+            return Err(ConfigError::AppliedOutOfRange {
+                applied,
+                commit: raft.log.committed,
+            });
+        }
+        if applied > raft.log.applied {
+            raft.log.applied_to(applied);
         }
         let term = raft.term;
         raft.become_follower(term, NONE);

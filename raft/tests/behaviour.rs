@@ -247,6 +247,26 @@ fn a_lease_read_needs_no_round_trip_while_the_lease_holds() {
 }
 
 #[test]
+fn a_restart_claiming_an_applied_index_beyond_commit_is_refused() {
+    let storage = MemStorage::new_with_conf_state(basalt_raft::ConfState {
+        voters: vec![1],
+        ..Default::default()
+    });
+    let cfg = Config {
+        id: 1,
+        applied: 5,
+        ..Config::default()
+    };
+    assert!(matches!(
+        RawNode::new(cfg, storage),
+        Err(basalt_raft::ConfigError::AppliedOutOfRange {
+            applied: 5,
+            commit: 1
+        })
+    ));
+}
+
+#[test]
 fn lease_reads_require_check_quorum() {
     let cfg = Config {
         id: 1,
