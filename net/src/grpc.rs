@@ -41,75 +41,44 @@ pub(crate) fn decode<M: prost::Message + Default>(body: Bytes, what: &str) -> Re
     M::decode(body).map_err(|e| Status::internal(format!("grpc: error unmarshalling {what}: {e}")))
 }
 
-/// Reads length-prefixed messages from one h2 stream.
-///
-/// Flow-control capacity is released as soon as a DATA frame is taken off the stream: the
-/// bytes then count against `message_bytes_max`, which bounds what one stream can buffer.
-pub(crate) struct MessageReader {
-    body: RecvStream,
+/// Reassembles length-prefixed messages from DATA chunks of any size: the framing logic of
+/// [`MessageReader`], apart from I/O so it can be tested byte by byte.
+pub(crate) struct FrameBuffer {
     chunks: VecDeque<Bytes>,
     buffered_bytes: usize,
     message_bytes_max: usize,
 }
 
-impl MessageReader {
-    /// The caller has already refused any grpc-encoding but identity, so a compressed
-    /// message can only be a peer error.
-    pub(crate) fn new(body: RecvStream, message_bytes_max: usize) -> Self {
+impl FrameBuffer {
+    pub(crate) fn new(message_bytes_max: usize) -> Self {
         Self {
-            body,
             chunks: VecDeque::new(),
             buffered_bytes: 0,
             message_bytes_max,
         }
     }
 
-    /// The next whole message body, `None` once the peer ended the stream cleanly between
-    /// messages.
-    pub(crate) async fn next(&mut self) -> Result<Option<Bytes>, Status> {
-        loop {
-            if let Some(body_bytes) = self.complete_message()? {
-                return Ok(Some(self.take(body_bytes)));
-            }
-            match self.body.data().await {
-                Some(Ok(chunk)) => {
-                    // Releasing at once is safe because buffering is capped per message by
-                    // `complete_message`; holding capacity back would only stall the peer.
-                    let chunk_bytes = chunk.len();
-                    self.body
-                        .flow_control()
-                        .release_capacity(chunk_bytes)
-                        .map_err(stream_error)?;
-                    if chunk_bytes > 0 {
-                        self.buffered_bytes += chunk_bytes;
-                        self.chunks.push_back(chunk);
-                    }
-                }
-                Some(Err(e)) => return Err(stream_error(e)),
-                None if self.buffered_bytes == 0 => return Ok(None),
-                None => {
-                    return Err(Status::internal(format!(
-                        "grpc: stream ended inside a message ({} bytes of a frame received)",
-                        self.buffered_bytes
-                    )))
-                }
-            }
+    pub(crate) fn push(&mut self, chunk: Bytes) {
+        if !chunk.is_empty() {
+            self.buffered_bytes += chunk.len();
+            self.chunks.push_back(chunk);
         }
     }
 
-    /// The trailers that ended the stream (client side).
-    pub(crate) async fn trailers(&mut self) -> Result<Option<HeaderMap>, Status> {
-        self.body.trailers().await.map_err(stream_error)
+    pub(crate) fn buffered_bytes(&self) -> usize {
+        self.buffered_bytes
     }
 
-    /// The body length of the message at the head of the buffer once all of it has arrived;
-    /// rejects the message as soon as its prefix shows it can never be accepted.
-    fn complete_message(&self) -> Result<Option<usize>, Status> {
+    /// The next whole message body if it has arrived. Rejects a message as soon as its prefix
+    /// shows it can never be accepted, before its body is buffered.
+    pub(crate) fn next_message(&mut self) -> Result<Option<Bytes>, Status> {
         let mut prefix = [0u8; PREFIX_BYTES];
         if !self.peek(&mut prefix) {
             return Ok(None);
         }
         if prefix[0] != 0 {
+            // Callers refuse any grpc-encoding but identity up front, so a compressed
+            // message can only be a peer error.
             return Err(Status::internal(
                 "grpc: compressed flag set with identity or empty encoding",
             ));
@@ -124,7 +93,11 @@ impl MessageReader {
                 ),
             ));
         }
-        Ok((self.buffered_bytes >= PREFIX_BYTES + body_bytes).then_some(body_bytes))
+        if self.buffered_bytes < PREFIX_BYTES + body_bytes {
+            return Ok(None);
+        }
+        self.skip(PREFIX_BYTES);
+        Ok(Some(self.take(body_bytes)))
     }
 
     fn peek(&self, out: &mut [u8]) -> bool {
@@ -143,10 +116,10 @@ impl MessageReader {
         true
     }
 
-    /// Removes one framed message from the buffer and returns its body. A body that sits in a
-    /// single DATA frame (the usual case) is returned without copying.
+    /// Removes `body_bytes` from the front. A body that sits in one DATA frame (the usual
+    /// case) is returned without copying.
     fn take(&mut self, body_bytes: usize) -> Bytes {
-        self.skip(PREFIX_BYTES);
+        assert!(self.buffered_bytes >= body_bytes);
         if body_bytes == 0 {
             return Bytes::new();
         }
@@ -184,6 +157,58 @@ impl MessageReader {
                 self.chunks.pop_front();
             }
         }
+    }
+}
+
+/// Reads length-prefixed messages from one h2 stream.
+///
+/// Flow-control capacity is released as soon as a DATA frame is taken off the stream: the
+/// bytes then count against `message_bytes_max`, which bounds what one stream can buffer.
+pub(crate) struct MessageReader {
+    body: RecvStream,
+    frames: FrameBuffer,
+}
+
+impl MessageReader {
+    pub(crate) fn new(body: RecvStream, message_bytes_max: usize) -> Self {
+        Self {
+            body,
+            frames: FrameBuffer::new(message_bytes_max),
+        }
+    }
+
+    /// The next whole message body, `None` once the peer ended the stream cleanly between
+    /// messages.
+    pub(crate) async fn next(&mut self) -> Result<Option<Bytes>, Status> {
+        loop {
+            if let Some(body) = self.frames.next_message()? {
+                return Ok(Some(body));
+            }
+            match self.body.data().await {
+                Some(Ok(chunk)) => {
+                    // Releasing at once is safe because buffering is capped per message by
+                    // `next_message`; holding capacity back would only stall the peer.
+                    self.body
+                        .flow_control()
+                        .release_capacity(chunk.len())
+                        .map_err(stream_error)?;
+                    self.frames.push(chunk);
+                }
+                Some(Err(e)) => return Err(stream_error(e)),
+                None if self.frames.buffered_bytes() == 0 => return Ok(None),
+                None => {
+                    return Err(Status::internal(format!(
+                        "grpc: stream ended inside a message ({} bytes of a frame received)",
+                        self.frames.buffered_bytes()
+                    )))
+                }
+            }
+        }
+    }
+
+    /// The trailers that ended the stream (client side).
+    pub(crate) async fn trailers(&mut self) -> Result<Option<HeaderMap>, Status> {
+        self.body.trailers().await.map_err(stream_error)
     }
 }
 
@@ -351,6 +376,56 @@ mod tests {
             Status::new(Code::Internal, "bad: 100% ✗"),
         ] {
             assert_eq!(status_from_headers(&status_headers(&status)), Some(status));
+        }
+    }
+
+    /// Feeds `wire` in chunks of `chunk_bytes` and collects every message that completes.
+    fn reassemble(wire: &[u8], chunk_bytes: usize, max: usize) -> Result<Vec<Bytes>, Status> {
+        let mut frames = FrameBuffer::new(max);
+        let mut messages = Vec::new();
+        for chunk in wire.chunks(chunk_bytes) {
+            frames.push(Bytes::copy_from_slice(chunk));
+            while let Some(body) = frames.next_message()? {
+                messages.push(body);
+            }
+        }
+        assert_eq!(frames.buffered_bytes(), 0, "nothing left over");
+        Ok(messages)
+    }
+
+    #[test]
+    fn messages_reassemble_from_chunks_split_at_every_boundary() {
+        let bodies: [&[u8]; 4] = [b"", b"a", b"hello, world", &[7u8; 300]];
+        let mut wire = Vec::new();
+        for body in bodies {
+            wire.push(0);
+            wire.extend_from_slice(&(body.len() as u32).to_be_bytes());
+            wire.extend_from_slice(body);
+        }
+        for chunk_bytes in 1..=wire.len() {
+            let got = reassemble(&wire, chunk_bytes, 1024).unwrap();
+            assert_eq!(got, bodies.to_vec(), "chunks of {chunk_bytes} bytes");
+        }
+    }
+
+    #[test]
+    fn unacceptable_prefixes_are_refused_before_the_body_arrives() {
+        let cases: [(&[u8], Code, &str); 2] = [
+            (
+                &[1, 0, 0, 0, 1],
+                Code::Internal,
+                "grpc: compressed flag set with identity or empty encoding",
+            ),
+            (
+                &[0, 0, 0, 0, 11],
+                Code::ResourceExhausted,
+                "grpc: received message larger than max (11 vs. 10)",
+            ),
+        ];
+        for (prefix, code, message) in cases {
+            let mut frames = FrameBuffer::new(10);
+            frames.push(Bytes::copy_from_slice(prefix));
+            assert_eq!(frames.next_message(), Err(Status::new(code, message)));
         }
     }
 
