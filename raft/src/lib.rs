@@ -5,6 +5,18 @@
 //! read a clock, spawn a thread or depend on the rest of Basalt: the server drives it, and the
 //! simulator (`sim`, built for tests) replays any run from a seed.
 //!
+//! What the server calls, all on `RawNode`: `tick`, `step(msg)`, `propose(data) -> index`,
+//! `propose_conf_change`, `apply_conf_change` (as the entry is applied), `read_index(ctx)`,
+//! `transfer_leader`, `report_unreachable`, `report_snapshot`, `status`, and the
+//! `has_ready` / `ready` / `advance` loop whose contract is written in `raw_node.rs`. Snapshots
+//! are the application's: it writes them into its `Storage` (see `MemStorage::create_snapshot`
+//! and `compact`), and raft sends the latest one to a follower that is too far behind.
+//!
+//! Modules, after etcd's raft: `raft` (the core), `raw_node` (the surface), `raft_log` and
+//! `log_unstable` (the log), `progress` (per-follower replication state and in-flight window),
+//! `tracker` and `quorum` (configuration, majority and joint quorums), `confchange`,
+//! `read_only` (ReadIndex rounds and the lease), `storage` (`Storage` and `MemStorage`).
+//!
 //! The loop a server runs, here for a single-node cluster:
 //!
 //! ```
