@@ -252,6 +252,12 @@ pub enum WalError {
     Unavailable { index: u64, last_index: u64 },
     #[error("wal: a write failed, the log refuses further appends until reopened: {0}")]
     Failed(String),
+    #[error("wal: {dir} is in use by another process: {source}")]
+    Locked {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("wal: invalid options {0}")]
     BadOptions(String),
 }

@@ -285,6 +285,12 @@ impl SegmentFile for SimFile {
 // anyway, and the crash model targets file data, where the WAL's own ordering matters.
 impl Storage for SimStorage {
     type File = SimFile;
+    // One process at a time by construction: a crash kills the handles of the one before.
+    type DirLock = ();
+
+    async fn lock_dir(&self, _dir: &Path) -> io::Result<()> {
+        self.live().map(drop)
+    }
 
     async fn create_dir_all(&self, _dir: &Path) -> io::Result<()> {
         self.live().map(drop)

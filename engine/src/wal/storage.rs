@@ -42,6 +42,12 @@ pub trait SegmentFile: 'static {
 /// The directory operations the WAL needs.
 pub trait Storage: Clone + 'static {
     type File: SegmentFile;
+    /// Held while a WAL is open; dropping it lets another opener in.
+    type DirLock: 'static;
+
+    /// Takes the directory for this process alone, failing at once if another holds it
+    /// (two writers on one log would interleave records and break the crc chain).
+    async fn lock_dir(&self, dir: &Path) -> io::Result<Self::DirLock>;
 
     async fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
     /// File names (not paths) in `dir`.
@@ -55,6 +61,9 @@ pub trait Storage: Clone + 'static {
     /// Makes creations, renames and removals in `dir` durable.
     async fn sync_dir(&self, dir: &Path) -> io::Result<()>;
 }
+
+/// Bytes the LOCK file holds so glommio's poll-ring probe reads real data.
+const IOPOLL_PROBE_BYTES: u64 = 4096;
 
 /// The production file layer: glommio DMA files, O_DIRECT, io_uring.
 #[derive(Debug, Clone, Copy, Default)]
@@ -98,8 +107,40 @@ impl SegmentFile for DmaFile {
     }
 }
 
+/// An exclusive `flock` on `<dir>/LOCK`, released when the file closes (or the process dies).
+#[derive(Debug)]
+pub struct FlockGuard {
+    _file: std::fs::File,
+}
+
 impl Storage for DmaStorage {
     type File = DmaFile;
+    type DirLock = FlockGuard;
+
+    async fn lock_dir(&self, dir: &Path) -> io::Result<FlockGuard> {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("LOCK"))?;
+        // SAFETY: flock on a descriptor we own; it touches no memory.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // glommio decides once per thread and device whether the io_uring poll ring works, by
+        // reading the first DmaFile opened there. On an empty file that read "succeeds" without
+        // reaching the device, the poll ring is wrongly enabled, and later reads fail with
+        // EOPNOTSUPP on devices without poll queues. So the first DmaFile this thread opens
+        // here is the LOCK file, given one block of data to read.
+        if file.metadata()?.len() < IOPOLL_PROBE_BYTES {
+            use std::io::Write;
+            (&file).write_all(&[0u8; IOPOLL_PROBE_BYTES as usize])?;
+            file.sync_data()?;
+        }
+        DmaFile::open(dir.join("LOCK")).await?.close().await?;
+        Ok(FlockGuard { _file: file })
+    }
 
     async fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         std::fs::create_dir_all(dir)

@@ -33,6 +33,7 @@ pub struct Wal<S: Storage = DmaStorage> {
 }
 
 struct Shared<S: Storage> {
+    _lock: S::DirLock,
     storage: S,
     dir: PathBuf,
     opts: WalOptions,
@@ -89,6 +90,14 @@ impl<S: Storage> Wal<S> {
     ) -> Result<(Wal<S>, Recovered), WalError> {
         opts.validate()?;
         let dir = dir.into();
+        storage
+            .create_dir_all(&dir)
+            .await
+            .map_err(|e| WalError::io(&dir, e))?;
+        let lock = storage.lock_dir(&dir).await.map_err(|e| WalError::Locked {
+            dir: dir.clone(),
+            source: e,
+        })?;
         let disk = recover::recover(&storage, &dir, &opts).await?;
         let view = disk.view;
         let bounds = view.bounds();
@@ -149,6 +158,7 @@ impl<S: Storage> Wal<S> {
             closed: false,
         };
         let shared = Rc::new(Shared {
+            _lock: lock,
             storage: storage.clone(),
             dir: dir.clone(),
             opts: opts.clone(),

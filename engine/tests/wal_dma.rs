@@ -1,0 +1,43 @@
+//! The WAL on real O_DIRECT files: a round trip through close and reopen, and the directory
+//! lock that keeps a second writer out.
+
+mod wal_common;
+
+use basalt_engine::wal::{DmaStorage, RecordRef, Wal, WalError, WalOptions};
+use wal_common::{payload, run, Model};
+
+#[test]
+fn records_survive_close_and_reopen_and_a_second_opener_is_refused() {
+    let dir = std::env::temp_dir().join(format!("basalt-wal-dma-{}", std::process::id()));
+    run(async {
+        let opts = WalOptions {
+            segment_bytes: 256 << 10,
+            batch_bytes_max: 64 << 10,
+            pending_bytes_max: 256 << 10,
+            max_wals: 0,
+        };
+        let (wal, _) = Wal::open(DmaStorage, &dir, opts.clone()).await.unwrap();
+        let second = Wal::open(DmaStorage, &dir, opts.clone()).await;
+        assert!(
+            matches!(second, Err(WalError::Locked { .. })),
+            "{:?}",
+            second.err()
+        );
+        let mut model = Model::default();
+        // Enough to roll through several segments.
+        for index in 1..=600u64 {
+            let p = payload(3, index, (index as usize * 37) % 2000);
+            let r = RecordRef::entry(3, index, &p);
+            wal.append(&[r]).await.unwrap();
+            model.apply(&r);
+        }
+        let hs = RecordRef::hard_state(b"term=3 vote=1 commit=600");
+        wal.append(&[hs]).await.unwrap();
+        model.apply(&hs);
+        wal.close().await.unwrap();
+        let (wal, rec) = Wal::open(DmaStorage, &dir, opts).await.unwrap();
+        model.check(&wal, &rec).await.unwrap();
+        wal.close().await.unwrap();
+    });
+    std::fs::remove_dir_all(&dir).unwrap();
+}
