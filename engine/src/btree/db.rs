@@ -12,7 +12,7 @@ use memmap2::Mmap;
 
 use super::alloc::Allocator;
 use super::chain::{self, ChainHead};
-use super::file::{PageFile, StdFile};
+use super::file::{PageFile, StdFile, IOVECS_MAX};
 use super::meta::Meta;
 use super::page::Kind;
 use super::read::ReadTxn;
@@ -48,7 +48,7 @@ const SLOT_CLAIMED: u64 = u64::MAX;
 /// Growth step bounds: small files grow by a quarter, big ones by at most this much.
 const GROW_BYTES_MIN: u64 = 256 << 10;
 const GROW_BYTES_MAX: u64 = 64 << 20;
-/// Writes larger than this are split into several pwrites, bounding the staging copy.
+/// Runs of pages larger than this are split into several writes.
 const WRITE_BATCH_BYTES_MAX: usize = 8 << 20;
 
 /// A copy-on-write B+tree file: one writer at a time, any number of lock-free readers.
@@ -406,28 +406,29 @@ impl Writer {
     }
 }
 
-/// Writes sorted page buffers with one pwrite per run of consecutive pages.
+/// Writes sorted page buffers with one vectored write per run of consecutive pages.
 pub(crate) fn write_coalesced(
     file: &dyn PageFile,
     page_size: usize,
     writes: &[(u64, Vec<u8>)],
 ) -> Result<(), Error> {
-    let mut staged: Vec<u8> = Vec::new();
-    let mut staged_at = 0u64;
+    let mut run: Vec<&[u8]> = Vec::new();
+    let (mut run_at, mut run_bytes) = (0u64, 0usize);
     for (id, buf) in writes {
         let offset = id * page_size as u64;
-        let contiguous = !staged.is_empty() && staged_at + staged.len() as u64 == offset;
-        if !contiguous || staged.len() + buf.len() > WRITE_BATCH_BYTES_MAX {
-            if !staged.is_empty() {
-                file.write_at(&staged, staged_at)?;
-                staged.clear();
+        let contiguous = !run.is_empty() && run_at + run_bytes as u64 == offset;
+        if !contiguous || run.len() == IOVECS_MAX || run_bytes + buf.len() > WRITE_BATCH_BYTES_MAX {
+            if !run.is_empty() {
+                file.write_vectored_at(&run, run_at)?;
+                run.clear();
             }
-            staged_at = offset;
+            (run_at, run_bytes) = (offset, 0);
         }
-        staged.extend_from_slice(buf);
+        run.push(buf);
+        run_bytes += buf.len();
     }
-    if !staged.is_empty() {
-        file.write_at(&staged, staged_at)?;
+    if !run.is_empty() {
+        file.write_vectored_at(&run, run_at)?;
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::Mutex;
 
@@ -12,6 +13,10 @@ use memmap2::Mmap;
 pub trait PageFile: Send + Sync {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Writes `bufs` back to back from `offset`, as one operation where the file allows.
+    fn write_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
+        self.write_at(&bufs.concat(), offset)
+    }
     fn sync_data(&self) -> io::Result<()>;
     fn len_bytes(&self) -> io::Result<u64>;
     fn set_len_bytes(&self, len_bytes: u64) -> io::Result<()>;
@@ -27,6 +32,9 @@ impl<T: PageFile + ?Sized> PageFile for std::sync::Arc<T> {
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         (**self).write_at(buf, offset)
     }
+    fn write_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
+        (**self).write_vectored_at(bufs, offset)
+    }
     fn sync_data(&self) -> io::Result<()> {
         (**self).sync_data()
     }
@@ -41,6 +49,9 @@ impl<T: PageFile + ?Sized> PageFile for std::sync::Arc<T> {
     }
 }
 
+/// Most buffers one vectored write takes (Linux's IOV_MAX).
+pub const IOVECS_MAX: usize = 1024;
+
 /// A plain file: pwrite, fdatasync, ftruncate.
 pub struct StdFile(pub File);
 
@@ -50,6 +61,50 @@ impl PageFile for StdFile {
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         self.0.write_all_at(buf, offset)
+    }
+    /// One pwritev per call: the commit path hands over page buffers without staging copies.
+    fn write_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
+        assert!(
+            bufs.len() <= IOVECS_MAX,
+            "{} buffers exceed the iovec bound",
+            bufs.len()
+        );
+        let iovecs: Vec<libc::iovec> = bufs
+            .iter()
+            .map(|b| libc::iovec {
+                iov_base: b.as_ptr() as *mut libc::c_void,
+                iov_len: b.len(),
+            })
+            .collect();
+        let written = loop {
+            // SAFETY: each iovec points into a slice of `bufs`, alive for the whole call, and
+            // pwritev only reads through them.
+            let n = unsafe {
+                libc::pwritev(
+                    self.0.as_raw_fd(),
+                    iovecs.as_ptr(),
+                    iovecs.len() as i32,
+                    offset as i64,
+                )
+            };
+            if n >= 0 {
+                break n as usize;
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        };
+        // A short write is finished buffer by buffer.
+        let (mut skip, mut at) = (written, offset);
+        for buf in bufs {
+            if skip < buf.len() {
+                self.0.write_all_at(&buf[skip..], at + skip as u64)?;
+            }
+            skip = skip.saturating_sub(buf.len());
+            at += buf.len() as u64;
+        }
+        Ok(())
     }
     fn sync_data(&self) -> io::Result<()> {
         self.0.sync_data()

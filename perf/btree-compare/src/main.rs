@@ -7,7 +7,8 @@
 //! - individual durable writes (one key per durable commit); durable batches of 1,000 writes;
 //! - file size and process memory after the load.
 //!
-//! `cargo run --release` prints a markdown table; `KEYS=n` changes the key count.
+//! `cargo run --release` prints a markdown table; `KEYS=n` changes the key count, `LOAD_ONLY=1`
+//! stops each engine after the load (for profiling).
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -244,6 +245,9 @@ fn run_engine(name: &str, dir: &Path, keys: u64) {
     report("file_mib", engine.file_bytes() as f64 / (1 << 20) as f64);
     report("rss_mib", rss_kib("VmRSS:") as f64 / 1024.0);
     report("peak_rss_mib", rss_kib("VmHWM:") as f64 / 1024.0);
+    if std::env::var("LOAD_ONLY").is_ok() {
+        return;
+    }
 
     for threads in [1usize, 2] {
         let picks: Vec<Vec<Vec<u8>>> = (0..threads as u64)
