@@ -156,10 +156,9 @@ impl KeyIndex {
         })
     }
 
-    /// Drops what no read at `at` or later can reach, and adds the revisions
-    /// such reads still need (at or below `at`) to `keep`.
-    fn compact(&mut self, at: i64, keep: &mut HashSet<Revision>) {
-        assert!(!self.is_empty(), "compacting an empty key index");
+    /// etcd's `doCompact`: the first generation a read at `at` or later can
+    /// reach, and in it the index of the newest revision at or below `at`.
+    fn compaction_point(&self, at: i64) -> (usize, Option<usize>) {
         let mut first_kept = 0;
         while first_kept < self.generations.len() - 1 {
             let generation = &self.generations[first_kept];
@@ -172,20 +171,45 @@ impl KeyIndex {
             }
             first_kept += 1;
         }
+        let newest = self.generations[first_kept].walk_back(|revision| revision.main > at);
+        (first_kept, newest)
+    }
+
+    /// Drops what no read at `at` or later can reach, and adds the revisions
+    /// such reads still need (at or below `at`) to `keep`.
+    fn compact(&mut self, at: i64, keep: &mut HashSet<Revision>) {
+        assert!(!self.is_empty(), "compacting an empty key index");
+        let (mut first_kept, newest) = self.compaction_point(at);
         let last = self.generations.len() - 1;
         let generation = &mut self.generations[first_kept];
-        if !generation.is_empty() {
-            if let Some(newest) = generation.walk_back(|revision| revision.main > at) {
-                keep.insert(generation.revisions[newest]);
-                generation.revisions.drain(..newest);
-            }
-            // A generation reduced to its tombstone has nothing left to read.
-            if generation.revisions.len() == 1 && first_kept != last {
-                keep.remove(&generation.revisions[0]);
-                first_kept += 1;
-            }
+        if let Some(newest) = newest {
+            keep.insert(generation.revisions[newest]);
+            generation.revisions.drain(..newest);
+        }
+        // A generation reduced to its tombstone has nothing left to read.
+        if generation.revisions.len() == 1 && first_kept != last {
+            keep.remove(&generation.revisions[0]);
+            first_kept += 1;
         }
         self.generations.drain(..first_kept);
+    }
+
+    /// etcd's `keep`: the revision at or below `at` that a compaction at `at`
+    /// would keep, computed without compacting. Unlike `compact` it drops only
+    /// a tombstone found as that newest revision, as etcd does.
+    fn keep(&self, at: i64, keep: &mut HashSet<Revision>) {
+        if self.is_empty() {
+            return;
+        }
+        let (first_kept, newest) = self.compaction_point(at);
+        let generation = &self.generations[first_kept];
+        if let Some(newest) = newest {
+            let is_tombstone = newest == generation.revisions.len() - 1
+                && first_kept != self.generations.len() - 1;
+            if !is_tombstone {
+                keep.insert(generation.revisions[newest]);
+            }
+        }
     }
 }
 
@@ -277,6 +301,16 @@ impl TreeIndex {
                 }
             }
         }
+    }
+
+    /// The revisions at or below `at` a compaction at `at` would keep; the
+    /// index is not changed.
+    pub fn keep(&self, at: i64) -> HashSet<Revision> {
+        let mut keep = HashSet::new();
+        for index in self.keys.values() {
+            index.keep(at, &mut keep);
+        }
+        keep
     }
 
     /// Applies a compaction at `at` and returns the revisions at or below `at`
@@ -382,6 +416,20 @@ mod tests {
             let expected_keep: HashSet<Revision> =
                 model[&at].values().map(|found| found.modified).collect();
             prop_assert_eq!(keep, expected_keep);
+        }
+
+        #[test]
+        fn keep_names_what_compaction_keeps_without_compacting(
+            writes in writes(),
+            compact_fraction in 0.0f64..1.0,
+        ) {
+            let (mut index, model) = replay(&writes);
+            let newest = *model.keys().last().unwrap();
+            let at = 1 + ((newest - 1) as f64 * compact_fraction) as i64;
+            let before = index.clone();
+            let kept = index.keep(at);
+            prop_assert_eq!(&index, &before);
+            prop_assert_eq!(kept, index.compact(at));
         }
 
         #[test]

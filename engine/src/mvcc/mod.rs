@@ -24,7 +24,7 @@ pub use backend::{MemoryBackend, MetaKey, RevisionBackend, RevisionRecord};
 pub use btree_backend::{read_consistent_index, BtreeBackend, KEY_BUCKET, META_BUCKET};
 pub use error::MvccError;
 pub use revision::{Revision, REVISION_BYTES};
-pub use store::{KvStore, LeaseLookup, NoLeases};
+pub use store::{KvHash, KvStore, LeaseLookup, NoLeases};
 pub use validate::{
     validate_compaction, validate_delete_range, validate_put, validate_range, validate_txn, Limits,
 };

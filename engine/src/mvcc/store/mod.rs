@@ -2,9 +2,12 @@
 //! with etcd 3.5.1's results, revisions and errors. Range semantics live in
 //! `range`, txn branch choice and checks in `txn`, the write path in `write`.
 
+mod hash;
 mod range;
 mod txn;
 mod write;
+
+pub use hash::KvHash;
 
 use txn::check_ignore_puts_find_their_key;
 use write::WriteTxn;
