@@ -583,6 +583,7 @@ impl<S: Storage> Raft<S> {
             // A transfer that did not finish within an election timeout is abandoned.
             self.lead_transferee = NONE;
         }
+        self.maybe_auto_leave();
         if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
             self.heartbeat_elapsed = 0;
             self.bcast_heartbeat();
@@ -946,9 +947,16 @@ impl<S: Storage> Raft<S> {
     pub fn on_applied(&mut self, index: u64, payload_bytes: u64) {
         self.log.applied_to(index);
         self.uncommitted_bytes = self.uncommitted_bytes.saturating_sub(payload_bytes);
+        self.maybe_auto_leave();
+    }
+
+    /// Leaves a joint configuration entered with auto-leave once the change is applied. Also
+    /// retried on every heartbeat tick: the proposal can be refused for a while (a leadership
+    /// transfer in progress), and no further apply may come along to retry it.
+    fn maybe_auto_leave(&mut self) {
         if self.role == Role::Leader
             && self.prs.config.auto_leave
-            && index >= self.pending_conf_index
+            && self.log.applied >= self.pending_conf_index
         {
             // The joint configuration is in effect everywhere that matters: leave it.
             let _ = self.propose_conf_change(ConfChange::leave_joint());

@@ -382,6 +382,37 @@ fn a_joint_change_swaps_voters_and_leaves_the_joint_configuration_by_itself() {
 }
 
 #[test]
+fn a_joint_configuration_is_left_even_when_a_transfer_delayed_the_leave() {
+    let mut c = Cluster::new(&[1, 2, 3], &[4], no_tweak);
+    c.elect(1);
+    let swap = ConfChange {
+        changes: vec![
+            basalt_raft::ConfChangeSingle {
+                kind: ConfChangeKind::AddVoter,
+                node_id: 4,
+            },
+            basalt_raft::ConfChangeSingle {
+                kind: ConfChangeKind::RemoveNode,
+                node_id: 3,
+            },
+        ],
+        transition: basalt_raft::ConfChangeTransition::Auto,
+    };
+    c.node(1).propose_conf_change(swap).unwrap();
+    c.isolate(3);
+    // A transfer to the cut-off node never completes; meanwhile the leave is refused.
+    c.node(1).transfer_leader(3).unwrap();
+    c.settle();
+    assert!(
+        !c.nodes[&1].status().conf_state.voters_outgoing.is_empty(),
+        "joint while the transfer runs"
+    );
+    c.tick(15);
+    let cs = c.nodes[&1].status().conf_state;
+    assert_eq!((cs.voters, cs.voters_outgoing), (vec![1, 2, 4], vec![]));
+}
+
+#[test]
 fn only_one_configuration_change_may_be_pending() {
     let mut c = Cluster::new(&[1, 2, 3], &[], no_tweak);
     c.elect(1);
