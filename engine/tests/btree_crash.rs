@@ -256,3 +256,28 @@ fn a_corrupted_page_is_reported_with_its_offset_and_never_followed() {
         "{result:?}"
     );
 }
+
+#[test]
+fn a_file_of_another_format_version_is_refused_with_the_reason() {
+    let dir = std::env::temp_dir().join(format!("btree-version-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("v.db");
+    let _ = std::fs::remove_file(&path);
+    drop(open(&path, options()).unwrap());
+    // Rewrite both meta pages as version 2, with valid checksums.
+    let mut bytes = std::fs::read(&path).unwrap();
+    for slot in 0..2 {
+        let page = &mut bytes[slot * 1024..(slot + 1) * 1024];
+        page[5] = 2;
+        let crc = crc32c::crc32c(&page[4..]);
+        page[0..4].copy_from_slice(&crc.to_le_bytes());
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    let err = open(&path, options())
+        .err()
+        .expect("a version 2 file must not open");
+    assert!(
+        err.to_string().contains("unsupported page format version"),
+        "{err}"
+    );
+}
