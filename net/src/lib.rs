@@ -2,7 +2,9 @@
 //!
 //! - [`server`]: executors, SO_REUSEPORT listeners, HTTP/2 vs HTTP/1.1 on accept, streams.
 //! - [`service`]: which gRPC path runs what; validation before execution; response headers.
-//! - [`kv`]: the [`KvService`] seam, served today by one in-memory store ([`LocalKv`]).
+//! - [`kv`]: the [`KvService`] seam; [`LocalKv`] is the in-memory model.
+//! - [`node`]: the durable member: the raft core (raft, WAL, applier, B+tree writer) and
+//!   [`node::RaftKv`], the [`KvService`] the binary serves.
 //! - [`status`]: gRPC status codes and the one table from Basalt's errors to etcd's.
 //! - [`metrics`]: the `/metrics` registry under etcd's metric names.
 //! - [`client`]: a small gRPC client on the same stack, for benches and tests.
@@ -17,6 +19,7 @@ mod grpc;
 mod http1;
 mod io;
 pub mod kv;
+pub mod node;
 pub mod metrics;
 mod server;
 mod service;

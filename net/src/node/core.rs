@@ -1,0 +1,530 @@
+//! The raft core's loop. Each turn: wait for a command or the next tick; take every command
+//! waiting at that moment (bounded); propose the writes and ask one ReadIndex for all the
+//! linearizable reads; then handle the Ready: entries and hard state go to the WAL in one
+//! group-commit write + fdatasync, committed entries are applied, the B+tree gets one commit,
+//! waiting callers are answered, reads whose index is applied are served.
+//!
+//! Reads run on this thread for now (serializable ones at the newest applied state); moving
+//! them to the client cores through published B+tree snapshots is the next step.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use basalt_engine::apply::Applier;
+use basalt_engine::btree;
+use basalt_engine::wal::{wal_dir, DmaStorage, RecordRef, Wal, WalOptions};
+use basalt_proto::etcdserverpb::{RangeRequest, RangeResponse};
+use basalt_raft::{
+    ConfState, Config, Entry, EntryData, MemStorage, RawNode, Snapshot, SnapshotMetadata, Storage,
+};
+
+use super::{
+    apply_status, codec, datadir, stopping, Command, NodeConfig, NodeError, Published, Reply,
+};
+use crate::kv::StoreStatus;
+use crate::status::{Code, Status};
+
+/// Commands taken in one turn; the rest wait for the next, so one turn's latency stays bounded.
+const COMMANDS_PER_TURN_MAX: usize = 4096;
+/// Payload bytes read from the WAL per call while replaying it at start-up.
+const REPLAY_READ_BYTES_MAX: usize = 16 << 20;
+/// A checkpoint (B+tree fdatasync with the applied index) after this many applied entries...
+const CHECKPOINT_ENTRIES_MAX: u64 = 20_000;
+/// ...or this long after the previous one, whichever comes first: the WAL replayed at
+/// start-up is bounded by both.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The index of the bootstrap snapshot `MemStorage::new_with_conf_state` starts a log with.
+const BOOTSTRAP_INDEX: u64 = 1;
+
+struct PendingRead {
+    req: RangeRequest,
+    reply: Reply<RangeResponse>,
+}
+
+struct Core {
+    config: NodeConfig,
+    raw: RawNode<MemStorage>,
+    wal: Wal,
+    applier: Applier,
+    published: Arc<Published>,
+    /// Proposals waiting for their entry to apply, by proposal id.
+    waiters: HashMap<u64, Reply<basalt_engine::apply::Applied>>,
+    /// Linearizable reads not yet covered by a ReadIndex request.
+    reads_unindexed: Vec<PendingRead>,
+    /// Reads whose ReadIndex request is out, by request context.
+    reads_asked: HashMap<u64, Vec<PendingRead>>,
+    /// Reads with a read index, waiting for apply to reach it (indexes ascending).
+    reads_indexed: VecDeque<(u64, Vec<PendingRead>)>,
+    next_read_ctx: u64,
+    snapshot_index: u64,
+    last_checkpoint: Instant,
+}
+
+/// Recovers, reports start-up to `started`, then serves until stopped.
+pub(super) async fn run(
+    config: NodeConfig,
+    inbox: flume::Receiver<Command>,
+    published: Arc<Published>,
+    started: std::sync::mpsc::Sender<Result<(), NodeError>>,
+) -> Result<(), NodeError> {
+    let mut core = match Core::recover(config, published).await {
+        Ok(core) => core,
+        Err(error) => {
+            let _ = started.send(Err(error));
+            return Ok(());
+        }
+    };
+    if let Err(error) = core.handle_ready().await {
+        let _ = started.send(Err(error));
+        return Ok(());
+    }
+    let _ = started.send(Ok(()));
+    let result = core.serve(inbox).await;
+    let closed = core.close().await;
+    result.and(closed)
+}
+
+impl Core {
+    async fn recover(config: NodeConfig, published: Arc<Published>) -> Result<Core, NodeError> {
+        let db = btree::open(
+            datadir::db_path(&config.data_dir),
+            btree::Options::default(),
+        )
+        .map_err(|e| NodeError::DataDir {
+            path: datadir::db_path(&config.data_dir),
+            reason: e.to_string(),
+        })?;
+        let mut applier = Applier::open(db, config.limits.clone())?;
+        if applier.applied_index() < BOOTSTRAP_INDEX {
+            // A founding member's log starts with raft's bootstrap snapshot (the initial
+            // configuration, no data): applied by definition.
+            let outcome = applier.apply(BOOTSTRAP_INDEX, &[]);
+            debug_assert!(outcome.is_none());
+        }
+        let applied = applier.applied_index();
+
+        let options = WalOptions {
+            max_wals: config.max_wals,
+            ..WalOptions::default()
+        };
+        let (wal, recovered) = Wal::open(DmaStorage, wal_dir(&config.data_dir), options).await?;
+        if let Some(tail) = &recovered.torn_tail {
+            eprintln!(
+                "basalt: cut a torn WAL tail at {} offset {} (a write the crash interrupted)",
+                tail.file.display(),
+                tail.offset
+            );
+        }
+        match &recovered.metadata {
+            None => {
+                let metadata = codec::encode_metadata(config.member_id, config.cluster_id);
+                wal.append(&[RecordRef::metadata(&metadata)]).await?;
+            }
+            Some(metadata) => {
+                let (member_id, _) = codec::decode_metadata(metadata)?;
+                if member_id != config.member_id {
+                    return Err(NodeError::DataDir {
+                        path: config.data_dir.clone(),
+                        reason: format!(
+                            "the WAL belongs to member {member_id:x}, not {:x}",
+                            config.member_id
+                        ),
+                    });
+                }
+            }
+        }
+
+        let mut storage = MemStorage::new_with_conf_state(ConfState {
+            voters: vec![config.member_id],
+            ..ConfState::default()
+        });
+        let mut snapshot_index = 0;
+        if let Some(marker) = &recovered.snapshot {
+            let conf_state = codec::decode_snapshot(&marker.payload)?;
+            install_marker(&mut storage, marker.index, marker.term, conf_state)?;
+            snapshot_index = marker.index;
+        }
+        if applied < snapshot_index {
+            return Err(NodeError::DataDir {
+                path: config.data_dir.clone(),
+                reason: format!(
+                    "the B+tree holds index {applied} but the WAL starts after {snapshot_index}: \
+                     entries in between are gone"
+                ),
+            });
+        }
+        let mut next = recovered.first_index.max(snapshot_index + 1);
+        while next <= recovered.last_index {
+            let records = wal
+                .read_entries(next, recovered.last_index + 1, REPLAY_READ_BYTES_MAX)
+                .await?;
+            let entries = records
+                .iter()
+                .map(|record| {
+                    Ok(Entry {
+                        term: record.term,
+                        index: record.index,
+                        data: codec::decode_entry(&record.payload)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, NodeError>>()?;
+            next = entries.last().map_or(next + 1, |e| e.index + 1);
+            storage
+                .append(&entries)
+                .map_err(|e| NodeError::Raft(e.to_string()))?;
+        }
+        let last_index = storage
+            .last_index()
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        if applied > last_index {
+            // A tree restored from a snapshot file starts ahead of an empty log.
+            let term = storage
+                .initial_state()
+                .map_err(|e| NodeError::Raft(e.to_string()))?
+                .hard_state
+                .term
+                .max(1);
+            let conf_state = ConfState {
+                voters: vec![config.member_id],
+                ..ConfState::default()
+            };
+            // The marker goes to the WAL too, so that the next start finds the log's base.
+            let payload = codec::encode_snapshot(&conf_state);
+            wal.append(&[RecordRef::snapshot(term, applied, &payload)])
+                .await?;
+            install_marker(&mut storage, applied, term, conf_state)?;
+            snapshot_index = applied;
+        }
+        if let Some(hard_state) = &recovered.hard_state {
+            let mut hard_state = codec::decode_hard_state(hard_state)?;
+            // Only durable entries are ever applied, so the applied index is committed.
+            hard_state.commit = hard_state.commit.max(applied);
+            storage.set_hard_state(hard_state);
+        }
+
+        let heartbeat_ms = config.heartbeat_interval_ms.max(1);
+        let raft_config = Config {
+            id: config.member_id,
+            election_ticks: (config.election_timeout_ms / heartbeat_ms).max(2),
+            heartbeat_ticks: 1,
+            applied,
+            seed: config.member_id,
+            ..Config::default()
+        };
+        let mut raw =
+            RawNode::new(raft_config, storage).map_err(|e| NodeError::Raft(e.to_string()))?;
+        let voters = raw.status().conf_state.voters;
+        if voters == [config.member_id] {
+            // A lone voter need not wait out an election timeout to lead.
+            raw.campaign();
+        }
+        Ok(Core {
+            config,
+            raw,
+            wal,
+            applier,
+            published,
+            waiters: HashMap::new(),
+            reads_unindexed: Vec::new(),
+            reads_asked: HashMap::new(),
+            reads_indexed: VecDeque::new(),
+            next_read_ctx: 1,
+            snapshot_index,
+            last_checkpoint: Instant::now(),
+        })
+    }
+
+    async fn serve(&mut self, inbox: flume::Receiver<Command>) -> Result<(), NodeError> {
+        let tick = Duration::from_millis(self.config.heartbeat_interval_ms.max(1));
+        let mut next_tick = Instant::now() + tick;
+        let mut stopping = false;
+        while !stopping {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            let first = futures_lite::future::or(async { Some(inbox.recv_async().await) }, async {
+                glommio::timer::sleep(wait).await;
+                None
+            })
+            .await;
+            let mut taken = 0;
+            let mut command = first;
+            while let Some(received) = command.take() {
+                match received {
+                    Ok(Command::Stop) | Err(_) => stopping = true,
+                    Ok(other) => self.take(other),
+                }
+                taken += 1;
+                if taken < COMMANDS_PER_TURN_MAX && !stopping {
+                    command = inbox.try_recv().ok().map(Ok);
+                }
+            }
+            if Instant::now() >= next_tick {
+                self.raw.tick();
+                next_tick = Instant::now() + tick;
+            }
+            self.ask_read_index();
+            self.handle_ready().await?;
+            self.maybe_checkpoint().await?;
+        }
+        // Whatever a caller managed to queue before the stop gets its answer.
+        while let Ok(command) = inbox.try_recv() {
+            if !matches!(command, Command::Stop) {
+                self.take(command);
+            }
+        }
+        self.ask_read_index();
+        self.handle_ready().await
+    }
+
+    async fn close(mut self) -> Result<(), NodeError> {
+        for (_, reply) in self.waiters.drain() {
+            let _ = reply.send(Err(stopping()));
+        }
+        self.applier.checkpoint()?;
+        self.wal.close().await?;
+        Ok(())
+    }
+
+    fn take(&mut self, command: Command) {
+        match command {
+            Command::Propose { id, data, reply } => match self.raw.propose(data) {
+                Ok(_) => {
+                    self.waiters.insert(id, reply);
+                }
+                Err(error) => {
+                    let _ = reply.send(Err(Status::new(
+                        Code::Unavailable,
+                        format!("etcdserver: no leader ({error})"),
+                    )));
+                }
+            },
+            Command::Read {
+                req,
+                linearizable: true,
+                reply,
+            } => self.reads_unindexed.push(PendingRead { req, reply }),
+            Command::Read { req, reply, .. } => {
+                let _ = reply.send(self.applier.range(&req).map_err(Status::from));
+            }
+            Command::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+            Command::Stop => unreachable!("handled by the loop"),
+        }
+    }
+
+    fn status(&self) -> Result<StoreStatus, Status> {
+        let raft = self.raw.status();
+        let db_size_bytes = self
+            .applier
+            .db()
+            .stats()
+            .map_err(|e| Status::internal(e.to_string()))?
+            .file_bytes as i64;
+        Ok(StoreStatus {
+            revision: self.applier.store().current_revision(),
+            raft_index: self.raw.storage().last_index().unwrap_or(0),
+            raft_term: raft.hard_state.term,
+            db_size_bytes,
+        })
+    }
+
+    /// One ReadIndex request for every linearizable read taken this turn.
+    fn ask_read_index(&mut self) {
+        if self.reads_unindexed.is_empty() {
+            return;
+        }
+        let ctx = self.next_read_ctx;
+        self.next_read_ctx += 1;
+        let reads = std::mem::take(&mut self.reads_unindexed);
+        match self.raw.read_index(ctx.to_be_bytes().to_vec()) {
+            Ok(()) => {
+                self.reads_asked.insert(ctx, reads);
+            }
+            Err(error) => {
+                for read in reads {
+                    let _ = read.reply.send(Err(Status::new(
+                        Code::Unavailable,
+                        format!("etcdserver: no leader ({error})"),
+                    )));
+                }
+            }
+        }
+    }
+
+    async fn handle_ready(&mut self) -> Result<(), NodeError> {
+        while self.raw.has_ready() {
+            let mut ready = self.raw.ready();
+            if let Some(snapshot) = ready.snapshot.take() {
+                // Only a leader sends snapshots; a lone voter never receives one.
+                return Err(NodeError::Raft(format!(
+                    "received a snapshot at {} with no peer transport",
+                    snapshot.metadata.index
+                )));
+            }
+            self.persist(&ready.entries, ready.hard_state.as_ref())
+                .await?;
+            if let Some(hard_state) = ready.hard_state {
+                self.published
+                    .raft_term
+                    .store(hard_state.term, Ordering::Relaxed);
+            }
+            for entry in &ready.committed_entries {
+                self.apply(entry)?;
+            }
+            self.applier.commit()?;
+            for read_state in &ready.read_states {
+                let ctx = read_state
+                    .request_ctx
+                    .as_slice()
+                    .try_into()
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0);
+                if let Some(reads) = self.reads_asked.remove(&ctx) {
+                    self.reads_indexed.push_back((read_state.index, reads));
+                }
+            }
+            self.serve_indexed_reads();
+            self.raw.advance();
+        }
+        Ok(())
+    }
+
+    /// Entries and hard state durable in one group-commit write before anything depends on
+    /// them; then the in-memory log raft reads from.
+    async fn persist(
+        &mut self,
+        entries: &[Entry],
+        hard_state: Option<&basalt_raft::HardState>,
+    ) -> Result<(), NodeError> {
+        if entries.is_empty() && hard_state.is_none() {
+            return Ok(());
+        }
+        let payloads: Vec<Vec<u8>> = entries
+            .iter()
+            .map(|e| codec::encode_entry(&e.data))
+            .collect();
+        let hard_state_bytes = hard_state.map(codec::encode_hard_state);
+        let mut records: Vec<RecordRef<'_>> = entries
+            .iter()
+            .zip(&payloads)
+            .map(|(entry, payload)| RecordRef::entry(entry.term, entry.index, payload))
+            .collect();
+        if let Some(bytes) = &hard_state_bytes {
+            records.push(RecordRef::hard_state(bytes));
+        }
+        self.wal.append(&records).await?;
+        let storage = self.raw.storage_mut();
+        storage
+            .append(entries)
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        if let Some(hard_state) = hard_state {
+            storage.set_hard_state(*hard_state);
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, entry: &Entry) -> Result<(), NodeError> {
+        let outcome = match &entry.data {
+            EntryData::Normal(data) => self.applier.apply(entry.index, data),
+            EntryData::ConfChange(change) => {
+                self.applier.apply(entry.index, &[]);
+                self.raw
+                    .apply_conf_change(change)
+                    .map_err(|e| NodeError::Raft(e.to_string()))?;
+                None
+            }
+        };
+        let Some(outcome) = outcome else {
+            return Ok(());
+        };
+        if let Err(error) = &outcome.result {
+            if error.is_fatal() {
+                return Err(error.clone().into());
+            }
+        }
+        if let Some(reply) = self.waiters.remove(&outcome.id) {
+            let _ = reply.send(outcome.result.map_err(apply_status));
+        }
+        Ok(())
+    }
+
+    fn serve_indexed_reads(&mut self) {
+        let applied = self.applier.applied_index();
+        while self
+            .reads_indexed
+            .front()
+            .is_some_and(|(index, _)| *index <= applied)
+        {
+            let (_, reads) = self.reads_indexed.pop_front().expect("checked");
+            for read in reads {
+                let _ = read
+                    .reply
+                    .send(self.applier.range(&read.req).map_err(Status::from));
+            }
+        }
+    }
+
+    /// A checkpoint every so many entries or so long; a raft snapshot (log compaction and WAL
+    /// purge) every `--snapshot-count` entries, always at a checkpointed index so that the WAL
+    /// never loses an entry the tree file does not hold.
+    async fn maybe_checkpoint(&mut self) -> Result<(), NodeError> {
+        let applied = self.applier.applied_index();
+        let unsaved = applied - self.applier.checkpointed_index();
+        let snapshot_due = applied - self.snapshot_index >= self.config.snapshot_count.max(1);
+        if unsaved == 0
+            || !(snapshot_due
+                || unsaved >= CHECKPOINT_ENTRIES_MAX
+                || self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL)
+        {
+            return Ok(());
+        }
+        self.applier.checkpoint()?;
+        self.last_checkpoint = Instant::now();
+        if snapshot_due {
+            self.snapshot(applied).await?;
+        }
+        Ok(())
+    }
+
+    async fn snapshot(&mut self, index: u64) -> Result<(), NodeError> {
+        let conf_state = self.raw.status().conf_state;
+        let storage = self.raw.storage_mut();
+        let term = storage
+            .create_snapshot(index, conf_state.clone(), Vec::new())
+            .map_err(|e| NodeError::Raft(e.to_string()))?
+            .metadata
+            .term;
+        storage
+            .compact(index)
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        let payload = codec::encode_snapshot(&conf_state);
+        self.wal
+            .append(&[RecordRef::snapshot(term, index, &payload)])
+            .await?;
+        self.wal.purge(index).await?;
+        self.snapshot_index = index;
+        Ok(())
+    }
+}
+
+/// Starts the in-memory log at a snapshot marker (the log before it is gone).
+fn install_marker(
+    storage: &mut MemStorage,
+    index: u64,
+    term: u64,
+    conf_state: ConfState,
+) -> Result<(), NodeError> {
+    storage
+        .apply_snapshot(Snapshot {
+            metadata: SnapshotMetadata {
+                index,
+                term,
+                conf_state,
+            },
+            data: Vec::new(),
+        })
+        .map_err(|e| NodeError::Raft(e.to_string()))
+}

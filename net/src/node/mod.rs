@@ -1,0 +1,294 @@
+//! The durable member: one *raft core* thread that owns the raft state machine, the WAL, the
+//! applier and the single B+tree writer, and [`RaftKv`], the [`KvService`] every client core
+//! uses to reach it.
+//!
+//! Owns: the data directory (`member/wal/`, `member/snap/db`, the format marker), start-up
+//! recovery (B+tree checkpoint, then the WAL replayed from its applied index), the loop that
+//! turns proposals into durable, applied entries, ReadIndex reads, checkpoints, raft snapshots
+//! with WAL purge, and the drain on stop. Must never: acknowledge a write before its WAL record
+//! is durable, answer a linearizable read before apply reaches its read index, or serve a data
+//! directory of another format.
+//!
+//! A single member is a one-voter raft group on the same path a cluster takes; peers are not
+//! wired yet, so the messages a Ready carries have nowhere to go (a lone voter sends none).
+
+mod codec;
+mod core;
+mod datadir;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use basalt_engine::apply::{Applied, ApplyError};
+use basalt_engine::mvcc::Limits;
+use basalt_engine::wal::WalError;
+use basalt_proto::basaltpb::{internal_request::Request, InternalRequest};
+use basalt_proto::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+};
+use prost::Message;
+
+use crate::kv::{KvService, StoreStatus};
+use crate::status::{Code, Status};
+
+pub use codec::CodecError;
+
+/// How the member runs; the binary fills it from etcd's flags.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// `--data-dir`: holds `member/wal/` and `member/snap/db`.
+    pub data_dir: PathBuf,
+    pub member_id: u64,
+    pub cluster_id: u64,
+    /// `--snapshot-count`: applied entries between raft snapshots (log compaction + WAL purge).
+    pub snapshot_count: u64,
+    /// `--max-wals`: WAL segments kept after a purge (0 keeps all).
+    pub max_wals: usize,
+    /// `--heartbeat-interval`: one raft tick.
+    pub heartbeat_interval_ms: u64,
+    /// `--election-timeout`.
+    pub election_timeout_ms: u64,
+    /// The same limits the edge validates with; apply checks again with them.
+    pub limits: Limits,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            data_dir: PathBuf::from("default.basalt"),
+            member_id: 1,
+            cluster_id: 1,
+            snapshot_count: 100_000,
+            max_wals: 5,
+            heartbeat_interval_ms: 100,
+            election_timeout_ms: 1000,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Why the member could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("data dir {path}: {reason}")]
+    DataDir { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error("wal record: {0}")]
+    Codec(#[from] CodecError),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("cannot start the raft core: {0}")]
+    Executor(String),
+}
+
+/// A request's answer as it comes back from the raft core.
+type Reply<T> = flume::Sender<Result<T, Status>>;
+
+/// What client cores ask the raft core.
+enum Command {
+    /// A write (or compaction) to append to the log; answered once applied.
+    Propose {
+        id: u64,
+        data: Vec<u8>,
+        reply: Reply<Applied>,
+    },
+    Read {
+        req: RangeRequest,
+        linearizable: bool,
+        reply: Reply<RangeResponse>,
+    },
+    Status {
+        reply: Reply<StoreStatus>,
+    },
+    /// Finish what is queued, checkpoint, close the WAL, exit.
+    Stop,
+}
+
+/// Commands queued for the raft core before senders wait (backpressure).
+const COMMAND_QUEUE_MAX: usize = 65_536;
+
+/// State the raft core publishes to every core.
+struct Published {
+    /// Ids for proposals; starts at the wall clock in nanoseconds so that ids of a restarted
+    /// member never meet the ids of entries it replays.
+    next_id: AtomicU64,
+    raft_term: AtomicU64,
+    stopped: AtomicBool,
+}
+
+/// The running member.
+pub struct Node {
+    commands: flume::Sender<Command>,
+    published: Arc<Published>,
+    executor: Option<glommio::ExecutorJoinHandle<Result<(), NodeError>>>,
+}
+
+impl Node {
+    /// Recovers the data directory (creating it if new), replays the WAL past the checkpoint,
+    /// and returns once the member serves.
+    pub fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        datadir::prepare(&config.data_dir)?;
+        let (commands, inbox) = flume::bounded(COMMAND_QUEUE_MAX);
+        let start_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        let published = Arc::new(Published {
+            next_id: AtomicU64::new(start_ns),
+            raft_term: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
+        });
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let core_published = published.clone();
+        let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .name("basalt-raft")
+            .spawn(move || async move {
+                let result = core::run(config, inbox, core_published.clone(), started_tx).await;
+                core_published.stopped.store(true, Ordering::SeqCst);
+                if let Err(error) = &result {
+                    eprintln!("basalt: raft core stopped: {error}");
+                }
+                result
+            })
+            .map_err(|e| NodeError::Executor(e.to_string()))?;
+        match started_rx.recv() {
+            Ok(Ok(())) => Ok(Node {
+                commands,
+                published,
+                executor: Some(executor),
+            }),
+            Ok(Err(error)) => {
+                let _ = executor.join();
+                Err(error)
+            }
+            Err(_) => match executor.join() {
+                Ok(Err(error)) => Err(error),
+                Ok(Ok(())) => Err(NodeError::Executor("raft core exited at start".into())),
+                Err(e) => Err(NodeError::Executor(e.to_string())),
+            },
+        }
+    }
+
+    /// The client side, to clone onto every core.
+    pub fn kv(&self) -> RaftKv {
+        RaftKv {
+            commands: self.commands.clone(),
+            published: self.published.clone(),
+        }
+    }
+
+    /// True once the raft core has exited (stopped or failed).
+    pub fn has_stopped(&self) -> bool {
+        self.published.stopped.load(Ordering::SeqCst)
+    }
+
+    /// Drains queued requests, checkpoints and closes the WAL; returns how the core ended.
+    pub fn stop(mut self) -> Result<(), NodeError> {
+        let _ = self.commands.send(Command::Stop);
+        match self.executor.take().expect("joined once").join() {
+            Ok(result) => result,
+            Err(e) => Err(NodeError::Executor(e.to_string())),
+        }
+    }
+}
+
+/// The [`KvService`] of the durable member: writes go through the log, reads through the raft
+/// core (after a ReadIndex when linearizable).
+#[derive(Clone)]
+pub struct RaftKv {
+    commands: flume::Sender<Command>,
+    published: Arc<Published>,
+}
+
+/// etcd's answer when the member cannot take the request (it is stopping).
+fn stopping() -> Status {
+    Status::new(Code::Unavailable, "etcdserver: server stopped")
+}
+
+impl RaftKv {
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, Status> {
+        let (reply, answer) = flume::bounded(1);
+        self.commands
+            .send_async(make(reply))
+            .await
+            .map_err(|_| stopping())?;
+        answer.recv_async().await.map_err(|_| stopping())?
+    }
+
+    async fn propose(&self, request: Request) -> Result<Applied, Status> {
+        let id = self.published.next_id.fetch_add(1, Ordering::Relaxed);
+        let data = InternalRequest {
+            id,
+            request: Some(request),
+        }
+        .encode_to_vec();
+        self.ask(|reply| Command::Propose { id, data, reply }).await
+    }
+}
+
+fn unexpected(applied: Applied) -> Status {
+    Status::internal(format!("basalt: apply answered with {applied:?}"))
+}
+
+impl KvService for RaftKv {
+    async fn range(&self, req: RangeRequest) -> Result<RangeResponse, Status> {
+        let linearizable = !req.serializable;
+        self.ask(|reply| Command::Read {
+            req,
+            linearizable,
+            reply,
+        })
+        .await
+    }
+
+    async fn put(&self, req: PutRequest) -> Result<PutResponse, Status> {
+        match self.propose(Request::Put(req)).await? {
+            Applied::Put(resp) => Ok(resp),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn delete_range(&self, req: DeleteRangeRequest) -> Result<DeleteRangeResponse, Status> {
+        match self.propose(Request::DeleteRange(req)).await? {
+            Applied::DeleteRange(resp) => Ok(resp),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn txn(&self, req: TxnRequest) -> Result<TxnResponse, Status> {
+        match self.propose(Request::Txn(req)).await? {
+            Applied::Txn(resp) => Ok(resp),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn compact(&self, req: CompactionRequest) -> Result<CompactionResponse, Status> {
+        match self.propose(Request::Compaction(req)).await? {
+            Applied::Compaction(resp) => Ok(resp),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn status(&self) -> Result<StoreStatus, Status> {
+        self.ask(|reply| Command::Status { reply }).await
+    }
+
+    fn raft_term(&self) -> u64 {
+        self.published.raft_term.load(Ordering::Relaxed)
+    }
+}
+
+/// The status a client sees for an entry that applied with an error.
+fn apply_status(error: ApplyError) -> Status {
+    match error {
+        ApplyError::Mvcc(error) => error.into(),
+        other => Status::internal(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests;
