@@ -5,7 +5,15 @@ mod config;
 
 use clap::Parser;
 use config::{normalize_go_flags, Cli, Command, ServerFlags};
+use basalt_engine::mvcc::Limits;
+use basalt_net::node::{Node, NodeConfig};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often the main thread looks for a stop signal or a failed raft core.
+const STOP_POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse_from(normalize_go_flags(std::env::args())) {
@@ -44,6 +52,20 @@ fn serve(flags: ServerFlags) -> Result<(), String> {
     std::fs::create_dir_all(&data_dir)
         .map_err(|e| format!("cannot create data dir {}: {e}", data_dir.display()))?;
     let config = server_config(&flags);
+    let node = Node::start(NodeConfig {
+        data_dir: data_dir.clone(),
+        member_id: config.member_id,
+        cluster_id: config.cluster_id,
+        snapshot_count: flags.snapshot_count,
+        max_wals: flags.max_wals as usize,
+        heartbeat_interval_ms: flags.heartbeat_interval_ms,
+        election_timeout_ms: flags.election_timeout_ms,
+        limits: Limits {
+            max_txn_ops: config.max_txn_ops,
+            max_request_bytes: config.max_request_bytes,
+        },
+    })
+    .map_err(|e| e.to_string())?;
     eprintln!(
         "basalt: serving member {:x} ({}) of cluster {:x} on {} with data in {}",
         config.member_id,
@@ -52,7 +74,27 @@ fn serve(flags: ServerFlags) -> Result<(), String> {
         config.listen_client_urls.join(","),
         data_dir.display()
     );
-    basalt_net::run(config).map_err(|e| e.to_string())
+    let kv = node.kv();
+    let server = match basalt_net::spawn_with(config, move |_core| kv.clone()) {
+        Ok(server) => server,
+        Err(error) => {
+            let _ = node.stop();
+            return Err(error.to_string());
+        }
+    };
+    let stop_requested = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, stop_requested.clone())
+            .map_err(|e| format!("cannot handle signal {signal}: {e}"))?;
+    }
+    while !stop_requested.load(Ordering::SeqCst) && !node.has_stopped() {
+        std::thread::sleep(STOP_POLL_INTERVAL);
+    }
+    // Connections go first so no new request arrives; the node then answers what is queued,
+    // checkpoints and closes its WAL.
+    let served = server.stop().map_err(|e| e.to_string());
+    node.stop().map_err(|e| e.to_string())?;
+    served
 }
 
 fn server_config(flags: &ServerFlags) -> basalt_net::ServerConfig {
