@@ -21,7 +21,11 @@ use basalt_proto::etcdserverpb::{
 use bytes::Bytes;
 use glommio::net::TcpStream;
 use h2::client::{ResponseFuture, SendRequest};
+use h2::{Ping, PingPong};
+use std::cell::Cell;
 use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 /// The largest response message accepted; etcd's clientv3 allows the same (math.MaxInt32).
 const RECV_MESSAGE_BYTES_MAX: usize = i32::MAX as usize;
@@ -33,6 +37,8 @@ const CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
 pub struct Client {
     send: SendRequest<Bytes>,
     authority: String,
+    /// The connection's PING handle; taken while a ping is in flight (h2 allows one).
+    ping: Rc<Cell<Option<PingPong>>>,
 }
 
 impl Client {
@@ -46,12 +52,13 @@ impl Client {
             .await
             .map_err(|e| unavailable("connect", &e))?;
         let _ = stream.set_nodelay(true);
-        let (send, connection) = h2::client::Builder::new()
+        let (send, mut connection) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW_BYTES)
             .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
             .handshake::<_, Bytes>(TokioIo::new(stream))
             .await
             .map_err(|e| unavailable("handshake with", &e))?;
+        let ping = Rc::new(Cell::new(connection.ping_pong()));
         glommio::spawn_local(async move {
             // Ends when the server closes or every handle is dropped; either way the calls
             // still pending see the failure on their own streams.
@@ -61,7 +68,21 @@ impl Client {
         Ok(Client {
             send,
             authority: addr.to_string(),
+            ping,
         })
+    }
+
+    /// One HTTP/2 PING round trip: the transport's latency, without gRPC or the store.
+    pub async fn ping(&self) -> Result<Duration, Status> {
+        let mut ping_pong = self
+            .ping
+            .take()
+            .ok_or_else(|| Status::new(Code::FailedPrecondition, "a ping is already in flight"))?;
+        let started = Instant::now();
+        let pong = ping_pong.ping(Ping::opaque()).await;
+        self.ping.set(Some(ping_pong));
+        pong.map_err(stream_error)?;
+        Ok(started.elapsed())
     }
 
     /// Opens a call of any shape: messages go out through the [`RequestSender`] and come

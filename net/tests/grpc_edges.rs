@@ -400,6 +400,16 @@ fn garbage_after_the_http2_preface_only_closes_that_connection() {
 }
 
 #[test]
+fn http2_pings_are_answered() {
+    with_server(|addr| async move {
+        let client = Client::connect(addr).await.unwrap();
+        for _ in 0..3 {
+            client.ping().await.expect("pong");
+        }
+    });
+}
+
+#[test]
 fn many_concurrent_streams_on_one_connection_all_complete() {
     const STREAMS: usize = 256;
     with_server(|addr| async move {
