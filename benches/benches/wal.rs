@@ -7,7 +7,9 @@
 //!   at 100 B, 1 KiB and 16 KiB records.
 //!
 //! `cargo bench -p basalt-bench --bench wal`; WAL_BENCH_DIR picks the disk (default: the
-//! system temp dir), WAL_BENCH_SECONDS the time per throughput point (default 1.5).
+//! system temp dir), WAL_BENCH_SECONDS the time per throughput point (default 1.5),
+//! WAL_BENCH_SEGMENT_MB and WAL_BENCH_BATCH_MB the segment size and batch bound (default: the
+//! WAL's own).
 
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
@@ -50,10 +52,16 @@ async fn bench(dir: &Path, per_point: Duration) {
         per_point.as_secs_f64()
     );
 
-    let opts = WalOptions {
+    let mut opts = WalOptions {
         max_wals: 2,
         ..WalOptions::default()
     };
+    if let Ok(mb) = std::env::var("WAL_BENCH_SEGMENT_MB") {
+        opts.segment_bytes = mb.parse::<u64>().expect("WAL_BENCH_SEGMENT_MB") << 20;
+    }
+    if let Ok(mb) = std::env::var("WAL_BENCH_BATCH_MB") {
+        opts.batch_bytes_max = mb.parse::<usize>().expect("WAL_BENCH_BATCH_MB") << 20;
+    }
     let wal_dir = dir.join("member").join("wal");
     let (wal, rec) = Wal::open(DmaStorage, &wal_dir, opts).await.unwrap();
     let wal = Rc::new(wal);
