@@ -133,3 +133,24 @@ fn checkers_catch_a_leader_that_serves_reads_without_confirming_leadership() {
         "no seed caught a stale read: {failures:?}"
     );
 }
+
+/// Seeds that once failed outside the default range, kept as regressions.
+const REGRESSION_SEEDS: [(u64, &str); 2] = [
+    (
+        129_169,
+        "auto-leave refused during a transfer left the cluster joint forever",
+    ),
+    (
+        138_664,
+        "auto-leave refused during a transfer left the cluster joint forever",
+    ),
+];
+
+#[test]
+fn seeds_that_once_failed_pass() {
+    for (seed, what) in REGRESSION_SEEDS {
+        if let Err(e) = run_seed(SimOptions::from_seed(seed)) {
+            panic!("regression ({what}): {e}");
+        }
+    }
+}
