@@ -21,7 +21,7 @@ use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 /// Pending connections the kernel queues per listening socket before accept.
@@ -58,15 +58,31 @@ impl ServerHandle {
         self.wait()
     }
 
-    /// Blocks until the server stops.
+    /// Blocks until the server stops. The first executor to end, for whatever reason, stops
+    /// the others: a server missing a core would still be handed connections for it by
+    /// SO_REUSEPORT and leave them unanswered.
     pub fn wait(self) -> Result<(), NetError> {
+        let (exited_tx, exited) = mpsc::channel();
         for (core, executor) in self.executors.into_iter().enumerate() {
-            executor.join().map_err(|e| NetError::ExecutorFailed {
-                core,
-                reason: e.to_string(),
-            })?;
+            let exited_tx = exited_tx.clone();
+            // A watcher per executor, because a panicking core must be noticed whichever
+            // core it is, not only when the joins reach it in order.
+            std::thread::spawn(move || {
+                let _ = exited_tx.send((core, executor.join()));
+            });
         }
-        Ok(())
+        drop(exited_tx);
+        let mut first_error = None;
+        for (core, result) in exited {
+            self.stop.raise();
+            if let Err(e) = result {
+                first_error.get_or_insert(NetError::ExecutorFailed {
+                    core,
+                    reason: e.to_string(),
+                });
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 }
 

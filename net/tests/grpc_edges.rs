@@ -2,10 +2,11 @@
 //! clear status (or is simply dropped) and the server keeps serving everyone else.
 
 use basalt_net::client::Client;
-use basalt_net::{Code, ServerConfig, ServerHandle, Status};
+use basalt_net::{Code, KvService, LocalKv, ServerConfig, ServerHandle, Status, StoreStatus};
 use basalt_proto::etcdserverpb::{
-    compare, request_op, AlarmRequest, AlarmResponse, Compare, DeleteRangeRequest,
-    MemberListRequest, MemberListResponse, PutRequest, RangeRequest, RequestOp, TxnRequest,
+    compare, request_op, AlarmRequest, AlarmResponse, CompactionRequest, CompactionResponse,
+    Compare, DeleteRangeRequest, DeleteRangeResponse, MemberListRequest, MemberListResponse,
+    PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, TxnRequest, TxnResponse,
 };
 use bytes::{BufMut, Bytes, BytesMut};
 use glommio::{LocalExecutorBuilder, Placement};
@@ -574,4 +575,59 @@ fn stopping_the_server_closes_its_connections_and_listeners() {
     // Nothing listens on the port any more.
     let refused = std::net::TcpStream::connect(addr).unwrap_err();
     assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+}
+
+/// The in-memory store, except that a Range of `boom` panics: a bug that kills one core.
+struct PanicsOnBoom(LocalKv);
+
+impl KvService for PanicsOnBoom {
+    async fn range(&self, req: RangeRequest) -> Result<RangeResponse, Status> {
+        assert!(&req.key[..] != b"boom", "injected bug");
+        self.0.range(req).await
+    }
+    async fn put(&self, req: PutRequest) -> Result<PutResponse, Status> {
+        self.0.put(req).await
+    }
+    async fn delete_range(&self, req: DeleteRangeRequest) -> Result<DeleteRangeResponse, Status> {
+        self.0.delete_range(req).await
+    }
+    async fn txn(&self, req: TxnRequest) -> Result<TxnResponse, Status> {
+        self.0.txn(req).await
+    }
+    async fn compact(&self, req: CompactionRequest) -> Result<CompactionResponse, Status> {
+        self.0.compact(req).await
+    }
+    async fn status(&self) -> Result<StoreStatus, Status> {
+        self.0.status().await
+    }
+    fn raft_term(&self) -> u64 {
+        self.0.raft_term()
+    }
+}
+
+#[test]
+fn a_core_that_dies_stops_the_whole_server_with_an_error() {
+    let config = ServerConfig {
+        listen_client_urls: vec!["http://127.0.0.1:0".to_string()],
+        cores: 2,
+        pin_cores: false,
+        ..ServerConfig::default()
+    };
+    let kv = LocalKv::new();
+    let server = basalt_net::spawn_with(config, move |_core| PanicsOnBoom(kv.clone())).unwrap();
+    let addr = server.client_addrs()[0];
+    LocalExecutorBuilder::new(Placement::Unbound)
+        .io_memory(512 * 1024)
+        .spawn(move || async move {
+            let client = Client::connect(addr).await.unwrap();
+            client.range(&range("boom")).await.unwrap_err();
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    let err = server.wait().expect_err("the dead core is reported");
+    assert!(
+        matches!(err, basalt_net::NetError::ExecutorFailed { .. }),
+        "{err}"
+    );
 }
