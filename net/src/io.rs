@@ -8,6 +8,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::ReadBuf;
 
+/// The most one read asks of the socket (a few HTTP/2 frames' worth).
+const READ_BYTES_MAX: usize = 64 * 1024;
+
 /// A futures-io stream seen through tokio's traits, optionally replaying bytes that were
 /// already read off the socket (the protocol sniff on accept reads the first bytes to tell
 /// HTTP/2 from HTTP/1.1, and h2 must still see them).
@@ -39,9 +42,11 @@ impl<S: AsyncRead + Unpin> tokio::io::AsyncRead for TokioIo<S> {
             this.replay.advance(n);
             return Poll::Ready(Ok(()));
         }
-        // initialize_unfilled zeroes only the part never initialised before; h2 reuses its
-        // read buffer, so after warm-up this is free.
-        let unfilled = buf.initialize_unfilled();
+        // h2's codec hands a fresh ReadBuf over its buffer's spare capacity on every read,
+        // so whatever is offered here is zeroed first; the cap keeps that memset small when
+        // the buffer has grown for a large frame.
+        let offered_bytes = buf.remaining().min(READ_BYTES_MAX);
+        let unfilled = buf.initialize_unfilled_to(offered_bytes);
         match Pin::new(&mut this.inner).poll_read(cx, unfilled) {
             Poll::Ready(Ok(n)) => {
                 buf.advance(n);
