@@ -173,7 +173,7 @@ pub struct RequestSender {
 impl RequestSender {
     /// Sends one message, waiting for the server's flow-control window.
     pub async fn send<M: prost::Message>(&mut self, message: &M) -> Result<(), Status> {
-        self.writer.send(encode(message)).await
+        self.writer.send(encode(message)?).await
     }
 
     /// Sends bytes exactly as given, with no gRPC framing added: for tests that need

@@ -22,18 +22,29 @@ use std::future::poll_fn;
 pub(crate) const PREFIX_BYTES: usize = 5;
 pub(crate) const CONTENT_TYPE: &str = "application/grpc";
 
+/// The largest message sent, as etcd configures grpc-go (`MaxSendMsgSize(math.MaxInt32)`).
+pub(crate) const SEND_MESSAGE_BYTES_MAX: usize = i32::MAX as usize;
+
 /// Frames one protobuf message: the prefix and the body in one contiguous buffer, so it goes
 /// out as one DATA frame when the window allows.
-pub(crate) fn encode<M: prost::Message>(message: &M) -> Bytes {
+pub(crate) fn encode<M: prost::Message>(message: &M) -> Result<Bytes, Status> {
     let body_bytes = message.encoded_len();
+    if body_bytes > SEND_MESSAGE_BYTES_MAX {
+        return Err(Status::new(
+            Code::ResourceExhausted,
+            format!(
+                "grpc: trying to send message larger than max ({body_bytes} vs. {SEND_MESSAGE_BYTES_MAX})"
+            ),
+        ));
+    }
     let mut out = BytesMut::with_capacity(PREFIX_BYTES + body_bytes);
     out.put_u8(0);
-    out.put_u32(u32::try_from(body_bytes).expect("a protobuf message is below 4 GiB"));
+    out.put_u32(body_bytes as u32);
     message
         .encode(&mut out)
         .expect("the buffer was sized by encoded_len");
     debug_assert_eq!(out.len(), PREFIX_BYTES + body_bytes);
-    out.freeze()
+    Ok(out.freeze())
 }
 
 /// Decodes one message body into `M`, with grpc-go's status for a body that does not parse.
@@ -282,8 +293,9 @@ impl ResponseSink {
         }
     }
 
-    /// Sends one response message, waiting for the client's window.
-    pub(crate) async fn send<M: prost::Message>(&mut self, message: &M) -> Result<(), Status> {
+    /// Sends one response message, framed by [`encode`], waiting for the client's window. An
+    /// error means the client is gone.
+    pub(crate) async fn send(&mut self, framed: Bytes) -> Result<(), Status> {
         if let SinkState::Idle(respond) = &mut self.state {
             let body = respond
                 .send_response(grpc_response_head(), false)
@@ -293,7 +305,7 @@ impl ResponseSink {
         let SinkState::Streaming(writer) = &mut self.state else {
             unreachable!("the head was sent just above");
         };
-        writer.send(encode(message)).await
+        writer.send(framed).await
     }
 
     /// Ends the call with `status`. A failure means the client is gone and no one is left to
@@ -431,7 +443,7 @@ mod tests {
 
     #[test]
     fn framing_prefix_is_flag_then_big_endian_length() {
-        let framed = encode(&Bytes::from_static(b"abc").to_vec());
+        let framed = encode(&Bytes::from_static(b"abc").to_vec()).unwrap();
         // A Vec<u8> encodes as a bytes field 1: tag 0x0a, length 3, then the bytes.
         assert_eq!(&framed[..], &[0, 0, 0, 0, 5, 0x0a, 3, b'a', b'b', b'c']);
     }

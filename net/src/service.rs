@@ -5,7 +5,7 @@
 //! streaming method (Watch, LeaseKeepAlive) plugs in beside the unary ones with the same shape.
 
 use crate::config::ServerConfig;
-use crate::grpc::{decode, MessageReader, ResponseSink};
+use crate::grpc::{decode, encode, MessageReader, ResponseSink};
 use crate::kv::KvService;
 use crate::metrics::{metrics, GrpcMetrics};
 use crate::status::{Code, Status};
@@ -232,8 +232,8 @@ where
         Ok(req) => handler(req).await,
         Err(status) => Err(status),
     };
-    let status = match result {
-        Ok(resp) => match sink.send(&resp).await {
+    let status = match result.and_then(|resp| encode(&resp)) {
+        Ok(framed) => match sink.send(framed).await {
             Ok(()) => Status::ok(),
             Err(_) => return None, // The client is gone.
         },
