@@ -12,6 +12,10 @@
 //! ([`Applier::commit`]), and [`Applier::checkpoint`] makes both durable together; after a crash
 //! the WAL is replayed from [`Applier::applied_index`] onwards.
 
+mod hash;
+
+pub use hash::{hash_kv, KvHash};
+
 use basalt_proto::basaltpb::{internal_request::Request, InternalRequest};
 use basalt_proto::etcdserverpb::{
     CompactionResponse, DeleteRangeResponse, PutResponse, RangeResponse, TxnResponse,
@@ -230,6 +234,55 @@ impl Applier {
         self.checkpointed_index = self.applied_index;
         Ok(())
     }
+
+    /// etcd's HashKV at `rev` (0: now) over the applied state.
+    pub fn hash_kv(&self, rev: i64) -> Result<KvHash, MvccError> {
+        hash_kv(&self.store, rev)
+    }
+
+    /// Maintenance.Hash: a crc32c over every bucket's keys and values in the newest commit
+    /// (after committing what is applied). Comparable between Basalt members only.
+    pub fn hash(&mut self) -> Result<u32, ApplyError> {
+        self.commit()?;
+        let read = self.db().begin_read().map_err(btree_error)?;
+        let mut hash = 0u32;
+        let buckets: Vec<String> = read.buckets().map(str::to_owned).collect();
+        for bucket in buckets {
+            hash = crc32c::crc32c_append(hash, bucket.as_bytes());
+            let mut cursor = read.cursor(&bucket);
+            let mut entry = cursor.first().map_err(btree_error)?;
+            while let Some((key, value)) = entry {
+                hash = crc32c::crc32c_append(hash, key);
+                hash = crc32c::crc32c_append(hash, value);
+                entry = cursor.next().map_err(btree_error)?;
+            }
+        }
+        Ok(hash)
+    }
+
+    /// Rewrites the tree file compactly (readers keep the old file until they finish) and makes
+    /// it durable at the applied index.
+    pub fn defragment(&mut self) -> Result<(), ApplyError> {
+        self.commit()?;
+        self.db()
+            .defragment(self.applied_index)
+            .map_err(btree_error)?;
+        self.checkpointed_index = self.applied_index;
+        Ok(())
+    }
+
+    /// The tree file's size and the part of it that live pages use.
+    pub fn db_size_bytes(&self) -> Result<(u64, u64), ApplyError> {
+        let stats = self.db().stats().map_err(btree_error)?;
+        let free_pages = stats.free_pages + stats.waiting_pages;
+        let in_use_bytes =
+            stats.high_water_pages.saturating_sub(free_pages) * stats.page_size_bytes as u64;
+        Ok((stats.file_bytes, in_use_bytes))
+    }
+}
+
+fn btree_error(error: crate::btree::Error) -> ApplyError {
+    ApplyError::Storage(error.to_string())
 }
 
 fn storage(error: MvccError) -> ApplyError {
