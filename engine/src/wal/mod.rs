@@ -1,7 +1,7 @@
 //! The write-ahead log: Basalt's durability point. A write is acknowledged only once its WAL
 //! record is on disk.
 //!
-//! Owns: the segment files under `<data-dir>/member/wal/`, their byte format ([`format`]), group
+//! Owns: the segment files under `<data-dir>/member/wal/`, their byte format ([`mod@format`]), group
 //! commit (all appends waiting at a moment go out as one write plus one fdatasync), recovery
 //! (verify the crc chain, cut a torn tail, refuse corruption naming file and offset), reads by
 //! index for raft catch-up, suffix truncation, purge, and the offline `dump-log` tool.
@@ -23,6 +23,21 @@
 //! disk, new appends queue up and form the next batch: batches grow with load and never wait on
 //! a timer. Fresh segments are zero-filled by a background task ahead of need, so the hot path
 //! never writes into unwritten extents (an fdatasync there costs a journal commit).
+
+//! How the raft core uses it (one glommio executor owns the WAL):
+//!
+//! ```ignore
+//! let (wal, rec) = Wal::open(DmaStorage, wal_dir(&data_dir), WalOptions::default()).await?;
+//! // Restart raft from rec.hard_state, rec.snapshot and the entries after the snapshot:
+//! let entries = wal.read_entries(rec.first_index, rec.last_index + 1, bytes_max).await?;
+//! // Each Ready: queue entries (and hard state) in order, send them to followers at once,
+//! // and report them stable to raft when `durable` resolves.
+//! let durable = wal.submit(&[RecordRef::entry(term, index, &bytes), RecordRef::hard_state(&hs)]).await?;
+//! durable.await?;
+//! // A conflicting tail: append from the first conflicting index (or `truncate_after`).
+//! // After a snapshot at index i: append RecordRef::snapshot(term, i, &meta), then
+//! wal.purge(i).await?;
+//! ```
 
 pub mod dump;
 pub mod format;
