@@ -5,6 +5,7 @@
 //! framing, validation and error mapping stay where they are.
 
 use crate::status::Status;
+use basalt_engine::apply::KvHash;
 use basalt_engine::mvcc::KvStore;
 use basalt_proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
@@ -33,6 +34,31 @@ pub trait KvService: 'static {
     fn status(&self) -> impl Future<Output = Result<StoreStatus, Status>>;
     /// The raft term for response headers.
     fn raft_term(&self) -> u64;
+    /// Maintenance.Defragment: compact the store's file without stopping the world.
+    fn defragment(&self) -> impl Future<Output = Result<(), Status>> {
+        async {
+            Err(Status::unimplemented(
+                "basalt: this store has no file to defragment",
+            ))
+        }
+    }
+    /// Maintenance.HashKV at `revision` (0: now), computed as etcd does.
+    fn hash_kv(&self, revision: i64) -> impl Future<Output = Result<KvHash, Status>> {
+        let _ = revision;
+        async {
+            Err(Status::unimplemented(
+                "basalt: HashKV needs the durable store",
+            ))
+        }
+    }
+    /// Maintenance.Hash: a hash of the whole store file's contents.
+    fn hash(&self) -> impl Future<Output = Result<u32, Status>> {
+        async {
+            Err(Status::unimplemented(
+                "basalt: Hash needs the durable store",
+            ))
+        }
+    }
 }
 
 /// The state behind Maintenance.Status.
@@ -41,7 +67,11 @@ pub struct StoreStatus {
     pub revision: i64,
     pub raft_index: u64,
     pub raft_term: u64,
+    pub raft_applied_index: u64,
     pub db_size_bytes: i64,
+    pub db_size_in_use_bytes: i64,
+    /// This member knows a leader (itself, for a lone voter).
+    pub has_leader: bool,
 }
 
 /// The single-node, in-memory executor: one store shared by every core.
@@ -106,7 +136,10 @@ impl KvService for LocalKv {
             revision,
             raft_index: u64::try_from(revision).unwrap_or(0),
             raft_term: LOCAL_RAFT_TERM,
+            raft_applied_index: u64::try_from(revision).unwrap_or(0),
             db_size_bytes: 0,
+            db_size_in_use_bytes: 0,
+            has_leader: true,
         })
     }
 

@@ -13,7 +13,8 @@ use basalt_engine::mvcc::{
     validate_compaction, validate_delete_range, validate_put, validate_range, validate_txn, Limits,
 };
 use basalt_proto::etcdserverpb::{
-    alarm_request::AlarmAction, AlarmRequest, AlarmResponse, Member, MemberListRequest,
+    alarm_request::AlarmAction, AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse,
+    HashKvRequest, HashKvResponse, HashRequest, HashResponse, Member, MemberListRequest,
     MemberListResponse, ResponseHeader, StatusRequest, StatusResponse,
 };
 use std::future::Future;
@@ -136,6 +137,44 @@ impl<K: KvService> Services<K> {
                 unary(call, |req: AlarmRequest| self.alarm(req)).await
             }
             "/grpc.health.v1.Health/Check" => unary(call, health_check).await,
+            "/etcdserverpb.Maintenance/Defragment" => {
+                unary(call, |_: DefragmentRequest| async {
+                    kv.defragment().await?;
+                    let mut header = None;
+                    self.fill_header(&mut header);
+                    Ok(DefragmentResponse { header })
+                })
+                .await
+            }
+            "/etcdserverpb.Maintenance/HashKV" => {
+                unary(call, |req: HashKvRequest| async move {
+                    let hash = kv.hash_kv(req.revision).await?;
+                    let mut header = Some(ResponseHeader {
+                        revision: hash.current_revision,
+                        ..Default::default()
+                    });
+                    self.fill_header(&mut header);
+                    Ok(HashKvResponse {
+                        header,
+                        hash: hash.hash,
+                        compact_revision: hash.compacted_revision,
+                    })
+                })
+                .await
+            }
+            "/etcdserverpb.Maintenance/Hash" => {
+                unary(call, |_: HashRequest| async {
+                    let hash = kv.hash().await?;
+                    let store = kv.status().await?;
+                    let mut header = Some(ResponseHeader {
+                        revision: store.revision,
+                        ..Default::default()
+                    });
+                    self.fill_header(&mut header);
+                    Ok(HashResponse { header, hash })
+                })
+                .await
+            }
             "/etcdserverpb.Cluster/MemberList" => {
                 unary(call, |_: MemberListRequest| async {
                     // etcd's cluster server leaves the revision out of this header.
@@ -167,12 +206,12 @@ impl<K: KvService> Services<K> {
             header,
             version: ETCD_SERVER_VERSION.to_string(),
             db_size: store.db_size_bytes,
-            leader: self.member_id,
+            leader: if store.has_leader { self.member_id } else { 0 },
             raft_index: store.raft_index,
             raft_term: store.raft_term,
-            raft_applied_index: store.raft_index,
+            raft_applied_index: store.raft_applied_index,
             errors: Vec::new(),
-            db_size_in_use: store.db_size_bytes,
+            db_size_in_use: store.db_size_in_use_bytes,
             is_learner: false,
         })
     }

@@ -311,23 +311,35 @@ impl Core {
             Command::Status { reply } => {
                 let _ = reply.send(self.status());
             }
+            Command::Defragment { reply } => {
+                // The copy reads a fixed root while readers go on; this thread (and so writes)
+                // waits for it.
+                let result = self.applier.defragment().map_err(apply_status);
+                self.last_checkpoint = Instant::now();
+                let _ = reply.send(result);
+            }
+            Command::HashKv { revision, reply } => {
+                let _ = reply.send(self.applier.hash_kv(revision).map_err(Status::from));
+            }
+            Command::Hash { reply } => {
+                let _ = reply.send(self.applier.hash().map_err(apply_status));
+            }
             Command::Stop => unreachable!("handled by the loop"),
         }
     }
 
     fn status(&self) -> Result<StoreStatus, Status> {
         let raft = self.raw.status();
-        let db_size_bytes = self
-            .applier
-            .db()
-            .stats()
-            .map_err(|e| Status::internal(e.to_string()))?
-            .file_bytes as i64;
+        let (db_size_bytes, db_size_in_use_bytes) =
+            self.applier.db_size_bytes().map_err(apply_status)?;
         Ok(StoreStatus {
             revision: self.applier.store().current_revision(),
             raft_index: self.raw.storage().last_index().unwrap_or(0),
             raft_term: raft.hard_state.term,
-            db_size_bytes,
+            raft_applied_index: self.applier.applied_index(),
+            db_size_bytes: db_size_bytes as i64,
+            db_size_in_use_bytes: db_size_in_use_bytes as i64,
+            has_leader: raft.soft_state.leader_id != basalt_raft::NONE,
         })
     }
 

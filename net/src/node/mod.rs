@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use basalt_engine::apply::{Applied, ApplyError};
+use basalt_engine::apply::{Applied, ApplyError, KvHash};
 use basalt_engine::mvcc::Limits;
 use basalt_engine::wal::WalError;
 use basalt_proto::basaltpb::{internal_request::Request, InternalRequest};
@@ -104,6 +104,16 @@ enum Command {
     },
     Status {
         reply: Reply<StoreStatus>,
+    },
+    Defragment {
+        reply: Reply<()>,
+    },
+    HashKv {
+        revision: i64,
+        reply: Reply<KvHash>,
+    },
+    Hash {
+        reply: Reply<u32>,
     },
     /// Finish what is queued, checkpoint, close the WAL, exit.
     Stop,
@@ -279,6 +289,18 @@ impl KvService for RaftKv {
 
     fn raft_term(&self) -> u64 {
         self.published.raft_term.load(Ordering::Relaxed)
+    }
+
+    async fn defragment(&self) -> Result<(), Status> {
+        self.ask(|reply| Command::Defragment { reply }).await
+    }
+
+    async fn hash_kv(&self, revision: i64) -> Result<KvHash, Status> {
+        self.ask(|reply| Command::HashKv { revision, reply }).await
+    }
+
+    async fn hash(&self) -> Result<u32, Status> {
+        self.ask(|reply| Command::Hash { reply }).await
     }
 }
 
