@@ -113,10 +113,9 @@ impl Client {
         Resp: prost::Message + Default,
     {
         let (mut sender, mut responses) = self.open(path).await?;
-        let sent = match sender.send(req).await {
-            Ok(()) => sender.close(),
-            Err(e) => Err(e),
-        };
+        // The request and its end go out with the HEADERS in one write: h2 holds the data
+        // until the window allows, and waiting for capacity first would cost a flush.
+        let sent = encode(req).and_then(|framed| sender.writer.send_last(framed));
         // The server may answer (say, RESOURCE_EXHAUSTED) before reading the whole request
         // and reset the rest; its status then explains the failed send, so it wins.
         let resp = match (responses.message::<Resp>().await, sent) {

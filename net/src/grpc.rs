@@ -262,6 +262,12 @@ impl MessageWriter {
             .map_err(stream_error)
     }
 
+    /// Queues the stream's last message and its end without waiting for window; h2 holds the
+    /// bytes until the peer's window lets them out. For a request already whole in memory.
+    pub(crate) fn send_last(&mut self, framed: Bytes) -> Result<(), Status> {
+        self.body.send_data(framed, true).map_err(stream_error)
+    }
+
     /// Ends the request stream (client side).
     pub(crate) fn close(&mut self) -> Result<(), Status> {
         self.body
