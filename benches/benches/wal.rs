@@ -22,7 +22,11 @@ use hdrhistogram::Histogram;
 
 const FLOOR_FILE_BYTES: u64 = 16 << 20;
 const LATENCY_SAMPLES: usize = 2000;
-const BANDWIDTH_WRITE_BYTES: usize = 8 << 20;
+/// Write sizes of the raw bandwidth lines: the WAL's batches at 64 and 512 appenders of 16 KiB
+/// are 1-8 MiB.
+const BANDWIDTH_WRITE_BYTES: [usize; 3] = [1 << 20, 4 << 20, 8 << 20];
+/// The raw bandwidth file; writes go round it sequentially.
+const BANDWIDTH_FILE_BYTES: u64 = 512 << 20;
 const APPENDERS: [usize; 4] = [1, 8, 64, 512];
 const RECORD_SIZES: [usize; 3] = [100, 1024, 16 << 10];
 
@@ -72,7 +76,13 @@ async fn bench(dir: &Path, per_point: Duration) {
     glommio::timer::sleep(Duration::from_secs(2)).await;
     // Measured after the WAL opened: its LOCK-file probe must be this thread's first DmaFile
     // (see engine/src/wal/storage.rs), or glommio would route everything through the poll ring.
-    let raw_mb_s = raw_bandwidth(&dir.join("bandwidth"), per_point).await;
+    let mut raw = Vec::new();
+    for write_bytes in BANDWIDTH_WRITE_BYTES {
+        raw.push((
+            write_bytes,
+            raw_bandwidth(&dir.join("bandwidth"), write_bytes, per_point).await,
+        ));
+    }
 
     // Floor and WAL samples alternate, so both see the same moments of a shared disk.
     let floor_path = dir.join("floor");
@@ -108,7 +118,13 @@ async fn bench(dir: &Path, per_point: Duration) {
         lat.value_at_quantile(0.5) as f64 / floor.value_at_quantile(0.5) as f64
     );
 
-    println!("raw sequential bandwidth (8 MiB O_DIRECT writes + fdatasync): {raw_mb_s:.0} MB/s\n");
+    for (write_bytes, mb_s) in raw {
+        println!(
+            "raw sequential bandwidth, {} MiB O_DIRECT writes + fdatasync: {mb_s:.0} MB/s",
+            write_bytes >> 20
+        );
+    }
+    println!();
     println!("| appenders | record B | records/s | MB/s | writes/s | records/write | CPU % | p50 µs | p99 µs |");
     println!("|---|---|---|---|---|---|---|---|---|");
     for size in RECORD_SIZES {
@@ -207,18 +223,20 @@ async fn written_file(path: &Path, bytes: u64) -> DmaFile {
     f
 }
 
-/// Sequential bandwidth of large O_DIRECT writes + fdatasync into a written file, in MB/s.
-async fn raw_bandwidth(path: &Path, per_point: Duration) -> f64 {
-    let file_bytes = 64 * BANDWIDTH_WRITE_BYTES as u64;
-    let f = written_file(path, file_bytes).await;
+/// Sequential bandwidth of `write_bytes` O_DIRECT writes, each followed by fdatasync, going
+/// round an already-written file, in MB/s.
+async fn raw_bandwidth(path: &Path, write_bytes: usize, per_point: Duration) -> f64 {
+    let f = written_file(path, BANDWIDTH_FILE_BYTES).await;
     let start = Instant::now();
     let mut written = 0u64;
     while start.elapsed() < per_point {
-        let mut buf = f.alloc_dma_buffer(BANDWIDTH_WRITE_BYTES);
+        let mut buf = f.alloc_dma_buffer(write_bytes);
         buf.as_bytes_mut().fill(0x33);
-        f.write_at(buf, written % file_bytes).await.unwrap();
+        f.write_at(buf, written % BANDWIDTH_FILE_BYTES)
+            .await
+            .unwrap();
         f.fdatasync().await.unwrap();
-        written += BANDWIDTH_WRITE_BYTES as u64;
+        written += write_bytes as u64;
     }
     let mb_s = written as f64 / start.elapsed().as_secs_f64() / 1e6;
     f.close().await.unwrap();
