@@ -214,6 +214,7 @@ impl<S: Storage> Wal<S> {
         Ok(Durable {
             shared: Rc::clone(&self.shared),
             ticket,
+            registered: false,
         })
     }
 
@@ -297,6 +298,7 @@ impl<S: Storage> Wal<S> {
             Durable {
                 shared: Rc::clone(&self.shared),
                 ticket,
+                registered: false,
             }
             .await?;
         }
@@ -410,6 +412,7 @@ pub struct WalStats {
 pub struct Durable<S: Storage = DmaStorage> {
     shared: Rc<Shared<S>>,
     ticket: u64,
+    registered: bool,
 }
 
 impl<S: Storage> Future for Durable<S> {
@@ -423,7 +426,19 @@ impl<S: Storage> Future for Durable<S> {
         if let Some(f) = &st.failed {
             return Poll::Ready(Err(WalError::Failed(f.clone())));
         }
-        st.durable_waiters.push((self.ticket, cx.waker().clone()));
+        // A future polled again (say, in a select loop) adds its waker only if it is not there
+        // yet; the first poll, the common case, skips the search.
+        let (ticket, registered) = (self.ticket, self.registered);
+        let known = registered
+            && st
+                .durable_waiters
+                .iter()
+                .any(|(t, w)| *t == ticket && w.will_wake(cx.waker()));
+        if !known {
+            st.durable_waiters.push((ticket, cx.waker().clone()));
+        }
+        drop(st);
+        self.get_mut().registered = true;
         Poll::Pending
     }
 }
