@@ -43,13 +43,48 @@ const H2_SEND_BUFFER_BYTES_MAX: usize = 1 << 20;
 pub struct ServerHandle {
     client_addrs: Vec<SocketAddr>,
     stop: StopSignal,
-    executors: Vec<glommio::ExecutorJoinHandle<()>>,
+    /// How each executor ended, sent by a watcher thread that joins it: a panicking core must
+    /// be noticed whichever core it is, not only when joins in order reach it.
+    exited: mpsc::Receiver<(usize, Result<(), String>)>,
+    cores: usize,
+    any_exited: Arc<AtomicBool>,
 }
 
 impl ServerHandle {
+    fn watch(
+        stop: StopSignal,
+        client_addrs: Vec<SocketAddr>,
+        executors: Vec<glommio::ExecutorJoinHandle<()>>,
+    ) -> Self {
+        let (exited_tx, exited) = mpsc::channel();
+        let any_exited = Arc::new(AtomicBool::new(false));
+        let cores = executors.len();
+        for (core, executor) in executors.into_iter().enumerate() {
+            let (exited_tx, any_exited) = (exited_tx.clone(), any_exited.clone());
+            std::thread::spawn(move || {
+                let result = executor.join().map_err(|e| e.to_string());
+                any_exited.store(true, Ordering::SeqCst);
+                let _ = exited_tx.send((core, result));
+            });
+        }
+        Self {
+            client_addrs,
+            stop,
+            exited,
+            cores,
+            any_exited,
+        }
+    }
+
     /// The bound address of each `listen_client_urls` entry, in order (port 0 resolved).
     pub fn client_addrs(&self) -> &[SocketAddr] {
         &self.client_addrs
+    }
+
+    /// Whether any executor has ended (stopped, or died); [`ServerHandle::wait`] then
+    /// returns promptly and says why.
+    pub fn has_stopped(&self) -> bool {
+        self.any_exited.load(Ordering::SeqCst)
     }
 
     /// Stops accepting, drops every connection and waits for the executors to exit.
@@ -62,24 +97,11 @@ impl ServerHandle {
     /// the others: a server missing a core would still be handed connections for it by
     /// SO_REUSEPORT and leave them unanswered.
     pub fn wait(self) -> Result<(), NetError> {
-        let (exited_tx, exited) = mpsc::channel();
-        for (core, executor) in self.executors.into_iter().enumerate() {
-            let exited_tx = exited_tx.clone();
-            // A watcher per executor, because a panicking core must be noticed whichever
-            // core it is, not only when the joins reach it in order.
-            std::thread::spawn(move || {
-                let _ = exited_tx.send((core, executor.join()));
-            });
-        }
-        drop(exited_tx);
         let mut first_error = None;
-        for (core, result) in exited {
+        for (core, result) in self.exited.iter().take(self.cores) {
             self.stop.raise();
             if let Err(e) = result {
-                first_error.get_or_insert(NetError::ExecutorFailed {
-                    core,
-                    reason: e.to_string(),
-                });
+                first_error.get_or_insert(NetError::ExecutorFailed { core, reason: e });
             }
         }
         first_error.map_or(Ok(()), Err)
@@ -140,11 +162,7 @@ where
         }
     }
     executors.reverse();
-    Ok(ServerHandle {
-        client_addrs,
-        stop,
-        executors,
-    })
+    Ok(ServerHandle::watch(stop, client_addrs, executors))
 }
 
 /// Binds one listening socket per (core, URL). Returns the bound address of each URL and the

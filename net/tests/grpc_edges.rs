@@ -625,6 +625,9 @@ fn a_core_that_dies_stops_the_whole_server_with_an_error() {
         .unwrap()
         .join()
         .unwrap();
+    while !server.has_stopped() {
+        std::thread::yield_now();
+    }
     let err = server.wait().expect_err("the dead core is reported");
     assert!(
         matches!(err, basalt_net::NetError::ExecutorFailed { .. }),
