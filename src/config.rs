@@ -31,6 +31,32 @@ pub struct Cli {
 pub enum Command {
     /// Print the records of a member's write-ahead log (what etcd-dump-log does).
     DumpLog(DumpLogFlags),
+    /// Offline work on snapshot files (what `etcdutl snapshot` does).
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Build a new data directory from a snapshot file (`etcdctl snapshot save` output).
+    Restore {
+        /// The snapshot file.
+        file: PathBuf,
+        /// The data directory to create (default: "${name}.basalt").
+        #[arg(long = "data-dir")]
+        data_dir: Option<PathBuf>,
+        /// Member name, for the default data directory.
+        #[arg(long, default_value = "default")]
+        name: String,
+    },
+    /// Check a snapshot file and print its hash, revision, key count and size.
+    Status {
+        /// The snapshot file.
+        file: PathBuf,
+        /// Output format: simple, table or json.
+        #[arg(long = "write-out", short = 'w', default_value = "simple", value_parser = ["simple", "table", "json"])]
+        write_out: String,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -3,10 +3,10 @@
 
 mod config;
 
-use clap::Parser;
-use config::{normalize_go_flags, Cli, Command, ServerFlags};
 use basalt_engine::mvcc::Limits;
-use basalt_net::node::{Node, NodeConfig};
+use basalt_net::node::{snapshot as snapshot_file, Node, NodeConfig};
+use clap::Parser;
+use config::{normalize_go_flags, Cli, Command, ServerFlags, SnapshotCommand};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -27,6 +27,7 @@ fn main() -> ExitCode {
         }
         None => serve(cli.server),
         Some(Command::DumpLog(flags)) => dump_log(flags),
+        Some(Command::Snapshot(command)) => snapshot(command),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -136,5 +137,48 @@ fn dump_log(flags: config::DumpLogFlags) -> Result<(), String> {
             file.display()
         )),
         None => Ok(()),
+    }
+}
+
+fn snapshot(command: SnapshotCommand) -> Result<(), String> {
+    match command {
+        SnapshotCommand::Restore {
+            file,
+            data_dir,
+            name,
+        } => {
+            let data_dir = data_dir.unwrap_or_else(|| format!("{name}.basalt").into());
+            snapshot_file::restore(&file, &data_dir)?;
+            println!(
+                "restored snapshot {} into {}",
+                file.display(),
+                data_dir.display()
+            );
+            Ok(())
+        }
+        SnapshotCommand::Status { file, write_out } => {
+            let status = snapshot_file::status(&file)?;
+            match write_out.as_str() {
+                "json" => println!(
+                    "{{\"hash\":{},\"revision\":{},\"totalKey\":{},\"totalSize\":{}}}",
+                    status.hash, status.revision, status.total_keys, status.total_size_bytes
+                ),
+                "table" => {
+                    println!("+----------+----------+------------+------------+");
+                    println!("|   HASH   | REVISION | TOTAL KEYS | TOTAL SIZE |");
+                    println!("+----------+----------+------------+------------+");
+                    println!(
+                        "| {:8x} | {:8} | {:10} | {:>10} |",
+                        status.hash, status.revision, status.total_keys, status.total_size_bytes
+                    );
+                    println!("+----------+----------+------------+------------+");
+                }
+                _ => println!(
+                    "{:x}, {}, {}, {}",
+                    status.hash, status.revision, status.total_keys, status.total_size_bytes
+                ),
+            }
+            Ok(())
+        }
     }
 }

@@ -51,6 +51,15 @@ pub trait KvService: 'static {
             ))
         }
     }
+    /// Maintenance.Snapshot: a consistent copy of the store file, written to a file of its own
+    /// that the caller streams and then removes.
+    fn snapshot(&self) -> impl Future<Output = Result<SnapshotFile, Status>> {
+        async {
+            Err(Status::unimplemented(
+                "basalt: this store has no file to snapshot",
+            ))
+        }
+    }
     /// Maintenance.Hash: a hash of the whole store file's contents.
     fn hash(&self) -> impl Future<Output = Result<u32, Status>> {
         async {
@@ -59,6 +68,13 @@ pub trait KvService: 'static {
             ))
         }
     }
+}
+
+/// A consistent copy of the store file, ready to stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotFile {
+    pub path: std::path::PathBuf,
+    pub sha256: [u8; 32],
 }
 
 /// The state behind Maintenance.Status.

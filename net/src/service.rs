@@ -6,7 +6,7 @@
 
 use crate::config::ServerConfig;
 use crate::grpc::{decode, encode, MessageReader, ResponseSink};
-use crate::kv::KvService;
+use crate::kv::{KvService, SnapshotFile};
 use crate::metrics::{metrics, GrpcMetrics};
 use crate::status::{Code, Status};
 use basalt_engine::mvcc::{
@@ -15,9 +15,13 @@ use basalt_engine::mvcc::{
 use basalt_proto::etcdserverpb::{
     alarm_request::AlarmAction, AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse,
     HashKvRequest, HashKvResponse, HashRequest, HashResponse, Member, MemberListRequest,
-    MemberListResponse, ResponseHeader, StatusRequest, StatusResponse,
+    MemberListResponse, ResponseHeader, SnapshotRequest, SnapshotResponse, StatusRequest,
+    StatusResponse,
 };
 use std::future::Future;
+
+/// Bytes of file per Snapshot response message (etcd sends 32 KiB).
+const SNAPSHOT_CHUNK_BYTES: usize = 32 * 1024;
 
 /// The etcd version Basalt reports (Maintenance.Status and `/version`): the etcd release
 /// whose behaviour it reproduces.
@@ -175,6 +179,7 @@ impl<K: KvService> Services<K> {
                 })
                 .await
             }
+            "/etcdserverpb.Maintenance/Snapshot" => self.snapshot(call).await,
             "/etcdserverpb.Cluster/MemberList" => {
                 unary(call, |_: MemberListRequest| async {
                     // etcd's cluster server leaves the revision out of this header.
@@ -191,6 +196,75 @@ impl<K: KvService> Services<K> {
                 let status = unserved(path);
                 call.sink.finish(&status);
                 Some(status.code)
+            }
+        }
+    }
+
+    /// Maintenance.Snapshot as etcd streams it: the file in chunks, each with the bytes still
+    /// to come, then the sha256 of the file as the last blob.
+    async fn snapshot(&self, call: ServerCall) -> Option<Code> {
+        let ServerCall {
+            mut reader,
+            mut sink,
+        } = call;
+        let request = match reader.next().await {
+            Ok(Some(body)) => decode::<SnapshotRequest>(body, "request").map(|_| ()),
+            Ok(None) => Err(Status::internal("grpc: request ended before its message")),
+            Err(status) => Err(status),
+        };
+        let file = match request {
+            Ok(()) => self.kv.snapshot().await,
+            Err(status) => Err(status),
+        };
+        let status = match file {
+            Ok(file) => {
+                let sent = self.stream_snapshot(&file, &mut sink).await;
+                let _ = std::fs::remove_file(&file.path);
+                match sent {
+                    Ok(()) => Status::ok(),
+                    Err(None) => return None,
+                    Err(Some(status)) => status,
+                }
+            }
+            Err(status) => status,
+        };
+        let code = status.code;
+        sink.finish(&status);
+        Some(code)
+    }
+
+    /// `Err(None)`: the client went away.
+    async fn stream_snapshot(
+        &self,
+        file: &SnapshotFile,
+        sink: &mut ResponseSink,
+    ) -> Result<(), Option<Status>> {
+        use std::io::Read;
+        let io_error = |e: std::io::Error| Some(Status::internal(format!("basalt: snapshot: {e}")));
+        let mut source = std::fs::File::open(&file.path).map_err(io_error)?;
+        let total_bytes = source.metadata().map_err(io_error)?.len();
+        let mut sent_bytes = 0u64;
+        let mut chunk = vec![0u8; SNAPSHOT_CHUNK_BYTES];
+        loop {
+            // A blocking read of a local file, one chunk at a time between network sends.
+            let n = source.read(&mut chunk).map_err(io_error)?;
+            let blob = if n == 0 {
+                file.sha256.to_vec()
+            } else {
+                sent_bytes += n as u64;
+                chunk[..n].to_vec()
+            };
+            let mut header = None;
+            self.fill_header(&mut header);
+            let response = SnapshotResponse {
+                header,
+                remaining_bytes: total_bytes - sent_bytes,
+                blob: blob.into(),
+            };
+            let framed = encode(&response).map_err(Some)?;
+            sink.send(framed).await.map_err(|_| None)?;
+            if n == 0 {
+                return Ok(());
             }
         }
     }

@@ -1,10 +1,12 @@
 """Maintenance on the durable server, with etcdctl 3.5: endpoint status shows real values, HashKV
 equals etcd 3.5.1's for the same history, defrag shrinks the file and keeps every key."""
 
+import base64
 import json
+import shutil
 import subprocess
 
-from harness import Server, etcd_bin
+from harness import Server, basalt_bin as harness_basalt, etcd_bin
 
 
 def etcdctl(endpoint, *args):
@@ -71,3 +73,48 @@ def test_defrag_shrinks_the_file_and_keeps_every_key():
         assert keys == [f"k{i:04d}" for i in range(1, 400, 2)]
         got = status(basalt.endpoint)
         assert got["dbSize"] == after
+
+
+def test_snapshot_save_status_and_restore_round_trip_every_key():
+    with Server("basalt") as basalt, Server("basalt") as restored:
+        for i in range(50):
+            etcdctl(basalt.endpoint, "put", f"k{i:02d}", f"v{i}")
+        snapshot = basalt.dir / "snap.db"
+        out = etcdctl(basalt.endpoint, "snapshot", "save", str(snapshot))
+        assert "Snapshot saved" in out
+        status_out = subprocess.run(
+            [harness_basalt(), "snapshot", "status", str(snapshot), "-w", "json"],
+            capture_output=True, text=True, check=True,
+        ).stdout
+        assert json.loads(status_out)["revision"] == 51
+
+        restored.stop()
+        shutil.rmtree(restored.dir / "data")
+        subprocess.run(
+            [harness_basalt(), "snapshot", "restore", str(snapshot), "--data-dir", str(restored.dir / "data")],
+            check=True, capture_output=True,
+        )
+        restored.start()
+        got = json.loads(etcdctl(restored.endpoint, "get", "k", "--prefix", "-w", "json"))
+        assert [kv["value"] for kv in got["kvs"]] == [
+            base64.b64encode(f"v{i}".encode()).decode() for i in range(50)
+        ]
+        assert got["header"]["revision"] == 51
+        put = json.loads(etcdctl(restored.endpoint, "put", "after", "x", "-w", "json"))
+        assert put["header"]["revision"] == 52, "revisions continue from the snapshot"
+
+
+def test_a_damaged_snapshot_is_refused_by_restore():
+    with Server("basalt") as basalt:
+        etcdctl(basalt.endpoint, "put", "k", "v")
+        snapshot = basalt.dir / "snap.db"
+        etcdctl(basalt.endpoint, "snapshot", "save", str(snapshot))
+        data = bytearray(snapshot.read_bytes())
+        data[100] ^= 0xFF
+        snapshot.write_bytes(bytes(data))
+        result = subprocess.run(
+            [harness_basalt(), "snapshot", "restore", str(snapshot), "--data-dir", str(basalt.dir / "r")],
+            capture_output=True, text=True,
+        )
+        assert result.returncode != 0
+        assert "does not match" in result.stderr

@@ -324,6 +324,15 @@ impl Core {
             Command::Hash { reply } => {
                 let _ = reply.send(self.applier.hash().map_err(apply_status));
             }
+            Command::Snapshot { reply } => {
+                let read = self.applier.commit().map_err(apply_status).and_then(|()| {
+                    self.applier
+                        .db()
+                        .begin_read()
+                        .map_err(|e| Status::internal(e.to_string()))
+                });
+                let _ = reply.send(read);
+            }
             Command::Stop => unreachable!("handled by the loop"),
         }
     }

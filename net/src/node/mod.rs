@@ -15,6 +15,7 @@
 mod codec;
 mod core;
 mod datadir;
+pub mod snapshot;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,7 +31,7 @@ use basalt_proto::etcdserverpb::{
 };
 use prost::Message;
 
-use crate::kv::{KvService, StoreStatus};
+use crate::kv::{KvService, SnapshotFile, StoreStatus};
 use crate::status::{Code, Status};
 
 pub use codec::CodecError;
@@ -115,6 +116,10 @@ enum Command {
     Hash {
         reply: Reply<u32>,
     },
+    /// A read snapshot of everything applied, to copy off the raft core.
+    Snapshot {
+        reply: Reply<basalt_engine::btree::ReadTxn>,
+    },
     /// Finish what is queued, checkpoint, close the WAL, exit.
     Stop,
 }
@@ -129,6 +134,8 @@ struct Published {
     next_id: AtomicU64,
     raft_term: AtomicU64,
     stopped: AtomicBool,
+    /// Where snapshot copies are made (beside the tree file, on the same disk).
+    snap_dir: PathBuf,
 }
 
 /// The running member.
@@ -151,6 +158,10 @@ impl Node {
             next_id: AtomicU64::new(start_ns),
             raft_term: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
+            snap_dir: datadir::db_path(&config.data_dir)
+                .parent()
+                .expect("the db lives in member/snap")
+                .to_path_buf(),
         });
         let (started_tx, started_rx) = std::sync::mpsc::channel();
         let core_published = published.clone();
@@ -301,6 +312,33 @@ impl KvService for RaftKv {
 
     async fn hash(&self) -> Result<u32, Status> {
         self.ask(|reply| Command::Hash { reply }).await
+    }
+
+    async fn snapshot(&self) -> Result<SnapshotFile, Status> {
+        let read = self.ask(|reply| Command::Snapshot { reply }).await?;
+        let id = self.published.next_id.fetch_add(1, Ordering::Relaxed);
+        let path = self
+            .published
+            .snap_dir
+            .join(format!("db.snapshot-{id:x}.tmp"));
+        let (done, result) = flume::bounded(1);
+        let copy_path = path.clone();
+        // The copy reads a fixed root; it runs off every executor so nothing waits for it.
+        std::thread::spawn(move || {
+            let made = snapshot::copy_tree(&read, &copy_path)
+                .and_then(|()| snapshot::sha256_of(&copy_path));
+            let _ = done.send(made);
+        });
+        match result.recv_async().await {
+            Ok(Ok(sha256)) => Ok(SnapshotFile { path, sha256 }),
+            Ok(Err(reason)) => {
+                let _ = std::fs::remove_file(&path);
+                Err(Status::internal(format!(
+                    "basalt: snapshot copy failed: {reason}"
+                )))
+            }
+            Err(_) => Err(Status::internal("basalt: snapshot copy thread died")),
+        }
     }
 }
 
