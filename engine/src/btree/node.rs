@@ -3,6 +3,7 @@
 //! commit `spill`s every changed node into fresh pages, splitting and merging as it goes.
 
 use std::ops::{Bound, Range};
+use std::sync::Arc;
 
 use super::alloc::{Allocator, Freed};
 use super::page::{
@@ -19,7 +20,17 @@ pub(crate) enum Child {
 
 pub(crate) enum Value {
     Bytes(Vec<u8>),
-    Overflow { page: u64, len_bytes: u64 },
+    /// An inline value still inside the copy of the page it was read from: copying a page once
+    /// is much cheaper than one allocation per value.
+    InPage {
+        page: Arc<[u8]>,
+        at: u16,
+        len: u16,
+    },
+    Overflow {
+        page: u64,
+        len_bytes: u64,
+    },
 }
 
 enum Body {
@@ -68,9 +79,22 @@ pub(crate) fn key_bytes_max(page_size: usize) -> usize {
     page_size / 4
 }
 
+impl Value {
+    /// The bytes of a value held in memory (not in an overflow run).
+    fn in_memory(&self) -> Option<&[u8]> {
+        match self {
+            Value::Bytes(b) => Some(b),
+            Value::InPage { page, at, len } => {
+                Some(&page[*at as usize..*at as usize + *len as usize])
+            }
+            Value::Overflow { .. } => None,
+        }
+    }
+}
+
 fn value_entry_bytes(value: &Value, page_size: usize) -> usize {
-    match value {
-        Value::Bytes(b) if b.len() <= inline_value_bytes_max(page_size) => b.len(),
+    match value.in_memory() {
+        Some(b) if b.len() <= inline_value_bytes_max(page_size) => b.len(),
         _ => 8,
     }
 }
@@ -119,9 +143,18 @@ impl Node {
             Kind::Leaf => {
                 let mut values = Vec::with_capacity(n);
                 let mut bytes = HEADER_BYTES;
+                let mut copy: Option<Arc<[u8]>> = None;
                 for (i, key) in keys.iter().enumerate() {
                     let value = match page.value(i)? {
-                        StoredValue::Inline(b) => Value::Bytes(b.to_vec()),
+                        StoredValue::Inline(b) => {
+                            let copy = copy.get_or_insert_with(|| Arc::from(page.bytes));
+                            let at = b.as_ptr() as usize - page.bytes.as_ptr() as usize;
+                            Value::InPage {
+                                page: copy.clone(),
+                                at: at as u16,
+                                len: b.len() as u16,
+                            }
+                        }
                         StoredValue::Overflow { page, len_bytes } => {
                             Value::Overflow { page, len_bytes }
                         }
@@ -600,18 +633,19 @@ pub(crate) fn spill(
         Body::Leaf(values) => {
             let mut stored = Vec::with_capacity(values.len());
             for value in &values {
-                stored.push(match value {
-                    Value::Bytes(b) if b.len() <= inline_value_bytes_max(page_size) => {
+                stored.push(match (value, value.in_memory()) {
+                    (_, Some(b)) if b.len() <= inline_value_bytes_max(page_size) => {
                         StoredValue::Inline(b)
                     }
-                    Value::Bytes(b) => StoredValue::Overflow {
+                    (_, Some(b)) => StoredValue::Overflow {
                         page: write_overflow(out, page_size, b),
                         len_bytes: b.len() as u64,
                     },
-                    Value::Overflow { page, len_bytes } => StoredValue::Overflow {
+                    (Value::Overflow { page, len_bytes }, None) => StoredValue::Overflow {
                         page: *page,
                         len_bytes: *len_bytes,
                     },
+                    (_, None) => unreachable!("only overflow values live outside memory"),
                 });
             }
             let sizes: Vec<usize> = keys
@@ -741,7 +775,7 @@ pub(crate) fn get<'a>(
                     return Ok(None);
                 };
                 return match &values[i] {
-                    Value::Bytes(b) => Ok(Some(b)),
+                    Value::Bytes(_) | Value::InPage { .. } => Ok(values[i].in_memory()),
                     Value::Overflow { page, len_bytes } => pages
                         .value(StoredValue::Overflow {
                             page: *page,
@@ -783,6 +817,7 @@ pub(crate) fn seek(
             let hit = |i: usize| -> Result<Option<OwnedEntry>, Error> {
                 let value = match &values[i] {
                     Value::Bytes(b) => b.clone(),
+                    Value::InPage { .. } => values[i].in_memory().expect("in memory").to_vec(),
                     Value::Overflow { page, len_bytes } => pages
                         .value(StoredValue::Overflow {
                             page: *page,
