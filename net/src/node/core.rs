@@ -24,6 +24,7 @@ use super::{
     apply_status, codec, datadir, stopping, Command, NodeConfig, NodeError, Published, Reply,
 };
 use crate::kv::StoreStatus;
+use crate::metrics::metrics;
 use crate::status::{Code, Status};
 
 /// Commands taken in one turn; the rest wait for the next, so one turn's latency stays bounded.
@@ -59,6 +60,8 @@ struct Core {
     /// Reads with a read index, waiting for apply to reach it (indexes ascending).
     reads_indexed: VecDeque<(u64, Vec<PendingRead>)>,
     next_read_ctx: u64,
+    /// The leader this member knows of (raft's NONE when none).
+    leader_id: u64,
     snapshot_index: u64,
     last_checkpoint: Instant,
 }
@@ -232,6 +235,7 @@ impl Core {
             reads_asked: HashMap::new(),
             reads_indexed: VecDeque::new(),
             next_read_ctx: 1,
+            leader_id: basalt_raft::NONE,
             snapshot_index,
             last_checkpoint: Instant::now(),
         })
@@ -378,6 +382,9 @@ impl Core {
     async fn handle_ready(&mut self) -> Result<(), NodeError> {
         while self.raw.has_ready() {
             let mut ready = self.raw.ready();
+            if let Some(soft_state) = &ready.soft_state {
+                self.observe_leader(soft_state.leader_id);
+            }
             if let Some(snapshot) = ready.snapshot.take() {
                 // Only a leader sends snapshots; a lone voter never receives one.
                 return Err(NodeError::Raft(format!(
@@ -395,7 +402,18 @@ impl Core {
             for entry in &ready.committed_entries {
                 self.apply(entry)?;
             }
+            let started = Instant::now();
             self.applier.commit()?;
+            let m = metrics();
+            m.disk_backend_commit_duration_seconds
+                .observe(started.elapsed());
+            if let Some(hard_state) = ready.hard_state {
+                m.server_proposals_committed_total
+                    .set(hard_state.commit as i64);
+            }
+            m.server_proposals_applied_total
+                .set(self.applier.applied_index() as i64);
+            m.server_proposals_pending.set(self.waiters.len() as i64);
             for read_state in &ready.read_states {
                 let ctx = read_state
                     .request_ctx
@@ -411,6 +429,19 @@ impl Core {
             self.raw.advance();
         }
         Ok(())
+    }
+
+    fn observe_leader(&mut self, leader_id: u64) {
+        let m = metrics();
+        let had_leader = m.server_has_leader.get() == 1;
+        let has_leader = leader_id != basalt_raft::NONE;
+        if has_leader && (!had_leader || self.leader_id != leader_id) {
+            m.server_leader_changes_seen_total.inc();
+        }
+        self.leader_id = leader_id;
+        m.server_has_leader.set(i64::from(has_leader));
+        m.server_is_leader
+            .set(i64::from(leader_id == self.config.member_id));
     }
 
     /// Entries and hard state durable in one group-commit write before anything depends on
@@ -436,7 +467,11 @@ impl Core {
         if let Some(bytes) = &hard_state_bytes {
             records.push(RecordRef::hard_state(bytes));
         }
+        let started = Instant::now();
         self.wal.append(&records).await?;
+        metrics()
+            .disk_wal_fsync_duration_seconds
+            .observe(started.elapsed());
         let storage = self.raw.storage_mut();
         storage
             .append(entries)
@@ -504,6 +539,11 @@ impl Core {
         }
         self.applier.checkpoint()?;
         self.last_checkpoint = Instant::now();
+        let (size_bytes, in_use_bytes) = self.applier.db_size_bytes()?;
+        metrics().mvcc_db_total_size_in_bytes.set(size_bytes as i64);
+        metrics()
+            .mvcc_db_total_size_in_use_in_bytes
+            .set(in_use_bytes as i64);
         if snapshot_due {
             self.snapshot(applied).await?;
         }
