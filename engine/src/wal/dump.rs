@@ -78,6 +78,12 @@ pub fn dump_log(
     let mut summary = DumpSummary::default();
     let w = |e| WalError::io(Path::new("<output>"), e);
     writeln!(out, "WAL dir: {}", dir.display()).map_err(w)?;
+    writeln!(
+        out,
+        "{:>10} {:>12} {:<10} {:>10} {:>12}",
+        "term", "index", "type", "bytes", "offset"
+    )
+    .map_err(w)?;
     let mut seed = None;
     for (i, (path, bytes)) in files.iter().enumerate() {
         summary.segments += 1;
@@ -100,12 +106,6 @@ pub fn dump_log(
                     h.first_index,
                     h.segment_bytes,
                     super::format::FORMAT_VERSION
-                )
-                .map_err(w)?;
-                writeln!(
-                    out,
-                    "{:>10} {:>12} {:<10} {:>10} {:>12}",
-                    "term", "index", "type", "bytes", "offset"
                 )
                 .map_err(w)?;
                 let chain_seed = seed.unwrap_or(h.chain_seed);
