@@ -18,9 +18,11 @@ pub use hash::{hash_kv, KvHash};
 
 use basalt_proto::basaltpb::{internal_request::Request, InternalRequest};
 use basalt_proto::etcdserverpb::{
+    alarm_request::AlarmAction, AlarmMember, AlarmRequest, AlarmResponse, AlarmType,
     CompactionResponse, DeleteRangeResponse, PutResponse, RangeResponse, TxnResponse,
 };
 use prost::Message;
+use std::collections::BTreeSet;
 
 use crate::btree::Db;
 use crate::mvcc::{
@@ -31,6 +33,7 @@ use crate::mvcc::{
 /// What a request's entry produced once applied.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Applied {
+    Alarm(AlarmResponse),
     Range(RangeResponse),
     Put(PutResponse),
     DeleteRange(DeleteRangeResponse),
@@ -47,9 +50,12 @@ pub enum ApplyError {
     /// The entry's bytes are not an [`InternalRequest`] this member understands.
     #[error("basalt: committed entry {index} does not decode: {reason}")]
     Undecodable { index: u64, reason: String },
-    /// A request kind this member does not apply yet.
-    #[error("basalt: committed entry {index} holds a request this member cannot apply: {kind}")]
-    Unsupported { index: u64, kind: &'static str },
+    /// The NOSPACE alarm is raised: only reads, deletes and compaction apply (etcd's message).
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
+    /// The CORRUPT alarm is raised: nothing applies (etcd's message).
+    #[error("etcdserver: corrupt cluster")]
+    Corrupt,
     /// The B+tree failed: the in-memory state may be ahead of the file, so the member must stop
     /// and recover from its WAL (etcd panics here).
     #[error("basalt: storage failed while applying: {0}")]
@@ -79,6 +85,23 @@ pub struct Applier {
     committed_index: u64,
     /// The applied index of the newest durable checkpoint.
     checkpointed_index: u64,
+    /// Raised alarms as (member id, AlarmType), kept in the "alarm" bucket as well.
+    alarms: BTreeSet<(u64, i32)>,
+}
+
+/// The bucket of raised alarms. Each record (no value) is keyed:
+///
+/// ```text
+/// | member id u64 BE | alarm type i32 BE |
+/// ```
+const ALARM_BUCKET: &str = "alarm";
+const ALARM_KEY_BYTES: usize = 12;
+
+fn alarm_key(member_id: u64, alarm: i32) -> [u8; ALARM_KEY_BYTES] {
+    let mut key = [0u8; ALARM_KEY_BYTES];
+    key[..8].copy_from_slice(&member_id.to_be_bytes());
+    key[8..].copy_from_slice(&alarm.to_be_bytes());
+    key
 }
 
 impl Applier {
@@ -94,6 +117,15 @@ impl Applier {
             applied_index, checkpointed_index,
             "a freshly opened tree holds exactly its newest checkpoint"
         );
+        let mut alarms = BTreeSet::new();
+        for (key, _) in backend.records(ALARM_BUCKET).map_err(storage)? {
+            let key: [u8; ALARM_KEY_BYTES] = key.as_slice().try_into().map_err(|_| {
+                ApplyError::Storage(format!("alarm bucket holds a bad key {key:?}"))
+            })?;
+            let member_id = u64::from_be_bytes(key[..8].try_into().expect("8 bytes"));
+            let alarm = i32::from_be_bytes(key[8..].try_into().expect("4 bytes"));
+            alarms.insert((member_id, alarm));
+        }
         let store = KvStore::open(backend).map_err(storage)?;
         Ok(Applier {
             store,
@@ -101,6 +133,7 @@ impl Applier {
             applied_index,
             committed_index: applied_index,
             checkpointed_index,
+            alarms,
         })
     }
 
@@ -166,11 +199,85 @@ impl Applier {
         })
     }
 
+    /// The raised alarms, as Maintenance.Alarm lists them.
+    pub fn alarms(&self) -> Vec<AlarmMember> {
+        self.alarms
+            .iter()
+            .map(|&(member_id, alarm)| AlarmMember { member_id, alarm })
+            .collect()
+    }
+
+    pub fn has_alarm(&self, alarm: AlarmType) -> bool {
+        self.alarms
+            .iter()
+            .any(|&(_, raised)| raised == alarm as i32)
+    }
+
+    /// etcd's alarm apply: activate answers with the alarm (new or already raised), deactivate
+    /// with the alarm it cleared (nothing if it was not raised), get with every alarm.
+    fn apply_alarm(&mut self, req: &AlarmRequest) -> AlarmResponse {
+        let member = (req.member_id, req.alarm);
+        let known_alarm = AlarmType::try_from(req.alarm).is_ok_and(|a| a != AlarmType::None);
+        let alarms = match AlarmAction::try_from(req.action) {
+            Ok(AlarmAction::Get) => self.alarms(),
+            Ok(AlarmAction::Activate) if known_alarm => {
+                self.alarms.insert(member);
+                self.store.backend_mut().set_record(
+                    ALARM_BUCKET,
+                    &alarm_key(member.0, member.1),
+                    Some(&[]),
+                );
+                vec![AlarmMember {
+                    member_id: member.0,
+                    alarm: member.1,
+                }]
+            }
+            Ok(AlarmAction::Deactivate) if self.alarms.remove(&member) => {
+                self.store.backend_mut().set_record(
+                    ALARM_BUCKET,
+                    &alarm_key(member.0, member.1),
+                    None,
+                );
+                vec![AlarmMember {
+                    member_id: member.0,
+                    alarm: member.1,
+                }]
+            }
+            _ => Vec::new(),
+        };
+        AlarmResponse {
+            header: Some(basalt_proto::etcdserverpb::ResponseHeader {
+                revision: self.store.current_revision(),
+                ..Default::default()
+            }),
+            alarms,
+        }
+    }
+
+    /// etcd's capped and corrupt appliers: what a raised alarm refuses.
+    fn refused_by_alarm(&self, request: &Option<Request>) -> Option<ApplyError> {
+        if matches!(request, Some(Request::Alarm(_)) | None) {
+            return None;
+        }
+        if self.has_alarm(AlarmType::Corrupt) {
+            return Some(ApplyError::Corrupt);
+        }
+        let takes_space = match request {
+            Some(Request::Put(_)) => true,
+            Some(Request::Txn(txn)) => txn_has_put(txn),
+            _ => false,
+        };
+        (takes_space && self.has_alarm(AlarmType::Nospace)).then_some(ApplyError::NoSpace)
+    }
+
     fn apply_request(
         &mut self,
         index: u64,
         request: Option<Request>,
     ) -> Result<Applied, ApplyError> {
+        if let Some(refusal) = self.refused_by_alarm(&request) {
+            return Err(refusal);
+        }
         let limits = &self.limits;
         let store = &mut self.store;
         let result = match request {
@@ -189,12 +296,7 @@ impl Applier {
             Some(Request::Compaction(req)) => validate_compaction(&req, limits)
                 .and_then(|()| store.compact(&req))
                 .map(Applied::Compaction),
-            Some(Request::Alarm(_)) => {
-                return Err(ApplyError::Unsupported {
-                    index,
-                    kind: "alarm",
-                })
-            }
+            Some(Request::Alarm(req)) => return Ok(Applied::Alarm(self.apply_alarm(&req))),
             None => {
                 return Err(ApplyError::Undecodable {
                     index,
@@ -279,6 +381,19 @@ impl Applier {
             stats.high_water_pages.saturating_sub(free_pages) * stats.page_size_bytes as u64;
         Ok((stats.file_bytes, in_use_bytes))
     }
+}
+
+/// Whether a txn writes a key in either branch, nested txns included (etcd's quota cost > 0).
+pub fn txn_has_put(txn: &basalt_proto::etcdserverpb::TxnRequest) -> bool {
+    use basalt_proto::etcdserverpb::request_op::Request as Op;
+    txn.success
+        .iter()
+        .chain(&txn.failure)
+        .any(|op| match &op.request {
+            Some(Op::RequestPut(_)) => true,
+            Some(Op::RequestTxn(nested)) => txn_has_put(nested),
+            _ => false,
+        })
 }
 
 fn btree_error(error: crate::btree::Error) -> ApplyError {

@@ -1,5 +1,7 @@
 use basalt_proto::basaltpb::{internal_request::Request, InternalRequest};
-use basalt_proto::etcdserverpb::{AlarmRequest, PutRequest, RangeRequest};
+use basalt_proto::etcdserverpb::{
+    alarm_request::AlarmAction, AlarmRequest, AlarmType, PutRequest, RangeRequest,
+};
 use prost::Message;
 
 use super::*;
@@ -50,10 +52,7 @@ fn every_entry_content_yields_a_result_and_never_a_panic() {
             .encode_to_vec(),
             "undecodable",
         ),
-        (
-            entry(4, Request::Alarm(AlarmRequest::default())),
-            "unsupported",
-        ),
+        (entry(4, Request::Alarm(AlarmRequest::default())), "ok"),
         (entry(5, put("", "v")), "mvcc"),
         (entry(6, put("k", "v")), "ok"),
     ];
@@ -62,7 +61,7 @@ fn every_entry_content_yields_a_result_and_never_a_panic() {
         let got = match &outcome.result {
             Ok(_) => "ok",
             Err(ApplyError::Undecodable { .. }) => "undecodable",
-            Err(ApplyError::Unsupported { .. }) => "unsupported",
+            Err(ApplyError::NoSpace | ApplyError::Corrupt) => "alarm",
             Err(ApplyError::Mvcc(_)) => "mvcc",
             Err(ApplyError::Storage(_)) => "storage",
         };
@@ -108,5 +107,52 @@ fn a_reopened_applier_resumes_at_its_last_checkpoint_not_its_last_commit() {
     let resp = applier.range(&all).unwrap();
     assert_eq!(resp.kvs.len(), 1);
     assert_eq!(&resp.kvs[0].key[..], b"a");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+fn alarm(action: AlarmAction, alarm: AlarmType) -> Request {
+    Request::Alarm(AlarmRequest {
+        action: action as i32,
+        member_id: 7,
+        alarm: alarm as i32,
+    })
+}
+
+#[test]
+fn a_raised_nospace_alarm_refuses_writes_that_take_space_until_disarmed_even_across_restart() {
+    let dir = temp_dir("nospace");
+    let mut applier = open_applier(&dir);
+    let mut index = 0;
+    let mut apply = |applier: &mut Applier, request: Request| {
+        index += 1;
+        applier.apply(index, &entry(index, request)).unwrap().result
+    };
+    apply(&mut applier, put("a", "1")).unwrap();
+    apply(
+        &mut applier,
+        alarm(AlarmAction::Activate, AlarmType::Nospace),
+    )
+    .unwrap();
+    applier.checkpoint().unwrap();
+    drop(applier);
+    let mut applier = open_applier(&dir);
+    assert_eq!(applier.alarms().len(), 1, "alarms survive a restart");
+    let refused = apply(&mut applier, put("b", "1"));
+    assert_eq!(refused, Err(ApplyError::NoSpace));
+    assert_eq!(
+        refused.unwrap_err().to_string(),
+        "etcdserver: mvcc: database space exceeded"
+    );
+    let delete = Request::DeleteRange(basalt_proto::etcdserverpb::DeleteRangeRequest {
+        key: b"a".to_vec().into(),
+        ..Default::default()
+    });
+    apply(&mut applier, delete).expect("deletes still apply");
+    apply(
+        &mut applier,
+        alarm(AlarmAction::Deactivate, AlarmType::Nospace),
+    )
+    .unwrap();
+    apply(&mut applier, put("b", "1")).expect("writes apply again once disarmed");
     std::fs::remove_dir_all(dir).unwrap();
 }

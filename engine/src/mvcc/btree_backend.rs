@@ -44,6 +44,8 @@ pub struct BtreeBackend {
     /// Records written since the last commit; `None` marks a deletion.
     pending: BTreeMap<Revision, Option<RevisionRecord>>,
     pending_meta: BTreeMap<MetaKey, i64>,
+    /// Records of the other buckets (e.g. alarms), by bucket and key; `None` deletes.
+    pending_other: BTreeMap<(&'static str, Vec<u8>), Option<Vec<u8>>>,
 }
 
 impl BtreeBackend {
@@ -55,6 +57,7 @@ impl BtreeBackend {
             committed,
             pending: BTreeMap::new(),
             pending_meta: BTreeMap::new(),
+            pending_other: BTreeMap::new(),
         })
     }
 
@@ -65,7 +68,7 @@ impl BtreeBackend {
 
     /// Records written since the last commit.
     pub fn pending_records(&self) -> usize {
-        self.pending.len() + self.pending_meta.len()
+        self.pending.len() + self.pending_meta.len() + self.pending_other.len()
     }
 
     /// Writes every pending record and `consistent_index` in one B+tree transaction, visible to
@@ -97,12 +100,51 @@ impl BtreeBackend {
             meta.insert(CONSISTENT_INDEX_KEY, &consistent_index.to_be_bytes())
                 .map_err(backend_error)?;
         }
+        for ((bucket, key), value) in &self.pending_other {
+            let mut bucket = txn.bucket(bucket).map_err(backend_error)?;
+            match value {
+                Some(value) => bucket.insert(key, value).map_err(backend_error)?,
+                None => {
+                    bucket.remove(key).map_err(backend_error)?;
+                }
+            }
+        }
         txn.commit().map_err(backend_error)?;
         self.pending.clear();
         self.pending_meta.clear();
+        self.pending_other.clear();
         self.committed = self.db.begin_read().map_err(backend_error)?;
         debug_assert_eq!(self.consistent_index().ok(), Some(consistent_index));
         Ok(())
+    }
+
+    /// Sets (`Some`) or deletes (`None`) a record of a bucket other than "key" and "meta",
+    /// written with the next commit.
+    pub fn set_record(&mut self, bucket: &'static str, key: &[u8], value: Option<&[u8]>) {
+        debug_assert!(bucket != KEY_BUCKET && bucket != META_BUCKET);
+        self.pending_other
+            .insert((bucket, key.to_vec()), value.map(<[u8]>::to_vec));
+    }
+
+    /// Every record of `bucket` (committed, with pending changes applied), in key order.
+    pub fn records(&self, bucket: &'static str) -> Result<Vec<(Vec<u8>, Vec<u8>)>, MvccError> {
+        let mut records = BTreeMap::new();
+        let mut cursor = self.committed.cursor(bucket);
+        let mut entry = cursor.first().map_err(backend_error)?;
+        while let Some((key, value)) = entry {
+            records.insert(key.to_vec(), value.to_vec());
+            entry = cursor.next().map_err(backend_error)?;
+        }
+        for ((pending_bucket, key), value) in &self.pending_other {
+            if *pending_bucket != bucket {
+                continue;
+            }
+            match value {
+                Some(value) => records.insert(key.clone(), value.clone()),
+                None => records.remove(key),
+            };
+        }
+        Ok(records.into_iter().collect())
     }
 
     /// The consistent index of the newest commit (0 for a new file).
