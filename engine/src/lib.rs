@@ -4,6 +4,7 @@
 //! - [`wal`]: the segmented write-ahead log, the durability point of every write.
 //! - [`apply`]: committed log entries applied to MVCC on the B+tree, with the applied index.
 //! - [`btree`]: the copy-on-write B+tree file that holds MVCC revisions.
+//! - [`watch`]: the watchers of a store and the delivery of each write's events to them.
 //!
 //! This crate must never open a socket; `net` wires it to the outside world.
 
@@ -11,3 +12,4 @@ pub mod apply;
 pub mod btree;
 pub mod mvcc;
 pub mod wal;
+pub mod watch;

@@ -23,6 +23,7 @@ mod validate;
 pub use backend::{MemoryBackend, MetaKey, RevisionBackend, RevisionRecord};
 pub use btree_backend::{read_consistent_index, BtreeBackend, KEY_BUCKET, META_BUCKET};
 pub use error::MvccError;
+pub use key_index::KeyRange;
 pub use revision::{Revision, REVISION_BYTES};
 pub use store::{KvHash, KvStore, LeaseLookup, NoLeases};
 pub use validate::{
