@@ -61,6 +61,10 @@ fn serve(flags: ServerFlags) -> Result<(), String> {
         max_wals: flags.max_wals as usize,
         heartbeat_interval_ms: flags.heartbeat_interval_ms,
         election_timeout_ms: flags.election_timeout_ms,
+        quota_backend_bytes: match flags.quota_backend_bytes {
+            bytes if bytes <= 0 => basalt_net::node::QUOTA_BACKEND_BYTES_DEFAULT,
+            bytes => bytes as u64,
+        },
         limits: Limits {
             max_txn_ops: config.max_txn_ops,
             max_request_bytes: config.max_request_bytes,
@@ -114,6 +118,8 @@ fn server_config(flags: &ServerFlags) -> basalt_net::ServerConfig {
         max_concurrent_streams: flags.max_concurrent_streams,
         cluster_id: config::cluster_id(&[member_id], &flags.initial_cluster_token),
         member_id,
+        watch_progress_notify_interval_ms: flags.watch_progress_notify_interval.as_millis()
+            as u64,
         ..basalt_net::ServerConfig::default()
     }
 }

@@ -8,8 +8,9 @@ use crate::status::Status;
 use basalt_engine::apply::KvHash;
 use basalt_engine::mvcc::KvStore;
 use basalt_proto::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+    alarm_request::AlarmAction, AlarmMember, AlarmRequest, AlarmResponse, CompactionRequest,
+    CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
 };
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -51,6 +52,25 @@ pub trait KvService: 'static {
             ))
         }
     }
+    /// Maintenance.Alarm. Without a durable store no alarm is ever raised: listing finds none
+    /// and disarming has nothing to clear (`etcdctl endpoint health` lists alarms).
+    fn alarm(&self, req: AlarmRequest) -> impl Future<Output = Result<AlarmResponse, Status>> {
+        async move {
+            if req.action == AlarmAction::Activate as i32 {
+                return Err(Status::unimplemented(
+                    "basalt: raising an alarm is not implemented",
+                ));
+            }
+            let store = self.status().await?;
+            Ok(AlarmResponse {
+                header: Some(ResponseHeader {
+                    revision: store.revision,
+                    ..Default::default()
+                }),
+                alarms: Vec::new(),
+            })
+        }
+    }
     /// Maintenance.Snapshot: a consistent copy of the store file, written to a file of its own
     /// that the caller streams and then removes.
     fn snapshot(&self) -> impl Future<Output = Result<SnapshotFile, Status>> {
@@ -60,6 +80,14 @@ pub trait KvService: 'static {
             ))
         }
     }
+    /// The watchers of this store, for the Watch service; None: this executor serves no
+    /// watches.
+    fn watch_hub(&self) -> Option<&crate::watch::SharedWatchHub> {
+        None
+    }
+    /// One round of catching unsynced watchers up, for an executor whose writer does not run
+    /// it on its own; Watch streams call it periodically.
+    fn sync_watches(&self) {}
     /// Maintenance.Hash: a hash of the whole store file's contents.
     fn hash(&self) -> impl Future<Output = Result<u32, Status>> {
         async {
@@ -78,7 +106,7 @@ pub struct SnapshotFile {
 }
 
 /// The state behind Maintenance.Status.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct StoreStatus {
     pub revision: i64,
     pub raft_index: u64,
@@ -88,12 +116,15 @@ pub struct StoreStatus {
     pub db_size_in_use_bytes: i64,
     /// This member knows a leader (itself, for a lone voter).
     pub has_leader: bool,
+    /// Raised alarms (Status lists them as errors).
+    pub alarms: Vec<AlarmMember>,
 }
 
 /// The single-node, in-memory executor: one store shared by every core.
 #[derive(Clone)]
 pub struct LocalKv {
     store: Arc<Mutex<KvStore>>,
+    watches: crate::watch::SharedWatchHub,
 }
 
 /// The term a single member reaches after electing itself at start-up.
@@ -111,9 +142,24 @@ impl LocalKv {
         let metrics = crate::metrics::metrics();
         metrics.server_has_leader.set(1);
         metrics.server_is_leader.set(1);
+        let store = KvStore::new();
+        let watches = Arc::new(Mutex::new(basalt_engine::watch::WatchHub::new(&store)));
         Self {
-            store: Arc::new(Mutex::new(KvStore::new())),
+            store: Arc::new(Mutex::new(store)),
+            watches,
         }
+    }
+
+    /// Runs one write and hands its events to the synced watchers before anyone else can
+    /// write (the store's lock is held throughout).
+    fn write<T>(
+        &self,
+        apply: impl FnOnce(&mut KvStore) -> Result<T, basalt_engine::mvcc::MvccError>,
+    ) -> Result<T, Status> {
+        let mut store = self.store();
+        let result = apply(&mut store);
+        crate::watch::lock_hub(&self.watches).notify(&store)?;
+        Ok(result?)
     }
 
     fn store(&self) -> MutexGuard<'_, KvStore> {
@@ -131,19 +177,19 @@ impl KvService for LocalKv {
     }
 
     async fn put(&self, req: PutRequest) -> Result<PutResponse, Status> {
-        Ok(self.store().put(&req)?)
+        self.write(|store| store.put(&req))
     }
 
     async fn delete_range(&self, req: DeleteRangeRequest) -> Result<DeleteRangeResponse, Status> {
-        Ok(self.store().delete_range(&req)?)
+        self.write(|store| store.delete_range(&req))
     }
 
     async fn txn(&self, req: TxnRequest) -> Result<TxnResponse, Status> {
-        Ok(self.store().txn(&req)?)
+        self.write(|store| store.txn(&req))
     }
 
     async fn compact(&self, req: CompactionRequest) -> Result<CompactionResponse, Status> {
-        Ok(self.store().compact(&req)?)
+        self.write(|store| store.compact(&req))
     }
 
     async fn status(&self) -> Result<StoreStatus, Status> {
@@ -156,10 +202,23 @@ impl KvService for LocalKv {
             db_size_bytes: 0,
             db_size_in_use_bytes: 0,
             has_leader: true,
+            alarms: Vec::new(),
         })
     }
 
     fn raft_term(&self) -> u64 {
         LOCAL_RAFT_TERM
+    }
+
+    fn watch_hub(&self) -> Option<&crate::watch::SharedWatchHub> {
+        Some(&self.watches)
+    }
+
+    fn sync_watches(&self) {
+        let store = self.store();
+        // The in-memory backend cannot fail a read.
+        crate::watch::lock_hub(&self.watches)
+            .sync(&store)
+            .expect("in-memory reads do not fail");
     }
 }

@@ -13,10 +13,9 @@ use basalt_engine::mvcc::{
     validate_compaction, validate_delete_range, validate_put, validate_range, validate_txn, Limits,
 };
 use basalt_proto::etcdserverpb::{
-    alarm_request::AlarmAction, AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse,
-    HashKvRequest, HashKvResponse, HashRequest, HashResponse, Member, MemberListRequest,
-    MemberListResponse, ResponseHeader, SnapshotRequest, SnapshotResponse, StatusRequest,
-    StatusResponse,
+    AlarmRequest, AlarmResponse, AlarmType, DefragmentRequest, DefragmentResponse, HashKvRequest,
+    HashKvResponse, HashRequest, HashResponse, Member, MemberListRequest, MemberListResponse,
+    ResponseHeader, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
 };
 use std::future::Future;
 
@@ -45,6 +44,7 @@ pub(crate) struct Services<K> {
     member_id: u64,
     /// This member as Cluster.MemberList shows it.
     member: Member,
+    watch_progress_notify_interval: std::time::Duration,
 }
 
 impl<K: KvService> Services<K> {
@@ -57,6 +57,9 @@ impl<K: KvService> Services<K> {
             },
             cluster_id: config.cluster_id,
             member_id: config.member_id,
+            watch_progress_notify_interval: std::time::Duration::from_millis(
+                config.watch_progress_notify_interval_ms,
+            ),
             member: Member {
                 id: config.member_id,
                 name: config.name.clone(),
@@ -133,6 +136,24 @@ impl<K: KvService> Services<K> {
                     Ok(resp)
                 })
                 .await
+            }
+            "/etcdserverpb.Watch/Watch" if kv.watch_hub().is_some() => {
+                let header = |revision| {
+                    let mut header = Some(ResponseHeader {
+                        revision,
+                        ..Default::default()
+                    });
+                    self.fill_header(&mut header);
+                    header.expect("filled above")
+                };
+                let cx = crate::watch::WatchContext {
+                    kv,
+                    hub: kv.watch_hub().expect("checked by the guard"),
+                    header: &header,
+                    max_request_bytes: limits.max_request_bytes,
+                    progress_notify_interval: self.watch_progress_notify_interval,
+                };
+                crate::watch::serve(cx, call.reader, call.sink).await
             }
             "/etcdserverpb.Maintenance/Status" => {
                 unary(call, |_: StatusRequest| self.maintenance_status()).await
@@ -284,30 +305,25 @@ impl<K: KvService> Services<K> {
             raft_index: store.raft_index,
             raft_term: store.raft_term,
             raft_applied_index: store.raft_applied_index,
-            errors: Vec::new(),
+            // etcd lists each raised alarm in its protobuf text form.
+            errors: store
+                .alarms
+                .iter()
+                .map(|a| {
+                    let name = AlarmType::try_from(a.alarm).map_or("UNKNOWN", |t| t.as_str_name());
+                    format!("memberID:{} alarm:{name} ", a.member_id)
+                })
+                .collect(),
             db_size_in_use: store.db_size_in_use_bytes,
             is_learner: false,
         })
     }
 
-    /// No alarm is ever raised yet (no space quota, no corruption check), so listing finds
-    /// none and disarming has nothing to clear; `etcdctl endpoint health` lists alarms.
+    /// Alarms go through the store (the durable node replicates them through the log).
     async fn alarm(&self, req: AlarmRequest) -> Result<AlarmResponse, Status> {
-        if req.action == AlarmAction::Activate as i32 {
-            return Err(Status::unimplemented(
-                "basalt: raising an alarm is not implemented",
-            ));
-        }
-        let store = self.kv.status().await?;
-        let mut header = Some(ResponseHeader {
-            revision: store.revision,
-            ..Default::default()
-        });
-        self.fill_header(&mut header);
-        Ok(AlarmResponse {
-            header,
-            alarms: Vec::new(),
-        })
+        let mut resp = self.kv.alarm(req).await?;
+        self.fill_header(&mut resp.header);
+        Ok(resp)
     }
 
     /// etcd fills these on the top-level header only; headers nested in a Txn keep just
@@ -415,7 +431,7 @@ mod tests {
     #[test]
     fn unserved_paths_are_worded_as_grpc_go_words_them() {
         let cases = [
-            ("/etcdserverpb.Watch/Watch", "method Watch not implemented"),
+            ("/etcdserverpb.Lease/LeaseGrant", "method LeaseGrant not implemented"),
             (
                 "/etcdserverpb.KV/Frobnicate",
                 "unknown method Frobnicate for service etcdserverpb.KV",

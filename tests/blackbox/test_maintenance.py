@@ -118,3 +118,35 @@ def test_a_damaged_snapshot_is_refused_by_restore():
         )
         assert result.returncode != 0
         assert "does not match" in result.stderr
+
+
+def etcdctl_result(endpoint, *args):
+    return subprocess.run(
+        [etcd_bin("etcdctl"), "--endpoints", endpoint, "--command-timeout=30s", *args],
+        capture_output=True, text=True, env={"ETCDCTL_API": "3"}, timeout=60,
+    )
+
+
+def test_quota_raises_nospace_and_compact_defrag_disarm_recover_as_etcds_docs_say():
+    quota_bytes = 2 * 1024 * 1024
+    with Server("basalt", ["--quota-backend-bytes", str(quota_bytes)]) as basalt:
+        value = "v" * 100_000
+        for i in range(200):
+            result = etcdctl_result(basalt.endpoint, "put", "key", value)
+            if result.returncode != 0:
+                break
+        else:
+            raise AssertionError("the quota never refused a put")
+        assert "etcdserver: mvcc: database space exceeded" in result.stderr
+        assert "alarm:NOSPACE" in etcdctl(basalt.endpoint, "alarm", "list")
+        assert any("alarm:NOSPACE" in e for e in status(basalt.endpoint)["errors"])
+        # Reads and deletes still work while the alarm is raised.
+        etcdctl(basalt.endpoint, "get", "key", "--keys-only")
+        revision = status(basalt.endpoint)["header"]["revision"]
+        etcdctl(basalt.endpoint, "compact", str(revision))
+        etcdctl(basalt.endpoint, "defrag")
+        refused = etcdctl_result(basalt.endpoint, "put", "key", "small")
+        assert "database space exceeded" in refused.stderr, "the alarm holds until disarmed"
+        etcdctl(basalt.endpoint, "alarm", "disarm")
+        assert etcdctl(basalt.endpoint, "alarm", "list").strip() == ""
+        etcdctl(basalt.endpoint, "put", "key", "small")

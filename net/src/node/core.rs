@@ -12,13 +12,16 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use basalt_engine::apply::Applier;
+use basalt_engine::apply::{Applier, ApplyError};
 use basalt_engine::btree;
 use basalt_engine::wal::{wal_dir, DmaStorage, RecordRef, Wal, WalOptions};
+use basalt_proto::basaltpb::{internal_request::Request, InternalRequest};
+use basalt_proto::etcdserverpb::{alarm_request::AlarmAction, AlarmRequest, AlarmType};
 use basalt_proto::etcdserverpb::{RangeRequest, RangeResponse};
 use basalt_raft::{
     ConfState, Config, Entry, EntryData, MemStorage, RawNode, Snapshot, SnapshotMetadata, Storage,
 };
+use prost::Message;
 
 use super::{
     apply_status, codec, datadir, stopping, Command, NodeConfig, NodeError, Published, Reply,
@@ -62,6 +65,8 @@ struct Core {
     next_read_ctx: u64,
     /// The leader this member knows of (raft's NONE when none).
     leader_id: u64,
+    /// A NOSPACE alarm entry is in the log, not yet applied.
+    nospace_proposed: bool,
     snapshot_index: u64,
     last_checkpoint: Instant,
 }
@@ -236,6 +241,7 @@ impl Core {
             reads_indexed: VecDeque::new(),
             next_read_ctx: 1,
             leader_id: basalt_raft::NONE,
+            nospace_proposed: false,
             snapshot_index,
             last_checkpoint: Instant::now(),
         })
@@ -293,7 +299,16 @@ impl Core {
 
     fn take(&mut self, command: Command) {
         match command {
-            Command::Propose { id, data, reply } => match self.raw.propose(data) {
+            Command::Propose {
+                takes_space: true,
+                reply,
+                ..
+            } if self.over_quota() => {
+                let _ = reply.send(Err(apply_status(ApplyError::NoSpace)));
+            }
+            Command::Propose {
+                id, data, reply, ..
+            } => match self.raw.propose(data) {
                 Ok(_) => {
                     self.waiters.insert(id, reply);
                 }
@@ -341,6 +356,28 @@ impl Core {
         }
     }
 
+    /// etcd's quota check before proposing: once the file is past the quota, a write that
+    /// takes space fails, and the first such write raises NOSPACE through the log.
+    fn over_quota(&mut self) -> bool {
+        let quota = self.config.quota_backend_bytes;
+        let size_bytes = self.applier.db_size_bytes().map_or(0, |(size, _)| size);
+        if quota == 0 || size_bytes <= quota {
+            return false;
+        }
+        if !self.applier.has_alarm(AlarmType::Nospace) && !self.nospace_proposed {
+            let raise = InternalRequest {
+                id: 0,
+                request: Some(Request::Alarm(AlarmRequest {
+                    action: AlarmAction::Activate as i32,
+                    member_id: self.config.member_id,
+                    alarm: AlarmType::Nospace as i32,
+                })),
+            };
+            self.nospace_proposed = self.raw.propose(raise.encode_to_vec()).is_ok();
+        }
+        true
+    }
+
     fn status(&self) -> Result<StoreStatus, Status> {
         let raft = self.raw.status();
         let (db_size_bytes, db_size_in_use_bytes) =
@@ -353,6 +390,7 @@ impl Core {
             db_size_bytes: db_size_bytes as i64,
             db_size_in_use_bytes: db_size_in_use_bytes as i64,
             has_leader: raft.soft_state.leader_id != basalt_raft::NONE,
+            alarms: self.applier.alarms(),
         })
     }
 

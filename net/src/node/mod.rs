@@ -21,13 +21,14 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use basalt_engine::apply::{Applied, ApplyError, KvHash};
+use basalt_engine::apply::{txn_has_put, Applied, ApplyError, KvHash};
 use basalt_engine::mvcc::Limits;
 use basalt_engine::wal::WalError;
 use basalt_proto::basaltpb::{internal_request::Request, InternalRequest};
 use basalt_proto::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+    AlarmRequest, AlarmResponse, CompactionRequest, CompactionResponse, DeleteRangeRequest,
+    DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, TxnRequest,
+    TxnResponse,
 };
 use prost::Message;
 
@@ -53,7 +54,12 @@ pub struct NodeConfig {
     pub election_timeout_ms: u64,
     /// The same limits the edge validates with; apply checks again with them.
     pub limits: Limits,
+    /// `--quota-backend-bytes`: past it, writes that take space raise NOSPACE and fail.
+    pub quota_backend_bytes: u64,
 }
+
+/// etcd's default `--quota-backend-bytes` (2 GiB).
+pub const QUOTA_BACKEND_BYTES_DEFAULT: u64 = 2 << 30;
 
 impl Default for NodeConfig {
     fn default() -> Self {
@@ -66,6 +72,7 @@ impl Default for NodeConfig {
             heartbeat_interval_ms: 100,
             election_timeout_ms: 1000,
             limits: Limits::default(),
+            quota_backend_bytes: QUOTA_BACKEND_BYTES_DEFAULT,
         }
     }
 }
@@ -96,6 +103,8 @@ enum Command {
     Propose {
         id: u64,
         data: Vec<u8>,
+        /// The request adds data, so the space quota applies (etcd's quota cost > 0).
+        takes_space: bool,
         reply: Reply<Applied>,
     },
     Read {
@@ -241,13 +250,24 @@ impl RaftKv {
     }
 
     async fn propose(&self, request: Request) -> Result<Applied, Status> {
+        let takes_space = match &request {
+            Request::Put(_) => true,
+            Request::Txn(txn) => txn_has_put(txn),
+            _ => false,
+        };
         let id = self.published.next_id.fetch_add(1, Ordering::Relaxed);
         let data = InternalRequest {
             id,
             request: Some(request),
         }
         .encode_to_vec();
-        self.ask(|reply| Command::Propose { id, data, reply }).await
+        self.ask(|reply| Command::Propose {
+            id,
+            data,
+            takes_space,
+            reply,
+        })
+        .await
     }
 }
 
@@ -302,6 +322,13 @@ impl KvService for RaftKv {
         self.published.raft_term.load(Ordering::Relaxed)
     }
 
+    async fn alarm(&self, req: AlarmRequest) -> Result<AlarmResponse, Status> {
+        match self.propose(Request::Alarm(req)).await? {
+            Applied::Alarm(resp) => Ok(resp),
+            other => Err(unexpected(other)),
+        }
+    }
+
     async fn defragment(&self) -> Result<(), Status> {
         self.ask(|reply| Command::Defragment { reply }).await
     }
@@ -346,6 +373,8 @@ impl KvService for RaftKv {
 fn apply_status(error: ApplyError) -> Status {
     match error {
         ApplyError::Mvcc(error) => error.into(),
+        ApplyError::NoSpace => Status::new(Code::ResourceExhausted, error.to_string()),
+        ApplyError::Corrupt => Status::new(Code::DataLoss, error.to_string()),
         other => Status::internal(other.to_string()),
     }
 }
