@@ -78,13 +78,17 @@ impl Engine for Basalt {
         }
         txn.commit().unwrap();
         if durable {
-            let applied = self.applied.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let applied = self
+                .applied
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.db.checkpoint(applied).unwrap();
         }
     }
     fn gets(&self, keys: &[Vec<u8>]) -> u64 {
         let read = self.db.begin_read().unwrap();
-        keys.iter().map(|k| read.get("key", k).unwrap().unwrap().len() as u64).sum()
+        keys.iter()
+            .map(|k| read.get("key", k).unwrap().unwrap().len() as u64)
+            .sum()
     }
     fn scans(&self, starts: &[Vec<u8>]) -> u64 {
         let read = self.db.begin_read().unwrap();
@@ -94,7 +98,7 @@ impl Engine for Basalt {
             let mut entry = cursor.seek(start).unwrap();
             for _ in 0..SCAN_KEYS {
                 let Some((_, v)) = entry else { break };
-                seen += (v.len() > 0) as u64;
+                seen += (!v.is_empty()) as u64;
                 entry = cursor.next().unwrap();
             }
         }
@@ -115,7 +119,11 @@ struct Redb {
 impl Engine for Redb {
     fn write(&self, entries: &[(Vec<u8>, Vec<u8>)], durable: bool) {
         let mut txn = self.db.begin_write().unwrap();
-        txn.set_durability(if durable { redb::Durability::Immediate } else { redb::Durability::None });
+        txn.set_durability(if durable {
+            redb::Durability::Immediate
+        } else {
+            redb::Durability::None
+        });
         {
             let mut table = txn.open_table(REDB_TABLE).unwrap();
             for (k, v) in entries {
@@ -127,14 +135,20 @@ impl Engine for Redb {
     fn gets(&self, keys: &[Vec<u8>]) -> u64 {
         let txn = self.db.begin_read().unwrap();
         let table = txn.open_table(REDB_TABLE).unwrap();
-        keys.iter().map(|k| table.get(k.as_slice()).unwrap().unwrap().value().len() as u64).sum()
+        keys.iter()
+            .map(|k| table.get(k.as_slice()).unwrap().unwrap().value().len() as u64)
+            .sum()
     }
     fn scans(&self, starts: &[Vec<u8>]) -> u64 {
         let txn = self.db.begin_read().unwrap();
         let table = txn.open_table(REDB_TABLE).unwrap();
         let mut seen = 0;
         for start in starts {
-            for entry in table.range::<&[u8]>(start.as_slice()..).unwrap().take(SCAN_KEYS) {
+            for entry in table
+                .range::<&[u8]>(start.as_slice()..)
+                .unwrap()
+                .take(SCAN_KEYS)
+            {
                 let (_, v) = entry.unwrap();
                 seen += (!v.value().is_empty()) as u64;
             }
@@ -154,7 +168,11 @@ struct Lmdb {
 
 impl Engine for Lmdb {
     fn write(&self, entries: &[(Vec<u8>, Vec<u8>)], durable: bool) {
-        let mode = if durable { heed::FlagSetMode::Disable } else { heed::FlagSetMode::Enable };
+        let mode = if durable {
+            heed::FlagSetMode::Disable
+        } else {
+            heed::FlagSetMode::Enable
+        };
         // SAFETY: only this thread writes; a durable commit is LMDB's own synced commit (pages
         // synced, then the meta page written and synced), the same protocol as the others.
         unsafe { self.env.set_flags(heed::EnvFlags::NO_SYNC, mode).unwrap() };
@@ -166,7 +184,9 @@ impl Engine for Lmdb {
     }
     fn gets(&self, keys: &[Vec<u8>]) -> u64 {
         let txn = self.env.read_txn().unwrap();
-        keys.iter().map(|k| self.db.get(&txn, k).unwrap().unwrap().len() as u64).sum()
+        keys.iter()
+            .map(|k| self.db.get(&txn, k).unwrap().unwrap().len() as u64)
+            .sum()
     }
     fn scans(&self, starts: &[Vec<u8>]) -> u64 {
         let txn = self.env.read_txn().unwrap();
@@ -190,12 +210,20 @@ fn open_engine(name: &str, dir: &Path) -> Box<dyn Engine> {
     match name {
         "basalt" => {
             let path = dir.join("basalt.db");
-            let db = basalt_engine::btree::open(&path, basalt_engine::btree::Options::default()).unwrap();
-            Box::new(Basalt { db, path, applied: 1.into() })
+            let db = basalt_engine::btree::open(&path, basalt_engine::btree::Options::default())
+                .unwrap();
+            Box::new(Basalt {
+                db,
+                path,
+                applied: 1.into(),
+            })
         }
         "redb" => {
             let path = dir.join("redb.db");
-            Box::new(Redb { db: redb::Database::create(&path).unwrap(), path })
+            Box::new(Redb {
+                db: redb::Database::create(&path).unwrap(),
+                path,
+            })
         }
         "lmdb" => {
             let mut options = heed::EnvOpenOptions::new();
@@ -209,7 +237,11 @@ fn open_engine(name: &str, dir: &Path) -> Box<dyn Engine> {
             let mut txn = env.write_txn().unwrap();
             let db = env.create_database(&mut txn, None).unwrap();
             txn.commit().unwrap();
-            Box::new(Lmdb { env, db, dir: dir.to_path_buf() })
+            Box::new(Lmdb {
+                env,
+                db,
+                dir: dir.to_path_buf(),
+            })
         }
         other => panic!("unknown engine {other}"),
     }
@@ -251,7 +283,11 @@ fn run_engine(name: &str, dir: &Path, keys: u64) {
 
     for threads in [1usize, 2] {
         let picks: Vec<Vec<Vec<u8>>> = (0..threads as u64)
-            .map(|t| (0..READS_PER_THREAD as u64).map(|j| key(splitmix(j * 2 + t + 99) % keys)).collect())
+            .map(|t| {
+                (0..READS_PER_THREAD as u64)
+                    .map(|j| key(splitmix(j * 2 + t + 99) % keys))
+                    .collect()
+            })
             .collect();
         let started = Instant::now();
         std::thread::scope(|s| {
@@ -264,14 +300,22 @@ fn run_engine(name: &str, dir: &Path, keys: u64) {
             }
         });
         let elapsed = started.elapsed().as_secs_f64();
-        report(&format!("get_{threads}t_kops"), (threads * READS_PER_THREAD) as f64 / elapsed / 1e3);
+        report(
+            &format!("get_{threads}t_kops"),
+            (threads * READS_PER_THREAD) as f64 / elapsed / 1e3,
+        );
     }
 
-    let starts: Vec<Vec<u8>> = (0..SCANS as u64).map(|j| key(splitmix(j + 7) % keys)).collect();
+    let starts: Vec<Vec<u8>> = (0..SCANS as u64)
+        .map(|j| key(splitmix(j + 7) % keys))
+        .collect();
     let started = Instant::now();
     let seen = engine.scans(&starts);
     assert!(seen > (SCANS * SCAN_KEYS / 2) as u64);
-    report("scan100_kops", SCANS as f64 / started.elapsed().as_secs_f64() / 1e3);
+    report(
+        "scan100_kops",
+        SCANS as f64 / started.elapsed().as_secs_f64() / 1e3,
+    );
 
     let mut single = Histogram::<u64>::new(3).unwrap();
     for j in 0..DURABLE_WRITES as u64 {
@@ -281,7 +325,10 @@ fn run_engine(name: &str, dir: &Path, keys: u64) {
         single.record(started.elapsed().as_micros() as u64).unwrap();
     }
     report("durable_write_p50_us", single.value_at_quantile(0.5) as f64);
-    report("durable_write_p99_us", single.value_at_quantile(0.99) as f64);
+    report(
+        "durable_write_p99_us",
+        single.value_at_quantile(0.99) as f64,
+    );
 
     let mut batches = Histogram::<u64>::new(3).unwrap();
     for b in 0..DURABLE_BATCHES as u64 {
@@ -293,11 +340,22 @@ fn run_engine(name: &str, dir: &Path, keys: u64) {
             .collect();
         let started = Instant::now();
         engine.write(&entries, true);
-        batches.record(started.elapsed().as_micros() as u64).unwrap();
+        batches
+            .record(started.elapsed().as_micros() as u64)
+            .unwrap();
     }
-    report("batch1000_p50_ms", batches.value_at_quantile(0.5) as f64 / 1e3);
-    report("batch1000_kops", DURABLE_BATCH_KEYS as f64 / (batches.mean() / 1e6) / 1e3);
-    report("file_after_writes_mib", engine.file_bytes() as f64 / (1 << 20) as f64);
+    report(
+        "batch1000_p50_ms",
+        batches.value_at_quantile(0.5) as f64 / 1e3,
+    );
+    report(
+        "batch1000_kops",
+        DURABLE_BATCH_KEYS as f64 / (batches.mean() / 1e6) / 1e3,
+    );
+    report(
+        "file_after_writes_mib",
+        engine.file_bytes() as f64 / (1 << 20) as f64,
+    );
 }
 
 const ENGINES: [&str; 3] = ["basalt", "redb", "lmdb"];
@@ -319,7 +377,10 @@ const METRICS: [(&str, &str); 13] = [
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let keys: u64 = std::env::var("KEYS").ok().and_then(|k| k.parse().ok()).unwrap_or(1_000_000);
+    let keys: u64 = std::env::var("KEYS")
+        .ok()
+        .and_then(|k| k.parse().ok())
+        .unwrap_or(1_000_000);
     if args.len() == 4 && args[1] == "--engine" {
         run_engine(&args[2], Path::new(&args[3]), keys);
         return;
@@ -332,7 +393,11 @@ fn main() {
             .args(["--engine", engine, dir.to_str().unwrap()])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{engine}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{engine}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let parsed = String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| l.strip_prefix("RESULT "))
@@ -349,7 +414,11 @@ fn main() {
     for (metric, label) in METRICS {
         let cells: Vec<String> = results
             .iter()
-            .map(|r| r.iter().find(|(k, _)| k == metric).map_or("-".to_owned(), |(_, v)| format!("{v:.1}")))
+            .map(|r| {
+                r.iter()
+                    .find(|(k, _)| k == metric)
+                    .map_or("-".to_owned(), |(_, v)| format!("{v:.1}"))
+            })
             .collect();
         println!("| {label} | {} |", cells.join(" | "));
     }
