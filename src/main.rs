@@ -118,8 +118,7 @@ fn server_config(flags: &ServerFlags) -> basalt_net::ServerConfig {
         max_concurrent_streams: flags.max_concurrent_streams,
         cluster_id: config::cluster_id(&[member_id], &flags.initial_cluster_token),
         member_id,
-        watch_progress_notify_interval_ms: flags.watch_progress_notify_interval.as_millis()
-            as u64,
+        watch_progress_notify_interval_ms: flags.watch_progress_notify_interval.as_millis() as u64,
         ..basalt_net::ServerConfig::default()
     }
 }

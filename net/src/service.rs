@@ -15,7 +15,8 @@ use basalt_engine::mvcc::{
 use basalt_proto::etcdserverpb::{
     AlarmRequest, AlarmResponse, AlarmType, DefragmentRequest, DefragmentResponse, HashKvRequest,
     HashKvResponse, HashRequest, HashResponse, Member, MemberListRequest, MemberListResponse,
-    ResponseHeader, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
+    MoveLeaderRequest, MoveLeaderResponse, ResponseHeader, SnapshotRequest, SnapshotResponse,
+    StatusRequest, StatusResponse,
 };
 use std::future::Future;
 
@@ -201,6 +202,22 @@ impl<K: KvService> Services<K> {
                 .await
             }
             "/etcdserverpb.Maintenance/Snapshot" => self.snapshot(call).await,
+            "/etcdserverpb.Maintenance/MoveLeader" => {
+                unary(call, |req: MoveLeaderRequest| async move {
+                    // etcd's answers for a lone member: it already leads, so moving to itself
+                    // succeeds at once; any other id is not a member.
+                    if req.target_id != self.member_id {
+                        return Err(Status::new(
+                            Code::FailedPrecondition,
+                            "etcdserver: bad leader transferee",
+                        ));
+                    }
+                    let mut header = None;
+                    self.fill_header(&mut header);
+                    Ok(MoveLeaderResponse { header })
+                })
+                .await
+            }
             "/etcdserverpb.Cluster/MemberList" => {
                 unary(call, |_: MemberListRequest| async {
                     // etcd's cluster server leaves the revision out of this header.
@@ -431,7 +448,10 @@ mod tests {
     #[test]
     fn unserved_paths_are_worded_as_grpc_go_words_them() {
         let cases = [
-            ("/etcdserverpb.Lease/LeaseGrant", "method LeaseGrant not implemented"),
+            (
+                "/etcdserverpb.Lease/LeaseGrant",
+                "method LeaseGrant not implemented",
+            ),
             (
                 "/etcdserverpb.KV/Frobnicate",
                 "unknown method Frobnicate for service etcdserverpb.KV",

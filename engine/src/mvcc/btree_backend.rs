@@ -127,7 +127,7 @@ impl BtreeBackend {
     }
 
     /// Every record of `bucket` (committed, with pending changes applied), in key order.
-    pub fn records(&self, bucket: &'static str) -> Result<Vec<(Vec<u8>, Vec<u8>)>, MvccError> {
+    pub fn records(&self, bucket: &'static str) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, MvccError> {
         let mut records = BTreeMap::new();
         let mut cursor = self.committed.cursor(bucket);
         let mut entry = cursor.first().map_err(backend_error)?;
@@ -144,7 +144,7 @@ impl BtreeBackend {
                 None => records.remove(key),
             };
         }
-        Ok(records.into_iter().collect())
+        Ok(records)
     }
 
     /// The consistent index of the newest commit (0 for a new file).

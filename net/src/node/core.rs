@@ -105,7 +105,7 @@ impl Core {
             path: datadir::db_path(&config.data_dir),
             reason: e.to_string(),
         })?;
-        let mut applier = Applier::open(db, config.limits.clone())?;
+        let mut applier = Applier::open(db, config.limits)?;
         if applier.applied_index() < BOOTSTRAP_INDEX {
             // A founding member's log starts with raft's bootstrap snapshot (the initial
             // configuration, no data): applied by definition.
