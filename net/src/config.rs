@@ -37,6 +37,9 @@ pub struct ServerConfig {
     pub connection_window_bytes: u32,
     pub cluster_id: u64,
     pub member_id: u64,
+    /// `--experimental-watch-progress-notify-interval`: how often idle watches with
+    /// progress_notify get a progress response.
+    pub watch_progress_notify_interval_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -56,6 +59,8 @@ impl Default for ServerConfig {
             // etcd's ids for a default single member (`etcd` with no flags).
             cluster_id: 0xcdf8_1819_4e3a_8c32,
             member_id: 0x8e9e_05c5_2164_694d,
+            // etcd's default: 10 minutes.
+            watch_progress_notify_interval_ms: 600_000,
         }
     }
 }

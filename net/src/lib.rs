@@ -5,6 +5,7 @@
 //! - [`kv`]: the [`KvService`] seam; [`LocalKv`] is the in-memory model.
 //! - [`node`]: the durable member: the raft core (raft, WAL, applier, B+tree writer) and
 //!   [`node::RaftKv`], the [`KvService`] the binary serves.
+//! - [`watch`]: the Watch service's streams over the store's watch hub.
 //! - [`status`]: gRPC status codes and the one table from Basalt's errors to etcd's.
 //! - [`metrics`]: the `/metrics` registry under etcd's metric names.
 //! - [`client`]: a small gRPC client on the same stack, for benches and tests.
@@ -24,6 +25,7 @@ pub mod node;
 mod server;
 mod service;
 pub mod status;
+pub mod watch;
 
 pub use config::{parse_client_url, NetError, ServerConfig, GRPC_OVERHEAD_BYTES};
 pub use kv::{KvService, LocalKv, StoreStatus};
