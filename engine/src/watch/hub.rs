@@ -115,6 +115,12 @@ pub struct WatchHub {
 impl WatchHub {
     /// A hub for `store` as it is now: its existing revisions count as notified.
     pub fn new<B: RevisionBackend>(store: &KvStore<B>) -> Self {
+        Self::at_revision(store.current_revision())
+    }
+
+    /// A hub for a store whose newest revision is `revision` (e.g. before the store is open;
+    /// replace it with [`WatchHub::new`] once it is, before any watcher is added).
+    pub fn at_revision(revision: i64) -> Self {
         WatchHub {
             watchers: HashMap::new(),
             next_id: 0,
@@ -122,7 +128,7 @@ impl WatchHub {
             synced_ranges: HashSet::new(),
             behind: HashSet::new(),
             prev_kv_watchers: 0,
-            notified_revision: store.current_revision(),
+            notified_revision: revision,
         }
     }
 

@@ -15,14 +15,18 @@ use std::time::{Duration, Instant};
 use basalt_engine::apply::{Applier, ApplyError};
 use basalt_engine::btree;
 use basalt_engine::wal::{wal_dir, DmaStorage, RecordRef, Wal, WalOptions};
+use basalt_engine::watch::WatchHub;
 use basalt_proto::basaltpb::{internal_request::Request, InternalRequest};
-use basalt_proto::etcdserverpb::{alarm_request::AlarmAction, AlarmRequest, AlarmType};
+use basalt_proto::etcdserverpb::{
+    alarm_request::AlarmAction, AlarmRequest, AlarmType, CompactionRequest,
+};
 use basalt_proto::etcdserverpb::{RangeRequest, RangeResponse};
 use basalt_raft::{
     ConfState, Config, Entry, EntryData, MemStorage, RawNode, Snapshot, SnapshotMetadata, Storage,
 };
 use prost::Message;
 
+use super::compactor::Compactor;
 use super::{
     apply_status, codec, datadir, stopping, Command, NodeConfig, NodeError, Published, Reply,
 };
@@ -67,6 +71,7 @@ struct Core {
     leader_id: u64,
     /// A NOSPACE alarm entry is in the log, not yet applied.
     nospace_proposed: bool,
+    compactor: Compactor,
     snapshot_index: u64,
     last_checkpoint: Instant,
 }
@@ -89,6 +94,7 @@ pub(super) async fn run(
         let _ = started.send(Err(error));
         return Ok(());
     }
+    *crate::watch::lock_hub(&core.published.watches) = WatchHub::new(core.applier.store());
     let _ = started.send(Ok(()));
     let result = core.serve(inbox).await;
     let closed = core.close().await;
@@ -229,6 +235,7 @@ impl Core {
             // A lone voter need not wait out an election timeout to lead.
             raw.campaign();
         }
+        let compactor = Compactor::new(config.auto_compaction, Instant::now());
         Ok(Core {
             config,
             raw,
@@ -242,6 +249,7 @@ impl Core {
             next_read_ctx: 1,
             leader_id: basalt_raft::NONE,
             nospace_proposed: false,
+            compactor,
             snapshot_index,
             last_checkpoint: Instant::now(),
         })
@@ -275,7 +283,9 @@ impl Core {
                 next_tick = Instant::now() + tick;
             }
             self.ask_read_index();
+            self.auto_compact();
             self.handle_ready().await?;
+            self.sync_watches()?;
             self.maybe_checkpoint().await?;
         }
         // Whatever a caller managed to queue before the stop gets its answer.
@@ -353,6 +363,22 @@ impl Core {
                 let _ = reply.send(read);
             }
             Command::Stop => unreachable!("handled by the loop"),
+        }
+    }
+
+    /// Proposes the compaction the auto-compaction policy asks for, as an entry nobody waits
+    /// on (an error result, e.g. already compacted, is simply dropped).
+    fn auto_compact(&mut self) {
+        let revision = self.applier.store().current_revision();
+        if let Some(target) = self.compactor.poll(Instant::now(), revision) {
+            let entry = InternalRequest {
+                id: 0,
+                request: Some(Request::Compaction(CompactionRequest {
+                    revision: target,
+                    physical: false,
+                })),
+            };
+            let _ = self.raw.propose(entry.encode_to_vec());
         }
     }
 
@@ -520,6 +546,15 @@ impl Core {
         Ok(())
     }
 
+    /// One round of catching unsynced watchers up from the applied store.
+    fn sync_watches(&mut self) -> Result<(), NodeError> {
+        let mut hub = crate::watch::lock_hub(&self.published.watches);
+        if hub.needs_sync() {
+            hub.sync(self.applier.store()).map_err(watch_storage)?;
+        }
+        Ok(())
+    }
+
     fn apply(&mut self, entry: &Entry) -> Result<(), NodeError> {
         let outcome = match &entry.data {
             EntryData::Normal(data) => self.applier.apply(entry.index, data),
@@ -531,6 +566,10 @@ impl Core {
                 None
             }
         };
+        // Watchers see an entry's events as soon as it applies (its WAL record is durable).
+        crate::watch::lock_hub(&self.published.watches)
+            .notify(self.applier.store())
+            .map_err(watch_storage)?;
         let Some(outcome) = outcome else {
             return Ok(());
         };
@@ -626,4 +665,9 @@ fn install_marker(
             data: Vec::new(),
         })
         .map_err(|e| NodeError::Raft(e.to_string()))
+}
+
+/// A watch read that failed reads the store's backend: the store can no longer be trusted.
+fn watch_storage(error: basalt_engine::mvcc::MvccError) -> NodeError {
+    NodeError::Apply(ApplyError::Storage(error.to_string()))
 }

@@ -13,6 +13,7 @@
 //! wired yet, so the messages a Ready carries have nowhere to go (a lone voter sends none).
 
 mod codec;
+mod compactor;
 mod core;
 mod datadir;
 pub mod snapshot;
@@ -36,6 +37,7 @@ use crate::kv::{KvService, SnapshotFile, StoreStatus};
 use crate::status::{Code, Status};
 
 pub use codec::CodecError;
+pub use compactor::AutoCompaction;
 
 /// How the member runs; the binary fills it from etcd's flags.
 #[derive(Clone, Debug)]
@@ -56,6 +58,8 @@ pub struct NodeConfig {
     pub limits: Limits,
     /// `--quota-backend-bytes`: past it, writes that take space raise NOSPACE and fail.
     pub quota_backend_bytes: u64,
+    /// `--auto-compaction-mode` and `--auto-compaction-retention`.
+    pub auto_compaction: AutoCompaction,
 }
 
 /// etcd's default `--quota-backend-bytes` (2 GiB).
@@ -73,6 +77,7 @@ impl Default for NodeConfig {
             election_timeout_ms: 1000,
             limits: Limits::default(),
             quota_backend_bytes: QUOTA_BACKEND_BYTES_DEFAULT,
+            auto_compaction: AutoCompaction::Off,
         }
     }
 }
@@ -145,6 +150,9 @@ struct Published {
     stopped: AtomicBool,
     /// Where snapshot copies are made (beside the tree file, on the same disk).
     snap_dir: PathBuf,
+    /// The watchers of the applied store: the raft core notifies and syncs them, client
+    /// cores' Watch streams add and cancel.
+    watches: crate::watch::SharedWatchHub,
 }
 
 /// The running member.
@@ -171,6 +179,10 @@ impl Node {
                 .parent()
                 .expect("the db lives in member/snap")
                 .to_path_buf(),
+            // Replaced by the raft core once the store is open, before serving starts.
+            watches: Arc::new(std::sync::Mutex::new(
+                basalt_engine::watch::WatchHub::at_revision(0),
+            )),
         });
         let (started_tx, started_rx) = std::sync::mpsc::channel();
         let core_published = published.clone();
@@ -320,6 +332,10 @@ impl KvService for RaftKv {
 
     fn raft_term(&self) -> u64 {
         self.published.raft_term.load(Ordering::Relaxed)
+    }
+
+    fn watch_hub(&self) -> Option<&crate::watch::SharedWatchHub> {
+        Some(&self.published.watches)
     }
 
     async fn alarm(&self, req: AlarmRequest) -> Result<AlarmResponse, Status> {
