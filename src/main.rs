@@ -4,7 +4,7 @@
 mod config;
 
 use basalt_engine::mvcc::Limits;
-use basalt_net::node::{snapshot as snapshot_file, Node, NodeConfig};
+use basalt_net::node::{snapshot as snapshot_file, AutoCompaction, Node, NodeConfig};
 use clap::Parser;
 use config::{normalize_go_flags, Cli, Command, ServerFlags, SnapshotCommand};
 use std::process::ExitCode;
@@ -65,6 +65,10 @@ fn serve(flags: ServerFlags) -> Result<(), String> {
             bytes if bytes <= 0 => basalt_net::node::QUOTA_BACKEND_BYTES_DEFAULT,
             bytes => bytes as u64,
         },
+        auto_compaction: auto_compaction(
+            &flags.auto_compaction_mode,
+            &flags.auto_compaction_retention,
+        )?,
         limits: Limits {
             max_txn_ops: config.max_txn_ops,
             max_request_bytes: config.max_request_bytes,
@@ -184,6 +188,29 @@ fn snapshot(command: SnapshotCommand) -> Result<(), String> {
                 ),
             }
             Ok(())
+        }
+    }
+}
+
+/// etcd's reading of the auto-compaction flags: in periodic mode a bare number is hours,
+/// otherwise a Go duration; in revision mode a count of revisions; 0 turns it off.
+fn auto_compaction(mode: &str, retention: &str) -> Result<AutoCompaction, String> {
+    let invalid = |reason: String| format!("--auto-compaction-retention {retention:?}: {reason}");
+    if retention.trim() == "0" {
+        return Ok(AutoCompaction::Off);
+    }
+    match mode {
+        "revision" => retention
+            .parse::<i64>()
+            .map(AutoCompaction::Revision)
+            .map_err(|e| invalid(e.to_string())),
+        _ => {
+            let period = match retention.parse::<f64>() {
+                Ok(hours) if hours >= 0.0 => Duration::from_secs_f64(hours * 3600.0),
+                Ok(_) => return Err(invalid("negative".into())),
+                Err(_) => config::parse_go_duration(retention).map_err(invalid)?,
+            };
+            Ok(AutoCompaction::Periodic(period))
         }
     }
 }

@@ -14,16 +14,19 @@ use std::time::{Duration, Instant};
 
 use basalt_engine::apply::{Applier, ApplyError};
 use basalt_engine::btree;
-use basalt_engine::watch::WatchHub;
 use basalt_engine::wal::{wal_dir, DmaStorage, RecordRef, Wal, WalOptions};
+use basalt_engine::watch::WatchHub;
 use basalt_proto::basaltpb::{internal_request::Request, InternalRequest};
-use basalt_proto::etcdserverpb::{alarm_request::AlarmAction, AlarmRequest, AlarmType};
+use basalt_proto::etcdserverpb::{
+    alarm_request::AlarmAction, AlarmRequest, AlarmType, CompactionRequest,
+};
 use basalt_proto::etcdserverpb::{RangeRequest, RangeResponse};
 use basalt_raft::{
     ConfState, Config, Entry, EntryData, MemStorage, RawNode, Snapshot, SnapshotMetadata, Storage,
 };
 use prost::Message;
 
+use super::compactor::Compactor;
 use super::{
     apply_status, codec, datadir, stopping, Command, NodeConfig, NodeError, Published, Reply,
 };
@@ -68,6 +71,7 @@ struct Core {
     leader_id: u64,
     /// A NOSPACE alarm entry is in the log, not yet applied.
     nospace_proposed: bool,
+    compactor: Compactor,
     snapshot_index: u64,
     last_checkpoint: Instant,
 }
@@ -231,6 +235,7 @@ impl Core {
             // A lone voter need not wait out an election timeout to lead.
             raw.campaign();
         }
+        let compactor = Compactor::new(config.auto_compaction, Instant::now());
         Ok(Core {
             config,
             raw,
@@ -244,6 +249,7 @@ impl Core {
             next_read_ctx: 1,
             leader_id: basalt_raft::NONE,
             nospace_proposed: false,
+            compactor,
             snapshot_index,
             last_checkpoint: Instant::now(),
         })
@@ -277,6 +283,7 @@ impl Core {
                 next_tick = Instant::now() + tick;
             }
             self.ask_read_index();
+            self.auto_compact();
             self.handle_ready().await?;
             self.sync_watches()?;
             self.maybe_checkpoint().await?;
@@ -356,6 +363,22 @@ impl Core {
                 let _ = reply.send(read);
             }
             Command::Stop => unreachable!("handled by the loop"),
+        }
+    }
+
+    /// Proposes the compaction the auto-compaction policy asks for, as an entry nobody waits
+    /// on (an error result, e.g. already compacted, is simply dropped).
+    fn auto_compact(&mut self) {
+        let revision = self.applier.store().current_revision();
+        if let Some(target) = self.compactor.poll(Instant::now(), revision) {
+            let entry = InternalRequest {
+                id: 0,
+                request: Some(Request::Compaction(CompactionRequest {
+                    revision: target,
+                    physical: false,
+                })),
+            };
+            let _ = self.raw.propose(entry.encode_to_vec());
         }
     }
 

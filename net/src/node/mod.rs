@@ -13,6 +13,7 @@
 //! wired yet, so the messages a Ready carries have nowhere to go (a lone voter sends none).
 
 mod codec;
+mod compactor;
 mod core;
 mod datadir;
 pub mod snapshot;
@@ -36,6 +37,7 @@ use crate::kv::{KvService, SnapshotFile, StoreStatus};
 use crate::status::{Code, Status};
 
 pub use codec::CodecError;
+pub use compactor::AutoCompaction;
 
 /// How the member runs; the binary fills it from etcd's flags.
 #[derive(Clone, Debug)]
@@ -56,6 +58,8 @@ pub struct NodeConfig {
     pub limits: Limits,
     /// `--quota-backend-bytes`: past it, writes that take space raise NOSPACE and fail.
     pub quota_backend_bytes: u64,
+    /// `--auto-compaction-mode` and `--auto-compaction-retention`.
+    pub auto_compaction: AutoCompaction,
 }
 
 /// etcd's default `--quota-backend-bytes` (2 GiB).
@@ -73,6 +77,7 @@ impl Default for NodeConfig {
             election_timeout_ms: 1000,
             limits: Limits::default(),
             quota_backend_bytes: QUOTA_BACKEND_BYTES_DEFAULT,
+            auto_compaction: AutoCompaction::Off,
         }
     }
 }
