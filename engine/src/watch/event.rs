@@ -95,7 +95,8 @@ impl SharedEvent {
 #[derive(Debug, Clone, PartialEq)]
 pub struct WatchBatch {
     pub watcher: WatcherId,
-    /// The revision for the response header: the store's revision when the batch was made.
+    /// The revision for the response header: the store's revision when the batch was made
+    /// (0 in the compacted answer, as etcd sends it).
     pub revision: i64,
     /// Nonzero: the watcher's start revision was compacted away; it is removed and gets no
     /// events.

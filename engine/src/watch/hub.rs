@@ -323,9 +323,10 @@ impl WatchHub {
         if watcher.min_revision >= compacted {
             return false;
         }
+        // etcd's compacted answer carries no revision: its header says 0.
         let batch = WatchBatch {
             compact_revision: compacted,
-            ..watcher.batch(id, self.notified_revision, Vec::new())
+            ..watcher.batch(id, 0, Vec::new())
         };
         match watcher.sink.try_send(batch) {
             Ok(()) | Err(SendError::Closed) => {
