@@ -305,7 +305,10 @@ impl<K: KvService> WatchStream<'_, K> {
             .iter()
             .map(|event| event.encoded(batch.prev_kv))
             .collect();
-        let watch = self.watches.get_mut(&watch_id).expect("ids and watches agree");
+        let watch = self
+            .watches
+            .get_mut(&watch_id)
+            .expect("ids and watches agree");
         if !events.is_empty() {
             watch.idle = false;
         }
