@@ -9,17 +9,22 @@
 #   - checks basalt-bench against an independent client (perf/check_client.py);
 #   - writes the server block of perf/RESULTS.md and the plots perf/server-*.png, perf/disk.png.
 #
-# Usage: perf/compare.sh [--quick]     (--quick: about 2 minutes, for development)
+# Usage: perf/compare.sh [--quick] [--no-build]
+#   --quick      about 2 minutes, for development
+#   --no-build   use the release binaries already in the target dir
 # Environment: CARGO_TARGET_DIR (default target), VENV (default .venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 quick=0
-case "${1:-}" in
-    --quick) quick=1 ;;
-    "") ;;
-    *) echo "usage: perf/compare.sh [--quick]" >&2; exit 2 ;;
-esac
+build=1
+for arg in "$@"; do
+    case "$arg" in
+        --quick) quick=1 ;;
+        --no-build) build=0 ;;
+        *) echo "usage: perf/compare.sh [--quick] [--no-build]" >&2; exit 2 ;;
+    esac
+done
 
 venv=${VENV:-.venv}
 target=${CARGO_TARGET_DIR:-target}
@@ -53,8 +58,10 @@ etcd_bin=$(find "$etcd_dir" -type f -name etcd -print -quit)
 etcdctl_bin=$(find "$etcd_dir" -type f -name etcdctl -print -quit)
 "$etcd_bin" --version | sed -n 1p
 
-log "building basalt and basalt-bench (release)"
-cargo build --release --quiet -p basalt -p basalt-bench
+if [[ $build == 1 ]]; then
+    log "building basalt and basalt-bench (release)"
+    cargo build --release --quiet -p basalt -p basalt-bench
+fi
 bench="$target/release/basalt-bench"
 basalt="$target/release/basalt"
 
@@ -205,6 +212,9 @@ else
 fi
 
 log "writing perf/RESULTS.md (server block) and plots"
-"$venv/bin/python" perf/report.py compare "$out" --quick "$quick" \
-    --basalt-version "$(git rev-parse --short HEAD)$(git diff --quiet -- . ':!perf' || echo -dirty)"
+version="$(git rev-parse --short HEAD)$(git diff --quiet -- . ':!perf' || echo -dirty)"
+if [[ $build == 0 ]]; then
+    version="(prebuilt binary of $(date -u -r "$basalt" '+%H:%M UTC'), checkout now at $version)"
+fi
+"$venv/bin/python" perf/report.py compare "$out" --quick "$quick" --basalt-version "$version"
 log "done in $(( $(date +%s) - started )) s"

@@ -153,9 +153,18 @@ def server_block(runs, disk, checks, quick, version, basalt_started, basalt_wal)
     if basalt_wal:
         lines.append(
             "- Basalt in this run served from its data dir through raft and its WAL (WAL segments "
-            "were found there after the run); by design it acknowledges a write only after the WAL "
-            "fdatasync."
+            "were found there after the run). DESIGN.md says it acknowledges a write only after "
+            "the WAL fdatasync; this run does not check that."
         )
+        floor_us = disk["write_fdatasync"][0]["p50"] if disk else None
+        put = series(runs.get(("basalt", "put-1x1")), "put")
+        if floor_us and put and put["count"] and put["latency_us"]["p50"] < floor_us:
+            lines.append(
+                "- **Warning:** Basalt's 1/1 put p50 (%s ms) is below this run's 4 KiB write + "
+                "fdatasync p50 (%s ms, measured minutes earlier). Either the disk was faster while "
+                "Basalt ran, or its acks do not wait for the fdatasync: find out before quoting "
+                "Basalt's write numbers as durable." % (fmt_ms(put["latency_us"]["p50"]), fmt_ms(floor_us))
+            )
     else:
         lines.append(
             "- Basalt's server in this run kept KV **in memory and was not durable** (no WAL was "
