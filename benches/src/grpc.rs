@@ -5,6 +5,10 @@
 //! It speaks only what the benchmarks need: unary calls and bidirectional streams, no
 //! compression, no TLS. It never starts a tokio runtime; tokio's I/O traits are used only
 //! because h2 is written against them.
+//!
+//! It is deliberately not `net::client`: the tool that judges Basalt's server must not share
+//! its HTTP/2 and gRPC framing code (a shared mistake would cancel out), and it must keep
+//! building and measuring etcd while Basalt's own crates are mid-change.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_lite::{AsyncRead, AsyncWrite};
