@@ -6,6 +6,10 @@ import json
 import shutil
 import subprocess
 
+import grpc
+from etcd3.etcdrpc import rpc_pb2 as rpc
+from etcd3.etcdrpc import rpc_pb2_grpc as rpc_grpc
+
 from harness import Server, basalt_bin as harness_basalt, etcd_bin
 
 
@@ -46,8 +50,10 @@ def test_hashkv_equals_etcds_for_the_same_history_at_every_revision():
 
 def test_endpoint_status_reports_the_leader_indexes_and_db_size():
     with Server("basalt") as basalt:
-        for i in range(20):
-            etcdctl(basalt.endpoint, "put", f"k{i}", "v")
+        with grpc.insecure_channel(basalt.endpoint) as channel:
+            kv = rpc_grpc.KVStub(channel)
+            for i in range(20):
+                kv.Put(rpc.PutRequest(key=f"k{i}".encode(), value=b"v"), timeout=10)
         got = status(basalt.endpoint)
         assert got["leader"] == got["header"]["member_id"]
         assert got["raftAppliedIndex"] == got["raftIndex"] >= 20
@@ -57,11 +63,13 @@ def test_endpoint_status_reports_the_leader_indexes_and_db_size():
 
 def test_defrag_shrinks_the_file_and_keeps_every_key():
     with Server("basalt") as basalt:
-        value = "x" * 4000
-        for i in range(400):
-            etcdctl(basalt.endpoint, "put", f"k{i:04d}", value)
-        for i in range(0, 400, 2):
-            etcdctl(basalt.endpoint, "del", f"k{i:04d}")
+        # Bulk writes through one gRPC channel: an etcdctl process per put would dominate.
+        with grpc.insecure_channel(basalt.endpoint) as channel:
+            kv = rpc_grpc.KVStub(channel)
+            for i in range(400):
+                kv.Put(rpc.PutRequest(key=f"k{i:04d}".encode(), value=b"x" * 4000), timeout=10)
+            for i in range(0, 400, 2):
+                kv.DeleteRange(rpc.DeleteRangeRequest(key=f"k{i:04d}".encode()), timeout=10)
         revision = status(basalt.endpoint)["header"]["revision"]
         etcdctl(basalt.endpoint, "compaction", str(revision))
         db = basalt.dir / "data" / "member" / "snap" / "db"
@@ -77,8 +85,10 @@ def test_defrag_shrinks_the_file_and_keeps_every_key():
 
 def test_snapshot_save_status_and_restore_round_trip_every_key():
     with Server("basalt") as basalt, Server("basalt") as restored:
-        for i in range(50):
-            etcdctl(basalt.endpoint, "put", f"k{i:02d}", f"v{i}")
+        with grpc.insecure_channel(basalt.endpoint) as channel:
+            kv = rpc_grpc.KVStub(channel)
+            for i in range(50):
+                kv.Put(rpc.PutRequest(key=f"k{i:02d}".encode(), value=f"v{i}".encode()), timeout=10)
         snapshot = basalt.dir / "snap.db"
         out = etcdctl(basalt.endpoint, "snapshot", "save", str(snapshot))
         assert "Snapshot saved" in out
