@@ -13,6 +13,7 @@
 //! the WAL is replayed from [`Applier::applied_index`] onwards.
 
 mod hash;
+mod lease;
 
 pub use hash::{hash_kv, KvHash};
 
@@ -39,6 +40,9 @@ pub enum Applied {
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
     Compaction(CompactionResponse),
+    LeaseGrant(basalt_proto::etcdserverpb::LeaseGrantResponse),
+    LeaseRevoke(basalt_proto::etcdserverpb::LeaseRevokeResponse),
+    LeaseCheckpoint(basalt_proto::etcdserverpb::LeaseCheckpointResponse),
 }
 
 /// Why an entry produced no response. Each variant but [`ApplyError::Storage`] is a result every
@@ -47,6 +51,8 @@ pub enum Applied {
 pub enum ApplyError {
     #[error(transparent)]
     Mvcc(MvccError),
+    #[error(transparent)]
+    Lease(crate::lease::LeaseError),
     /// The entry's bytes are not an [`InternalRequest`] this member understands.
     #[error("basalt: committed entry {index} does not decode: {reason}")]
     Undecodable { index: u64, reason: String },
@@ -79,6 +85,8 @@ pub struct Outcome {
 /// The single writer of the MVCC state.
 pub struct Applier {
     store: KvStore<BtreeBackend>,
+    /// The leases, kept in step with the store (keys attach as writes land).
+    lessor: crate::lease::Lessor,
     limits: Limits,
     applied_index: u64,
     /// The applied index of the newest B+tree commit.
@@ -126,9 +134,11 @@ impl Applier {
             let alarm = i32::from_be_bytes(key[8..].try_into().expect("4 bytes"));
             alarms.insert((member_id, alarm));
         }
-        let store = KvStore::open(backend).map_err(storage)?;
+        let mut store = KvStore::open(backend).map_err(storage)?;
+        let lessor = lease::open_lessor(&mut store)?;
         Ok(Applier {
             store,
+            lessor,
             limits,
             applied_index,
             committed_index: applied_index,
@@ -192,7 +202,10 @@ impl Applier {
                 })
             }
         };
-        let result = self.apply_request(index, request.request);
+        let mut result = self.apply_request(index, request.request);
+        if let Err(error) = self.lessor.observe(&self.store) {
+            result = Err(ApplyError::Storage(error.to_string()));
+        }
         Some(Outcome {
             id: request.id,
             result,
@@ -297,6 +310,9 @@ impl Applier {
                 .and_then(|()| store.compact(&req))
                 .map(Applied::Compaction),
             Some(Request::Alarm(req)) => return Ok(Applied::Alarm(self.apply_alarm(&req))),
+            Some(Request::LeaseGrant(req)) => return self.apply_lease_grant(&req),
+            Some(Request::LeaseRevoke(req)) => return self.apply_lease_revoke(&req),
+            Some(Request::LeaseCheckpoint(req)) => return self.apply_lease_checkpoint(&req),
             None => {
                 return Err(ApplyError::Undecodable {
                     index,

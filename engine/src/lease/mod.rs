@@ -181,10 +181,13 @@ impl Lessor {
         self.ids.set(id, true);
     }
 
-    /// etcd's Grant: the TTL is raised to the minimum; the id must be new (0 is chosen by the
-    /// proposer before this point). Returns the TTL granted.
+    /// etcd's Grant: the TTL is raised to the minimum; the id must be new and not 0 (a client's
+    /// 0 is replaced by the proposer). Returns the TTL granted.
     pub fn grant(&mut self, id: i64, ttl_s: i64, now: Instant) -> Result<i64, LeaseError> {
-        assert_ne!(id, 0, "the proposer chooses an id for a grant without one");
+        if id == 0 {
+            // The proposer chooses an id for a grant without one; etcd's lessor refuses 0.
+            return Err(LeaseError::NotFound);
+        }
         if ttl_s > LEASE_TTL_S_MAX {
             return Err(LeaseError::TtlTooLarge);
         }
