@@ -41,3 +41,26 @@ fn records_survive_close_and_reopen_and_a_second_opener_is_refused() {
     });
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_relative_directory_works_like_an_absolute_one() {
+    // Relative to the test's working directory (the crate root), removed afterwards.
+    let dir = std::path::PathBuf::from(format!("target-wal-relative-{}", std::process::id()));
+    let cleanup = dir.clone();
+    run(async move {
+        let opts = WalOptions {
+            segment_bytes: 256 << 10,
+            batch_bytes_max: 64 << 10,
+            pending_bytes_max: 256 << 10,
+            max_wals: 0,
+        };
+        let (wal, _) = Wal::open(DmaStorage, &dir, opts.clone()).await.unwrap();
+        let p = payload(1, 1, 100);
+        wal.append(&[RecordRef::entry(1, 1, &p)]).await.unwrap();
+        wal.close().await.unwrap();
+        let (wal, recovered) = Wal::open(DmaStorage, &dir, opts).await.unwrap();
+        assert_eq!(recovered.last_index, 1);
+        wal.close().await.unwrap();
+    });
+    std::fs::remove_dir_all(&cleanup).unwrap();
+}

@@ -89,7 +89,10 @@ impl<S: Storage> Wal<S> {
         opts: WalOptions,
     ) -> Result<(Wal<S>, Recovered), WalError> {
         opts.validate()?;
+        // glommio opens the directory for its fsync by an absolute path only: a relative one
+        // fails at the first sync with EBADF, so resolve it once here.
         let dir = dir.into();
+        let dir = std::path::absolute(&dir).map_err(|e| WalError::io(&dir, e))?;
         storage
             .create_dir_all(&dir)
             .await
