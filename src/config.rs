@@ -31,6 +31,8 @@ pub struct Cli {
 pub enum Command {
     /// Print the records of a member's write-ahead log (what etcd-dump-log does).
     DumpLog(DumpLogFlags),
+    /// Verify a stopped member's B+tree file: every page checksum and the tree structure.
+    Check(CheckFlags),
     /// Offline work on snapshot files (what `etcdutl snapshot` does).
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
@@ -57,6 +59,13 @@ pub enum SnapshotCommand {
         #[arg(long = "write-out", short = 'w', default_value = "simple", value_parser = ["simple", "table", "json"])]
         write_out: String,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct CheckFlags {
+    /// The member's data directory (the B+tree is <data-dir>/member/snap/db).
+    #[arg(long = "data-dir")]
+    pub data_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]

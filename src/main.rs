@@ -27,6 +27,7 @@ fn main() -> ExitCode {
         }
         None => serve(cli.server),
         Some(Command::DumpLog(flags)) => dump_log(flags),
+        Some(Command::Check(flags)) => check(flags),
         Some(Command::Snapshot(command)) => snapshot(command),
     };
     match outcome {
@@ -124,6 +125,36 @@ fn server_config(flags: &ServerFlags) -> basalt_net::ServerConfig {
         member_id,
         watch_progress_notify_interval_ms: flags.watch_progress_notify_interval.as_millis() as u64,
         ..basalt_net::ServerConfig::default()
+    }
+}
+
+/// Prints what the checker found; any problem (named by page and file offset) fails the command.
+fn check(flags: config::CheckFlags) -> Result<(), String> {
+    let db = basalt_net::node::db_path(&flags.data_dir);
+    let report = basalt_engine::btree::check(&db).map_err(|e| format!("{}: {e}", db.display()))?;
+    println!(
+        "{}: page size {} B, meta seq {}, txn {}, applied index {}, {} tree pages, {} free, {} leaked",
+        db.display(),
+        report.page_size_bytes,
+        report.meta_seq,
+        report.txn_id,
+        report.applied_index,
+        report.tree_pages,
+        report.free_pages,
+        report.leaked_pages
+    );
+    for (bucket, entries) in &report.buckets {
+        println!("bucket {bucket}: {entries} entries");
+    }
+    for problem in &report.problems {
+        println!(
+            "problem: page {} at offset {}: {}",
+            problem.page, problem.offset, problem.reason
+        );
+    }
+    match report.problems.len() {
+        0 => Ok(()),
+        n => Err(format!("{} has {n} problem(s)", db.display())),
     }
 }
 

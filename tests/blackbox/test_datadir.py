@@ -38,3 +38,30 @@ def test_sigterm_exits_cleanly_and_a_restart_serves_every_write():
         assert '"Count" : 30' in out, out
     finally:
         server.cleanup()
+
+
+def test_check_passes_a_sound_db_and_names_the_page_of_a_corrupt_one():
+    from harness import basalt_bin
+
+    server = Server("basalt")
+    try:
+        server.start()
+        for i in range(50):
+            subprocess.run([etcd_bin("etcdctl"), "--endpoints", server.endpoint, "put", f"k{i}", "v" * 100],
+                           check=True, capture_output=True)
+        server.stop()  # SIGTERM checkpoints the B+tree
+        data = server.dir / "data"
+        sound = subprocess.run([basalt_bin(), "check", "--data-dir", str(data)], capture_output=True, text=True)
+        assert sound.returncode == 0, sound.stdout + sound.stderr
+        assert "bucket key: " in sound.stdout
+        db = data / "member" / "snap" / "db"
+        raw = bytearray(db.read_bytes())
+        page_bytes = 4096
+        for page_start in range(2 * page_bytes, len(raw), page_bytes):  # every page but the metas
+            raw[page_start + 100] ^= 0xFF
+        db.write_bytes(bytes(raw))
+        corrupt = subprocess.run([basalt_bin(), "check", "--data-dir", str(data)], capture_output=True, text=True)
+        assert corrupt.returncode != 0
+        assert "problem: page" in corrupt.stdout, corrupt.stdout + corrupt.stderr
+    finally:
+        server.cleanup()

@@ -38,6 +38,7 @@ use crate::status::{Code, Status};
 
 pub use codec::CodecError;
 pub use compactor::AutoCompaction;
+pub use datadir::db_path;
 
 /// How the member runs; the binary fills it from etcd's flags.
 #[derive(Clone, Debug)]
