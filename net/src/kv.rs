@@ -80,6 +80,31 @@ pub trait KvService: 'static {
             ))
         }
     }
+    /// Lease.LeaseGrant through the log (an id of 0 is chosen here, before proposing).
+    fn lease_grant(
+        &self,
+        req: basalt_proto::etcdserverpb::LeaseGrantRequest,
+    ) -> impl Future<Output = Result<basalt_proto::etcdserverpb::LeaseGrantResponse, Status>> {
+        let _ = req;
+        async { Err(crate::lease::no_lessor()) }
+    }
+    /// Lease.LeaseRevoke through the log.
+    fn lease_revoke(
+        &self,
+        req: basalt_proto::etcdserverpb::LeaseRevokeRequest,
+    ) -> impl Future<Output = Result<basalt_proto::etcdserverpb::LeaseRevokeResponse, Status>> {
+        let _ = req;
+        async { Err(crate::lease::no_lessor()) }
+    }
+    /// Runs `f` on the lessor where it lives (with the store's revision), for what the leader
+    /// answers from memory: renewals, TimeToLive, Leases.
+    fn with_lessor<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut basalt_engine::lease::Lessor, i64) -> T + Send + 'static,
+    ) -> impl Future<Output = Result<T, Status>> {
+        let _ = f;
+        async { Err(crate::lease::no_lessor()) }
+    }
     /// The watchers of this store, for the Watch service; None: this executor serves no
     /// watches.
     fn watch_hub(&self) -> Option<&crate::watch::SharedWatchHub> {

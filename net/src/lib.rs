@@ -5,6 +5,7 @@
 //! - [`kv`]: the [`KvService`] seam; [`LocalKv`] is the in-memory model.
 //! - [`node`]: the durable member: the raft core (raft, WAL, applier, B+tree writer) and
 //!   [`node::RaftKv`], the [`KvService`] the binary serves.
+//! - `lease`: the Lease service (grant/revoke through the log, keep-alive stream).
 //! - [`watch`]: the Watch service's streams over the store's watch hub.
 //! - [`status`]: gRPC status codes and the one table from Basalt's errors to etcd's.
 //! - [`metrics`]: the `/metrics` registry under etcd's metric names.
@@ -20,6 +21,7 @@ mod grpc;
 mod http1;
 mod io;
 pub mod kv;
+mod lease;
 pub mod metrics;
 pub mod node;
 mod server;

@@ -138,6 +138,42 @@ impl<K: KvService> Services<K> {
                 })
                 .await
             }
+            "/etcdserverpb.Lease/LeaseGrant" => {
+                unary(call, |req| async move {
+                    let mut resp = crate::lease::grant(kv, req).await?;
+                    self.fill_header(&mut resp.header);
+                    Ok(resp)
+                })
+                .await
+            }
+            "/etcdserverpb.Lease/LeaseRevoke" => {
+                unary(call, |req| async move {
+                    let mut resp = kv.lease_revoke(req).await?;
+                    self.fill_header(&mut resp.header);
+                    Ok(resp)
+                })
+                .await
+            }
+            "/etcdserverpb.Lease/LeaseTimeToLive" => {
+                unary(call, |req| async move {
+                    let mut resp = crate::lease::time_to_live(kv, req).await?;
+                    self.fill_header(&mut resp.header);
+                    Ok(resp)
+                })
+                .await
+            }
+            "/etcdserverpb.Lease/LeaseLeases" => {
+                unary(call, |_: basalt_proto::etcdserverpb::LeaseLeasesRequest| async move {
+                    let mut resp = crate::lease::leases(kv).await?;
+                    self.fill_header(&mut resp.header);
+                    Ok(resp)
+                })
+                .await
+            }
+            "/etcdserverpb.Lease/LeaseKeepAlive" => {
+                let fill = |header: &mut Option<ResponseHeader>| self.fill_header(header);
+                crate::lease::keep_alive(kv, &fill, call.reader, call.sink).await
+            }
             "/etcdserverpb.Watch/Watch" if kv.watch_hub().is_some() => {
                 let header = |revision| {
                     let mut header = Some(ResponseHeader {
@@ -449,8 +485,8 @@ mod tests {
     fn unserved_paths_are_worded_as_grpc_go_words_them() {
         let cases = [
             (
-                "/etcdserverpb.Lease/LeaseGrant",
-                "method LeaseGrant not implemented",
+                "/v3electionpb.Election/Campaign",
+                "method Campaign not implemented",
             ),
             (
                 "/etcdserverpb.KV/Frobnicate",

@@ -28,6 +28,9 @@ use crate::mvcc::{KvStore, LeaseLookup, MvccError, Revision, RevisionBackend};
 /// etcd's `MaxLeaseTTL`: a larger TTL is refused.
 pub const LEASE_TTL_S_MAX: i64 = 9_000_000_000;
 
+/// How long an expired lease handed to the leader waits before it is handed out again.
+pub const EXPIRED_RETRY: Duration = Duration::from_secs(3);
+
 /// Leases [`Lessor::expired`] hands out per call (etcd revokes at most
 /// `leaseRevokeRate` = 1000 a second), so one expiry storm cannot flood the log.
 pub const EXPIRED_PER_CALL_MAX: usize = 1000;
@@ -352,6 +355,23 @@ impl Lessor {
             .map(|(&id, _)| id)
             .take(EXPIRED_PER_CALL_MAX)
             .collect()
+    }
+
+    /// [`Lessor::expired`] for the leader's loop: each lease handed out is not handed out again
+    /// for [`EXPIRED_RETRY`], the time its revoke has to apply (etcd's
+    /// `expiredLeaseRetryInterval`); a revoke that got lost is proposed again after it.
+    pub fn take_expired(&mut self, now: Instant) -> Vec<i64> {
+        let expired = self.expired(now);
+        for id in &expired {
+            let lease = self.leases.get_mut(id).expect("just listed");
+            lease.expiry = Some(now + EXPIRED_RETRY);
+        }
+        expired
+    }
+
+    /// This member leads (its leases' clocks run).
+    pub fn is_primary(&self) -> bool {
+        self.primary
     }
 
     /// Applies a checkpoint entry: the remaining TTL a later leader resumes from.

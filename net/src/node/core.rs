@@ -7,6 +7,8 @@
 //! Reads run on this thread for now (serializable ones at the newest applied state); moving
 //! them to the client cores through published B+tree snapshots is the next step.
 
+mod lease;
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -284,6 +286,7 @@ impl Core {
             }
             self.ask_read_index();
             self.auto_compact();
+            self.revoke_expired_leases();
             self.handle_ready().await?;
             self.sync_watches()?;
             self.maybe_checkpoint().await?;
@@ -361,6 +364,10 @@ impl Core {
                         .map_err(|e| Status::internal(e.to_string()))
                 });
                 let _ = reply.send(read);
+            }
+            Command::WithLessor(run) => {
+                let revision = self.applier.store().current_revision();
+                run(self.applier.lessor_mut(), revision);
             }
             Command::Stop => unreachable!("handled by the loop"),
         }
@@ -503,6 +510,7 @@ impl Core {
             m.server_leader_changes_seen_total.inc();
         }
         self.leader_id = leader_id;
+        self.lease_leadership(leader_id == self.config.member_id);
         m.server_has_leader.set(i64::from(has_leader));
         m.server_is_leader
             .set(i64::from(leader_id == self.config.member_id));

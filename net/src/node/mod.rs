@@ -135,6 +135,9 @@ enum Command {
     Snapshot {
         reply: Reply<basalt_engine::btree::ReadTxn>,
     },
+    /// Runs on the lessor where it lives, with the store's revision (renewals, TimeToLive,
+    /// Leases).
+    WithLessor(Box<dyn FnOnce(&mut basalt_engine::lease::Lessor, i64) + Send>),
     /// Finish what is queued, checkpoint, close the WAL, exit.
     Stop,
 }
@@ -335,6 +338,46 @@ impl KvService for RaftKv {
         self.published.raft_term.load(Ordering::Relaxed)
     }
 
+    async fn lease_grant(
+        &self,
+        mut req: basalt_proto::etcdserverpb::LeaseGrantRequest,
+    ) -> Result<basalt_proto::etcdserverpb::LeaseGrantResponse, Status> {
+        if req.id == 0 {
+            // etcd takes the next request id with the sign bit cleared.
+            req.id = (self.published.next_id.fetch_add(1, Ordering::Relaxed) & (i64::MAX as u64))
+                as i64;
+        }
+        match self.propose(Request::LeaseGrant(req)).await? {
+            Applied::LeaseGrant(resp) => Ok(resp),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn lease_revoke(
+        &self,
+        req: basalt_proto::etcdserverpb::LeaseRevokeRequest,
+    ) -> Result<basalt_proto::etcdserverpb::LeaseRevokeResponse, Status> {
+        match self.propose(Request::LeaseRevoke(req)).await? {
+            Applied::LeaseRevoke(resp) => Ok(resp),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn with_lessor<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut basalt_engine::lease::Lessor, i64) -> T + Send + 'static,
+    ) -> Result<T, Status> {
+        let (reply, answer) = flume::bounded(1);
+        let run = Box::new(move |lessor: &mut basalt_engine::lease::Lessor, revision| {
+            let _ = reply.send(f(lessor, revision));
+        });
+        self.commands
+            .send_async(Command::WithLessor(run))
+            .await
+            .map_err(|_| stopping())?;
+        answer.recv_async().await.map_err(|_| stopping())
+    }
+
     fn watch_hub(&self) -> Option<&crate::watch::SharedWatchHub> {
         Some(&self.published.watches)
     }
@@ -390,6 +433,7 @@ impl KvService for RaftKv {
 fn apply_status(error: ApplyError) -> Status {
     match error {
         ApplyError::Mvcc(error) => error.into(),
+        ApplyError::Lease(error) => error.into(),
         ApplyError::NoSpace => Status::new(Code::ResourceExhausted, error.to_string()),
         ApplyError::Corrupt => Status::new(Code::DataLoss, error.to_string()),
         other => Status::internal(other.to_string()),

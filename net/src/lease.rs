@@ -1,0 +1,138 @@
+//! The Lease service: Grant and Revoke go through the executor's log; KeepAlive (a bidi
+//! stream of renewals), TimeToLive and Leases are answered by the lessor where it lives, as
+//! etcd's leader answers them from memory. This module owns request checks and response shapes
+//! (etcd's: an unknown lease is TTL -1 in TimeToLive and TTL 0 in KeepAlive, not an error); it
+//! must never decide lease semantics, which are `engine::lease`'s.
+
+use std::time::Instant;
+
+use basalt_engine::lease::{LeaseError, LEASE_TTL_S_MAX};
+use basalt_proto::etcdserverpb::{
+    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
+    LeaseLeasesResponse, LeaseStatus, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+    ResponseHeader,
+};
+
+use crate::grpc::{decode, encode, MessageReader, ResponseSink};
+use crate::kv::KvService;
+use crate::status::{Code, Status};
+
+/// What an executor without a lessor answers.
+pub(crate) fn no_lessor() -> Status {
+    Status::unimplemented("basalt: this store has no lessor")
+}
+
+impl From<LeaseError> for Status {
+    fn from(error: LeaseError) -> Status {
+        let code = match &error {
+            LeaseError::NotFound => Code::NotFound,
+            LeaseError::Exists => Code::FailedPrecondition,
+            LeaseError::TtlTooLarge => Code::OutOfRange,
+            LeaseError::Mvcc(error) => return error.clone().into(),
+        };
+        Status::new(code, error.to_string())
+    }
+}
+
+/// etcd's check before proposing a grant.
+pub(crate) async fn grant<K: KvService>(
+    kv: &K,
+    req: LeaseGrantRequest,
+) -> Result<LeaseGrantResponse, Status> {
+    if req.ttl > LEASE_TTL_S_MAX {
+        return Err(LeaseError::TtlTooLarge.into());
+    }
+    kv.lease_grant(req).await
+}
+
+pub(crate) async fn time_to_live<K: KvService>(
+    kv: &K,
+    req: LeaseTimeToLiveRequest,
+) -> Result<LeaseTimeToLiveResponse, Status> {
+    let id = req.id;
+    kv.with_lessor(move |lessor, revision| {
+        let header = Some(ResponseHeader {
+            revision,
+            ..Default::default()
+        });
+        match lessor.time_to_live(id, req.keys, Instant::now()) {
+            Some(ttl) => LeaseTimeToLiveResponse {
+                header,
+                id,
+                ttl: ttl.ttl_s,
+                granted_ttl: ttl.granted_ttl_s,
+                keys: ttl.keys,
+            },
+            None => LeaseTimeToLiveResponse {
+                header,
+                id,
+                ttl: -1,
+                ..Default::default()
+            },
+        }
+    })
+    .await
+}
+
+pub(crate) async fn leases<K: KvService>(kv: &K) -> Result<LeaseLeasesResponse, Status> {
+    kv.with_lessor(|lessor, revision| LeaseLeasesResponse {
+        header: Some(ResponseHeader {
+            revision,
+            ..Default::default()
+        }),
+        leases: lessor
+            .leases()
+            .into_iter()
+            .map(|id| LeaseStatus { id })
+            .collect(),
+    })
+    .await
+}
+
+/// Serves one LeaseKeepAlive stream: each request renews one lease and is answered with its
+/// TTL (0 for a lease that does not exist), until the client ends the stream.
+pub(crate) async fn keep_alive<K: KvService>(
+    kv: &K,
+    fill_header: &dyn Fn(&mut Option<ResponseHeader>),
+    mut reader: MessageReader,
+    mut sink: ResponseSink,
+) -> Option<Code> {
+    let status = loop {
+        let body = match reader.next().await {
+            Ok(Some(body)) => body,
+            Ok(None) => break Status::ok(),
+            Err(_) => return None, // The client is gone.
+        };
+        let req = match decode::<LeaseKeepAliveRequest>(body, "request") {
+            Ok(req) => req,
+            Err(status) => break status,
+        };
+        let id = req.id;
+        let renewed = kv
+            .with_lessor(move |lessor, revision| (lessor.renew(id, Instant::now()), revision))
+            .await;
+        let (ttl, revision) = match renewed {
+            Ok((Ok(ttl_s), revision)) => (ttl_s, revision),
+            Ok((Err(LeaseError::NotFound), revision)) => (0, revision),
+            Ok((Err(error), _)) => break error.into(),
+            Err(status) => break status,
+        };
+        let mut header = Some(ResponseHeader {
+            revision,
+            ..Default::default()
+        });
+        fill_header(&mut header);
+        let response = LeaseKeepAliveResponse { header, id, ttl };
+        match encode(&response) {
+            Ok(framed) => {
+                if sink.send(framed).await.is_err() {
+                    return None;
+                }
+            }
+            Err(status) => break status,
+        }
+    };
+    let code = status.code;
+    sink.finish(&status);
+    Some(code)
+}
