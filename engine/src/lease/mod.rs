@@ -271,9 +271,16 @@ impl Lessor {
         })
     }
 
-    /// Every lease id, in id order.
+    /// Every lease id, soonest expiry first (as etcd lists them), ids without a running clock
+    /// after those with one, each group in id order.
     pub fn leases(&self) -> Vec<i64> {
-        self.leases.keys().copied().collect()
+        let mut ids: Vec<(Option<Instant>, i64)> = self
+            .leases
+            .iter()
+            .map(|(&id, lease)| (lease.expiry, id))
+            .collect();
+        ids.sort_by_key(|&(expiry, id)| (expiry.is_none(), expiry, id));
+        ids.into_iter().map(|(_, id)| id).collect()
     }
 
     /// Attaches and detaches keys as the writes since the last call put them (with or without
