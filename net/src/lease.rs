@@ -17,6 +17,10 @@ use crate::grpc::{decode, encode, MessageReader, ResponseSink};
 use crate::kv::KvService;
 use crate::status::{Code, Status};
 
+/// Work run on the lessor where it lives, given the store's revision (see
+/// [`KvService::with_lessor`]).
+pub(crate) type LessorTask = Box<dyn FnOnce(&mut basalt_engine::lease::Lessor, i64) + Send>;
+
 /// What an executor without a lessor answers.
 pub(crate) fn no_lessor() -> Status {
     Status::unimplemented("basalt: this store has no lessor")

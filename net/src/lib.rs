@@ -6,6 +6,7 @@
 //! - [`node`]: the durable member: the raft core (raft, WAL, applier, B+tree writer) and
 //!   [`node::RaftKv`], the [`KvService`] the binary serves.
 //! - `lease`: the Lease service (grant/revoke through the log, keep-alive stream).
+//! - `lock`, `election`: v3lock and v3election on leases and txns (`concurrency`).
 //! - [`watch`]: the Watch service's streams over the store's watch hub.
 //! - [`status`]: gRPC status codes and the one table from Basalt's errors to etcd's.
 //! - [`metrics`]: the `/metrics` registry under etcd's metric names.
@@ -16,12 +17,15 @@
 //! etcd's, mapped in [`status`].
 
 pub mod client;
+mod concurrency;
 mod config;
+mod election;
 mod grpc;
 mod http1;
 mod io;
 pub mod kv;
 mod lease;
+mod lock;
 pub mod metrics;
 pub mod node;
 mod server;

@@ -138,6 +138,58 @@ impl<K: KvService> Services<K> {
                 })
                 .await
             }
+            "/v3lockpb.Lock/Lock" => {
+                unary(call, |req| async move {
+                    let mut resp = crate::lock::lock(kv, req).await?;
+                    self.fill_header(&mut resp.header);
+                    Ok(resp)
+                })
+                .await
+            }
+            "/v3lockpb.Lock/Unlock" => {
+                unary(call, |req| async move {
+                    let mut resp = crate::lock::unlock(kv, req).await?;
+                    self.fill_header(&mut resp.header);
+                    Ok(resp)
+                })
+                .await
+            }
+            "/v3electionpb.Election/Campaign" => {
+                unary(call, |req| async move {
+                    let mut resp = crate::election::campaign(kv, req).await?;
+                    self.fill_header(&mut resp.header);
+                    Ok(resp)
+                })
+                .await
+            }
+            "/v3electionpb.Election/Proclaim" => {
+                unary(call, |req| async move {
+                    let mut resp = crate::election::proclaim(kv, req).await?;
+                    self.fill_header(&mut resp.header);
+                    Ok(resp)
+                })
+                .await
+            }
+            "/v3electionpb.Election/Leader" => {
+                unary(call, |req| async move {
+                    let mut resp = crate::election::leader(kv, req).await?;
+                    self.fill_header(&mut resp.header);
+                    Ok(resp)
+                })
+                .await
+            }
+            "/v3electionpb.Election/Resign" => {
+                unary(call, |req| async move {
+                    let mut resp = crate::election::resign(kv, req).await?;
+                    self.fill_header(&mut resp.header);
+                    Ok(resp)
+                })
+                .await
+            }
+            "/v3electionpb.Election/Observe" => {
+                let fill = |header: &mut Option<ResponseHeader>| self.fill_header(header);
+                crate::election::observe(kv, &fill, call.reader, call.sink).await
+            }
             "/etcdserverpb.Lease/LeaseGrant" => {
                 unary(call, |req| async move {
                     let mut resp = crate::lease::grant(kv, req).await?;
@@ -163,11 +215,14 @@ impl<K: KvService> Services<K> {
                 .await
             }
             "/etcdserverpb.Lease/LeaseLeases" => {
-                unary(call, |_: basalt_proto::etcdserverpb::LeaseLeasesRequest| async move {
-                    let mut resp = crate::lease::leases(kv).await?;
-                    self.fill_header(&mut resp.header);
-                    Ok(resp)
-                })
+                unary(
+                    call,
+                    |_: basalt_proto::etcdserverpb::LeaseLeasesRequest| async move {
+                        let mut resp = crate::lease::leases(kv).await?;
+                        self.fill_header(&mut resp.header);
+                        Ok(resp)
+                    },
+                )
                 .await
             }
             "/etcdserverpb.Lease/LeaseKeepAlive" => {
@@ -485,8 +540,8 @@ mod tests {
     fn unserved_paths_are_worded_as_grpc_go_words_them() {
         let cases = [
             (
-                "/v3electionpb.Election/Campaign",
-                "method Campaign not implemented",
+                "/etcdserverpb.Auth/AuthEnable",
+                "method AuthEnable not implemented",
             ),
             (
                 "/etcdserverpb.KV/Frobnicate",

@@ -53,7 +53,7 @@ const DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream
 const EVENTS_TAG: u8 = (11 << 3) | 2;
 
 /// The stream's end of its channel, as the hub sees it.
-struct ChannelSink(flume::Sender<WatchBatch>);
+pub(crate) struct ChannelSink(pub(crate) flume::Sender<WatchBatch>);
 
 impl WatchSink for ChannelSink {
     fn try_send(&self, batch: WatchBatch) -> Result<(), SendError> {

@@ -137,7 +137,7 @@ enum Command {
     },
     /// Runs on the lessor where it lives, with the store's revision (renewals, TimeToLive,
     /// Leases).
-    WithLessor(Box<dyn FnOnce(&mut basalt_engine::lease::Lessor, i64) + Send>),
+    WithLessor(crate::lease::LessorTask),
     /// Finish what is queued, checkpoint, close the WAL, exit.
     Stop,
 }
@@ -344,8 +344,8 @@ impl KvService for RaftKv {
     ) -> Result<basalt_proto::etcdserverpb::LeaseGrantResponse, Status> {
         if req.id == 0 {
             // etcd takes the next request id with the sign bit cleared.
-            req.id = (self.published.next_id.fetch_add(1, Ordering::Relaxed) & (i64::MAX as u64))
-                as i64;
+            req.id =
+                (self.published.next_id.fetch_add(1, Ordering::Relaxed) & (i64::MAX as u64)) as i64;
         }
         match self.propose(Request::LeaseGrant(req)).await? {
             Applied::LeaseGrant(resp) => Ok(resp),
