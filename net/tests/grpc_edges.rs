@@ -320,10 +320,13 @@ fn unserved_methods_are_unimplemented_in_grpc_go_words() {
         ),
         ("/nope.Nowhere/Range", "unknown service nope.Nowhere"),
         (
-            "/etcdserverpb.Lease/LeaseGrant",
-            "method LeaseGrant not implemented",
+            "/etcdserverpb.Auth/AuthEnable",
+            "method AuthEnable not implemented",
         ),
-        ("/etcdserverpb.Watch/Watch", "method Watch not implemented"),
+        (
+            "/etcdserverpb.Cluster/MemberAdd",
+            "method MemberAdd not implemented",
+        ),
     ];
     with_server(move |addr| async move {
         let client = Client::connect(addr).await.unwrap();
