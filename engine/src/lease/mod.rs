@@ -18,7 +18,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use basalt_proto::etcdserverpb::{request_op::Request, DeleteRangeRequest, RequestOp, TxnRequest};
+use basalt_proto::etcdserverpb::{
+    request_op::Request, DeleteRangeRequest, RangeRequest, RequestOp, TxnRequest,
+};
 use basalt_proto::mvccpb::KeyValue;
 use bytes::Bytes;
 use prost::Message;
@@ -142,29 +144,16 @@ impl Lessor {
         for &(id, ttl_s, remaining_ttl_s) in leases {
             self.insert(id, ttl_s, remaining_ttl_s, None);
         }
-        let mut live: BTreeMap<Bytes, (bool, i64)> = BTreeMap::new();
-        let mut decode_error = None;
-        store.backend().scan(
-            Revision::default(),
-            &mut |revision, record| match KeyValue::decode(record.kv.clone()) {
-                Ok(kv) => {
-                    live.insert(kv.key, (record.tombstone, kv.lease));
-                    true
-                }
-                Err(error) => {
-                    decode_error = Some(MvccError::Backend(format!(
-                        "record at revision {revision} does not decode: {error}"
-                    )));
-                    false
-                }
-            },
-        )?;
-        if let Some(error) = decode_error {
-            return Err(error);
-        }
-        for (key, (tombstone, lease)) in live {
-            if !tombstone && lease != 0 {
-                self.attach(key, lease);
+        // Only live keys can be attached: read them through the key index rather than every
+        // revision record of the history.
+        let all = store.range(&RangeRequest {
+            key: Bytes::from_static(&[0]),
+            range_end: Bytes::from_static(&[0]),
+            ..Default::default()
+        })?;
+        for kv in all.kvs {
+            if kv.lease != 0 {
+                self.attach(kv.key, kv.lease);
             }
         }
         self.observed_revision = store.current_revision();
