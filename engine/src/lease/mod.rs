@@ -30,6 +30,14 @@ use crate::mvcc::{KvStore, LeaseLookup, MvccError, Revision, RevisionBackend};
 /// etcd's `MaxLeaseTTL`: a larger TTL is refused.
 pub const LEASE_TTL_S_MAX: i64 = 9_000_000_000;
 
+/// How often the leader records every lease's remaining TTL through the log (etcd's
+/// `defaultLeaseCheckpointInterval`), so a new leader resumes the clocks instead of restarting
+/// them.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(300);
+
+/// Leases per checkpoint entry (etcd's `maxLeaseCheckpointBatchSize`).
+pub const CHECKPOINTS_PER_ENTRY_MAX: usize = 1000;
+
 /// How long an expired lease handed to the leader waits before it is handed out again.
 pub const EXPIRED_RETRY: Duration = Duration::from_secs(3);
 
@@ -110,6 +118,8 @@ pub struct Lessor {
     primary: bool,
     /// Records up to this revision have been observed.
     observed_revision: i64,
+    /// When the leader next checkpoints remaining TTLs (None while not the leader).
+    next_checkpoint: Option<Instant>,
     ids: LeaseIds,
 }
 
@@ -124,6 +134,7 @@ impl Lessor {
             min_ttl_s,
             primary: false,
             observed_revision: store.current_revision(),
+            next_checkpoint: None,
             ids: LeaseIds::default(),
         }
     }
@@ -324,6 +335,7 @@ impl Lessor {
     /// timeout so leases do not expire in the gap a leader change leaves).
     pub fn promote(&mut self, now: Instant, extend: Duration) {
         self.primary = true;
+        self.next_checkpoint = Some(now + CHECKPOINT_INTERVAL);
         for lease in self.leases.values_mut() {
             let ttl_s = if lease.remaining_ttl_s > 0 {
                 lease.remaining_ttl_s
@@ -337,6 +349,7 @@ impl Lessor {
     /// This member is no longer the leader: its leases stop expiring.
     pub fn demote(&mut self) {
         self.primary = false;
+        self.next_checkpoint = None;
         for lease in self.leases.values_mut() {
             lease.expiry = None;
         }
@@ -375,6 +388,21 @@ impl Lessor {
         let lease = self.leases.get_mut(&id).ok_or(LeaseError::NotFound)?;
         lease.remaining_ttl_s = remaining_ttl_s;
         Ok(())
+    }
+
+    /// On the leader, once per [`CHECKPOINT_INTERVAL`]: the remaining TTLs to propose as
+    /// checkpoint entries, at most [`CHECKPOINTS_PER_ENTRY_MAX`] a batch.
+    pub fn take_checkpoints(&mut self, now: Instant) -> Vec<Vec<(i64, i64)>> {
+        match self.next_checkpoint {
+            Some(due) if due <= now => {
+                self.next_checkpoint = Some(now + CHECKPOINT_INTERVAL);
+                self.remaining(now)
+                    .chunks(CHECKPOINTS_PER_ENTRY_MAX)
+                    .map(<[_]>::to_vec)
+                    .collect()
+            }
+            _ => Vec::new(),
+        }
     }
 
     /// The remaining TTL of every lease with a running clock, for the leader's checkpoint

@@ -204,3 +204,19 @@ fn a_restart_brings_back_leases_and_their_keys() {
     assert_eq!(keys(&restored, 1, now), vec![b("k")]);
     assert!(restored.expired(now + Duration::from_secs(3600)).is_empty());
 }
+
+#[test]
+fn only_the_leader_checkpoints_and_only_once_per_interval() {
+    let (_, mut lessor) = setup();
+    let start = Instant::now();
+    lessor.grant(1, 600, start).unwrap();
+    let due = start + super::CHECKPOINT_INTERVAL;
+    assert!(
+        lessor.take_checkpoints(due).is_empty(),
+        "a follower never checkpoints"
+    );
+    lessor.promote(start, Duration::ZERO);
+    assert!(lessor.take_checkpoints(start).is_empty(), "not due yet");
+    assert_eq!(lessor.take_checkpoints(due), vec![vec![(1, 300)]]);
+    assert!(lessor.take_checkpoints(due).is_empty(), "once per interval");
+}

@@ -286,7 +286,7 @@ impl Core {
             }
             self.ask_read_index();
             self.auto_compact();
-            self.revoke_expired_leases();
+            self.lease_duties();
             self.handle_ready().await?;
             self.sync_watches()?;
             self.maybe_checkpoint().await?;

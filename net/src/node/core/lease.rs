@@ -1,11 +1,11 @@
 //! The raft core's part in leases: the leader's expiry clock (promoted when this member leads,
-//! stopped when it does not) and revoke entries proposed for expired leases, so every member
-//! deletes their keys at the same revision.
+//! stopped when it does not), revoke entries proposed for expired leases, so every member
+//! deletes their keys at the same revision, and checkpoints of remaining TTLs.
 
 use std::time::{Duration, Instant};
 
 use basalt_proto::basaltpb::{internal_request::Request, InternalRequest};
-use basalt_proto::etcdserverpb::LeaseRevokeRequest;
+use basalt_proto::etcdserverpb::{LeaseCheckpoint, LeaseCheckpointRequest, LeaseRevokeRequest};
 use prost::Message;
 
 use super::Core;
@@ -23,12 +23,28 @@ impl Core {
         }
     }
 
-    /// Proposes a revoke entry (nobody waits on it) for each lease whose time is up.
-    pub(super) fn revoke_expired_leases(&mut self) {
-        for id in self.applier.lessor_mut().take_expired(Instant::now()) {
+    /// The leader's lease duties each turn, as entries nobody waits on: a revoke for each
+    /// lease whose time is up, and the periodic checkpoint of remaining TTLs.
+    pub(super) fn lease_duties(&mut self) {
+        let now = Instant::now();
+        let lessor = self.applier.lessor_mut();
+        let mut requests: Vec<Request> = lessor
+            .take_expired(now)
+            .into_iter()
+            .map(|id| Request::LeaseRevoke(LeaseRevokeRequest { id }))
+            .collect();
+        requests.extend(lessor.take_checkpoints(now).into_iter().map(|batch| {
+            Request::LeaseCheckpoint(LeaseCheckpointRequest {
+                checkpoints: batch
+                    .into_iter()
+                    .map(|(id, remaining_ttl)| LeaseCheckpoint { id, remaining_ttl })
+                    .collect(),
+            })
+        }));
+        for request in requests {
             let entry = InternalRequest {
                 id: 0,
-                request: Some(Request::LeaseRevoke(LeaseRevokeRequest { id })),
+                request: Some(request),
             };
             // A refused proposal (no leader any more) is retried after the lessor's retry
             // interval, or by the next leader.
