@@ -204,6 +204,12 @@ impl WatchHub {
     /// after every applied write, before the next compaction.
     pub fn notify<B: RevisionBackend>(&mut self, store: &KvStore<B>) -> Result<(), MvccError> {
         let current = store.current_revision();
+        if self.synced_keys.is_empty() && self.synced_ranges.is_empty() {
+            // Nobody to hand events to (e.g. a WAL replay at start): skip reading them; an
+            // unsynced watcher reads its own from the backend.
+            self.notified_revision = current;
+            return Ok(());
+        }
         while self.notified_revision < current {
             let revision = self.notified_revision + 1;
             let events = read_events(store, revision, revision, self.prev_kv_watchers > 0)?;
