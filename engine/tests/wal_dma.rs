@@ -6,16 +6,21 @@ mod wal_common;
 use basalt_engine::wal::{DmaStorage, RecordRef, Wal, WalError, WalOptions};
 use wal_common::{payload, run, Model};
 
+/// Segments small enough that a few hundred records roll through several of them.
+fn small_segments() -> WalOptions {
+    WalOptions {
+        segment_bytes: 256 << 10,
+        batch_bytes_max: 64 << 10,
+        pending_bytes_max: 256 << 10,
+        max_wals: 0,
+    }
+}
+
 #[test]
 fn records_survive_close_and_reopen_and_a_second_opener_is_refused() {
     let dir = std::env::temp_dir().join(format!("basalt-wal-dma-{}", std::process::id()));
     run(async {
-        let opts = WalOptions {
-            segment_bytes: 256 << 10,
-            batch_bytes_max: 64 << 10,
-            pending_bytes_max: 256 << 10,
-            max_wals: 0,
-        };
+        let opts = small_segments();
         let (wal, _) = Wal::open(DmaStorage, &dir, opts.clone()).await.unwrap();
         let second = Wal::open(DmaStorage, &dir, opts.clone()).await;
         assert!(
@@ -48,12 +53,7 @@ fn a_relative_directory_works_like_an_absolute_one() {
     let dir = std::path::PathBuf::from(format!("target-wal-relative-{}", std::process::id()));
     let cleanup = dir.clone();
     run(async move {
-        let opts = WalOptions {
-            segment_bytes: 256 << 10,
-            batch_bytes_max: 64 << 10,
-            pending_bytes_max: 256 << 10,
-            max_wals: 0,
-        };
+        let opts = small_segments();
         let (wal, _) = Wal::open(DmaStorage, &dir, opts.clone()).await.unwrap();
         let p = payload(1, 1, 100);
         wal.append(&[RecordRef::entry(1, 1, &p)]).await.unwrap();

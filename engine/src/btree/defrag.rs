@@ -11,7 +11,7 @@ use super::db::{Durable, Shared, Snapshot, Writer};
 use super::file::{PageFile, StdFile};
 use super::meta::Meta;
 use super::node::{group, inline_value_bytes_max};
-use super::page::{self, branch_entry_bytes, leaf_entry_bytes, StoredValue, HEADER_BYTES};
+use super::page::{self, branch_entry_bytes, leaf_entry_sizes, StoredValue, HEADER_BYTES};
 use super::read::{Cursor, Pages};
 use super::Error;
 
@@ -70,19 +70,7 @@ impl Builder {
         if keys.is_empty() {
             return Ok(0);
         }
-        let sizes: Vec<usize> = keys
-            .iter()
-            .zip(&values)
-            .map(|(k, v)| {
-                leaf_entry_bytes(
-                    k.len(),
-                    match v {
-                        StoredValue::Inline(b) => b.len(),
-                        StoredValue::Overflow { .. } => 8,
-                    },
-                )
-            })
-            .collect();
+        let sizes = leaf_entry_sizes(&keys, &values);
         let mut level: Vec<(Vec<u8>, u64)> = Vec::new();
         for range in group(&sizes, usable, true) {
             let leaf = page::encode_leaf(

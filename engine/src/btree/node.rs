@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use super::alloc::{Allocator, Freed};
 use super::page::{
-    self, branch_entry_bytes, leaf_entry_bytes, overflow_pages, Kind, PageRef, StoredValue,
-    HEADER_BYTES,
+    self, branch_entry_bytes, leaf_entry_bytes, leaf_entry_sizes, overflow_pages, Kind, PageRef,
+    StoredValue, HEADER_BYTES,
 };
 use super::read::{Cursor, Pages};
 use super::Error;
@@ -648,19 +648,7 @@ pub(crate) fn spill(
                     (_, None) => unreachable!("only overflow values live outside memory"),
                 });
             }
-            let sizes: Vec<usize> = keys
-                .iter()
-                .zip(&stored)
-                .map(|(k, v)| {
-                    leaf_entry_bytes(
-                        k.len(),
-                        match v {
-                            StoredValue::Inline(b) => b.len(),
-                            StoredValue::Overflow { .. } => 8,
-                        },
-                    )
-                })
-                .collect();
+            let sizes = leaf_entry_sizes(&keys, &stored);
             for range in group(&sizes, usable, appended_only) {
                 let entries = range.clone().map(|i| (keys[i].as_slice(), stored[i]));
                 let id = out.alloc.alloc(1);

@@ -276,6 +276,24 @@ pub(crate) fn leaf_entry_bytes(key_len: usize, inline_len: usize) -> usize {
     SLOT_BYTES + LEAF_ENTRY_FIXED_BYTES + key_len + inline_len
 }
 
+/// Encoded sizes of the leaf entries `keys[i] -> values[i]`, for packing them into pages.
+pub(crate) fn leaf_entry_sizes<K: AsRef<[u8]>>(
+    keys: &[K],
+    values: &[StoredValue<'_>],
+) -> Vec<usize> {
+    debug_assert_eq!(keys.len(), values.len());
+    keys.iter()
+        .zip(values)
+        .map(|(key, value)| {
+            let inline_len = match value {
+                StoredValue::Inline(bytes) => bytes.len(),
+                StoredValue::Overflow { .. } => 8,
+            };
+            leaf_entry_bytes(key.as_ref().len(), inline_len)
+        })
+        .collect()
+}
+
 pub(crate) fn branch_entry_bytes(key_len: usize) -> usize {
     SLOT_BYTES + BRANCH_ENTRY_FIXED_BYTES + key_len
 }
