@@ -242,7 +242,8 @@ impl<K: KvService> Services<K> {
                     kv,
                     hub: kv.watch_hub().expect("checked by the guard"),
                     header: &header,
-                    max_request_bytes: limits.max_request_bytes,
+                    // etcd's watch server fragments at the request limit plus gRPC's allowance.
+                    fragment_bytes_min: limits.max_request_bytes + crate::GRPC_OVERHEAD_BYTES,
                     progress_notify_interval: self.watch_progress_notify_interval,
                 };
                 crate::watch::serve(cx, call.reader, call.sink).await

@@ -79,7 +79,8 @@ pub(crate) struct WatchContext<'a, K> {
     pub(crate) hub: &'a SharedWatchHub,
     /// Fills cluster id, member id and raft term around a revision.
     pub(crate) header: &'a dyn Fn(i64) -> ResponseHeader,
-    pub(crate) max_request_bytes: usize,
+    /// A response of at least this many bytes is fragmented when its watch asked for it.
+    pub(crate) fragment_bytes_min: usize,
     pub(crate) progress_notify_interval: Duration,
 }
 
@@ -319,7 +320,7 @@ impl<K: KvService> WatchStream<'_, K> {
             self.ids.remove(&batch.watcher);
         }
         if fragment {
-            fragments(head, &events, self.cx.max_request_bytes)
+            fragments(head, &events, self.cx.fragment_bytes_min)
         } else {
             vec![frame_with_events(&head, &events)]
         }
@@ -365,7 +366,8 @@ fn frame_with_events(head: &WatchResponse, events: &[&Bytes]) -> Bytes {
     out.freeze()
 }
 
-/// etcd's `sendFragments`: a response of at least `max_request_bytes` with two or more events
+/// etcd's `sendFragments`: a response of at least `max_request_bytes` (etcd passes its request
+/// limit plus gRPC's allowance) with two or more events
 /// goes out as several, each as full as the limit allows (but at least one event), all but the
 /// last marked `fragment`.
 fn fragments(head: WatchResponse, events: &[&Bytes], max_request_bytes: usize) -> Vec<Bytes> {

@@ -243,8 +243,25 @@ def progress_notify(s):
     s.transcript.append(("progress within 1.5 s of an idle watch", got[:1]))
 
 
-SCENARIOS = [historical_watches, live_filters_and_prev_kv, compaction, control_requests, progress_notify]
+def fragmented_history(s):
+    # etcd fragments at --max-request-bytes plus gRPC's 512 KiB allowance: 2 MiB by default.
+    for i in range(24):
+        s.put(b"f/%02d" % i, b"v" * 100_000)
+    w = s.stream()
+    w.create(key=b"f/", range_end=prefix_end(b"f/"), start_revision=1, fragment=True)
+    s.observe(w, "fragmented catch-up")
+    w.create(key=b"f/", range_end=prefix_end(b"f/"), start_revision=1)
+    s.observe(w, "the same catch-up whole")
 
+
+SCENARIOS = [
+    historical_watches,
+    live_filters_and_prev_kv,
+    compaction,
+    control_requests,
+    progress_notify,
+    fragmented_history,
+]
 
 def server_flags():
     return ["--experimental-watch-progress-notify-interval", PROGRESS_NOTIFY_INTERVAL]
@@ -271,7 +288,7 @@ def first_difference(scenario):
     candidate = transcript("basalt", scenario)
     for index, (want, got) in enumerate(zip(reference, candidate)):
         if want != got:
-            return f"{scenario.__name__} step {index}:\n etcd:   {want!r}\n basalt: {got!r}"
+            return f"{scenario.__name__} step {index}:\n etcd:   {want!r:.3000}\n basalt: {got!r:.3000}"
     if len(reference) != len(candidate):
         return f"{scenario.__name__}: {len(reference)} steps on etcd, {len(candidate)} on basalt"
     return None
