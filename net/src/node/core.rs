@@ -76,6 +76,11 @@ struct Core {
     compactor: Compactor,
     snapshot_index: u64,
     last_checkpoint: Instant,
+    /// A hard state whose only change is the commit index, kept in memory until the next WAL
+    /// write carries it: like etcd, a commit-only change costs no fdatasync of its own. Losing
+    /// it in a crash is harmless: recovery takes commit = max(WAL commit, applied index), and
+    /// the durable entries past it are committed again by the next leader.
+    hard_state_unwritten: Option<basalt_raft::HardState>,
 }
 
 /// Recovers, reports start-up to `started`, then serves until stopped.
@@ -254,6 +259,7 @@ impl Core {
             compactor,
             snapshot_index,
             last_checkpoint: Instant::now(),
+            hard_state_unwritten: None,
         })
     }
 
@@ -306,6 +312,10 @@ impl Core {
             let _ = reply.send(Err(stopping()));
         }
         self.applier.checkpoint()?;
+        if let Some(hard_state) = self.hard_state_unwritten.take() {
+            let bytes = codec::encode_hard_state(&hard_state);
+            self.wal.append(&[RecordRef::hard_state(&bytes)]).await?;
+        }
         self.wal.close().await?;
         Ok(())
     }
@@ -463,7 +473,7 @@ impl Core {
                     snapshot.metadata.index
                 )));
             }
-            self.persist(&ready.entries, ready.hard_state.as_ref())
+            self.persist(&ready.entries, ready.hard_state.as_ref(), ready.must_sync)
                 .await?;
             if let Some(hard_state) = ready.hard_state {
                 self.published
@@ -517,12 +527,23 @@ impl Core {
     }
 
     /// Entries and hard state durable in one group-commit write before anything depends on
-    /// them; then the in-memory log raft reads from.
+    /// them; then the in-memory log raft reads from. A commit-only hard state (`must_sync`
+    /// false, no entries) is not written on its own: the next write carries it.
     async fn persist(
         &mut self,
         entries: &[Entry],
         hard_state: Option<&basalt_raft::HardState>,
+        must_sync: bool,
     ) -> Result<(), NodeError> {
+        if !must_sync && entries.is_empty() {
+            if let Some(hard_state) = hard_state {
+                self.raw.storage_mut().set_hard_state(*hard_state);
+                self.hard_state_unwritten = Some(*hard_state);
+            }
+            return Ok(());
+        }
+        let unwritten = self.hard_state_unwritten.take();
+        let hard_state = hard_state.or(unwritten.as_ref());
         if entries.is_empty() && hard_state.is_none() {
             return Ok(());
         }
