@@ -212,6 +212,7 @@ mod tests {
                 .map(|&(kind, node_id)| ConfChangeSingle { kind, node_id })
                 .collect(),
             transition,
+            context: Vec::new(),
         }
     }
 

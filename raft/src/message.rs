@@ -46,7 +46,7 @@ impl Entry {
     pub fn payload_bytes(&self) -> u64 {
         match &self.data {
             EntryData::Normal(data) => data.len() as u64,
-            EntryData::ConfChange(cc) => 1 + 9 * cc.changes.len() as u64,
+            EntryData::ConfChange(cc) => 1 + 9 * cc.changes.len() as u64 + cc.context.len() as u64,
         }
     }
 
@@ -106,6 +106,9 @@ pub enum ConfChangeTransition {
 pub struct ConfChange {
     pub changes: Vec<ConfChangeSingle>,
     pub transition: ConfChangeTransition,
+    /// Opaque to raft: the application's description of the change (e.g. the member being
+    /// added with its addresses), replicated with it.
+    pub context: Vec<u8>,
 }
 
 impl ConfChange {
@@ -113,6 +116,7 @@ impl ConfChange {
         ConfChange {
             changes: vec![ConfChangeSingle { kind, node_id }],
             transition: ConfChangeTransition::Auto,
+            context: Vec::new(),
         }
     }
 

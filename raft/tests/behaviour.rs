@@ -374,6 +374,7 @@ fn a_joint_change_swaps_voters_and_leaves_the_joint_configuration_by_itself() {
             },
         ],
         transition: basalt_raft::ConfChangeTransition::Auto,
+        context: Vec::new(),
     };
     c.node(1).propose_conf_change(cc).unwrap();
     c.settle();
@@ -397,6 +398,7 @@ fn a_joint_configuration_is_left_even_when_a_transfer_delayed_the_leave() {
             },
         ],
         transition: basalt_raft::ConfChangeTransition::Auto,
+        context: Vec::new(),
     };
     c.node(1).propose_conf_change(swap).unwrap();
     c.isolate(3);

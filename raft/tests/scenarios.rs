@@ -164,7 +164,7 @@ fn run(cluster: &mut Option<Cluster>, line: &str) -> String {
                     ConfChangeSingle { kind, node_id: id(pair[1]) }
                 })
                 .collect();
-            let cc = ConfChange { changes, transition: ConfChangeTransition::Auto };
+            let cc = ConfChange { changes, transition: ConfChangeTransition::Auto, context: Vec::new() };
             ok_or_error(c.node(id(args[1])).propose_conf_change(cc), |i| format!("index {i}"))
         }
         "isolate" => {

@@ -6,7 +6,9 @@
 //! entry      | 0: version=1 | 1: kind (1 normal, 2 conf change) | 2..: body
 //!            normal body:      the application bytes (an InternalRequest), empty for a no-op
 //!            conf change body: | transition u8 (0 auto, 1 joint implicit, 2 joint explicit)
+//!                              | n u32 BE
 //!                              | n x ( kind u8 (0 voter, 1 learner, 2 remove) | node id u64 BE )
+//!                              | context: the rest (a basaltpb.MemberChange, may be empty)
 //! hard state | 0: version=1 | 1..9: term u64 BE | 9..17: vote u64 BE | 17..25: commit u64 BE
 //! metadata   | 0: version=1 | 1..9: member id u64 BE | 9..17: cluster id u64 BE
 //! snapshot   | 0: version=1 | 1..5: voter count u32 BE | voters u64 BE ...
@@ -44,13 +46,14 @@ pub fn encode_entry(data: &EntryData) -> Vec<u8> {
             out
         }
         EntryData::ConfChange(cc) => {
-            let mut out = Vec::with_capacity(3 + 9 * cc.changes.len());
+            let mut out = Vec::with_capacity(7 + 9 * cc.changes.len() + cc.context.len());
             let transition = match cc.transition {
                 ConfChangeTransition::Auto => 0,
                 ConfChangeTransition::JointImplicit => 1,
                 ConfChangeTransition::JointExplicit => 2,
             };
             out.extend_from_slice(&[VERSION, KIND_CONF_CHANGE, transition]);
+            out.extend_from_slice(&(cc.changes.len() as u32).to_be_bytes());
             for change in &cc.changes {
                 out.push(match change.kind {
                     ConfChangeKind::AddVoter => 0,
@@ -59,6 +62,7 @@ pub fn encode_entry(data: &EntryData) -> Vec<u8> {
                 });
                 out.extend_from_slice(&change.node_id.to_be_bytes());
             }
+            out.extend_from_slice(&cc.context);
             out
         }
     }
@@ -68,16 +72,21 @@ pub fn decode_entry(payload: &[u8]) -> Result<EntryData, CodecError> {
     const WHAT: &str = "entry";
     match payload {
         [VERSION, KIND_NORMAL, body @ ..] => Ok(EntryData::Normal(body.to_vec())),
-        [VERSION, KIND_CONF_CHANGE, transition, changes @ ..] => {
+        [VERSION, KIND_CONF_CHANGE, transition, body @ ..] => {
             let transition = match transition {
                 0 => ConfChangeTransition::Auto,
                 1 => ConfChangeTransition::JointImplicit,
                 2 => ConfChangeTransition::JointExplicit,
                 _ => return Err(refuse(WHAT, "unknown conf change transition")),
             };
-            if !changes.len().is_multiple_of(9) {
+            let Some((count, rest)) = body.split_first_chunk::<4>() else {
+                return Err(refuse(WHAT, "conf change count is cut"));
+            };
+            let list_bytes = u32::from_be_bytes(*count) as usize * 9;
+            if rest.len() < list_bytes {
                 return Err(refuse(WHAT, "conf change list is not whole"));
             }
+            let (changes, context) = rest.split_at(list_bytes);
             let changes = changes
                 .chunks_exact(9)
                 .map(|change| {
@@ -94,6 +103,7 @@ pub fn decode_entry(payload: &[u8]) -> Result<EntryData, CodecError> {
             Ok(EntryData::ConfChange(ConfChange {
                 changes,
                 transition,
+                context: context.to_vec(),
             }))
         }
         [VERSION, ..] => Err(refuse(WHAT, "unknown entry kind")),
@@ -180,6 +190,10 @@ mod tests {
             EntryData::Normal(b"put".to_vec()),
             EntryData::ConfChange(ConfChange::single(ConfChangeKind::AddLearner, 7)),
             EntryData::ConfChange(ConfChange::leave_joint()),
+            EntryData::ConfChange(ConfChange {
+                context: b"member".to_vec(),
+                ..ConfChange::single(ConfChangeKind::AddVoter, 9)
+            }),
         ];
         for entry in entries {
             assert_eq!(decode_entry(&encode_entry(&entry)), Ok(entry));

@@ -617,10 +617,12 @@ impl World {
                     single(ConfChangeKind::RemoveNode, voter),
                 ],
                 transition: ConfChangeTransition::Auto,
+                context: Vec::new(),
             },
             (4, _) if cs.voters.len() > 3 => ConfChange {
                 changes: vec![single(ConfChangeKind::AddLearner, voter)],
                 transition: ConfChangeTransition::JointImplicit,
+                context: Vec::new(),
             },
             (5, Some(l)) => ConfChange::single(ConfChangeKind::RemoveNode, l),
             _ => return,
