@@ -12,9 +12,12 @@
 //! ([`Applier::commit`]), and [`Applier::checkpoint`] makes both durable together; after a crash
 //! the WAL is replayed from [`Applier::applied_index`] onwards.
 
+mod auth;
 mod hash;
 mod lease;
+mod members;
 
+pub use auth::AuthApplied;
 pub use hash::{hash_kv, KvHash};
 
 use basalt_proto::basaltpb::{internal_request::Request, InternalRequest};
@@ -43,6 +46,9 @@ pub enum Applied {
     LeaseGrant(basalt_proto::etcdserverpb::LeaseGrantResponse),
     LeaseRevoke(basalt_proto::etcdserverpb::LeaseRevokeResponse),
     LeaseCheckpoint(basalt_proto::etcdserverpb::LeaseCheckpointResponse),
+    Auth(AuthApplied),
+    /// A membership change or member attribute update: the member list after it.
+    Members(Vec<basalt_proto::etcdserverpb::Member>),
 }
 
 /// Why an entry produced no response. Each variant but [`ApplyError::Storage`] is a result every
@@ -53,6 +59,8 @@ pub enum ApplyError {
     Mvcc(MvccError),
     #[error(transparent)]
     Lease(crate::lease::LeaseError),
+    #[error(transparent)]
+    Auth(crate::auth::AuthError),
     /// The entry's bytes are not an [`InternalRequest`] this member understands.
     #[error("basalt: committed entry {index} does not decode: {reason}")]
     Undecodable { index: u64, reason: String },
@@ -95,6 +103,9 @@ pub struct Applier {
     checkpointed_index: u64,
     /// Raised alarms as (member id, AlarmType), kept in the "alarm" bucket as well.
     alarms: BTreeSet<(u64, i32)>,
+    /// Users, roles and permissions, kept in the auth buckets as well.
+    auth: crate::auth::AuthStore,
+    membership: members::Membership,
 }
 
 /// The bucket of raised alarms. Each record (no value) is keyed:
@@ -134,6 +145,8 @@ impl Applier {
             let alarm = i32::from_be_bytes(key[8..].try_into().expect("4 bytes"));
             alarms.insert((member_id, alarm));
         }
+        let membership = members::Membership::open(&backend)?;
+        let auth = auth::open_auth(&backend)?;
         let mut store = KvStore::open(backend).map_err(storage)?;
         let lessor = lease::open_lessor(&mut store)?;
         Ok(Applier {
@@ -144,6 +157,8 @@ impl Applier {
             committed_index: applied_index,
             checkpointed_index,
             alarms,
+            membership,
+            auth,
         })
     }
 
@@ -202,7 +217,9 @@ impl Applier {
                 })
             }
         };
-        let mut result = self.apply_request(index, request.request);
+        let mut result = self
+            .authorize(request.auth_header.as_ref(), &request.request)
+            .and_then(|()| self.apply_request(index, request.request));
         if let Err(error) = self.lessor.observe(&self.store) {
             result = Err(ApplyError::Storage(error.to_string()));
         }
@@ -269,7 +286,11 @@ impl Applier {
 
     /// etcd's capped and corrupt appliers: what a raised alarm refuses.
     fn refused_by_alarm(&self, request: &Option<Request>) -> Option<ApplyError> {
-        if matches!(request, Some(Request::Alarm(_)) | None) {
+        if matches!(
+            request,
+            Some(Request::Alarm(_) | Request::MemberAttributes(_) | Request::MemberUpdate(_))
+                | None
+        ) {
             return None;
         }
         if self.has_alarm(AlarmType::Corrupt) {
@@ -313,6 +334,29 @@ impl Applier {
             Some(Request::LeaseGrant(req)) => return self.apply_lease_grant(&req),
             Some(Request::LeaseRevoke(req)) => return self.apply_lease_revoke(&req),
             Some(Request::LeaseCheckpoint(req)) => return self.apply_lease_checkpoint(&req),
+            Some(
+                auth @ (Request::AuthEnable(_)
+                | Request::AuthDisable(_)
+                | Request::AuthStatus(_)
+                | Request::Authenticate(_)
+                | Request::AuthUserAdd(_)
+                | Request::AuthUserDelete(_)
+                | Request::AuthUserGet(_)
+                | Request::AuthUserList(_)
+                | Request::AuthUserChangePassword(_)
+                | Request::AuthUserGrantRole(_)
+                | Request::AuthUserRevokeRole(_)
+                | Request::AuthRoleAdd(_)
+                | Request::AuthRoleGet(_)
+                | Request::AuthRoleList(_)
+                | Request::AuthRoleDelete(_)
+                | Request::AuthRoleGrantPermission(_)
+                | Request::AuthRoleRevokePermission(_)),
+            ) => return self.apply_auth(index, auth),
+            Some(Request::MemberAttributes(member)) => {
+                return Ok(self.apply_member_attributes(&member))
+            }
+            Some(Request::MemberUpdate(req)) => return Ok(self.apply_member_update(&req)),
             None => {
                 return Err(ApplyError::Undecodable {
                     index,

@@ -24,6 +24,7 @@ fn open_applier(dir: &std::path::Path) -> Applier {
 
 fn entry(id: u64, request: Request) -> Vec<u8> {
     InternalRequest {
+        auth_header: None,
         id,
         request: Some(request),
     }
@@ -46,6 +47,7 @@ fn every_entry_content_yields_a_result_and_never_a_panic() {
         (vec![0xff, 0xff, 0xff], "undecodable"),
         (
             InternalRequest {
+                auth_header: None,
                 id: 3,
                 request: None,
             }
@@ -156,4 +158,57 @@ fn a_raised_nospace_alarm_refuses_writes_that_take_space_until_disarmed_even_acr
     .unwrap();
     apply(&mut applier, put("b", "1")).expect("writes apply again once disarmed");
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn membership_follows_the_log_and_survives_a_reopen() {
+    use basalt_proto::basaltpb::{member_change::Kind, MemberChange};
+    use basalt_proto::etcdserverpb::Member;
+    let dir = temp_dir("members");
+    let member = |id: u64, is_learner: bool| Member {
+        id,
+        name: format!("m{id}"),
+        peer_ur_ls: vec![format!("http://127.0.0.1:{id}")],
+        is_learner,
+        ..Default::default()
+    };
+    let change = |id, kind: Kind, member: Member| {
+        MemberChange {
+            id,
+            kind: kind as i32,
+            member: Some(member),
+        }
+        .encode_to_vec()
+    };
+    let mut applier = open_applier(&dir);
+    applier.bootstrap(1, &[member(1, false), member(2, false)]);
+    let added = applier.apply_conf_change(2, &change(77, Kind::Add, member(3, true)));
+    assert_eq!(added.map(|o| o.id), Some(77));
+    applier.apply_conf_change(3, &change(0, Kind::Promote, member(3, false)));
+    applier.apply_conf_change(4, &change(0, Kind::Remove, member(1, false)));
+    assert_eq!(
+        applier.apply_conf_change(4, &[]),
+        None,
+        "a replay applies nothing"
+    );
+    let attributes = Member {
+        id: 2,
+        name: "renamed".into(),
+        client_ur_ls: vec!["http://127.0.0.1:9".into()],
+        ..Default::default()
+    };
+    applier.apply(5, &entry(0, Request::MemberAttributes(attributes)));
+    applier.checkpoint().unwrap();
+    drop(applier);
+
+    let applier = open_applier(&dir);
+    let members = applier.members();
+    let summary: Vec<(u64, &str, bool, usize)> = members
+        .iter()
+        .map(|m| (m.id, m.name.as_str(), m.is_learner, m.client_ur_ls.len()))
+        .collect();
+    assert_eq!(summary, vec![(2, "renamed", false, 1), (3, "m3", false, 0)]);
+    assert!(applier.is_removed(1));
+    assert!(!applier.is_removed(2));
+    assert_eq!(applier.applied_index(), 5);
 }

@@ -151,31 +151,70 @@ pub fn decode_metadata(payload: &[u8]) -> Result<(u64, u64), CodecError> {
     Ok((u64_at(payload, 1), u64_at(payload, 9)))
 }
 
-/// A snapshot marker's payload: the voters in effect at its index (learners and joint
-/// configurations come with clusters).
+/// A snapshot marker's payload: the configuration in effect at its index.
+///
+/// ```text
+/// | 0: version=2 | 1: auto_leave u8 | then 4 lists, in order voters, learners,
+/// |   voters_outgoing, learners_next: each | count u32 BE | count x id u64 BE |
+/// ```
+/// Version 1 (a lone voter's marker) held only | version=1 | count u32 BE | voters |.
 pub fn encode_snapshot(conf_state: &ConfState) -> Vec<u8> {
-    let mut out = Vec::with_capacity(5 + 8 * conf_state.voters.len());
-    out.push(VERSION);
-    out.extend_from_slice(&(conf_state.voters.len() as u32).to_be_bytes());
-    for voter in &conf_state.voters {
-        out.extend_from_slice(&voter.to_be_bytes());
+    let lists = conf_state_lists(conf_state);
+    let ids: usize = lists.iter().map(|list| list.len()).sum();
+    let mut out = Vec::with_capacity(2 + 4 * lists.len() + 8 * ids);
+    out.extend_from_slice(&[SNAPSHOT_VERSION, u8::from(conf_state.auto_leave)]);
+    for list in lists {
+        out.extend_from_slice(&(list.len() as u32).to_be_bytes());
+        for id in list {
+            out.extend_from_slice(&id.to_be_bytes());
+        }
     }
     out
 }
 
+const SNAPSHOT_VERSION: u8 = 2;
+
+fn conf_state_lists(conf_state: &ConfState) -> [&Vec<u64>; 4] {
+    [
+        &conf_state.voters,
+        &conf_state.learners,
+        &conf_state.voters_outgoing,
+        &conf_state.learners_next,
+    ]
+}
+
 pub fn decode_snapshot(payload: &[u8]) -> Result<ConfState, CodecError> {
     const WHAT: &str = "snapshot";
-    if payload.len() < 5 || payload[0] != VERSION {
-        return Err(refuse(WHAT, "wrong version or too short"));
+    let (list_count, mut rest, auto_leave) = match payload {
+        [VERSION, rest @ ..] => (1, rest, false),
+        [SNAPSHOT_VERSION, auto_leave @ (0 | 1), rest @ ..] => (4, rest, *auto_leave == 1),
+        _ => return Err(refuse(WHAT, "wrong version or too short")),
+    };
+    let mut lists: [Vec<u64>; 4] = Default::default();
+    for list in lists.iter_mut().take(list_count) {
+        let Some((count, after)) = rest.split_first_chunk::<4>() else {
+            return Err(refuse(WHAT, "id list count is cut"));
+        };
+        let bytes = u32::from_be_bytes(*count) as usize * 8;
+        if after.len() < bytes {
+            return Err(refuse(WHAT, "id list is cut"));
+        }
+        *list = after[..bytes]
+            .chunks_exact(8)
+            .map(|v| u64_at(v, 0))
+            .collect();
+        rest = &after[bytes..];
     }
-    let count = u32::from_be_bytes(payload[1..5].try_into().expect("5 bytes")) as usize;
-    let voters = &payload[5..];
-    if voters.len() != count * 8 {
-        return Err(refuse(WHAT, "voter list length"));
+    if !rest.is_empty() {
+        return Err(refuse(WHAT, "bytes after the id lists"));
     }
+    let [voters, learners, voters_outgoing, learners_next] = lists;
     Ok(ConfState {
-        voters: voters.chunks_exact(8).map(|v| u64_at(v, 0)).collect(),
-        ..ConfState::default()
+        voters,
+        learners,
+        voters_outgoing,
+        learners_next,
+        auto_leave,
     })
 }
 
@@ -210,11 +249,19 @@ mod tests {
         assert_eq!(decode_metadata(&encode_metadata(5, 6)), Ok((5, 6)));
         let conf_state = ConfState {
             voters: vec![1, 2, 3],
-            ..ConfState::default()
+            learners: vec![4],
+            voters_outgoing: vec![1, 2, 5],
+            learners_next: vec![5],
+            auto_leave: true,
         };
         assert_eq!(
             decode_snapshot(&encode_snapshot(&conf_state)),
             Ok(conf_state)
+        );
+        let lone_voter_v1 = [1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 7];
+        assert_eq!(
+            decode_snapshot(&lone_voter_v1).map(|c| c.voters),
+            Ok(vec![7])
         );
     }
 
@@ -227,5 +274,7 @@ mod tests {
         assert!(decode_hard_state(&[1; 24]).is_err());
         assert!(decode_metadata(&[2; 17]).is_err());
         assert!(decode_snapshot(&[1, 0, 0, 0, 2, 0]).is_err());
+        assert!(decode_snapshot(&[2, 0, 0, 0, 0, 1]).is_err());
+        assert!(decode_snapshot(&[2, 3, 0, 0, 0, 0]).is_err());
     }
 }
