@@ -47,6 +47,8 @@ import harness  # noqa: E402
 HERE = Path(__file__).resolve().parent
 SUBNET = "10.77.0"
 CLIENT_SIDE_IP = f"{SUBNET}.254"
+# Members are numbered from 1 and stay below 128, so this half holds them and not the clients.
+MEMBERS_NET = f"{SUBNET}.0/25"
 CLIENT_PORT, PEER_PORT = 2379, 2380
 STATUS_TIMEOUT_S = 1.0
 # A member that is up but not yet in a quorum can take a while on a loaded 2-core machine.
@@ -457,8 +459,7 @@ class Cluster:
         self._require_netns("loss")
         rules = [r for r in self.link_rules if "numgen" not in r]
         if percent:
-            rules.append(f"ip saddr {SUBNET}.0/24 ip daddr != {CLIENT_SIDE_IP} "
-                         f"ip saddr != {CLIENT_SIDE_IP} numgen random mod 100 < {percent} drop")
+            rules.append(f"ip saddr {MEMBERS_NET} ip daddr {MEMBERS_NET} numgen random mod 100 < {percent} drop")
         self._set_link_rules(rules)
 
     def set_delay(self, one_way_ms: float) -> None:
@@ -470,7 +471,7 @@ class Cluster:
     def _set_member_delay(self, m: Member, one_way_ms: float):
         old = self.delay_procs.pop(m.name, None)
         if old:
-            self._ns(m.ns, "iptables", "-D", "OUTPUT", "-d", f"{SUBNET}.0/24", "!", "-d", CLIENT_SIDE_IP,
+            self._ns(m.ns, "iptables", "-D", "OUTPUT", "-d", MEMBERS_NET,
                      "-j", "NFQUEUE", "--queue-num", "0", check=False)
             old.kill()
             old.wait()
@@ -481,7 +482,7 @@ class Cluster:
                                 stdout=subprocess.DEVNULL, stderr=open(self.dir / f"nfq-{m.name}.log", "ab"))
         self.delay_procs[m.name] = proc
         time.sleep(0.1)  # the queue is bound before packets are sent to it
-        self._ns(m.ns, "iptables", "-A", "OUTPUT", "-d", f"{SUBNET}.0/24", "!", "-d", CLIENT_SIDE_IP,
+        self._ns(m.ns, "iptables", "-A", "OUTPUT", "-d", MEMBERS_NET,
                  "-j", "NFQUEUE", "--queue-num", "0")
 
     def heal(self) -> None:
