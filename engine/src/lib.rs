@@ -5,11 +5,13 @@
 //! - [`apply`]: committed log entries applied to MVCC on the B+tree, with the applied index.
 //! - [`btree`]: the copy-on-write B+tree file that holds MVCC revisions.
 //! - [`lease`]: the lessor: leases, their keys, and the leader's expiry clock.
+//! - [`auth`]: users, roles, permissions and the checks requests pass when auth is on.
 //! - [`watch`]: the watchers of a store and the delivery of each write's events to them.
 //!
 //! This crate must never open a socket; `net` wires it to the outside world.
 
 pub mod apply;
+pub mod auth;
 pub mod btree;
 pub mod lease;
 pub mod mvcc;

@@ -66,6 +66,7 @@ fn every_entry_content_yields_a_result_and_never_a_panic() {
             Err(ApplyError::NoSpace | ApplyError::Corrupt) => "alarm",
             Err(ApplyError::Mvcc(_)) => "mvcc",
             Err(ApplyError::Lease(_)) => "lease",
+            Err(ApplyError::Auth(_)) => "auth",
             Err(ApplyError::Storage(_)) => "storage",
         };
         assert_eq!(got, want, "case {i}: {outcome:?}");
