@@ -97,8 +97,9 @@ class Normalizer:
             body = table(out)
         else:
             body = [re.sub(r"took = \S+", "took = *", line) for line in out.splitlines()]
-            if all(" is healthy" in line or " is unhealthy" in line for line in body):
-                body.sort()  # etcdctl checks the endpoints concurrently and prints as they answer
+            # Member rows come in id order; health lines as the concurrent checks answer.
+            if all(re.match(r"<id:m\d+>, ", line) or " is healthy" in line for line in body):
+                body.sort()
             body = [re.sub(r'ETCD_INITIAL_CLUSTER="([^"]*)"',
                            lambda m: 'ETCD_INITIAL_CLUSTER="' + ",".join(sorted(m.group(1).split(","))) + '"',
                            line) for line in body]
