@@ -4,6 +4,7 @@
 //! Go's flag package (which etcd uses) accepts `-flag`, `--flag`, `--flag=value` and
 //! `--flag value`; [`normalize_go_flags`] rewrites the single-dash spelling so clap sees one form.
 
+use basalt_net::tls::TlsVersion;
 use clap::{ArgAction, Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -249,6 +250,9 @@ pub struct ServerFlags {
     /// Path to the client server TLS trusted CA file.
     #[arg(long = "trusted-ca-file", env = "ETCD_TRUSTED_CA_FILE")]
     pub trusted_ca_file: Option<PathBuf>,
+    /// Client TLS using generated certificates.
+    #[arg(long = "auto-tls", env = "ETCD_AUTO_TLS", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true")]
+    pub auto_tls: bool,
     /// Path to the peer server TLS certificate file.
     #[arg(long = "peer-cert-file", env = "ETCD_PEER_CERT_FILE")]
     pub peer_cert_file: Option<PathBuf>,
@@ -261,6 +265,29 @@ pub struct ServerFlags {
     /// Path to the peer server TLS trusted CA file.
     #[arg(long = "peer-trusted-ca-file", env = "ETCD_PEER_TRUSTED_CA_FILE")]
     pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Peer TLS using self-generated certificates if --peer-key-file and --peer-cert-file are not provided.
+    #[arg(long = "peer-auto-tls", env = "ETCD_PEER_AUTO_TLS", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true")]
+    pub peer_auto_tls: bool,
+    /// Validity in years of the certificates --auto-tls and --peer-auto-tls generate.
+    #[arg(
+        long = "self-signed-cert-validity",
+        env = "ETCD_SELF_SIGNED_CERT_VALIDITY",
+        default_value_t = 1
+    )]
+    pub self_signed_cert_validity_years: u32,
+    /// Comma-separated TLS 1.2 cipher suites (Go's names) for client and peer connections; empty means rustls' defaults. TLS 1.3 suites are always on.
+    #[arg(
+        long = "cipher-suites",
+        env = "ETCD_CIPHER_SUITES",
+        value_delimiter = ','
+    )]
+    pub cipher_suites: Vec<String>,
+    /// Minimum TLS version for client and peer connections: TLS1.2 or TLS1.3 (etcd 3.6's flag).
+    #[arg(long = "tls-min-version", env = "ETCD_TLS_MIN_VERSION", default_value = "TLS1.2", value_parser = parse_tls_version)]
+    pub tls_min_version: TlsVersion,
+    /// Maximum TLS version for client and peer connections: TLS1.2 or TLS1.3 (etcd 3.6's flag).
+    #[arg(long = "tls-max-version", env = "ETCD_TLS_MAX_VERSION", default_value = "TLS1.3", value_parser = parse_tls_version)]
+    pub tls_max_version: TlsVersion,
     /// Auth token type and options: simple or jwt,...
     #[arg(long = "auth-token", env = "ETCD_AUTH_TOKEN", default_value = "simple")]
     pub auth_token: String,
@@ -368,6 +395,10 @@ pub fn normalize_go_flags(args: impl IntoIterator<Item = String>) -> Vec<String>
             }
         })
         .collect()
+}
+
+fn parse_tls_version(name: &str) -> Result<TlsVersion, String> {
+    TlsVersion::parse(name).map_err(|e| e.to_string())
 }
 
 /// Parses a Go `time.Duration` string such as `5s`, `100ms`, `1h30m` or `0`.
@@ -508,6 +539,28 @@ mod tests {
         for bad in ["", "s", "5", "5x", "-"] {
             assert!(parse_go_duration(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn tls_flags_take_etcds_names() {
+        let flags = parse(&["basalt"]).unwrap().server;
+        assert_eq!(
+            (flags.tls_min_version, flags.tls_max_version),
+            (TlsVersion::Tls12, TlsVersion::Tls13)
+        );
+        let flags = parse(&[
+            "basalt",
+            "--auto-tls",
+            "--tls-max-version=TLS1.2",
+            "--cipher-suites",
+            "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+        ])
+        .unwrap()
+        .server;
+        assert!(flags.auto_tls);
+        assert_eq!(flags.tls_max_version, TlsVersion::Tls12);
+        assert_eq!(flags.cipher_suites.len(), 2);
+        assert!(parse(&["basalt", "--tls-min-version", "TLS1.1"]).is_err());
     }
 
     #[test]

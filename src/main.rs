@@ -2,6 +2,7 @@
 //! offline tools. Everything it does lives in the crates; this file only wires them.
 
 mod config;
+mod tls;
 
 use basalt_engine::mvcc::Limits;
 use basalt_net::node::{snapshot as snapshot_file, AutoCompaction, Node, NodeConfig};
@@ -54,6 +55,13 @@ fn serve(flags: ServerFlags) -> Result<(), String> {
     std::fs::create_dir_all(&data_dir)
         .map_err(|e| format!("cannot create data dir {}: {e}", data_dir.display()))?;
     let config = server_config(&flags);
+    let config = basalt_net::ServerConfig {
+        client_tls: tls::client_tls(&flags, &data_dir)?,
+        ..config
+    };
+    // Checked at start, so a bad peer certificate stops the member as in etcd; the peer
+    // transport takes the same value for its https:// URLs.
+    tls::peer_tls(&flags, &data_dir)?;
     let node = Node::start(NodeConfig {
         data_dir: data_dir.clone(),
         member_id: config.member_id,

@@ -1,5 +1,6 @@
 //! What the server is told at start-up, and the errors of starting it.
 
+use crate::tls::{TlsConfig, TlsError};
 use std::net::{SocketAddr, ToSocketAddrs};
 
 /// etcd's gRPC receive limit is the request limit plus this allowance for the envelope
@@ -40,6 +41,9 @@ pub struct ServerConfig {
     /// `--experimental-watch-progress-notify-interval`: how often idle watches with
     /// progress_notify get a progress response.
     pub watch_progress_notify_interval_ms: u64,
+    /// TLS of every `https://` client URL (`--cert-file`, `--auto-tls`, ...); `http://` URLs
+    /// stay plain text.
+    pub client_tls: Option<TlsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -61,6 +65,7 @@ impl Default for ServerConfig {
             member_id: 0x8e9e_05c5_2164_694d,
             // etcd's default: 10 minutes.
             watch_progress_notify_interval_ms: 600_000,
+            client_tls: None,
         }
     }
 }
@@ -96,19 +101,22 @@ pub enum NetError {
     Executor { core: usize, reason: String },
     #[error("executor {core} stopped abnormally: {reason}")]
     ExecutorFailed { core: usize, reason: String },
+    /// etcd's words for an `https://` URL with no certificate.
+    #[error("TLS key/cert (--cert-file, --key-file) must be provided for client url {url} with HTTPS scheme")]
+    HttpsWithoutCert { url: String },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
-/// The socket address of an `http://host:port` URL. TLS and unix sockets are not served yet,
-/// so their URLs are refused rather than silently served in plain text.
+/// The socket address of an `http://host:port` or `https://host:port` URL. Unix sockets are
+/// not served yet, so their URLs are refused.
 pub fn parse_client_url(url: &str) -> Result<SocketAddr, NetError> {
     let invalid = |reason: &str| NetError::InvalidUrl {
         url: url.to_string(),
         reason: reason.to_string(),
     };
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| invalid("only http:// URLs are supported"))?;
-    let host_port = rest.strip_suffix('/').unwrap_or(rest);
+    let host_port = url_host_port(url)
+        .ok_or_else(|| invalid("only http:// and https:// URLs are supported"))?;
     if host_port.contains('/') {
         return Err(invalid("a client URL has no path"));
     }
@@ -117,6 +125,29 @@ pub fn parse_client_url(url: &str) -> Result<SocketAddr, NetError> {
         .map_err(|e| invalid(&e.to_string()))?
         .next()
         .ok_or_else(|| invalid("host resolves to no address"))
+}
+
+/// Whether a URL asks for TLS.
+pub fn url_is_https(url: &str) -> bool {
+    url.starts_with("https://")
+}
+
+/// The host of an `http(s)://host:port` URL, without brackets around an IPv6 address: the
+/// name a TLS certificate for that URL must carry.
+pub fn url_host(url: &str) -> Option<&str> {
+    let host_port = url_host_port(url)?;
+    let host = match host_port.rsplit_once(':') {
+        Some((host, port)) if !port.contains(']') => host,
+        _ => host_port,
+    };
+    Some(host.trim_start_matches('[').trim_end_matches(']'))
+}
+
+fn url_host_port(url: &str) -> Option<&str> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))?;
+    Some(rest.strip_suffix('/').unwrap_or(rest))
 }
 
 /// The CPUs this process may run on, in order.
@@ -144,7 +175,7 @@ mod tests {
             ("http://127.0.0.1:2379", Some("127.0.0.1:2379")),
             ("http://127.0.0.1:0/", Some("127.0.0.1:0")),
             ("http://[::1]:2379", Some("[::1]:2379")),
-            ("https://127.0.0.1:2379", None),
+            ("https://127.0.0.1:2379", Some("127.0.0.1:2379")),
             ("unix://basalt.sock", None),
             ("http://127.0.0.1", None),
             ("http://127.0.0.1:2379/v3", None),
@@ -152,6 +183,20 @@ mod tests {
         for (url, want) in cases {
             let got = parse_client_url(url).ok().map(|a| a.to_string());
             assert_eq!(got.as_deref(), want, "{url}");
+        }
+    }
+
+    #[test]
+    fn url_hosts_are_what_a_certificate_names() {
+        let cases = [
+            ("https://127.0.0.1:2379", Some("127.0.0.1")),
+            ("https://[::1]:2379/", Some("::1")),
+            ("http://localhost:2379", Some("localhost")),
+            ("https://etcd.example", Some("etcd.example")),
+            ("unix://basalt.sock", None),
+        ];
+        for (url, want) in cases {
+            assert_eq!(url_host(url), want, "{url}");
         }
     }
 

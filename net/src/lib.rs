@@ -11,6 +11,7 @@
 //! - [`status`]: gRPC status codes and the one table from Basalt's errors to etcd's.
 //! - [`metrics`]: the `/metrics` registry under etcd's metric names.
 //! - [`client`]: a small gRPC client on the same stack, for benches and tests.
+//! - [`tls`]: rustls configs, the acceptor and connector (client port and peers), reload.
 //!
 //! This crate owns sockets and wire formats. It must never hold KV state or decide KV
 //! semantics: every request goes through [`KvService`], and every error it shows a client is
@@ -31,9 +32,12 @@ pub mod node;
 mod server;
 mod service;
 pub mod status;
+pub mod tls;
 pub mod watch;
 
-pub use config::{parse_client_url, NetError, ServerConfig, GRPC_OVERHEAD_BYTES};
+pub use config::{
+    parse_client_url, url_host, url_is_https, NetError, ServerConfig, GRPC_OVERHEAD_BYTES,
+};
 pub use kv::{KvService, LocalKv, StoreStatus};
 pub use server::{run, spawn, spawn_with, ServerHandle};
 pub use service::{ETCD_CLUSTER_VERSION, ETCD_SERVER_VERSION};

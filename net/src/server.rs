@@ -2,14 +2,15 @@
 //! every client port through its own SO_REUSEPORT socket, so the kernel spreads connections
 //! over cores and a connection stays on the core that accepted it for its whole life.
 
-use crate::config::{allowed_cpus, parse_client_url, NetError, ServerConfig};
+use crate::config::{allowed_cpus, parse_client_url, url_is_https, NetError, ServerConfig};
 use crate::grpc::{MessageReader, ResponseSink, CONTENT_TYPE};
 use crate::io::TokioIo;
 use crate::kv::{KvService, LocalKv};
 use crate::service::{ServerCall, Services};
 use crate::status::Status;
+use crate::tls::{self, TlsAcceptor};
 use bytes::Bytes;
-use futures_lite::AsyncReadExt;
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::{LocalExecutorBuilder, Placement};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -130,6 +131,7 @@ where
         .server_id
         .store(config.member_id, std::sync::atomic::Ordering::Relaxed);
     let cores = config.core_count();
+    let acceptors = client_acceptors(&config)?;
     let (client_addrs, mut listeners) = bind_listeners(&config.listen_client_urls, cores)?;
     let make_kv = Arc::new(make_kv);
     let stop = StopSignal::default();
@@ -142,12 +144,13 @@ where
             false => Placement::Unbound,
         };
         let (config, make_kv, core_stop) = (config.clone(), make_kv.clone(), stop.clone());
+        let acceptors = acceptors.clone();
         let executor = LocalExecutorBuilder::new(placement)
             .name(&format!("basalt-net-{core}"))
             .io_memory(EXECUTOR_IO_MEMORY_BYTES)
             .spawn(move || async move {
                 let services = Rc::new(Services::new(&config, make_kv(core)));
-                serve_core(sockets, Rc::new(config), services, core_stop).await;
+                serve_core(sockets, acceptors, Rc::new(config), services, core_stop).await;
             })
             .map_err(|e| NetError::Executor {
                 core,
@@ -163,6 +166,25 @@ where
     }
     executors.reverse();
     Ok(ServerHandle::watch(stop, client_addrs, executors))
+}
+
+/// The TLS acceptor of each client URL, in order: `None` for `http://`. Every `https://` URL
+/// shares one acceptor (so one reload serves them all); with none, the certificate is not
+/// loaded at all, as etcd ignores certificates given for plain-text URLs.
+fn client_acceptors(config: &ServerConfig) -> Result<Vec<Option<TlsAcceptor>>, NetError> {
+    let urls = &config.listen_client_urls;
+    let acceptor = match (
+        &config.client_tls,
+        urls.iter().find(|url| url_is_https(url)),
+    ) {
+        (_, None) => None,
+        (None, Some(url)) => return Err(NetError::HttpsWithoutCert { url: url.clone() }),
+        (Some(tls), Some(_)) => Some(TlsAcceptor::new(tls, tls::CLIENT_ALPN_PROTOCOLS)?),
+    };
+    Ok(urls
+        .iter()
+        .map(|url| acceptor.clone().filter(|_| url_is_https(url)))
+        .collect())
 }
 
 /// Binds one listening socket per (core, URL). Returns the bound address of each URL and the
@@ -224,17 +246,24 @@ fn new_socket(addr: SocketAddr) -> std::io::Result<Socket> {
 /// they would keep their sockets open).
 async fn serve_core<K: KvService>(
     sockets: Vec<Socket>,
+    acceptors: Vec<Option<TlsAcceptor>>,
     config: Rc<ServerConfig>,
     services: Rc<Services<K>>,
     stop: StopSignal,
 ) {
     let tasks = Rc::new(CoreTasks::default());
-    for socket in sockets {
+    for (socket, tls) in sockets.into_iter().zip(acceptors) {
         let fd = socket.as_raw_fd();
         // SAFETY: the fd comes from a socket we own and bound as a listener; into_raw_fd gives
         // up that ownership, so the glommio listener is its only owner and closes it.
         let listener = unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) };
-        let accepting = accept_loop(listener, config.clone(), services.clone(), tasks.clone());
+        let accepting = accept_loop(
+            listener,
+            tls,
+            config.clone(),
+            services.clone(),
+            tasks.clone(),
+        );
         tasks.spawn(accepting, fd);
     }
     stop.wait().await;
@@ -246,6 +275,7 @@ async fn serve_core<K: KvService>(
 
 async fn accept_loop<K: KvService>(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     config: Rc<ServerConfig>,
     services: Rc<Services<K>>,
     tasks: Rc<CoreTasks>,
@@ -255,7 +285,7 @@ async fn accept_loop<K: KvService>(
             Ok(stream) => {
                 let fd = stream.as_raw_fd();
                 tasks.spawn(
-                    serve_connection(stream, config.clone(), services.clone()),
+                    serve_connection(stream, tls.clone(), config.clone(), services.clone()),
                     fd,
                 );
             }
@@ -306,12 +336,38 @@ impl CoreTasks {
 }
 
 async fn serve_connection<K: KvService>(
-    mut stream: TcpStream,
+    stream: TcpStream,
+    tls: Option<TlsAcceptor>,
     config: Rc<ServerConfig>,
     services: Rc<Services<K>>,
 ) {
     // Small unary replies must leave at once, not wait for Nagle's timer.
     let _ = stream.set_nodelay(true);
+    let Some(tls) = tls else {
+        return serve_protocol(stream, None, &config, services).await;
+    };
+    let peer = stream.peer_addr();
+    match tls.accept(stream).await {
+        Ok(stream) => {
+            let common_name = tls::client_common_name(&stream);
+            serve_protocol(stream, common_name, &config, services).await;
+        }
+        // As etcd logs a refused handshake; the server goes on serving everyone else.
+        Err(error) => match peer {
+            Ok(peer) => eprintln!("basalt: rejected client connection from {peer}: {error}"),
+            Err(_) => eprintln!("basalt: rejected client connection: {error}"),
+        },
+    }
+}
+
+/// Tells HTTP/2 from HTTP/1.1 by the first bytes (after TLS, when the port has it) and serves
+/// the connection. `client_cert_common_name` is what the TLS handshake verified.
+async fn serve_protocol<K: KvService, S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    client_cert_common_name: Option<String>,
+    config: &ServerConfig,
+    services: Rc<Services<K>>,
+) {
     let mut sniffed = Vec::with_capacity(H2_PREFACE_START.len());
     while sniffed.len() < H2_PREFACE_START.len() && H2_PREFACE_START.starts_with(&sniffed) {
         let mut byte_buf = [0u8; 4];
@@ -324,7 +380,8 @@ async fn serve_connection<K: KvService>(
     if sniffed == H2_PREFACE_START {
         serve_h2(
             TokioIo::with_replay(stream, Bytes::from(sniffed)),
-            &config,
+            client_cert_common_name,
+            config,
             services,
         )
         .await;
@@ -333,8 +390,9 @@ async fn serve_connection<K: KvService>(
     }
 }
 
-async fn serve_h2<K: KvService>(
-    io: TokioIo<TcpStream>,
+async fn serve_h2<K: KvService, S: AsyncRead + AsyncWrite + Unpin>(
+    io: TokioIo<S>,
+    client_cert_common_name: Option<String>,
     config: &ServerConfig,
     services: Rc<Services<K>>,
 ) {
@@ -357,8 +415,9 @@ async fn serve_h2<K: KvService>(
             return;
         };
         let services = services.clone();
+        let common_name = client_cert_common_name.clone();
         glommio::spawn_local(async move {
-            serve_stream(request, respond, message_bytes_max, &services).await;
+            serve_stream(request, respond, common_name, message_bytes_max, &services).await;
         })
         .detach();
     }
@@ -367,6 +426,7 @@ async fn serve_h2<K: KvService>(
 async fn serve_stream<K: KvService>(
     request: http::Request<h2::RecvStream>,
     mut respond: h2::server::SendResponse<Bytes>,
+    client_cert_common_name: Option<String>,
     message_bytes_max: usize,
     services: &Services<K>,
 ) {
@@ -399,6 +459,7 @@ async fn serve_stream<K: KvService>(
     let call = ServerCall {
         reader: MessageReader::new(body, message_bytes_max),
         sink: ResponseSink::new(respond),
+        client_cert_common_name,
     };
     services.call(head.uri.path(), call).await;
 }
