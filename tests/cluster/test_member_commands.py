@@ -96,7 +96,8 @@ class Normalizer:
         if out.startswith("+-"):
             body = table(out)
         else:
-            body = [re.sub(r"took = \S+", "took = *", line) for line in out.splitlines()]
+            # etcdctl pads ids to 16 columns (%16x), so the padding varies with the id's value.
+            body = [re.sub(r"took = \S+", "took = *", re.sub(" +", " ", line)) for line in out.splitlines()]
             # Member rows come in id order; health lines as the concurrent checks answer.
             if all(re.match(r"<id:m\d+>, ", line) or " is healthy" in line for line in body):
                 body.sort()
@@ -146,15 +147,28 @@ def run_session(kind: str):
             if action == "start m4":
                 m4.start(c.initial_cluster(everyone), "existing")
                 c.members.append(m4)
+                wait_published(c, m4)
             result = run_step(c, m1, expand(template, everyone), action)
             if template.startswith("member add m4"):
-                m4.id = int(re.search(r"Member ([0-9a-f]+) added", result.stdout).group(1), 16)
+                added = re.search(r"Member +([0-9a-f]+) added", result.stdout)
+                assert added, f"member add m4: {result.stdout!r} {result.stderr[-500:]!r}"
+                m4.id = int(added.group(1), 16)
                 m4.learner = True
             if template == "member remove {m4}":
                 c.members.remove(m4)
                 m4.stop()
             results.append((template, norm.output(result.stdout, result.stderr, result.returncode)))
     return results
+
+
+def wait_published(c, m):
+    """A started member publishes its name and client URLs through the log: wait for that, so
+    the next listing does not race it."""
+    deadline = time.monotonic() + cl.READY_TIMEOUT_S
+    while not any(info.get("name") == m.name and info.get("clientURLs") for info in c.member_list()):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{m.name} never published its attributes\n{c.log_tails()}")
+        time.sleep(0.1)
 
 
 def run_step(c, endpoint, args, action):
