@@ -4,6 +4,7 @@ plots. Owns no measurement; every number comes from the JSON files of one run.
 
   report.py disk DISK_JSON PNG          plot of `basalt-bench disk --json`
   report.py compare OUT_DIR [...]       RESULTS.md server block + plots from perf/compare.sh
+  report.py cluster OUT_DIR [...]       RESULTS.md cluster block from perf/cluster.sh
 """
 import argparse
 import datetime
@@ -319,10 +320,13 @@ def server_block(runs, disk, checks, quick, version, basalt_started, basalt_wal)
     return "\n".join(lines) + "\n"
 
 
-def write_block(block):
+def write_block(block, begin=BEGIN, end_marker=END):
+    """Replace the marker block of RESULTS.md that `block` carries; a new block goes at the end."""
     with open(RESULTS) as f:
         text = f.read()
-    start, end = text.index(BEGIN), text.index(END) + len(END)
+    if begin not in text:
+        text = text.rstrip("\n") + "\n\n" + begin + "\n" + end_marker + "\n"
+    start, end = text.index(begin), text.index(end_marker) + len(end_marker)
     text = text[:start] + block.rstrip("\n") + text[end:]
     with open(RESULTS, "w") as f:
         f.write(text)
@@ -356,6 +360,68 @@ def compare(args):
     print("wrote %s, %s and %s" % (RESULTS, "server-latency.png", "disk.png"))
 
 
+CLUSTER_BEGIN, CLUSTER_END = "<!-- cluster:begin -->", "<!-- cluster:end -->"
+# perf/cluster.sh's runs: one-way delays between members and workloads (all puts to the leader).
+CLUSTER_DELAYS = (("0", "0 ms added"), ("0.5", "1 ms added round trip"))
+CLUSTER_WORKLOADS = (("put-1x1", "1 client"), ("put-10x100", "100 clients"), ("put-100x1000", "1000 clients"))
+
+
+def cluster_block(out_dir, disk, quick, version, seconds):
+    lines = [CLUSTER_BEGIN, "## 3-member cluster (side by side with etcd 3.5.1)", ""]
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines.append("Run: `perf/cluster.sh%s` at %s, Basalt %s, %s s per workload." % (
+        " --quick" if quick else "", now, version, seconds))
+    lines.append("Machine: %s. Load generator: basalt-bench on the same machine." % machine())
+    lines.append("")
+    lines.append(
+        "Each member runs in a network namespace of its own (veth pairs into a bridge); basalt-bench "
+        "runs in the bridge's namespace and sends every put (8-byte keys, 256-byte values) to the "
+        "leader, so a put costs the leader's and a follower's WAL fdatasync and one round trip "
+        "between members. The added delay holds back every member-to-member packet by 0.5 ms in "
+        "user space (`tests/cluster/nfq_delay`, NFQUEUE: this kernel has no netem), which itself "
+        "costs some tens of microseconds per packet. One cluster runs at a time."
+    )
+    lines.append("")
+    if disk:
+        rows = disk["write_fdatasync"]
+        lines.append(
+            "Disk floor in the same run (the data dirs' disk): 4 KiB O_DIRECT write + fdatasync p50 %s ms, "
+            "p99 %s ms. A put on a cluster cannot beat one such write on the leader and one on a follower, "
+            "partly overlapped." % (fmt_ms(rows[0]["p50"]), fmt_ms(rows[0]["p99"]))
+        )
+        lines.append("")
+    lines.append("| added between members | clients | etcd puts/s | Basalt puts/s | Basalt/etcd "
+                 "| etcd p50 / p99 ms | Basalt p50 / p99 ms | errors etcd / Basalt |")
+    lines.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for delay, delay_title in CLUSTER_DELAYS:
+        for workload, clients in CLUSTER_WORKLOADS:
+            cells = {}
+            for server in SERVERS:
+                run = load(os.path.join(out_dir, "%s-delay%s-%s.json" % (server, delay, workload)))
+                s = series(run, "put")
+                if s and s["count"]:
+                    cells[server] = (s["throughput_per_s"], "%s / %s" % (
+                        fmt_ms(s["latency_us"]["p50"]), fmt_ms(s["latency_us"]["p99"])), s["errors"])
+            e, b = cells.get("etcd"), cells.get("basalt")
+            ratio = "%.2fx" % (b[0] / e[0]) if e and b and e[0] else "-"
+            lines.append("| %s | %s | %s | %s | %s | %s | %s | %s / %s |" % (
+                delay_title, clients, "%.0f" % e[0] if e else "-", "%.0f" % b[0] if b else "-", ratio,
+                e[1] if e else "-", b[1] if b else "-", e[2] if e else "-", b[2] if b else "-"))
+    missing = sorted(f[: -len(".missing.txt")] for f in os.listdir(out_dir) if f.endswith(".missing.txt"))
+    if missing:
+        lines.append("")
+        lines.append("Not measured (the cluster did not form): %s." % ", ".join(missing))
+    lines.append(CLUSTER_END)
+    return "\n".join(lines) + "\n"
+
+
+def cluster(args):
+    disk = load(os.path.join(args.out_dir, "disk.json"))
+    block = cluster_block(args.out_dir, disk, args.quick == "1", args.basalt_version, args.seconds)
+    write_block(block, CLUSTER_BEGIN, CLUSTER_END)
+    print("wrote the cluster block of %s" % RESULTS)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -366,9 +432,16 @@ def main():
     p.add_argument("out_dir")
     p.add_argument("--quick", default="0")
     p.add_argument("--basalt-version", default="?")
+    p = sub.add_parser("cluster", help="RESULTS.md cluster block from a perf/cluster.sh run")
+    p.add_argument("out_dir")
+    p.add_argument("--quick", default="0")
+    p.add_argument("--basalt-version", default="?")
+    p.add_argument("--seconds", default="?")
     args = parser.parse_args()
     if args.command == "disk":
         plot_disk(load(args.json), args.png)
+    elif args.command == "cluster":
+        cluster(args)
     else:
         compare(args)
 

@@ -362,12 +362,12 @@ class Cluster:
     """N members of `kind` ("basalt" or "etcd"); `netns` puts each in a namespace of its own."""
 
     def __init__(self, kind: str = None, size: int = 3, netns: bool = False, heartbeat_ms: int = 100,
-                 election_ms: int = 1000, extra_flags=()):
+                 election_ms: int = 1000, extra_flags=(), base_dir=None):
         self.kind = kind or cluster_binary()
         self.netns = netns
         self.heartbeat_ms, self.election_ms = heartbeat_ms, election_ms
         self.extra_flags = list(extra_flags)
-        self.dir = Path(tempfile.mkdtemp(prefix=f"cluster-{self.kind}-"))
+        self.dir = Path(tempfile.mkdtemp(prefix=f"cluster-{self.kind}-", dir=base_dir))
         self.token = f"ctest-{os.getpid()}-{random.randrange(1 << 30)}"
         self.ns_prefix = f"{NS_PREFIX}{os.getpid()}-{random.randrange(1 << 16):x}"
         self.router_ns = f"{self.ns_prefix}-r"
@@ -713,3 +713,40 @@ def delay_available() -> str:
     except (subprocess.CalledProcessError, OSError) as e:
         return f"nfq_delay does not build (libnetfilter-queue-dev missing?): {e}"
     return ""
+
+
+def main():
+    """`cluster.py up`: start a cluster for a benchmark, print where it is (one JSON line), and
+    keep it until SIGTERM or SIGINT, then tear everything down."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("command", choices=["up"])
+    parser.add_argument("--kind", default=cluster_binary(), choices=["basalt", "etcd"])
+    parser.add_argument("--size", type=int, default=3)
+    parser.add_argument("--netns", action="store_true")
+    parser.add_argument("--delay-ms", type=float, default=0.0, help="one-way delay between members")
+    parser.add_argument("--base-dir", help="where the data dirs go (default: the temp dir)")
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    c = Cluster(kind=args.kind, size=args.size, netns=args.netns, base_dir=args.base_dir)
+    try:
+        c.start()
+        if args.delay_ms:
+            c.set_delay(args.delay_ms)
+        leader = c.leader()
+        print(json.dumps({
+            "router_ns": c.router_ns if c.netns else None,
+            "leader": leader.client_url.removeprefix("http://"),
+            "endpoints": [m.client_url.removeprefix("http://") for m in c.members],
+        }), flush=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        c.close()
+
+
+if __name__ == "__main__":
+    main()
