@@ -8,6 +8,8 @@
 //! - `lease`: the Lease service (grant/revoke through the log, keep-alive stream).
 //! - `lock`, `election`: v3lock and v3election on leases and txns (`concurrency`).
 //! - [`watch`]: the Watch service's streams over the store's watch hub.
+//! - [`peer`]: the peer transport: raft messages, snapshots and forwarded proposals between
+//!   members, and the membership query joiners ask.
 //! - [`status`]: gRPC status codes and the one table from Basalt's errors to etcd's.
 //! - [`metrics`]: the `/metrics` registry under etcd's metric names.
 //! - [`client`]: a small gRPC client on the same stack, for benches and tests.
@@ -29,6 +31,7 @@ mod lease;
 mod lock;
 pub mod metrics;
 pub mod node;
+pub mod peer;
 mod server;
 mod service;
 pub mod status;

@@ -8,9 +8,10 @@
 
 use crate::status::Code;
 use basalt_proto::{MethodInfo, METHODS};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 /// gRPC status codes 0..=16, the label space of `grpc_code`.
@@ -117,6 +118,20 @@ impl GrpcMetrics {
     }
 }
 
+/// One peer's network counters (`etcd_network_*`), labeled by the peer's id as etcd labels
+/// them. The transport holds an `Arc` per peer, so recording stays an atomic add.
+#[derive(Default)]
+pub struct PeerMetrics {
+    pub sent_bytes: Counter,
+    pub received_bytes: Counter,
+    /// Messages that could not be sent (dropped while down, queue full, write failed).
+    pub sent_failures: Counter,
+    pub snapshot_send_success: Counter,
+    pub snapshot_send_failures: Counter,
+    /// 1 while our stream to the peer is up.
+    pub active: Gauge,
+}
+
 /// Every metric Basalt exports. Field names follow the exported names.
 pub struct Metrics {
     pub server_has_leader: Gauge,
@@ -141,6 +156,8 @@ pub struct Metrics {
     pub network_client_grpc_received_bytes_total: Counter,
     pub network_client_grpc_sent_bytes_total: Counter,
     pub grpc: GrpcMetrics,
+    /// Per peer, by member id; a lock only to add or remove a peer and to render.
+    peers: Mutex<BTreeMap<u64, Arc<PeerMetrics>>>,
     /// `etcd_server_id{server_id}`: set once at start.
     pub server_id: AtomicU64,
     process_start_time_seconds: f64,
@@ -180,9 +197,21 @@ impl Metrics {
             network_client_grpc_received_bytes_total: Counter::default(),
             network_client_grpc_sent_bytes_total: Counter::default(),
             grpc: GrpcMetrics::new(),
+            peers: Mutex::default(),
             server_id: AtomicU64::new(0),
             process_start_time_seconds: start,
         }
+    }
+
+    /// The counters of peer `id`, created on first use.
+    pub fn peer(&self, id: u64) -> Arc<PeerMetrics> {
+        let mut peers = self.peers.lock().expect("never poisoned");
+        peers.entry(id).or_default().clone()
+    }
+
+    /// Forgets a removed member's counters.
+    pub fn remove_peer(&self, id: u64) {
+        self.peers.lock().expect("never poisoned").remove(&id);
     }
 
     /// The Prometheus text exposition (version 0.0.4) of every metric.
@@ -314,9 +343,70 @@ impl Metrics {
             "The total number of bytes sent to grpc clients.",
             self.network_client_grpc_sent_bytes_total.get(),
         );
+        self.render_peers(&mut out);
         out.grpc(&self.grpc);
         out.process(self.process_start_time_seconds);
         out.text
+    }
+}
+
+impl Metrics {
+    fn render_peers(&self, out: &mut Exposition) {
+        let peers: Vec<(u64, Arc<PeerMetrics>)> = {
+            let peers = self.peers.lock().expect("never poisoned");
+            peers.iter().map(|(id, m)| (*id, m.clone())).collect()
+        };
+        type Read = fn(&PeerMetrics) -> u64;
+        let counters: [(&str, &str, &str, Read); 5] = [
+            (
+                "etcd_network_peer_sent_bytes_total",
+                "The total number of bytes sent to peers.",
+                "To",
+                |m| m.sent_bytes.get(),
+            ),
+            (
+                "etcd_network_peer_received_bytes_total",
+                "The total number of bytes received from peers.",
+                "From",
+                |m| m.received_bytes.get(),
+            ),
+            (
+                "etcd_network_peer_sent_failures_total",
+                "The total number of send failures from peers.",
+                "To",
+                |m| m.sent_failures.get(),
+            ),
+            (
+                "etcd_network_snapshot_send_success",
+                "Total number of successful snapshot sends",
+                "To",
+                |m| m.snapshot_send_success.get(),
+            ),
+            (
+                "etcd_network_snapshot_send_failures",
+                "Total number of snapshot send failures",
+                "To",
+                |m| m.snapshot_send_failures.get(),
+            ),
+        ];
+        for (name, help, label, read) in counters {
+            out.family(name, help, "counter");
+            for (id, peer) in &peers {
+                let labels = label_text(&[(label, format!("{id:x}"))]);
+                let _ = writeln!(out.text, "{name}{{{labels}}} {}", read(peer));
+            }
+        }
+        let name = "etcd_network_active_peers";
+        out.family(
+            name,
+            "The current number of active peer connections.",
+            "gauge",
+        );
+        let local = format!("{:x}", self.server_id.load(Ordering::Relaxed));
+        for (id, peer) in &peers {
+            let labels = label_text(&[("Local", local.clone()), ("Remote", format!("{id:x}"))]);
+            let _ = writeln!(out.text, "{name}{{{labels}}} {}", peer.active.get());
+        }
     }
 }
 
@@ -535,5 +625,23 @@ mod tests {
             );
         }
         assert!(text.contains("etcd_server_version{server_version=\"3.5.1\"} 1\n"));
+    }
+
+    #[test]
+    fn peer_counters_are_labeled_by_peer_id() {
+        let registry = Metrics::new();
+        registry.peer(0xabc).sent_bytes.add(42);
+        registry.peer(0xabc).active.set(1);
+        registry.peer(0xdef).received_bytes.add(7);
+        let text = registry.render("3.5.1", "3.5.0");
+        for sample in [
+            "etcd_network_peer_sent_bytes_total{To=\"abc\"} 42\n",
+            "etcd_network_peer_received_bytes_total{From=\"def\"} 7\n",
+            "etcd_network_active_peers{Local=\"0\",Remote=\"abc\"} 1\n",
+        ] {
+            assert!(text.contains(sample), "{sample} missing from\n{text}");
+        }
+        registry.remove_peer(0xabc);
+        assert!(!registry.render("3.5.1", "3.5.0").contains("To=\"abc\""));
     }
 }

@@ -1,0 +1,319 @@
+//! Snapshot files between members, each on a connection of its own so a big transfer never
+//! holds up heartbeats: SNAP_HEAD (the Snap message and the file length), SNAP_CHUNK frames
+//! (each crc32c-checked), SNAP_END (the sha256 of the whole file), then the receiver's
+//! SNAP_DONE verdict.
+//!
+//! The receiver writes into `<snap_dir>/<index>-<from>.incoming`, fdatasyncs, renames it to
+//! `<index>-<from>.snap.db`, syncs the directory, and only then hands the file to the raft core.
+//! Must never hand over a file that is not whole and verified: a broken or corrupt transfer is
+//! deleted and reported to the sender.
+
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use basalt_raft::{Message, MessageType};
+use futures_lite::io::BufReader;
+use futures_lite::AsyncWriteExt;
+use glommio::io::{BufferedFile, Directory};
+use sha2::{Digest, Sha256};
+
+use super::conn::{self, PeerIo};
+use super::stream::handshake;
+use super::wire::{self, FrameKind, StreamKind, WireError, HEADER_BYTES};
+use super::{Link, PeerError, PeerInbound, Shared};
+use crate::metrics::metrics;
+
+/// File bytes per SNAP_CHUNK frame.
+pub(crate) const SNAPSHOT_CHUNK_BYTES: u64 = 1 << 20;
+/// A transfer logs its progress each time this many more bytes have moved.
+const PROGRESS_LOG_BYTES: u64 = 64 << 20;
+/// How long the receiver may take to verify and sync the whole file before answering.
+const VERDICT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Sends one snapshot, deletes the file, and reports the outcome to the core.
+pub(crate) async fn send(
+    shared: Rc<Shared>,
+    link: Option<Rc<Link>>,
+    message: Message,
+    db_file: PathBuf,
+) {
+    let to = message.to;
+    let index = message.snapshot.as_ref().map_or(0, |s| s.metadata.index);
+    let result = match &link {
+        Some(link) => send_file(&shared, link, message, &db_file).await,
+        None => Err(PeerError::UnknownPeer(to)),
+    };
+    if let Err(error) = glommio::io::remove(&db_file).await {
+        eprintln!(
+            "basalt: peer {to:x}: cannot delete sent snapshot {}: {error}",
+            db_file.display()
+        );
+    }
+    let peer_metrics = metrics().peer(to);
+    match &result {
+        Ok(()) => peer_metrics.snapshot_send_success.inc(),
+        Err(error) => {
+            peer_metrics.snapshot_send_failures.inc();
+            eprintln!("basalt: peer {to:x}: snapshot at index {index} not sent: {error}");
+        }
+    }
+    let sent = PeerInbound::SnapshotSent {
+        to,
+        ok: result.is_ok(),
+    };
+    let _ = shared.inbound.send_async(sent).await;
+}
+
+async fn send_file(
+    shared: &Shared,
+    link: &Link,
+    message: Message,
+    db_file: &Path,
+) -> Result<(), PeerError> {
+    let mut conn = handshake(shared, link, StreamKind::Snapshot).await?;
+    let file = BufferedFile::open(db_file)
+        .await
+        .map_err(std::io::Error::from)?;
+    let file_bytes = file.file_size().await.map_err(std::io::Error::from)?;
+    let mut progress = Progress::new(format!("snapshot to {:x}", link.id), file_bytes);
+    conn.io
+        .write_all(&wire::encode_snap_head(file_bytes, message))
+        .await?;
+    let mut sha = Sha256::new();
+    let mut frame = Vec::with_capacity(HEADER_BYTES + SNAPSHOT_CHUNK_BYTES as usize);
+    let mut sent_bytes = 0;
+    while sent_bytes < file_bytes {
+        let want = SNAPSHOT_CHUNK_BYTES.min(file_bytes - sent_bytes) as usize;
+        let chunk = file
+            .read_at(sent_bytes, want)
+            .await
+            .map_err(std::io::Error::from)?;
+        if chunk.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the snapshot file shrank while it was sent",
+            )
+            .into());
+        }
+        sha.update(&chunk[..]);
+        frame.clear();
+        wire::encode_frame(&mut frame, FrameKind::SnapChunk, &chunk);
+        conn.io.write_all(&frame).await?;
+        link.metrics.sent_bytes.add(frame.len() as u64);
+        sent_bytes += chunk.len() as u64;
+        progress.advance(sent_bytes);
+    }
+    let _ = file.close().await;
+    let digest: [u8; 32] = sha.finalize().into();
+    conn.io
+        .write_all(&wire::frame(FrameKind::SnapEnd, &digest))
+        .await?;
+    let verdict = conn::within(VERDICT_TIMEOUT, conn::expect_frame(&mut conn.io)).await?;
+    match verdict {
+        (FrameKind::SnapDone, payload) => {
+            wire::decode_snap_done(&payload)?.map_err(PeerError::Refused)?;
+            progress.finish();
+            Ok(())
+        }
+        (kind, _) => Err(WireError::Unexpected(kind as u8).into()),
+    }
+}
+
+/// Receives one snapshot from `from` on an accepted connection.
+pub(crate) async fn receive(shared: &Shared, from: u64, mut io: BufReader<Box<dyn PeerIo>>) {
+    let head = match conn::expect_frame(&mut io).await {
+        Ok((FrameKind::SnapHead, payload)) => wire::decode_snap_head(&payload).map_err(Into::into),
+        Ok((kind, _)) => Err(WireError::Unexpected(kind as u8).into()),
+        Err(error) => Err(error),
+    };
+    let (file_bytes, message) = match head.and_then(|head| check_head(shared, head)) {
+        Ok(head) => head,
+        Err(error) => {
+            eprintln!("basalt: peer {from:x}: refused a snapshot: {error}");
+            let verdict = Err(error.to_string());
+            let _ = io
+                .get_mut()
+                .write_all(&wire::encode_snap_done(&verdict))
+                .await;
+            return;
+        }
+    };
+    let index = message.snapshot.as_ref().map_or(0, |s| s.metadata.index);
+    let incoming = shared
+        .snap_dir
+        .join(format!("{index:016x}-{from:016x}.incoming"));
+    let installed = shared
+        .snap_dir
+        .join(format!("{index:016x}-{from:016x}.snap.db"));
+    let label = format!("snapshot from {from:x} at index {index}");
+    let result = receive_file(&mut io, &incoming, file_bytes, &label).await;
+    let result = match result {
+        Ok(()) => install(&incoming, &installed, &shared.snap_dir).await,
+        Err(error) => Err(error),
+    };
+    let verdict = result.as_ref().map(|_| ()).map_err(|e| e.to_string());
+    let _ = io
+        .get_mut()
+        .write_all(&wire::encode_snap_done(&verdict))
+        .await;
+    match result {
+        Ok(()) => {
+            eprintln!("basalt: peer {from:x}: received {label} ({file_bytes} bytes)");
+            let snapshot = PeerInbound::Snapshot {
+                message,
+                file: installed,
+            };
+            let _ = shared.inbound.send_async(snapshot).await;
+        }
+        Err(error) => {
+            eprintln!("basalt: peer {from:x}: discarded {label}: {error}");
+            let _ = glommio::io::remove(&incoming).await;
+        }
+    }
+}
+
+/// A SNAP_HEAD must carry a Snap message for this member with its snapshot.
+fn check_head(
+    shared: &Shared,
+    (file_bytes, message): (u64, Message),
+) -> Result<(u64, Message), PeerError> {
+    let reason = match () {
+        _ if message.kind != MessageType::Snap => "not a Snap message",
+        _ if message.to != shared.member_id => "for another member",
+        _ if message.snapshot.is_none() => "without its snapshot",
+        _ => return Ok((file_bytes, message)),
+    };
+    Err(WireError::Payload {
+        what: "snapshot head",
+        reason: reason.to_string(),
+    }
+    .into())
+}
+
+/// Writes the chunks into `incoming` and checks length and sha256; the file is synced when
+/// this returns `Ok`.
+async fn receive_file(
+    io: &mut BufReader<Box<dyn PeerIo>>,
+    incoming: &Path,
+    file_bytes: u64,
+    label: &str,
+) -> Result<(), PeerError> {
+    let file = BufferedFile::create(incoming)
+        .await
+        .map_err(std::io::Error::from)?;
+    let mut progress = Progress::new(label.to_string(), file_bytes);
+    let mut sha = Sha256::new();
+    let mut received_bytes = 0u64;
+    let digest = loop {
+        match conn::expect_frame(io).await? {
+            (FrameKind::SnapChunk, chunk) => {
+                if received_bytes + chunk.len() as u64 > file_bytes {
+                    return Err(too_long(file_bytes));
+                }
+                sha.update(&chunk);
+                let at = received_bytes;
+                received_bytes += chunk.len() as u64;
+                write_chunk_at(&file, chunk, at).await?;
+                progress.advance(received_bytes);
+            }
+            (FrameKind::SnapEnd, payload) => break wire::decode_sha256(&payload)?,
+            (kind, _) => return Err(WireError::Unexpected(kind as u8).into()),
+        }
+    };
+    if received_bytes != file_bytes {
+        return Err(PeerError::Refused(format!(
+            "the snapshot ended after {received_bytes} of {file_bytes} bytes"
+        )));
+    }
+    if <[u8; 32]>::from(sha.finalize()) != digest {
+        return Err(PeerError::Refused("snapshot sha256 mismatch".to_string()));
+    }
+    file.fdatasync().await.map_err(std::io::Error::from)?;
+    file.close().await.map_err(std::io::Error::from)?;
+    progress.finish();
+    Ok(())
+}
+
+fn too_long(file_bytes: u64) -> PeerError {
+    PeerError::Refused(format!("the snapshot runs past its {file_bytes} bytes"))
+}
+
+/// Writes `chunk` at `at`. A regular file takes a whole write unless the disk is full, so a
+/// short write fails the transfer rather than being retried.
+async fn write_chunk_at(file: &BufferedFile, chunk: Vec<u8>, at: u64) -> Result<(), PeerError> {
+    let chunk_bytes = chunk.len();
+    let written = file
+        .write_at(chunk, at)
+        .await
+        .map_err(std::io::Error::from)?;
+    if written != chunk_bytes {
+        let short = std::io::Error::new(
+            std::io::ErrorKind::WriteZero,
+            format!("short write of a snapshot chunk ({written} of {chunk_bytes} bytes)"),
+        );
+        return Err(short.into());
+    }
+    Ok(())
+}
+
+/// Renames a verified file to its final name and makes the rename durable.
+async fn install(incoming: &Path, installed: &Path, snap_dir: &Path) -> Result<(), PeerError> {
+    glommio::io::rename(incoming, installed)
+        .await
+        .map_err(std::io::Error::from)?;
+    let dir = Directory::open(snap_dir)
+        .await
+        .map_err(std::io::Error::from)?;
+    dir.sync().await.map_err(std::io::Error::from)?;
+    let _ = dir.close().await;
+    Ok(())
+}
+
+/// Logs a transfer's throughput as it goes (for big files) and when it ends.
+struct Progress {
+    label: String,
+    total_bytes: u64,
+    started: Instant,
+    next_log_bytes: u64,
+}
+
+impl Progress {
+    fn new(label: String, total_bytes: u64) -> Progress {
+        Progress {
+            label,
+            total_bytes,
+            started: Instant::now(),
+            next_log_bytes: PROGRESS_LOG_BYTES,
+        }
+    }
+
+    fn advance(&mut self, done_bytes: u64) {
+        if done_bytes >= self.next_log_bytes && done_bytes < self.total_bytes {
+            self.next_log_bytes = done_bytes + PROGRESS_LOG_BYTES;
+            eprintln!(
+                "basalt: peer: {}: {} of {} MiB ({:.1} MiB/s)",
+                self.label,
+                done_bytes >> 20,
+                self.total_bytes >> 20,
+                self.mib_per_s(done_bytes)
+            );
+        }
+    }
+
+    fn finish(&self) {
+        if self.total_bytes >= PROGRESS_LOG_BYTES {
+            eprintln!(
+                "basalt: peer: {}: {} MiB done ({:.1} MiB/s)",
+                self.label,
+                self.total_bytes >> 20,
+                self.mib_per_s(self.total_bytes)
+            );
+        }
+    }
+
+    fn mib_per_s(&self, done_bytes: u64) -> f64 {
+        let seconds = self.started.elapsed().as_secs_f64().max(1e-6);
+        done_bytes as f64 / (1 << 20) as f64 / seconds
+    }
+}
