@@ -566,3 +566,226 @@ pub enum TlsError {
     #[error("TLS handshake did not finish within {0:?}")]
     HandshakeTimeout(Duration),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use glommio::net::{TcpListener, TcpStream};
+    use glommio::LocalExecutorBuilder;
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+
+    /// A fresh folder per test under the system temp dir.
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("basalt-tls-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    struct Ca {
+        cert: rcgen::Certificate,
+        key: KeyPair,
+    }
+
+    fn new_ca(dir: &Path) -> Ca {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::new(Vec::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "test-ca");
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(dir.join("ca.pem"), cert.pem()).unwrap();
+        Ca { cert, key }
+    }
+
+    /// Writes `{stem}.pem` and `{stem}-key.pem`, a leaf signed by `ca` for 127.0.0.1 with
+    /// `common_name`, and returns the certificate's DER.
+    fn issue(dir: &Path, stem: &str, ca: &Ca, common_name: &str) -> Vec<u8> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        let cert = params.signed_by(&key, &ca.cert, &ca.key).unwrap();
+        // Renamed into place, as a certificate manager does, so a reload never reads half.
+        let temp = dir.join(format!("{stem}.tmp"));
+        std::fs::write(&temp, key.serialize_pem()).unwrap();
+        std::fs::rename(&temp, dir.join(format!("{stem}-key.pem"))).unwrap();
+        std::fs::write(&temp, cert.pem()).unwrap();
+        std::fs::rename(&temp, dir.join(format!("{stem}.pem"))).unwrap();
+        cert.der().to_vec()
+    }
+
+    fn files(dir: &Path, stem: &str) -> TlsConfig {
+        TlsConfig::new(
+            dir.join(format!("{stem}.pem")),
+            dir.join(format!("{stem}-key.pem")),
+        )
+    }
+
+    #[test]
+    fn settings_are_checked_when_the_config_is_built() {
+        let dir = temp_dir("settings");
+        let ca = new_ca(&dir);
+        issue(&dir, "server", &ca, "server");
+        let server = files(&dir, "server");
+        let with_ca = TlsConfig {
+            trusted_ca_file: Some(dir.join("ca.pem")),
+            client_cert_auth: true,
+            ..server.clone()
+        };
+        let suites = |names: &[&str]| TlsConfig {
+            cipher_suites: names.iter().map(|n| n.to_string()).collect(),
+            ..server.clone()
+        };
+        let cases: Vec<(&str, TlsConfig, Option<&str>)> = vec![
+            ("certificate and key", server.clone(), None),
+            ("client certificates against a CA", with_ca.clone(), None),
+            (
+                "client-cert-auth without a CA",
+                TlsConfig {
+                    client_cert_auth: true,
+                    ..server.clone()
+                },
+                Some("needs a trusted CA file"),
+            ),
+            (
+                "missing key file",
+                TlsConfig {
+                    key_file: dir.join("nope.pem"),
+                    ..server.clone()
+                },
+                Some("cannot read"),
+            ),
+            (
+                "a certificate where the key should be",
+                TlsConfig {
+                    key_file: server.cert_file.clone(),
+                    ..server.clone()
+                },
+                Some("no private key found"),
+            ),
+            (
+                "Go's names, both ChaCha20 spellings and a TLS 1.3 suite",
+                suites(&[
+                    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+                    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305",
+                    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+                    "TLS_AES_128_GCM_SHA256",
+                ]),
+                None,
+            ),
+            (
+                "a CBC suite rustls does not offer",
+                suites(&["TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA"]),
+                Some("unexpected TLS cipher suite"),
+            ),
+            (
+                "suites with TLS 1.3 only",
+                TlsConfig {
+                    min_version: TlsVersion::Tls13,
+                    ..suites(&["TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"])
+                },
+                Some("only TLS1.3"),
+            ),
+            (
+                "min above max",
+                TlsConfig {
+                    min_version: TlsVersion::Tls13,
+                    max_version: TlsVersion::Tls12,
+                    ..server.clone()
+                },
+                Some("min version is above"),
+            ),
+        ];
+        for (case, config, refusal) in cases {
+            let got = config.validate().err().map(|e| e.to_string());
+            match (refusal, got) {
+                (None, None) => {}
+                (Some(want), Some(got)) => assert!(got.contains(want), "{case}: {got}"),
+                (want, got) => panic!("{case}: wanted {want:?}, got {got:?}"),
+            }
+        }
+        assert!(matches!(
+            server.client_config(),
+            Err(TlsError::DialWithoutCa)
+        ));
+        assert!(with_ca.client_config().is_ok());
+        assert!(TlsVersion::parse("TLS1.1").is_err());
+    }
+
+    /// One TLS connection over loopback: what the server saw as the client's name and the
+    /// certificate the client was shown.
+    fn handshake(acceptor: TlsAcceptor, connector: TlsConnector) -> (Option<String>, Vec<u8>) {
+        LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+                let addr = listener.local_addr().unwrap();
+                let server = glommio::spawn_local(async move {
+                    let stream = listener.accept().await.unwrap();
+                    let stream = acceptor.accept(stream).await.unwrap();
+                    client_common_name(&stream)
+                });
+                let stream = TcpStream::connect(addr).await.unwrap();
+                let stream = connector.connect("127.0.0.1", stream).await.unwrap();
+                let shown = stream.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+                (server.await, shown)
+            })
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_verified_client_certificate_names_the_client_and_new_files_are_served() {
+        let dir = temp_dir("handshake");
+        let ca = new_ca(&dir);
+        let first_der = issue(&dir, "server", &ca, "server");
+        issue(&dir, "client", &ca, "alice");
+        let with_ca = |config: TlsConfig| TlsConfig {
+            trusted_ca_file: Some(dir.join("ca.pem")),
+            ..config
+        };
+        let server = TlsConfig {
+            client_cert_auth: true,
+            ..with_ca(files(&dir, "server"))
+        };
+        let acceptor = TlsAcceptor::new(&server, CLIENT_ALPN_PROTOCOLS).unwrap();
+        let connector = TlsConnector::new(&with_ca(files(&dir, "client"))).unwrap();
+
+        let (name, shown) = handshake(acceptor.clone(), connector.clone());
+        assert_eq!(name.as_deref(), Some("alice"));
+        assert_eq!(shown, first_der);
+
+        let renewed_der = issue(&dir, "server", &ca, "server");
+        let (_, shown) = handshake(acceptor.clone(), connector.clone());
+        assert_eq!(
+            shown, renewed_der,
+            "the next handshake serves the new files"
+        );
+
+        // A half-written key keeps the previous pair in service.
+        std::fs::write(dir.join("server-key.pem"), "-----BEGIN PRIV").unwrap();
+        let (_, shown) = handshake(acceptor, connector);
+        assert_eq!(shown, renewed_der);
+    }
+
+    #[test]
+    fn self_signed_pair_is_made_once_and_dialed_without_verification() {
+        let dir = temp_dir("self-signed");
+        let hosts = ["127.0.0.1".to_string(), "localhost".to_string()];
+        let made = self_signed(&dir, &hosts, 1).unwrap();
+        let cert_pem = std::fs::read(&made.cert_file).unwrap();
+        let again = self_signed(&dir, &hosts, 1).unwrap();
+        assert_eq!(again, made);
+        assert_eq!(std::fs::read(&again.cert_file).unwrap(), cert_pem);
+        let key_mode = std::fs::metadata(&made.key_file).unwrap().mode() & 0o777;
+        assert_eq!(key_mode, 0o600);
+
+        let acceptor = TlsAcceptor::new(&made, CLIENT_ALPN_PROTOCOLS).unwrap();
+        let (name, _) = handshake(acceptor, TlsConnector::new(&made).unwrap());
+        assert_eq!(name, None, "no client certificate is asked for");
+        assert!(self_signed(&temp_dir("zero-years"), &hosts, 0).is_err());
+    }
+}
