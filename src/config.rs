@@ -291,6 +291,13 @@ pub struct ServerFlags {
     /// Auth token type and options: simple or jwt,...
     #[arg(long = "auth-token", env = "ETCD_AUTH_TOKEN", default_value = "simple")]
     pub auth_token: String,
+    /// Time (in seconds) of the auth-token-ttl.
+    #[arg(
+        long = "auth-token-ttl",
+        env = "ETCD_AUTH_TOKEN_TTL",
+        default_value_t = 300
+    )]
+    pub auth_token_ttl: u64,
     /// bcrypt cost for hashing auth passwords.
     #[arg(long = "bcrypt-cost", env = "ETCD_BCRYPT_COST", default_value_t = 10)]
     pub bcrypt_cost: u32,
@@ -342,6 +349,49 @@ impl ServerFlags {
             .clone()
             .unwrap_or_else(|| PathBuf::from(format!("{}.basalt", self.name)))
     }
+}
+
+/// `--initial-cluster` as (name, peer URLs) in the order first named; a name given several
+/// times collects its URLs, as etcd reads it. Without the flag the cluster is this member
+/// alone at its advertised peer URLs.
+pub fn initial_cluster(flags: &ServerFlags) -> Result<Vec<(String, Vec<String>)>, String> {
+    let Some(text) = flags.initial_cluster.as_deref().filter(|t| !t.is_empty()) else {
+        return Ok(vec![(
+            flags.name.clone(),
+            flags.initial_advertise_peer_urls.clone(),
+        )]);
+    };
+    let mut members: Vec<(String, Vec<String>)> = Vec::new();
+    for pair in text.split(',') {
+        let Some((name, url)) = pair.split_once('=') else {
+            return Err(format!(
+                "--initial-cluster {text:?}: {pair:?} is not name=peer-url"
+            ));
+        };
+        match members.iter_mut().find(|(known, _)| known == name) {
+            Some((_, urls)) => urls.push(url.to_string()),
+            None => members.push((name.to_string(), vec![url.to_string()])),
+        }
+    }
+    let Some((_, own_urls)) = members.iter().find(|(name, _)| *name == flags.name) else {
+        return Err(format!(
+            "couldn't find local name {:?} in the initial cluster configuration",
+            flags.name
+        ));
+    };
+    let mut own_sorted = own_urls.clone();
+    own_sorted.sort();
+    let mut advertised = flags.initial_advertise_peer_urls.clone();
+    advertised.sort();
+    if own_sorted != advertised {
+        return Err(format!(
+            "--initial-cluster has {}={} but missing from --initial-advertise-peer-urls={}",
+            flags.name,
+            own_urls.join(","),
+            flags.initial_advertise_peer_urls.join(",")
+        ));
+    }
+    Ok(members)
 }
 
 /// A member's id: stable for the same advertised peer URLs and cluster token, as etcd derives it
@@ -522,6 +572,48 @@ mod tests {
         assert_ne!(member_id(&urls, "t"), member_id(&urls, "other-token"));
         assert_ne!(cluster_id(&[1, 2], "t"), cluster_id(&[1, 3], "t"));
         assert_eq!(cluster_id(&[1, 2], "t"), cluster_id(&[2, 1], "t"));
+    }
+
+    #[test]
+    fn initial_cluster_names_this_member_at_its_advertised_urls() {
+        let cluster = |extra: &[&str]| {
+            let mut args = vec!["basalt", "--name", "b"];
+            args.extend_from_slice(extra);
+            initial_cluster(&parse(&args).unwrap().server)
+        };
+        let urls = ["--initial-advertise-peer-urls", "http://h:2"];
+        let three = [
+            &urls[..],
+            &[
+                "--initial-cluster",
+                "a=http://h:1,b=http://h:2,c=http://h:3",
+            ],
+        ]
+        .concat();
+        let members = cluster(&three).unwrap();
+        assert_eq!(members.len(), 3);
+        assert_eq!(
+            members[1],
+            ("b".to_string(), vec!["http://h:2".to_string()])
+        );
+        let alone = cluster(&urls).unwrap();
+        assert_eq!(
+            alone,
+            vec![("b".to_string(), vec!["http://h:2".to_string()])]
+        );
+        let refusals: [&[&str]; 3] = [
+            &["--initial-cluster", "a=http://h:1"],
+            &[
+                "--initial-cluster",
+                "b=http://h:9",
+                "--initial-advertise-peer-urls",
+                "http://h:2",
+            ],
+            &["--initial-cluster", "b"],
+        ];
+        for args in refusals {
+            assert!(cluster(args).is_err(), "{args:?}");
+        }
     }
 
     #[test]

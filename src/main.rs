@@ -6,6 +6,7 @@ mod tls;
 
 use basalt_engine::mvcc::Limits;
 use basalt_net::node::{snapshot as snapshot_file, AutoCompaction, Node, NodeConfig};
+use basalt_proto::etcdserverpb::Member;
 use clap::Parser;
 use config::{normalize_go_flags, Cli, Command, ServerFlags, SnapshotCommand};
 use std::process::ExitCode;
@@ -54,7 +55,8 @@ fn serve(flags: ServerFlags) -> Result<(), String> {
     let data_dir = flags.data_dir();
     std::fs::create_dir_all(&data_dir)
         .map_err(|e| format!("cannot create data dir {}: {e}", data_dir.display()))?;
-    let config = server_config(&flags);
+    let plan = cluster_plan(&flags, &data_dir)?;
+    let config = server_config(&flags, &plan);
     let config = basalt_net::ServerConfig {
         client_tls: tls::client_tls(&flags, &data_dir)?,
         ..config
@@ -66,6 +68,12 @@ fn serve(flags: ServerFlags) -> Result<(), String> {
         data_dir: data_dir.clone(),
         member_id: config.member_id,
         cluster_id: config.cluster_id,
+        name: flags.name.clone(),
+        advertise_client_urls: flags.advertise_client_urls.clone(),
+        listen_peer_urls: flags.listen_peer_urls.clone(),
+        initial_members: plan.members,
+        join_existing: plan.join_existing,
+        strict_reconfig_check: flags.strict_reconfig_check,
         snapshot_count: flags.snapshot_count,
         max_wals: flags.max_wals as usize,
         heartbeat_interval_ms: flags.heartbeat_interval_ms,
@@ -78,6 +86,14 @@ fn serve(flags: ServerFlags) -> Result<(), String> {
             &flags.auto_compaction_mode,
             &flags.auto_compaction_retention,
         )?,
+        auth: basalt_net::auth::AuthOptions {
+            tokens: basalt_net::auth::TokenOptions::parse(
+                &flags.auth_token,
+                Duration::from_secs(flags.auth_token_ttl),
+            )?,
+            bcrypt_cost: flags.bcrypt_cost,
+            client_cert_auth: flags.client_cert_auth,
+        },
         limits: Limits {
             max_txn_ops: config.max_txn_ops,
             max_request_bytes: config.max_request_bytes,
@@ -115,11 +131,93 @@ fn serve(flags: ServerFlags) -> Result<(), String> {
     served
 }
 
-fn server_config(flags: &ServerFlags) -> basalt_net::ServerConfig {
-    let member_id = config::member_id(
-        &flags.initial_advertise_peer_urls,
-        &flags.initial_cluster_token,
-    );
+/// Who this member is and whom it starts with.
+struct ClusterPlan {
+    member_id: u64,
+    cluster_id: u64,
+    /// The founders of a new cluster, or the member list a running cluster sent.
+    members: Vec<Member>,
+    join_existing: bool,
+}
+
+/// How long a joining member waits for the running cluster to answer.
+const JOIN_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// etcd's bootstrap: a new cluster's members and ids follow from `--initial-cluster` and the
+/// token; a member started with `--initial-cluster-state existing` asks the others for the
+/// cluster and finds itself by its advertised peer URLs (it must have been added first).
+fn cluster_plan(flags: &ServerFlags, data_dir: &std::path::Path) -> Result<ClusterPlan, String> {
+    let token = &flags.initial_cluster_token;
+    let members: Vec<Member> = config::initial_cluster(flags)?
+        .into_iter()
+        .map(|(name, urls)| Member {
+            id: config::member_id(&urls, token),
+            name,
+            peer_ur_ls: urls,
+            ..Member::default()
+        })
+        .collect();
+    let own_id = members
+        .iter()
+        .find(|m| m.name == flags.name)
+        .map(|m| m.id)
+        .expect("initial_cluster checks that this member is named");
+    if flags.initial_cluster_state == "new" {
+        let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
+        return Ok(ClusterPlan {
+            member_id: own_id,
+            cluster_id: config::cluster_id(&ids, token),
+            members,
+            join_existing: false,
+        });
+    }
+    let others: Vec<String> = members
+        .iter()
+        .filter(|m| m.id != own_id)
+        .flat_map(|m| m.peer_ur_ls.clone())
+        .collect();
+    let fetched = basalt_net::peer::fetch_cluster(&others, JOIN_FETCH_TIMEOUT);
+    let remembered = basalt_net::node::joined_identity(data_dir);
+    let cluster = match (fetched, remembered) {
+        (Ok(cluster), _) => cluster,
+        (Err(_), Some((member_id, cluster_id))) => {
+            // A restart: the data dir knows who we are; the log knows the rest.
+            return Ok(ClusterPlan {
+                member_id,
+                cluster_id,
+                members: Vec::new(),
+                join_existing: true,
+            });
+        }
+        (Err(error), None) => return Err(format!("cannot reach the cluster to join it: {error}")),
+    };
+    let mut advertised = flags.initial_advertise_peer_urls.clone();
+    advertised.sort();
+    let Some(me) = cluster.members.iter().find(|m| {
+        let mut urls = m.peer_ur_ls.clone();
+        urls.sort();
+        urls == advertised
+    }) else {
+        return Err(format!(
+            "no member of cluster {:x} has the peer URLs {}: add this member first (etcdctl \
+             member add)",
+            cluster.cluster_id,
+            advertised.join(",")
+        ));
+    };
+    basalt_net::node::prepare_data_dir(data_dir).map_err(|e| e.to_string())?;
+    basalt_net::node::remember_identity(data_dir, me.id, cluster.cluster_id)
+        .map_err(|e| format!("cannot record this member's identity: {e}"))?;
+    Ok(ClusterPlan {
+        member_id: me.id,
+        cluster_id: cluster.cluster_id,
+        members: cluster.members.clone(),
+        join_existing: true,
+    })
+}
+
+fn server_config(flags: &ServerFlags, plan: &ClusterPlan) -> basalt_net::ServerConfig {
+    let member_id = plan.member_id;
     basalt_net::ServerConfig {
         name: flags.name.clone(),
         listen_client_urls: flags.listen_client_urls.clone(),
@@ -129,7 +227,7 @@ fn server_config(flags: &ServerFlags) -> basalt_net::ServerConfig {
         max_txn_ops: flags.max_txn_ops,
         max_request_bytes: flags.max_request_bytes,
         max_concurrent_streams: flags.max_concurrent_streams,
-        cluster_id: config::cluster_id(&[member_id], &flags.initial_cluster_token),
+        cluster_id: plan.cluster_id,
         member_id,
         watch_progress_notify_interval_ms: flags.watch_progress_notify_interval.as_millis() as u64,
         ..basalt_net::ServerConfig::default()

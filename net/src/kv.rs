@@ -9,7 +9,7 @@ use basalt_engine::apply::KvHash;
 use basalt_engine::mvcc::KvStore;
 use basalt_proto::etcdserverpb::{
     alarm_request::AlarmAction, AlarmMember, AlarmRequest, AlarmResponse, CompactionRequest,
-    CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
+    CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, Member, PutRequest, PutResponse,
     RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
 };
 use std::future::Future;
@@ -113,6 +113,59 @@ pub trait KvService: 'static {
     /// One round of catching unsynced watchers up, for an executor whose writer does not run
     /// it on its own; Watch streams call it periodically.
     fn sync_watches(&self) {}
+    /// The cluster's members as this member applied them; None for a store that is not a
+    /// raft member (the edge then lists only itself).
+    fn members(&self) -> Option<Vec<Member>> {
+        None
+    }
+    /// Cluster.MemberAdd/Remove/Update/Promote: the member it concerns and the list after.
+    fn change_members(
+        &self,
+        change: MembershipChange,
+    ) -> impl Future<Output = Result<(Member, Vec<Member>), Status>> {
+        let _ = change;
+        async {
+            Err(Status::unimplemented(
+                "basalt: membership changes need the raft member",
+            ))
+        }
+    }
+    /// Maintenance.MoveLeader to `target`; a lone member already leads and has no one else.
+    fn move_leader(&self, target: u64) -> impl Future<Output = Result<(), Status>> {
+        let _ = target;
+        async {
+            Err(Status::new(
+                crate::status::Code::FailedPrecondition,
+                "etcdserver: bad leader transferee",
+            ))
+        }
+    }
+    /// This member's auth state and tokens; None: this store serves no auth and every call
+    /// is allowed.
+    fn auth(&self) -> Option<&Arc<crate::auth::AuthShared>> {
+        None
+    }
+    /// This service acting for `who`: its proposals name the user so that apply checks the
+    /// user's permissions again. None: this store does not tell users apart.
+    fn for_user(&self, who: &basalt_engine::auth::AuthInfo) -> Option<Self>
+    where
+        Self: Sized,
+    {
+        let _ = who;
+        None
+    }
+    /// An Auth request through the log.
+    fn auth_request(
+        &self,
+        req: basalt_proto::basaltpb::internal_request::Request,
+    ) -> impl Future<Output = Result<basalt_engine::apply::AuthApplied, Status>> {
+        let _ = req;
+        async {
+            Err(Status::unimplemented(
+                "basalt: auth needs the durable store",
+            ))
+        }
+    }
     /// Maintenance.Hash: a hash of the whole store file's contents.
     fn hash(&self) -> impl Future<Output = Result<u32, Status>> {
         async {
@@ -121,6 +174,25 @@ pub trait KvService: 'static {
             ))
         }
     }
+}
+
+/// What a Cluster service call asks to change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MembershipChange {
+    Add {
+        peer_urls: Vec<String>,
+        is_learner: bool,
+    },
+    Remove {
+        id: u64,
+    },
+    Promote {
+        id: u64,
+    },
+    Update {
+        id: u64,
+        peer_urls: Vec<String>,
+    },
 }
 
 /// A consistent copy of the store file, ready to stream.
@@ -141,6 +213,9 @@ pub struct StoreStatus {
     pub db_size_in_use_bytes: i64,
     /// This member knows a leader (itself, for a lone voter).
     pub has_leader: bool,
+    /// The leader's member id (0: none known).
+    pub leader_id: u64,
+    pub is_learner: bool,
     /// Raised alarms (Status lists them as errors).
     pub alarms: Vec<AlarmMember>,
 }
@@ -227,6 +302,8 @@ impl KvService for LocalKv {
             db_size_bytes: 0,
             db_size_in_use_bytes: 0,
             has_leader: true,
+            leader_id: 0,
+            is_learner: false,
             alarms: Vec::new(),
         })
     }

@@ -6,7 +6,7 @@
 
 use crate::config::ServerConfig;
 use crate::grpc::{decode, encode, MessageReader, ResponseSink};
-use crate::kv::{KvService, SnapshotFile};
+use crate::kv::{KvService, MembershipChange, SnapshotFile};
 use crate::metrics::{metrics, GrpcMetrics};
 use crate::status::{Code, Status};
 use basalt_engine::mvcc::{
@@ -14,7 +14,9 @@ use basalt_engine::mvcc::{
 };
 use basalt_proto::etcdserverpb::{
     AlarmRequest, AlarmResponse, AlarmType, DefragmentRequest, DefragmentResponse, HashKvRequest,
-    HashKvResponse, HashRequest, HashResponse, Member, MemberListRequest, MemberListResponse,
+    HashKvResponse, HashRequest, HashResponse, Member, MemberAddRequest, MemberAddResponse,
+    MemberListRequest, MemberListResponse, MemberPromoteRequest, MemberPromoteResponse,
+    MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse,
     MoveLeaderRequest, MoveLeaderResponse, ResponseHeader, SnapshotRequest, SnapshotResponse,
     StatusRequest, StatusResponse,
 };
@@ -39,8 +41,9 @@ pub(crate) struct ServerCall {
     /// (`--client-cert-auth` on an `https://` URL; `Some("")` for a certificate without a CN);
     /// `None` on plain text or when no certificate is required. With auth enabled and no
     /// token, etcd takes it as the user name.
-    #[allow(dead_code)] // Read by auth (net/src/auth.rs), which is being written now.
     pub(crate) client_cert_common_name: Option<String>,
+    /// The `token` metadata a client sends after Authenticate (etcd's `TokenFieldNameGRPC`).
+    pub(crate) token: Option<String>,
 }
 
 /// Everything one core needs to answer calls.
@@ -92,14 +95,26 @@ impl<K: KvService> Services<K> {
     /// Runs the call and says how it ended (None when the client vanished before the end).
     async fn dispatch(&self, path: &str, call: ServerCall) -> Option<Code> {
         let limits = &self.limits;
-        let kv = &self.kv;
+        let gate = match crate::auth::Gate::open(&self.kv, path, &call) {
+            Ok(gate) => gate,
+            Err(status) => {
+                call.sink.finish(&status);
+                return Some(status.code);
+            }
+        };
+        let gate = &gate;
+        // A user's requests name it in their log entries, where apply checks them again.
+        let user_kv = gate.who().and_then(|who| self.kv.for_user(who));
+        let kv = user_kv.as_ref().unwrap_or(&self.kv);
         let m = metrics();
         match path {
             "/etcdserverpb.KV/Range" => {
                 unary(call, |req| async move {
                     m.mvcc_range_total.inc();
                     validate_range(&req, limits)?;
+                    gate.range(&req)?;
                     let mut resp = kv.range(req).await?;
+                    gate.still_current(kv)?;
                     self.fill_header(&mut resp.header);
                     Ok(resp)
                 })
@@ -109,6 +124,7 @@ impl<K: KvService> Services<K> {
                 unary(call, |req| async move {
                     m.mvcc_put_total.inc();
                     validate_put(&req, limits)?;
+                    gate.put(&req)?;
                     let mut resp = kv.put(req).await?;
                     self.fill_header(&mut resp.header);
                     Ok(resp)
@@ -119,6 +135,7 @@ impl<K: KvService> Services<K> {
                 unary(call, |req| async move {
                     m.mvcc_delete_total.inc();
                     validate_delete_range(&req, limits)?;
+                    gate.delete_range(&req)?;
                     let mut resp = kv.delete_range(req).await?;
                     self.fill_header(&mut resp.header);
                     Ok(resp)
@@ -129,6 +146,7 @@ impl<K: KvService> Services<K> {
                 unary(call, |req| async move {
                     m.mvcc_txn_total.inc();
                     validate_txn(&req, limits)?;
+                    gate.txn(&req)?;
                     let mut resp = kv.txn(req).await?;
                     self.fill_header(&mut resp.header);
                     Ok(resp)
@@ -251,6 +269,7 @@ impl<K: KvService> Services<K> {
                     // etcd's watch server fragments at the request limit plus gRPC's allowance.
                     fragment_bytes_min: limits.max_request_bytes + crate::GRPC_OVERHEAD_BYTES,
                     progress_notify_interval: self.watch_progress_notify_interval,
+                    gate,
                 };
                 crate::watch::serve(cx, call.reader, call.sink).await
             }
@@ -302,13 +321,9 @@ impl<K: KvService> Services<K> {
             "/etcdserverpb.Maintenance/Snapshot" => self.snapshot(call).await,
             "/etcdserverpb.Maintenance/MoveLeader" => {
                 unary(call, |req: MoveLeaderRequest| async move {
-                    // etcd's answers for a lone member: it already leads, so moving to itself
-                    // succeeds at once; any other id is not a member.
-                    if req.target_id != self.member_id {
-                        return Err(Status::new(
-                            Code::FailedPrecondition,
-                            "etcdserver: bad leader transferee",
-                        ));
+                    // A lone member already leads: moving to itself succeeds at once.
+                    if req.target_id != self.member_id || kv.members().is_some() {
+                        kv.move_leader(req.target_id).await?;
                     }
                     let mut header = None;
                     self.fill_header(&mut header);
@@ -323,11 +338,79 @@ impl<K: KvService> Services<K> {
                     self.fill_header(&mut header);
                     Ok(MemberListResponse {
                         header,
-                        members: vec![self.member.clone()],
+                        members: self.members(),
                     })
                 })
                 .await
             }
+            "/etcdserverpb.Cluster/MemberAdd" => {
+                unary(call, |req: MemberAddRequest| async move {
+                    check_peer_urls(&req.peer_ur_ls)?;
+                    let (member, members) = kv
+                        .change_members(MembershipChange::Add {
+                            peer_urls: req.peer_ur_ls,
+                            is_learner: req.is_learner,
+                        })
+                        .await?;
+                    let mut header = None;
+                    self.fill_header(&mut header);
+                    Ok(MemberAddResponse {
+                        header,
+                        member: Some(member),
+                        members,
+                    })
+                })
+                .await
+            }
+            "/etcdserverpb.Cluster/MemberRemove" => {
+                unary(call, |req: MemberRemoveRequest| async move {
+                    let (_, members) = kv
+                        .change_members(MembershipChange::Remove { id: req.id })
+                        .await?;
+                    let mut header = None;
+                    self.fill_header(&mut header);
+                    Ok(MemberRemoveResponse { header, members })
+                })
+                .await
+            }
+            "/etcdserverpb.Cluster/MemberUpdate" => {
+                unary(call, |req: MemberUpdateRequest| async move {
+                    check_peer_urls(&req.peer_ur_ls)?;
+                    let (_, members) = kv
+                        .change_members(MembershipChange::Update {
+                            id: req.id,
+                            peer_urls: req.peer_ur_ls,
+                        })
+                        .await?;
+                    let mut header = None;
+                    self.fill_header(&mut header);
+                    Ok(MemberUpdateResponse { header, members })
+                })
+                .await
+            }
+            "/etcdserverpb.Cluster/MemberPromote" => {
+                unary(call, |req: MemberPromoteRequest| async move {
+                    let (_, members) = kv
+                        .change_members(MembershipChange::Promote { id: req.id })
+                        .await?;
+                    let mut header = None;
+                    self.fill_header(&mut header);
+                    Ok(MemberPromoteResponse { header, members })
+                })
+                .await
+            }
+            auth_path if auth_path.starts_with(crate::auth::SERVICE_PREFIX) => match kv.auth() {
+                Some(shared) => {
+                    let fill = |header: &mut Option<ResponseHeader>| self.fill_header(header);
+                    let method = &auth_path[crate::auth::SERVICE_PREFIX.len()..];
+                    crate::auth::serve(kv, shared, &fill, method, call).await
+                }
+                None => {
+                    let status = unserved(path);
+                    call.sink.finish(&status);
+                    Some(status.code)
+                }
+            },
             _ => {
                 let status = unserved(path);
                 call.sink.finish(&status);
@@ -406,6 +489,13 @@ impl<K: KvService> Services<K> {
         }
     }
 
+    /// The applied member list, or this member alone when the store is not a raft member.
+    fn members(&self) -> Vec<Member> {
+        self.kv
+            .members()
+            .unwrap_or_else(|| vec![self.member.clone()])
+    }
+
     async fn maintenance_status(&self) -> Result<StatusResponse, Status> {
         let store = self.kv.status().await?;
         let mut header = Some(ResponseHeader {
@@ -417,7 +507,10 @@ impl<K: KvService> Services<K> {
             header,
             version: ETCD_SERVER_VERSION.to_string(),
             db_size: store.db_size_bytes,
-            leader: if store.has_leader { self.member_id } else { 0 },
+            leader: match store.leader_id {
+                0 if store.has_leader => self.member_id,
+                leader_id => leader_id,
+            },
             raft_index: store.raft_index,
             raft_term: store.raft_term,
             raft_applied_index: store.raft_applied_index,
@@ -431,7 +524,7 @@ impl<K: KvService> Services<K> {
                 })
                 .collect(),
             db_size_in_use: store.db_size_in_use_bytes,
-            is_learner: false,
+            is_learner: store.is_learner,
         })
     }
 
@@ -452,9 +545,31 @@ impl<K: KvService> Services<K> {
     }
 }
 
+/// etcd's check of a member's peer URLs: each a scheme://host:port URL.
+fn check_peer_urls(urls: &[String]) -> Result<(), Status> {
+    let valid = |url: &String| {
+        url.split_once("://").is_some_and(|(scheme, rest)| {
+            matches!(scheme, "http" | "https" | "unix" | "unixs")
+                && rest
+                    .rsplit_once(':')
+                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+        })
+    };
+    if urls.is_empty() || !urls.iter().all(valid) {
+        return Err(Status::new(
+            Code::InvalidArgument,
+            "etcdserver: given member URLs are invalid",
+        ));
+    }
+    Ok(())
+}
+
 /// Reads the one request of a unary call, runs `handler`, and answers with its response or
 /// its status.
-async fn unary<Req, Resp, Fut>(call: ServerCall, handler: impl FnOnce(Req) -> Fut) -> Option<Code>
+pub(crate) async fn unary<Req, Resp, Fut>(
+    call: ServerCall,
+    handler: impl FnOnce(Req) -> Fut,
+) -> Option<Code>
 where
     Req: prost::Message + Default,
     Resp: prost::Message,
@@ -522,7 +637,7 @@ async fn health_check(req: HealthCheckRequest) -> Result<HealthCheckResponse, St
 }
 
 /// The status for a path no handler serves, worded as grpc-go words it.
-fn unserved(path: &str) -> Status {
+pub(crate) fn unserved(path: &str) -> Status {
     if let Some(method) = basalt_proto::method_by_path(path) {
         // Declared by etcd's protos but not served by Basalt yet: what grpc-go's generated
         // Unimplemented*Server answers.

@@ -121,6 +121,9 @@ pub struct Lessor {
     /// When the leader next checkpoints remaining TTLs (None while not the leader).
     next_checkpoint: Option<Instant>,
     ids: LeaseIds,
+    /// Leases renewed here while another member leads: the leader's clock is the one that
+    /// counts, so these go to it.
+    renewals_for_leader: Vec<i64>,
 }
 
 impl Lessor {
@@ -136,6 +139,7 @@ impl Lessor {
             observed_revision: store.current_revision(),
             next_checkpoint: None,
             ids: LeaseIds::default(),
+            renewals_for_leader: Vec::new(),
         }
     }
 
@@ -249,6 +253,8 @@ impl Lessor {
         lease.remaining_ttl_s = 0;
         if primary {
             lease.expiry = Some(now + seconds(lease.ttl_s));
+        } else {
+            self.renewals_for_leader.push(id);
         }
         Ok(lease.ttl_s)
     }
@@ -379,6 +385,11 @@ impl Lessor {
     }
 
     /// This member leads (its leases' clocks run).
+    /// The leases renewed here since the last call while this member did not lead.
+    pub fn take_renewals_for_leader(&mut self) -> Vec<i64> {
+        std::mem::take(&mut self.renewals_for_leader)
+    }
+
     pub fn is_primary(&self) -> bool {
         self.primary
     }

@@ -7,9 +7,11 @@
 //! Reads run on this thread for now (serializable ones at the newest applied state); moving
 //! them to the client cores through published B+tree snapshots is the next step.
 
+mod cluster;
 mod lease;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,11 +22,12 @@ use basalt_engine::wal::{wal_dir, DmaStorage, RecordRef, Wal, WalOptions};
 use basalt_engine::watch::WatchHub;
 use basalt_proto::basaltpb::{internal_request::Request, InternalRequest};
 use basalt_proto::etcdserverpb::{
-    alarm_request::AlarmAction, AlarmRequest, AlarmType, CompactionRequest,
+    alarm_request::AlarmAction, AlarmRequest, AlarmType, CompactionRequest, Member,
 };
 use basalt_proto::etcdserverpb::{RangeRequest, RangeResponse};
 use basalt_raft::{
-    ConfState, Config, Entry, EntryData, MemStorage, RawNode, Snapshot, SnapshotMetadata, Storage,
+    ConfState, Config, Entry, EntryData, MemStorage, RawNode, Role, Snapshot, SnapshotMetadata,
+    Storage,
 };
 use prost::Message;
 
@@ -34,6 +37,7 @@ use super::{
 };
 use crate::kv::StoreStatus;
 use crate::metrics::metrics;
+use crate::peer::{PeerInbound, PeerTransport};
 use crate::status::{Code, Status};
 
 /// Commands taken in one turn; the rest wait for the next, so one turn's latency stays bounded.
@@ -49,6 +53,26 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
 /// The index of the bootstrap snapshot `MemStorage::new_with_conf_state` starts a log with.
 const BOOTSTRAP_INDEX: u64 = 1;
 
+/// Arrivals from peers queued for the raft core before the transport's readers wait.
+const PEER_INBOX_MAX: usize = 65_536;
+/// Peer arrivals taken in one turn, like [`COMMANDS_PER_TURN_MAX`].
+const PEER_MESSAGES_PER_TURN_MAX: usize = 4096;
+
+/// What woke the raft core.
+enum Wake {
+    Command(Result<Command, flume::RecvError>),
+    Peer(PeerInbound),
+    Tick,
+}
+
+/// A caller waiting for its proposal to apply.
+struct Waiter {
+    reply: Reply<basalt_engine::apply::Applied>,
+    /// etcd's request timeout: past it the caller hears "request timed out" (the entry may
+    /// still apply).
+    deadline: Instant,
+}
+
 struct PendingRead {
     req: RangeRequest,
     reply: Reply<RangeResponse>,
@@ -61,7 +85,24 @@ struct Core {
     applier: Applier,
     published: Arc<Published>,
     /// Proposals waiting for their entry to apply, by proposal id.
-    waiters: HashMap<u64, Reply<basalt_engine::apply::Applied>>,
+    waiters: HashMap<u64, Waiter>,
+    /// etcd's `ReqTimeout`: 5 s plus two election timeouts.
+    request_timeout: Duration,
+    role: Role,
+    /// The peers, once started (a member without peer URLs has none).
+    transport: Option<Rc<PeerTransport>>,
+    /// Where the transport (and snapshot copies) deliver what arrives for the raft core.
+    peer_inbound: flume::Sender<PeerInbound>,
+    /// Peers a snapshot is being copied or streamed to: one at a time each.
+    snapshots_sending: HashSet<u64>,
+    /// The other members' peer URLs as the transport knows them.
+    peer_urls: HashMap<u64, Vec<String>>,
+    /// This member's removal applied: it stops.
+    removed: bool,
+    /// When this member last proposed its name and client URLs.
+    attributes_proposed: Option<Instant>,
+    /// MoveLeader callers: (target, reply, deadline).
+    transfers: Vec<(u64, Reply<()>, Instant)>,
     /// Linearizable reads not yet covered by a ReadIndex request.
     reads_unindexed: Vec<PendingRead>,
     /// Reads whose ReadIndex request is out, by request context.
@@ -90,26 +131,36 @@ pub(super) async fn run(
     published: Arc<Published>,
     started: std::sync::mpsc::Sender<Result<(), NodeError>>,
 ) -> Result<(), NodeError> {
-    let mut core = match Core::recover(config, published).await {
+    let (peer_inbound, peer_inbox) = flume::bounded(PEER_INBOX_MAX);
+    let mut core = match Core::recover(config, published, peer_inbound).await {
         Ok(core) => core,
         Err(error) => {
             let _ = started.send(Err(error));
             return Ok(());
         }
     };
+    if let Err(error) = core.start_transport().await {
+        let _ = started.send(Err(error));
+        return Ok(());
+    }
     if let Err(error) = core.handle_ready().await {
         let _ = started.send(Err(error));
         return Ok(());
     }
     *crate::watch::lock_hub(&core.published.watches) = WatchHub::new(core.applier.store());
+    core.published.auth.publish(core.applier.auth().snapshot());
     let _ = started.send(Ok(()));
-    let result = core.serve(inbox).await;
+    let result = core.serve(inbox, peer_inbox).await;
     let closed = core.close().await;
     result.and(closed)
 }
 
 impl Core {
-    async fn recover(config: NodeConfig, published: Arc<Published>) -> Result<Core, NodeError> {
+    async fn recover(
+        config: NodeConfig,
+        published: Arc<Published>,
+        peer_inbound: flume::Sender<PeerInbound>,
+    ) -> Result<Core, NodeError> {
         let db = btree::open(
             datadir::db_path(&config.data_dir),
             btree::Options::default(),
@@ -119,13 +170,24 @@ impl Core {
             reason: e.to_string(),
         })?;
         let mut applier = Applier::open(db, config.limits)?;
-        if applier.applied_index() < BOOTSTRAP_INDEX {
+        let fresh = applier.applied_index() < BOOTSTRAP_INDEX;
+        if fresh && !config.join_existing {
             // A founding member's log starts with raft's bootstrap snapshot (the initial
             // configuration, no data): applied by definition.
-            let outcome = applier.apply(BOOTSTRAP_INDEX, &[]);
-            debug_assert!(outcome.is_none());
+            let founders = match config.initial_members.as_slice() {
+                [] => vec![Member {
+                    id: config.member_id,
+                    name: config.name.clone(),
+                    ..Member::default()
+                }],
+                members => members.to_vec(),
+            };
+            applier.bootstrap(BOOTSTRAP_INDEX, &founders);
         }
         let applied = applier.applied_index();
+        // Entries up to the applied index are never handed to raft again, so its configuration
+        // must be the one in effect there: the applied member list says what it is.
+        let conf_state = cluster::conf_state_of(&applier.members());
 
         let options = WalOptions {
             max_wals: config.max_wals,
@@ -158,14 +220,16 @@ impl Core {
             }
         }
 
-        let mut storage = MemStorage::new_with_conf_state(ConfState {
-            voters: vec![config.member_id],
-            ..ConfState::default()
-        });
+        let mut storage = if fresh && config.join_existing {
+            // A joining member's log is empty until the leader sends it a snapshot.
+            MemStorage::new()
+        } else {
+            MemStorage::new_with_conf_state(conf_state.clone())
+        };
         let mut snapshot_index = 0;
         if let Some(marker) = &recovered.snapshot {
-            let conf_state = codec::decode_snapshot(&marker.payload)?;
-            install_marker(&mut storage, marker.index, marker.term, conf_state)?;
+            codec::decode_snapshot(&marker.payload)?;
+            install_marker(&mut storage, marker.index, marker.term, conf_state.clone())?;
             snapshot_index = marker.index;
         }
         if applied < snapshot_index {
@@ -208,10 +272,6 @@ impl Core {
                 .hard_state
                 .term
                 .max(1);
-            let conf_state = ConfState {
-                voters: vec![config.member_id],
-                ..ConfState::default()
-            };
             // The marker goes to the WAL too, so that the next start finds the log's base.
             let payload = codec::encode_snapshot(&conf_state);
             wal.append(&[RecordRef::snapshot(term, applied, &payload)])
@@ -243,7 +303,18 @@ impl Core {
             raw.campaign();
         }
         let compactor = Compactor::new(config.auto_compaction, Instant::now());
+        let request_timeout =
+            Duration::from_secs(5) + 2 * Duration::from_millis(config.election_timeout_ms);
         Ok(Core {
+            request_timeout,
+            role: Role::Follower,
+            transport: None,
+            peer_inbound,
+            snapshots_sending: HashSet::new(),
+            peer_urls: HashMap::new(),
+            removed: false,
+            attributes_proposed: None,
+            transfers: Vec::new(),
             config,
             raw,
             wal,
@@ -263,19 +334,42 @@ impl Core {
         })
     }
 
-    async fn serve(&mut self, inbox: flume::Receiver<Command>) -> Result<(), NodeError> {
+    async fn serve(
+        &mut self,
+        inbox: flume::Receiver<Command>,
+        peer_inbox: flume::Receiver<PeerInbound>,
+    ) -> Result<(), NodeError> {
         let tick = Duration::from_millis(self.config.heartbeat_interval_ms.max(1));
         let mut next_tick = Instant::now() + tick;
         let mut stopping = false;
-        while !stopping {
+        while !stopping && !self.removed {
             let wait = next_tick.saturating_duration_since(Instant::now());
-            let first = futures_lite::future::or(async { Some(inbox.recv_async().await) }, async {
-                glommio::timer::sleep(wait).await;
-                None
-            })
+            let first = futures_lite::future::or(
+                async { Wake::Command(inbox.recv_async().await) },
+                futures_lite::future::or(
+                    async {
+                        match peer_inbox.recv_async().await {
+                            Ok(inbound) => Wake::Peer(inbound),
+                            // Without a transport nothing ever arrives.
+                            Err(_) => std::future::pending().await,
+                        }
+                    },
+                    async {
+                        glommio::timer::sleep(wait).await;
+                        Wake::Tick
+                    },
+                ),
+            )
             .await;
+            let mut command = match first {
+                Wake::Command(received) => Some(received),
+                Wake::Peer(inbound) => {
+                    self.take_peer(inbound);
+                    inbox.try_recv().ok().map(Ok)
+                }
+                Wake::Tick => None,
+            };
             let mut taken = 0;
-            let mut command = first;
             while let Some(received) = command.take() {
                 match received {
                     Ok(Command::Stop) | Err(_) => stopping = true,
@@ -286,13 +380,20 @@ impl Core {
                     command = inbox.try_recv().ok().map(Ok);
                 }
             }
+            for inbound in peer_inbox.try_iter().take(PEER_MESSAGES_PER_TURN_MAX) {
+                self.take_peer(inbound);
+            }
             if Instant::now() >= next_tick {
                 self.raw.tick();
                 next_tick = Instant::now() + tick;
+                self.expire_waiters();
+                self.settle_transfers();
+                self.publish_attributes();
             }
             self.ask_read_index();
             self.auto_compact();
             self.lease_duties();
+            self.forward_lease_renewals();
             self.handle_ready().await?;
             self.sync_watches()?;
             self.maybe_checkpoint().await?;
@@ -308,8 +409,8 @@ impl Core {
     }
 
     async fn close(mut self) -> Result<(), NodeError> {
-        for (_, reply) in self.waiters.drain() {
-            let _ = reply.send(Err(stopping()));
+        for (_, waiter) in self.waiters.drain() {
+            let _ = waiter.reply.send(Err(stopping()));
         }
         self.applier.checkpoint()?;
         if let Some(hard_state) = self.hard_state_unwritten.take() {
@@ -317,6 +418,13 @@ impl Core {
             self.wal.append(&[RecordRef::hard_state(&bytes)]).await?;
         }
         self.wal.close().await?;
+        if let Some(transport) = self.transport.take() {
+            match Rc::try_unwrap(transport) {
+                Ok(transport) => transport.close().await,
+                // A snapshot send still holds it; the executor's end drops its sockets.
+                Err(_) => eprintln!("basalt: peer transport still busy at stop"),
+            }
+        }
         Ok(())
     }
 
@@ -331,17 +439,9 @@ impl Core {
             }
             Command::Propose {
                 id, data, reply, ..
-            } => match self.raw.propose(data) {
-                Ok(_) => {
-                    self.waiters.insert(id, reply);
-                }
-                Err(error) => {
-                    let _ = reply.send(Err(Status::new(
-                        Code::Unavailable,
-                        format!("etcdserver: no leader ({error})"),
-                    )));
-                }
-            },
+            } => self.propose_or_forward(id, data, reply),
+            Command::ChangeMembers { change, reply } => self.change_members(change, reply),
+            Command::TransferLeader { target, reply } => self.transfer_leader(target, reply),
             Command::Read {
                 req,
                 linearizable: true,
@@ -389,6 +489,7 @@ impl Core {
         let revision = self.applier.store().current_revision();
         if let Some(target) = self.compactor.poll(Instant::now(), revision) {
             let entry = InternalRequest {
+                auth_header: None,
                 id: 0,
                 request: Some(Request::Compaction(CompactionRequest {
                     revision: target,
@@ -409,6 +510,7 @@ impl Core {
         }
         if !self.applier.has_alarm(AlarmType::Nospace) && !self.nospace_proposed {
             let raise = InternalRequest {
+                auth_header: None,
                 id: 0,
                 request: Some(Request::Alarm(AlarmRequest {
                     action: AlarmAction::Activate as i32,
@@ -433,6 +535,8 @@ impl Core {
             db_size_bytes: db_size_bytes as i64,
             db_size_in_use_bytes: db_size_in_use_bytes as i64,
             has_leader: raft.soft_state.leader_id != basalt_raft::NONE,
+            leader_id: raft.soft_state.leader_id,
+            is_learner: raft.is_learner,
             alarms: self.applier.alarms(),
         })
     }
@@ -464,17 +568,16 @@ impl Core {
         while self.raw.has_ready() {
             let mut ready = self.raw.ready();
             if let Some(soft_state) = &ready.soft_state {
-                self.observe_leader(soft_state.leader_id);
+                self.observe_leader(soft_state.leader_id, soft_state.role);
             }
+            // A leader's appends and heartbeats leave while its own write is in progress.
+            self.send_messages(std::mem::take(&mut ready.messages));
             if let Some(snapshot) = ready.snapshot.take() {
-                // Only a leader sends snapshots; a lone voter never receives one.
-                return Err(NodeError::Raft(format!(
-                    "received a snapshot at {} with no peer transport",
-                    snapshot.metadata.index
-                )));
+                self.install_snapshot(snapshot).await?;
             }
             self.persist(&ready.entries, ready.hard_state.as_ref(), ready.must_sync)
                 .await?;
+            self.send_messages(std::mem::take(&mut ready.persisted_messages));
             if let Some(hard_state) = ready.hard_state {
                 self.published
                     .raft_term
@@ -512,7 +615,7 @@ impl Core {
         Ok(())
     }
 
-    fn observe_leader(&mut self, leader_id: u64) {
+    fn observe_leader(&mut self, leader_id: u64, role: Role) {
         let m = metrics();
         let had_leader = m.server_has_leader.get() == 1;
         let has_leader = leader_id != basalt_raft::NONE;
@@ -520,7 +623,10 @@ impl Core {
             m.server_leader_changes_seen_total.inc();
         }
         self.leader_id = leader_id;
-        self.lease_leadership(leader_id == self.config.member_id);
+        self.role = role;
+        self.published.leader_id.store(leader_id, Ordering::Relaxed);
+        self.settle_transfers();
+        self.lease_leadership(role == Role::Leader);
         m.server_has_leader.set(i64::from(has_leader));
         m.server_is_leader
             .set(i64::from(leader_id == self.config.member_id));
@@ -588,11 +694,12 @@ impl Core {
         let outcome = match &entry.data {
             EntryData::Normal(data) => self.applier.apply(entry.index, data),
             EntryData::ConfChange(change) => {
-                self.applier.apply(entry.index, &[]);
+                let outcome = self.applier.apply_conf_change(entry.index, &change.context);
                 self.raw
                     .apply_conf_change(change)
                     .map_err(|e| NodeError::Raft(e.to_string()))?;
-                None
+                self.members_changed();
+                outcome
             }
         };
         // Watchers see an entry's events as soon as it applies (its WAL record is durable).
@@ -607,8 +714,12 @@ impl Core {
                 return Err(error.clone().into());
             }
         }
-        if let Some(reply) = self.waiters.remove(&outcome.id) {
-            let _ = reply.send(outcome.result.map_err(apply_status));
+        // Auth changes reach every core (and tokens every member) before the caller hears.
+        self.published
+            .auth
+            .observe(self.applier.auth().snapshot(), &outcome.result);
+        if let Some(waiter) = self.waiters.remove(&outcome.id) {
+            let _ = waiter.reply.send(outcome.result.map_err(apply_status));
         }
         Ok(())
     }

@@ -28,17 +28,17 @@ use basalt_engine::wal::WalError;
 use basalt_proto::basaltpb::{internal_request::Request, InternalRequest};
 use basalt_proto::etcdserverpb::{
     AlarmRequest, AlarmResponse, CompactionRequest, CompactionResponse, DeleteRangeRequest,
-    DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, TxnRequest,
+    DeleteRangeResponse, Member, PutRequest, PutResponse, RangeRequest, RangeResponse, TxnRequest,
     TxnResponse,
 };
 use prost::Message;
 
-use crate::kv::{KvService, SnapshotFile, StoreStatus};
+use crate::kv::{KvService, MembershipChange, SnapshotFile, StoreStatus};
 use crate::status::{Code, Status};
 
 pub use codec::CodecError;
 pub use compactor::AutoCompaction;
-pub use datadir::db_path;
+pub use datadir::{db_path, joined_identity, prepare as prepare_data_dir, remember_identity};
 
 /// How the member runs; the binary fills it from etcd's flags.
 #[derive(Clone, Debug)]
@@ -61,6 +61,23 @@ pub struct NodeConfig {
     pub quota_backend_bytes: u64,
     /// `--auto-compaction-mode` and `--auto-compaction-retention`.
     pub auto_compaction: AutoCompaction,
+    /// `--auth-token`, `--auth-token-ttl`, `--bcrypt-cost`, `--client-cert-auth`.
+    pub auth: crate::auth::AuthOptions,
+    /// `--name`: published to the member list once this member runs.
+    pub name: String,
+    /// `--advertise-client-urls`: published with the name.
+    pub advertise_client_urls: Vec<String>,
+    /// `--listen-peer-urls`: where the peer transport accepts other members.
+    pub listen_peer_urls: Vec<String>,
+    /// `--initial-cluster` as members (ids, names, peer URLs) for a new cluster; a member
+    /// joining an existing cluster gets the member list the cluster sent it.
+    pub initial_members: Vec<Member>,
+    /// `--initial-cluster-state existing`: this member was added to a running cluster and
+    /// starts with an empty log that the leader fills (by snapshot).
+    pub join_existing: bool,
+    /// `--strict-reconfig-check`: refuse membership changes that would leave too few
+    /// connected voters for a quorum.
+    pub strict_reconfig_check: bool,
 }
 
 /// etcd's default `--quota-backend-bytes` (2 GiB).
@@ -79,6 +96,13 @@ impl Default for NodeConfig {
             limits: Limits::default(),
             quota_backend_bytes: QUOTA_BACKEND_BYTES_DEFAULT,
             auto_compaction: AutoCompaction::Off,
+            auth: crate::auth::AuthOptions::default(),
+            name: "default".into(),
+            advertise_client_urls: Vec::new(),
+            listen_peer_urls: Vec::new(),
+            initial_members: Vec::new(),
+            join_existing: false,
+            strict_reconfig_check: true,
         }
     }
 }
@@ -98,6 +122,10 @@ pub enum NodeError {
     Raft(String),
     #[error("cannot start the raft core: {0}")]
     Executor(String),
+    #[error("peer transport: {0}")]
+    Peer(String),
+    #[error("auth: {0}")]
+    Auth(String),
 }
 
 /// A request's answer as it comes back from the raft core.
@@ -138,6 +166,16 @@ enum Command {
     /// Runs on the lessor where it lives, with the store's revision (renewals, TimeToLive,
     /// Leases).
     WithLessor(crate::lease::LessorTask),
+    /// A membership change (Cluster.MemberAdd/Remove/Promote); answered once applied.
+    ChangeMembers {
+        change: basalt_proto::basaltpb::MemberChange,
+        reply: Reply<Applied>,
+    },
+    /// Maintenance.MoveLeader.
+    TransferLeader {
+        target: u64,
+        reply: Reply<()>,
+    },
     /// Finish what is queued, checkpoint, close the WAL, exit.
     Stop,
 }
@@ -147,16 +185,50 @@ const COMMAND_QUEUE_MAX: usize = 65_536;
 
 /// State the raft core publishes to every core.
 struct Published {
-    /// Ids for proposals; starts at the wall clock in nanoseconds so that ids of a restarted
-    /// member never meet the ids of entries it replays.
+    /// Ids for proposals, as etcd's id generator makes them: the member id's low 16 bits,
+    /// then the wall clock in milliseconds (40 bits) and a counter (8 bits), so ids of
+    /// different members never meet and a restarted member's never meet those it replays.
     next_id: AtomicU64,
     raft_term: AtomicU64,
+    /// The leader this member knows of (0: none).
+    leader_id: AtomicU64,
+    /// The member list every core reads (Cluster.MemberList, peers joining).
+    cluster: crate::peer::SharedCluster,
     stopped: AtomicBool,
     /// Where snapshot copies are made (beside the tree file, on the same disk).
     snap_dir: PathBuf,
     /// The watchers of the applied store: the raft core notifies and syncs them, client
     /// cores' Watch streams add and cancel.
     watches: crate::watch::SharedWatchHub,
+    /// The applied auth state (published by the raft core) and the tokens.
+    auth: Arc<crate::auth::AuthShared>,
+}
+
+impl Published {
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// The first proposal id of a member started now (see [`Published::next_id`]).
+fn first_proposal_id(member_id: u64) -> u64 {
+    const TIMESTAMP_BITS: u32 = 40;
+    const COUNTER_BITS: u32 = 8;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_millis() as u64);
+    let timestamp = now_ms & ((1 << TIMESTAMP_BITS) - 1);
+    (member_id << (TIMESTAMP_BITS + COUNTER_BITS)) | (timestamp << COUNTER_BITS)
+}
+
+pub(crate) fn lock_cluster(
+    cluster: &crate::peer::SharedCluster,
+) -> std::sync::MutexGuard<'_, crate::peer::ClusterInfo> {
+    // A panic while holding the lock cannot leave the plain list half-written in a way readers
+    // could misread, so a poisoned lock is still read.
+    cluster
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The running member.
@@ -172,12 +244,16 @@ impl Node {
     pub fn start(config: NodeConfig) -> Result<Node, NodeError> {
         datadir::prepare(&config.data_dir)?;
         let (commands, inbox) = flume::bounded(COMMAND_QUEUE_MAX);
-        let start_ns = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64);
+        let auth = crate::auth::AuthShared::new(&config.auth).map_err(NodeError::Auth)?;
         let published = Arc::new(Published {
-            next_id: AtomicU64::new(start_ns),
+            auth: Arc::new(auth),
+            next_id: AtomicU64::new(first_proposal_id(config.member_id)),
             raft_term: AtomicU64::new(0),
+            leader_id: AtomicU64::new(0),
+            cluster: Arc::new(std::sync::Mutex::new(crate::peer::ClusterInfo {
+                cluster_id: config.cluster_id,
+                members: Vec::new(),
+            })),
             stopped: AtomicBool::new(false),
             snap_dir: datadir::db_path(&config.data_dir)
                 .parent()
@@ -224,6 +300,7 @@ impl Node {
         RaftKv {
             commands: self.commands.clone(),
             published: self.published.clone(),
+            auth_header: None,
         }
     }
 
@@ -248,6 +325,8 @@ impl Node {
 pub struct RaftKv {
     commands: flume::Sender<Command>,
     published: Arc<Published>,
+    /// The user this handle proposes for (see [`KvService::for_user`]).
+    auth_header: Option<basalt_proto::basaltpb::AuthHeader>,
 }
 
 /// etcd's answer when the member cannot take the request (it is stopping).
@@ -271,10 +350,11 @@ impl RaftKv {
             Request::Txn(txn) => txn_has_put(txn),
             _ => false,
         };
-        let id = self.published.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = self.published.next_id();
         let data = InternalRequest {
             id,
             request: Some(request),
+            auth_header: self.auth_header.clone(),
         }
         .encode_to_vec();
         self.ask(|reply| Command::Propose {
@@ -287,11 +367,87 @@ impl RaftKv {
     }
 }
 
+impl RaftKv {
+    /// Cluster.MemberUpdate: a normal entry (raft's configuration does not change).
+    async fn update_member(
+        &self,
+        id: u64,
+        peer_urls: Vec<String>,
+    ) -> Result<(Member, Vec<Member>), Status> {
+        let members = self.members().unwrap_or_default();
+        let Some(member) = members.iter().find(|m| m.id == id).cloned() else {
+            return Err(Status::new(Code::NotFound, "etcdserver: member not found"));
+        };
+        let taken = members
+            .iter()
+            .any(|m| m.id != id && m.peer_ur_ls.iter().any(|url| peer_urls.contains(url)));
+        if taken {
+            return Err(Status::new(
+                Code::AlreadyExists,
+                "etcdserver: Peer URLs already exists",
+            ));
+        }
+        let update = basalt_proto::etcdserverpb::MemberUpdateRequest {
+            id,
+            peer_ur_ls: peer_urls,
+        };
+        let members = members_of(self.propose(Request::MemberUpdate(update)).await?)?;
+        Ok((member, members))
+    }
+}
+
+fn members_of(applied: Applied) -> Result<Vec<Member>, Status> {
+    match applied {
+        Applied::Members(members) => Ok(members),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// A new member's id: like etcd's, a hash of its peer URLs and the time it was added, so that
+/// a member added again later (after a removal) gets an id never used before.
+fn new_member_id(peer_urls: &[String]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    let mut sorted = peer_urls.to_vec();
+    sorted.sort();
+    sorted.hash(&mut hasher);
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+        .hash(&mut hasher);
+    hasher.finish().max(1)
+}
+
 fn unexpected(applied: Applied) -> Status {
     Status::internal(format!("basalt: apply answered with {applied:?}"))
 }
 
 impl KvService for RaftKv {
+    fn auth(&self) -> Option<&Arc<crate::auth::AuthShared>> {
+        Some(&self.published.auth)
+    }
+
+    fn for_user(&self, who: &basalt_engine::auth::AuthInfo) -> Option<Self> {
+        Some(RaftKv {
+            commands: self.commands.clone(),
+            published: self.published.clone(),
+            auth_header: Some(basalt_proto::basaltpb::AuthHeader {
+                username: who.username.clone(),
+                auth_revision: who.revision,
+            }),
+        })
+    }
+
+    async fn auth_request(
+        &self,
+        req: Request,
+    ) -> Result<basalt_engine::apply::AuthApplied, Status> {
+        match self.propose(req).await? {
+            Applied::Auth(applied) => Ok(applied),
+            other => Err(unexpected(other)),
+        }
+    }
+
     async fn range(&self, req: RangeRequest) -> Result<RangeResponse, Status> {
         let linearizable = !req.serializable;
         self.ask(|reply| Command::Read {
@@ -344,8 +500,7 @@ impl KvService for RaftKv {
     ) -> Result<basalt_proto::etcdserverpb::LeaseGrantResponse, Status> {
         if req.id == 0 {
             // etcd takes the next request id with the sign bit cleared.
-            req.id =
-                (self.published.next_id.fetch_add(1, Ordering::Relaxed) & (i64::MAX as u64)) as i64;
+            req.id = (self.published.next_id() & (i64::MAX as u64)) as i64;
         }
         match self.propose(Request::LeaseGrant(req)).await? {
             Applied::LeaseGrant(resp) => Ok(resp),
@@ -382,6 +537,68 @@ impl KvService for RaftKv {
         Some(&self.published.watches)
     }
 
+    fn members(&self) -> Option<Vec<Member>> {
+        Some(lock_cluster(&self.published.cluster).members.clone())
+    }
+
+    async fn change_members(
+        &self,
+        change: MembershipChange,
+    ) -> Result<(Member, Vec<Member>), Status> {
+        use basalt_proto::basaltpb::{member_change::Kind, MemberChange};
+        let (kind, member) = match change {
+            MembershipChange::Update { id, peer_urls } => {
+                return self.update_member(id, peer_urls).await
+            }
+            MembershipChange::Add {
+                peer_urls,
+                is_learner,
+            } => {
+                let member = Member {
+                    id: new_member_id(&peer_urls),
+                    peer_ur_ls: peer_urls,
+                    is_learner,
+                    ..Member::default()
+                };
+                (Kind::Add, member)
+            }
+            MembershipChange::Remove { id } => (
+                Kind::Remove,
+                Member {
+                    id,
+                    ..Member::default()
+                },
+            ),
+            MembershipChange::Promote { id } => (
+                Kind::Promote,
+                Member {
+                    id,
+                    ..Member::default()
+                },
+            ),
+        };
+        let change = MemberChange {
+            id: self.published.next_id(),
+            kind: kind as i32,
+            member: Some(member.clone()),
+        };
+        let members = members_of(
+            self.ask(|reply| Command::ChangeMembers { change, reply })
+                .await?,
+        )?;
+        let member = members
+            .iter()
+            .find(|m| m.id == member.id)
+            .cloned()
+            .unwrap_or(member);
+        Ok((member, members))
+    }
+
+    async fn move_leader(&self, target: u64) -> Result<(), Status> {
+        self.ask(|reply| Command::TransferLeader { target, reply })
+            .await
+    }
+
     async fn alarm(&self, req: AlarmRequest) -> Result<AlarmResponse, Status> {
         match self.propose(Request::Alarm(req)).await? {
             Applied::Alarm(resp) => Ok(resp),
@@ -403,7 +620,7 @@ impl KvService for RaftKv {
 
     async fn snapshot(&self) -> Result<SnapshotFile, Status> {
         let read = self.ask(|reply| Command::Snapshot { reply }).await?;
-        let id = self.published.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = self.published.next_id();
         let path = self
             .published
             .snap_dir
@@ -434,6 +651,7 @@ fn apply_status(error: ApplyError) -> Status {
     match error {
         ApplyError::Mvcc(error) => error.into(),
         ApplyError::Lease(error) => error.into(),
+        ApplyError::Auth(error) => error.into(),
         ApplyError::NoSpace => Status::new(Code::ResourceExhausted, error.to_string()),
         ApplyError::Corrupt => Status::new(Code::DataLoss, error.to_string()),
         other => Status::internal(other.to_string()),

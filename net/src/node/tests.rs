@@ -1,5 +1,6 @@
 use basalt_proto::etcdserverpb::{CompactionRequest, PutRequest, RangeRequest};
 use futures_lite::future::block_on;
+use std::time::Instant;
 
 use super::*;
 
@@ -78,5 +79,147 @@ fn apply_errors_reach_the_caller_with_etcds_status() {
         "etcdserver: mvcc: required revision is a future revision"
     );
     node.stop().unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A free loopback port (bound and released; a race with other binders is harmless here).
+fn free_peer_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("http://{}", listener.local_addr().unwrap())
+}
+
+fn member_config(dir: &std::path::Path, founder: &Member, founders: &[Member]) -> NodeConfig {
+    NodeConfig {
+        member_id: founder.id,
+        cluster_id: 77,
+        name: founder.name.clone(),
+        listen_peer_urls: founder.peer_ur_ls.clone(),
+        initial_members: founders.to_vec(),
+        heartbeat_interval_ms: 20,
+        election_timeout_ms: 200,
+        ..config(dir, 100_000)
+    }
+}
+
+/// Polls `check` until it holds; the bound only keeps a broken build from hanging forever.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    while !check() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn value_at(kv: &RaftKv, key: &str, serializable: bool) -> Option<String> {
+    let resp = block_on(kv.range(RangeRequest {
+        key: key.as_bytes().to_vec().into(),
+        serializable,
+        ..Default::default()
+    }))
+    .ok()?;
+    resp.kvs
+        .first()
+        .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
+}
+
+fn leader_of(kvs: &[RaftKv]) -> Option<u64> {
+    kvs.iter()
+        .map(|kv| kv.published.leader_id.load(Ordering::Relaxed))
+        .find(|&id| id != 0)
+}
+
+#[test]
+fn a_three_member_cluster_replicates_forwards_changes_members_and_survives_its_leader() {
+    let dir = temp_dir("cluster");
+    let founders: Vec<Member> = (1..=3)
+        .map(|i| Member {
+            id: i,
+            name: format!("m{i}"),
+            peer_ur_ls: vec![free_peer_url()],
+            ..Member::default()
+        })
+        .collect();
+    let mut nodes: Vec<Option<Node>> = founders
+        .iter()
+        .map(|m| Some(Node::start(member_config(&dir.join(&m.name), m, &founders)).unwrap()))
+        .collect();
+    let kvs: Vec<RaftKv> = nodes.iter().map(|n| n.as_ref().unwrap().kv()).collect();
+    eventually("a leader", || leader_of(&kvs).is_some());
+
+    // Every member takes writes (followers forward them) and serves linearizable reads.
+    for (i, kv) in kvs.iter().enumerate() {
+        put(kv, &format!("k{i}"), "v");
+    }
+    for kv in &kvs {
+        for i in 0..3 {
+            assert_eq!(value_at(kv, &format!("k{i}"), false).as_deref(), Some("v"));
+        }
+    }
+
+    // The leader goes; the other two elect one of themselves and keep every write.
+    let leader = leader_of(&kvs).unwrap();
+    let leader_at = (leader - 1) as usize;
+    nodes[leader_at].take().unwrap().stop().unwrap();
+    let survivors: Vec<RaftKv> = (0..3)
+        .filter(|&i| i != leader_at)
+        .map(|i| kvs[i].clone())
+        .collect();
+    eventually("a new leader", || {
+        leader_of(&survivors).is_some_and(|id| id != leader)
+            && survivors
+                .iter()
+                .all(|kv| kv.published.leader_id.load(Ordering::Relaxed) != leader)
+    });
+    put(&survivors[0], "after", "failover");
+    assert_eq!(
+        value_at(&survivors[1], "after", false).as_deref(),
+        Some("failover")
+    );
+
+    // A learner joins by snapshot, is promoted, and is removed again.
+    let restarted = &founders[leader_at];
+    nodes[leader_at] = Some(
+        Node::start(member_config(
+            &dir.join(&restarted.name),
+            restarted,
+            &founders,
+        ))
+        .unwrap(),
+    );
+    let learner_url = free_peer_url();
+    let (learner, members) = block_on(survivors[0].change_members(MembershipChange::Add {
+        peer_urls: vec![learner_url.clone()],
+        is_learner: true,
+    }))
+    .unwrap();
+    assert!(learner.is_learner);
+    assert_eq!(members.len(), 4);
+    let joiner = Node::start(NodeConfig {
+        join_existing: true,
+        ..member_config(
+            &dir.join("learner"),
+            &Member {
+                name: "learner".into(),
+                ..learner.clone()
+            },
+            &members,
+        )
+    })
+    .unwrap();
+    let joiner_kv = joiner.kv();
+    eventually("the learner catches up", || {
+        value_at(&joiner_kv, "after", true).as_deref() == Some("failover")
+    });
+    eventually("the learner is promoted", || {
+        block_on(survivors[0].change_members(MembershipChange::Promote { id: learner.id })).is_ok()
+    });
+    let (_, members) =
+        block_on(survivors[1].change_members(MembershipChange::Remove { id: learner.id })).unwrap();
+    assert_eq!(members.len(), 3);
+    eventually("the removed member stops", || joiner.has_stopped());
+    let _ = joiner.stop();
+    for node in nodes.into_iter().flatten() {
+        node.stop().unwrap();
+    }
     std::fs::remove_dir_all(dir).unwrap();
 }

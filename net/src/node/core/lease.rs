@@ -43,6 +43,7 @@ impl Core {
         }));
         for request in requests {
             let entry = InternalRequest {
+                auth_header: None,
                 id: 0,
                 request: Some(request),
             };
