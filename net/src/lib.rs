@@ -8,6 +8,8 @@
 //! - `lease`: the Lease service (grant/revoke through the log, keep-alive stream).
 //! - `lock`, `election`: v3lock and v3election on leases and txns (`concurrency`).
 //! - [`watch`]: the Watch service's streams over the store's watch hub.
+//! - [`auth`]: the Auth service, who a call is, and the permission checks made before a
+//!   request runs.
 //! - [`peer`]: the peer transport: raft messages, snapshots and forwarded proposals between
 //!   members, and the membership query joiners ask.
 //! - [`status`]: gRPC status codes and the one table from Basalt's errors to etcd's.
@@ -19,6 +21,7 @@
 //! semantics: every request goes through [`KvService`], and every error it shows a client is
 //! etcd's, mapped in [`status`].
 
+pub mod auth;
 pub mod client;
 mod concurrency;
 mod config;

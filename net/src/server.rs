@@ -460,6 +460,11 @@ async fn serve_stream<K: KvService>(
         reader: MessageReader::new(body, message_bytes_max),
         sink: ResponseSink::new(respond),
         client_cert_common_name,
+        token: head
+            .headers
+            .get("token")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
     };
     services.call(head.uri.path(), call).await;
 }

@@ -4,6 +4,7 @@
 //! Every rejection a client can see passes through here, so a client that matches on etcd's
 //! error text (clientv3 does: `rpctypes.Error`) behaves the same against Basalt.
 
+use basalt_engine::auth::AuthError;
 use basalt_engine::mvcc::MvccError;
 use std::fmt;
 
@@ -150,6 +151,35 @@ fn mvcc_code(err: &MvccError) -> Code {
 impl From<MvccError> for Status {
     fn from(err: MvccError) -> Self {
         Status::new(mvcc_code(&err), err.to_string())
+    }
+}
+
+/// etcd's code for each auth error (`rpctypes/error.go`).
+fn auth_code(err: &AuthError) -> Code {
+    match err {
+        AuthError::UserEmpty
+        | AuthError::RoleEmpty
+        | AuthError::AuthFailed
+        | AuthError::PermissionNotGiven
+        | AuthError::InvalidAuthMgmt
+        | AuthError::AuthOldRevision => Code::InvalidArgument,
+        AuthError::RootUserNotExist
+        | AuthError::RootRoleNotExist
+        | AuthError::UserAlreadyExist
+        | AuthError::UserNotFound
+        | AuthError::RoleAlreadyExist
+        | AuthError::RoleNotFound
+        | AuthError::RoleNotGranted
+        | AuthError::PermissionNotGranted
+        | AuthError::AuthNotEnabled => Code::FailedPrecondition,
+        AuthError::PermissionDenied => Code::PermissionDenied,
+        AuthError::InvalidAuthToken => Code::Unauthenticated,
+    }
+}
+
+impl From<AuthError> for Status {
+    fn from(err: AuthError) -> Self {
+        Status::new(auth_code(&err), err.to_string())
     }
 }
 

@@ -48,6 +48,9 @@ const SYNC_INTERVAL: Duration = Duration::from_millis(100);
 /// `mvcc.ErrWatcherDuplicateID`).
 const EMPTY_RANGE: &str = "mvcc: watcher range is empty";
 const DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
+/// etcd's cancel reason for a watch on a range the user may not read: the gRPC error's text.
+const PERMISSION_DENIED: &str =
+    "rpc error: code = PermissionDenied desc = etcdserver: permission denied";
 
 /// Protobuf tag of `WatchResponse.events` (field 11, length-delimited).
 const EVENTS_TAG: u8 = (11 << 3) | 2;
@@ -82,6 +85,8 @@ pub(crate) struct WatchContext<'a, K> {
     /// A response of at least this many bytes is fragmented when its watch asked for it.
     pub(crate) fragment_bytes_min: usize,
     pub(crate) progress_notify_interval: Duration,
+    /// The caller's permissions: a watch opens only on a range it may read.
+    pub(crate) gate: &'a crate::auth::Gate,
 }
 
 struct WatchStream<'a, K> {
@@ -197,7 +202,10 @@ impl<K: KvService> WatchStream<'_, K> {
         } else {
             create.key.clone()
         };
-        let refusal = if !create.range_end.is_empty()
+        // etcd checks permission first (its range before the range's own checks).
+        let refusal = if !self.cx.gate.watch(&key, &create.range_end) {
+            Some(PERMISSION_DENIED)
+        } else if !create.range_end.is_empty()
             && create.range_end.as_ref() != [0]
             && key >= create.range_end
         {
@@ -213,7 +221,12 @@ impl<K: KvService> WatchStream<'_, K> {
             drop(hub);
             return self.frame(WatchResponse {
                 header: Some((self.cx.header)(revision)),
-                watch_id: -1,
+                // etcd answers a refused permission with the id asked for, other refusals -1.
+                watch_id: if reason == PERMISSION_DENIED {
+                    create.watch_id
+                } else {
+                    -1
+                },
                 created: true,
                 canceled: true,
                 cancel_reason: reason.to_string(),

@@ -262,16 +262,10 @@ impl AuthSnapshot {
         self.roles.keys().cloned().collect()
     }
 
-    /// etcd's RoleGet: the root role shows one read-write permission on every key.
+    /// etcd 3.5.1's RoleGet: the permissions granted, none shown for the root role (which
+    /// needs none).
     pub fn role_permissions(&self, role: &str) -> Result<Vec<Permission>, AuthError> {
         let found = self.roles.get(role).ok_or(AuthError::RoleNotFound)?;
-        if role == ROOT_ROLE {
-            return Ok(vec![Permission {
-                perm_type: Type::Readwrite as i32,
-                key: Vec::new().into(),
-                range_end: vec![0].into(),
-            }]);
-        }
         Ok(found.key_permission.clone())
     }
 }

@@ -285,13 +285,13 @@ fn no_password_users_cannot_log_in() {
 }
 
 #[test]
-fn deleting_a_role_takes_it_from_its_users_and_root_role_reads_as_everything() {
+fn deleting_a_role_takes_it_from_its_users() {
     let mut store = enabled_store();
     let changed = store.role_delete("r").unwrap();
     assert!(changed.contains(&AuthRecord::User("alice".into())));
     assert_eq!(store.user_get("alice"), Ok(vec![]));
-    store.role_add("root").unwrap();
-    let root_perm = store.snapshot().role_permissions("root").unwrap();
-    assert_eq!(root_perm.len(), 1);
-    assert_eq!(root_perm[0].range_end.as_ref(), b"\0");
+    assert_eq!(
+        store.snapshot().role_permissions("r"),
+        Err(AuthError::RoleNotFound)
+    );
 }
