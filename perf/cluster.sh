@@ -31,7 +31,8 @@ done
 
 venv=${VENV:-.venv}
 target=${CARGO_TARGET_DIR:-target}
-out=$PWD/perf/out-cluster
+# Under perf/out/ (ignored by git), on the disk the comparison of compare.sh uses.
+out=$PWD/perf/out/cluster
 rm -rf "$out"
 mkdir -p "$out"
 started=$(date +%s)

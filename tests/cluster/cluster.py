@@ -224,7 +224,6 @@ class Member:
         self.process = None
         self.id = 0  # raft member id, learnt from the first Status answer or member add
         self.learner = False
-        self.removed = False
         if cluster.netns:
             self.ns = f"{cluster.ns_prefix}-m{index}"
             self.ip = f"{SUBNET}.{index}"
@@ -300,10 +299,9 @@ class Member:
                 raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
                 if self.ns:
-                    s = socket_in_namespace(self.cluster.router_ns)
-                    s.settimeout(0.2)
-                    s.connect((self.ip, self.client_port))
-                    s.close()
+                    with socket_in_namespace(self.cluster.router_ns) as s:
+                        s.settimeout(0.2)
+                        s.connect((self.ip, self.client_port))
                 else:
                     socket.create_connection((self.ip, self.client_port), timeout=0.2).close()
                 return
@@ -518,12 +516,6 @@ class Cluster:
     def live(self):
         return [m for m in self.members if m.alive()]
 
-    def kill(self, member: Member) -> None:
-        member.kill()
-
-    def restart(self, member: Member) -> None:
-        member.start()
-
     def leader(self, timeout_s: float = READY_TIMEOUT_S, among=None) -> Member:
         """The member that a live member reports as leader and that says so itself, with the
         highest term if a stale leader is still around."""
@@ -620,7 +612,6 @@ class Cluster:
     def member_remove(self, m: Member) -> None:
         others = [x for x in self.live() if x is not m]
         self.etcdctl_membership("member", "remove", f"{m.id:x}", endpoints=others)
-        m.removed = True
         self.members.remove(m)
         m.stop()
 
