@@ -76,7 +76,10 @@ async fn send_file(
         .await
         .map_err(std::io::Error::from)?;
     let file_bytes = file.file_size().await.map_err(std::io::Error::from)?;
-    let mut progress = Progress::new(format!("snapshot to {:x}", link.id), file_bytes);
+    let mut progress = Progress::new(
+        format!("peer {:x}: sending a snapshot", link.id),
+        file_bytes,
+    );
     conn.io
         .write_all(&wire::encode_snap_head(file_bytes, message))
         .await?;
@@ -146,12 +149,16 @@ pub(crate) async fn receive(shared: &Shared, from: u64, mut io: BufReader<Box<dy
     let installed = shared
         .snap_dir
         .join(format!("{index:016x}-{from:016x}.snap.db"));
-    let label = format!("snapshot from {from:x} at index {index}");
+    let label = format!("peer {from:x}: receiving the snapshot at index {index}");
     let result = receive_file(&mut io, &incoming, file_bytes, &label).await;
     let result = match result {
         Ok(()) => install(&incoming, &installed, &shared.snap_dir).await,
         Err(error) => Err(error),
     };
+    if result.is_err() {
+        // Gone before the sender hears the verdict, so nothing half-written outlives it.
+        let _ = glommio::io::remove(&incoming).await;
+    }
     let verdict = result.as_ref().map(|_| ()).map_err(|e| e.to_string());
     let _ = io
         .get_mut()
@@ -159,7 +166,7 @@ pub(crate) async fn receive(shared: &Shared, from: u64, mut io: BufReader<Box<dy
         .await;
     match result {
         Ok(()) => {
-            eprintln!("basalt: peer {from:x}: received {label} ({file_bytes} bytes)");
+            eprintln!("basalt: peer {from:x}: received the snapshot at index {index} ({file_bytes} bytes)");
             let snapshot = PeerInbound::Snapshot {
                 message,
                 file: installed,
@@ -167,8 +174,7 @@ pub(crate) async fn receive(shared: &Shared, from: u64, mut io: BufReader<Box<dy
             let _ = shared.inbound.send_async(snapshot).await;
         }
         Err(error) => {
-            eprintln!("basalt: peer {from:x}: discarded {label}: {error}");
-            let _ = glommio::io::remove(&incoming).await;
+            eprintln!("basalt: peer {from:x}: discarded the snapshot at index {index}: {error}")
         }
     }
 }
@@ -292,7 +298,7 @@ impl Progress {
         if done_bytes >= self.next_log_bytes && done_bytes < self.total_bytes {
             self.next_log_bytes = done_bytes + PROGRESS_LOG_BYTES;
             eprintln!(
-                "basalt: peer: {}: {} of {} MiB ({:.1} MiB/s)",
+                "basalt: {}: {} of {} MiB ({:.1} MiB/s)",
                 self.label,
                 done_bytes >> 20,
                 self.total_bytes >> 20,
@@ -304,7 +310,7 @@ impl Progress {
     fn finish(&self) {
         if self.total_bytes >= PROGRESS_LOG_BYTES {
             eprintln!(
-                "basalt: peer: {}: {} MiB done ({:.1} MiB/s)",
+                "basalt: {}: {} MiB done ({:.1} MiB/s)",
                 self.label,
                 self.total_bytes >> 20,
                 self.mib_per_s(self.total_bytes)
