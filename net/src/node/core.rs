@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use basalt_engine::apply::{Applier, ApplyError};
+use basalt_engine::apply::{Applied, Applier, ApplyError};
 use basalt_engine::btree;
 use basalt_engine::wal::{wal_dir, DmaStorage, RecordRef, Wal, WalOptions};
 use basalt_engine::watch::WatchHub;
@@ -709,6 +709,10 @@ impl Core {
         let Some(outcome) = outcome else {
             return Ok(());
         };
+        if matches!(outcome.result, Ok(Applied::Members(_))) && !entry.is_conf_change() {
+            // Attributes and peer URL updates are normal entries; conf changes did this above.
+            self.members_changed();
+        }
         if let Err(error) = &outcome.result {
             if error.is_fatal() {
                 return Err(error.clone().into());
