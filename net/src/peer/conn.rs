@@ -10,7 +10,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, RawFd};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -23,6 +23,13 @@ use super::PeerError;
 
 /// How long a dial may take before the next URL (or the next attempt) is tried.
 pub(crate) const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
+/// A connection with nothing to read for this long is dead (etcd's `ConnReadTimeout`); raft
+/// streams send a link heartbeat well within it when quiet.
+pub(crate) const CONN_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// A write that cannot finish in this long, or data the peer has not acknowledged for this
+/// long (TCP_USER_TIMEOUT), ends the connection (etcd's `ConnWriteTimeout`). Without it a
+/// partitioned stream would look alive until TCP gave up, many minutes later.
+pub(crate) const CONN_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pending peer connections the kernel queues before accept.
 const LISTEN_BACKLOG: i32 = 128;
 
@@ -72,6 +79,10 @@ pub(crate) async fn dial(url: &str, sockets: &Rc<Sockets>) -> Result<PeerConn, P
     // Heartbeats and votes are small and must leave at once, not wait for Nagle's timer.
     stream.set_nodelay(true).map_err(std::io::Error::from)?;
     let fd = stream.as_raw_fd();
+    // SAFETY: `fd` is the open socket `stream` owns, and the borrow ends before `stream` can
+    // be dropped.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    socket2::SockRef::from(&borrowed).set_tcp_user_timeout(Some(CONN_WRITE_TIMEOUT))?;
     Ok(PeerConn {
         registered: sockets.register(fd),
         io: Box::new(stream),

@@ -94,7 +94,7 @@ pub enum PeerError {
     Wire(#[from] WireError),
     #[error("closed by the peer")]
     Closed,
-    #[error("no answer within {0:?}")]
+    #[error("nothing heard within {0:?}")]
     TimedOut(Duration),
     #[error("refused by the peer: {0}")]
     Refused(String),

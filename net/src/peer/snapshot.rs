@@ -18,7 +18,7 @@ use futures_lite::AsyncWriteExt;
 use glommio::io::{BufferedFile, Directory};
 use sha2::{Digest, Sha256};
 
-use super::conn::{self, PeerIo};
+use super::conn::{self, PeerIo, CONN_READ_TIMEOUT, CONN_WRITE_TIMEOUT};
 use super::stream::handshake;
 use super::wire::{self, FrameKind, StreamKind, WireError, HEADER_BYTES};
 use super::{Link, PeerError, PeerInbound, Shared};
@@ -102,7 +102,10 @@ async fn send_file(
         sha.update(&chunk[..]);
         frame.clear();
         wire::encode_frame(&mut frame, FrameKind::SnapChunk, &chunk);
-        conn.io.write_all(&frame).await?;
+        conn::within(CONN_WRITE_TIMEOUT, async {
+            Ok(conn.io.write_all(&frame).await?)
+        })
+        .await?;
         link.metrics.sent_bytes.add(frame.len() as u64);
         sent_bytes += chunk.len() as u64;
         progress.advance(sent_bytes);
@@ -125,7 +128,7 @@ async fn send_file(
 
 /// Receives one snapshot from `from` on an accepted connection.
 pub(crate) async fn receive(shared: &Shared, from: u64, mut io: BufReader<Box<dyn PeerIo>>) {
-    let head = match conn::expect_frame(&mut io).await {
+    let head = match conn::within(CONN_READ_TIMEOUT, conn::expect_frame(&mut io)).await {
         Ok((FrameKind::SnapHead, payload)) => wire::decode_snap_head(&payload).map_err(Into::into),
         Ok((kind, _)) => Err(WireError::Unexpected(kind as u8).into()),
         Err(error) => Err(error),
@@ -212,7 +215,7 @@ async fn receive_file(
     let mut sha = Sha256::new();
     let mut received_bytes = 0u64;
     let digest = loop {
-        match conn::expect_frame(io).await? {
+        match conn::within(CONN_READ_TIMEOUT, conn::expect_frame(io)).await? {
             (FrameKind::SnapChunk, chunk) => {
                 if received_bytes + chunk.len() as u64 > file_bytes {
                     return Err(too_long(file_bytes));

@@ -14,7 +14,7 @@ use futures_lite::io::BufReader;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpListener;
 
-use super::conn::{self, PeerConn, PeerIo, Registered};
+use super::conn::{self, PeerConn, PeerIo, Registered, CONN_READ_TIMEOUT, CONN_WRITE_TIMEOUT};
 use super::wire::{self, FrameKind, Hello, StreamKind, HEADER_BYTES, PROTOCOL_VERSION};
 use super::{Accepted, Link, Outbound, PeerError, PeerInbound, Shared};
 use crate::metrics::metrics;
@@ -28,6 +28,10 @@ pub(crate) const BATCH_BYTES_MAX: usize = 1 << 20;
 /// How long a dialed peer may take to answer the handshake, and an accepted connection to
 /// send it.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A quiet raft stream sends a link heartbeat this often, so its reader, which gives up after
+/// `CONN_READ_TIMEOUT` of silence, only does so when the stream is really dead.
+pub(crate) const LINK_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(1_500);
+const _: () = assert!(LINK_HEARTBEAT_INTERVAL.as_millis() * 3 <= CONN_READ_TIMEOUT.as_millis());
 /// Bytes read from an accepted stream per call (many small frames per syscall under load).
 const READ_BUFFER_BYTES: usize = 256 * 1024;
 /// Pause after a failed accept (out of fds or memory) before trying again.
@@ -129,28 +133,53 @@ async fn pump(conn: PeerConn, outbound: &flume::Receiver<Outbound>, link: &Link)
     });
     let mut batch = Vec::new();
     loop {
-        let next = futures_lite::future::or(async { Ok(outbound.recv_async().await) }, async {
-            Err(closed.as_mut().await)
-        });
-        let first = match next.await {
-            Ok(Ok(item)) => item,
-            Ok(Err(flume::RecvError::Disconnected)) => return PeerError::UnknownPeer(link.id),
-            Err(ended) => return ended,
-        };
+        let next = futures_lite::future::or(
+            async {
+                match outbound.recv_async().await {
+                    Ok(item) => Next::Item(item),
+                    Err(flume::RecvError::Disconnected) => Next::Removed,
+                }
+            },
+            futures_lite::future::or(async { Next::Ended(closed.as_mut().await) }, async {
+                glommio::timer::sleep(LINK_HEARTBEAT_INTERVAL).await;
+                Next::Quiet
+            }),
+        );
         batch.clear();
-        push(&mut batch, first);
-        while batch.len() < BATCH_BYTES_MAX {
-            match outbound.try_recv() {
-                Ok(item) => push(&mut batch, item),
-                Err(_) => break,
+        match next.await {
+            Next::Item(first) => {
+                push(&mut batch, first);
+                while batch.len() < BATCH_BYTES_MAX {
+                    match outbound.try_recv() {
+                        Ok(item) => push(&mut batch, item),
+                        Err(_) => break,
+                    }
+                }
             }
+            Next::Quiet => wire::encode_frame(&mut batch, FrameKind::LinkHeartbeat, &[]),
+            Next::Removed => return PeerError::UnknownPeer(link.id),
+            Next::Ended(ended) => return ended,
         }
-        if let Err(error) = writer.write_all(&batch).await {
+        let written = conn::within(CONN_WRITE_TIMEOUT, async {
+            Ok(writer.write_all(&batch).await?)
+        });
+        if let Err(error) = written.await {
             link.metrics.sent_failures.inc();
-            return error.into();
+            return error;
         }
         link.metrics.sent_bytes.add(batch.len() as u64);
     }
+}
+
+/// What wakes a stream's writer; lives for one turn on the stack.
+#[allow(clippy::large_enum_variant)]
+enum Next {
+    Item(Outbound),
+    /// Nothing to send for a link heartbeat's interval.
+    Quiet,
+    /// The peer was removed (its queue dropped).
+    Removed,
+    Ended(PeerError),
 }
 
 fn push(batch: &mut Vec<u8>, item: Outbound) {
@@ -272,7 +301,8 @@ async fn receive(shared: &Shared, from: u64, socket_id: u64, mut io: BufReader<B
     );
     let peer_metrics = metrics().peer(from);
     let ended = loop {
-        let (kind, payload) = match conn::read_frame(&mut io).await {
+        let (kind, payload) = match conn::within(CONN_READ_TIMEOUT, conn::read_frame(&mut io)).await
+        {
             Ok(Some(frame)) => frame,
             Ok(None) => break PeerError::Closed,
             Err(error) => break error,
@@ -304,6 +334,7 @@ async fn receive(shared: &Shared, from: u64, socket_id: u64, mut io: BufReader<B
                 };
                 shared.inbound.send_async(forwarded).await
             }
+            FrameKind::LinkHeartbeat => Ok(()),
             other => break wire::WireError::Unexpected(other as u8).into(),
         };
         if delivered.is_err() {

@@ -386,6 +386,40 @@ fn a_handshake_for_another_cluster_or_member_is_refused() {
     });
 }
 
+#[test]
+fn a_silent_stream_is_closed_while_a_quiet_one_lives_on_link_heartbeats() {
+    on_executor(|| async {
+        let dir = TempDir::new("silent");
+        let a = start(1, &dir.0).await;
+        let b = start(2, &dir.0).await;
+        connect(&a, &b).await;
+        let since = (a.transport.active_since(2), b.transport.active_since(1));
+        // A dialer that completes the handshake and then says nothing, not even heartbeats.
+        let hello = Hello {
+            protocol_version: PROTOCOL_VERSION,
+            stream: StreamKind::Raft,
+            cluster_id: CLUSTER_ID,
+            from: 7,
+            to: 2,
+        };
+        let (mut silent, kind, _) = raw_hello(b.addr(), hello).await;
+        assert_eq!(kind, FrameKind::Accept);
+        let mut byte = [0u8; 1];
+        let read = glommio::timer::timeout(LIVENESS_DEADLINE, async {
+            Ok(silent.read(&mut byte).await)
+        });
+        assert_eq!(read.await.unwrap().unwrap(), 0, "the acceptor closed it");
+        // Longer than the read timeout has passed with nothing to send between a and b.
+        assert_eq!(
+            (a.transport.active_since(2), b.transport.active_since(1)),
+            since,
+            "the quiet streams never dropped"
+        );
+        a.transport.close().await;
+        b.transport.close().await;
+    });
+}
+
 fn snap_message(from: u64, to: u64, index: u64) -> Message {
     let mut snapshot = Snapshot::default();
     snapshot.metadata.index = index;

@@ -36,6 +36,8 @@
 //! 9 SNAP_DONE  acceptor → dialer: | 0 ok u8 (1 installed, 0 discarded) | 1.. reason UTF-8 |
 //! 10 CLUSTER   acceptor → dialer: a protobuf `etcdserverpb.MemberListResponse`; the cluster id
 //!              is in its header
+//! 11 LINK_HEARTBEAT  empty: a raft stream's writer sends it after a quiet interval, so the
+//!              reader can tell a quiet stream from a dead one (etcd's link heartbeat)
 //! ```
 //!
 //! rkyv archives use rkyv 0.8's default format (little-endian, 32-bit relative offsets) and
@@ -75,14 +77,24 @@ pub(crate) enum FrameKind {
     SnapEnd = 8,
     SnapDone = 9,
     Cluster = 10,
+    LinkHeartbeat = 11,
 }
 
 impl FrameKind {
     fn from_wire(kind: u8) -> Option<FrameKind> {
         use FrameKind::*;
         [
-            Hello, Accept, Refuse, Message, Forward, SnapHead, SnapChunk, SnapEnd, SnapDone,
+            Hello,
+            Accept,
+            Refuse,
+            Message,
+            Forward,
+            SnapHead,
+            SnapChunk,
+            SnapEnd,
+            SnapDone,
             Cluster,
+            LinkHeartbeat,
         ]
         .into_iter()
         .find(|k| *k as u8 == kind)
