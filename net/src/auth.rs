@@ -205,7 +205,7 @@ impl AuthShared {
         }
         let user = auth.user(name).ok_or(AuthError::AuthFailed)?;
         if user.options.is_some_and(|o| o.no_password) {
-            return Err(AuthError::AuthFailed.into());
+            return Err(AuthError::NoPasswordUser.into());
         }
         let hash = String::from_utf8_lossy(&user.password).into_owned();
         let matched = glommio::executor()

@@ -174,6 +174,7 @@ fn auth_code(err: &AuthError) -> Code {
         | AuthError::AuthNotEnabled => Code::FailedPrecondition,
         AuthError::PermissionDenied => Code::PermissionDenied,
         AuthError::InvalidAuthToken => Code::Unauthenticated,
+        AuthError::NoPasswordUser => Code::Unknown,
     }
 }
 

@@ -68,6 +68,10 @@ pub enum AuthError {
     InvalidAuthMgmt,
     #[error("etcdserver: revision of auth store is old")]
     AuthOldRevision,
+    /// A login with a password as a `--no-password` user (etcd 3.5.1 sends this text with
+    /// gRPC's Unknown code).
+    #[error("auth: authentication failed, password was given for no password user")]
+    NoPasswordUser,
 }
 
 /// Who sends a request and the auth revision it was checked at (etcd's `AuthInfo`). A
