@@ -113,6 +113,14 @@ pub trait KvService: 'static {
     /// One round of catching unsynced watchers up, for an executor whose writer does not run
     /// it on its own; Watch streams call it periodically.
     fn sync_watches(&self) {}
+    /// Whether this member knows a leader (a lone in-memory store always leads).
+    fn has_leader(&self) -> bool {
+        true
+    }
+    /// Whether this member is a learner (it then serves only what etcd lets learners serve).
+    fn is_learner(&self) -> bool {
+        false
+    }
     /// The cluster's members as this member applied them; None for a store that is not a
     /// raft member (the edge then lists only itself).
     fn members(&self) -> Option<Vec<Member>> {

@@ -465,6 +465,10 @@ async fn serve_stream<K: KvService>(
             .get("token")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string),
+        require_leader: head
+            .headers
+            .get("hasleader")
+            .is_some_and(|v| v.as_bytes() == b"true"),
     };
     services.call(head.uri.path(), call).await;
 }

@@ -22,6 +22,16 @@ use basalt_proto::etcdserverpb::{
 };
 use std::future::Future;
 
+/// What a learner serves (etcd's `isRPCSupportedForLearner`; a Range must be serializable,
+/// which its handler checks).
+const LEARNER_METHODS: [&str; 5] = [
+    "/etcdserverpb.KV/Range",
+    "/etcdserverpb.Maintenance/Status",
+    "/etcdserverpb.Maintenance/Snapshot",
+    "/etcdserverpb.Cluster/MemberList",
+    "/etcdserverpb.Cluster/MemberPromote",
+];
+
 /// Bytes of file per Snapshot response message (etcd sends 32 KiB).
 const SNAPSHOT_CHUNK_BYTES: usize = 32 * 1024;
 
@@ -44,6 +54,9 @@ pub(crate) struct ServerCall {
     pub(crate) client_cert_common_name: Option<String>,
     /// The `token` metadata a client sends after Authenticate (etcd's `TokenFieldNameGRPC`).
     pub(crate) token: Option<String>,
+    /// etcd's `hasleader=true` metadata (clientv3's `WithRequireLeader`): refuse at once when
+    /// this member knows no leader instead of waiting for one.
+    pub(crate) require_leader: bool,
 }
 
 /// Everything one core needs to answer calls.
@@ -86,7 +99,23 @@ impl<K: KvService> Services<K> {
         if let Some(method) = method {
             grpc_metrics.started(method);
         }
-        let code = self.dispatch(path, call).await;
+        let refusal = if call.require_leader && !self.kv.has_leader() {
+            Some(Status::new(Code::Unavailable, "etcdserver: no leader"))
+        } else if self.kv.is_learner() && !LEARNER_METHODS.contains(&path) {
+            Some(Status::new(
+                Code::Unavailable,
+                "etcdserver: rpc not supported for learner",
+            ))
+        } else {
+            None
+        };
+        let code = match refusal {
+            Some(status) => {
+                call.sink.finish(&status);
+                Some(status.code)
+            }
+            None => self.dispatch(path, call).await,
+        };
         if let (Some(method), Some(code)) = (method, code) {
             grpc_metrics.handled(method, code);
         }
@@ -109,15 +138,24 @@ impl<K: KvService> Services<K> {
         let m = metrics();
         match path {
             "/etcdserverpb.KV/Range" => {
-                unary(call, |req| async move {
-                    m.mvcc_range_total.inc();
-                    validate_range(&req, limits)?;
-                    gate.range(&req)?;
-                    let mut resp = kv.range(req).await?;
-                    gate.still_current(kv)?;
-                    self.fill_header(&mut resp.header);
-                    Ok(resp)
-                })
+                unary(
+                    call,
+                    |req: basalt_proto::etcdserverpb::RangeRequest| async move {
+                        m.mvcc_range_total.inc();
+                        if !req.serializable && kv.is_learner() {
+                            return Err(Status::new(
+                                Code::Unavailable,
+                                "etcdserver: rpc not supported for learner",
+                            ));
+                        }
+                        validate_range(&req, limits)?;
+                        gate.range(&req)?;
+                        let mut resp = kv.range(req).await?;
+                        gate.still_current(kv)?;
+                        self.fill_header(&mut resp.header);
+                        Ok(resp)
+                    },
+                )
                 .await
             }
             "/etcdserverpb.KV/Put" => {

@@ -15,6 +15,7 @@
 mod codec;
 mod compactor;
 mod core;
+mod corrupt;
 mod datadir;
 pub mod snapshot;
 
@@ -78,6 +79,11 @@ pub struct NodeConfig {
     /// `--strict-reconfig-check`: refuse membership changes that would leave too few
     /// connected voters for a quorum.
     pub strict_reconfig_check: bool,
+    /// `--experimental-initial-corrupt-check`: compare HashKV with the peers once after start.
+    pub initial_corrupt_check: bool,
+    /// `--experimental-corrupt-check-time` (None: off): the leader compares HashKV with every
+    /// member this often and raises CORRUPT on a mismatch.
+    pub corrupt_check_interval: Option<std::time::Duration>,
 }
 
 /// etcd's default `--quota-backend-bytes` (2 GiB).
@@ -103,6 +109,8 @@ impl Default for NodeConfig {
             initial_members: Vec::new(),
             join_existing: false,
             strict_reconfig_check: true,
+            initial_corrupt_check: false,
+            corrupt_check_interval: None,
         }
     }
 }
@@ -192,6 +200,8 @@ struct Published {
     raft_term: AtomicU64,
     /// The leader this member knows of (0: none).
     leader_id: AtomicU64,
+    /// This member is a learner in the applied configuration.
+    is_learner: AtomicBool,
     /// The member list every core reads (Cluster.MemberList, peers joining).
     cluster: crate::peer::SharedCluster,
     stopped: AtomicBool,
@@ -250,6 +260,7 @@ impl Node {
             next_id: AtomicU64::new(first_proposal_id(config.member_id)),
             raft_term: AtomicU64::new(0),
             leader_id: AtomicU64::new(0),
+            is_learner: AtomicBool::new(false),
             cluster: Arc::new(std::sync::Mutex::new(crate::peer::ClusterInfo {
                 cluster_id: config.cluster_id,
                 members: Vec::new(),
@@ -266,9 +277,23 @@ impl Node {
         });
         let (started_tx, started_rx) = std::sync::mpsc::channel();
         let core_published = published.clone();
+        let checker_kv = RaftKv {
+            commands: commands.clone(),
+            published: published.clone(),
+            auth_header: None,
+        };
         let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
             .name("basalt-raft")
             .spawn(move || async move {
+                if config.initial_corrupt_check || config.corrupt_check_interval.is_some() {
+                    let checker = corrupt::check_periodically(
+                        checker_kv,
+                        config.member_id,
+                        config.initial_corrupt_check,
+                        config.corrupt_check_interval,
+                    );
+                    glommio::spawn_local(checker).detach();
+                }
                 let result = core::run(config, inbox, core_published.clone(), started_tx).await;
                 core_published.stopped.store(true, Ordering::SeqCst);
                 if let Err(error) = &result {
@@ -535,6 +560,14 @@ impl KvService for RaftKv {
 
     fn watch_hub(&self) -> Option<&crate::watch::SharedWatchHub> {
         Some(&self.published.watches)
+    }
+
+    fn has_leader(&self) -> bool {
+        self.published.leader_id.load(Ordering::Relaxed) != 0
+    }
+
+    fn is_learner(&self) -> bool {
+        self.published.is_learner.load(Ordering::Relaxed)
     }
 
     fn members(&self) -> Option<Vec<Member>> {

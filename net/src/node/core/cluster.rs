@@ -331,6 +331,12 @@ impl Core {
             }
         }
         self.peer_urls = current;
+        let is_learner = members
+            .iter()
+            .any(|m| m.id == self.config.member_id && m.is_learner);
+        self.published
+            .is_learner
+            .store(is_learner, std::sync::atomic::Ordering::Relaxed);
         if self.applier.is_removed(self.config.member_id) {
             eprintln!("basalt: this member was removed from the cluster; stopping");
             self.removed = true;
