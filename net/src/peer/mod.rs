@@ -164,12 +164,14 @@ pub struct PeerTransport {
 }
 
 impl PeerTransport {
-    /// Binds every peer URL, starts accepting, and starts a stream to every peer.
+    /// Binds every peer URL, starts accepting, and starts a stream to every peer. Transfers a
+    /// crash interrupted (`*.incoming` in `snap_dir`) are deleted first.
     pub async fn start(
         config: TransportConfig,
         inbound: flume::Sender<PeerInbound>,
         cluster: SharedCluster,
     ) -> Result<PeerTransport, PeerError> {
+        snapshot::remove_incoming(&config.snap_dir);
         let sockets = Rc::new(Sockets::default());
         let mut listeners = Vec::with_capacity(config.listen_peer_urls.len());
         let mut listen_addrs = Vec::with_capacity(config.listen_peer_urls.len());

@@ -126,6 +126,33 @@ async fn send_file(
     }
 }
 
+/// The name a transfer is written under until it is verified and synced.
+const INCOMING_SUFFIX: &str = ".incoming";
+
+/// Deletes transfers a crash interrupted. Runs once at start, before anything is served, so
+/// this short directory walk is the one blocking call the transport makes on its thread.
+pub(crate) fn remove_incoming(snap_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(snap_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .ends_with(INCOMING_SUFFIX)
+        {
+            let path = entry.path();
+            match std::fs::remove_file(&path) {
+                Ok(()) => eprintln!(
+                    "basalt: peer: deleted an interrupted snapshot transfer {}",
+                    path.display()
+                ),
+                Err(error) => eprintln!("basalt: peer: cannot delete {}: {error}", path.display()),
+            }
+        }
+    }
+}
+
 /// Receives one snapshot from `from` on an accepted connection.
 pub(crate) async fn receive(shared: &Shared, from: u64, mut io: BufReader<Box<dyn PeerIo>>) {
     let head = match conn::within(CONN_READ_TIMEOUT, conn::expect_frame(&mut io)).await {
@@ -148,7 +175,7 @@ pub(crate) async fn receive(shared: &Shared, from: u64, mut io: BufReader<Box<dy
     let index = message.snapshot.as_ref().map_or(0, |s| s.metadata.index);
     let incoming = shared
         .snap_dir
-        .join(format!("{index:016x}-{from:016x}.incoming"));
+        .join(format!("{index:016x}-{from:016x}{INCOMING_SUFFIX}"));
     let installed = shared
         .snap_dir
         .join(format!("{index:016x}-{from:016x}.snap.db"));

@@ -495,7 +495,13 @@ fn wire_chunk() -> usize {
 fn a_snapshot_with_a_corrupted_chunk_is_discarded() {
     on_executor(|| async {
         let dir = TempDir::new("snap-corrupt");
+        let leftover = dir.0.join("0000000000000004-0000000000000001.incoming");
+        std::fs::write(&leftover, b"cut short by a crash").unwrap();
         let b = start(2, &dir.0).await;
+        assert!(
+            !leftover.exists(),
+            "an interrupted transfer is deleted at start"
+        );
         let hello = Hello {
             protocol_version: PROTOCOL_VERSION,
             stream: StreamKind::Snapshot,
