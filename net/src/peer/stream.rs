@@ -300,6 +300,7 @@ async fn receive(shared: &Shared, from: u64, socket_id: u64, mut io: BufReader<B
         },
     );
     let peer_metrics = metrics().peer(from);
+    let mut misdirected_logged = false;
     let ended = loop {
         let (kind, payload) = match conn::within(CONN_READ_TIMEOUT, conn::read_frame(&mut io)).await
         {
@@ -319,10 +320,14 @@ async fn receive(shared: &Shared, from: u64, socket_id: u64, mut io: BufReader<B
                         .await
                 }
                 Ok(message) => {
-                    eprintln!(
-                        "basalt: peer {from:x}: dropped a message for member {:x} (this is {:x})",
-                        message.to, shared.member_id
-                    );
+                    // Once per stream: a misdirected peer would otherwise log every message.
+                    if !misdirected_logged {
+                        misdirected_logged = true;
+                        eprintln!(
+                            "basalt: peer {from:x}: dropping messages for member {:x} (this is {:x})",
+                            message.to, shared.member_id
+                        );
+                    }
                     Ok(())
                 }
                 Err(error) => break error.into(),
