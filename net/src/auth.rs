@@ -230,13 +230,18 @@ const UNIDENTIFIED_PATHS: &[&str] = &[
     "/grpc.health.v1.Health/Check",
 ];
 
-/// Calls that need the root role when auth is on (etcd's `authMaintenanceServer` and its
-/// membership permission check); the Auth service's own are checked at apply.
-const ADMIN_PATHS: &[&str] = &[
+/// Maintenance calls that need the root role when auth is on (etcd's `authMaintenanceServer`,
+/// which hands the auth package's error to gRPC unconverted: code Unknown, text `auth: ...`).
+const MAINTENANCE_ADMIN_PATHS: &[&str] = &[
     "/etcdserverpb.Maintenance/Defragment",
     "/etcdserverpb.Maintenance/Hash",
     "/etcdserverpb.Maintenance/HashKV",
     "/etcdserverpb.Maintenance/Snapshot",
+];
+
+/// Membership changes need the root role too (with etcd's `etcdserver: ...` errors); the Auth
+/// service's own calls are checked at apply. Compact is not an admin call in etcd 3.5.1.
+const ADMIN_PATHS: &[&str] = &[
     "/etcdserverpb.Cluster/MemberAdd",
     "/etcdserverpb.Cluster/MemberRemove",
     "/etcdserverpb.Cluster/MemberUpdate",
@@ -268,16 +273,23 @@ impl Gate {
         if UNIDENTIFIED_PATHS.contains(&path) {
             return Ok(open);
         }
-        let who = shared.identify(
-            call.token.as_deref(),
-            call.client_cert_common_name.as_deref(),
-        )?;
+        let maintenance = MAINTENANCE_ADMIN_PATHS.contains(&path);
+        let unconverted = |status: Status| match status.message.strip_prefix("etcdserver: ") {
+            Some(text) if maintenance => Status::new(Code::Unknown, format!("auth: {text}")),
+            _ => status,
+        };
+        let who = shared
+            .identify(
+                call.token.as_deref(),
+                call.client_cert_common_name.as_deref(),
+            )
+            .map_err(unconverted)?;
         let gate = Gate {
             snapshot: Some(shared.current()),
             who,
         };
-        if ADMIN_PATHS.contains(&path) {
-            gate.admin()?;
+        if maintenance || ADMIN_PATHS.contains(&path) {
+            gate.admin().map_err(unconverted)?;
         }
         Ok(gate)
     }

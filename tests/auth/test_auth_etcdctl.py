@@ -128,9 +128,10 @@ AS_USERS = [
 ]
 
 TXN_OK = 'value("foo1") = "v1"\n\nput foo3 t\n\nget foo1\n\n'
-TXN_BAD_COMPARE = 'value("b") = "vb"\n\nput foo3 t\n\n\n'
-TXN_BAD_OP = 'value("foo1") = "v1"\n\nput zz t\n\n\n'
-TXN_BAD_FAILURE_OP = 'value("foo1") = "nope"\n\nput foo3 x\n\ndel k1\n\n'
+TXN_BAD_COMPARE = 'value("c") = "vc"\n\nput foo3 t\n\n\n'
+TXN_BAD_OP = 'value("foo1") = "v1"\n\nput c t\n\n\n'
+TXN_BAD_READ_OP = 'value("foo1") = "v1"\n\nget c\n\n\n'
+TXN_BAD_FAILURE_OP = 'value("foo1") = "nope"\n\nput foo3 x\n\ndel b\n\n'
 
 
 def session(server):
@@ -161,6 +162,7 @@ def enable_auth(endpoint):
         ["role", "grant-permission", "r1", "readwrite", "foo", "fop"],
         ["role", "grant-permission", "r1", "read", "b"],
         ["role", "grant-permission", "r1", "readwrite", "w", "--from-key"],
+        ["role", "grant-permission", "r1", "write", "o"],
         ["user", "grant-role", "alice", "r1"],
         ["put", "foo1", "v1"],
         ["put", "b", "vb"],
@@ -185,11 +187,16 @@ REFUSED = [
     ("read-only key written", [ALICE, "put", "b", "x"], None),
     ("delete a read-only key", [ALICE, "del", "b"], None),
     ("delete a range past the grant", [ALICE, "del", "foo", "--from-key"], None),
-    ("put with prev-kv on a write-only key", [ALICE, "put", "www", "x", "--prev-kv"], None),
+    ("put with prev-kv on a write-only key", [ALICE, "put", "o", "x", "--prev-kv"], None),
+    ("delete with prev-kv on a write-only key", [ALICE, "del", "o", "--prev-kv"], None),
+    ("key just before a from-key grant", [ALICE, "put", "vzzz", "x"], None),
+    ("watch-free read of an ungranted key", [ALICE, "get", "c"], None),
     ("txn compare outside", [ALICE, "txn"], TXN_BAD_COMPARE),
     ("txn op outside", [ALICE, "txn"], TXN_BAD_OP),
+    ("txn read op outside", [ALICE, "txn"], TXN_BAD_READ_OP),
     ("txn failure op outside", [ALICE, "txn"], TXN_BAD_FAILURE_OP),
-    ("compact by a non-root user", [ALICE, "compact", "2"], None),
+    ("snapshot by a non-root user", [ALICE, "snapshot", "save", "/dev/null"], None),
+    ("member add by a non-root user", [ALICE, "member", "add", "x", "--peer-urls=http://127.0.0.1:1"], None),
     ("user list by a non-root user", [ALICE, "user", "list"], None),
     ("user add by a non-root user", [ALICE, "user", "add", "eve", "--new-user-password=e"], None),
     ("role grant by a non-root user", [ALICE, "role", "grant-permission", "r1", "readwrite", "", "--from-key"], None),
