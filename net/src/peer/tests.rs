@@ -492,6 +492,34 @@ fn wire_chunk() -> usize {
 }
 
 #[test]
+fn a_snapshot_the_receiver_cannot_store_fails_on_the_sender() {
+    on_executor(|| async {
+        let a_dir = TempDir::new("snap-unstorable-sender");
+        let a = start(1, &a_dir.0).await;
+        // The receiver's snapshot directory is gone: it cannot create the incoming file.
+        let b = start(2, &a_dir.0.join("missing")).await;
+        connect(&a, &b).await;
+        let db_file = a_dir.0.join("copy-for-2.db");
+        std::fs::write(&db_file, pattern(1000)).unwrap();
+        a.transport
+            .send_snapshot(snap_message(1, 2, 9), db_file.clone());
+        let sent = next_matching(&a.inbound, |arrival| match arrival {
+            PeerInbound::SnapshotSent { to, ok } => Some((to, ok)),
+            _ => None,
+        })
+        .await;
+        assert_eq!(sent, (2, false));
+        assert!(!db_file.exists());
+        assert!(b
+            .inbound
+            .try_iter()
+            .all(|arrival| !matches!(arrival, PeerInbound::Snapshot { .. })));
+        a.transport.close().await;
+        b.transport.close().await;
+    });
+}
+
+#[test]
 fn a_snapshot_with_a_corrupted_chunk_is_discarded() {
     on_executor(|| async {
         let dir = TempDir::new("snap-corrupt");
