@@ -285,3 +285,73 @@ def test_a_revoked_role_takes_effect_on_the_next_request():
         assert code != 0 and "permission denied" in err
         code, out, _ = run(server.endpoint, ROOT, "get", "foo2", "--print-value-only")
         assert out == "v\n"
+
+
+def test_nested_txn_ops_are_checked_all_the_way_down():
+    """etcd 3.5.1 skipped nested txns in its permission check; Basalt checks them (etcdctl cannot
+    send a nested txn, so this speaks gRPC)."""
+    import grpc
+    from etcd3.etcdrpc import rpc_pb2, rpc_pb2_grpc
+
+    with Server("basalt") as server:
+        enable_auth(server.endpoint)
+        before = everything(server.endpoint)
+        channel = grpc.insecure_channel(server.endpoint)
+        token = rpc_pb2_grpc.AuthStub(channel).Authenticate(
+            rpc_pb2.AuthenticateRequest(name="alice", password="alicepw")
+        ).token
+        kv = rpc_pb2_grpc.KVStub(channel)
+
+        def nested(op):
+            return rpc_pb2.RequestOp(request_txn=rpc_pb2.TxnRequest(success=[op]))
+
+        put_c = rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=b"c", value=b"x"))
+        get_c = rpc_pb2.RequestOp(request_range=rpc_pb2.RangeRequest(key=b"c"))
+        compare_c = rpc_pb2.Compare(key=b"c", target=rpc_pb2.Compare.VERSION, version=1)
+        cases = {
+            "nested put": rpc_pb2.TxnRequest(success=[nested(put_c)]),
+            "nested read": rpc_pb2.TxnRequest(success=[nested(get_c)]),
+            "twice nested put": rpc_pb2.TxnRequest(failure=[nested(nested(put_c))]),
+            "nested compare": rpc_pb2.TxnRequest(
+                success=[rpc_pb2.RequestOp(request_txn=rpc_pb2.TxnRequest(compare=[compare_c]))]
+            ),
+        }
+        for name, txn in cases.items():
+            with pytest.raises(grpc.RpcError) as refused:
+                kv.Txn(txn, metadata=[("token", token)])
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED, name
+            assert refused.value.details() == "etcdserver: permission denied", name
+        channel.close()
+        assert everything(server.endpoint) == before
+
+
+LEASE_ID = re.compile(r"lease ([0-9a-f]+) granted")
+
+
+def test_revoking_a_lease_needs_write_access_to_its_keys_as_in_etcd():
+    results = {}
+    for kind in ("etcd", "basalt"):
+        with Server(kind) as server:
+            enable_auth(server.endpoint)
+            code, out, err = run(server.endpoint, ROOT, "lease", "grant", "100")
+            lease = LEASE_ID.search(out).group(1)
+            assert run(server.endpoint, ROOT, "put", "c", "leased", f"--lease={lease}")[0] == 0
+            refused = run(server.endpoint, ALICE, "lease", "revoke", lease)
+            attach = run(server.endpoint, ALICE, "put", "foo9", "x", f"--lease={lease}")
+            alive = run(server.endpoint, ROOT, "get", "c", "--print-value-only")
+            results[kind] = [
+                (code, normalize(out.replace(lease, "<lease>")), normalize(err.replace(lease, "<lease>")))
+                for code, out, err in (refused, attach, alive)
+            ]
+    assert results["basalt"] == results["etcd"]
+    assert results["basalt"][0][0] != 0 and results["basalt"][2][1] == "leased\n"
+
+
+def test_etcdctl_lock_and_watch_work_for_a_granted_user():
+    with Server("basalt") as server:
+        enable_auth(server.endpoint)
+        assert run(server.endpoint, ROOT, "role", "grant-permission", "r1", "readwrite", "lk", "--prefix")[0] == 0
+        code, out, err = run(server.endpoint, ALICE, "lock", "lk", "/bin/echo", "held")
+        assert (code, out) == (0, "held\n"), err
+        code, out, err = run(server.endpoint, ALICE, "lock", "c", "/bin/echo", "held")
+        assert code != 0 and "permission denied" in err
