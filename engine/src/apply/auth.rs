@@ -207,7 +207,7 @@ impl Applier {
                     simple_token: format!("{}.{index}", req.simple_token),
                     revision: self.auth.snapshot().revision(),
                     name: req.name,
-                    header: header.expect("set above"),
+                    header: self.auth_header(),
                 }
             }
             Request::AuthUserAdd(req) => {

@@ -19,7 +19,7 @@ pub use records::{decode_role, decode_state, decode_user, encode_role, encode_st
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use basalt_proto::authpb::{permission::Type, Permission, Role, User, UserAddOptions};
+use basalt_proto::authpb::{Permission, Role, User, UserAddOptions};
 use basalt_proto::etcdserverpb::{
     request_op::Request as Op, AuthRoleGrantPermissionRequest, AuthRoleRevokePermissionRequest,
     AuthUserAddRequest, AuthUserChangePasswordRequest, DeleteRangeRequest, PutRequest,

@@ -1,4 +1,5 @@
 use super::*;
+use basalt_proto::authpb::permission::Type;
 use basalt_proto::etcdserverpb::{
     compare::{CompareResult, CompareTarget},
     Compare, RequestOp,
