@@ -355,3 +355,54 @@ def test_etcdctl_lock_and_watch_work_for_a_granted_user():
         assert (code, out) == (0, "held\n"), err
         code, out, err = run(server.endpoint, ALICE, "lock", "c", "/bin/echo", "held")
         assert code != 0 and "permission denied" in err
+
+
+JWT_SESSION = [
+    ["user", "add", "root", "--new-user-password=rootpw"],
+    ["user", "grant-role", "root", "root"],
+    ["user", "add", "alice", "--new-user-password=alicepw"],
+    ["role", "add", "r1"],
+    ["role", "grant-permission", "r1", "readwrite", "foo", "--prefix"],
+    ["user", "grant-role", "alice", "r1"],
+    ["auth", "enable"],
+    [ALICE, "put", "foo1", "v1"],
+    [ALICE, "get", "foo1"],
+    [ALICE, "put", "bar", "x"],
+    ["--user=alice:wrong", "get", "foo1"],
+    [ROOT, "role", "revoke-permission", "r1", "foo", "--prefix"],
+    [ALICE, "get", "foo1"],
+    [ROOT, "get", "foo1"],
+]
+
+
+@pytest.mark.parametrize("sign_method", ["RS256", "ES256"])
+def test_jwt_tokens_work_as_etcds(tmp_path, sign_method):
+    if sign_method == "RS256":
+        subprocess.run(["openssl", "genrsa", "-out", tmp_path / "key", "2048"], check=True, capture_output=True)
+    else:
+        subprocess.run(
+            ["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", tmp_path / "key"],
+            check=True,
+            capture_output=True,
+        )
+    # PKCS#8 for the private key (what both servers read), SPKI for the public one.
+    subprocess.run(
+        ["openssl", "pkcs8", "-topk8", "-nocrypt", "-in", tmp_path / "key", "-out", tmp_path / "priv.pem"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        ["openssl", "pkey", "-in", tmp_path / "key", "-pubout", "-out", tmp_path / "pub.pem"],
+        check=True,
+        capture_output=True,
+    )
+    flag = f"--auth-token=jwt,pub-key={tmp_path / 'pub.pem'},priv-key={tmp_path / 'priv.pem'},sign-method={sign_method},ttl=1m"
+    transcripts = {}
+    for kind in ("etcd", "basalt"):
+        with Server(kind, [flag]) as server:
+            transcripts[kind] = [
+                (code, normalize(out), normalize(err))
+                for code, out, err in (run(server.endpoint, *args) for args in JWT_SESSION)
+            ]
+    for args, want, got in zip(JWT_SESSION, transcripts["etcd"], transcripts["basalt"]):
+        assert got == want, f"etcdctl {' '.join(args)}"
