@@ -3,8 +3,8 @@
 //! the load generator becoming what is measured.
 //!
 //! It speaks only what the benchmarks need: unary calls and bidirectional streams, no
-//! compression, no TLS. It never starts a tokio runtime; tokio's I/O traits are used only
-//! because h2 is written against them.
+//! compression, TLS with a client certificate for `https://` endpoints. It never starts a tokio
+//! runtime; tokio's I/O traits are used only because h2 is written against them.
 //!
 //! It is deliberately not `net::client`: the tool that judges Basalt's server must not share
 //! its HTTP/2 and gRPC framing code (a shared mistake would cancel out), and it must keep
@@ -15,8 +15,12 @@ use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use h2::client::SendRequest;
 use h2::{RecvStream, SendStream};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use std::io;
+use std::path::Path;
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 /// gRPC's message prefix: a compressed flag byte and a big-endian u32 length.
@@ -44,10 +48,43 @@ pub enum CallError {
     Decode(#[from] prost::DecodeError),
 }
 
-/// glommio's socket seen through the tokio traits h2 needs.
-struct Io(TcpStream);
+/// How `https://` endpoints are dialed; set once from the command line.
+static TLS: OnceLock<futures_rustls::TlsConnector> = OnceLock::new();
 
-impl tokio::io::AsyncRead for Io {
+/// Dials `https://` endpoints trusting `ca_file` and presenting `cert_file`/`key_file`, as
+/// etcdctl's `--cacert --cert --key` do.
+pub fn use_tls(ca_file: &Path, cert_file: &Path, key_file: &Path) -> Result<(), String> {
+    let pem_error = |path: &Path| {
+        let path = path.display().to_string();
+        move |e: rustls_pki_types::pem::Error| format!("{path}: {e}")
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca_file).map_err(pem_error(ca_file))? {
+        roots
+            .add(cert.map_err(pem_error(ca_file))?)
+            .map_err(|e| format!("{}: {e}", ca_file.display()))?;
+    }
+    let certs = CertificateDer::pem_file_iter(cert_file)
+        .map_err(pem_error(cert_file))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(pem_error(cert_file))?;
+    let key = PrivateKeyDer::from_pem_file(key_file).map_err(pem_error(key_file))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|b| {
+            b.with_root_certificates(roots)
+                .with_client_auth_cert(certs, key)
+        })
+        .map_err(|e| e.to_string())?;
+    let _ = TLS.set(futures_rustls::TlsConnector::from(Arc::new(config)));
+    Ok(())
+}
+
+/// glommio's socket (plain or TLS) seen through the tokio traits h2 needs.
+struct Io<S>(S);
+
+impl<S: AsyncRead + Unpin> tokio::io::AsyncRead for Io<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -65,7 +102,7 @@ impl tokio::io::AsyncRead for Io {
     }
 }
 
-impl tokio::io::AsyncWrite for Io {
+impl<S: AsyncWrite + Unpin> tokio::io::AsyncWrite for Io<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -83,6 +120,24 @@ impl tokio::io::AsyncWrite for Io {
     }
 }
 
+/// Starts HTTP/2 on a connected stream; the connection task runs on this executor.
+async fn h2_handshake<S: AsyncRead + AsyncWrite + Unpin + 'static>(
+    io: S,
+) -> Result<SendRequest<Bytes>, CallError> {
+    let (send, connection) = h2::client::Builder::new()
+        .initial_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        .handshake::<_, Bytes>(Io(io))
+        .await?;
+    glommio::spawn_local(async move {
+        // The connection ends when every Channel clone is gone or the server closes it;
+        // the calls in flight see the error themselves.
+        let _ = connection.await;
+    })
+    .detach();
+    Ok(send)
+}
+
 /// One HTTP/2 connection to one endpoint; cheap to share between the tasks of its executor.
 #[derive(Clone)]
 pub struct Channel {
@@ -91,10 +146,13 @@ pub struct Channel {
 }
 
 impl Channel {
-    /// Connects to `host:port` (an `http://` prefix is accepted, as etcd's flags spell it).
-    /// Must run inside a glommio executor, which then drives the connection.
+    /// Connects to `host:port` (an `http://` prefix is accepted, as etcd's flags spell it;
+    /// `https://` dials TLS as set by [`use_tls`]). Must run inside a glommio executor, which
+    /// then drives the connection.
     pub async fn connect(endpoint: &str) -> Result<Self, CallError> {
-        let authority = endpoint
+        let tls_authority = endpoint.strip_prefix("https://");
+        let authority = tls_authority
+            .unwrap_or(endpoint)
             .trim_start_matches("http://")
             .trim_end_matches('/')
             .to_string();
@@ -108,17 +166,22 @@ impl Channel {
         socket
             .set_nodelay(true)
             .map_err(|e| connect_error(e.into()))?;
-        let (send, connection) = h2::client::Builder::new()
-            .initial_window_size(STREAM_WINDOW_BYTES)
-            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
-            .handshake::<_, Bytes>(Io(socket))
-            .await?;
-        glommio::spawn_local(async move {
-            // The connection ends when every Channel clone is gone or the server closes it;
-            // the calls in flight see the error themselves.
-            let _ = connection.await;
-        })
-        .detach();
+        let send = match tls_authority {
+            None => h2_handshake(socket).await?,
+            Some(_) => {
+                let connector = TLS.get().ok_or_else(|| {
+                    CallError::Protocol("https:// needs --cacert, --cert and --key".into())
+                })?;
+                let host = authority.rsplit_once(':').map_or(&*authority, |(h, _)| h);
+                let name = ServerName::try_from(host.to_string())
+                    .map_err(|e| CallError::Protocol(e.to_string()))?;
+                let stream = connector
+                    .connect(name, socket)
+                    .await
+                    .map_err(connect_error)?;
+                h2_handshake(stream).await?
+            }
+        };
         Ok(Self { send, authority })
     }
 

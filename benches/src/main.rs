@@ -63,6 +63,15 @@ struct Global {
     /// Also write the results as JSON to this file.
     #[arg(long, global = true)]
     json: Option<PathBuf>,
+    /// CA that signed the servers' certificates, for https:// endpoints (etcdctl's flag).
+    #[arg(long, global = true, requires_all = ["cert", "key"])]
+    cacert: Option<PathBuf>,
+    /// Client certificate presented to https:// endpoints.
+    #[arg(long, global = true)]
+    cert: Option<PathBuf>,
+    /// Key of --cert.
+    #[arg(long, global = true)]
+    key: Option<PathBuf>,
 }
 
 /// How long a load run lasts and how fast it may go.
@@ -246,6 +255,9 @@ fn allowed_cpus() -> usize {
 
 fn run(cli: Cli) -> Result<Option<RunReport>, String> {
     let g = &cli.global;
+    if let (Some(ca), Some(cert), Some(key)) = (&g.cacert, &g.cert, &g.key) {
+        grpc::use_tls(ca, cert, key)?;
+    }
     let common = load::Common {
         endpoints: g.endpoints.clone(),
         conns: g.conns,

@@ -9,6 +9,8 @@ use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// no headers worth more than a few hundred bytes).
 const HEAD_BYTES_MAX: usize = 8 * 1024;
 const READ_CHUNK_BYTES: usize = 1024;
+/// The paths served here.
+const ENDPOINT_PATHS: [&str; 5] = ["/health", "/version", "/metrics", "/livez", "/readyz"];
 
 /// Serves requests on one connection until the client closes it or asks to. `already_read`
 /// holds the bytes consumed while telling HTTP/1.1 from HTTP/2.
@@ -132,7 +134,7 @@ impl Reply {
 fn route(request: &Request<'_>) -> Reply {
     if request.method != "GET" && request.method != "HEAD" {
         return match request.path {
-            "/health" | "/version" | "/metrics" | "/livez" | "/readyz" => {
+            path if ENDPOINT_PATHS.contains(&path) => {
                 Reply::text(405, "Method Not Allowed", "Method Not Allowed\n")
             }
             _ => Reply::text(404, "Not Found", "404 page not found\n"),
@@ -153,6 +155,23 @@ fn route(request: &Request<'_>) -> Reply {
         "/livez" | "/readyz" => Reply::text(200, "OK", "ok\n"),
         _ => Reply::text(404, "Not Found", "404 page not found\n"),
     }
+}
+
+/// The answer (status, content type, body) to an endpoint request that came over HTTP/2: a TLS
+/// port offers h2 by ALPN, so curl and Prometheus ask there, and etcd answers them. `None` for
+/// any other path, which stays gRPC's.
+pub(crate) fn h2_reply(method: &str, path: &str) -> Option<(u16, &'static str, String)> {
+    if !ENDPOINT_PATHS.contains(&path) {
+        return None;
+    }
+    let request = Request {
+        method,
+        path,
+        keep_alive: false,
+        has_body: false,
+    };
+    let reply = route(&request);
+    Some((reply.status, reply.content_type, reply.body))
 }
 
 /// etcd's `/health`: unhealthy, with etcd's reason, while the member knows no leader.

@@ -436,6 +436,13 @@ async fn serve_stream<K: KvService>(
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with(CONTENT_TYPE));
+    if let Some(reply) = (!is_grpc)
+        .then(|| crate::http1::h2_reply(head.method.as_str(), head.uri.path()))
+        .flatten()
+    {
+        send_endpoint_reply(respond, head.method == http::Method::HEAD, reply);
+        return;
+    }
     if head.method != http::Method::POST || !is_grpc {
         // grpc-go answers a non-gRPC request on its port with a plain HTTP error.
         let mut reply = http::Response::new(());
@@ -471,6 +478,26 @@ async fn serve_stream<K: KvService>(
             .is_some_and(|v| v.as_bytes() == b"true"),
     };
     services.call(head.uri.path(), call).await;
+}
+
+/// Sends an HTTP endpoint's answer on an h2 stream.
+fn send_endpoint_reply(
+    mut respond: h2::server::SendResponse<Bytes>,
+    head_only: bool,
+    (status, content_type, body): (u16, &'static str, String),
+) {
+    let mut reply = http::Response::new(());
+    *reply.status_mut() =
+        http::StatusCode::from_u16(status).expect("the endpoints answer with valid codes");
+    reply.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    if let Ok(mut stream) = respond.send_response(reply, head_only) {
+        if !head_only {
+            let _ = stream.send_data(Bytes::from(body), true);
+        }
+    }
 }
 
 /// A one-shot, cross-thread stop flag that glommio tasks can await.

@@ -279,12 +279,30 @@ impl TlsConnector {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let name = ServerName::try_from(host.to_string())
-            .map_err(|_| TlsError::ServerName(host.to_string()))?;
         let connector = futures_rustls::TlsConnector::from(self.config.current());
-        within_handshake_timeout(connector.connect(name, stream)).await
+        within_handshake_timeout(connector.connect(server_name(host)?, stream)).await
     }
+
+    /// The same handshake on a blocking socket, for a plain thread (a joining member asks the
+    /// cluster before its executors run); the socket's read and write timeouts bound it.
+    pub fn connect_blocking(
+        &self,
+        host: &str,
+        mut stream: std::net::TcpStream,
+    ) -> Result<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>, TlsError> {
+        let mut conn = rustls::ClientConnection::new(self.config.current(), server_name(host)?)?;
+        while conn.is_handshaking() {
+            conn.complete_io(&mut stream).map_err(TlsError::Handshake)?;
+        }
+        Ok(rustls::StreamOwned::new(conn, stream))
+    }
+}
+
+/// The name a server certificate must carry: a DNS name or an IP address (brackets of an IPv6
+/// URL host dropped).
+fn server_name(host: &str) -> Result<ServerName<'static>, TlsError> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    ServerName::try_from(host.to_string()).map_err(|_| TlsError::ServerName(host.to_string()))
 }
 
 async fn within_handshake_timeout<T>(
@@ -769,6 +787,51 @@ mod tests {
         std::fs::write(dir.join("server-key.pem"), "-----BEGIN PRIV").unwrap();
         let (_, shown) = handshake(acceptor, connector);
         assert_eq!(shown, renewed_der);
+    }
+
+    #[test]
+    fn a_blocking_dial_completes_the_same_handshake() {
+        let dir = temp_dir("blocking");
+        let ca = new_ca(&dir);
+        issue(&dir, "server", &ca, "server");
+        issue(&dir, "client", &ca, "bob");
+        let with_ca = |config: TlsConfig| TlsConfig {
+            trusted_ca_file: Some(dir.join("ca.pem")),
+            ..config
+        };
+        let acceptor = TlsAcceptor::new(&with_ca(files(&dir, "server")), &[]).unwrap();
+        let connector = TlsConnector::new(&with_ca(files(&dir, "client"))).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let dialer = std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let stream = std::net::TcpStream::connect(addr).unwrap();
+            let mut tls = connector.connect_blocking("127.0.0.1", stream).unwrap();
+            tls.write_all(b"ping").unwrap();
+            let mut reply = [0u8; 4];
+            tls.read_exact(&mut reply).unwrap();
+            reply
+        });
+        let name = LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                use futures_lite::{AsyncReadExt, AsyncWriteExt};
+                use std::os::fd::{FromRawFd, IntoRawFd};
+                let (socket, _) = listener.accept().unwrap();
+                // SAFETY: into_raw_fd gives up the std socket's ownership of a connected TCP
+                // socket, so the glommio stream is its only owner and closes it.
+                let stream = unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) };
+                let mut stream = acceptor.accept(stream).await.unwrap();
+                let mut ping = [0u8; 4];
+                stream.read_exact(&mut ping).await.unwrap();
+                stream.write_all(b"pong").await.unwrap();
+                stream.flush().await.unwrap();
+                client_common_name(&stream)
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(&dialer.join().unwrap(), b"pong");
+        assert_eq!(name.as_deref(), Some("bob"));
     }
 
     #[test]

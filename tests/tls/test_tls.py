@@ -5,6 +5,7 @@ Certificates are made per module in a temporary folder (tests/tls/pki.py). Every
 followed by a request with the right certificate: the server must keep serving.
 """
 
+import shutil
 import socket
 import ssl
 import subprocess
@@ -145,6 +146,18 @@ def test_http_endpoints_answer_over_tls(cert_auth_server, pki, path, body_start)
     head, _, body = reply.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200"), head
     assert body_start in body, body[:100]
+
+
+@pytest.mark.skipif(not shutil.which("curl"), reason="curl is not installed")
+def test_http_endpoints_answer_over_h2_as_curl_negotiates_it(cert_auth_server, pki):
+    result = subprocess.run(
+        ["curl", "-sS", "--http2", "-w", "\\n%{http_version} %{http_code}",
+         "--cacert", pki.ca.cert_file, "--cert", pki.client.cert_file, "--key", pki.client.key_file,
+         f"{cert_auth_server.url}/health"],
+        capture_output=True, text=True, timeout=30,
+    )
+    body, _, version_code = result.stdout.rpartition("\n")
+    assert (version_code, body) == ("2 200", '{"health":"true","reason":""}'), result
 
 
 def served_serial(port, pki):
