@@ -310,3 +310,195 @@ impl Applier {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use basalt_proto::authpb::{permission::Type, Permission};
+    use basalt_proto::basaltpb::InternalRequest;
+    use basalt_proto::etcdserverpb::{
+        AuthEnableRequest, AuthRoleAddRequest, AuthRoleGetRequest, AuthRoleGrantPermissionRequest,
+        AuthUserAddRequest, AuthUserGetRequest, AuthUserGrantRoleRequest, AuthUserListRequest,
+    };
+    use prost::Message;
+
+    use super::super::tests::{open_applier, put, temp_dir};
+    use super::*;
+
+    /// Applies `request` as proposed by `user` (at `revision`), returning its result.
+    fn apply_as(
+        applier: &mut Applier,
+        user: Option<(&str, u64)>,
+        request: Request,
+    ) -> Result<Applied, ApplyError> {
+        let index = applier.applied_index() + 1;
+        let data = InternalRequest {
+            id: index,
+            request: Some(request),
+            auth_header: user.map(|(username, auth_revision)| AuthHeader {
+                username: username.into(),
+                auth_revision,
+            }),
+        }
+        .encode_to_vec();
+        applier.apply(index, &data).expect("a request entry").result
+    }
+
+    fn user_add(name: &str) -> Request {
+        Request::AuthUserAdd(AuthUserAddRequest {
+            name: name.into(),
+            hashed_password: "$2b$04$hash".into(),
+            ..Default::default()
+        })
+    }
+
+    fn grant_role(user: &str, role: &str) -> Request {
+        Request::AuthUserGrantRole(AuthUserGrantRoleRequest {
+            user: user.into(),
+            role: role.into(),
+        })
+    }
+
+    /// root, and alice with role "r" (read-write on the prefix "foo"); auth on.
+    fn enabled(applier: &mut Applier) -> u64 {
+        for request in [
+            user_add("root"),
+            grant_role("root", "root"),
+            user_add("alice"),
+            Request::AuthRoleAdd(AuthRoleAddRequest { name: "r".into() }),
+            Request::AuthRoleGrantPermission(AuthRoleGrantPermissionRequest {
+                name: "r".into(),
+                perm: Some(Permission {
+                    perm_type: Type::Readwrite as i32,
+                    key: b"foo".to_vec().into(),
+                    range_end: b"fop".to_vec().into(),
+                }),
+            }),
+            grant_role("alice", "r"),
+            Request::AuthEnable(AuthEnableRequest {}),
+        ] {
+            apply_as(applier, None, request).unwrap();
+        }
+        applier.auth().snapshot().revision()
+    }
+
+    #[test]
+    fn apply_checks_every_entry_against_the_auth_state_of_its_moment() {
+        let dir = temp_dir("auth-checks");
+        let mut applier = open_applier(&dir);
+        let revision = enabled(&mut applier);
+        let denied = |e: AuthError| Err(ApplyError::Auth(e));
+        let alice = Some(("alice", revision));
+        let root = Some(("root", revision));
+        let cases: Vec<(&str, Option<(&str, u64)>, Request, Result<(), ApplyError>)> = vec![
+            ("granted put", alice, put("foo1", "v"), Ok(())),
+            (
+                "put outside",
+                alice,
+                put("b", "v"),
+                denied(AuthError::PermissionDenied),
+            ),
+            (
+                "no user",
+                None,
+                put("foo1", "v"),
+                denied(AuthError::UserEmpty),
+            ),
+            (
+                "stale revision",
+                Some(("alice", revision - 1)),
+                put("foo1", "v"),
+                denied(AuthError::AuthOldRevision),
+            ),
+            (
+                "unknown user",
+                Some(("mallory", revision)),
+                put("foo1", "v"),
+                denied(AuthError::PermissionDenied),
+            ),
+            (
+                "admin by a user",
+                alice,
+                user_add("eve"),
+                denied(AuthError::PermissionDenied),
+            ),
+            (
+                "admin by nobody",
+                None,
+                Request::AuthUserList(AuthUserListRequest {}),
+                denied(AuthError::UserEmpty),
+            ),
+            ("admin by root", root, user_add("eve"), Ok(())),
+            (
+                "get oneself",
+                alice,
+                Request::AuthUserGet(AuthUserGetRequest {
+                    name: "alice".into(),
+                }),
+                Ok(()),
+            ),
+            (
+                "get another",
+                alice,
+                Request::AuthUserGet(AuthUserGetRequest {
+                    name: "root".into(),
+                }),
+                denied(AuthError::PermissionDenied),
+            ),
+            (
+                "get one's role",
+                alice,
+                Request::AuthRoleGet(AuthRoleGetRequest { role: "r".into() }),
+                Ok(()),
+            ),
+            (
+                "grant oneself root",
+                alice,
+                grant_role("alice", "root"),
+                denied(AuthError::PermissionDenied),
+            ),
+        ];
+        for (name, user, request, want) in cases {
+            let revision_before = applier.auth().snapshot().revision();
+            let got = apply_as(&mut applier, user, request).map(|_| ());
+            assert_eq!(got, want, "{name}");
+            if want.is_err() {
+                assert_eq!(
+                    applier.auth().snapshot().revision(),
+                    revision_before,
+                    "{name}"
+                );
+            }
+        }
+        let stored = applier
+            .store()
+            .range(&basalt_proto::etcdserverpb::RangeRequest {
+                key: b"b".to_vec().into(),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(stored.count, 0, "a refused put wrote nothing");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn auth_state_survives_a_reopen() {
+        let dir = temp_dir("auth-reopen");
+        let mut applier = open_applier(&dir);
+        let revision = enabled(&mut applier);
+        applier.checkpoint().unwrap();
+        drop(applier);
+        let reopened = open_applier(&dir);
+        let auth = reopened.auth().snapshot();
+        assert!(auth.is_enabled());
+        assert_eq!(auth.revision(), revision);
+        assert_eq!(auth.user_names(), ["alice", "root"]);
+        assert!(auth.has_role("alice", "r"));
+        assert_eq!(auth.role_permissions("r").unwrap().len(), 1);
+        let alice = auth.info("alice");
+        assert_eq!(
+            auth.check(Some(&alice), b"foo2", b"", crate::auth::Access::Write),
+            Ok(())
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

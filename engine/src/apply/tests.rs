@@ -7,14 +7,14 @@ use prost::Message;
 use super::*;
 use crate::btree::{open, Options};
 
-fn temp_dir(name: &str) -> std::path::PathBuf {
+pub(super) fn temp_dir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("basalt-apply-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
 
-fn open_applier(dir: &std::path::Path) -> Applier {
+pub(super) fn open_applier(dir: &std::path::Path) -> Applier {
     Applier::open(
         open(dir.join("db"), Options::default()).unwrap(),
         Limits::default(),
@@ -31,7 +31,7 @@ fn entry(id: u64, request: Request) -> Vec<u8> {
     .encode_to_vec()
 }
 
-fn put(key: &str, value: &str) -> Request {
+pub(super) fn put(key: &str, value: &str) -> Request {
     Request::Put(PutRequest {
         key: key.as_bytes().to_vec().into(),
         value: value.as_bytes().to_vec().into(),
