@@ -220,7 +220,10 @@ impl PeerTransport {
         for message in messages {
             let to = message.to;
             if message.kind == MessageType::Snap {
-                let _ = (self.shared.inbound).try_send(PeerInbound::SnapshotSent { to, ok: false });
+                let _ = self
+                    .shared
+                    .inbound
+                    .try_send(PeerInbound::SnapshotSent { to, ok: false });
                 continue;
             }
             let queued = match peers.get(&to) {
@@ -244,7 +247,9 @@ impl PeerTransport {
             .get(&message.to)
             .map(|peer| peer.link.clone());
         let shared = self.shared.clone();
-        (self.shared.sockets).spawn(snapshot::send(shared, link, message, db_file));
+        self.shared
+            .sockets
+            .spawn(snapshot::send(shared, link, message, db_file));
     }
 
     /// Queues a proposal for the leader `to`; dropped if it is unreachable (the proposer times
@@ -274,7 +279,7 @@ impl PeerTransport {
             metrics: metrics().peer(id),
         });
         let (queue, outbound) = flume::bounded(PEER_QUEUE_MESSAGES_MAX);
-        (self.shared.sockets).spawn(stream::write_loop(
+        self.shared.sockets.spawn(stream::write_loop(
             self.shared.clone(),
             link.clone(),
             outbound,

@@ -199,7 +199,7 @@ pub(crate) async fn accept_loop(
         match listener.accept().await {
             Ok(stream) => {
                 let conn = conn::accepted(stream, &shared.sockets);
-                (shared.sockets).spawn(serve_accepted(shared.clone(), conn));
+                shared.sockets.spawn(serve_accepted(shared.clone(), conn));
             }
             Err(_) => glommio::timer::sleep(ACCEPT_RETRY_DELAY).await,
         }
