@@ -270,7 +270,10 @@ impl Gate {
         let Some(shared) = kv.auth() else {
             return Ok(open);
         };
-        if UNIDENTIFIED_PATHS.contains(&path) {
+        // The common case costs one snapshot load: auth off and no token to check.
+        if UNIDENTIFIED_PATHS.contains(&path)
+            || (call.token.is_none() && !shared.snapshot.load().is_enabled())
+        {
             return Ok(open);
         }
         let maintenance = MAINTENANCE_ADMIN_PATHS.contains(&path);
@@ -462,6 +465,14 @@ async fn authenticate<K: KvService>(
     shared: &AuthShared,
     req: AuthenticateRequest,
 ) -> Result<AuthenticateResponse, Status> {
+    // etcd's linearizableReadNotify: a member behind the leader catches up on auth changes
+    // (a follower that has not applied AuthEnable yet) before it checks the password.
+    kv.range(basalt_proto::etcdserverpb::RangeRequest {
+        key: vec![0].into(),
+        count_only: true,
+        ..Default::default()
+    })
+    .await?;
     for _ in 0..AUTHENTICATE_ATTEMPTS_MAX {
         let checked_revision = shared
             .check_password(&req.name, req.password.clone())

@@ -406,3 +406,16 @@ def test_jwt_tokens_work_as_etcds(tmp_path, sign_method):
             ]
     for args, want, got in zip(JWT_SESSION, transcripts["etcd"], transcripts["basalt"]):
         assert got == want, f"etcdctl {' '.join(args)}"
+
+
+def test_auth_state_survives_a_restart_and_tokens_do_not():
+    with Server("basalt") as server:
+        enable_auth(server.endpoint)
+        before = run(server.endpoint, ROOT, "user", "get", "alice", "--detail")
+        server.stop()
+        server.start()
+        assert run(server.endpoint, ROOT, "auth", "status")[1].startswith("Authentication Status: true")
+        assert run(server.endpoint, ROOT, "user", "get", "alice", "--detail") == before
+        assert run(server.endpoint, ALICE, "put", "foo2", "v")[0] == 0
+        code, _, err = run(server.endpoint, ALICE, "put", "b", "v")
+        assert code != 0 and "permission denied" in err
