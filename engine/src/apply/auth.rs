@@ -324,10 +324,13 @@ mod tests {
     use super::super::tests::{open_applier, put, temp_dir};
     use super::*;
 
-    /// Applies `request` as proposed by `user` (at `revision`), returning its result.
+    /// Who proposed an entry: a user name and the auth revision it was checked at.
+    type Proposer<'a> = Option<(&'a str, u64)>;
+
+    /// Applies `request` as proposed by `user`, returning its result.
     fn apply_as(
         applier: &mut Applier,
-        user: Option<(&str, u64)>,
+        user: Proposer<'_>,
         request: Request,
     ) -> Result<Applied, ApplyError> {
         let index = applier.applied_index() + 1;
@@ -389,7 +392,7 @@ mod tests {
         let denied = |e: AuthError| Err(ApplyError::Auth(e));
         let alice = Some(("alice", revision));
         let root = Some(("root", revision));
-        let cases: Vec<(&str, Option<(&str, u64)>, Request, Result<(), ApplyError>)> = vec![
+        let cases: Vec<(&str, Proposer<'_>, Request, Result<(), ApplyError>)> = vec![
             ("granted put", alice, put("foo1", "v"), Ok(())),
             (
                 "put outside",

@@ -474,6 +474,15 @@ impl KvService for RaftKv {
     }
 
     async fn range(&self, req: RangeRequest) -> Result<RangeResponse, Status> {
+        if let Some(header) = &self.auth_header {
+            // Reads skip the log, so a user's read is checked here too: v3lock and v3election
+            // read through this handle as their caller, as etcd's run as the caller's client.
+            let who = basalt_engine::auth::AuthInfo {
+                username: header.username.clone(),
+                revision: header.auth_revision,
+            };
+            self.published.auth.current().check_range(Some(&who), &req)?;
+        }
         let linearizable = !req.serializable;
         self.ask(|reply| Command::Read {
             req,
