@@ -323,10 +323,6 @@ fn unserved_methods_are_unimplemented_in_grpc_go_words() {
             "/etcdserverpb.Auth/AuthEnable",
             "method AuthEnable not implemented",
         ),
-        (
-            "/etcdserverpb.Cluster/MemberAdd",
-            "method MemberAdd not implemented",
-        ),
     ];
     with_server(move |addr| async move {
         let client = Client::connect(addr).await.unwrap();

@@ -18,7 +18,7 @@ use basalt_proto::basaltpb::{member_change::Kind, MemberChange};
 use basalt_proto::etcdserverpb::{Member, MemberUpdateRequest};
 use prost::Message;
 
-use super::{storage, Applied, Applier, ApplyError, Outcome};
+use super::{storage, undecodable, Applied, Applier, ApplyError, Outcome};
 use crate::mvcc::BtreeBackend;
 
 const MEMBERS_BUCKET: &str = "members";
@@ -87,15 +87,7 @@ impl Applier {
         }
         let change = match MemberChange::decode(context) {
             Ok(change) => change,
-            Err(error) => {
-                return Some(Outcome {
-                    id: 0,
-                    result: Err(ApplyError::Undecodable {
-                        index,
-                        reason: error.to_string(),
-                    }),
-                })
-            }
+            Err(error) => return Some(undecodable(index, &error)),
         };
         let id = change.member.as_ref().map_or(0, |m| m.id);
         match change.kind() {

@@ -207,15 +207,7 @@ impl Applier {
         }
         let request = match InternalRequest::decode(data) {
             Ok(request) => request,
-            Err(error) => {
-                return Some(Outcome {
-                    id: 0,
-                    result: Err(ApplyError::Undecodable {
-                        index,
-                        reason: error.to_string(),
-                    }),
-                })
-            }
+            Err(error) => return Some(undecodable(index, &error)),
         };
         let mut result = self
             .authorize(request.auth_header.as_ref(), &request.request)
@@ -454,6 +446,17 @@ pub fn txn_has_put(txn: &basalt_proto::etcdserverpb::TxnRequest) -> bool {
             Some(Op::RequestTxn(nested)) => txn_has_put(nested),
             _ => false,
         })
+}
+
+/// The outcome of an entry whose bytes do not decode: an error every member reaches alike.
+fn undecodable(index: u64, error: &prost::DecodeError) -> Outcome {
+    Outcome {
+        id: 0,
+        result: Err(ApplyError::Undecodable {
+            index,
+            reason: error.to_string(),
+        }),
+    }
 }
 
 fn btree_error(error: crate::btree::Error) -> ApplyError {

@@ -568,6 +568,15 @@ impl Core {
     /// Starts the peer transport on this executor once the member list is known.
     pub(super) async fn start_transport(&mut self) -> Result<(), NodeError> {
         let member_id = self.config.member_id;
+        if self.applier.is_removed(member_id) {
+            return Err(NodeError::DataDir {
+                path: self.config.data_dir.clone(),
+                reason: format!(
+                    "member {member_id:x} was removed from the cluster; its data dir cannot \
+                     serve again"
+                ),
+            });
+        }
         let mut members = self.applier.members();
         if members.is_empty() {
             // A joining member knows the cluster only from what it was sent at start.
