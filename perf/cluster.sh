@@ -36,6 +36,7 @@ out=$PWD/perf/out/cluster
 rm -rf "$out"
 mkdir -p "$out"
 started=$(date +%s)
+cat /proc/loadavg >"$out/loadavg.txt"
 log() { echo "== [$(( $(date +%s) - started ))s] $*"; }
 
 if [[ $quick == 1 ]]; then

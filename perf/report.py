@@ -366,12 +366,23 @@ CLUSTER_DELAYS = (("0", "0 ms added"), ("0.5", "1 ms added round trip"))
 CLUSTER_WORKLOADS = (("put-1x1", "1 client"), ("put-10x100", "100 clients"), ("put-100x1000", "1000 clients"))
 
 
+def cluster_put_p50_us(out_dir, server):
+    """The 1-client put p50 without added delay, or infinity when it was not measured."""
+    s = series(load(os.path.join(out_dir, "%s-delay0-put-1x1.json" % server)), "put")
+    return s["latency_us"]["p50"] if s and s["count"] else float("inf")
+
+
 def cluster_block(out_dir, disk, quick, version, seconds):
     lines = [CLUSTER_BEGIN, "## 3-member cluster (side by side with etcd 3.5.1)", ""]
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines.append("Run: `perf/cluster.sh%s` at %s, Basalt %s, %s s per workload." % (
         " --quick" if quick else "", now, version, seconds))
     lines.append("Machine: %s. Load generator: basalt-bench on the same machine." % machine())
+    try:
+        with open(os.path.join(out_dir, "loadavg.txt")) as f:
+            lines.append("Load average when the run began (other work on the machine): %s." % " ".join(f.read().split()[:3]))
+    except OSError:
+        pass
     if quick:
         lines.append("A `--quick` run: it proves the script; its numbers are too short to quote.")
     lines.append("")
@@ -391,6 +402,14 @@ def cluster_block(out_dir, disk, quick, version, seconds):
             "p99 %s ms. A put on a cluster waits for at least one such write on a follower (etcd 3.5's "
             "leader counts its own entry before its own fdatasync returns)." % (fmt_ms(rows[0]["p50"]), fmt_ms(rows[0]["p99"]))
         )
+        below = [server for server in SERVERS if cluster_put_p50_us(out_dir, server) < rows[0]["p50"]]
+        if below:
+            lines.append(
+                "**Warning:** the 1-client put p50 of %s is below that floor's p50: the disk was faster "
+                "while the clusters ran than while the floor was measured (other work shares this "
+                "disk), or an ack did not wait for a follower's fdatasync. Do not read the latency "
+                "rows against the floor without finding out which." % " and ".join(below)
+            )
         lines.append("")
     lines.append("| added between members | clients | etcd puts/s | Basalt puts/s | Basalt/etcd "
                  "| etcd p50 / p99 ms | Basalt p50 / p99 ms | errors etcd / Basalt |")

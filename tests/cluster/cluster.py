@@ -101,6 +101,10 @@ def _delete_namespace(name: str) -> None:
     run(["ip", "netns", "del", name], check=False)
 
 
+def _exit_on_sigterm(signum, frame):
+    sys.exit(128 + signum)
+
+
 _ports_given = set()
 
 
@@ -376,6 +380,10 @@ class Cluster:
         self.members = []
         self._size = size
         atexit.register(self.close)
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            # A run stopped by SIGTERM (a CI timeout) unwinds, so members and namespaces go too.
+            signal.signal(signal.SIGTERM, _exit_on_sigterm)
         if netns:
             why = netns_available()
             if why:
@@ -719,7 +727,6 @@ def main():
     parser.add_argument("--delay-ms", type=float, default=0.0, help="one-way delay between members")
     parser.add_argument("--base-dir", help="where the data dirs go (default: the temp dir)")
     args = parser.parse_args()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     c = Cluster(kind=args.kind, size=args.size, netns=args.netns, base_dir=args.base_dir)
     try:
         c.start()
