@@ -506,3 +506,79 @@ async fn authenticate<K: KvService>(
     }
     Err(AuthError::AuthOldRevision.into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_logins_slow_the_next_attempt_of_that_user_only() {
+        let shared = AuthShared::new(&AuthOptions::default()).unwrap();
+        let t0 = Instant::now();
+        assert_eq!(shared.login_delay("alice", t0), Duration::ZERO);
+        for _ in 0..3 {
+            shared.record_login("alice", false, t0);
+        }
+        assert_eq!(
+            shared.login_delay("alice", t0),
+            LOGIN_FAILURE_DELAY_STEP * 3
+        );
+        assert_eq!(shared.login_delay("bob", t0), Duration::ZERO);
+        for _ in 0..100 {
+            shared.record_login("alice", false, t0);
+        }
+        assert_eq!(shared.login_delay("alice", t0), LOGIN_FAILURE_DELAY_MAX);
+        let later = t0 + LOGIN_FAILURE_MEMORY;
+        assert_eq!(
+            shared.login_delay("alice", later),
+            Duration::ZERO,
+            "forgotten"
+        );
+        shared.record_login("alice", true, t0);
+        assert_eq!(
+            shared.login_delay("alice", t0),
+            Duration::ZERO,
+            "a success clears"
+        );
+    }
+
+    #[test]
+    fn out_of_range_bcrypt_costs_fall_back_to_etcds_default() {
+        for (asked, used) in [
+            (0, BCRYPT_COST_DEFAULT),
+            (4, 4),
+            (12, 12),
+            (32, BCRYPT_COST_DEFAULT),
+        ] {
+            let options = AuthOptions {
+                bcrypt_cost: asked,
+                ..AuthOptions::default()
+            };
+            assert_eq!(
+                AuthShared::new(&options).unwrap().bcrypt_cost,
+                used,
+                "{asked}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_token_that_does_not_check_is_refused_even_with_auth_off() {
+        let shared = AuthShared::new(&AuthOptions::default()).unwrap();
+        assert_eq!(
+            shared.identify(None, Some("cn")),
+            Ok(None),
+            "no cert auth asked"
+        );
+        let refused = shared.identify(Some("forged.1"), None).unwrap_err();
+        assert_eq!(refused.code, Code::Unauthenticated);
+        assert_eq!(refused.message, "etcdserver: invalid auth token");
+        let cert_auth = AuthShared::new(&AuthOptions {
+            client_cert_auth: true,
+            ..AuthOptions::default()
+        })
+        .unwrap();
+        let who = cert_auth.identify(None, Some("alice")).unwrap().unwrap();
+        assert_eq!(who.username, "alice");
+    }
+}
