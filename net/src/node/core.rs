@@ -184,10 +184,10 @@ impl Core {
             };
             applier.bootstrap(BOOTSTRAP_INDEX, &founders);
         }
-        let applied = applier.applied_index();
+        let mut applied = applier.applied_index();
         // Entries up to the applied index are never handed to raft again, so its configuration
         // must be the one in effect there: the applied member list says what it is.
-        let conf_state = cluster::conf_state_of(&applier.members());
+        let mut conf_state = cluster::conf_state_of(&applier.members());
 
         let options = WalOptions {
             max_wals: config.max_wals,
@@ -229,6 +229,15 @@ impl Core {
         let mut snapshot_index = 0;
         if let Some(marker) = &recovered.snapshot {
             codec::decode_snapshot(&marker.payload)?;
+            if applied < marker.index {
+                if let Some(adopted) =
+                    cluster::adopt_received_snapshot(&config, &published.snap_dir, marker.index)?
+                {
+                    applier = adopted;
+                    applied = applier.applied_index();
+                    conf_state = cluster::conf_state_of(&applier.members());
+                }
+            }
             install_marker(&mut storage, marker.index, marker.term, conf_state.clone())?;
             snapshot_index = marker.index;
         }

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::os::unix::ffi::OsStringExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use basalt_engine::apply::{Applied, Applier};
@@ -26,7 +26,7 @@ use basalt_raft::{
 use prost::Message as _;
 
 use super::{Core, Waiter};
-use crate::node::{codec, datadir, NodeError, Reply};
+use crate::node::{codec, datadir, NodeConfig, NodeError, Reply};
 use crate::peer::{PeerInbound, PeerTransport, TransportConfig};
 use crate::status::{Code, Status};
 use std::rc::Rc;
@@ -450,38 +450,18 @@ impl Core {
     }
 
     /// Replaces this member's tree with the one a leader sent (its data holds the received
-    /// file's path), then starts the log after it. The rename comes first: a crash before the
-    /// WAL marker leaves a tree ahead of the log, which recovery already handles.
+    /// file's path), then starts the log after it. The WAL marker goes first: a crash before
+    /// the rename leaves the received file beside a tree behind the marker, and recovery
+    /// adopts the file (see [`adopt_received_snapshot`]); renaming first could leave a tree
+    /// ahead of stale log entries that raft would then take as committed.
     pub(super) async fn install_snapshot(&mut self, snapshot: Snapshot) -> Result<(), NodeError> {
         let metadata = snapshot.metadata;
         let received = PathBuf::from(std::ffi::OsString::from_vec(snapshot.data));
-        let db_path = datadir::db_path(&self.config.data_dir);
-        let io = |reason: std::io::Error| NodeError::DataDir {
-            path: db_path.clone(),
-            reason: format!("installing a snapshot: {reason}"),
-        };
-        std::fs::rename(&received, &db_path).map_err(io)?;
-        std::fs::File::open(db_path.parent().expect("the db lives in a directory"))
-            .and_then(|dir| dir.sync_all())
-            .map_err(io)?;
-        let db =
-            btree::open(&db_path, btree::Options::default()).map_err(|e| NodeError::DataDir {
-                path: db_path.clone(),
-                reason: e.to_string(),
-            })?;
-        let applier = Applier::open(db, self.config.limits)?;
-        if applier.applied_index() != metadata.index {
-            return Err(NodeError::Raft(format!(
-                "the snapshot for index {} holds index {}",
-                metadata.index,
-                applier.applied_index()
-            )));
-        }
-        self.applier = applier;
         let payload = codec::encode_snapshot(&metadata.conf_state);
         self.wal
             .append(&[RecordRef::snapshot(metadata.term, metadata.index, &payload)])
             .await?;
+        self.applier = replace_tree(&self.config, &received, metadata.index)?;
         self.raw
             .storage_mut()
             .apply_snapshot(Snapshot {
@@ -532,6 +512,64 @@ impl Core {
             )));
             false
         });
+    }
+}
+
+/// Moves a received tree file onto this member's tree (atomically, made durable by syncing
+/// the directory) and opens it, checking it holds `index`.
+fn replace_tree(config: &NodeConfig, received: &Path, index: u64) -> Result<Applier, NodeError> {
+    let db_path = datadir::db_path(&config.data_dir);
+    let io = |reason: std::io::Error| NodeError::DataDir {
+        path: db_path.clone(),
+        reason: format!("installing a snapshot: {reason}"),
+    };
+    std::fs::rename(received, &db_path).map_err(io)?;
+    std::fs::File::open(db_path.parent().expect("the db lives in a directory"))
+        .and_then(|dir| dir.sync_all())
+        .map_err(io)?;
+    let db = btree::open(&db_path, btree::Options::default()).map_err(|e| NodeError::DataDir {
+        path: db_path.clone(),
+        reason: e.to_string(),
+    })?;
+    let applier = Applier::open(db, config.limits)?;
+    if applier.applied_index() != index {
+        return Err(NodeError::Raft(format!(
+            "the snapshot for index {index} holds index {}",
+            applier.applied_index()
+        )));
+    }
+    Ok(applier)
+}
+
+/// Recovery's half of [`Core::install_snapshot`]: the WAL says the log starts after `index` but
+/// the tree is behind it, so the crash came between the marker and the rename; the received
+/// file (named by the transport `<index:016x>-<from:016x>.snap.db`) is still there to adopt.
+pub(super) fn adopt_received_snapshot(
+    config: &NodeConfig,
+    snap_dir: &Path,
+    index: u64,
+) -> Result<Option<Applier>, NodeError> {
+    let prefix = format!("{index:016x}-");
+    let Ok(entries) = std::fs::read_dir(snap_dir) else {
+        return Ok(None);
+    };
+    let received = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|path| {
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|name| name.starts_with(&prefix) && name.ends_with(".snap.db"))
+        });
+    match received {
+        Some(file) => {
+            eprintln!(
+                "basalt: adopting the snapshot received before a crash: {}",
+                file.display()
+            );
+            replace_tree(config, &file, index).map(Some)
+        }
+        None => Ok(None),
     }
 }
 
