@@ -500,7 +500,8 @@ class Cluster:
 
     # ---- members -------------------------------------------------------------------------
 
-    def _new_member(self) -> Member:
+    def new_member(self) -> Member:
+        """A member with its addresses (and namespace), not yet in the cluster nor started."""
         m = Member(self, self.next_index)
         self.next_index += 1
         if self.netns:
@@ -510,12 +511,14 @@ class Cluster:
     def initial_cluster(self, members) -> str:
         return ",".join(f"{m.name}={m.peer_url}" for m in members)
 
-    def start(self) -> "Cluster":
-        self.members = [self._new_member() for _ in range(self._size)]
+    def start(self, ready: bool = True) -> "Cluster":
+        """Start every member; with `ready`, return once they agree on a leader and serve."""
+        self.members = [self.new_member() for _ in range(self._size)]
         initial = self.initial_cluster(self.members)
         for m in self.members:
             m.start(initial, "new")
-        self.wait_ready()
+        if ready:
+            self.wait_ready()
         dead = [m for m in self.members if not m.alive()]
         if dead:
             raise RuntimeError(f"{dead} exited at start\n{self.log_tails()}")
@@ -601,7 +604,7 @@ class Cluster:
     def member_add(self, learner: bool = False, start: bool = True) -> Member:
         """Add a member through the Cluster service, then start it with
         --initial-cluster-state existing."""
-        m = self._new_member()
+        m = self.new_member()
         args = ["member", "add", m.name, f"--peer-urls={m.peer_url}", "-w", "json"]
         if learner:
             args.append("--learner")

@@ -132,6 +132,9 @@ def run_session(kind: str):
     results = []
     with cl.Cluster(kind=kind, size=3) as c:
         m1 = c.members[0]
+        for m in c.members:
+            # Covered by its own test below; here the listings must not race it.
+            wait_published(c, m)
         deadline = time.monotonic() + cl.READY_TIMEOUT_S
         while c.leader() is not m1:
             # The leader position shows in IS LEADER: make it the same on both servers.
@@ -140,7 +143,7 @@ def run_session(kind: str):
                 raise RuntimeError("m1 never became leader")
         for m in c.members:
             m.status()
-        m4 = c._new_member()
+        m4 = c.new_member()
         everyone = c.members + [m4]
         norm = Normalizer(m1.status().header.cluster_id, everyone)
         for template, action in SESSION:
@@ -194,3 +197,24 @@ def test_cluster_commands_answer_like_etcd():
     assert any("too many learner members" in e for _, r in expected for e in r["errors"])
     assert any("Peer URLs already exists" in e for e in outputs["member add m6 --peer-urls={m1.peer}"]["errors"])
     assert outputs[f"member remove {MISSING_ID}"]["errors"] == ["Error: etcdserver: member not found"]
+
+
+def own_entry_published(c, m) -> bool:
+    """Does `m`'s own answer to `member list` carry its name and client URLs?"""
+    result = c.etcdctl("member", "list", "-w", "json", endpoints=[m], check=False)
+    if result.returncode != 0:
+        return False
+    me = [info for info in json.loads(result.stdout)["members"] if info.get("name") == m.name]
+    return bool(me and me[0].get("clientURLs"))
+
+
+def test_a_member_answers_clients_only_once_its_attributes_are_published():
+    """etcd serves client requests only after the member's name and client URLs are committed
+    (embed's serve waits on ReadyNotify), so its first answer already lists it as started."""
+    c = cl.Cluster(size=3)
+    try:
+        c.start(ready=False)
+        unpublished = [m.name for m in c.members if not own_entry_published(c, m)]
+        assert not unpublished, f"{unpublished} answered member list before publishing their client URLs"
+    finally:
+        c.close()
