@@ -215,17 +215,29 @@ def everything(endpoint):
     return re.sub(r'"header":\{[^}]*\},?', "", out)
 
 
-@pytest.mark.parametrize("name,args,stdin", REFUSED, ids=[case[0] for case in REFUSED])
-def test_refused_requests_get_etcds_error_and_change_nothing(name, args, stdin):
-    results = {}
-    for kind in ("etcd", "basalt"):
-        with Server(kind) as server:
+@pytest.fixture(scope="module")
+def auth_servers():
+    """One etcd and one Basalt with auth on, shared by the refusal table: a refused request
+    changes nothing, so the cases cannot disturb each other."""
+    servers = {kind: Server(kind).start() for kind in ("etcd", "basalt")}
+    try:
+        for server in servers.values():
             enable_auth(server.endpoint)
-            before = everything(server.endpoint)
-            code, out, err = run(server.endpoint, *args, stdin=stdin)
-            assert code != 0 or "Error" in err or "FAILURE" in out, f"{kind}: {name} was allowed"
-            assert everything(server.endpoint) == before, f"{kind}: {name} changed data"
-            results[kind] = (code, normalize(out), normalize(err))
+        yield servers
+    finally:
+        for server in servers.values():
+            server.cleanup()
+
+
+@pytest.mark.parametrize("name,args,stdin", REFUSED, ids=[case[0] for case in REFUSED])
+def test_refused_requests_get_etcds_error_and_change_nothing(auth_servers, name, args, stdin):
+    results = {}
+    for kind, server in auth_servers.items():
+        before = everything(server.endpoint)
+        code, out, err = run(server.endpoint, *args, stdin=stdin)
+        assert code != 0 or "Error" in err, f"{kind}: {name} was allowed"
+        assert everything(server.endpoint) == before, f"{kind}: {name} changed data"
+        results[kind] = (code, normalize(out), normalize(err))
     assert results["basalt"] == results["etcd"], name
 
 
