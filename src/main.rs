@@ -61,9 +61,6 @@ fn serve(flags: ServerFlags) -> Result<(), String> {
         client_tls: tls::client_tls(&flags, &data_dir)?,
         ..config
     };
-    // Checked at start, so a bad peer certificate stops the member as in etcd; the peer
-    // transport takes the same value for its https:// URLs.
-    tls::peer_tls(&flags, &data_dir)?;
     let node = Node::start(NodeConfig {
         data_dir: data_dir.clone(),
         member_id: config.member_id,
@@ -71,6 +68,7 @@ fn serve(flags: ServerFlags) -> Result<(), String> {
         name: flags.name.clone(),
         advertise_client_urls: flags.advertise_client_urls.clone(),
         listen_peer_urls: flags.listen_peer_urls.clone(),
+        peer_tls: tls::peer_tls(&flags, &data_dir)?,
         initial_members: plan.members,
         join_existing: plan.join_existing,
         strict_reconfig_check: flags.strict_reconfig_check,
@@ -178,7 +176,13 @@ fn cluster_plan(flags: &ServerFlags, data_dir: &std::path::Path) -> Result<Clust
         .filter(|m| m.id != own_id)
         .flat_map(|m| m.peer_ur_ls.clone())
         .collect();
-    let fetched = basalt_net::peer::fetch_cluster(&others, JOIN_FETCH_TIMEOUT);
+    let peer_tls = tls::peer_tls(flags, data_dir)?;
+    let connector = peer_tls
+        .as_ref()
+        .map(basalt_net::tls::TlsConnector::new)
+        .transpose()
+        .map_err(|e| format!("peer TLS: {e}"))?;
+    let fetched = basalt_net::peer::fetch_cluster(&others, JOIN_FETCH_TIMEOUT, connector.as_ref());
     let remembered = basalt_net::node::joined_identity(data_dir);
     let cluster = match (fetched, remembered) {
         (Ok(cluster), _) => cluster,

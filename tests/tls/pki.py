@@ -108,6 +108,8 @@ class Pki:
         self.client = issue(folder, "client", self.ca, "alice", client=True)
         self.foreign_client = issue(folder, "foreign", self.other_ca, "alice", client=True)
         self.expired_client = issue(folder, "expired", self.ca, "alice", client=True, expired=True)
+        # Members dial each other with the certificate they serve, so it is both.
+        self.peer = issue(folder, "peer", self.ca, "peer", server_ips=["127.0.0.1"], client=True)
 
     def renew_server(self) -> Issued:
         """A new server certificate (new key, new serial) in place of the old files."""

@@ -70,6 +70,8 @@ pub struct NodeConfig {
     pub advertise_client_urls: Vec<String>,
     /// `--listen-peer-urls`: where the peer transport accepts other members.
     pub listen_peer_urls: Vec<String>,
+    /// TLS of `https://` peer URLs (`--peer-cert-file` and the rest).
+    pub peer_tls: Option<crate::tls::TlsConfig>,
     /// `--initial-cluster` as members (ids, names, peer URLs) for a new cluster; a member
     /// joining an existing cluster gets the member list the cluster sent it.
     pub initial_members: Vec<Member>,
@@ -106,6 +108,7 @@ impl Default for NodeConfig {
             name: "default".into(),
             advertise_client_urls: Vec::new(),
             listen_peer_urls: Vec::new(),
+            peer_tls: None,
             initial_members: Vec::new(),
             join_existing: false,
             strict_reconfig_check: true,

@@ -37,10 +37,15 @@ pub(crate) async fn serve(shared: &Shared, io: &mut Box<dyn PeerIo>) {
 
 /// Asks each of `peer_urls` in turn for the cluster; the first answer wins. `timeout` bounds
 /// each connect, write and read.
-pub fn fetch_cluster(peer_urls: &[String], timeout: Duration) -> Result<ClusterInfo, PeerError> {
+/// `https://` URLs are dialed with `tls`.
+pub fn fetch_cluster(
+    peer_urls: &[String],
+    timeout: Duration,
+    tls: Option<&crate::tls::TlsConnector>,
+) -> Result<ClusterInfo, PeerError> {
     let mut failures = Vec::with_capacity(peer_urls.len());
     for url in peer_urls {
-        match fetch_from(url, timeout) {
+        match fetch_from(url, timeout, tls) {
             Ok(info) => return Ok(info),
             Err(error) => failures.push(format!("{url}: {error}")),
         }
@@ -48,11 +53,26 @@ pub fn fetch_cluster(peer_urls: &[String], timeout: Duration) -> Result<ClusterI
     Err(PeerError::NoClusterAnswer(failures.join("; ")))
 }
 
-fn fetch_from(url: &str, timeout: Duration) -> Result<ClusterInfo, PeerError> {
+fn fetch_from(
+    url: &str,
+    timeout: Duration,
+    tls: Option<&crate::tls::TlsConnector>,
+) -> Result<ClusterInfo, PeerError> {
     let addr = conn::peer_addr(url)?;
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    let stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
+    match (crate::config::url_is_https(url), tls) {
+        (false, _) => ask_cluster(stream),
+        (true, Some(tls)) => {
+            let host = crate::config::url_host(url).unwrap_or_default();
+            ask_cluster(tls.connect_blocking(host, stream)?)
+        }
+        (true, None) => Err(PeerError::NoTls(url.to_string())),
+    }
+}
+
+fn ask_cluster(mut stream: impl Read + Write) -> Result<ClusterInfo, PeerError> {
     let hello = Hello {
         protocol_version: wire::PROTOCOL_VERSION,
         stream: StreamKind::ClusterQuery,

@@ -20,6 +20,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use super::wire::{self, FrameKind, HEADER_BYTES};
 use super::PeerError;
+use crate::tls::{TlsAcceptor, TlsConnector};
 
 /// How long a dial may take before the next URL (or the next attempt) is tried.
 pub(crate) const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
@@ -70,8 +71,13 @@ pub(crate) fn listen(
     Ok((listener, registered))
 }
 
-/// Connects to a peer URL.
-pub(crate) async fn dial(url: &str, sockets: &Rc<Sockets>) -> Result<PeerConn, PeerError> {
+/// Connects to a peer URL; an `https://` URL first runs the TLS handshake with `tls` (this
+/// member's peer certificate, and the CA the peer's certificate must chain to).
+pub(crate) async fn dial(
+    url: &str,
+    sockets: &Rc<Sockets>,
+    tls: Option<&TlsConnector>,
+) -> Result<PeerConn, PeerError> {
     let addr = peer_addr(url)?;
     let stream = TcpStream::connect_timeout(addr, DIAL_TIMEOUT)
         .await
@@ -83,9 +89,25 @@ pub(crate) async fn dial(url: &str, sockets: &Rc<Sockets>) -> Result<PeerConn, P
     // be dropped.
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
     socket2::SockRef::from(&borrowed).set_tcp_user_timeout(Some(CONN_WRITE_TIMEOUT))?;
+    // Registered before the handshake, so closing the transport also ends a slow handshake.
+    let registered = sockets.register(fd);
+    let io: Box<dyn PeerIo> = match (crate::config::url_is_https(url), tls) {
+        (false, _) => Box::new(stream),
+        (true, Some(tls)) => {
+            let host = crate::config::url_host(url).unwrap_or_default();
+            Box::new(tls.connect(host, stream).await?)
+        }
+        (true, None) => return Err(PeerError::NoTls(url.to_string())),
+    };
+    Ok(PeerConn { registered, io })
+}
+
+/// Runs the TLS server handshake on a connection an `https://` listener accepted.
+pub(crate) async fn accept_tls(conn: PeerConn, tls: &TlsAcceptor) -> Result<PeerConn, PeerError> {
+    let io = tls.accept(conn.io).await?;
     Ok(PeerConn {
-        registered: sockets.register(fd),
-        io: Box::new(stream),
+        registered: conn.registered,
+        io: Box::new(io),
     })
 }
 

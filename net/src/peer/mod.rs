@@ -53,6 +53,10 @@ pub struct TransportConfig {
     pub peers: Vec<(u64, Vec<String>)>,
     /// Where received snapshot files are written (must exist).
     pub snap_dir: PathBuf,
+    /// TLS of `https://` peer URLs, accepting and dialing alike (`--peer-cert-file`,
+    /// `--peer-key-file`, `--peer-trusted-ca-file`, `--peer-client-cert-auth`,
+    /// `--peer-auto-tls`); `None` when every peer URL is `http://`.
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 /// What the transport hands the raft core.
@@ -102,6 +106,10 @@ pub enum PeerError {
     UnknownPeer(u64),
     #[error("no peer answered the cluster query: {0}")]
     NoClusterAnswer(String),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("peer URL {0} is https:// but no peer certificate is given (--peer-cert-file and --peer-key-file, or --peer-auto-tls)")]
+    NoTls(String),
 }
 
 /// What is queued for a peer's stream. Messages are the common case and move through the
@@ -147,6 +155,8 @@ struct Shared {
     /// Members removed from the cluster: their streams are refused.
     removed: RefCell<HashSet<u64>>,
     sockets: Rc<Sockets>,
+    /// Dials `https://` peer URLs.
+    tls_connector: Option<crate::tls::TlsConnector>,
 }
 
 impl Shared {
@@ -172,13 +182,29 @@ impl PeerTransport {
         cluster: SharedCluster,
     ) -> Result<PeerTransport, PeerError> {
         snapshot::remove_incoming(&config.snap_dir);
+        let tls_acceptor = config
+            .tls
+            .as_ref()
+            .map(|tls| crate::tls::TlsAcceptor::new(tls, &[]))
+            .transpose()?;
+        let tls_connector = config
+            .tls
+            .as_ref()
+            .map(crate::tls::TlsConnector::new)
+            .transpose()?;
         let sockets = Rc::new(Sockets::default());
         let mut listeners = Vec::with_capacity(config.listen_peer_urls.len());
         let mut listen_addrs = Vec::with_capacity(config.listen_peer_urls.len());
         for url in &config.listen_peer_urls {
             let (listener, registered) = conn::listen(url, &sockets)?;
             listen_addrs.push(listener.local_addr().map_err(std::io::Error::from)?);
-            listeners.push((listener, registered));
+            let tls = tls_acceptor
+                .clone()
+                .filter(|_| crate::config::url_is_https(url));
+            if crate::config::url_is_https(url) && tls.is_none() {
+                return Err(PeerError::NoTls(url.clone()));
+            }
+            listeners.push((listener, registered, tls));
         }
         let shared = Rc::new(Shared {
             member_id: config.member_id,
@@ -191,9 +217,15 @@ impl PeerTransport {
             next_connection: Cell::new(0),
             removed: RefCell::default(),
             sockets: sockets.clone(),
+            tls_connector,
         });
-        for (listener, registered) in listeners {
-            sockets.spawn(stream::accept_loop(shared.clone(), listener, registered));
+        for (listener, registered, tls) in listeners {
+            sockets.spawn(stream::accept_loop(
+                shared.clone(),
+                listener,
+                registered,
+                tls,
+            ));
         }
         let transport = PeerTransport {
             shared,

@@ -55,7 +55,7 @@ pub(crate) async fn handshake(
     let mut failure = PeerError::UnknownPeer(link.id);
     for url in &urls {
         let attempt = async {
-            let mut conn = conn::dial(url, &shared.sockets).await?;
+            let mut conn = conn::dial(url, &shared.sockets, shared.tls_connector.as_ref()).await?;
             conn.io.write_all(&hello).await?;
             match conn::within(HANDSHAKE_TIMEOUT, conn::expect_frame(&mut conn.io)).await? {
                 (FrameKind::Accept, _) => Ok(conn),
@@ -194,12 +194,16 @@ pub(crate) async fn accept_loop(
     shared: Rc<Shared>,
     listener: TcpListener,
     _registered: Registered,
+    tls: Option<crate::tls::TlsAcceptor>,
 ) {
     loop {
         match listener.accept().await {
             Ok(stream) => {
                 let conn = conn::accepted(stream, &shared.sockets);
-                shared.sockets.spawn(serve_accepted(shared.clone(), conn));
+                let tls = tls.clone();
+                shared
+                    .sockets
+                    .spawn(serve_accepted(shared.clone(), conn, tls));
             }
             Err(_) => glommio::timer::sleep(ACCEPT_RETRY_DELAY).await,
         }
@@ -207,7 +211,17 @@ pub(crate) async fn accept_loop(
 }
 
 /// Checks the handshake of a connection a peer dialed, then serves what it asked for.
-async fn serve_accepted(shared: Rc<Shared>, conn: PeerConn) {
+async fn serve_accepted(shared: Rc<Shared>, conn: PeerConn, tls: Option<crate::tls::TlsAcceptor>) {
+    let conn = match tls {
+        None => conn,
+        Some(tls) => match conn::accept_tls(conn, &tls).await {
+            Ok(conn) => conn,
+            Err(error) => {
+                eprintln!("basalt: peer: rejected a connection: {error}");
+                return;
+            }
+        },
+    };
     let socket_id = conn.socket_id();
     let PeerConn { registered, io } = conn;
     let _registered: Registered = registered;

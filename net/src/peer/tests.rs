@@ -82,6 +82,7 @@ async fn start_on(id: u64, cluster_id: u64, listen_url: &str, snap_dir: &Path) -
         listen_peer_urls: vec![listen_url.to_string()],
         peers: Vec::new(),
         snap_dir: snap_dir.to_path_buf(),
+        tls: None,
     };
     let transport = PeerTransport::start(config, tx, cluster.clone())
         .await
@@ -590,8 +591,8 @@ fn fetch_cluster_returns_the_served_member_list() {
         // A joiner asks from a plain thread, before any executor of its own runs.
         std::thread::spawn(move || {
             let answers = (
-                fetch_cluster(&urls, Duration::from_secs(10)),
-                fetch_cluster(&nobody, Duration::from_secs(1)),
+                fetch_cluster(&urls, Duration::from_secs(10), None),
+                fetch_cluster(&nobody, Duration::from_secs(1), None),
             );
             let _ = tx.send(answers);
         });

@@ -637,6 +637,7 @@ impl Core {
             listen_peer_urls: self.config.listen_peer_urls.clone(),
             peers: peers.clone(),
             snap_dir: self.published.snap_dir.clone(),
+            tls: self.config.peer_tls.clone(),
         };
         let transport = PeerTransport::start(
             config,
