@@ -241,6 +241,24 @@ def test_bad_tls_settings_stop_start_up_with_a_reason(pki, case, flags, message)
         server.cleanup()
 
 
+def peer_port_answer(port, pki, client):
+    """"accepted" when the TLS handshake passes and the server then waits for the peer
+    protocol, "refused" when it ends the connection."""
+    context = ssl.create_default_context(cafile=pki.ca.cert_file)
+    if client is not None:
+        context.load_cert_chain(client.cert_file, client.key_file)
+    try:
+        with tls_connect(port, context) as conn:
+            conn.settimeout(1)
+            # TLS 1.3 verifies the client after the client's side of the handshake is done:
+            # a refusal shows on the first read.
+            return "refused" if conn.recv(1) == b"" else "answered"
+    except TimeoutError:
+        return "accepted"
+    except (ssl.SSLError, ConnectionError):
+        return "refused"
+
+
 class PeerTlsCluster(Cluster):
     """The cluster harness with https:// peer URLs."""
 
@@ -268,5 +286,10 @@ def test_members_replicate_over_tls_peer_urls(kind, pki):
         assert ctl(follower, "get", "over-tls", "--print-value-only") == (0, "v\n")
         code, members = ctl(follower, "member", "list")
         assert code == 0 and members.count("https://127.0.0.1:") == 3, members
+        # --peer-client-cert-auth: only a certificate from the peer CA gets through.
+        answers = {name: peer_port_answer(leader.peer_port, pki, client) for name, client in
+                   [("peer", pki.peer), ("other CA", pki.foreign_client), ("none", None)]}
+        assert answers == {"peer": "accepted", "other CA": "refused", "none": "refused"}
+        assert ctl(follower, "put", "after-refusals", "v") == (0, "OK\n")
     finally:
         cluster.close()
