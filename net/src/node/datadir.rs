@@ -78,6 +78,31 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     fs::File::open(dir)?.sync_all()
 }
 
+/// Where a member that joined a running cluster keeps the ids it was given, so that it restarts
+/// as itself even when no peer answers: `<member id hex> <cluster id hex>\n`.
+const IDENTITY_FILE: &str = "basalt-joined";
+
+/// The member and cluster ids a joining member was given, if it joined before.
+pub fn joined_identity(data_dir: &Path) -> Option<(u64, u64)> {
+    let text = fs::read_to_string(member_dir(data_dir).join(IDENTITY_FILE)).ok()?;
+    let (member, cluster) = text.trim_end().split_once(' ')?;
+    Some((
+        u64::from_str_radix(member, 16).ok()?,
+        u64::from_str_radix(cluster, 16).ok()?,
+    ))
+}
+
+/// Records the ids a joining member was given (synced before it starts).
+pub fn remember_identity(data_dir: &Path, member_id: u64, cluster_id: u64) -> std::io::Result<()> {
+    let member = member_dir(data_dir);
+    fs::create_dir_all(&member)?;
+    let path = member.join(IDENTITY_FILE);
+    let mut file = fs::File::create(&path)?;
+    file.write_all(format!("{member_id:x} {cluster_id:x}\n").as_bytes())?;
+    file.sync_all()?;
+    fs::File::open(&member)?.sync_all()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,29 +131,4 @@ mod tests {
         assert!(error.contains("reads only"), "{error}");
         fs::remove_dir_all(root).unwrap();
     }
-}
-
-/// Where a member that joined a running cluster keeps the ids it was given, so that it restarts
-/// as itself even when no peer answers: `<member id hex> <cluster id hex>\n`.
-const IDENTITY_FILE: &str = "basalt-joined";
-
-/// The member and cluster ids a joining member was given, if it joined before.
-pub fn joined_identity(data_dir: &Path) -> Option<(u64, u64)> {
-    let text = fs::read_to_string(member_dir(data_dir).join(IDENTITY_FILE)).ok()?;
-    let (member, cluster) = text.trim_end().split_once(' ')?;
-    Some((
-        u64::from_str_radix(member, 16).ok()?,
-        u64::from_str_radix(cluster, 16).ok()?,
-    ))
-}
-
-/// Records the ids a joining member was given (synced before it starts).
-pub fn remember_identity(data_dir: &Path, member_id: u64, cluster_id: u64) -> std::io::Result<()> {
-    let member = member_dir(data_dir);
-    fs::create_dir_all(&member)?;
-    let path = member.join(IDENTITY_FILE);
-    let mut file = fs::File::create(&path)?;
-    file.write_all(format!("{member_id:x} {cluster_id:x}\n").as_bytes())?;
-    file.sync_all()?;
-    fs::File::open(&member)?.sync_all()
 }

@@ -484,7 +484,10 @@ impl KvService for RaftKv {
                 username: header.username.clone(),
                 revision: header.auth_revision,
             };
-            self.published.auth.current().check_range(Some(&who), &req)?;
+            self.published
+                .auth
+                .current()
+                .check_range(Some(&who), &req)?;
         }
         let linearizable = !req.serializable;
         self.ask(|reply| Command::Read {
