@@ -473,6 +473,8 @@ impl Core {
         self.last_checkpoint = Instant::now();
         // Watchers were positioned in the replaced store; they start over in the new one.
         *crate::watch::lock_hub(&self.published.watches) = WatchHub::new(self.applier.store());
+        // The received tree holds its own auth state: every core checks against it from now.
+        self.published.auth.publish(self.applier.auth().snapshot());
         self.lease_leadership(false);
         self.members_changed();
         eprintln!(
