@@ -59,7 +59,7 @@ def bytes_field(number, body):
 class WatchStream:
     """One Watch call: requests are queued in, responses collected by a reader thread."""
 
-    def __init__(self, channel):
+    def __init__(self, channel, metadata=None):
         self.requests = queue.Queue()
         self.responses = queue.Queue()
         # Requests go out as raw bytes: etcd3's stubs predate watch_id, fragment and
@@ -69,7 +69,7 @@ class WatchStream:
             request_serializer=lambda body: body,
             response_deserializer=rpc.WatchResponse.FromString,
         )
-        self.call = watch(iter(self.requests.get, None))
+        self.call = watch(iter(self.requests.get, None), metadata=metadata)
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
 
