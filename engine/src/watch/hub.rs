@@ -185,6 +185,29 @@ impl WatchHub {
         id
     }
 
+    /// Moves the hub onto `store`, which replaced the store it watched (a snapshot from the
+    /// leader was installed), as etcd's `watchableStore.Restore` does: every synced watcher
+    /// becomes unsynced with its next revision kept, so [`WatchHub::sync`] catches it up
+    /// from the new store, or answers it with the compaction (and drops it) when its next
+    /// revision is compacted there. Unsynced watchers and victims stay as they are: their
+    /// next revision already says where catching up resumes.
+    pub fn restore<B: RevisionBackend>(&mut self, store: &KvStore<B>) {
+        let synced: Vec<WatcherId> = self
+            .watchers
+            .iter()
+            .filter(|(_, watcher)| matches!(watcher.state, State::Synced))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in synced {
+            self.unindex_synced(id);
+            self.watchers.get_mut(&id).expect("listed above").state = State::Unsynced;
+            self.behind.insert(id);
+        }
+        // The revisions between the old store's last one and the new store's were never
+        // notified; every watcher is behind now, and sync reads them from the new store.
+        self.notified_revision = store.current_revision();
+    }
+
     /// Removes a watcher; false if there was none with this id.
     pub fn cancel(&mut self, id: WatcherId) -> bool {
         if !self.watchers.contains_key(&id) {

@@ -18,6 +18,7 @@
 //!          ^                        │ sync: start < compacted            │ sync: retry ok
 //!          └────────────────────────┼──────────── (behind) <─────────────┘
 //!                                   └──> compacted answer, watcher removed
+//!  restore(new store): synced ──> unsynced, next revision kept (etcd's watchableStore.Restore)
 //! ```
 
 mod event;

@@ -300,6 +300,74 @@ fn a_cancelled_watcher_gets_nothing_more() {
     assert!(hub.is_empty());
 }
 
+#[test]
+fn a_snapshot_install_moves_watchers_to_the_new_store_where_they_catch_up_or_are_compacted() {
+    // The follower applied revisions 2..=3 and watches k; the leader's snapshot holds
+    // revisions 2..=7, compacted maybe. Each watcher keeps its next revision across the
+    // install (etcd's watchableStore.Restore).
+    enum Outcome {
+        Events(Vec<i64>),
+        Compacted(i64),
+    }
+    use Outcome::{Compacted, Events};
+    // (start revision, leader's compaction, outcome)
+    let cases = [
+        (0, None, Events(vec![4, 5, 6, 7])),
+        (0, Some(4), Events(vec![4, 5, 6, 7])),
+        (0, Some(5), Compacted(5)),
+        (6, Some(5), Events(vec![6, 7])),
+        (2, None, Events(vec![2, 3, 4, 5, 6, 7])),
+        (3, Some(5), Compacted(5)),
+    ];
+    for (start, compaction, outcome) in cases {
+        let mut follower = KvStore::new();
+        let mut leader = KvStore::new();
+        for value in ["2", "3", "4", "5", "6", "7"] {
+            if follower.current_revision() < 3 {
+                follower.put(&put_req("k", value)).unwrap();
+            }
+            leader.put(&put_req("k", value)).unwrap();
+        }
+        if let Some(revision) = compaction {
+            leader
+                .compact(&CompactionRequest {
+                    revision,
+                    physical: false,
+                })
+                .unwrap();
+        }
+        let mut hub = WatchHub::new(&follower);
+        let sink = QueueSink::new(16);
+        hub.watch(spec("k", b"", start), Box::new(sink.clone()));
+        hub.restore(&leader);
+        assert_eq!(hub.notified_revision(), 7);
+        assert!(hub.needs_sync(), "start {start}: the watcher is behind");
+        hub.sync(&leader).unwrap();
+        let batches = sink.drain();
+        match outcome {
+            Events(revisions) => {
+                let got: Vec<i64> = events_of(&batches)
+                    .iter()
+                    .map(|event| event.kv.as_ref().unwrap().mod_revision)
+                    .collect();
+                assert_eq!(got, revisions, "start {start}, compaction {compaction:?}");
+                assert!(!hub.needs_sync(), "start {start}: synced again");
+                leader.put(&put_req("k", "8")).unwrap();
+                hub.notify(&leader).unwrap();
+                assert_eq!(summary(&events_of(&sink.drain()))[0].2, 8);
+            }
+            Compacted(revision) => {
+                assert_eq!(batches.len(), 1, "start {start}");
+                assert_eq!(batches[0].compact_revision, revision, "start {start}");
+                assert!(
+                    hub.is_empty(),
+                    "start {start}: a compacted watcher is dropped"
+                );
+            }
+        }
+    }
+}
+
 /// One write of the model: a put, a delete of a range, or a txn of puts and single-key
 /// deletes of distinct keys.
 #[derive(Debug, Clone)]
@@ -402,20 +470,130 @@ fn watcher_strategy() -> impl Strategy<Value = WatcherPlan> {
     )
 }
 
+/// A follower that falls behind and gets a snapshot, in the property test: its store stops
+/// taking writes after `lag_from` writes while the leader's goes on for `lag` more; the hub then
+/// moves to the leader's store (maybe compacted after the leader's `compact_after`-th write of
+/// the lag) and stays there.
+#[derive(Debug, Clone)]
+struct SnapshotPlan {
+    lag_from: usize,
+    lag: usize,
+    compact_after: Option<usize>,
+}
+
+fn snapshot_strategy() -> impl Strategy<Value = SnapshotPlan> {
+    (0usize..40, 0usize..12, proptest::option::of(0usize..12)).prop_map(
+        |(lag_from, lag, compact_after)| SnapshotPlan {
+            lag_from,
+            lag,
+            compact_after: compact_after.filter(|&after| after < lag.max(1)),
+        },
+    )
+}
+
+/// Applies `write` to `store` with `value` as every put's value.
+fn apply_write(store: &mut KvStore, write: &Write, value: &str) {
+    match write {
+        Write::Put(k) => {
+            store.put(&put_req(&key_name(*k), value)).unwrap();
+        }
+        Write::Delete(k, n) => {
+            store
+                .delete_range(&delete_req(&key_name(*k), key_name(k + n).as_bytes()))
+                .unwrap();
+        }
+        Write::Txn(ops) => {
+            let success = ops
+                .iter()
+                .map(|(k, is_put)| RequestOp {
+                    request: Some(if *is_put {
+                        Request::RequestPut(put_req(&key_name(*k), value))
+                    } else {
+                        Request::RequestDeleteRange(delete_req(&key_name(*k), b""))
+                    }),
+                })
+                .collect();
+            store
+                .txn(&TxnRequest {
+                    success,
+                    ..Default::default()
+                })
+                .unwrap();
+        }
+    }
+}
+
+/// What `write` changes in the model: (key, is_put) in order.
+fn model_changes(model: &Model, write: &Write) -> Vec<(String, bool)> {
+    match write {
+        Write::Put(k) => vec![(key_name(*k), true)],
+        Write::Delete(k, n) => {
+            let (from, end) = (key_name(*k), key_name(k + n));
+            model
+                .live
+                .keys()
+                .filter(|key| key.as_slice() >= from.as_bytes() && key.as_slice() < end.as_bytes())
+                .map(|key| (String::from_utf8(key.clone()).unwrap(), false))
+                .collect()
+        }
+        Write::Txn(ops) => ops
+            .iter()
+            .map(|(k, is_put)| (key_name(*k), *is_put))
+            .collect(),
+    }
+}
+
+/// Compacts the leader's store at a revision of its own: a put of a key no watcher covers, so
+/// no event a watcher could still be owed is a tombstone the compaction removes. Returns the
+/// compaction revision.
+fn compact_leader(leader: &mut KvStore, model: &mut Model) -> i64 {
+    leader.put(&put_req("z", "compaction")).unwrap();
+    model.apply(&[("z".to_string(), true)], "compaction");
+    let revision = leader.current_revision();
+    leader
+        .compact(&CompactionRequest {
+            revision,
+            physical: false,
+        })
+        .unwrap();
+    revision
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
+    /// Whatever the sinks' bounds, how often sync runs, and whether the member installs a
+    /// snapshot (etcd's watchable store Restore) in between: every watcher receives exactly the
+    /// model's events from its start on, each once and in order; only a watcher whose next
+    /// revision the snapshot's compaction passed stops early, with the compacted answer last.
     #[test]
     fn every_watcher_receives_exactly_the_models_events_once_in_order(
         writes in proptest::collection::vec(write_strategy(), 1..40),
         plans in proptest::collection::vec(watcher_strategy(), 1..8),
         drain_every in 1usize..5,
+        snapshot in proptest::option::of(snapshot_strategy()),
     ) {
         let mut store = KvStore::new();
+        // The leader's store while this member lags behind it; None once it was installed.
+        let mut leader = snapshot.as_ref().map(|_| KvStore::new());
+        let mut compacted_at = None;
         let mut model = Model::new();
         let mut hub = WatchHub::new(&store);
         let mut watchers = Vec::new();
         for (step, write) in writes.iter().enumerate() {
+            let lagging = snapshot.as_ref().filter(|plan| {
+                (plan.lag_from..plan.lag_from + plan.lag).contains(&step)
+            });
+            if let Some(plan) = &snapshot {
+                if step == plan.lag_from + plan.lag {
+                    let mut installed = leader.take().expect("installed once");
+                    if plan.lag == 0 && plan.compact_after.is_some() {
+                        compacted_at = Some(compact_leader(&mut installed, &mut model));
+                    }
+                    store = installed;
+                    hub.restore(&store);
+                }
+            }
             for plan in plans.iter().filter(|plan| plan.after_write == step) {
                 let start = if plan.start_back == 0 { 0 } else { (model.revision - plan.start_back + 2).max(1) };
                 let range_end = if plan.width == 0 {
@@ -430,38 +608,29 @@ proptest! {
                     start_revision: start,
                     ..Default::default()
                 };
-                let first = if start == 0 { model.revision + 1 } else { start };
+                // A watch from 0 starts after what this member has applied, which is behind
+                // the model while it lags.
+                let first = if start == 0 { hub.notified_revision() + 1 } else { start };
                 hub.watch(spec.clone(), Box::new(sink.clone()));
                 watchers.push((spec, first, sink, Vec::new()));
             }
             let value = step.to_string();
-            let changes: Vec<(String, bool)> = match write {
-                Write::Put(k) => {
-                    store.put(&put_req(&key_name(*k), &value)).unwrap();
-                    vec![(key_name(*k), true)]
-                }
-                Write::Delete(k, n) => {
-                    let end = key_name(k + n);
-                    store.delete_range(&delete_req(&key_name(*k), end.as_bytes())).unwrap();
-                    model.live.keys()
-                        .filter(|key| key.as_slice() >= key_name(*k).as_bytes() && key.as_slice() < end.as_bytes())
-                        .map(|key| (String::from_utf8(key.clone()).unwrap(), false))
-                        .collect()
-                }
-                Write::Txn(ops) => {
-                    let success = ops.iter().map(|(k, is_put)| RequestOp {
-                        request: Some(if *is_put {
-                            Request::RequestPut(put_req(&key_name(*k), &value))
-                        } else {
-                            Request::RequestDeleteRange(delete_req(&key_name(*k), b""))
-                        }),
-                    }).collect();
-                    store.txn(&TxnRequest { success, ..Default::default() }).unwrap();
-                    ops.iter().map(|(k, is_put)| (key_name(*k), *is_put)).collect()
-                }
-            };
+            let changes = model_changes(&model, write);
+            if let Some(leader) = &mut leader {
+                apply_write(leader, write, &value);
+            }
+            if lagging.is_none() {
+                apply_write(&mut store, write, &value);
+            }
             model.apply(&changes, &value);
-            prop_assert_eq!(store.current_revision(), model.revision);
+            if let (Some(plan), Some(leader)) = (lagging, leader.as_mut()) {
+                if plan.compact_after == Some(step - plan.lag_from) {
+                    compacted_at = Some(compact_leader(leader, &mut model));
+                }
+                prop_assert_eq!(leader.current_revision(), model.revision);
+            } else {
+                prop_assert_eq!(store.current_revision(), model.revision);
+            }
             hub.notify(&store).unwrap();
             if step % drain_every == 0 {
                 hub.sync(&store).unwrap();
@@ -469,6 +638,11 @@ proptest! {
                     received.extend(sink.drain());
                 }
             }
+        }
+        if let Some(installed) = leader.take() {
+            // The lag ran past the last write (or never began): the snapshot comes now.
+            store = installed;
+            hub.restore(&store);
         }
         let mut rounds = 0;
         loop {
@@ -482,15 +656,28 @@ proptest! {
             rounds += 1;
             prop_assert!(rounds < 10_000, "sync never finishes");
         }
+        let mut live = 0;
         for (spec, first, _, received) in &watchers {
             let range = crate::mvcc::KeyRange::new(&spec.key, &spec.range_end);
-            let expected: Vec<Event> = model.log.iter()
+            let mut expected: Vec<Event> = model.log.iter()
                 .filter(|event| {
                     let kv = event.kv.as_ref().unwrap();
                     kv.mod_revision >= *first && range.contains(&kv.key)
                 })
                 .cloned()
                 .collect();
+            let answer = received.iter().position(|batch| batch.compact_revision != 0);
+            if let Some(at) = answer {
+                let compacted = compacted_at.expect("only a compaction cancels a watcher");
+                prop_assert_eq!(received[at].compact_revision, compacted);
+                prop_assert_eq!(at + 1, received.len(), "nothing follows the compacted answer");
+                prop_assert!(*first < compacted, "a watch from {} was not compacted", first);
+                let got = events_of(received);
+                prop_assert!(summary(&got).iter().all(|(_, _, revision)| *revision < compacted));
+                expected.truncate(got.len());
+            } else {
+                live += 1;
+            }
             prop_assert_eq!(events_of(received), expected);
             // A revision's events never straddle two batches.
             let mut seen = std::collections::HashSet::new();
@@ -502,5 +689,6 @@ proptest! {
                 }
             }
         }
+        prop_assert_eq!(hub.len(), live, "compacted watchers are dropped, the others stay");
     }
 }

@@ -16,7 +16,6 @@ use std::time::Instant;
 use basalt_engine::apply::{Applied, Applier};
 use basalt_engine::btree;
 use basalt_engine::wal::RecordRef;
-use basalt_engine::watch::WatchHub;
 use basalt_proto::basaltpb::{forward, member_change::Kind, Forward, MemberChange, Refusal};
 use basalt_proto::etcdserverpb::Member;
 use basalt_raft::{
@@ -471,8 +470,9 @@ impl Core {
             .map_err(|e| NodeError::Raft(e.to_string()))?;
         self.snapshot_index = metadata.index;
         self.last_checkpoint = Instant::now();
-        // Watchers were positioned in the replaced store; they start over in the new one.
-        *crate::watch::lock_hub(&self.published.watches) = WatchHub::new(self.applier.store());
+        // Watchers keep their next revision and catch up from the new store (or are answered
+        // with its compaction), as etcd's watchableStore.Restore does.
+        crate::watch::lock_hub(&self.published.watches).restore(self.applier.store());
         // The received tree holds its own auth state: every core checks against it from now.
         self.published.auth.publish(self.applier.auth().snapshot());
         self.lease_leadership(false);
