@@ -54,6 +54,8 @@ STATUS_TIMEOUT_S = 1.0
 # A member that is up but not yet in a quorum can take a while on a loaded 2-core machine.
 READY_TIMEOUT_S = 40.0
 ETCDCTL_TIMEOUT_S = 30.0
+# How long a member add waits for every member to apply it before starting the new member.
+MEMBER_ADD_SPREAD_S = 5.0
 NS_PREFIX = "ctest-"
 CLONE_NEWNET = 0x40000000
 
@@ -375,7 +377,9 @@ class Cluster:
         self.router_ns = f"{self.ns_prefix}-r"
         self.namespaces = []
         self.next_index = 1
-        self.link_rules = []  # nft rule bodies currently in the bridge's forward chain
+        # Link faults in force (netns only): partition groups, extra cut pairs, loss.
+        self.partition_groups, self.cut_pairs, self.loss_percent = None, [], 0
+        self.namespaced_members = []
         self.delay_procs = {}
         self.members = []
         self._size = size
@@ -421,12 +425,24 @@ class Cluster:
     def _nft(self, script: str):
         run(["ip", "netns", "exec", self.router_ns, "nft", "-f", "-"], input=script)
 
-    def _set_link_rules(self, rules):
-        script = "flush chain bridge faults links\n" + "".join(
-            f"add rule bridge faults links {rule}\n" for rule in rules
-        )
-        self._nft(script)
-        self.link_rules = list(rules)
+    def _apply_link_faults(self):
+        """Rewrite the bridge's forward chain from the faults in force. A partition is kept as
+        its groups, so a member made later joins the unnamed group and is cut off too."""
+        rules = []
+        if self.partition_groups is not None:
+            named = [m for g in self.partition_groups for m in g]
+            rest = [m for m in self.namespaced_members if m not in named]
+            groups = self.partition_groups + ([rest] if rest else [])
+            pairs = [(a, b) for i, ga in enumerate(groups) for gb in groups[i + 1:] for a in ga for b in gb]
+        else:
+            pairs = []
+        for a, b in pairs + self.cut_pairs:
+            rules += [f"ip saddr {a.ip} ip daddr {b.ip} drop", f"ip saddr {b.ip} ip daddr {a.ip} drop"]
+        if self.loss_percent:
+            rules.append(f"ip saddr {MEMBERS_NET} ip daddr {MEMBERS_NET} "
+                         f"numgen random mod 100 < {self.loss_percent} drop")
+        self._nft("flush chain bridge faults links\n" + "".join(
+            f"add rule bridge faults links {rule}\n" for rule in rules))
 
     def _require_netns(self, what):
         if not self.netns:
@@ -434,28 +450,18 @@ class Cluster:
 
     def partition(self, *groups) -> None:
         """Cut every link between members of different groups (both directions); members not
-        named in any group form one more group. Replaces any earlier partition; loss stays."""
+        named in any group, now or added later, form one more group. Replaces any earlier
+        partition; cuts and loss stay."""
         self._require_netns("partition")
-        named = [m for g in groups for m in g]
-        rest = [m for m in self.members if m not in named]
-        groups = [list(g) for g in groups] + ([rest] if rest else [])
-        rules = [r for r in self.link_rules if "numgen" in r]
-        for i, a_group in enumerate(groups):
-            for j, b_group in enumerate(groups):
-                if i != j:
-                    for a in a_group:
-                        for b in b_group:
-                            rules.append(f"ip saddr {a.ip} ip daddr {b.ip} drop")
-        self._set_link_rules(rules)
+        self.partition_groups = [list(g) for g in groups]
+        self._apply_link_faults()
 
     def cut(self, pairs) -> None:
-        """Cut only the given member pairs (both directions): e.g. a bridge partition where one
+        """Also cut the given member pairs (both directions): e.g. a bridge partition where one
         member still sees both sides."""
         self._require_netns("cut")
-        rules = list(self.link_rules)
-        for a, b in pairs:
-            rules += [f"ip saddr {a.ip} ip daddr {b.ip} drop", f"ip saddr {b.ip} ip daddr {a.ip} drop"]
-        self._set_link_rules(rules)
+        self.cut_pairs += list(pairs)
+        self._apply_link_faults()
 
     def isolate(self, member: Member) -> None:
         self.partition([member])
@@ -463,10 +469,8 @@ class Cluster:
     def set_loss(self, percent: int) -> None:
         """Drop `percent`% of member-to-member packets at random (each direction)."""
         self._require_netns("loss")
-        rules = [r for r in self.link_rules if "numgen" not in r]
-        if percent:
-            rules.append(f"ip saddr {MEMBERS_NET} ip daddr {MEMBERS_NET} numgen random mod 100 < {percent} drop")
-        self._set_link_rules(rules)
+        self.loss_percent = percent
+        self._apply_link_faults()
 
     def set_delay(self, one_way_ms: float) -> None:
         """Hold back every packet a member sends to another member by `one_way_ms`."""
@@ -494,7 +498,8 @@ class Cluster:
     def heal(self) -> None:
         """Every link back, no loss, no delay."""
         if self.netns:
-            self._set_link_rules([])
+            self.partition_groups, self.cut_pairs, self.loss_percent = None, [], 0
+            self._apply_link_faults()
             if self.delay_procs:
                 self.set_delay(0)
 
@@ -506,6 +511,9 @@ class Cluster:
         self.next_index += 1
         if self.netns:
             self._add_member_namespace(m)
+            self.namespaced_members.append(m)
+            if self.partition_groups is not None:
+                self._apply_link_faults()
         return m
 
     def initial_cluster(self, members) -> str:
@@ -601,7 +609,7 @@ class Cluster:
         out = self.etcdctl("member", "list", "-w", "json", endpoints=[self.leader()]).stdout
         return json.loads(out).get("members", [])
 
-    def member_add(self, learner: bool = False, start: bool = True) -> Member:
+    def member_add(self, learner: bool = False) -> Member:
         """Add a member through the Cluster service, then start it with
         --initial-cluster-state existing."""
         m = self.new_member()
@@ -615,10 +623,23 @@ class Cluster:
         for info in out["members"]:
             name = info.get("name") or (m.name if info["ID"] == m.id else None)
             peers += [f"{name}={url}" for url in info["peerURLs"]]
+        # A new member asks one of the others for the membership and refuses to start if that
+        # one has not applied the add yet (etcd does the same), so wait until they all have;
+        # a member cut off by a partition never will, and the newcomer cannot reach it either.
+        deadline = time.monotonic() + MEMBER_ADD_SPREAD_S
+        while time.monotonic() < deadline and not all(self._lists_member(x, m) for x in self.live()):
+            time.sleep(0.1)
         self.members.append(m)
-        if start:
-            m.start(",".join(peers), "existing")
+        m.start(",".join(peers), "existing")
         return m
+
+    def _lists_member(self, x: Member, m: Member) -> bool:
+        """Does member x's own (serializable) member list have m?"""
+        try:
+            resp = rpc_grpc.ClusterStub(x.channel()).MemberList(rpc.MemberListRequest(), timeout=STATUS_TIMEOUT_S)
+        except grpc.RpcError:
+            return False
+        return any(info.ID == m.id for info in resp.members)
 
     def member_remove(self, m: Member) -> None:
         others = [x for x in self.live() if x is not m]
@@ -627,15 +648,17 @@ class Cluster:
         m.stop()
 
     def member_promote(self, m: Member, timeout_s: float = 20.0) -> None:
-        """Promote a learner, retrying while the leader says it is not yet in sync."""
+        """Promote a learner, retrying while the leader says it is not ready yet."""
         deadline = time.monotonic() + timeout_s
         while True:
             result = self.etcdctl("member", "promote", f"{m.id:x}", endpoints=[self.leader()], check=False)
             if result.returncode == 0:
                 m.learner = False
                 return
-            if time.monotonic() > deadline or "in sync" not in result.stderr:
-                raise RuntimeError(f"promote {m.name}: {result.stderr.strip()}")
+            # Both refusals pass once the learner has caught up and published its attributes.
+            transient = "in sync" in result.stderr or "not enough started members" in result.stderr
+            if time.monotonic() > deadline or not transient:
+                raise RuntimeError(f"promote {m.name}: {result.stderr.strip()[-300:]}\n{self.log_tails()}")
             time.sleep(0.3)
 
     def move_leader(self, target: Member) -> None:

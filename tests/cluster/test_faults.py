@@ -5,8 +5,9 @@ member, and all members converge to one revision and one HashKV (workload.verify
 The server is basalt unless CLUSTER_BINARY=etcd (which proves the scenarios and the checks on
 etcd 3.5.1). Each scenario runs with one seed by default; CLUSTER_SOAK=1 runs every scenario
 with CLUSTER_SOAK_SEEDS seeds (default 5) and CLUSTER_SOAK_LOAD_S seconds of faults (default 20).
-A failure names the scenario and seed: `pytest tests/cluster/test_faults.py -k 'isolate_leader and 3'`
-replays it (set CLUSTER_KEEP_DIRS=1 to keep the members' logs).
+A failure names the scenario (name-size-network) and seed; its test id replays it, e.g.
+`pytest 'tests/cluster/test_faults.py::test_cluster_stays_linearizable_and_loses_nothing[isolate_leader-3-netns-0]'`
+(set CLUSTER_KEEP_DIRS=1 to keep the members' data dirs and logs).
 """
 
 import os
