@@ -236,6 +236,7 @@ fn server_config(flags: &ServerFlags, plan: &ClusterPlan) -> basalt_net::ServerC
         cluster_id: plan.cluster_id,
         member_id,
         watch_progress_notify_interval_ms: flags.watch_progress_notify_interval.as_millis() as u64,
+        election_timeout_ms: flags.election_timeout_ms,
         ..basalt_net::ServerConfig::default()
     }
 }

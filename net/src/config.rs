@@ -41,6 +41,9 @@ pub struct ServerConfig {
     /// `--experimental-watch-progress-notify-interval`: how often idle watches with
     /// progress_notify get a progress response.
     pub watch_progress_notify_interval_ms: u64,
+    /// `--election-timeout`: a Watch stream opened with `hasleader` metadata ends after a few
+    /// of these without a leader.
+    pub election_timeout_ms: u64,
     /// TLS of every `https://` client URL (`--cert-file`, `--auto-tls`, ...); `http://` URLs
     /// stay plain text.
     pub client_tls: Option<TlsConfig>,
@@ -65,6 +68,8 @@ impl Default for ServerConfig {
             member_id: 0x8e9e_05c5_2164_694d,
             // etcd's default: 10 minutes.
             watch_progress_notify_interval_ms: 600_000,
+            // etcd's default.
+            election_timeout_ms: 1000,
             client_tls: None,
         }
     }

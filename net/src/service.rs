@@ -68,6 +68,8 @@ pub(crate) struct Services<K> {
     /// This member as Cluster.MemberList shows it.
     member: Member,
     watch_progress_notify_interval: std::time::Duration,
+    /// `--election-timeout`: how often a `hasleader` Watch stream looks for its leader.
+    election_timeout: std::time::Duration,
 }
 
 impl<K: KvService> Services<K> {
@@ -83,6 +85,7 @@ impl<K: KvService> Services<K> {
             watch_progress_notify_interval: std::time::Duration::from_millis(
                 config.watch_progress_notify_interval_ms,
             ),
+            election_timeout: std::time::Duration::from_millis(config.election_timeout_ms),
             member: Member {
                 id: config.member_id,
                 name: config.name.clone(),
@@ -100,7 +103,7 @@ impl<K: KvService> Services<K> {
             grpc_metrics.started(method);
         }
         let refusal = if call.require_leader && !self.kv.has_leader() {
-            Some(Status::new(Code::Unavailable, "etcdserver: no leader"))
+            Some(Status::no_leader())
         } else if self.kv.is_learner() && !LEARNER_METHODS.contains(&path) {
             Some(Status::new(
                 Code::Unavailable,
@@ -124,7 +127,7 @@ impl<K: KvService> Services<K> {
     /// Runs the call and says how it ended (None when the client vanished before the end).
     async fn dispatch(&self, path: &str, call: ServerCall) -> Option<Code> {
         let limits = &self.limits;
-        let gate = match crate::auth::Gate::open(&self.kv, path, &call) {
+        let gate = match crate::auth::Gate::open(&self.kv, path, &call).await {
             Ok(gate) => gate,
             Err(status) => {
                 call.sink.finish(&status);
@@ -307,6 +310,7 @@ impl<K: KvService> Services<K> {
                     // etcd's watch server fragments at the request limit plus gRPC's allowance.
                     fragment_bytes_min: limits.max_request_bytes + crate::GRPC_OVERHEAD_BYTES,
                     progress_notify_interval: self.watch_progress_notify_interval,
+                    leader_check_interval: call.require_leader.then_some(self.election_timeout),
                     gate,
                 };
                 crate::watch::serve(cx, call.reader, call.sink).await

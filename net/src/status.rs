@@ -120,6 +120,11 @@ impl Status {
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(Code::Internal, message)
     }
+
+    /// etcd's `ErrGRPCNoLeader`: a `hasleader` call on a member that knows no leader.
+    pub fn no_leader() -> Self {
+        Self::new(Code::Unavailable, "etcdserver: no leader")
+    }
 }
 
 impl fmt::Display for Status {

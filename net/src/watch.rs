@@ -8,6 +8,11 @@
 //! Events reach the stream through one bounded channel per stream ([`WATCH_STREAM_QUEUE_MAX`],
 //! etcd's `chanBufLen`); the hub only ever `try_send`s into it, so a stream whose client reads
 //! slowly never holds up a write: its watchers become victims and catch up later.
+//!
+//! A stream opened with `hasleader` metadata also watches this member's leader, as etcd's
+//! `monitorLeader` does: it ends with "etcdserver: no leader" once the member has known no
+//! leader at [`NO_LEADER_CHECKS_MAX`] checks in a row, one check per election timeout, polled
+//! from the stream's own task (the raft core does no work for it).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -43,6 +48,11 @@ pub const WATCH_STREAM_QUEUE_MAX: usize = 128;
 /// How often a stream asks its executor to catch unsynced watchers up (etcd's sync loop
 /// period); an executor whose writer syncs on its own ignores the call.
 const SYNC_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Checks in a row, one per election timeout, that must find no leader before a `hasleader`
+/// stream is ended (etcd's `maxNoLeaderCnt`): reopening a stream costs a client more than
+/// being refused a new one, so a short election is waited out.
+const NO_LEADER_CHECKS_MAX: u32 = 3;
 
 /// etcd's answers to a create it refuses (`mvcc.ErrEmptyWatcherRange`,
 /// `mvcc.ErrWatcherDuplicateID`).
@@ -85,6 +95,9 @@ pub(crate) struct WatchContext<'a, K> {
     /// A response of at least this many bytes is fragmented when its watch asked for it.
     pub(crate) fragment_bytes_min: usize,
     pub(crate) progress_notify_interval: Duration,
+    /// Some(election timeout) when the caller sent `hasleader` metadata: how often the stream
+    /// checks that this member still knows a leader.
+    pub(crate) leader_check_interval: Option<Duration>,
     /// The caller's permissions: a watch opens only on a range it may read.
     pub(crate) gate: &'a crate::auth::Gate,
 }
@@ -96,6 +109,34 @@ struct WatchStream<'a, K> {
     /// etcd's `nextID`: auto ids count up from 0, skipping ids in use.
     next_auto_id: i64,
     tx: flume::Sender<WatchBatch>,
+}
+
+/// A `hasleader` stream's count of checks that found no leader.
+struct LeaderCheck {
+    interval: Duration,
+    next_check: Instant,
+    leaderless_checks: u32,
+}
+
+impl LeaderCheck {
+    fn new(interval: Duration, now: Instant) -> Self {
+        LeaderCheck {
+            interval,
+            next_check: now + interval,
+            leaderless_checks: 0,
+        }
+    }
+
+    /// Records one check made at `now`; true when the stream must end for want of a leader.
+    fn lost(&mut self, now: Instant, has_leader: bool) -> bool {
+        self.next_check = now + self.interval;
+        self.leaderless_checks = if has_leader {
+            0
+        } else {
+            self.leaderless_checks + 1
+        };
+        self.leaderless_checks >= NO_LEADER_CHECKS_MAX
+    }
 }
 
 enum Input {
@@ -121,8 +162,14 @@ pub(crate) async fn serve<K: KvService>(
     };
     let mut next_sync = Instant::now() + SYNC_INTERVAL;
     let mut next_progress = Instant::now() + progress_interval;
+    let mut leader_check = stream
+        .cx
+        .leader_check_interval
+        .map(|interval| LeaderCheck::new(interval, Instant::now()));
     let ended = loop {
-        let wait = next_sync
+        let wait = leader_check
+            .as_ref()
+            .map_or(next_sync, |check| check.next_check.min(next_sync))
             .min(next_progress)
             .saturating_duration_since(Instant::now());
         let input = future::or(
@@ -155,6 +202,11 @@ pub(crate) async fn serve<K: KvService>(
                 if now >= next_progress {
                     stream.on_progress_tick();
                     next_progress = now + progress_interval;
+                }
+                if let Some(check) = leader_check.as_mut().filter(|c| now >= c.next_check) {
+                    if check.lost(now, stream.cx.kv.has_leader()) {
+                        break Some(Status::no_leader());
+                    }
                 }
                 Vec::new()
             }
@@ -441,6 +493,37 @@ mod tests {
         let decoded = decode_frame(&frame_with_events(&head, &[&encoded, &encoded]));
         assert_eq!(decoded.watch_id, 3);
         assert_eq!(decoded.events, vec![event.clone(), event]);
+    }
+
+    #[test]
+    fn a_hasleader_stream_ends_only_after_three_checks_in_a_row_find_no_leader() {
+        // (has_leader at each check, the check that ends the stream)
+        let cases: [(&[bool], Option<usize>); 5] = [
+            (&[true, true, true, true], None),
+            (&[false, false, false], Some(2)),
+            (&[false, false, true, false, false], None),
+            (&[false, true, false, false, false, false], Some(4)),
+            (&[true, false, false, false], Some(3)),
+        ];
+        let interval = Duration::from_millis(100);
+        for (leaders, ends_at) in cases {
+            let start = Instant::now();
+            let mut check = LeaderCheck::new(interval, start);
+            let mut ended = None;
+            for (i, &has_leader) in leaders.iter().enumerate() {
+                let now = check.next_check;
+                if check.lost(now, has_leader) {
+                    ended = Some(i);
+                    break;
+                }
+                assert_eq!(
+                    check.next_check,
+                    now + interval,
+                    "checks are an interval apart"
+                );
+            }
+            assert_eq!(ended, ends_at, "leaders {leaders:?}");
+        }
     }
 
     #[test]
