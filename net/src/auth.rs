@@ -20,6 +20,7 @@ mod token;
 pub use token::{TokenOptions, Tokens, SIMPLE_TOKEN_TTL_DEFAULT};
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -46,6 +47,11 @@ const LOGIN_FAILURE_DELAY_MAX: Duration = Duration::from_secs(1);
 const LOGIN_FAILURE_MEMORY: Duration = Duration::from_secs(60);
 /// Users with remembered failures; past it the oldest memories are dropped wholesale.
 const LOGIN_FAILURE_USERS_MAX: usize = 10_000;
+/// How long a simple token from a login this member has not applied yet is waited for (etcd
+/// waits for its index too, up to the request's deadline)...
+const SIMPLE_TOKEN_APPLY_WAIT: Duration = Duration::from_secs(2);
+/// ...looking again this often.
+const SIMPLE_TOKEN_APPLY_POLL: Duration = Duration::from_millis(5);
 /// Logins retried when auth changed between the password check and apply (etcd retries
 /// without bound).
 const AUTHENTICATE_ATTEMPTS_MAX: usize = 3;
@@ -80,6 +86,8 @@ pub struct AuthShared {
     client_cert_auth: bool,
     /// user → (recent failures, time of the last).
     failures: Mutex<HashMap<String, (u32, Instant)>>,
+    /// The newest entry the raft core applied, as far as tokens need to know.
+    applied_index: AtomicU64,
 }
 
 impl AuthShared {
@@ -95,6 +103,7 @@ impl AuthShared {
             bcrypt_cost,
             client_cert_auth: options.client_cert_auth,
             failures: Mutex::new(HashMap::new()),
+            applied_index: AtomicU64::new(0),
         })
     }
 
@@ -116,8 +125,10 @@ impl AuthShared {
         &self,
         applier_snapshot: &Arc<AuthSnapshot>,
         result: &Result<Applied, ApplyError>,
+        applied_index: u64,
     ) {
         self.publish(applier_snapshot);
+        self.applied_index.store(applied_index, Ordering::Release);
         let Ok(Applied::Auth(applied)) = result else {
             return;
         };
@@ -136,24 +147,36 @@ impl AuthShared {
     }
 
     /// etcd's `AuthInfoFromCtx`: a token that does not check is refused even with auth off;
-    /// without a token, the certificate's CN under `--client-cert-auth`; else nobody.
-    pub fn identify(
+    /// without a token, the certificate's CN under `--client-cert-auth`; else nobody. A simple
+    /// token from a login this member has not applied yet (made on another member) is waited
+    /// for, as etcd's `isValidSimpleToken` waits for its index.
+    pub async fn identify(
         &self,
         token: Option<&str>,
         client_cert_common_name: Option<&str>,
     ) -> Result<Option<AuthInfo>, Status> {
-        let auth = self.snapshot.load();
-        if let Some(token) = token {
-            return self
+        let Some(token) = token else {
+            if !self.client_cert_auth {
+                return Ok(None);
+            }
+            let auth = self.snapshot.load();
+            return Ok(client_cert_common_name.map(|cn| auth.info(cn)));
+        };
+        let deadline = Instant::now() + SIMPLE_TOKEN_APPLY_WAIT;
+        loop {
+            let revision = self.snapshot.load().revision();
+            if let Some(who) = self.tokens.info(token, revision, Instant::now()) {
+                return Ok(Some(who));
+            }
+            let pending = self
                 .tokens
-                .info(token, auth.revision(), Instant::now())
-                .map(Some)
-                .ok_or_else(|| AuthError::InvalidAuthToken.into());
+                .simple_index(token)
+                .is_some_and(|index| index > self.applied_index.load(Ordering::Acquire));
+            if !pending || Instant::now() >= deadline {
+                return Err(AuthError::InvalidAuthToken.into());
+            }
+            glommio::timer::sleep(SIMPLE_TOKEN_APPLY_POLL).await;
         }
-        if !self.client_cert_auth {
-            return Ok(None);
-        }
-        Ok(client_cert_common_name.map(|cn| auth.info(cn)))
     }
 
     async fn hash_password(&self, password: String) -> Result<String, Status> {
@@ -258,7 +281,7 @@ impl Gate {
     /// The gate of a call of `path` to `kv`; a store without auth lets everything through.
     /// Refuses a call whose token does not check, and an admin call of a user without the root
     /// role.
-    pub(crate) fn open<K: KvService>(
+    pub(crate) async fn open<K: KvService>(
         kv: &K,
         path: &str,
         call: &ServerCall,
@@ -286,6 +309,7 @@ impl Gate {
                 call.token.as_deref(),
                 call.client_cert_common_name.as_deref(),
             )
+            .await
             .map_err(unconverted)?;
         let gate = Gate {
             snapshot: Some(shared.current()),
@@ -564,13 +588,13 @@ mod tests {
 
     #[test]
     fn a_token_that_does_not_check_is_refused_even_with_auth_off() {
+        use futures_lite::future::block_on;
         let shared = AuthShared::new(&AuthOptions::default()).unwrap();
-        assert_eq!(
-            shared.identify(None, Some("cn")),
-            Ok(None),
-            "no cert auth asked"
-        );
-        let refused = shared.identify(Some("forged.1"), None).unwrap_err();
+        let identify = |token, cn| block_on(shared.identify(token, cn));
+        assert_eq!(identify(None, Some("cn")), Ok(None), "no cert auth asked");
+        // A token naming an applied index is refused at once, never waited for.
+        shared.observe(&shared.current(), &Err(ApplyError::NoSpace), 7);
+        let refused = identify(Some("forged.7"), None).unwrap_err();
         assert_eq!(refused.code, Code::Unauthenticated);
         assert_eq!(refused.message, "etcdserver: invalid auth token");
         let cert_auth = AuthShared::new(&AuthOptions {
@@ -578,7 +602,9 @@ mod tests {
             ..AuthOptions::default()
         })
         .unwrap();
-        let who = cert_auth.identify(None, Some("alice")).unwrap().unwrap();
+        let who = block_on(cert_auth.identify(None, Some("alice")))
+            .unwrap()
+            .unwrap();
         assert_eq!(who.username, "alice");
     }
 }

@@ -127,7 +127,7 @@ impl<K: KvService> Services<K> {
     /// Runs the call and says how it ended (None when the client vanished before the end).
     async fn dispatch(&self, path: &str, call: ServerCall) -> Option<Code> {
         let limits = &self.limits;
-        let gate = match crate::auth::Gate::open(&self.kv, path, &call) {
+        let gate = match crate::auth::Gate::open(&self.kv, path, &call).await {
             Ok(gate) => gate,
             Err(status) => {
                 call.sink.finish(&status);

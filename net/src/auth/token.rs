@@ -289,6 +289,18 @@ impl Tokens {
         })
     }
 
+    /// The log index a well-formed simple token names (None with JWT, or for other text).
+    pub fn simple_index(&self, token: &str) -> Option<u64> {
+        if self.jwt.is_some() {
+            return None;
+        }
+        let (random, index) = token.rsplit_once('.')?;
+        if random.is_empty() || random.contains('.') {
+            return None;
+        }
+        index.parse().ok()
+    }
+
     /// A deleted user, or one whose password changed, is logged out everywhere.
     pub fn forget_user(&self, username: &str) {
         self.simple().retain(|_, (user, _)| user != username);
