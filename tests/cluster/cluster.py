@@ -631,6 +631,12 @@ class Cluster:
             time.sleep(0.1)
         self.members.append(m)
         m.start(",".join(peers), "existing")
+        # Listening is not joining: etcd binds its ports before it fetches the membership.
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while m.status() is None:
+            if time.monotonic() > deadline or not m.alive():
+                raise RuntimeError(f"{m.name} did not join\n{self.log_tails()}")
+            time.sleep(0.1)
         return m
 
     def _lists_member(self, x: Member, m: Member) -> bool:
