@@ -108,6 +108,11 @@ fn serve(flags: ServerFlags) -> Result<(), String> {
         config.listen_client_urls.join(","),
         data_dir.display()
     );
+    let stop_requested = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, stop_requested.clone())
+            .map_err(|e| format!("cannot handle signal {signal}: {e}"))?;
+    }
     let kv = node.kv();
     let server = match basalt_net::spawn_with(config, move |_core| kv.clone()) {
         Ok(server) => server,
@@ -116,11 +121,6 @@ fn serve(flags: ServerFlags) -> Result<(), String> {
             return Err(error.to_string());
         }
     };
-    let stop_requested = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(signal, stop_requested.clone())
-            .map_err(|e| format!("cannot handle signal {signal}: {e}"))?;
-    }
     while !stop_requested.load(Ordering::SeqCst) && !node.has_stopped() {
         std::thread::sleep(STOP_POLL_INTERVAL);
     }

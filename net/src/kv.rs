@@ -113,6 +113,11 @@ pub trait KvService: 'static {
     /// One round of catching unsynced watchers up, for an executor whose writer does not run
     /// it on its own; Watch streams call it periodically.
     fn sync_watches(&self) {}
+    /// Whether this member serves clients yet: a raft member waits until its name and client
+    /// URLs are in the applied member list (etcd's ReadyNotify).
+    fn is_ready(&self) -> bool {
+        true
+    }
     /// Whether this member knows a leader (a lone in-memory store always leads).
     fn has_leader(&self) -> bool {
         true

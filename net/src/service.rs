@@ -22,6 +22,9 @@ use basalt_proto::etcdserverpb::{
 };
 use std::future::Future;
 
+/// How often a call that arrived before the member was ready looks again.
+const READY_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// What a learner serves (etcd's `isRPCSupportedForLearner`; a Range must be serializable,
 /// which its handler checks).
 const LEARNER_METHODS: [&str; 5] = [
@@ -97,6 +100,11 @@ impl<K: KvService> Services<K> {
     }
 
     pub(crate) async fn call(&self, path: &str, call: ServerCall) {
+        // As etcd, a call waits until this member has announced itself through the log, so no
+        // client acts on a member that the member list shows half-announced.
+        while !self.kv.is_ready() {
+            glommio::timer::sleep(READY_POLL_INTERVAL).await;
+        }
         let grpc_metrics = &metrics().grpc;
         let method = GrpcMetrics::method_index(path);
         if let Some(method) = method {

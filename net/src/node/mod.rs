@@ -205,6 +205,9 @@ struct Published {
     leader_id: AtomicU64,
     /// This member is a learner in the applied configuration.
     is_learner: AtomicBool,
+    /// This member's name and client URLs are in the applied member list (etcd's
+    /// ReadyNotify): clients are served from then on.
+    ready: AtomicBool,
     /// The member list every core reads (Cluster.MemberList, peers joining).
     cluster: crate::peer::SharedCluster,
     stopped: AtomicBool,
@@ -264,6 +267,7 @@ impl Node {
             raft_term: AtomicU64::new(0),
             leader_id: AtomicU64::new(0),
             is_learner: AtomicBool::new(false),
+            ready: AtomicBool::new(false),
             cluster: Arc::new(std::sync::Mutex::new(crate::peer::ClusterInfo {
                 cluster_id: config.cluster_id,
                 members: Vec::new(),
@@ -579,6 +583,10 @@ impl KvService for RaftKv {
 
     fn has_leader(&self) -> bool {
         self.published.leader_id.load(Ordering::Relaxed) != 0
+    }
+
+    fn is_ready(&self) -> bool {
+        self.published.ready.load(Ordering::Relaxed)
     }
 
     fn is_learner(&self) -> bool {

@@ -354,7 +354,13 @@ impl Core {
         let retry_due = self
             .attributes_proposed
             .is_none_or(|at| at.elapsed() >= self.request_timeout / 4);
-        if up_to_date || !retry_due || self.leader_id == basalt_raft::NONE {
+        if up_to_date {
+            self.published
+                .ready
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            return;
+        }
+        if !retry_due || self.leader_id == basalt_raft::NONE {
             return;
         }
         self.attributes_proposed = Some(Instant::now());
