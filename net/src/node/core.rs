@@ -728,13 +728,11 @@ impl Core {
             }
         }
         // Auth changes reach every core (and tokens every member) before the caller hears.
-        self.published
-            .auth
-            .observe(
-                self.applier.auth().snapshot(),
-                &outcome.result,
-                self.applier.applied_index(),
-            );
+        self.published.auth.observe(
+            self.applier.auth().snapshot(),
+            &outcome.result,
+            self.applier.applied_index(),
+        );
         if let Some(waiter) = self.waiters.remove(&outcome.id) {
             let _ = waiter.reply.send(outcome.result.map_err(apply_status));
         }
