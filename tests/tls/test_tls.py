@@ -8,6 +8,7 @@ followed by a request with the right certificate: the server must keep serving.
 import shutil
 import socket
 import ssl
+import sys
 import subprocess
 import tempfile
 from pathlib import Path
@@ -15,9 +16,13 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from cluster.cluster import Cluster
 from harness import Server, etcd_bin
 from pki import Pki
+
+# The cluster tests import their harness as the module `cluster` from their own folder; this
+# file does the same so the whole suite sees one module under that name.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "cluster"))
+from cluster import Cluster  # noqa: E402
 
 KINDS = ["basalt", "etcd"]
 # Long enough for a loaded 2-core machine, short enough that five refusals stay quick.
