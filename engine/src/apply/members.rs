@@ -73,6 +73,22 @@ impl Applier {
         }
     }
 
+    /// Replaces the member list outside the log: for a tree restored from a snapshot file into
+    /// a new cluster (etcd's `snapshot restore` rewrites membership the same way). Removed ids
+    /// stay removed.
+    pub fn reset_members(&mut self, members: &[Member]) {
+        let old: Vec<u64> = self.membership.members.keys().copied().collect();
+        for id in old {
+            self.membership.members.remove(&id);
+            self.store
+                .backend_mut()
+                .set_record(MEMBERS_BUCKET, &id.to_be_bytes(), None);
+        }
+        for member in members {
+            self.put_member(member.clone());
+        }
+    }
+
     /// Applies a committed membership change entry at `index` (raft applies the change to
     /// its own configuration separately). A change whose context is empty (leaving a joint
     /// configuration) only advances the applied index; entries at or below the applied index

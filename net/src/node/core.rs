@@ -171,18 +171,28 @@ impl Core {
         })?;
         let mut applier = Applier::open(db, config.limits)?;
         let fresh = applier.applied_index() < BOOTSTRAP_INDEX;
+        let founders = match config.initial_members.as_slice() {
+            [] => vec![Member {
+                id: config.member_id,
+                name: config.name.clone(),
+                ..Member::default()
+            }],
+            members => members.to_vec(),
+        };
+        let listed = applier.members().iter().any(|m| m.id == config.member_id);
         if fresh && !config.join_existing {
             // A founding member's log starts with raft's bootstrap snapshot (the initial
             // configuration, no data): applied by definition.
-            let founders = match config.initial_members.as_slice() {
-                [] => vec![Member {
-                    id: config.member_id,
-                    name: config.name.clone(),
-                    ..Member::default()
-                }],
-                members => members.to_vec(),
-            };
             applier.bootstrap(BOOTSTRAP_INDEX, &founders);
+        } else if !fresh
+            && !listed
+            && !config.join_existing
+            && !applier.is_removed(config.member_id)
+        {
+            // A tree restored from a snapshot file starts a new cluster: the members it lists
+            // are the old cluster's.
+            applier.reset_members(&founders);
+            applier.checkpoint()?;
         }
         let mut applied = applier.applied_index();
         // Entries up to the applied index are never handed to raft again, so its configuration
