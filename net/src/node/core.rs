@@ -717,7 +717,6 @@ impl Core {
                 self.raw
                     .apply_conf_change(change)
                     .map_err(|e| NodeError::Raft(e.to_string()))?;
-                self.members_changed();
                 outcome
             }
         };
@@ -728,8 +727,7 @@ impl Core {
         let Some(outcome) = outcome else {
             return Ok(());
         };
-        if matches!(outcome.result, Ok(Applied::Members(_))) && !entry.is_conf_change() {
-            // Attributes and peer URL updates are normal entries; conf changes did this above.
+        if matches!(outcome.result, Ok(Applied::Members(_))) {
             self.members_changed();
         }
         if let Err(error) = &outcome.result {

@@ -126,11 +126,17 @@ impl Core {
             }
             return;
         }
+        self.forward_to_leader(id, forward::Kind::Proposal(data.into()), reply);
+    }
+
+    /// Hands `kind` to the leader and waits for its entry to apply here; without a known
+    /// leader the caller hears so at once.
+    fn forward_to_leader(&mut self, id: u64, kind: forward::Kind, reply: Reply<Applied>) {
         match (&self.transport, self.leader_id) {
             (Some(transport), leader) if leader != basalt_raft::NONE => {
                 let forward = Forward {
                     id,
-                    kind: Some(forward::Kind::Proposal(data.into())),
+                    kind: Some(kind),
                 };
                 transport.forward(leader, forward.encode_to_vec());
                 self.wait(id, reply);
@@ -159,19 +165,7 @@ impl Core {
             }
             return;
         }
-        match (&self.transport, self.leader_id) {
-            (Some(transport), leader) if leader != basalt_raft::NONE => {
-                let forward = Forward {
-                    id,
-                    kind: Some(forward::Kind::MemberChange(change)),
-                };
-                transport.forward(leader, forward.encode_to_vec());
-                self.wait(id, reply);
-            }
-            _ => {
-                let _ = reply.send(Err(no_leader()));
-            }
-        }
+        self.forward_to_leader(id, forward::Kind::MemberChange(change), reply);
     }
 
     /// etcd's checks of a membership change (made by the leader, which alone knows how far
