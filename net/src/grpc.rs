@@ -52,12 +52,20 @@ pub(crate) fn decode<M: prost::Message + Default>(body: Bytes, what: &str) -> Re
     M::decode(body).map_err(|e| Status::internal(format!("grpc: error unmarshalling {what}: {e}")))
 }
 
+/// grpc-go's refusal of a received message over the limit.
+pub(crate) fn too_large(body_bytes: usize, message_bytes_max: usize) -> Status {
+    Status::new(
+        Code::ResourceExhausted,
+        format!("grpc: received message larger than max ({body_bytes} vs. {message_bytes_max})"),
+    )
+}
+
 /// Reassembles length-prefixed messages from DATA chunks of any size: the framing logic of
 /// [`MessageReader`], apart from I/O so it can be tested byte by byte.
 pub(crate) struct FrameBuffer {
     chunks: VecDeque<Bytes>,
     buffered_bytes: usize,
-    message_bytes_max: usize,
+    pub(crate) message_bytes_max: usize,
 }
 
 impl FrameBuffer {
@@ -96,13 +104,7 @@ impl FrameBuffer {
         }
         let body_bytes = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
         if body_bytes > self.message_bytes_max {
-            return Err(Status::new(
-                Code::ResourceExhausted,
-                format!(
-                    "grpc: received message larger than max ({} vs. {})",
-                    body_bytes, self.message_bytes_max
-                ),
-            ));
+            return Err(too_large(body_bytes, self.message_bytes_max));
         }
         if self.buffered_bytes < PREFIX_BYTES + body_bytes {
             return Ok(None);
@@ -176,14 +178,27 @@ impl FrameBuffer {
 /// Flow-control capacity is released as soon as a DATA frame is taken off the stream: the
 /// bytes then count against `message_bytes_max`, which bounds what one stream can buffer.
 pub(crate) struct MessageReader {
-    body: RecvStream,
+    body: RequestBody,
     frames: FrameBuffer,
+}
+
+enum RequestBody {
+    H2(RecvStream),
+    /// A call made in-process by the JSON gateway: messages arrive whole, unframed.
+    Local(crate::gateway::LocalRequests),
 }
 
 impl MessageReader {
     pub(crate) fn new(body: RecvStream, message_bytes_max: usize) -> Self {
         Self {
-            body,
+            body: RequestBody::H2(body),
+            frames: FrameBuffer::new(message_bytes_max),
+        }
+    }
+
+    pub(crate) fn local(requests: crate::gateway::LocalRequests, message_bytes_max: usize) -> Self {
+        Self {
+            body: RequestBody::Local(requests),
             frames: FrameBuffer::new(message_bytes_max),
         }
     }
@@ -191,16 +206,21 @@ impl MessageReader {
     /// The next whole message body, `None` once the peer ended the stream cleanly between
     /// messages.
     pub(crate) async fn next(&mut self) -> Result<Option<Bytes>, Status> {
+        let body = match &mut self.body {
+            RequestBody::H2(body) => body,
+            RequestBody::Local(requests) => {
+                return requests.next(self.frames.message_bytes_max).await;
+            }
+        };
         loop {
             if let Some(body) = self.frames.next_message()? {
                 return Ok(Some(body));
             }
-            match self.body.data().await {
+            match body.data().await {
                 Some(Ok(chunk)) => {
                     // Releasing at once is safe because buffering is capped per message by
                     // `next_message`; holding capacity back would only stall the peer.
-                    self.body
-                        .flow_control()
+                    body.flow_control()
                         .release_capacity(chunk.len())
                         .map_err(stream_error)?;
                     self.frames.push(chunk);
@@ -219,7 +239,10 @@ impl MessageReader {
 
     /// The trailers that ended the stream (client side).
     pub(crate) async fn trailers(&mut self) -> Result<Option<HeaderMap>, Status> {
-        self.body.trailers().await.map_err(stream_error)
+        match &mut self.body {
+            RequestBody::H2(body) => body.trailers().await.map_err(stream_error),
+            RequestBody::Local(_) => Ok(None),
+        }
     }
 }
 
@@ -290,6 +313,8 @@ pub(crate) struct ResponseSink {
 enum SinkState {
     Idle(SendResponse<Bytes>),
     Streaming(MessageWriter),
+    /// The JSON gateway's end of an in-process call.
+    Local(crate::gateway::LocalResponses),
 }
 
 impl ResponseSink {
@@ -301,7 +326,16 @@ impl ResponseSink {
 
     /// Sends one response message, framed by [`encode`], waiting for the client's window. An
     /// error means the client is gone.
+    pub(crate) fn local(responses: crate::gateway::LocalResponses) -> Self {
+        Self {
+            state: SinkState::Local(responses),
+        }
+    }
+
     pub(crate) async fn send(&mut self, framed: Bytes) -> Result<(), Status> {
+        if let SinkState::Local(responses) = &mut self.state {
+            return responses.send(framed.slice(PREFIX_BYTES..)).await;
+        }
         if let SinkState::Idle(respond) = &mut self.state {
             let body = respond
                 .send_response(grpc_response_head(), false)
@@ -326,6 +360,21 @@ impl ResponseSink {
             SinkState::Streaming(writer) => {
                 let _ = writer.finish(status);
             }
+            SinkState::Local(responses) => responses.finish(status),
+        }
+    }
+
+    /// Resolves once the client is gone (it reset the stream or closed the connection), for
+    /// a stream that has nothing to read and may have nothing to send for a long time.
+    pub(crate) async fn closed(&mut self) {
+        match &mut self.state {
+            SinkState::Idle(respond) => {
+                let _ = poll_fn(|cx| respond.poll_reset(cx)).await;
+            }
+            SinkState::Streaming(writer) => {
+                let _ = poll_fn(|cx| writer.body.poll_reset(cx)).await;
+            }
+            SinkState::Local(responses) => responses.closed().await,
         }
     }
 }

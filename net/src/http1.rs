@@ -1,7 +1,11 @@
 //! The HTTP/1.1 endpoints etcd serves on its client port beside gRPC: `GET /health`,
-//! `/version`, `/metrics`, `/livez` and `/readyz`. Only what monitoring and load balancers probe; no request body is read.
+//! `/version`, `/metrics`, `/livez` and `/readyz` (what monitoring and load balancers probe,
+//! no body read), and the JSON gateway's `/v3/...` (bodies by length or chunked).
 
+use crate::gateway::{self, Gateway};
+use crate::kv::KvService;
 use crate::metrics::metrics;
+use bytes::Bytes;
 use crate::service::{ETCD_CLUSTER_VERSION, ETCD_SERVER_VERSION};
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -13,8 +17,13 @@ const READ_CHUNK_BYTES: usize = 1024;
 const ENDPOINT_PATHS: [&str; 5] = ["/health", "/version", "/metrics", "/livez", "/readyz"];
 
 /// Serves requests on one connection until the client closes it or asks to. `already_read`
-/// holds the bytes consumed while telling HTTP/1.1 from HTTP/2.
-pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut io: S, already_read: Vec<u8>) {
+/// holds the bytes consumed while telling HTTP/1.1 from HTTP/2. Paths under `/v3` go to the
+/// JSON gateway, the only requests here with a body.
+pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin, K: KvService>(
+    mut io: S,
+    already_read: Vec<u8>,
+    gateway: &Gateway<K>,
+) {
     let mut buf = already_read;
     loop {
         let head_bytes = loop {
@@ -25,17 +34,54 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut io: S, already_
                 let _ = write_response(&mut io, Reply::head_too_large(), false).await;
                 return;
             }
-            let mut chunk = [0u8; READ_CHUNK_BYTES];
-            match io.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            if !read_more(&mut io, &mut buf).await {
+                return;
             }
         };
         let head = String::from_utf8_lossy(&buf[..head_bytes]).into_owned();
         buf.drain(..head_bytes);
         let request = Request::parse(&head);
+        if let Some(request) = request.as_ref().filter(|r| gateway::serves(r.path)) {
+            let limit = gateway::body_bytes_max(gateway.message_bytes_max);
+            let body = match read_body(&mut io, &mut buf, request, limit).await {
+                Ok(body) => body,
+                Err(BodyError::TooLarge(bytes)) => {
+                    let reply = gateway::refuse_oversized(bytes, gateway.message_bytes_max);
+                    let _ = write_gateway_reply(&mut io, reply, false).await;
+                    return;
+                }
+                Err(BodyError::Malformed) => {
+                    let _ = write_response(&mut io, Reply::bad_request(), false).await;
+                    return;
+                }
+                Err(BodyError::Closed) => return,
+            };
+            let header = |name: &str| request.header(name);
+            let reply = gateway
+                .handle(gateway::Request {
+                    method: request.method,
+                    path: request.path,
+                    token: gateway::Request::token_from(header),
+                    require_leader: gateway::Request::require_leader_from(header),
+                    body,
+                })
+                .await;
+            if let gateway::ReplyBody::Stream(_) = reply.body {
+                // A stream ends the connection: it is read only to notice the client leave.
+                let _ = write_gateway_reply(io, reply, request.method == "HEAD").await;
+                return;
+            }
+            if write_gateway_reply(&mut io, reply, request.method == "HEAD")
+                .await
+                .is_err()
+                || !request.keep_alive
+            {
+                return;
+            }
+            continue;
+        }
         let reply = match &request {
-            Some(r) if r.has_body => Reply::bad_request(),
+            Some(r) if r.has_body() => Reply::bad_request(),
             Some(r) => route(r),
             None => Reply::bad_request(),
         };
@@ -47,11 +93,175 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut io: S, already_
     }
 }
 
+/// Reads what the client sent next onto `buf`; false when the connection is over.
+async fn read_more<S: AsyncRead + Unpin>(io: &mut S, buf: &mut Vec<u8>) -> bool {
+    let mut chunk = [0u8; READ_CHUNK_BYTES];
+    match io.read(&mut chunk).await {
+        Ok(0) | Err(_) => false,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            true
+        }
+    }
+}
+
+enum BodyError {
+    /// More than the limit: the bytes seen so far.
+    TooLarge(usize),
+    Malformed,
+    Closed,
+}
+
+/// The request's body (`Content-Length` or chunked), taken from `buf` and the connection;
+/// a client that waits for `100 Continue` is told to send it.
+async fn read_body<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut S,
+    buf: &mut Vec<u8>,
+    request: &Request<'_>,
+    limit: usize,
+) -> Result<Bytes, BodyError> {
+    if !request.has_body() {
+        return Ok(Bytes::new());
+    }
+    if request
+        .header("expect")
+        .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
+    {
+        let _ = io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;
+        let _ = io.flush().await;
+    }
+    if request.chunked {
+        return read_chunked(io, buf, limit).await;
+    }
+    let length = request.content_length.ok_or(BodyError::Malformed)?;
+    if length > limit {
+        return Err(BodyError::TooLarge(length));
+    }
+    while buf.len() < length {
+        if !read_more(io, buf).await {
+            return Err(BodyError::Closed);
+        }
+    }
+    Ok(Bytes::from(buf.drain(..length).collect::<Vec<u8>>()))
+}
+
+/// A chunked body: hex size lines, each chunk, a zero chunk, then trailers to a blank line.
+async fn read_chunked<S: AsyncRead + Unpin>(
+    io: &mut S,
+    buf: &mut Vec<u8>,
+    limit: usize,
+) -> Result<Bytes, BodyError> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = loop {
+            if let Some(end) = buf.windows(2).position(|w| w == b"\r\n") {
+                break end;
+            }
+            if buf.len() > HEAD_BYTES_MAX {
+                return Err(BodyError::Malformed);
+            }
+            if !read_more(io, buf).await {
+                return Err(BodyError::Closed);
+            }
+        };
+        let line = String::from_utf8_lossy(&buf[..line_end]).into_owned();
+        buf.drain(..line_end + 2);
+        let size_text = line.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size_text, 16).map_err(|_| BodyError::Malformed)?;
+        if size == 0 {
+            // Trailers, if any, end with an empty line.
+            loop {
+                let end = loop {
+                    if let Some(end) = buf.windows(2).position(|w| w == b"\r\n") {
+                        break end;
+                    }
+                    if buf.len() > HEAD_BYTES_MAX {
+                        return Err(BodyError::Malformed);
+                    }
+                    if !read_more(io, buf).await {
+                        return Err(BodyError::Closed);
+                    }
+                };
+                buf.drain(..end + 2);
+                if end == 0 {
+                    return Ok(Bytes::from(body));
+                }
+            }
+        }
+        if body.len() + size > limit {
+            return Err(BodyError::TooLarge(body.len() + size));
+        }
+        while buf.len() < size + 2 {
+            if !read_more(io, buf).await {
+                return Err(BodyError::Closed);
+            }
+        }
+        body.extend_from_slice(&buf[..size]);
+        if &buf[size..size + 2] != b"\r\n" {
+            return Err(BodyError::Malformed);
+        }
+        buf.drain(..size + 2);
+    }
+}
+
+/// Writes a gateway answer: whole with its length, or streamed in chunks while the
+/// connection is watched for the client leaving (which ends the call).
+async fn write_gateway_reply<S: AsyncRead + AsyncWrite + Unpin>(
+    mut io: S,
+    reply: gateway::Reply,
+    head_only: bool,
+) -> std::io::Result<()> {
+    let reason = http::StatusCode::from_u16(reply.status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    let mut out = format!("HTTP/1.1 {} {reason}\r\n", reply.status);
+    for (name, value) in &reply.headers {
+        out.push_str(&format!("{name}: {value}\r\n"));
+    }
+    let mut chunks = match reply.body {
+        gateway::ReplyBody::Full(body) => {
+            out.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+            let mut bytes = out.into_bytes();
+            if !head_only {
+                bytes.extend_from_slice(&body);
+            }
+            io.write_all(&bytes).await?;
+            return io.flush().await;
+        }
+        gateway::ReplyBody::Stream(chunks) => chunks,
+    };
+    out.push_str("Transfer-Encoding: chunked\r\n\r\n");
+    let (mut reader, mut writer) = futures_lite::io::split(io);
+    writer.write_all(out.as_bytes()).await?;
+    writer.flush().await?;
+    let client_left = async {
+        let mut sink = [0u8; READ_CHUNK_BYTES];
+        while let Ok(1..) = reader.read(&mut sink).await {}
+        Ok(())
+    };
+    let stream = async {
+        while let Some(chunk) = chunks.next().await {
+            let mut framed = format!("{:x}\r\n", chunk.len()).into_bytes();
+            framed.extend_from_slice(&chunk);
+            framed.extend_from_slice(b"\r\n");
+            writer.write_all(&framed).await?;
+            writer.flush().await?;
+        }
+        writer.write_all(b"0\r\n\r\n").await?;
+        writer.flush().await
+    };
+    futures_lite::future::or(stream, client_left).await
+}
+
 struct Request<'a> {
     method: &'a str,
     path: &'a str,
     keep_alive: bool,
-    has_body: bool,
+    content_length: Option<usize>,
+    chunked: bool,
+    /// The header lines, for the few looked up by name.
+    head: &'a str,
 }
 
 impl<'a> Request<'a> {
@@ -65,7 +275,8 @@ impl<'a> Request<'a> {
             return None;
         }
         let mut keep_alive = version == "HTTP/1.1";
-        let mut has_body = false;
+        let mut content_length = None;
+        let mut chunked = false;
         for line in lines.filter(|l| !l.is_empty()) {
             let (name, value) = line.split_once(':')?;
             let value = value.trim();
@@ -73,9 +284,9 @@ impl<'a> Request<'a> {
                 keep_alive = !value.eq_ignore_ascii_case("close")
                     && (keep_alive || value.eq_ignore_ascii_case("keep-alive"));
             } else if name.eq_ignore_ascii_case("content-length") {
-                has_body |= value != "0";
+                content_length = Some(value.parse().ok()?);
             } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                has_body = true;
+                chunked = true;
             }
         }
         let path = target.split('?').next().unwrap_or(target);
@@ -83,7 +294,23 @@ impl<'a> Request<'a> {
             method,
             path,
             keep_alive,
-            has_body,
+            content_length,
+            chunked,
+            head,
+        })
+    }
+
+    fn has_body(&self) -> bool {
+        self.chunked || self.content_length.is_some_and(|n| n > 0)
+    }
+
+    /// The value of the first header called `name` (any case).
+    fn header(&self, name: &str) -> Option<&'a str> {
+        self.head.split("\r\n").skip(1).find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.trim()
+                .eq_ignore_ascii_case(name)
+                .then_some(value.trim())
         })
     }
 }
@@ -168,7 +395,9 @@ pub(crate) fn h2_reply(method: &str, path: &str) -> Option<(u16, &'static str, S
         method,
         path,
         keep_alive: false,
-        has_body: false,
+        content_length: None,
+        chunked: false,
+        head: "",
     };
     let reply = route(&request);
     Some((reply.status, reply.content_type, reply.body))

@@ -14,6 +14,8 @@
 //!   members, and the membership query joiners ask.
 //! - [`status`]: gRPC status codes and the one table from Basalt's errors to etcd's.
 //! - [`metrics`]: the `/metrics` registry under etcd's metric names.
+//! - `gateway`: etcd's JSON gateway (`/v3/...` over HTTP), an in-process caller of the
+//!   services.
 //! - [`client`]: a small gRPC client on the same stack, for benches and tests.
 //! - [`tls`]: rustls configs, the acceptor and connector (client port and peers), reload.
 //!
@@ -26,6 +28,7 @@ pub mod client;
 mod concurrency;
 mod config;
 mod election;
+mod gateway;
 mod grpc;
 mod http1;
 mod io;

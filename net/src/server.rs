@@ -386,7 +386,12 @@ async fn serve_protocol<K: KvService, S: AsyncRead + AsyncWrite + Unpin>(
         )
         .await;
     } else {
-        crate::http1::serve(stream, sniffed).await;
+        let gateway = crate::gateway::Gateway {
+            services,
+            client_cert_common_name,
+            message_bytes_max: config.recv_message_bytes_max(),
+        };
+        crate::http1::serve(stream, sniffed, &gateway).await;
     }
 }
 
@@ -428,7 +433,7 @@ async fn serve_stream<K: KvService>(
     mut respond: h2::server::SendResponse<Bytes>,
     client_cert_common_name: Option<String>,
     message_bytes_max: usize,
-    services: &Services<K>,
+    services: &Rc<Services<K>>,
 ) {
     let (head, body) = request.into_parts();
     let is_grpc = head
@@ -436,6 +441,14 @@ async fn serve_stream<K: KvService>(
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with(CONTENT_TYPE));
+    if !is_grpc && crate::gateway::serves(head.uri.path()) {
+        let gateway = crate::gateway::Gateway {
+            services: services.clone(),
+            client_cert_common_name,
+            message_bytes_max,
+        };
+        return crate::gateway::serve_h2(gateway, head, body, respond).await;
+    }
     if let Some(reply) = (!is_grpc)
         .then(|| crate::http1::h2_reply(head.method.as_str(), head.uri.path()))
         .flatten()

@@ -166,6 +166,9 @@ pub(crate) async fn serve<K: KvService>(
         .cx
         .leader_check_interval
         .map(|interval| LeaderCheck::new(interval, Instant::now()));
+    // etcd keeps a stream whose client half-closed its side: events still flow until the
+    // client goes away.
+    let mut requests_ended = false;
     let ended = loop {
         let wait = leader_check
             .as_ref()
@@ -173,12 +176,21 @@ pub(crate) async fn serve<K: KvService>(
             .min(next_progress)
             .saturating_duration_since(Instant::now());
         let input = future::or(
-            future::or(async { Input::Request(reader.next().await) }, async {
-                match rx.recv_async().await {
-                    Ok(batch) => Input::Batch(batch),
-                    Err(_) => unreachable!("the stream holds a sender"),
-                }
-            }),
+            future::or(
+                async {
+                    if requests_ended {
+                        sink.closed().await;
+                        return Input::Request(Err(Status::new(Code::Cancelled, "client gone")));
+                    }
+                    Input::Request(reader.next().await)
+                },
+                async {
+                    match rx.recv_async().await {
+                        Ok(batch) => Input::Batch(batch),
+                        Err(_) => unreachable!("the stream holds a sender"),
+                    }
+                },
+            ),
             async {
                 glommio::timer::sleep(wait).await;
                 Input::Tick
@@ -190,7 +202,10 @@ pub(crate) async fn serve<K: KvService>(
                 Ok(request) => stream.on_request(request),
                 Err(status) => break Some(status),
             },
-            Input::Request(Ok(None)) => break Some(Status::ok()),
+            Input::Request(Ok(None)) => {
+                requests_ended = true;
+                Vec::new()
+            }
             Input::Request(Err(_)) => break None, // The client is gone.
             Input::Batch(batch) => stream.on_batch(batch),
             Input::Tick => {

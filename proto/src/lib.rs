@@ -53,6 +53,11 @@ pub struct MethodInfo {
 
 include!(concat!(env!("OUT_DIR"), "/methods.rs"));
 
+/// Every file above compiled into one `google.protobuf.FileDescriptorSet`: the schema at run
+/// time, for code that maps messages by their descriptors (the JSON gateway).
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/file_descriptor_set.bin"));
+
 /// Finds a method by its HTTP/2 `:path`; `None` for a path no service declares.
 pub fn method_by_path(path: &str) -> Option<&'static MethodInfo> {
     METHODS
