@@ -333,9 +333,8 @@ impl<K: KvService> Services<K> {
             "/etcdserverpb.Maintenance/Defragment" => {
                 unary(call, |_: DefragmentRequest| async {
                     kv.defragment().await?;
-                    let mut header = None;
-                    self.fill_header(&mut header);
-                    Ok(DefragmentResponse { header })
+                    // etcd 3.5 answers Defragment and MoveLeader without a header.
+                    Ok(DefragmentResponse { header: None })
                 })
                 .await
             }
@@ -375,9 +374,7 @@ impl<K: KvService> Services<K> {
                     if req.target_id != self.member_id || kv.members().is_some() {
                         kv.move_leader(req.target_id).await?;
                     }
-                    let mut header = None;
-                    self.fill_header(&mut header);
-                    Ok(MoveLeaderResponse { header })
+                    Ok(MoveLeaderResponse { header: None })
                 })
                 .await
             }
@@ -524,10 +521,9 @@ impl<K: KvService> Services<K> {
                 sent_bytes += n as u64;
                 chunk[..n].to_vec()
             };
-            let mut header = None;
-            self.fill_header(&mut header);
+            // etcd 3.5.1 sends its snapshot chunks without a header.
             let response = SnapshotResponse {
-                header,
+                header: None,
                 remaining_bytes: total_bytes - sent_bytes,
                 blob: blob.into(),
             };
