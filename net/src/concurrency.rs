@@ -16,7 +16,7 @@ use basalt_proto::mvccpb::KeyValue;
 use bytes::Bytes;
 
 use crate::kv::KvService;
-use crate::status::Status;
+use crate::status::{Code, Status};
 use crate::watch::{lock_hub, ChannelSink, SharedWatchHub};
 
 /// Batches a wait can have queued; it needs only the first.
@@ -204,4 +204,11 @@ impl Drop for Watcher<'_> {
     fn drop(&mut self) {
         lock_hub(self.hub).cancel(self.id);
     }
+}
+
+/// etcd's lock and election servers act through an in-process clientv3, whose errors are
+/// plain Go errors by the time the server returns them, so grpc-go sends every one as
+/// Unknown with its text.
+pub(crate) fn client_error(status: Status) -> Status {
+    Status::new(Code::Unknown, status.message)
 }

@@ -18,12 +18,18 @@ use crate::grpc::{decode, encode, MessageReader, ResponseSink};
 use crate::kv::KvService;
 use crate::status::{Code, Status};
 
+/// etcd's `concurrency.ErrElectionNotLeader`, `ErrElectionNoLeader` and the server's
+/// `ErrMissingLeaderKey` (their code is set where the service answers).
 fn not_leader() -> Status {
-    Status::new(Code::FailedPrecondition, "etcdserver: election: not leader")
+    Status::new(Code::Unknown, "election: not leader")
 }
 
 fn no_leader() -> Status {
-    Status::new(Code::FailedPrecondition, "etcdserver: election: no leader")
+    Status::new(Code::Unknown, "election: no leader")
+}
+
+fn missing_leader_key() -> Status {
+    Status::new(Code::Unknown, "\"leader\" field must be provided")
 }
 
 fn header(revision: i64) -> Option<ResponseHeader> {
@@ -78,7 +84,7 @@ pub(crate) async fn proclaim<K: KvService>(
     kv: &K,
     req: ProclaimRequest,
 ) -> Result<ProclaimResponse, Status> {
-    let leader = req.leader.ok_or_else(not_leader)?;
+    let leader = req.leader.ok_or_else(missing_leader_key)?;
     let (held, revision) =
         if_still_held(kv, &leader.key, leader.rev, put_op(&leader, req.value)).await?;
     if !held {
@@ -105,9 +111,7 @@ pub(crate) async fn resign<K: KvService>(
     kv: &K,
     req: ResignRequest,
 ) -> Result<ResignResponse, Status> {
-    let Some(leader) = req.leader else {
-        return Ok(ResignResponse { header: None });
-    };
+    let leader = req.leader.ok_or_else(missing_leader_key)?;
     let delete = RequestOp {
         request: Some(Request::RequestDeleteRange(DeleteRangeRequest {
             key: leader.key.clone(),

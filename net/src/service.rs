@@ -213,7 +213,9 @@ impl<K: KvService> Services<K> {
             }
             "/v3lockpb.Lock/Lock" => {
                 unary(call, |req| async move {
-                    let mut resp = crate::lock::lock(kv, req).await?;
+                    let mut resp = crate::lock::lock(kv, req)
+                        .await
+                        .map_err(crate::concurrency::client_error)?;
                     self.fill_header(&mut resp.header);
                     Ok(resp)
                 })
@@ -221,7 +223,9 @@ impl<K: KvService> Services<K> {
             }
             "/v3lockpb.Lock/Unlock" => {
                 unary(call, |req| async move {
-                    let mut resp = crate::lock::unlock(kv, req).await?;
+                    let mut resp = crate::lock::unlock(kv, req)
+                        .await
+                        .map_err(crate::concurrency::client_error)?;
                     self.fill_header(&mut resp.header);
                     Ok(resp)
                 })
@@ -229,7 +233,9 @@ impl<K: KvService> Services<K> {
             }
             "/v3electionpb.Election/Campaign" => {
                 unary(call, |req| async move {
-                    let mut resp = crate::election::campaign(kv, req).await?;
+                    let mut resp = crate::election::campaign(kv, req)
+                        .await
+                        .map_err(crate::concurrency::client_error)?;
                     self.fill_header(&mut resp.header);
                     Ok(resp)
                 })
@@ -237,7 +243,9 @@ impl<K: KvService> Services<K> {
             }
             "/v3electionpb.Election/Proclaim" => {
                 unary(call, |req| async move {
-                    let mut resp = crate::election::proclaim(kv, req).await?;
+                    let mut resp = crate::election::proclaim(kv, req)
+                        .await
+                        .map_err(crate::concurrency::client_error)?;
                     self.fill_header(&mut resp.header);
                     Ok(resp)
                 })
@@ -245,7 +253,9 @@ impl<K: KvService> Services<K> {
             }
             "/v3electionpb.Election/Leader" => {
                 unary(call, |req| async move {
-                    let mut resp = crate::election::leader(kv, req).await?;
+                    let mut resp = crate::election::leader(kv, req)
+                        .await
+                        .map_err(crate::concurrency::client_error)?;
                     self.fill_header(&mut resp.header);
                     Ok(resp)
                 })
@@ -253,7 +263,9 @@ impl<K: KvService> Services<K> {
             }
             "/v3electionpb.Election/Resign" => {
                 unary(call, |req| async move {
-                    let mut resp = crate::election::resign(kv, req).await?;
+                    let mut resp = crate::election::resign(kv, req)
+                        .await
+                        .map_err(crate::concurrency::client_error)?;
                     self.fill_header(&mut resp.header);
                     Ok(resp)
                 })

@@ -40,7 +40,7 @@ def mask(value, extra=()):
             k: "<masked>" if k in MASKED or k in extra else mask(v, extra)
             for k, v in value.items()
         }
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return [mask(v, extra) for v in value]
     return value
 
@@ -136,8 +136,6 @@ SCRIPT = [
     ("/v3/cluster/member/list", {}, ("ID", "name"), False),
     ("/v3/cluster/member/add", {"peerURLs": ["not a url"]}, (), False),
     ("/v3/cluster/member/add", {}, (), False),
-    ("/v3/cluster/member/remove", {"ID": "1"}, (), False),
-    ("/v3/cluster/member/update", {"ID": "1", "peerURLs": ["http://127.0.0.1:1"]}, (), False),
     ("/v3/cluster/member/promote", {"ID": "1"}, (), False),
     ("/v3/maintenance/status", {}, ("leader",), False),
     ("/v3/maintenance/alarm", {"action": "GET"}, (), False),
@@ -300,27 +298,27 @@ def test_etcds_documented_curl_examples_work_unchanged():
         assert got["kvs"][0]["key"] == "Zm9v"
 
         # Watch in the background, then put.
-        lines = []
         proc = subprocess.Popen(
             ["curl", "-sS", "-N", f"http://{e}/v3/watch", "-X", "POST", "-d", '{"create_request": {"key":"Zm9v"} }'],
             stdout=subprocess.PIPE, text=True,
         )
-        reader = threading.Thread(target=lambda: lines.extend(proc.stdout.readline() for _ in range(2)))
-        reader.start()
+        killer = threading.Timer(20, proc.kill)
+        killer.start()
         try:
-            while not lines:
-                curl(e, "/v3/kv/put", '{"key": "Zm9v", "value": "YmFy"}')
-                reader.join(0.2)
+            created = json.loads(proc.stdout.readline())
+            curl(e, "/v3/kv/put", '{"key": "Zm9v", "value": "YmFy"}')
+            event = json.loads(proc.stdout.readline())
         finally:
-            reader.join(5)
+            killer.cancel()
             proc.kill()
             proc.wait()
-        assert json.loads(lines[0])["result"]["created"] is True
-        assert json.loads(lines[1])["result"]["events"][0]["kv"]["value"] == "YmFy"
+        assert created["result"]["created"] is True
+        assert event["result"]["events"][0]["kv"]["value"] == "YmFy"
 
         got = curl(e, "/v3/kv/txn", '{"compare":[{"target":"CREATE","key":"Zm9v","createRevision":"2"}],"success":[{"requestPut":{"key":"Zm9v","value":"YmFy"}}]}')
         assert got["succeeded"] is True and "response_put" in got["responses"][0]
-        got = curl(e, "/v3/kv/txn", '{"compare":[{"version":"4","result":"EQUAL","target":"VERSION","key":"Zm9v"}],"success":[{"requestRange":{"key":"Zm9v"}}]}')
+        version = curl(e, "/v3/kv/range", '{"key": "Zm9v"}')["kvs"][0]["version"]
+        got = curl(e, "/v3/kv/txn", '{"compare":[{"version":"%s","result":"EQUAL","target":"VERSION","key":"Zm9v"}],"success":[{"requestRange":{"key":"Zm9v"}}]}' % version)
         assert "response_range" in got["responses"][0]
 
         curl(e, "/v3/auth/role/add", '{"name": "root"}')
@@ -405,9 +403,6 @@ def grpc_script():
         ("/etcdserverpb.Lease/LeaseRevoke", r.LeaseRevokeRequest, {"ID": LEASE}, r.LeaseRevokeResponse, ()),
         ("/etcdserverpb.Cluster/MemberList", r.MemberListRequest, {}, r.MemberListResponse, ("ID", "name")),
         ("/etcdserverpb.Cluster/MemberAdd", r.MemberAddRequest, {"peerURLs": ["bad"]}, r.MemberAddResponse, ()),
-        ("/etcdserverpb.Cluster/MemberRemove", r.MemberRemoveRequest, {"ID": "1"}, r.MemberRemoveResponse, ()),
-        ("/etcdserverpb.Cluster/MemberUpdate", r.MemberUpdateRequest, {"ID": "1", "peerURLs": ["http://127.0.0.1:1"]}, r.MemberUpdateResponse, ()),
-        ("/etcdserverpb.Cluster/MemberPromote", r.MemberPromoteRequest, {"ID": "1"}, r.MemberPromoteResponse, ()),
         ("/etcdserverpb.Maintenance/Status", r.StatusRequest, {}, r.StatusResponse, ("leader",)),
         ("/etcdserverpb.Maintenance/Alarm", r.AlarmRequest, {"action": "GET"}, r.AlarmResponse, ()),
         ("/etcdserverpb.Maintenance/Defragment", r.DefragmentRequest, {}, r.DefragmentResponse, ()),
@@ -415,9 +410,7 @@ def grpc_script():
         ("/etcdserverpb.Maintenance/HashKV", r.HashKVRequest, {}, r.HashKVResponse, ()),
         ("/etcdserverpb.Maintenance/HashKV", r.HashKVRequest, {"revision": "100"}, r.HashKVResponse, ()),
         ("/etcdserverpb.Maintenance/MoveLeader", r.MoveLeaderRequest, {"targetID": "1"}, r.MoveLeaderResponse, ()),
-        ("/etcdserverpb.Auth/AuthStatus", r.AuthStatusRequest, {}, r.AuthStatusResponse, ()),
         ("/etcdserverpb.Auth/UserAdd", r.AuthUserAddRequest, {"name": "bob", "password": "p"}, r.AuthUserAddResponse, ()),
-        ("/etcdserverpb.Auth/UserAdd", r.AuthUserAddRequest, {"name": "nopw", "options": {"no_password": True}}, r.AuthUserAddResponse, ()),
         ("/etcdserverpb.Auth/UserGet", r.AuthUserGetRequest, {"name": "bob"}, r.AuthUserGetResponse, ()),
         ("/etcdserverpb.Auth/UserList", r.AuthUserListRequest, {}, r.AuthUserListResponse, ()),
         ("/etcdserverpb.Auth/UserChangePassword", r.AuthUserChangePasswordRequest, {"name": "bob", "password": "q"}, r.AuthUserChangePasswordResponse, ()),
@@ -466,7 +459,7 @@ def test_hasleader_keepalive_stream_is_served_while_a_leader_is_known(servers):
     basalt, _ = servers
     with grpc.insecure_channel(basalt.endpoint) as channel:
         lease = rpc_pb2.LeaseGrantRequest(TTL=30, ID=777)
-        channel.unary_unary("/etcdserverpb.Lease/LeaseGrant", lease.SerializeToString,
+        channel.unary_unary("/etcdserverpb.Lease/LeaseGrant", lambda m: m.SerializeToString(),
                             rpc_pb2.LeaseGrantResponse.FromString)(lease, timeout=10)
         keep_alive = channel.stream_stream(
             "/etcdserverpb.Lease/LeaseKeepAlive", lambda m: m.SerializeToString(),
