@@ -5,8 +5,8 @@
 use crate::gateway::{self, Gateway};
 use crate::kv::KvService;
 use crate::metrics::metrics;
-use bytes::Bytes;
 use crate::service::{ETCD_CLUSTER_VERSION, ETCD_SERVER_VERSION};
+use bytes::Bytes;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// A request head larger than this is refused (Go's default is 1 MiB; these endpoints take

@@ -461,7 +461,7 @@ fn field_value(field: &FieldDescriptor, node: &Node<'_>) -> Result<Option<Value>
     let kind = field.kind();
     if field.is_list() {
         if let (Kind::Enum(enum_desc), NodeKind::String(_)) = (&kind, &node.kind) {
-            enum_by_name(&enum_desc, node.raw)?;
+            enum_by_name(enum_desc, node.raw)?;
             return Err(format!(
                 "invalid target \"slice\" for enum {}",
                 enum_desc.full_name()
@@ -473,8 +473,7 @@ fn field_value(field: &FieldDescriptor, node: &Node<'_>) -> Result<Option<Value>
                 let mut values = Vec::with_capacity(items.len());
                 for item in items {
                     values.push(
-                        single_value(&kind, item)?
-                            .unwrap_or_else(|| Value::default_value(&kind)),
+                        single_value(&kind, item)?.unwrap_or_else(|| Value::default_value(&kind)),
                     );
                 }
                 Ok(Some(Value::List(values)))
@@ -529,13 +528,12 @@ fn single_value(kind: &Kind, node: &Node<'_>) -> Result<Option<Value>, String> {
         Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
             Ok(quoted_integer(node, i64::MIN, i64::MAX, "int64")?.map(Value::I64))
         }
-        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => Ok(quoted_integer(
-            node,
-            i64::from(i32::MIN),
-            i64::from(i32::MAX),
-            "int32",
-        )?
-        .map(|n| Value::I32(n as i32))),
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
+            Ok(
+                quoted_integer(node, i64::from(i32::MIN), i64::from(i32::MAX), "int32")?
+                    .map(|n| Value::I32(n as i32)),
+            )
+        }
         Kind::Uint32 | Kind::Fixed32 => {
             Ok(quoted_integer(node, 0, i64::from(u32::MAX), "uint32")?
                 .map(|n| Value::U32(n as u32)))
@@ -548,9 +546,7 @@ fn single_value(kind: &Kind, node: &Node<'_>) -> Result<Option<Value>, String> {
         },
         Kind::String => match &node.kind {
             NodeKind::Null => Ok(None),
-            NodeKind::String(s) => Ok(Some(Value::String(
-                String::from_utf8_lossy(s).into_owned(),
-            ))),
+            NodeKind::String(s) => Ok(Some(Value::String(String::from_utf8_lossy(s).into_owned()))),
             other => Err(type_error(other, "string")),
         },
         Kind::Bytes => match &node.kind {
@@ -893,15 +889,15 @@ mod tests {
             (r#"{"key":"!!!"}"#, "illegal base64 data at input byte 0"),
             (r#"{"key":"Zm9"}"#, "illegal base64 data at input byte 0"),
             (r#"{"key":"Zm9vY"}"#, "illegal base64 data at input byte 4"),
-            (
-                r#"{"key" 1}"#,
-                "invalid character '1' after object key",
-            ),
+            (r#"{"key" 1}"#, "invalid character '1' after object key"),
             (
                 r#"{"key":"Zm9v" "x"}"#,
                 "invalid character '\"' after object key:value pair",
             ),
-            (r#"{"key":tru}"#, "invalid character '}' in literal true (expecting 'e')"),
+            (
+                r#"{"key":tru}"#,
+                "invalid character '}' in literal true (expecting 'e')",
+            ),
         ];
         for (body, message) in cases {
             assert_eq!(decode(range, body), Err(message.to_string()), "{body}");
@@ -923,8 +919,14 @@ mod tests {
                 r#"{"key":"Zm9v","limit":5,"sortOrder":"DESCEND","count_only":true}"#,
                 r#"{"key":"Zm9v","limit":"5","sort_order":"DESCEND","count_only":true}"#,
             ),
-            (r#"{"key":"Zm9v","sort_order":99}"#, r#"{"key":"Zm9v","sort_order":99}"#),
-            (r#"{"keys_only":false,"sort_target":1}"#, r#"{"sort_target":"VERSION"}"#),
+            (
+                r#"{"key":"Zm9v","sort_order":99}"#,
+                r#"{"key":"Zm9v","sort_order":99}"#,
+            ),
+            (
+                r#"{"keys_only":false,"sort_target":1}"#,
+                r#"{"sort_target":"VERSION"}"#,
+            ),
         ];
         for (body, json) in cases {
             assert_eq!(decode(range, body), Ok(json.to_string()), "{body}");

@@ -44,25 +44,52 @@ const ROUTES: [(&str, &str); 50] = [
     ("/v3/lease/revoke", "/etcdserverpb.Lease/LeaseRevoke"),
     ("/v3/kv/lease/revoke", "/etcdserverpb.Lease/LeaseRevoke"),
     ("/v3/lease/keepalive", "/etcdserverpb.Lease/LeaseKeepAlive"),
-    ("/v3/lease/timetolive", "/etcdserverpb.Lease/LeaseTimeToLive"),
-    ("/v3/kv/lease/timetolive", "/etcdserverpb.Lease/LeaseTimeToLive"),
+    (
+        "/v3/lease/timetolive",
+        "/etcdserverpb.Lease/LeaseTimeToLive",
+    ),
+    (
+        "/v3/kv/lease/timetolive",
+        "/etcdserverpb.Lease/LeaseTimeToLive",
+    ),
     ("/v3/lease/leases", "/etcdserverpb.Lease/LeaseLeases"),
     ("/v3/kv/lease/leases", "/etcdserverpb.Lease/LeaseLeases"),
     ("/v3/cluster/member/add", "/etcdserverpb.Cluster/MemberAdd"),
-    ("/v3/cluster/member/remove", "/etcdserverpb.Cluster/MemberRemove"),
-    ("/v3/cluster/member/update", "/etcdserverpb.Cluster/MemberUpdate"),
-    ("/v3/cluster/member/list", "/etcdserverpb.Cluster/MemberList"),
-    ("/v3/cluster/member/promote", "/etcdserverpb.Cluster/MemberPromote"),
+    (
+        "/v3/cluster/member/remove",
+        "/etcdserverpb.Cluster/MemberRemove",
+    ),
+    (
+        "/v3/cluster/member/update",
+        "/etcdserverpb.Cluster/MemberUpdate",
+    ),
+    (
+        "/v3/cluster/member/list",
+        "/etcdserverpb.Cluster/MemberList",
+    ),
+    (
+        "/v3/cluster/member/promote",
+        "/etcdserverpb.Cluster/MemberPromote",
+    ),
     ("/v3/maintenance/alarm", "/etcdserverpb.Maintenance/Alarm"),
     ("/v3/maintenance/status", "/etcdserverpb.Maintenance/Status"),
-    ("/v3/maintenance/defragment", "/etcdserverpb.Maintenance/Defragment"),
+    (
+        "/v3/maintenance/defragment",
+        "/etcdserverpb.Maintenance/Defragment",
+    ),
     ("/v3/maintenance/hash", "/etcdserverpb.Maintenance/Hash"),
-    ("/v3/maintenance/snapshot", "/etcdserverpb.Maintenance/Snapshot"),
+    (
+        "/v3/maintenance/snapshot",
+        "/etcdserverpb.Maintenance/Snapshot",
+    ),
     (
         "/v3/maintenance/transfer-leadership",
         "/etcdserverpb.Maintenance/MoveLeader",
     ),
-    ("/v3/maintenance/downgrade", "/etcdserverpb.Maintenance/Downgrade"),
+    (
+        "/v3/maintenance/downgrade",
+        "/etcdserverpb.Maintenance/Downgrade",
+    ),
     ("/v3/auth/enable", "/etcdserverpb.Auth/AuthEnable"),
     ("/v3/auth/disable", "/etcdserverpb.Auth/AuthDisable"),
     ("/v3/auth/status", "/etcdserverpb.Auth/AuthStatus"),
@@ -71,15 +98,24 @@ const ROUTES: [(&str, &str); 50] = [
     ("/v3/auth/user/get", "/etcdserverpb.Auth/UserGet"),
     ("/v3/auth/user/list", "/etcdserverpb.Auth/UserList"),
     ("/v3/auth/user/delete", "/etcdserverpb.Auth/UserDelete"),
-    ("/v3/auth/user/changepw", "/etcdserverpb.Auth/UserChangePassword"),
+    (
+        "/v3/auth/user/changepw",
+        "/etcdserverpb.Auth/UserChangePassword",
+    ),
     ("/v3/auth/user/grant", "/etcdserverpb.Auth/UserGrantRole"),
     ("/v3/auth/user/revoke", "/etcdserverpb.Auth/UserRevokeRole"),
     ("/v3/auth/role/add", "/etcdserverpb.Auth/RoleAdd"),
     ("/v3/auth/role/get", "/etcdserverpb.Auth/RoleGet"),
     ("/v3/auth/role/list", "/etcdserverpb.Auth/RoleList"),
     ("/v3/auth/role/delete", "/etcdserverpb.Auth/RoleDelete"),
-    ("/v3/auth/role/grant", "/etcdserverpb.Auth/RoleGrantPermission"),
-    ("/v3/auth/role/revoke", "/etcdserverpb.Auth/RoleRevokePermission"),
+    (
+        "/v3/auth/role/grant",
+        "/etcdserverpb.Auth/RoleGrantPermission",
+    ),
+    (
+        "/v3/auth/role/revoke",
+        "/etcdserverpb.Auth/RoleRevokePermission",
+    ),
     ("/v3/election/campaign", "/v3electionpb.Election/Campaign"),
     ("/v3/election/proclaim", "/v3electionpb.Election/Proclaim"),
     ("/v3/election/leader", "/v3electionpb.Election/Leader"),
@@ -479,9 +515,7 @@ impl<K: KvService> Gateway<K> {
                 call: Some(call),
                 output: method.output.clone(),
             })),
-            Event::Finished(status) if status.is_ok() => {
-                Reply::json(ReplyBody::Full(Bytes::new()))
-            }
+            Event::Finished(status) if status.is_ok() => Reply::json(ReplyBody::Full(Bytes::new())),
             Event::Finished(status) => {
                 let mut reply = Reply::json(ReplyBody::Full(stream_error_chunk(&status)));
                 reply.status = http_status(status.code);
