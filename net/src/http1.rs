@@ -153,40 +153,13 @@ async fn read_chunked<S: AsyncRead + Unpin>(
 ) -> Result<Bytes, BodyError> {
     let mut body = Vec::new();
     loop {
-        let line_end = loop {
-            if let Some(end) = buf.windows(2).position(|w| w == b"\r\n") {
-                break end;
-            }
-            if buf.len() > HEAD_BYTES_MAX {
-                return Err(BodyError::Malformed);
-            }
-            if !read_more(io, buf).await {
-                return Err(BodyError::Closed);
-            }
-        };
-        let line = String::from_utf8_lossy(&buf[..line_end]).into_owned();
-        buf.drain(..line_end + 2);
+        let line = read_line(io, buf).await?;
         let size_text = line.split(';').next().unwrap_or("").trim();
         let size = usize::from_str_radix(size_text, 16).map_err(|_| BodyError::Malformed)?;
         if size == 0 {
             // Trailers, if any, end with an empty line.
-            loop {
-                let end = loop {
-                    if let Some(end) = buf.windows(2).position(|w| w == b"\r\n") {
-                        break end;
-                    }
-                    if buf.len() > HEAD_BYTES_MAX {
-                        return Err(BodyError::Malformed);
-                    }
-                    if !read_more(io, buf).await {
-                        return Err(BodyError::Closed);
-                    }
-                };
-                buf.drain(..end + 2);
-                if end == 0 {
-                    return Ok(Bytes::from(body));
-                }
-            }
+            while !read_line(io, buf).await?.is_empty() {}
+            return Ok(Bytes::from(body));
         }
         if body.len() + size > limit {
             return Err(BodyError::TooLarge(body.len() + size));
@@ -201,6 +174,26 @@ async fn read_chunked<S: AsyncRead + Unpin>(
             return Err(BodyError::Malformed);
         }
         buf.drain(..size + 2);
+    }
+}
+
+/// The next CRLF-terminated line of a chunked body, taken off `buf`.
+async fn read_line<S: AsyncRead + Unpin>(
+    io: &mut S,
+    buf: &mut Vec<u8>,
+) -> Result<String, BodyError> {
+    loop {
+        if let Some(end) = buf.windows(2).position(|w| w == b"\r\n") {
+            let line = String::from_utf8_lossy(&buf[..end]).into_owned();
+            buf.drain(..end + 2);
+            return Ok(line);
+        }
+        if buf.len() > HEAD_BYTES_MAX {
+            return Err(BodyError::Malformed);
+        }
+        if !read_more(io, buf).await {
+            return Err(BodyError::Closed);
+        }
     }
 }
 

@@ -467,3 +467,34 @@ def test_hasleader_keepalive_stream_is_served_while_a_leader_is_known(servers):
         responses = keep_alive(iter([rpc_pb2.LeaseKeepAliveRequest(ID=777)]), timeout=10,
                                metadata=(("hasleader", "true"),))
         assert [r.TTL for r in responses] == [30]
+
+
+def test_chunked_request_bodies_are_read_as_etcd_reads_them(servers):
+    def chunked_put(server):
+        host, port = server.endpoint.split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        try:
+            parts = [b'{"key":"Y2h1', b'bms=","value"', b':"MQ=="}']
+            conn.request("POST", "/v3/kv/put", body=iter(parts), encode_chunked=True,
+                         headers={"Transfer-Encoding": "chunked"})
+            resp = conn.getresponse()
+            return resp.status, mask(json.loads(resp.read()))
+        finally:
+            conn.close()
+
+    answers = [chunked_put(s) for s in servers]
+    assert answers[0] == answers[1]
+    assert answers[0][0] == 200
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_gateway_answers_h2_with_prior_knowledge_on_the_plain_port(servers):
+    basalt, _ = servers
+    result = subprocess.run(
+        ["curl", "-sS", "--http2-prior-knowledge", "-w", "\\n%{http_version} %{http_code}", "-X", "POST",
+         "-d", '{"key":"Y2h1bms="}', f"http://{basalt.endpoint}/v3/kv/range"],
+        capture_output=True, text=True, timeout=20,
+    )
+    body, _, version_code = result.stdout.rpartition("\n")
+    assert version_code == "2 200", result
+    assert json.loads(body)["kvs"][0]["value"] == "MQ=="

@@ -5,6 +5,7 @@ Certificates are made per module in a temporary folder (tests/tls/pki.py). Every
 followed by a request with the right certificate: the server must keep serving.
 """
 
+import json
 import shutil
 import socket
 import ssl
@@ -298,3 +299,31 @@ def test_members_replicate_over_tls_peer_urls(kind, pki):
         assert ctl(follower, "put", "after-refusals", "v") == (0, "OK\n")
     finally:
         cluster.close()
+
+
+@pytest.mark.skipif(not shutil.which("curl"), reason="curl is not installed")
+@pytest.mark.parametrize("http_version", ["--http1.1", "--http2"])
+def test_json_gateway_answers_over_tls_on_either_http_version(cert_auth_server, pki, http_version):
+    """Basalt's gateway runs in-process, so it serves under --client-cert-auth; etcd 3.5.1's
+    dials its own port without a client certificate and answers 503 ("bad certificate")."""
+    if cert_auth_server.kind == "etcd":
+        pytest.skip("etcd 3.5.1's gateway cannot dial itself under --client-cert-auth")
+    def post(path, body):
+        result = subprocess.run(
+            ["curl", "-sS", http_version, "-w", "\\n%{http_version} %{http_code}", "-X", "POST", "-d", body,
+             "--cacert", pki.ca.cert_file, "--cert", pki.client.cert_file, "--key", pki.client.key_file,
+             f"{cert_auth_server.url}{path}"],
+            capture_output=True, text=True, timeout=30,
+        )
+        body, _, version_code = result.stdout.rpartition("\n")
+        return version_code, json.loads(body)
+
+    expected_version = "2" if http_version == "--http2" else "1.1"
+    version_code, got = post("/v3/kv/put", '{"key":"Z3c=","value":"MQ=="}')
+    assert version_code == f"{expected_version} 200", got
+    version_code, got = post("/v3/kv/range", '{"key":"Z3c="}')
+    assert version_code == f"{expected_version} 200"
+    assert got["kvs"][0]["value"] == "MQ=="
+    version_code, got = post("/v3/kv/range", '{"key":5}')
+    assert version_code == f"{expected_version} 400"
+    assert got["code"] == 3
