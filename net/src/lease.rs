@@ -4,7 +4,7 @@
 //! (etcd's: an unknown lease is TTL -1 in TimeToLive and TTL 0 in KeepAlive, not an error); it
 //! must never decide lease semantics, which are `engine::lease`'s.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use basalt_engine::lease::{LeaseError, LEASE_TTL_S_MAX};
 use basalt_proto::etcdserverpb::{
@@ -94,18 +94,33 @@ pub(crate) async fn leases<K: KvService>(kv: &K) -> Result<LeaseLeasesResponse, 
 }
 
 /// Serves one LeaseKeepAlive stream: each request renews one lease and is answered with its
-/// TTL (0 for a lease that does not exist), until the client ends the stream.
+/// TTL (0 for a lease that does not exist), until the client ends the stream. With
+/// `leader_check_interval` (a `hasleader` stream) it ends with etcd's no-leader error once
+/// the member has known no leader for a few checks, as etcd cancels such streams.
 pub(crate) async fn keep_alive<K: KvService>(
     kv: &K,
     fill_header: &dyn Fn(&mut Option<ResponseHeader>),
+    leader_check_interval: Option<Duration>,
     mut reader: MessageReader,
     mut sink: ResponseSink,
 ) -> Option<Code> {
+    let mut leader_lost = std::pin::pin!(async {
+        match leader_check_interval {
+            Some(interval) => crate::watch::leader_lost(kv, interval).await,
+            None => std::future::pending().await,
+        }
+    });
     let status = loop {
-        let body = match reader.next().await {
-            Ok(Some(body)) => body,
-            Ok(None) => break Status::ok(),
-            Err(_) => return None, // The client is gone.
+        let next = futures_lite::future::or(async { Some(reader.next().await) }, async {
+            (&mut leader_lost).await;
+            None
+        })
+        .await;
+        let body = match next {
+            None => break Status::no_leader(),
+            Some(Ok(Some(body))) => body,
+            Some(Ok(None)) => break Status::ok(),
+            Some(Err(_)) => return None, // The client is gone.
         };
         let req = match decode::<LeaseKeepAliveRequest>(body, "request") {
             Ok(req) => req,

@@ -312,7 +312,9 @@ impl<K: KvService> Services<K> {
             }
             "/etcdserverpb.Lease/LeaseKeepAlive" => {
                 let fill = |header: &mut Option<ResponseHeader>| self.fill_header(header);
-                crate::lease::keep_alive(kv, &fill, call.reader, call.sink).await
+                let leader_check_interval = call.require_leader.then_some(self.election_timeout);
+                crate::lease::keep_alive(kv, &fill, leader_check_interval, call.reader, call.sink)
+                    .await
             }
             "/etcdserverpb.Watch/Watch" if kv.watch_hub().is_some() => {
                 let header = |revision| {

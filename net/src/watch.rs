@@ -139,6 +139,18 @@ impl LeaderCheck {
     }
 }
 
+/// Resolves once `kv` has known no leader for `NO_LEADER_CHECKS_MAX` checks in a row, one
+/// check per `interval`: when etcd cancels a stream opened with `hasleader`.
+pub(crate) async fn leader_lost<K: KvService>(kv: &K, interval: Duration) {
+    let mut check = LeaderCheck::new(interval, Instant::now());
+    loop {
+        glommio::timer::sleep(check.next_check.saturating_duration_since(Instant::now())).await;
+        if check.lost(Instant::now(), kv.has_leader()) {
+            return;
+        }
+    }
+}
+
 enum Input {
     Request(Result<Option<Bytes>, Status>),
     Batch(WatchBatch),

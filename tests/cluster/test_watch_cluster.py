@@ -1,7 +1,7 @@
 """Watch on a cluster member, as etcd 3.5.1 behaves (CLUSTER_BINARY=etcd runs the same tests on
 it): a watch opened with `hasleader` metadata (clientv3's WithRequireLeader) ends with
 Unavailable "etcdserver: no leader" once its member has lost the leader for a few election
-timeouts, while a plain watch stays open; and a follower's watch survives the snapshot that
+timeouts (as does a `hasleader` LeaseKeepAlive stream), while a plain watch stays open; and a follower's watch survives the snapshot that
 catches the follower up after a partition: it delivers every event after its start, or, when
 the snapshot's compaction passed its next revision, the compacted answer; it never hangs.
 """
@@ -86,6 +86,13 @@ def test_a_hasleader_watch_ends_with_no_leader_once_its_member_loses_the_leader(
         follower = followers(c, leader)[0]
         held = open_watch(follower, b"k", metadata=HAS_LEADER)
         plain = open_watch(follower, b"k")
+        lease = rpc_grpc.LeaseStub(leader.channel()).LeaseGrant(rpc.LeaseGrantRequest(TTL=60), timeout=10)
+        keep_alive_requests = queue.Queue()
+        keep_alive = rpc_grpc.LeaseStub(follower.channel()).LeaseKeepAlive(
+            iter(keep_alive_requests.get, None), metadata=HAS_LEADER,
+            timeout=ANSWER_TIMEOUT_S + NO_LEADER_TIMEOUT_S)
+        keep_alive_requests.put(rpc.LeaseKeepAliveRequest(ID=lease.ID))
+        assert next(keep_alive).TTL > 0
         # With a leader, the stream stays open however many election timeouts pass.
         time.sleep(4 * ELECTION_MS / 1000)
         assert held.responses.empty() and plain.responses.empty()
@@ -93,6 +100,11 @@ def test_a_hasleader_watch_ends_with_no_leader_once_its_member_loses_the_leader(
         for m in followers(c, follower):
             m.kill()
         assert next_answer(held, NO_LEADER_TIMEOUT_S) == NO_LEADER
+        # A hasleader LeaseKeepAlive stream is cancelled the same way.
+        with pytest.raises(grpc.RpcError) as ended:
+            next(keep_alive)
+        assert ("error", ended.value.code().name, ended.value.details()) == NO_LEADER
+        keep_alive_requests.put(None)
         assert plain.responses.empty(), "a watch without hasleader stays open"
         refused = WatchStream(follower.channel(), metadata=HAS_LEADER)
         refused.create(key=b"k")
