@@ -235,14 +235,15 @@ def test_request_over_the_size_limit_is_refused_as_etcd_refuses_it(servers):
     assert servers[0].alive()
 
 
-def watch_lines(server, body, count, writes):
-    """The first `count` lines of a watch stream opened with `body`, with `writes` (paths and
-    bodies) made once the stream is open; the request side is closed when the body ends, so
-    this also checks that the stream stays open after the client half-closes."""
+def watch_lines(server, body, count, writes, path="/v3/watch"):
+    """The first `count` lines of a stream (a watch by default) opened with `body`, with
+    `writes` (paths and bodies) made once the stream is open; the request side is closed when
+    the body ends, so this also checks that the stream stays open after the client
+    half-closes."""
     host, port = server.endpoint.split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=10)
     try:
-        conn.request("POST", "/v3/watch", body=json.dumps(body))
+        conn.request("POST", path, body=json.dumps(body))
         resp = conn.getresponse()
         lines = [json.loads(resp.readline())]
         for path, write in writes:
@@ -275,6 +276,17 @@ def test_watch_from_a_compacted_revision_is_cancelled_as_etcd_does(servers):
     ]
     assert got[0] == got[1]
     assert got[0][1][1]["result"]["canceled"] is True
+
+
+def test_observe_streams_each_leader_as_etcd_does(servers):
+    got = []
+    for s in servers:
+        post(s.endpoint, "/v3/lease/grant", {"TTL": 60, "ID": "600"})
+        _, text = post(s.endpoint, "/v3/election/campaign", {"name": b64("obs"), "lease": "600", "value": b64("a")})
+        proclaim = ("/v3/election/proclaim", {"leader": json.loads(text)["leader"], "value": b64("b")})
+        got.append(mask(watch_lines(s, {"name": b64("obs")}, 2, [proclaim], path="/v3/election/observe")))
+    assert got[0] == got[1]
+    assert [line["result"]["kv"]["value"] for line in got[0][1]] == [b64("a"), b64("b")]
 
 
 def curl(endpoint, path, data, *extra):
