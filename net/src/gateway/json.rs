@@ -1,6 +1,6 @@
 //! The JSON dialect of etcd 3.5's gateway, both ways, driven by the messages' descriptors.
 //!
-//! etcd's gateway (grpc-gateway v1 with golang/protobuf 1.3's `jsonpb`, `OrigName: true`)
+//! etcd's gateway (grpc-gateway v1 with golang/protobuf 1.5's `jsonpb`, `OrigName: true`)
 //! reads and writes a dialect of its own, not canonical proto3 JSON:
 //! - requests: one JSON value read from the body as Go's `json.Decoder` reads it (what
 //!   follows it is ignored); a field by its proto name or its JSON (camel) name, the camel
@@ -11,7 +11,7 @@
 //!   string into Go value of type int64", "invalid character 'a' looking for beginning of
 //!   value", "illegal base64 data at input byte 4").
 //! - responses: fields under their proto names in declaration order, default values left
-//!   out (a oneof member is written even when zero), 64-bit integers as strings, enums by
+//!   out (a oneof member is written when set, even to zero), 64-bit integers as strings, enums by
 //!   name, bytes as standard base64, strings escaped as Go escapes them (`<`, `>`, `&`).
 //!
 //! The codec walks `prost_reflect` descriptors of Basalt's own .proto files
@@ -438,19 +438,13 @@ fn message_from(desc: &MessageDescriptor, node: &Node<'_>) -> Result<DynamicMess
             .map(|(_, value)| value)
     };
     let mut message = DynamicMessage::new(desc.clone());
-    // jsonpb reads the plain fields first, then the oneof members.
-    let (plain, oneof): (Vec<_>, Vec<_>) = desc
-        .fields()
-        .partition(|field| field.containing_oneof().is_none());
-    for field in plain.iter().chain(oneof.iter()) {
+    // Each field by its proto name, then its JSON name, which wins when both are given.
+    for field in desc.fields() {
         let Some(value) = find(field.json_name()).or_else(|| find(field.name())) else {
             continue;
         };
-        if let Some(value) = field_value(field, value)? {
-            message.set_field(field, value);
-        } else if field.containing_oneof().is_some() {
-            // jsonpb sets the oneof before reading its value, so `null` selects the member.
-            message.set_field(field, Value::default_value_for_field(field));
+        if let Some(value) = field_value(&field, value)? {
+            message.set_field(&field, value);
         }
     }
     Ok(message)
@@ -460,13 +454,6 @@ fn message_from(desc: &MessageDescriptor, node: &Node<'_>) -> Result<DynamicMess
 fn field_value(field: &FieldDescriptor, node: &Node<'_>) -> Result<Option<Value>, String> {
     let kind = field.kind();
     if field.is_list() {
-        if let (Kind::Enum(enum_desc), NodeKind::String(_)) = (&kind, &node.kind) {
-            enum_by_name(enum_desc, node.raw)?;
-            return Err(format!(
-                "invalid target \"slice\" for enum {}",
-                enum_desc.full_name()
-            ));
-        }
         return match &node.kind {
             NodeKind::Null => Ok(None),
             NodeKind::Array(items) => {
@@ -499,17 +486,6 @@ fn enum_by_name(desc: &EnumDescriptor, raw: &[u8]) -> Result<i32, String> {
         })
 }
 
-/// The Go type protoc-gen-go gives an enum: `etcdserverpb.RangeRequest_SortOrder`.
-fn go_enum_type(desc: &EnumDescriptor) -> String {
-    let package = desc.parent_file().package_name().to_string();
-    let local = desc
-        .full_name()
-        .strip_prefix(&format!("{package}."))
-        .unwrap_or(desc.full_name())
-        .replace('.', "_");
-    format!("{package}.{local}")
-}
-
 fn single_value(kind: &Kind, node: &Node<'_>) -> Result<Option<Value>, String> {
     match kind {
         Kind::Message(desc) => match node.kind {
@@ -520,8 +496,9 @@ fn single_value(kind: &Kind, node: &Node<'_>) -> Result<Option<Value>, String> {
             if let NodeKind::String(_) = node.kind {
                 return enum_by_name(desc, node.raw).map(|n| Some(Value::EnumNumber(n)));
             }
+            // jsonpb hands an enum's number to `json.Unmarshal` as this Go type.
             let number = go_integer(node, i64::from(i32::MIN), i64::from(i32::MAX), || {
-                go_enum_type(desc)
+                "protoreflect.EnumNumber".to_string()
             })?;
             Ok(number.map(|n| Value::EnumNumber(n as i32)))
         }
@@ -552,6 +529,15 @@ fn single_value(kind: &Kind, node: &Node<'_>) -> Result<Option<Value>, String> {
         Kind::Bytes => match &node.kind {
             NodeKind::Null => Ok(None),
             NodeKind::String(s) => Ok(Some(Value::Bytes(go_base64_decode(s)?.into()))),
+            // Go reads a []byte from an array of numbers too, one byte each.
+            NodeKind::Array(items) => {
+                let mut bytes = Vec::with_capacity(items.len());
+                for item in items {
+                    let byte = go_integer(item, 0, 255, || "uint8".to_string())?;
+                    bytes.push(byte.unwrap_or(0) as u8);
+                }
+                Ok(Some(Value::Bytes(bytes.into())))
+            }
             other => Err(type_error(other, "[]uint8")),
         },
         Kind::Float | Kind::Double => Err("floating point fields are not in etcd's API".into()),
@@ -886,6 +872,14 @@ mod tests {
                 r#"{"max_create_revision":"1e3"}"#,
                 "json: cannot unmarshal number 1e3 into Go value of type int64",
             ),
+            (
+                r#"{"sort_order":1e3}"#,
+                "json: cannot unmarshal number 1e3 into Go value of type protoreflect.EnumNumber",
+            ),
+            (
+                r#"{"key":[1,256]}"#,
+                "json: cannot unmarshal number 256 into Go value of type uint8",
+            ),
             (r#"{"key":"!!!"}"#, "illegal base64 data at input byte 0"),
             (r#"{"key":"Zm9"}"#, "illegal base64 data at input byte 0"),
             (r#"{"key":"Zm9vY"}"#, "illegal base64 data at input byte 4"),
@@ -911,6 +905,7 @@ mod tests {
             ("", "<empty>"),
             ("  \n", "<empty>"),
             ("null", "{}"),
+            (r#"{"key":[102,111,111]}"#, r#"{"key":"Zm9v"}"#),
             (r#"{"key":"Zm9v","bogus":1}"#, r#"{"key":"Zm9v"}"#),
             (r#"{"key":"Zm9v"} trailing"#, r#"{"key":"Zm9v"}"#),
             (r#"{"key":"Zm9v","key":"YmFy"}"#, r#"{"key":"YmFy"}"#),
