@@ -593,3 +593,22 @@ def test_random_txn_bodies_are_applied_or_refused_as_etcd_does(servers):
         answers = [post(s.endpoint, "/v3/kv/txn", body) for s in servers]
         got, want = [(status, mask(parse(text))) for status, text in answers]
         assert got == want, body
+
+
+def test_grpc_watch_stays_open_after_the_client_half_closes(servers):
+    """etcd keeps a Watch stream whose client has closed its sending side: events still come."""
+    answers = []
+    for server in servers:
+        with grpc.insecure_channel(server.endpoint) as channel:
+            watch = channel.stream_stream(
+                "/etcdserverpb.Watch/Watch", lambda m: m.SerializeToString(),
+                rpc_pb2.WatchResponse.FromString)
+            create = rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(key=b"half"))
+            # The iterator ends after one request: the client half-closes at once.
+            responses = watch(iter([create]), timeout=10)
+            created = next(responses)
+            post(server.endpoint, "/v3/kv/put", {"key": b64("half"), "value": b64("1")})
+            event = next(responses)
+            responses.cancel()
+            answers.append((created.created, [e.kv.value for e in event.events]))
+    assert answers[0] == answers[1] == (True, [b"1"])
