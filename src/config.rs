@@ -339,6 +339,14 @@ pub struct ServerFlags {
     /// Number of cores (glommio executors) serving clients; 0 means every core.
     #[arg(long, env = "BASALT_CORES", default_value_t = 0)]
     pub cores: usize,
+    /// Push-off: a member without a leader, or whose writes stop committing, tells its
+    /// clients to go away (HTTP/2 GOAWAY) and refuses calls at once with "etcdserver: no
+    /// leader", so clients with several endpoints move to a member that works.
+    #[arg(long = "push-off", env = "BASALT_PUSH_OFF", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value = "true", default_missing_value = "true")]
+    pub push_off: bool,
+    /// Election timeouts without a leader before a member pushes its clients off.
+    #[arg(long = "push-off-election-timeouts", env = "BASALT_PUSH_OFF_ELECTION_TIMEOUTS", default_value_t = basalt_net::NO_LEADER_CHECKS_MAX, value_parser = clap::value_parser!(u32).range(1..))]
+    pub push_off_election_timeouts: u32,
 }
 
 impl ServerFlags {

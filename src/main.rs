@@ -74,6 +74,10 @@ fn serve(flags: ServerFlags) -> Result<(), String> {
         strict_reconfig_check: flags.strict_reconfig_check,
         initial_corrupt_check: flags.initial_corrupt_check,
         corrupt_check_interval: Some(flags.corrupt_check_time).filter(|t| !t.is_zero()),
+        push_off_election_timeouts: match flags.push_off {
+            true => flags.push_off_election_timeouts,
+            false => 0,
+        },
         snapshot_count: flags.snapshot_count,
         max_wals: flags.max_wals as usize,
         heartbeat_interval_ms: flags.heartbeat_interval_ms,

@@ -75,6 +75,11 @@ impl Default for ServerConfig {
     }
 }
 
+/// etcd's request timeout (`ReqTimeout`): 5 s plus two election timeouts.
+pub fn request_timeout(election_timeout_ms: u64) -> std::time::Duration {
+    std::time::Duration::from_secs(5) + 2 * std::time::Duration::from_millis(election_timeout_ms)
+}
+
 impl ServerConfig {
     /// The largest gRPC message body accepted from a client.
     pub fn recv_message_bytes_max(&self) -> usize {

@@ -1,11 +1,11 @@
 //! The HTTP/1.1 endpoints etcd serves on its client port beside gRPC: `GET /health`,
-//! `/version`, `/metrics`, `/livez` and `/readyz` (what monitoring and load balancers probe,
+//! `/version`, `/metrics`, `/livez` and `/readyz` (the checks are `health.rs`'s; what monitoring and load balancers probe,
 //! no body read), and the JSON gateway's `/v3/...` (bodies by length or chunked).
 
 use crate::gateway::{self, Gateway};
 use crate::kv::KvService;
 use crate::metrics::metrics;
-use crate::service::{ETCD_CLUSTER_VERSION, ETCD_SERVER_VERSION};
+use crate::service::{Services, ETCD_CLUSTER_VERSION, ETCD_SERVER_VERSION};
 use bytes::Bytes;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -82,7 +82,7 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin, K: KvService>(
         }
         let reply = match &request {
             Some(r) if r.has_body() => Reply::bad_request(),
-            Some(r) => route(r),
+            Some(r) => route(r, &gateway.services).await,
             None => Reply::bad_request(),
         };
         let keep_alive = request.as_ref().is_some_and(|r| r.keep_alive) && reply.status != 400;
@@ -250,6 +250,7 @@ async fn write_gateway_reply<S: AsyncRead + AsyncWrite + Unpin>(
 struct Request<'a> {
     method: &'a str,
     path: &'a str,
+    query: &'a str,
     keep_alive: bool,
     content_length: Option<usize>,
     chunked: bool,
@@ -282,10 +283,11 @@ impl<'a> Request<'a> {
                 chunked = true;
             }
         }
-        let path = target.split('?').next().unwrap_or(target);
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
         Some(Self {
             method,
             path,
+            query,
             keep_alive,
             content_length,
             chunked,
@@ -351,7 +353,7 @@ impl Reply {
     }
 }
 
-fn route(request: &Request<'_>) -> Reply {
+async fn route<K: KvService>(request: &Request<'_>, services: &Services<K>) -> Reply {
     if request.method != "GET" && request.method != "HEAD" {
         return match request.path {
             path if ENDPOINT_PATHS.contains(&path) => {
@@ -360,8 +362,22 @@ fn route(request: &Request<'_>) -> Reply {
             _ => Reply::text(404, "Not Found", "404 page not found\n"),
         };
     }
+    if crate::health::PATHS.contains(&request.path) {
+        let (status, content_type, body) = crate::health::answer(
+            services.kv(),
+            request.path,
+            request.query,
+            services.request_timeout(),
+        )
+        .await;
+        let reason = if status == 200 {
+            "OK"
+        } else {
+            "Service Unavailable"
+        };
+        return Reply::new(status, reason, content_type, body);
+    }
     match request.path {
-        "/health" => health(metrics().server_has_leader.get() == 1),
         "/version" => Reply::json(format!(
             r#"{{"etcdserver":"{ETCD_SERVER_VERSION}","etcdcluster":"{ETCD_CLUSTER_VERSION}"}}"#
         )),
@@ -371,8 +387,6 @@ fn route(request: &Request<'_>) -> Reply {
             "text/plain; version=0.0.4; charset=utf-8",
             metrics().render(ETCD_SERVER_VERSION, ETCD_CLUSTER_VERSION),
         ),
-        // The process answers, so it is alive; it serves clients as soon as it listens.
-        "/livez" | "/readyz" => Reply::text(200, "OK", "ok\n"),
         _ => Reply::text(404, "Not Found", "404 page not found\n"),
     }
 }
@@ -380,37 +394,28 @@ fn route(request: &Request<'_>) -> Reply {
 /// The answer (status, content type, body) to an endpoint request that came over HTTP/2: a TLS
 /// port offers h2 by ALPN, so curl and Prometheus ask there, and etcd answers them. `None` for
 /// any other path, which stays gRPC's.
-pub(crate) fn h2_reply(method: &str, path: &str) -> Option<(u16, &'static str, String)> {
-    if !ENDPOINT_PATHS.contains(&path) {
-        return None;
-    }
+pub(crate) async fn h2_reply<K: KvService>(
+    method: &str,
+    path: &str,
+    query: &str,
+    services: &Services<K>,
+) -> (u16, &'static str, String) {
     let request = Request {
         method,
         path,
+        query,
         keep_alive: false,
         content_length: None,
         chunked: false,
         head: "",
     };
-    let reply = route(&request);
-    Some((reply.status, reply.content_type, reply.body))
+    let reply = route(&request, services).await;
+    (reply.status, reply.content_type, reply.body)
 }
 
-/// etcd's `/health`: unhealthy, with etcd's reason, while the member knows no leader.
-fn health(has_leader: bool) -> Reply {
-    let metrics = metrics();
-    let (status, reason, body) = if has_leader {
-        metrics.server_health_success.inc();
-        (200, "OK", r#"{"health":"true","reason":""}"#)
-    } else {
-        metrics.server_health_failures.inc();
-        (
-            503,
-            "Service Unavailable",
-            r#"{"health":"false","reason":"RAFT NO LEADER"}"#,
-        )
-    };
-    Reply::new(status, reason, "application/json", body.to_string())
+/// Whether `path` is one of these endpoints (else, over h2, it is gRPC's).
+pub(crate) fn is_endpoint(path: &str) -> bool {
+    ENDPOINT_PATHS.contains(&path)
 }
 
 async fn write_response<S: AsyncWrite + Unpin>(
@@ -458,30 +463,25 @@ mod tests {
                 200,
                 r#"{"health":"true","reason":""}"#,
             ),
-            ("GET /livez HTTP/1.1\r\n\r\n", 200, "ok\n"),
+            (
+                "GET /livez?verbose HTTP/1.1\r\n\r\n",
+                200,
+                "[+]alarms ok\n[+]linearizable_read ok\nlivez check passed\n",
+            ),
             ("GET /nothing HTTP/1.1\r\n\r\n", 404, "404 page not found\n"),
             ("POST /health HTTP/1.1\r\n\r\n", 405, "Method Not Allowed\n"),
         ];
-        metrics().server_has_leader.set(1);
+        let config = crate::config::ServerConfig::default();
+        let services = Services::new(&config, crate::kv::LocalKv::new());
         for (head, status, body) in cases {
             let request = Request::parse(head).expect(head);
-            let reply = route(&request);
+            let reply = glommio::LocalExecutor::default().run(route(&request, &services));
             assert_eq!(
                 (reply.status, reply.body.as_str()),
                 (status, body),
                 "{head}"
             );
         }
-    }
-
-    #[test]
-    fn health_without_a_leader_is_503_with_etcds_reason() {
-        let reply = health(false);
-        assert_eq!(reply.status, 503);
-        assert_eq!(
-            reply.body,
-            r#"{"health":"false","reason":"RAFT NO LEADER"}"#
-        );
     }
 
     #[test]

@@ -122,6 +122,11 @@ pub trait KvService: 'static {
     fn has_leader(&self) -> bool {
         true
     }
+    /// Whether this member sends its clients elsewhere (it cannot serve writes): calls are
+    /// refused with "no leader" and connections are told to go away.
+    fn pushed_off(&self) -> bool {
+        false
+    }
     /// Whether this member is a learner (it then serves only what etcd lets learners serve).
     fn is_learner(&self) -> bool {
         false

@@ -31,8 +31,10 @@ mod election;
 mod gateway;
 mod grpc;
 mod http1;
+mod health;
 mod io;
 pub mod kv;
+mod leader_check;
 mod lease;
 mod lock;
 pub mod metrics;
@@ -48,6 +50,7 @@ pub use config::{
     parse_client_url, url_host, url_is_https, NetError, ServerConfig, GRPC_OVERHEAD_BYTES,
 };
 pub use kv::{KvService, LocalKv, StoreStatus};
+pub use leader_check::NO_LEADER_CHECKS_MAX;
 pub use server::{run, spawn, spawn_with, ServerHandle};
 pub use service::{ETCD_CLUSTER_VERSION, ETCD_SERVER_VERSION};
 pub use status::{Code, Status};

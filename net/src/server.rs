@@ -39,6 +39,11 @@ const EXECUTOR_IO_MEMORY_BYTES: usize = 512 * 1024;
 const H2_FRAME_BYTES_MAX: u32 = 256 * 1024;
 /// Response bytes h2 may buffer per stream beyond the peer's window.
 const H2_SEND_BUFFER_BYTES_MAX: usize = 1 << 20;
+/// How often each core looks whether the member pushed its clients off (an atomic load).
+const PUSH_OFF_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+/// How long a connection told to go away may keep its open streams (a Watch never ends by
+/// itself) before it is closed: long enough for calls the member just answered to leave.
+const GOAWAY_DRAIN_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A running server.
 pub struct ServerHandle {
@@ -252,6 +257,8 @@ async fn serve_core<K: KvService>(
     stop: StopSignal,
 ) {
     let tasks = Rc::new(CoreTasks::default());
+    let push_off = Rc::new(PushOffNotice::default());
+    let monitor = glommio::spawn_local(watch_push_off(services.clone(), push_off.clone())).detach();
     for (socket, tls) in sockets.into_iter().zip(acceptors) {
         let fd = socket.as_raw_fd();
         // SAFETY: the fd comes from a socket we own and bound as a listener; into_raw_fd gives
@@ -263,10 +270,12 @@ async fn serve_core<K: KvService>(
             config.clone(),
             services.clone(),
             tasks.clone(),
+            push_off.clone(),
         );
         tasks.spawn(accepting, fd);
     }
     stop.wait().await;
+    monitor.cancel();
     tasks.close_all();
     // Cancelled tasks drop their futures when next run; they are queued ahead of this task,
     // so one yield lets them go before the executor exits.
@@ -279,20 +288,53 @@ async fn accept_loop<K: KvService>(
     config: Rc<ServerConfig>,
     services: Rc<Services<K>>,
     tasks: Rc<CoreTasks>,
+    push_off: Rc<PushOffNotice>,
 ) {
     loop {
         match listener.accept().await {
             Ok(stream) => {
                 let fd = stream.as_raw_fd();
-                tasks.spawn(
-                    serve_connection(stream, tls.clone(), config.clone(), services.clone()),
-                    fd,
+                let connection = serve_connection(
+                    stream,
+                    tls.clone(),
+                    config.clone(),
+                    services.clone(),
+                    push_off.current(),
                 );
+                tasks.spawn(connection, fd);
             }
             // Out of fds or memory: keep the listener and retry after a pause rather than
             // taking every client of this core down or spinning on the error.
             Err(_) => glommio::timer::sleep(ACCEPT_RETRY_DELAY).await,
         }
+    }
+}
+
+/// How a core's connections learn that the member pushed its clients off: one signal per
+/// episode, raised when it starts, so a connection accepted during one sees it raised at once.
+#[derive(Default)]
+struct PushOffNotice {
+    episode: RefCell<StopSignal>,
+}
+
+impl PushOffNotice {
+    fn current(&self) -> StopSignal {
+        self.episode.borrow().clone()
+    }
+}
+
+/// Follows the member's push-off state (`node/core/push_off.rs`) for one core's connections.
+async fn watch_push_off<K: KvService>(services: Rc<Services<K>>, notice: Rc<PushOffNotice>) {
+    let mut pushed = false;
+    loop {
+        glommio::timer::sleep(PUSH_OFF_POLL_INTERVAL).await;
+        let now = services.kv().pushed_off();
+        match (pushed, now) {
+            (false, true) => notice.episode.borrow().raise(),
+            (true, false) => *notice.episode.borrow_mut() = StopSignal::default(),
+            _ => {}
+        }
+        pushed = now;
     }
 }
 
@@ -340,17 +382,18 @@ async fn serve_connection<K: KvService>(
     tls: Option<TlsAcceptor>,
     config: Rc<ServerConfig>,
     services: Rc<Services<K>>,
+    goaway: StopSignal,
 ) {
     // Small unary replies must leave at once, not wait for Nagle's timer.
     let _ = stream.set_nodelay(true);
     let Some(tls) = tls else {
-        return serve_protocol(stream, None, &config, services).await;
+        return serve_protocol(stream, None, &config, services, goaway).await;
     };
     let peer = stream.peer_addr();
     match tls.accept(stream).await {
         Ok(stream) => {
             let common_name = tls::client_common_name(&stream);
-            serve_protocol(stream, common_name, &config, services).await;
+            serve_protocol(stream, common_name, &config, services, goaway).await;
         }
         // As etcd logs a refused handshake; the server goes on serving everyone else.
         Err(error) => match peer {
@@ -361,12 +404,14 @@ async fn serve_connection<K: KvService>(
 }
 
 /// Tells HTTP/2 from HTTP/1.1 by the first bytes (after TLS, when the port has it) and serves
-/// the connection. `client_cert_common_name` is what the TLS handshake verified.
+/// the connection. `client_cert_common_name` is what the TLS handshake verified; `goaway` is
+/// raised when the member pushes its clients off.
 async fn serve_protocol<K: KvService, S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     client_cert_common_name: Option<String>,
     config: &ServerConfig,
     services: Rc<Services<K>>,
+    goaway: StopSignal,
 ) {
     let mut sniffed = Vec::with_capacity(H2_PREFACE_START.len());
     while sniffed.len() < H2_PREFACE_START.len() && H2_PREFACE_START.starts_with(&sniffed) {
@@ -383,6 +428,7 @@ async fn serve_protocol<K: KvService, S: AsyncRead + AsyncWrite + Unpin>(
             client_cert_common_name,
             config,
             services,
+            goaway,
         )
         .await;
     } else {
@@ -400,6 +446,7 @@ async fn serve_h2<K: KvService, S: AsyncRead + AsyncWrite + Unpin>(
     client_cert_common_name: Option<String>,
     config: &ServerConfig,
     services: Rc<Services<K>>,
+    goaway: StopSignal,
 ) {
     let handshake = h2::server::Builder::new()
         .initial_window_size(config.stream_window_bytes)
@@ -414,10 +461,35 @@ async fn serve_h2<K: KvService, S: AsyncRead + AsyncWrite + Unpin>(
     };
     let message_bytes_max = config.recv_message_bytes_max();
     // Polling accept also drives the connection: PINGs, SETTINGS, window updates and every
-    // stream's frames all move only while this loop runs.
-    while let Some(next) = connection.accept().await {
-        let Ok((request, respond)) = next else {
-            return;
+    // stream's frames all move only while this loop runs. Once told to go away it still runs
+    // (streams that crossed the GOAWAY are answered) until the streams end or the drain does.
+    let mut drain_until: Option<std::time::Instant> = None;
+    loop {
+        let accepted = connection.accept();
+        let next = match drain_until {
+            None => {
+                let goaway = async {
+                    goaway.wait().await;
+                    None
+                };
+                futures_lite::future::or(async { Some(accepted.await) }, goaway).await
+            }
+            Some(until) => {
+                let drained = async {
+                    glommio::timer::sleep(until.saturating_duration_since(std::time::Instant::now())).await;
+                    Some(None)
+                };
+                futures_lite::future::or(async { Some(accepted.await) }, drained).await
+            }
+        };
+        let (request, respond) = match next {
+            Some(Some(Ok(stream))) => stream,
+            Some(_) => return,
+            None => {
+                connection.graceful_shutdown();
+                drain_until = Some(std::time::Instant::now() + GOAWAY_DRAIN_MAX);
+                continue;
+            }
         };
         let services = services.clone();
         let common_name = client_cert_common_name.clone();
@@ -449,10 +521,10 @@ async fn serve_stream<K: KvService>(
         };
         return crate::gateway::serve_h2(gateway, head, body, respond).await;
     }
-    if let Some(reply) = (!is_grpc)
-        .then(|| crate::http1::h2_reply(head.method.as_str(), head.uri.path()))
-        .flatten()
-    {
+    if !is_grpc && crate::http1::is_endpoint(head.uri.path()) {
+        let (method, path) = (head.method.as_str(), head.uri.path());
+        let query = head.uri.query().unwrap_or("");
+        let reply = crate::http1::h2_reply(method, path, query, services).await;
         send_endpoint_reply(respond, head.method == http::Method::HEAD, reply);
         return;
     }

@@ -35,6 +35,17 @@ const LEARNER_METHODS: [&str; 5] = [
     "/etcdserverpb.Cluster/MemberPromote",
 ];
 
+/// What a pushed-off member still answers (see `node/core/push_off.rs`): what operators and
+/// the health of the member itself need, all answered locally.
+const PUSHED_OFF_METHODS: [&str; 6] = [
+    "/etcdserverpb.Maintenance/Status",
+    "/etcdserverpb.Maintenance/HashKV",
+    "/etcdserverpb.Maintenance/Hash",
+    "/etcdserverpb.Maintenance/Snapshot",
+    "/etcdserverpb.Maintenance/Defragment",
+    "/etcdserverpb.Cluster/MemberList",
+];
+
 /// Bytes of file per Snapshot response message (etcd sends 32 KiB).
 const SNAPSHOT_CHUNK_BYTES: usize = 32 * 1024;
 
@@ -73,6 +84,8 @@ pub(crate) struct Services<K> {
     watch_progress_notify_interval: std::time::Duration,
     /// `--election-timeout`: how often a `hasleader` Watch stream looks for its leader.
     election_timeout: std::time::Duration,
+    /// etcd's request timeout, which bounds the health checks.
+    request_timeout: std::time::Duration,
 }
 
 impl<K: KvService> Services<K> {
@@ -89,6 +102,7 @@ impl<K: KvService> Services<K> {
                 config.watch_progress_notify_interval_ms,
             ),
             election_timeout: std::time::Duration::from_millis(config.election_timeout_ms),
+            request_timeout: crate::config::request_timeout(config.election_timeout_ms),
             member: Member {
                 id: config.member_id,
                 name: config.name.clone(),
@@ -97,6 +111,14 @@ impl<K: KvService> Services<K> {
                 is_learner: false,
             },
         }
+    }
+
+    pub(crate) fn kv(&self) -> &K {
+        &self.kv
+    }
+
+    pub(crate) fn request_timeout(&self) -> std::time::Duration {
+        self.request_timeout
     }
 
     pub(crate) async fn call(&self, path: &str, call: ServerCall) {
@@ -110,7 +132,8 @@ impl<K: KvService> Services<K> {
         if let Some(method) = method {
             grpc_metrics.started(method);
         }
-        let refusal = if call.require_leader && !self.kv.has_leader() {
+        let pushed_off = self.kv.pushed_off() && !PUSHED_OFF_METHODS.contains(&path);
+        let refusal = if pushed_off || (call.require_leader && !self.kv.has_leader()) {
             Some(Status::no_leader())
         } else if self.kv.is_learner() && !LEARNER_METHODS.contains(&path) {
             Some(Status::new(

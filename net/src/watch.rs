@@ -11,7 +11,7 @@
 //!
 //! A stream opened with `hasleader` metadata also watches this member's leader, as etcd's
 //! `monitorLeader` does: it ends with "etcdserver: no leader" once the member has known no
-//! leader at [`NO_LEADER_CHECKS_MAX`] checks in a row, one check per election timeout, polled
+//! leader at `NO_LEADER_CHECKS_MAX` checks in a row, one check per election timeout, polled
 //! from the stream's own task (the raft core does no work for it).
 
 use std::collections::HashMap;
@@ -29,6 +29,7 @@ use prost::Message;
 
 use crate::grpc::{decode, MessageReader, ResponseSink, PREFIX_BYTES, SEND_MESSAGE_BYTES_MAX};
 use crate::kv::KvService;
+use crate::leader_check::{LeaderCheck, NO_LEADER_CHECKS_MAX};
 use crate::status::{Code, Status};
 
 /// The watchers of one store, shared by every core's Watch streams and the store's writer.
@@ -48,11 +49,6 @@ pub const WATCH_STREAM_QUEUE_MAX: usize = 128;
 /// How often a stream asks its executor to catch unsynced watchers up (etcd's sync loop
 /// period); an executor whose writer syncs on its own ignores the call.
 const SYNC_INTERVAL: Duration = Duration::from_millis(100);
-
-/// Checks in a row, one per election timeout, that must find no leader before a `hasleader`
-/// stream is ended (etcd's `maxNoLeaderCnt`): reopening a stream costs a client more than
-/// being refused a new one, so a short election is waited out.
-const NO_LEADER_CHECKS_MAX: u32 = 3;
 
 /// etcd's answers to a create it refuses (`mvcc.ErrEmptyWatcherRange`,
 /// `mvcc.ErrWatcherDuplicateID`).
@@ -111,38 +107,10 @@ struct WatchStream<'a, K> {
     tx: flume::Sender<WatchBatch>,
 }
 
-/// A `hasleader` stream's count of checks that found no leader.
-struct LeaderCheck {
-    interval: Duration,
-    next_check: Instant,
-    leaderless_checks: u32,
-}
-
-impl LeaderCheck {
-    fn new(interval: Duration, now: Instant) -> Self {
-        LeaderCheck {
-            interval,
-            next_check: now + interval,
-            leaderless_checks: 0,
-        }
-    }
-
-    /// Records one check made at `now`; true when the stream must end for want of a leader.
-    fn lost(&mut self, now: Instant, has_leader: bool) -> bool {
-        self.next_check = now + self.interval;
-        self.leaderless_checks = if has_leader {
-            0
-        } else {
-            self.leaderless_checks + 1
-        };
-        self.leaderless_checks >= NO_LEADER_CHECKS_MAX
-    }
-}
-
 /// Resolves once `kv` has known no leader for `NO_LEADER_CHECKS_MAX` checks in a row, one
 /// check per `interval`: when etcd cancels a stream opened with `hasleader`.
 pub(crate) async fn leader_lost<K: KvService>(kv: &K, interval: Duration) {
-    let mut check = LeaderCheck::new(interval, Instant::now());
+    let mut check = LeaderCheck::new(interval, NO_LEADER_CHECKS_MAX, Instant::now());
     loop {
         glommio::timer::sleep(check.next_check.saturating_duration_since(Instant::now())).await;
         if check.lost(Instant::now(), kv.has_leader()) {
@@ -177,7 +145,7 @@ pub(crate) async fn serve<K: KvService>(
     let mut leader_check = stream
         .cx
         .leader_check_interval
-        .map(|interval| LeaderCheck::new(interval, Instant::now()));
+        .map(|interval| LeaderCheck::new(interval, NO_LEADER_CHECKS_MAX, Instant::now()));
     // etcd keeps a stream whose client half-closed its side: events still flow until the
     // client goes away.
     let mut requests_ended = false;
@@ -230,7 +198,7 @@ pub(crate) async fn serve<K: KvService>(
                     stream.on_progress_tick();
                     next_progress = now + progress_interval;
                 }
-                if let Some(check) = leader_check.as_mut().filter(|c| now >= c.next_check) {
+                if let Some(check) = leader_check.as_mut().filter(|c| c.due(now)) {
                     if check.lost(now, stream.cx.kv.has_leader()) {
                         break Some(Status::no_leader());
                     }
@@ -520,37 +488,6 @@ mod tests {
         let decoded = decode_frame(&frame_with_events(&head, &[&encoded, &encoded]));
         assert_eq!(decoded.watch_id, 3);
         assert_eq!(decoded.events, vec![event.clone(), event]);
-    }
-
-    #[test]
-    fn a_hasleader_stream_ends_only_after_three_checks_in_a_row_find_no_leader() {
-        // (has_leader at each check, the check that ends the stream)
-        let cases: [(&[bool], Option<usize>); 5] = [
-            (&[true, true, true, true], None),
-            (&[false, false, false], Some(2)),
-            (&[false, false, true, false, false], None),
-            (&[false, true, false, false, false, false], Some(4)),
-            (&[true, false, false, false], Some(3)),
-        ];
-        let interval = Duration::from_millis(100);
-        for (leaders, ends_at) in cases {
-            let start = Instant::now();
-            let mut check = LeaderCheck::new(interval, start);
-            let mut ended = None;
-            for (i, &has_leader) in leaders.iter().enumerate() {
-                let now = check.next_check;
-                if check.lost(now, has_leader) {
-                    ended = Some(i);
-                    break;
-                }
-                assert_eq!(
-                    check.next_check,
-                    now + interval,
-                    "checks are an interval apart"
-                );
-            }
-            assert_eq!(ended, ends_at, "leaders {leaders:?}");
-        }
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 mod cluster;
 mod lease;
+mod push_off;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
@@ -38,7 +39,7 @@ use super::{
 use crate::kv::StoreStatus;
 use crate::metrics::metrics;
 use crate::peer::{PeerInbound, PeerTransport};
-use crate::status::{Code, Status};
+use crate::status::Status;
 
 /// Commands taken in one turn; the rest wait for the next, so one turn's latency stays bounded.
 const COMMANDS_PER_TURN_MAX: usize = 4096;
@@ -76,6 +77,8 @@ struct Waiter {
 struct PendingRead {
     req: RangeRequest,
     reply: Reply<RangeResponse>,
+    /// etcd's request timeout: a read with no leader to ask waits until then.
+    deadline: Instant,
 }
 
 struct Core {
@@ -122,6 +125,7 @@ struct Core {
     /// it in a crash is harmless: recovery takes commit = max(WAL commit, applied index), and
     /// the durable entries past it are committed again by the next leader.
     hard_state_unwritten: Option<basalt_raft::HardState>,
+    push_off: push_off::PushOff,
 }
 
 /// Recovers, reports start-up to `started`, then serves until stopped.
@@ -322,9 +326,10 @@ impl Core {
             raw.campaign();
         }
         let compactor = Compactor::new(config.auto_compaction, Instant::now());
-        let request_timeout =
-            Duration::from_secs(5) + 2 * Duration::from_millis(config.election_timeout_ms);
+        let request_timeout = crate::config::request_timeout(config.election_timeout_ms);
+        let push_off = push_off::PushOff::new(&config, Instant::now());
         Ok(Core {
+            push_off,
             request_timeout,
             role: Role::Follower,
             transport: None,
@@ -406,6 +411,7 @@ impl Core {
                 self.raw.tick();
                 next_tick = Instant::now() + tick;
                 self.expire_waiters();
+                self.check_serving();
                 self.settle_transfers();
                 self.publish_attributes();
             }
@@ -465,7 +471,11 @@ impl Core {
                 req,
                 linearizable: true,
                 reply,
-            } => self.reads_unindexed.push(PendingRead { req, reply }),
+            } => self.reads_unindexed.push(PendingRead {
+                req,
+                reply,
+                deadline: Instant::now() + self.request_timeout,
+            }),
             Command::Read { req, reply, .. } => {
                 let _ = reply.send(self.applier.range(&req).map_err(Status::from));
             }
@@ -572,14 +582,9 @@ impl Core {
             Ok(()) => {
                 self.reads_asked.insert(ctx, reads);
             }
-            Err(error) => {
-                for read in reads {
-                    let _ = read.reply.send(Err(Status::new(
-                        Code::Unavailable,
-                        format!("etcdserver: no leader ({error})"),
-                    )));
-                }
-            }
+            // No leader to ask (a member restarted without a quorum, or cut off): as etcd's,
+            // the reads wait for one until their deadline (`push_off.rs` expires them).
+            Err(_) => self.reads_unindexed = reads,
         }
     }
 

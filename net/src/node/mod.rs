@@ -86,6 +86,9 @@ pub struct NodeConfig {
     /// `--experimental-corrupt-check-time` (None: off): the leader compares HashKV with every
     /// member this often and raises CORRUPT on a mismatch.
     pub corrupt_check_interval: Option<std::time::Duration>,
+    /// `--push-off-election-timeouts` (0: `--push-off=false`): election timeouts without a
+    /// leader after which clients are sent elsewhere (`core/push_off.rs`).
+    pub push_off_election_timeouts: u32,
 }
 
 /// etcd's default `--quota-backend-bytes` (2 GiB).
@@ -114,6 +117,7 @@ impl Default for NodeConfig {
             strict_reconfig_check: true,
             initial_corrupt_check: false,
             corrupt_check_interval: None,
+            push_off_election_timeouts: crate::leader_check::NO_LEADER_CHECKS_MAX,
         }
     }
 }
@@ -203,6 +207,8 @@ struct Published {
     raft_term: AtomicU64,
     /// The leader this member knows of (0: none).
     leader_id: AtomicU64,
+    /// Clients are sent elsewhere: calls are refused and connections told to go away.
+    pushed_off: AtomicBool,
     /// This member is a learner in the applied configuration.
     is_learner: AtomicBool,
     /// This member's name and client URLs are in the applied member list (etcd's
@@ -266,6 +272,7 @@ impl Node {
             next_id: AtomicU64::new(first_proposal_id(config.member_id)),
             raft_term: AtomicU64::new(0),
             leader_id: AtomicU64::new(0),
+            pushed_off: AtomicBool::new(false),
             is_learner: AtomicBool::new(false),
             ready: AtomicBool::new(false),
             cluster: Arc::new(std::sync::Mutex::new(crate::peer::ClusterInfo {
@@ -377,6 +384,9 @@ impl RaftKv {
     }
 
     async fn propose(&self, request: Request) -> Result<Applied, Status> {
+        if self.pushed_off() {
+            return Err(Status::no_leader());
+        }
         let takes_space = match &request {
             Request::Put(_) => true,
             Request::Txn(txn) => txn_has_put(txn),
@@ -494,6 +504,9 @@ impl KvService for RaftKv {
                 .check_range(Some(&who), &req)?;
         }
         let linearizable = !req.serializable;
+        if linearizable && self.pushed_off() {
+            return Err(Status::no_leader());
+        }
         self.ask(|reply| Command::Read {
             req,
             linearizable,
@@ -587,6 +600,10 @@ impl KvService for RaftKv {
 
     fn is_ready(&self) -> bool {
         self.published.ready.load(Ordering::Relaxed)
+    }
+
+    fn pushed_off(&self) -> bool {
+        self.published.pushed_off.load(Ordering::Relaxed)
     }
 
     fn is_learner(&self) -> bool {
