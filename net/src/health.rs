@@ -1,6 +1,6 @@
 //! The health endpoints with etcd 3.5's checks: `/health` (alarms, leader, a no-op read),
 //! `/readyz` (alarms, the read) and `/livez` (alarms other than NOSPACE, the read). The read
-//! is linearizable unless `?serializable=true` (which also skips `/health`'s leader check), and
+//! is linearizable unless `?serializable=true` (etcd 3.5.1 still wants a leader then), and
 //! must complete within etcd's request timeout; `?exclude=NOSPACE` (repeatable) ignores that
 //! alarm. An answer is etcd's JSON (`{"health":"true","reason":""}`, 503 with the first
 //! failed check's reason); with `?verbose` it is one line per check, as etcd 3.6 and
@@ -31,7 +31,7 @@ const TEXT: &str = "text/plain; charset=utf-8";
 enum Check {
     /// Any raised alarm not excluded; `/livez` always excludes NOSPACE (a full member is alive).
     Alarms { nospace_excluded: bool },
-    /// `/health` only, and not when serializable.
+    /// `/health` only.
     Leader,
     /// A keys-only, one-key Range.
     Read,
@@ -72,16 +72,27 @@ impl<'a> Query<'a> {
     }
 }
 
-fn checks(path: &str, serializable: bool) -> Vec<Check> {
+fn checks(path: &str) -> Vec<Check> {
     match path {
-        "/health" if serializable => vec![Check::Alarms { nospace_excluded: false }, Check::Read],
         "/health" => vec![
-            Check::Alarms { nospace_excluded: false },
+            Check::Alarms {
+                nospace_excluded: false,
+            },
             Check::Leader,
             Check::Read,
         ],
-        "/livez" => vec![Check::Alarms { nospace_excluded: true }, Check::Read],
-        _ => vec![Check::Alarms { nospace_excluded: false }, Check::Read],
+        "/livez" => vec![
+            Check::Alarms {
+                nospace_excluded: true,
+            },
+            Check::Read,
+        ],
+        _ => vec![
+            Check::Alarms {
+                nospace_excluded: false,
+            },
+            Check::Read,
+        ],
     }
 }
 
@@ -95,7 +106,7 @@ pub(crate) async fn answer<K: KvService>(
 ) -> Answer {
     let query = Query::parse(query);
     let mut results = Vec::new();
-    for check in checks(path, query.serializable) {
+    for check in checks(path) {
         let result = run(kv, check, &query, request_timeout).await;
         let failed = result.is_err();
         results.push((check.name(query.serializable), result));
@@ -120,7 +131,10 @@ pub(crate) async fn answer<K: KvService>(
         Some(reason) => (
             status,
             TEXT,
-            format!(r#"{{"health":"false","reason":"{}"}}"#, json_escape(&reason)) + "\n",
+            format!(
+                r#"{{"health":"false","reason":"{}"}}"#,
+                json_escape(&reason)
+            ) + "\n",
         ),
     }
 }
@@ -233,14 +247,10 @@ mod tests {
         let alarms = Check::Alarms {
             nospace_excluded: false,
         };
+        assert_eq!(checks("/health"), [alarms, Check::Leader, Check::Read]);
+        assert_eq!(checks("/readyz"), [alarms, Check::Read]);
         assert_eq!(
-            checks("/health", false),
-            [alarms, Check::Leader, Check::Read]
-        );
-        assert_eq!(checks("/health", true), [alarms, Check::Read]);
-        assert_eq!(checks("/readyz", false), [alarms, Check::Read]);
-        assert_eq!(
-            checks("/livez", false),
+            checks("/livez"),
             [
                 Check::Alarms {
                     nospace_excluded: true

@@ -476,7 +476,10 @@ async fn serve_h2<K: KvService, S: AsyncRead + AsyncWrite + Unpin>(
             }
             Some(until) => {
                 let drained = async {
-                    glommio::timer::sleep(until.saturating_duration_since(std::time::Instant::now())).await;
+                    glommio::timer::sleep(
+                        until.saturating_duration_since(std::time::Instant::now()),
+                    )
+                    .await;
                     Some(None)
                 };
                 futures_lite::future::or(async { Some(accepted.await) }, drained).await

@@ -104,14 +104,16 @@ impl Core {
                 eprintln!(
                     "basalt: pushing clients off (no leader: {}, requests stalled: {}): \
                      answering them at once and asking them to reconnect elsewhere",
-                    !has_leader,
-                    waiting
+                    !has_leader, waiting
                 );
                 self.push_off.pushed_since = Some(now);
                 self.answer_everyone_waiting();
             }
             (true, false) => {
-                eprintln!("basalt: serving clients again (leader {:x})", self.leader_id);
+                eprintln!(
+                    "basalt: serving clients again (leader {:x})",
+                    self.leader_id
+                );
                 self.push_off.pushed_since = None;
             }
             _ => {}
@@ -205,7 +207,11 @@ mod tests {
         let tick = |n: u32| start + n * Duration::from_millis(100);
         let mut stalled = push_off(3);
         let pushed = (1..=30u32).find(|&n| stalled.observe(tick(n), true, true, 9));
-        assert_eq!(pushed, Some(21), "20 ticks of stall are two election timeouts");
+        assert_eq!(
+            pushed,
+            Some(21),
+            "20 ticks of stall are two election timeouts"
+        );
 
         let mut busy = push_off(3);
         assert!((1..=100u32).all(|n| !busy.observe(tick(n), true, true, 9 + u64::from(n))));
@@ -215,6 +221,11 @@ mod tests {
     fn off_means_never_pushed() {
         let mut p = push_off(0);
         let start = Instant::now();
-        assert!((1..=100u32).all(|n| !p.observe(start + n * Duration::from_secs(1), false, true, 1)));
+        assert!((1..=100u32).all(|n| !p.observe(
+            start + n * Duration::from_secs(1),
+            false,
+            true,
+            1
+        )));
     }
 }
