@@ -41,9 +41,6 @@ const H2_FRAME_BYTES_MAX: u32 = 256 * 1024;
 const H2_SEND_BUFFER_BYTES_MAX: usize = 1 << 20;
 /// How often each core looks whether the member pushed its clients off (an atomic load).
 const PUSH_OFF_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
-/// How long a connection told to go away may keep its open streams (a Watch never ends by
-/// itself) before it is closed: long enough for calls the member just answered to leave.
-const GOAWAY_DRAIN_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A running server.
 pub struct ServerHandle {
@@ -462,27 +459,19 @@ async fn serve_h2<K: KvService, S: AsyncRead + AsyncWrite + Unpin>(
     let message_bytes_max = config.recv_message_bytes_max();
     // Polling accept also drives the connection: PINGs, SETTINGS, window updates and every
     // stream's frames all move only while this loop runs. Once told to go away it still runs
-    // (streams that crossed the GOAWAY are answered) until the streams end or the drain does.
-    let mut drain_until: Option<std::time::Instant> = None;
+    // until the open streams end: streams that crossed the GOAWAY are answered (refused), and
+    // a Watch opened without `hasleader` stays, as on etcd (one with it ends by itself).
+    let mut told_to_go = false;
     loop {
-        let accepted = connection.accept();
-        let next = match drain_until {
-            None => {
+        let accepted = async { Some(connection.accept().await) };
+        let next = match told_to_go {
+            true => accepted.await,
+            false => {
                 let goaway = async {
                     goaway.wait().await;
                     None
                 };
-                futures_lite::future::or(async { Some(accepted.await) }, goaway).await
-            }
-            Some(until) => {
-                let drained = async {
-                    glommio::timer::sleep(
-                        until.saturating_duration_since(std::time::Instant::now()),
-                    )
-                    .await;
-                    Some(None)
-                };
-                futures_lite::future::or(async { Some(accepted.await) }, drained).await
+                futures_lite::future::or(accepted, goaway).await
             }
         };
         let (request, respond) = match next {
@@ -490,7 +479,7 @@ async fn serve_h2<K: KvService, S: AsyncRead + AsyncWrite + Unpin>(
             Some(_) => return,
             None => {
                 connection.graceful_shutdown();
-                drain_until = Some(std::time::Instant::now() + GOAWAY_DRAIN_MAX);
+                told_to_go = true;
                 continue;
             }
         };
