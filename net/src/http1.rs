@@ -392,8 +392,8 @@ async fn route<K: KvService>(request: &Request<'_>, services: &Services<K>) -> R
 }
 
 /// The answer (status, content type, body) to an endpoint request that came over HTTP/2: a TLS
-/// port offers h2 by ALPN, so curl and Prometheus ask there, and etcd answers them. `None` for
-/// any other path, which stays gRPC's.
+/// port offers h2 by ALPN, so curl and Prometheus ask there, and etcd answers them. Only for
+/// [`is_endpoint`] paths; any other stays gRPC's.
 pub(crate) async fn h2_reply<K: KvService>(
     method: &str,
     path: &str,
