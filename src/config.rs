@@ -45,12 +45,8 @@ pub enum SnapshotCommand {
     Restore {
         /// The snapshot file.
         file: PathBuf,
-        /// The data directory to create (default: "${name}.basalt").
-        #[arg(long = "data-dir")]
-        data_dir: Option<PathBuf>,
-        /// Member name, for the default data directory.
-        #[arg(long, default_value = "default")]
-        name: String,
+        #[command(flatten)]
+        flags: RestoreFlags,
     },
     /// Check a snapshot file and print its hash, revision, key count and size.
     Status {
@@ -60,6 +56,34 @@ pub enum SnapshotCommand {
         #[arg(long = "write-out", short = 'w', default_value = "simple", value_parser = ["simple", "table", "json"])]
         write_out: String,
     },
+}
+
+/// `snapshot restore`: etcdutl's flags. The cluster flags are checked here and must be given
+/// again when the member starts (it takes its members from them, as etcd's restore writes them).
+#[derive(Debug, Args)]
+pub struct RestoreFlags {
+    /// The data directory to create (default: "${name}.basalt").
+    #[arg(long = "data-dir")]
+    pub data_dir: Option<PathBuf>,
+    /// This member's name.
+    #[arg(long, default_value = "default")]
+    pub name: String,
+    /// The new cluster's members: name=peer-url,...
+    #[arg(long = "initial-cluster")]
+    pub initial_cluster: Option<String>,
+    /// The new cluster's token.
+    #[arg(long = "initial-cluster-token", default_value = "etcd-cluster")]
+    pub initial_cluster_token: String,
+    /// This member's peer URLs.
+    #[arg(
+        long = "initial-advertise-peer-urls",
+        value_delimiter = ',',
+        default_value = "http://localhost:2380"
+    )]
+    pub initial_advertise_peer_urls: Vec<String>,
+    /// Read an etcd file whose sha256 trailer is missing (e.g. a member's member/snap/db).
+    #[arg(long = "skip-hash-check", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true")]
+    pub skip_hash_check: bool,
 }
 
 #[derive(Debug, Args)]
@@ -334,6 +358,10 @@ pub struct ServerFlags {
     /// Interval between corruption checks across members (0 disables).
     #[arg(long = "experimental-corrupt-check-time", env = "ETCD_EXPERIMENTAL_CORRUPT_CHECK_TIME", default_value = "0s", value_parser = parse_go_duration)]
     pub corrupt_check_time: Duration,
+    /// The layout of the files the Snapshot RPC streams: "etcd" (bbolt, what etcdutl and etcd
+    /// read) or "basalt" (a copy of Basalt's own tree: faster, read only by Basalt).
+    #[arg(long = "snapshot-format", env = "BASALT_SNAPSHOT_FORMAT", default_value = "etcd", value_parser = ["etcd", "basalt"])]
+    pub snapshot_format: String,
 
     // ---- Basalt's own ----
     /// Number of cores (glommio executors) serving clients; 0 means every core.
@@ -363,11 +391,21 @@ impl ServerFlags {
 /// times collects its URLs, as etcd reads it. Without the flag the cluster is this member
 /// alone at its advertised peer URLs.
 pub fn initial_cluster(flags: &ServerFlags) -> Result<Vec<(String, Vec<String>)>, String> {
-    let Some(text) = flags.initial_cluster.as_deref().filter(|t| !t.is_empty()) else {
-        return Ok(vec![(
-            flags.name.clone(),
-            flags.initial_advertise_peer_urls.clone(),
-        )]);
+    parse_initial_cluster(
+        flags.initial_cluster.as_deref(),
+        &flags.name,
+        &flags.initial_advertise_peer_urls,
+    )
+}
+
+/// [`initial_cluster`] from the flags' values (shared with `snapshot restore`).
+pub fn parse_initial_cluster(
+    initial_cluster: Option<&str>,
+    name: &str,
+    advertise_peer_urls: &[String],
+) -> Result<Vec<(String, Vec<String>)>, String> {
+    let Some(text) = initial_cluster.filter(|t| !t.is_empty()) else {
+        return Ok(vec![(name.to_owned(), advertise_peer_urls.to_vec())]);
     };
     let mut members: Vec<(String, Vec<String>)> = Vec::new();
     for pair in text.split(',') {
@@ -381,22 +419,20 @@ pub fn initial_cluster(flags: &ServerFlags) -> Result<Vec<(String, Vec<String>)>
             None => members.push((name.to_string(), vec![url.to_string()])),
         }
     }
-    let Some((_, own_urls)) = members.iter().find(|(name, _)| *name == flags.name) else {
+    let Some((_, own_urls)) = members.iter().find(|(known, _)| known == name) else {
         return Err(format!(
-            "couldn't find local name {:?} in the initial cluster configuration",
-            flags.name
+            "couldn't find local name {name:?} in the initial cluster configuration"
         ));
     };
     let mut own_sorted = own_urls.clone();
     own_sorted.sort();
-    let mut advertised = flags.initial_advertise_peer_urls.clone();
+    let mut advertised = advertise_peer_urls.to_vec();
     advertised.sort();
     if own_sorted != advertised {
         return Err(format!(
-            "--initial-cluster has {}={} but missing from --initial-advertise-peer-urls={}",
-            flags.name,
+            "--initial-cluster has {name}={} but missing from --initial-advertise-peer-urls={}",
             own_urls.join(","),
-            flags.initial_advertise_peer_urls.join(",")
+            advertise_peer_urls.join(",")
         ));
     }
     Ok(members)

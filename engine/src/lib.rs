@@ -3,7 +3,9 @@
 //! - [`mvcc`]: etcd's multi-version key space (revisions, key index, Range/Put/DeleteRange/Txn/Compact).
 //! - [`wal`]: the segmented write-ahead log, the durability point of every write.
 //! - [`apply`]: committed log entries applied to MVCC on the B+tree, with the applied index.
+//! - [`bbolt`]: etcd's bbolt file format: reading etcd's snapshots and data dirs, writing snapshots etcd reads.
 //! - [`btree`]: the copy-on-write B+tree file that holds MVCC revisions.
+//! - [`interchange`]: etcd's buckets to Basalt's and back (snapshots, migration).
 //! - [`lease`]: the lessor: leases, their keys, and the leader's expiry clock.
 //! - [`auth`]: users, roles, permissions and the checks requests pass when auth is on.
 //! - [`watch`]: the watchers of a store and the delivery of each write's events to them.
@@ -12,7 +14,9 @@
 
 pub mod apply;
 pub mod auth;
+pub mod bbolt;
 pub mod btree;
+pub mod interchange;
 pub mod lease;
 pub mod mvcc;
 pub mod wal;

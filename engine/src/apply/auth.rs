@@ -23,10 +23,10 @@ use crate::auth::{
 };
 use crate::mvcc::BtreeBackend;
 
-const AUTH_BUCKET: &str = "auth";
-const AUTH_USERS_BUCKET: &str = "authUsers";
-const AUTH_ROLES_BUCKET: &str = "authRoles";
-const AUTH_STATE_KEY: &[u8] = b"state";
+pub(crate) const AUTH_BUCKET: &str = "auth";
+pub(crate) const AUTH_USERS_BUCKET: &str = "authUsers";
+pub(crate) const AUTH_ROLES_BUCKET: &str = "authRoles";
+pub(crate) const AUTH_STATE_KEY: &[u8] = b"state";
 
 /// What an auth entry produced, with what the server needs besides the response.
 #[derive(Debug, Clone, PartialEq)]

@@ -26,14 +26,14 @@ use super::{storage, Applied, Applier, ApplyError};
 use crate::lease::{LeaseError, Lessor};
 use crate::mvcc::{BtreeBackend, KvStore};
 
-pub(super) const LEASE_BUCKET: &str = "lease";
+pub(crate) const LEASE_BUCKET: &str = "lease";
 const LEASE_RECORD_VERSION: u8 = 1;
 const LEASE_RECORD_BYTES: usize = 21;
 
 /// etcd's minimum lease TTL for its default timing: ceil(3/2 x the 1000 ms election timeout).
 pub const MIN_LEASE_TTL_S: i64 = 2;
 
-fn encode_record(ttl_s: i64, remaining_ttl_s: i64) -> [u8; LEASE_RECORD_BYTES] {
+pub(crate) fn encode_record(ttl_s: i64, remaining_ttl_s: i64) -> [u8; LEASE_RECORD_BYTES] {
     let mut record = [0u8; LEASE_RECORD_BYTES];
     record[0] = LEASE_RECORD_VERSION;
     record[1..9].copy_from_slice(&ttl_s.to_be_bytes());
@@ -43,7 +43,7 @@ fn encode_record(ttl_s: i64, remaining_ttl_s: i64) -> [u8; LEASE_RECORD_BYTES] {
     record
 }
 
-fn decode_record(key: &[u8], value: &[u8]) -> Result<(i64, i64, i64), String> {
+pub(crate) fn decode_record(key: &[u8], value: &[u8]) -> Result<(i64, i64, i64), String> {
     let id = i64::from_be_bytes(key.try_into().map_err(|_| format!("key {key:?}"))?);
     if value.len() != LEASE_RECORD_BYTES {
         return Err(format!("lease {id:x}: {} bytes", value.len()));

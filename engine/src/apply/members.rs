@@ -21,8 +21,8 @@ use prost::Message;
 use super::{storage, undecodable, Applied, Applier, ApplyError, Outcome};
 use crate::mvcc::BtreeBackend;
 
-const MEMBERS_BUCKET: &str = "members";
-const MEMBERS_REMOVED_BUCKET: &str = "members_removed";
+pub(crate) const MEMBERS_BUCKET: &str = "members";
+pub(crate) const MEMBERS_REMOVED_BUCKET: &str = "members_removed";
 
 /// The applied member list and the ids that were removed.
 #[derive(Debug, Default)]

@@ -12,10 +12,10 @@
 //! ([`Applier::commit`]), and [`Applier::checkpoint`] makes both durable together; after a crash
 //! the WAL is replayed from [`Applier::applied_index`] onwards.
 
-mod auth;
+pub(crate) mod auth;
 mod hash;
-mod lease;
-mod members;
+pub(crate) mod lease;
+pub(crate) mod members;
 
 pub use auth::AuthApplied;
 pub use hash::{hash_kv, KvHash};
@@ -113,10 +113,10 @@ pub struct Applier {
 /// ```text
 /// | member id u64 BE | alarm type i32 BE |
 /// ```
-const ALARM_BUCKET: &str = "alarm";
-const ALARM_KEY_BYTES: usize = 12;
+pub(crate) const ALARM_BUCKET: &str = "alarm";
+pub(crate) const ALARM_KEY_BYTES: usize = 12;
 
-fn alarm_key(member_id: u64, alarm: i32) -> [u8; ALARM_KEY_BYTES] {
+pub(crate) fn alarm_key(member_id: u64, alarm: i32) -> [u8; ALARM_KEY_BYTES] {
     let mut key = [0u8; ALARM_KEY_BYTES];
     key[..8].copy_from_slice(&member_id.to_be_bytes());
     key[8..].copy_from_slice(&alarm.to_be_bytes());

@@ -101,6 +101,11 @@ pub enum Error {
     Poisoned,
 }
 
+/// Whether `first_bytes` (the start of a file) begin with this format's meta page.
+pub fn looks_like_btree(first_bytes: &[u8]) -> bool {
+    meta::Meta::peek_page_size(first_bytes).is_some()
+}
+
 impl Error {
     pub(crate) fn corrupt(
         page: u64,

@@ -89,6 +89,8 @@ pub struct NodeConfig {
     /// `--push-off-election-timeouts` (0: `--push-off=false`): election timeouts without a
     /// leader after which clients are sent elsewhere (`core/push_off.rs`).
     pub push_off_election_timeouts: u32,
+    /// The layout of the files the Snapshot RPC streams (etcd's by default).
+    pub snapshot_format: snapshot::SnapshotFormat,
 }
 
 /// etcd's default `--quota-backend-bytes` (2 GiB).
@@ -118,6 +120,7 @@ impl Default for NodeConfig {
             initial_corrupt_check: false,
             corrupt_check_interval: None,
             push_off_election_timeouts: crate::leader_check::NO_LEADER_CHECKS_MAX,
+            snapshot_format: snapshot::SnapshotFormat::Etcd,
         }
     }
 }
@@ -219,6 +222,8 @@ struct Published {
     stopped: AtomicBool,
     /// Where snapshot copies are made (beside the tree file, on the same disk).
     snap_dir: PathBuf,
+    /// The layout of the files the Snapshot RPC streams.
+    snapshot_format: snapshot::SnapshotFormat,
     /// The watchers of the applied store: the raft core notifies and syncs them, client
     /// cores' Watch streams add and cancel.
     watches: crate::watch::SharedWatchHub,
@@ -284,6 +289,7 @@ impl Node {
                 .parent()
                 .expect("the db lives in member/snap")
                 .to_path_buf(),
+            snapshot_format: config.snapshot_format,
             // Replaced by the raft core once the store is open, before serving starts.
             watches: Arc::new(std::sync::Mutex::new(
                 basalt_engine::watch::WatchHub::at_revision(0),
@@ -700,9 +706,10 @@ impl KvService for RaftKv {
             .join(format!("db.snapshot-{id:x}.tmp"));
         let (done, result) = flume::bounded(1);
         let copy_path = path.clone();
+        let format = self.published.snapshot_format;
         // The copy reads a fixed root; it runs off every executor so nothing waits for it.
         std::thread::spawn(move || {
-            let made = snapshot::copy_tree(&read, &copy_path)
+            let made = snapshot::write_tree(&read, &copy_path, format)
                 .and_then(|()| snapshot::sha256_of(&copy_path));
             let _ = done.send(made);
         });

@@ -1,19 +1,24 @@
 //! Snapshot files, as etcd's Maintenance.Snapshot streams them and `etcdutl snapshot` reads
-//! them: a consistent copy of the B+tree file, followed by the sha256 of that copy.
+//! them, in two formats told apart by their first bytes:
 //!
 //! ```text
-//! | B+tree file (engine::btree format, carrying the applied index) | sha256 of it: 32 bytes |
+//! etcd (the default):  | bbolt file with etcd's buckets (engine::bbolt, engine::interchange) | sha256: 32 bytes |
+//! Basalt (faster):     | B+tree file (engine::btree format, carrying the applied index)      | sha256: 32 bytes |
 //! ```
 //!
-//! The copy is built from a read snapshot (a fixed root) on a thread of its own, so writes go on
-//! while it is made. `restore` turns a snapshot file into a new data directory; the member that
-//! starts on it begins its log at the snapshot's applied index.
+//! Either copy is built from a read snapshot (a fixed root) on a thread of its own, so writes
+//! go on while it is made. `restore` turns a snapshot file of either format (or a bare etcd
+//! `member/snap/db`, with `--skip-hash-check`) into a new data directory; the member that
+//! starts on it begins its log at the snapshot's applied index (etcd's consistent index).
 
 use std::fs;
 use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use basalt_engine::bbolt::{self, BboltFile};
 use basalt_engine::btree::{self, ReadTxn};
+use basalt_engine::interchange;
 use basalt_engine::mvcc::{read_consistent_index, BtreeBackend, KvStore};
 use sha2::{Digest, Sha256};
 
@@ -21,6 +26,27 @@ use super::datadir;
 
 /// Bytes of the sha256 trailer.
 pub const SHA256_BYTES: usize = 32;
+/// Bytes read to tell a file's format.
+const SNIFF_BYTES: usize = 2 * bbolt::PAGE_SIZE;
+
+/// The layout of the tree inside a snapshot file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SnapshotFormat {
+    /// etcd's bbolt file: `etcdutl` and etcd read it.
+    #[default]
+    Etcd,
+    /// A copy of Basalt's B+tree: no conversion, read only by Basalt.
+    Basalt,
+}
+
+/// Writes the state `read` shows into a new snapshot tree file at `path` (no trailer yet).
+pub fn write_tree(read: &ReadTxn, path: &Path, format: SnapshotFormat) -> Result<(), String> {
+    let _ = fs::remove_file(path);
+    match format {
+        SnapshotFormat::Basalt => copy_tree(read, path),
+        SnapshotFormat::Etcd => interchange::export_etcd(read, path).map_err(|e| e.to_string()),
+    }
+}
 
 /// Writes the state `read` shows into a new, compact, durable tree file at `path`.
 pub fn copy_tree(read: &ReadTxn, path: &Path) -> Result<(), String> {
@@ -44,11 +70,22 @@ pub fn copy_tree(read: &ReadTxn, path: &Path) -> Result<(), String> {
 
 /// The sha256 of a file's bytes.
 pub fn sha256_of(path: &Path) -> Result<[u8; SHA256_BYTES], String> {
-    let mut file = fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let len = fs::metadata(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .len();
+    sha256_of_prefix(path, len)
+}
+
+/// The sha256 of the first `len` bytes of a file, read in pieces.
+fn sha256_of_prefix(path: &Path, len: u64) -> Result<[u8; SHA256_BYTES], String> {
+    let file = fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut reader = file.take(len);
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = file.read(&mut buf).map_err(|e| e.to_string())?;
+        let n = reader
+            .read(&mut buf)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         if n == 0 {
             return Ok(hasher.finalize().into());
         }
@@ -56,7 +93,7 @@ pub fn sha256_of(path: &Path) -> Result<[u8; SHA256_BYTES], String> {
     }
 }
 
-/// Checks a snapshot file's trailer and copies its tree to `to`.
+/// Checks a Basalt snapshot file's trailer and copies its tree to `to`.
 fn verified_tree(snapshot: &Path, to: &Path) -> Result<(), String> {
     let bytes = fs::read(snapshot).map_err(|e| format!("{}: {e}", snapshot.display()))?;
     if bytes.len() <= SHA256_BYTES {
@@ -79,6 +116,77 @@ fn verified_tree(snapshot: &Path, to: &Path) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
+/// A snapshot file's format, told by its first bytes, and its length.
+fn format_of(snapshot: &Path) -> Result<(SnapshotFormat, u64), String> {
+    let at = |e: std::io::Error| format!("{}: {e}", snapshot.display());
+    let file = fs::File::open(snapshot).map_err(at)?;
+    let len = file.metadata().map_err(at)?.len();
+    let mut first = vec![0u8; SNIFF_BYTES.min(len as usize)];
+    file.read_exact_at(&mut first, 0).map_err(at)?;
+    let meta_1 = first.get(bbolt::PAGE_SIZE..).unwrap_or_default();
+    if bbolt::looks_like_bbolt(&first) || bbolt::looks_like_bbolt(meta_1) {
+        return Ok((SnapshotFormat::Etcd, len));
+    }
+    if btree::looks_like_btree(&first) {
+        return Ok((SnapshotFormat::Basalt, len));
+    }
+    let mentions = |needle: &[u8]| first.windows(needle.len()).any(|w| w == needle);
+    if first.first() == Some(&b'{') || mentions(b"\"Root\"") {
+        return Err(format!(
+            "{}: an etcd v2 store (the v2 JSON store of a member/snap/*.snap file), which Basalt \
+             does not read: expected an etcd v3 snapshot (bbolt), e.g. from `etcdctl snapshot \
+             save` against etcd 3.4 or later",
+            snapshot.display()
+        ));
+    }
+    let shown: String = first.iter().take(24).map(|b| format!("{b:02x}")).collect();
+    Err(format!(
+        "{}: not a snapshot: expected an etcd snapshot (bbolt, a meta page with magic \
+         0xed0cdaed at byte 16) or a Basalt snapshot (magic BASALTBT at byte 16); the file \
+         starts {shown}",
+        snapshot.display()
+    ))
+}
+
+/// The bytes of an etcd snapshot that are its bbolt file, after checking etcd's sha256
+/// trailer as etcdutl does (`len % 512 == 32` means a trailer is there).
+fn etcd_tree_len(snapshot: &Path, len: u64, skip_hash_check: bool) -> Result<u64, String> {
+    if bbolt::has_sha256_trailer(len) {
+        let tree_len = len - bbolt::SHA256_TRAILER_BYTES;
+        if !skip_hash_check {
+            let digest = sha256_of_prefix(snapshot, tree_len)?;
+            let mut trailer = [0u8; SHA256_BYTES];
+            fs::File::open(snapshot)
+                .and_then(|f| f.read_exact_at(&mut trailer, tree_len))
+                .map_err(|e| format!("{}: {e}", snapshot.display()))?;
+            if digest != trailer {
+                return Err(format!(
+                    "{}: sha256 of the first {tree_len} bytes does not match etcd's trailer \
+                     (truncated or corrupt; --skip-hash-check reads it anyway)",
+                    snapshot.display()
+                ));
+            }
+        }
+        return Ok(tree_len);
+    }
+    if !len.is_multiple_of(bbolt::PAGE_SIZE as u64) {
+        return Err(format!(
+            "{}: {len} bytes is neither whole {}-byte pages nor pages and etcd's 32-byte sha256 \
+             trailer: truncated",
+            snapshot.display(),
+            bbolt::PAGE_SIZE
+        ));
+    }
+    if !skip_hash_check {
+        return Err(format!(
+            "{}: snapshot missing hash but --skip-hash-check=false (a bare etcd db file has no \
+             sha256 trailer)",
+            snapshot.display()
+        ));
+    }
+    Ok(len)
+}
+
 /// What `basalt snapshot status` prints (etcdutl's columns).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotStatus {
@@ -88,8 +196,23 @@ pub struct SnapshotStatus {
     pub total_size_bytes: u64,
 }
 
-/// Reads a snapshot file: checks it and reports its revision, live key count and size.
+/// Reads a snapshot file of either format: checks it and reports its revision, record count
+/// and size (for an etcd file, exactly what `etcdutl snapshot status` reports).
 pub fn status(snapshot: &Path) -> Result<SnapshotStatus, String> {
+    let (format, len) = format_of(snapshot)?;
+    if format == SnapshotFormat::Etcd {
+        let tree_len = etcd_tree_len(snapshot, len, !bbolt::has_sha256_trailer(len))?;
+        let in_file = |e: String| format!("{}: {e}", snapshot.display());
+        let file =
+            BboltFile::open(snapshot, tree_len).map_err(|e| in_file(format!("bbolt file {e}")))?;
+        let status = interchange::etcd_status(&file).map_err(|e| in_file(e.to_string()))?;
+        return Ok(SnapshotStatus {
+            hash: status.hash,
+            revision: status.revision,
+            total_keys: status.total_keys,
+            total_size_bytes: status.total_size_bytes,
+        });
+    }
     let scratch = scratch_path(snapshot);
     verified_tree(snapshot, &scratch)?;
     let result = (|| {
@@ -124,15 +247,57 @@ pub fn status(snapshot: &Path) -> Result<SnapshotStatus, String> {
     result
 }
 
-/// Builds a new data directory from a snapshot file (what `etcdutl snapshot restore` does).
-pub fn restore(snapshot: &Path, data_dir: &Path) -> Result<(), String> {
+/// etcdutl's restore flags that change what is read.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RestoreOptions {
+    /// Read an etcd file whose sha256 trailer is missing or wrong.
+    pub skip_hash_check: bool,
+}
+
+/// Builds a new data directory from a snapshot file of either format (what `etcdutl snapshot
+/// restore` does). The tree is made in a staging directory inside `data_dir` and moved into
+/// place only when whole, so a refused or failed restore leaves nothing behind.
+pub fn restore(snapshot: &Path, data_dir: &Path, options: RestoreOptions) -> Result<(), String> {
     if datadir::member_dir(data_dir).exists() {
         return Err(format!("data dir {} already exists", data_dir.display()));
     }
+    let (format, len) = format_of(snapshot)?;
+    let created_data_dir = !data_dir.exists();
+    fs::create_dir_all(data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
+    let staging = data_dir.join(".member.restoring");
+    let _ = fs::remove_dir_all(&staging);
+    let made = build_data_dir(snapshot, format, len, &staging, options).and_then(|()| {
+        fs::rename(datadir::member_dir(&staging), datadir::member_dir(data_dir))
+            .and_then(|()| fs::File::open(data_dir)?.sync_all())
+            .map_err(|e| format!("{}: {e}", data_dir.display()))
+    });
+    let _ = fs::remove_dir_all(&staging);
+    if made.is_err() && created_data_dir {
+        let _ = fs::remove_dir(data_dir);
+    }
+    made
+}
+
+fn build_data_dir(
+    snapshot: &Path,
+    format: SnapshotFormat,
+    len: u64,
+    data_dir: &Path,
+    options: RestoreOptions,
+) -> Result<(), String> {
     datadir::prepare(data_dir).map_err(|e| e.to_string())?;
-    verified_tree(snapshot, &datadir::db_path(data_dir))?;
-    let db = btree::open(datadir::db_path(data_dir), btree::Options::default())
-        .map_err(|e| e.to_string())?;
+    let db_path = datadir::db_path(data_dir);
+    if format == SnapshotFormat::Etcd {
+        let tree_len = etcd_tree_len(snapshot, len, options.skip_hash_check)?;
+        let in_file = |e: String| format!("{}: {e}", snapshot.display());
+        let file =
+            BboltFile::open(snapshot, tree_len).map_err(|e| in_file(format!("bbolt file {e}")))?;
+        let db = btree::open(&db_path, btree::Options::default()).map_err(|e| e.to_string())?;
+        interchange::import_etcd(&file, &db).map_err(|e| in_file(e.to_string()))?;
+        return Ok(());
+    }
+    verified_tree(snapshot, &db_path)?;
+    let db = btree::open(&db_path, btree::Options::default()).map_err(|e| e.to_string())?;
     let read = db.begin_read().map_err(|e| e.to_string())?;
     let applied = read_consistent_index(&read).map_err(|e| e.to_string())?;
     let durable = db.durable_applied_index().map_err(|e| e.to_string())?;
@@ -185,9 +350,9 @@ mod tests {
             (2, 2),
             "one record + the consistent index"
         );
-        restore(&snapshot, &root.join("restored")).unwrap();
+        restore(&snapshot, &root.join("restored"), RestoreOptions::default()).unwrap();
         assert!(
-            restore(&snapshot, &root.join("restored")).is_err(),
+            restore(&snapshot, &root.join("restored"), RestoreOptions::default()).is_err(),
             "never overwrites"
         );
 

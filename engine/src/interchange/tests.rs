@@ -1,0 +1,201 @@
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use basalt_proto::basaltpb::{internal_request::Request, InternalRequest};
+use basalt_proto::etcdserverpb::{
+    alarm_request::AlarmAction, AlarmRequest, AlarmType, AuthEnableRequest, AuthRoleAddRequest,
+    AuthUserAddRequest, AuthUserGrantRoleRequest, CompactionRequest, DeleteRangeRequest,
+    LeaseGrantRequest, PutRequest,
+};
+use prost::Message;
+
+use super::*;
+use crate::apply::Applier;
+use crate::bbolt::{BboltFile, BboltWriter};
+use crate::btree::{self, Db};
+use crate::mvcc::Limits;
+
+fn scratch(name: &str) -> PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("basalt-interchange-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn tree(path: &Path) -> Db {
+    btree::open(path, btree::Options::default()).unwrap()
+}
+
+/// Every record of every bucket of a Basalt tree.
+fn contents(db: &Db) -> BTreeMap<String, BTreeMap<Vec<u8>, Vec<u8>>> {
+    let read = db.begin_read().unwrap();
+    let mut all = BTreeMap::new();
+    for name in read.buckets() {
+        let records: &mut BTreeMap<_, _> = all.entry(name.to_owned()).or_default();
+        let mut cursor = read.cursor(name);
+        let mut entry = cursor.first().unwrap();
+        while let Some((key, value)) = entry {
+            records.insert(key.to_vec(), value.to_vec());
+            entry = cursor.next().unwrap();
+        }
+    }
+    all.retain(|_, records| !records.is_empty());
+    all
+}
+
+/// An applier that went through writes, deletes, a compaction, a lease with a key, auth and
+/// an alarm, with its state checkpointed.
+fn busy_applier(dir: &Path) -> Applier {
+    let mut applier = Applier::open(tree(&dir.join("db")), Limits::default()).unwrap();
+    applier.bootstrap(
+        1,
+        &[Member {
+            id: 0xabc,
+            name: "one".into(),
+            peer_ur_ls: vec!["http://127.0.0.1:2380".into()],
+            client_ur_ls: vec!["http://127.0.0.1:2379".into()],
+            is_learner: false,
+        }],
+    );
+    let put = |key: &str, lease: i64| {
+        Request::Put(PutRequest {
+            key: key.as_bytes().to_vec().into(),
+            value: format!("value of {key}").into_bytes().into(),
+            lease,
+            ..Default::default()
+        })
+    };
+    let requests = vec![
+        put("a", 0),
+        put("b", 0),
+        put("a", 0),
+        Request::DeleteRange(DeleteRangeRequest {
+            key: b"b".to_vec().into(),
+            ..Default::default()
+        }),
+        Request::Compaction(CompactionRequest {
+            revision: 3,
+            physical: false,
+        }),
+        Request::LeaseGrant(LeaseGrantRequest { ttl: 60, id: 77 }),
+        put("leased", 77),
+        Request::AuthRoleAdd(AuthRoleAddRequest {
+            name: "root".into(),
+        }),
+        Request::AuthUserAdd(AuthUserAddRequest {
+            name: "root".into(),
+            hashed_password: "$2a$10$abcdefghijklmnopqrstuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuu".into(),
+            ..Default::default()
+        }),
+        Request::AuthUserGrantRole(AuthUserGrantRoleRequest {
+            user: "root".into(),
+            role: "root".into(),
+        }),
+        Request::AuthEnable(AuthEnableRequest {}),
+        Request::Alarm(AlarmRequest {
+            action: AlarmAction::Activate as i32,
+            member_id: 0xabc,
+            alarm: AlarmType::Nospace as i32,
+        }),
+    ];
+    for (at, request) in requests.into_iter().enumerate() {
+        let entry = InternalRequest {
+            auth_header: None,
+            id: at as u64 + 1,
+            request: Some(request),
+        };
+        let outcome = applier
+            .apply(at as u64 + 2, &entry.encode_to_vec())
+            .unwrap();
+        assert!(outcome.result.is_ok(), "{outcome:?}");
+    }
+    applier.commit().unwrap();
+    applier.checkpoint().unwrap();
+    applier
+}
+
+fn export_import(applier: &Applier, dir: &Path) -> (Db, Imported) {
+    let file = dir.join("etcd.db");
+    export_etcd(&applier.db().begin_read().unwrap(), &file).unwrap();
+    let len = std::fs::metadata(&file).unwrap().len();
+    let bbolt = BboltFile::open(&file, len).unwrap();
+    let status = etcd_status(&bbolt).unwrap();
+    assert_eq!(status.revision, applier.store().current_revision());
+    let imported_db = tree(&dir.join("imported.db"));
+    let imported = import_etcd(&bbolt, &imported_db).unwrap();
+    (imported_db, imported)
+}
+
+#[test]
+fn a_basalt_state_survives_etcd_format_both_ways() {
+    let dir = scratch("round");
+    let applier = busy_applier(&dir);
+    let (imported_db, imported) = export_import(&applier, &dir);
+    assert_eq!(imported.consistent_index, applier.applied_index());
+    assert_eq!(contents(&imported_db), contents(applier.db()));
+
+    let reopened = Applier::open(imported_db, Limits::default()).unwrap();
+    assert_eq!(
+        reopened.hash_kv(0).unwrap(),
+        applier.hash_kv(0).unwrap(),
+        "HashKV is kept"
+    );
+    assert!(reopened.auth().snapshot().is_enabled());
+    assert_eq!(reopened.alarms(), applier.alarms());
+    assert_eq!(reopened.members(), applier.members());
+    assert_eq!(reopened.lessor().leases(), vec![77]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A bucket of a crafted file: its name and records.
+type CraftedBucket<'a> = (&'a str, &'a [(&'a [u8], &'a [u8])]);
+
+fn etcd_file(dir: &Path, buckets: &[CraftedBucket<'_>]) -> BboltFile {
+    let path = dir.join("crafted.db");
+    let _ = std::fs::remove_file(&path);
+    let mut writer = BboltWriter::create(&path).unwrap();
+    for (bucket, records) in buckets {
+        writer.begin_bucket(bucket.as_bytes()).unwrap();
+        for (key, value) in *records {
+            writer.put(key, value).unwrap();
+        }
+    }
+    writer.finish().unwrap();
+    let len = std::fs::metadata(&path).unwrap().len();
+    BboltFile::open(&path, len).unwrap()
+}
+
+#[test]
+fn records_basalt_does_not_know_are_refused_by_name() {
+    let dir = scratch("unknown");
+    let cases: Vec<(Vec<CraftedBucket<'_>>, &str)> = vec![
+        (
+            vec![("foo", &[])],
+            "bucket \"foo\" is not one of etcd's buckets",
+        ),
+        (
+            vec![("meta", &[(b"mystery", b"1")])],
+            "bucket \"meta\", key \"mystery\": a meta record Basalt does not know",
+        ),
+        (
+            vec![("key", &[(b"short", b"")])],
+            "bucket \"key\", key \"short\": expected a revision",
+        ),
+        (
+            vec![("lease", &[(&[0, 0, 0, 0, 0, 0, 0, 1], &[0xff])])],
+            "expected a leasepb.Lease",
+        ),
+        (
+            vec![("members", &[(b"zz", b"{}")])],
+            "expected a member id in hex",
+        ),
+    ];
+    for (at, (buckets, want)) in cases.into_iter().enumerate() {
+        let file = etcd_file(&dir, &buckets);
+        let db = tree(&dir.join(format!("out-{at}.db")));
+        let error = import_etcd(&file, &db).unwrap_err().to_string();
+        assert!(error.contains(want), "case {at}: {error}");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
