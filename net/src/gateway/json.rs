@@ -66,11 +66,11 @@ enum Mode {
     Whole,
 }
 
-/// Nested arrays and objects deeper than this are refused, as Go's scanner refuses them
-/// (`maxNestingDepth`), so a hostile body cannot exhaust the stack.
-const NESTING_DEPTH_MAX: usize = 10_000;
-/// Our own recursion is bounded far lower: no etcd message nests more than a few levels.
-const PARSE_DEPTH_MAX: usize = 512;
+/// Arrays and objects nested deeper than this are refused with Go's words for its own limit
+/// (10,000 there): the parser recurses, and this keeps it well inside an executor's stack.
+/// etcd's messages nest a few levels; only Txn nests itself, and a Txn this deep already has
+/// more operations than `--max-txn-ops` allows.
+const NESTING_DEPTH_MAX: usize = 512;
 
 struct Parser<'a> {
     src: &'a [u8],
@@ -136,8 +136,8 @@ impl<'a> Parser<'a> {
 
     fn nest(&mut self) -> Result<(), String> {
         self.depth += 1;
-        if self.depth > PARSE_DEPTH_MAX.min(NESTING_DEPTH_MAX) {
-            return Err("exceeded max depth".to_string());
+        if self.depth > NESTING_DEPTH_MAX {
+            return Err(self.invalid(self.src[self.pos], "exceeded max depth"));
         }
         Ok(())
     }
@@ -896,6 +896,10 @@ mod tests {
         for (body, message) in cases {
             assert_eq!(decode(range, body), Err(message.to_string()), "{body}");
         }
+        assert_eq!(
+            decode(range, &"[".repeat(100_000)),
+            Err("invalid character '[' exceeded max depth".to_string())
+        );
     }
 
     #[test]

@@ -418,7 +418,13 @@ impl ReplyStream {
         }
         let call = self.call.as_mut()?;
         match call.next().await {
-            Event::Message(body) => Some(result_chunk(&self.output, &body)),
+            Event::Message(body) => match result_chunk(&self.output, &body) {
+                Ok(chunk) => Some(chunk),
+                Err(status) => {
+                    self.call = None;
+                    Some(stream_error_chunk(&status))
+                }
+            },
             Event::Finished(status) => {
                 self.call = None;
                 (!status.is_ok()).then(|| stream_error_chunk(&status))
@@ -428,11 +434,11 @@ impl ReplyStream {
 }
 
 /// One streamed message: `{"result":<message>}` and a newline.
-fn result_chunk(output: &MessageDescriptor, body: &[u8]) -> Bytes {
+fn result_chunk(output: &MessageDescriptor, body: &[u8]) -> Result<Bytes, Status> {
     let mut out = String::from("{\"result\":");
-    out.push_str(&message_json(output, body));
+    out.push_str(&message_json(output, body)?);
     out.push_str("}\n");
-    Bytes::from(out)
+    Ok(Bytes::from(out))
 }
 
 /// grpc-gateway's stream error chunk (no newline follows it).
@@ -456,14 +462,14 @@ fn stream_error_chunk(status: &Status) -> Bytes {
     Bytes::from(out)
 }
 
-fn message_json(desc: &MessageDescriptor, body: &[u8]) -> String {
+/// A response message as JSON. It was encoded by our own services from the same schema, so
+/// it decodes; were it not to, the client gets an error rather than the member a panic.
+fn message_json(desc: &MessageDescriptor, body: &[u8]) -> Result<String, Status> {
+    let message = DynamicMessage::decode(desc.clone(), body)
+        .map_err(|e| Status::internal(format!("basalt: gateway: response does not decode: {e}")))?;
     let mut out = String::new();
-    match DynamicMessage::decode(desc.clone(), body) {
-        Ok(message) => json::encode_message(&mut out, &message),
-        // Our own services encoded it from the same schema.
-        Err(e) => unreachable!("a response the services encoded does not decode: {e}"),
-    }
-    out
+    json::encode_message(&mut out, &message);
+    Ok(out)
 }
 
 /// Everything a gateway request needs from the connection it came on.
@@ -499,24 +505,30 @@ impl<K: KvService> Gateway<K> {
         let first = call.next().await;
         if !method.server_streaming {
             return match first {
-                Event::Message(body) => Reply::json(ReplyBody::Full(Bytes::from(message_json(
-                    &method.output,
-                    &body,
-                )))),
+                Event::Message(body) => match message_json(&method.output, &body) {
+                    Ok(json) => Reply::json(ReplyBody::Full(Bytes::from(json))),
+                    Err(status) => Reply::error(&status),
+                },
                 Event::Finished(status) if status.is_ok() => Reply::error(&Status::internal(
                     "grpc: unary call ended without a response",
                 )),
                 Event::Finished(status) => Reply::error(&status),
             };
         }
+        let first = match first {
+            Event::Message(body) => result_chunk(&method.output, &body),
+            Event::Finished(status) if status.is_ok() => {
+                return Reply::json(ReplyBody::Full(Bytes::new()))
+            }
+            Event::Finished(status) => Err(status),
+        };
         match first {
-            Event::Message(body) => Reply::json(ReplyBody::Stream(ReplyStream {
-                first: Some(result_chunk(&method.output, &body)),
+            Ok(first) => Reply::json(ReplyBody::Stream(ReplyStream {
+                first: Some(first),
                 call: Some(call),
                 output: method.output.clone(),
             })),
-            Event::Finished(status) if status.is_ok() => Reply::json(ReplyBody::Full(Bytes::new())),
-            Event::Finished(status) => {
+            Err(status) => {
                 let mut reply = Reply::json(ReplyBody::Full(stream_error_chunk(&status)));
                 reply.status = http_status(status.code);
                 reply
