@@ -36,10 +36,14 @@ def b64(text: str) -> str:
 def mask(value, extra=()):
     """The value with every masked field's value replaced, presence kept."""
     if isinstance(value, dict):
-        return {
+        masked = {
             k: "<masked>" if k in MASKED or k in extra else mask(v, extra)
             for k, v in value.items()
         }
+        if isinstance(masked.get("members"), list):
+            # Member ids are random and lists come in id order: compare them as sets.
+            masked["members"].sort(key=lambda m: json.dumps(m, sort_keys=True))
+        return masked
     if isinstance(value, (list, tuple)):
         return [mask(v, extra) for v in value]
     return value
@@ -177,6 +181,8 @@ SCRIPT = [
     ("/v3/maintenance/snapshot", {}, (), False),
     ("/v3/auth/disable", {}, (), True),
     ("/v3/auth/status", {}, (), False),
+    ("/v3/cluster/member/add", {"peerURLs": ["http://127.0.0.1:1"], "isLearner": True}, ("ID", "name"), False),
+    ("/v3/cluster/member/list", {}, ("ID", "name"), False),
 ]
 
 # Refusals that are not JSON-RPC answers: wrong method, unknown path, the subtree root.
@@ -348,9 +354,9 @@ def test_etcds_documented_curl_examples_work_unchanged():
 # --- The gRPC parity sweep: every unary RPC of Maintenance, Cluster, Auth, Lease, election
 # and lock, over gRPC, compared field by field.
 
-def _concurrency_messages():
-    """v3election and v3lock message classes (etcd3's package has no stubs for them),
-    described here by their field numbers."""
+def _missing_messages():
+    """v3election, v3lock, MemberPromote and AuthStatus message classes (etcd3's package has no
+    stubs for them), described here by their field numbers."""
     pool = descriptor_pool.Default()
     proto = descriptor_pb2.FileDescriptorProto(
         name="basalt_test_concurrency.proto", package="basalt_test", syntax="proto3",
@@ -375,6 +381,10 @@ def _concurrency_messages():
         "LockResponse": [("header", 1, T.TYPE_MESSAGE, ".etcdserverpb.ResponseHeader"),
                          ("key", 2, T.TYPE_BYTES, None)],
         "UnlockRequest": [("key", 1, T.TYPE_BYTES, None)],
+        "MemberPromoteRequest": [("ID", 1, T.TYPE_UINT64, None)],
+        "MemberPromoteResponse": [("header", 1, T.TYPE_MESSAGE, ".etcdserverpb.ResponseHeader")],
+        "AuthStatusResponse": [("header", 1, T.TYPE_MESSAGE, ".etcdserverpb.ResponseHeader"),
+                               ("enabled", 2, T.TYPE_BOOL, None), ("authRevision", 3, T.TYPE_UINT64, None)],
     }
     for name, fields in shapes.items():
         message = proto.message_type.add(name=name)
@@ -391,7 +401,7 @@ def _concurrency_messages():
 
 
 def grpc_script():
-    m = _concurrency_messages()
+    m = _missing_messages()
     r = rpc_pb2
     leader_key = {"name": b64("ge"), "key": b64("ge/22b"), "lease": LEASE}
     # (method path, request class, request as JSON, response class, fields masked)
@@ -415,6 +425,7 @@ def grpc_script():
         ("/etcdserverpb.Lease/LeaseRevoke", r.LeaseRevokeRequest, {"ID": LEASE}, r.LeaseRevokeResponse, ()),
         ("/etcdserverpb.Cluster/MemberList", r.MemberListRequest, {}, r.MemberListResponse, ("ID", "name")),
         ("/etcdserverpb.Cluster/MemberAdd", r.MemberAddRequest, {"peerURLs": ["bad"]}, r.MemberAddResponse, ()),
+        ("/etcdserverpb.Cluster/MemberPromote", m["MemberPromoteRequest"], {"ID": "1"}, m["MemberPromoteResponse"], ()),
         ("/etcdserverpb.Maintenance/Status", r.StatusRequest, {}, r.StatusResponse, ("leader",)),
         ("/etcdserverpb.Maintenance/Alarm", r.AlarmRequest, {"action": "GET"}, r.AlarmResponse, ()),
         ("/etcdserverpb.Maintenance/Defragment", r.DefragmentRequest, {}, r.DefragmentResponse, ()),
@@ -422,6 +433,7 @@ def grpc_script():
         ("/etcdserverpb.Maintenance/HashKV", r.HashKVRequest, {}, r.HashKVResponse, ()),
         ("/etcdserverpb.Maintenance/HashKV", r.HashKVRequest, {"revision": "100"}, r.HashKVResponse, ()),
         ("/etcdserverpb.Maintenance/MoveLeader", r.MoveLeaderRequest, {"targetID": "1"}, r.MoveLeaderResponse, ()),
+        ("/etcdserverpb.Auth/AuthStatus", m["HeaderOnly"], {}, m["AuthStatusResponse"], ()),
         ("/etcdserverpb.Auth/UserAdd", r.AuthUserAddRequest, {"name": "bob", "password": "p"}, r.AuthUserAddResponse, ()),
         ("/etcdserverpb.Auth/UserGet", r.AuthUserGetRequest, {"name": "bob"}, r.AuthUserGetResponse, ()),
         ("/etcdserverpb.Auth/UserList", r.AuthUserListRequest, {}, r.AuthUserListResponse, ()),

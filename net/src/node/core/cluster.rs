@@ -182,7 +182,7 @@ impl Core {
             Kind::Add => {
                 if existing.is_some() || self.applier.is_removed(member.id) {
                     return Err(Status::new(
-                        Code::AlreadyExists,
+                        Code::FailedPrecondition,
                         "etcdserver: member ID already exist",
                     ));
                 }
@@ -193,7 +193,7 @@ impl Core {
                 });
                 if urls_taken {
                     return Err(Status::new(
-                        Code::AlreadyExists,
+                        Code::FailedPrecondition,
                         "etcdserver: Peer URLs already exists",
                     ));
                 }
