@@ -199,3 +199,68 @@ fn records_basalt_does_not_know_are_refused_by_name() {
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// `BASALT_INTERCHANGE_1M=DIR cargo test --release -p basalt-engine -- --ignored million`:
+/// a Basalt tree of 1,000,000 live keys (16 B keys, 64 B values) exported to etcd's format and
+/// imported back, timed; the exported file stays at DIR/etcd-1m.db for the command-line runs
+/// recorded in perf/RESULTS.md.
+#[test]
+#[ignore]
+fn a_million_keys_each_way() {
+    use basalt_proto::mvccpb::KeyValue;
+    use std::time::Instant;
+    const KEYS: i64 = 1_000_000;
+    let Ok(dir) = std::env::var("BASALT_INTERCHANGE_1M") else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in ["basalt-1m.db", "etcd-1m.db", "imported-1m.db"] {
+        let _ = std::fs::remove_file(dir.join(name));
+    }
+    let source = tree(&dir.join("basalt-1m.db"));
+    for batch in (0..KEYS).collect::<Vec<_>>().chunks(50_000) {
+        let mut txn = source.begin_write().unwrap();
+        let mut keys = txn.bucket(crate::mvcc::KEY_BUCKET).unwrap();
+        for &i in batch {
+            let revision = i + 2;
+            let kv = KeyValue {
+                key: format!("key/{i:012}").into_bytes().into(),
+                create_revision: revision,
+                mod_revision: revision,
+                version: 1,
+                value: vec![b'v'; 64].into(),
+                lease: 0,
+            };
+            let key = crate::mvcc::Revision::new(revision, 0).to_key(false);
+            keys.insert(&key, &kv.encode_to_vec()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let mut txn = source.begin_write().unwrap();
+    txn.bucket(crate::mvcc::META_BUCKET)
+        .unwrap()
+        .insert(CONSISTENT_INDEX_KEY, &7u64.to_be_bytes())
+        .unwrap();
+    txn.commit().unwrap();
+    source.checkpoint(7).unwrap();
+
+    let file = dir.join("etcd-1m.db");
+    let started = Instant::now();
+    export_etcd(&source.begin_read().unwrap(), &file).unwrap();
+    let export = started.elapsed();
+    let len = std::fs::metadata(&file).unwrap().len();
+    let bbolt = BboltFile::open(&file, len).unwrap();
+    let started = Instant::now();
+    let imported = import_etcd(&bbolt, &tree(&dir.join("imported-1m.db"))).unwrap();
+    let import = started.elapsed();
+    assert_eq!(imported.revisions, KEYS as u64);
+    eprintln!(
+        "1M keys: export {:.2} s ({:.0} keys/s), file {} MiB; import {:.2} s ({:.0} keys/s)",
+        export.as_secs_f64(),
+        KEYS as f64 / export.as_secs_f64(),
+        len >> 20,
+        import.as_secs_f64(),
+        KEYS as f64 / import.as_secs_f64()
+    );
+}
