@@ -306,12 +306,7 @@ impl Node {
             .name("basalt-raft")
             .spawn(move || async move {
                 if config.initial_corrupt_check || config.corrupt_check_interval.is_some() {
-                    let checker = corrupt::check_periodically(
-                        checker_kv,
-                        config.member_id,
-                        config.initial_corrupt_check,
-                        config.corrupt_check_interval,
-                    );
+                    let checker = corrupt::check_periodically(checker_kv, config.clone());
                     glommio::spawn_local(checker).detach();
                 }
                 let result = core::run(config, inbox, core_published.clone(), started_tx).await;

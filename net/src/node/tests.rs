@@ -251,3 +251,86 @@ fn a_three_member_cluster_replicates_forwards_changes_members_and_survives_its_l
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Rewrites the value of the newest record in a stopped member's key bucket, keeping its
+/// revision: a tree that no log entry could have made (what etcd's tests do to a bbolt file).
+fn corrupt_newest_value(data_dir: &std::path::Path) {
+    use basalt_engine::btree;
+    use prost::Message as _;
+    let db = btree::open(datadir::db_path(data_dir), btree::Options::default()).unwrap();
+    let mut txn = db.begin_write().unwrap();
+    {
+        let mut keys = txn.bucket(basalt_engine::mvcc::KEY_BUCKET).unwrap();
+        let (revision, record) = keys.cursor().last().unwrap().expect("a key was written");
+        let mut kv = basalt_proto::mvccpb::KeyValue::decode(record.as_slice()).unwrap();
+        kv.value = b"not what was written".to_vec().into();
+        keys.insert(&revision, &kv.encode_to_vec()).unwrap();
+    }
+    txn.commit().unwrap();
+    db.checkpoint(db.durable_applied_index().unwrap()).unwrap();
+}
+
+fn alarms(kv: &RaftKv) -> Vec<basalt_proto::etcdserverpb::AlarmMember> {
+    let list = basalt_proto::etcdserverpb::AlarmRequest::default();
+    block_on(kv.alarm(list)).map_or_else(|_| Vec::new(), |resp| resp.alarms)
+}
+
+#[test]
+fn the_leader_asks_every_member_for_its_hash_over_tls_peers_and_raises_corrupt_on_a_mismatch() {
+    use basalt_proto::etcdserverpb::{AlarmMember, AlarmType};
+    let dir = temp_dir("corrupt");
+    // Peers speak TLS (as with --peer-auto-tls): the check must dial them as the transport does.
+    let fixtures = dir.join("fixtures");
+    std::fs::create_dir_all(&fixtures).unwrap();
+    let peer_tls = crate::tls::self_signed(&fixtures, &["127.0.0.1".to_string()], 1).unwrap();
+    let founders: Vec<Member> = (1..=3)
+        .map(|i| Member {
+            id: i,
+            name: format!("m{i}"),
+            peer_ur_ls: vec![free_peer_url().replace("http://", "https://")],
+            ..Member::default()
+        })
+        .collect();
+    let start = |member: &Member| {
+        Node::start(NodeConfig {
+            peer_tls: Some(peer_tls.clone()),
+            corrupt_check_interval: Some(std::time::Duration::from_millis(300)),
+            ..member_config(&dir.join(&member.name), member, &founders)
+        })
+        .unwrap()
+    };
+    let mut nodes: Vec<Option<Node>> = founders.iter().map(|m| Some(start(m))).collect();
+    let kvs: Vec<RaftKv> = nodes.iter().map(|n| n.as_ref().unwrap().kv()).collect();
+    put_when_led(&kvs[0], "k", "v");
+    for kv in &kvs {
+        eventually("every member applies the write", || {
+            value_at(kv, "k", true).as_deref() == Some("v")
+        });
+    }
+    // Several checks of equal members raise nothing.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert_eq!(alarms(&kvs[0]), Vec::new());
+
+    let leader = leader_of(&kvs).unwrap();
+    let follower = founders.iter().find(|m| m.id != leader).unwrap();
+    let at = (follower.id - 1) as usize;
+    nodes[at].take().unwrap().stop().unwrap();
+    corrupt_newest_value(&dir.join(&follower.name));
+    nodes[at] = Some(start(follower));
+    let restarted = nodes[at].as_ref().unwrap().kv();
+    assert_eq!(
+        value_at(&restarted, "k", true).as_deref(),
+        Some("not what was written")
+    );
+    let corrupt = AlarmMember {
+        member_id: follower.id,
+        alarm: AlarmType::Corrupt as i32,
+    };
+    eventually("the leader raises CORRUPT for the altered member", || {
+        alarms(&kvs[(leader - 1) as usize]) == [corrupt]
+    });
+    for node in nodes.into_iter().flatten() {
+        node.stop().unwrap();
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}

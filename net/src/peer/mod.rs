@@ -13,9 +13,11 @@
 //! - `stream`: the writer task per peer and the accepted connections.
 //! - `snapshot`: sending and receiving snapshot files.
 //! - `cluster`: the membership query, served and asked.
+//! - `hash`: the corruption check's HashKV query, served and asked.
 
 mod cluster;
 mod conn;
+mod hash;
 mod snapshot;
 mod stream;
 mod wire;
@@ -35,6 +37,7 @@ use crate::metrics::{metrics, PeerMetrics};
 use conn::Sockets;
 
 pub use cluster::fetch_cluster;
+pub use hash::HashAsker;
 pub use wire::WireError;
 
 /// Messages and forwarded proposals queued per peer before more are dropped (etcd's stream
@@ -72,6 +75,12 @@ pub enum PeerInbound {
     SnapshotSent { to: u64, ok: bool },
     /// A follower's proposal for the leader to propose.
     Forwarded { from: u64, data: Vec<u8> },
+    /// A member's corruption check asks for this member's HashKV at `revision`; the answer, or
+    /// etcd's error text, goes to `reply`.
+    HashKv {
+        revision: i64,
+        reply: flume::Sender<Result<basalt_engine::apply::KvHash, String>>,
+    },
 }
 
 /// What a member knows about its cluster, served to joining members.

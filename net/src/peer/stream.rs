@@ -253,6 +253,7 @@ async fn serve_accepted(shared: Rc<Shared>, conn: PeerConn, tls: Option<crate::t
     }
     match hello.stream {
         StreamKind::ClusterQuery => super::cluster::serve(&shared, io.get_mut()).await,
+        StreamKind::HashQuery => super::hash::serve(&shared, &mut io).await,
         StreamKind::Raft | StreamKind::Snapshot => {
             let accept = wire::frame(FrameKind::Accept, &[]);
             if io.get_mut().write_all(&accept).await.is_err() {

@@ -23,7 +23,8 @@
 //!
 //! ```text
 //! 1 HELLO      dialer → acceptor, first frame of every connection (28 bytes):
-//!              | 0..2 protocol version u16 | 2 stream u8 (1 raft, 2 snapshot, 3 cluster query)
+//!              | 0..2 protocol version u16 | 2 stream u8 (1 raft, 2 snapshot, 3 cluster query,
+//!              4 hash query)
 //!              | 3 zero | 4..12 cluster id u64 | 12..20 sender id u64 | 20..28 receiver id u64 |
 //!              A cluster query sends zeros for the ids it does not know yet.
 //! 2 ACCEPT     acceptor → dialer: the handshake is accepted (empty)
@@ -38,7 +39,13 @@
 //!              is in its header
 //! 11 LINK_HEARTBEAT  empty: a raft stream's writer sends it after a quiet interval, so the
 //!              reader can tell a quiet stream from a dead one (etcd's link heartbeat)
+//! 12 HASH_KV   on a hash query stream, dialer → acceptor: a protobuf `etcdserverpb.HashKVRequest`;
+//!              acceptor → dialer: a protobuf `etcdserverpb.HashKVResponse` (or a REFUSE with
+//!              etcd's error text, e.g. a compacted revision)
 //! ```
+//!
+//! Kinds are only ever added: a member that does not know one refuses it (an unknown stream
+//! kind in a HELLO, an unknown frame kind) and the asker treats that like an unreachable peer.
 //!
 //! rkyv archives use rkyv 0.8's default format (little-endian, 32-bit relative offsets) and
 //! are validated (bytecheck) before use, so a payload that passed its checksum but was built
@@ -78,6 +85,7 @@ pub(crate) enum FrameKind {
     SnapDone = 9,
     Cluster = 10,
     LinkHeartbeat = 11,
+    HashKv = 12,
 }
 
 impl FrameKind {
@@ -95,6 +103,7 @@ impl FrameKind {
             SnapDone,
             Cluster,
             LinkHeartbeat,
+            HashKv,
         ]
         .into_iter()
         .find(|k| *k as u8 == kind)
@@ -201,6 +210,8 @@ pub(crate) enum StreamKind {
     Snapshot = 2,
     /// A joining member asks for the cluster's id and members.
     ClusterQuery = 3,
+    /// The corruption check asks for a member's HashKV: one request, one answer.
+    HashQuery = 4,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -231,6 +242,7 @@ impl Hello {
             1 => StreamKind::Raft,
             2 => StreamKind::Snapshot,
             3 => StreamKind::ClusterQuery,
+            4 => StreamKind::HashQuery,
             other => return Err(malformed("hello", format!("unknown stream kind {other}"))),
         };
         let u64_at = |at: usize| u64::from_be_bytes(payload[at..at + 8].try_into().expect("8"));

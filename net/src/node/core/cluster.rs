@@ -64,6 +64,10 @@ impl Core {
                 self.raw.report_snapshot(to, status);
             }
             PeerInbound::Forwarded { from, data } => self.take_forward(from, &data),
+            PeerInbound::HashKv { revision, reply } => {
+                let hash = self.applier.hash_kv(revision);
+                let _ = reply.send(hash.map_err(|e| Status::from(e).message));
+            }
         }
     }
 
