@@ -58,8 +58,9 @@ pub enum SnapshotCommand {
     },
 }
 
-/// `snapshot restore`: etcdutl's flags. The cluster flags are checked here and must be given
-/// again when the member starts (it takes its members from them, as etcd's restore writes them).
+/// `snapshot restore`: etcdutl's flags. The cluster flags name the member the restored dir
+/// holds and the new cluster's members, as etcd's restore records them; the member then
+/// restarts from the dir whatever its bootstrap flags say.
 #[derive(Debug, Args)]
 pub struct RestoreFlags {
     /// The data directory to create (default: "${name}.basalt").

@@ -5,7 +5,9 @@ mod config;
 mod tls;
 
 use basalt_engine::mvcc::Limits;
-use basalt_net::node::{snapshot as snapshot_file, AutoCompaction, Node, NodeConfig};
+use basalt_net::node::{
+    snapshot as snapshot_file, AutoCompaction, MemberDir, Node, NodeConfig, NodeError,
+};
 use basalt_proto::etcdserverpb::Member;
 use clap::Parser;
 use config::{normalize_go_flags, Cli, Command, ServerFlags, SnapshotCommand};
@@ -55,7 +57,13 @@ fn serve(flags: ServerFlags) -> Result<(), String> {
     let data_dir = flags.data_dir();
     std::fs::create_dir_all(&data_dir)
         .map_err(|e| format!("cannot create data dir {}: {e}", data_dir.display()))?;
-    let plan = cluster_plan(&flags, &data_dir)?;
+    // etcd's rule: a data dir that holds a member restarts as that member, and only a dir that
+    // holds none is bootstrapped or joined by the flags. Nothing is written before this.
+    let plan = match basalt_net::node::existing_member(&data_dir).map_err(|e| e.to_string())? {
+        Some(found) => restart_plan(&flags, &data_dir, found)?,
+        None => cluster_plan(&flags, &data_dir)?,
+    };
+    basalt_net::node::remove_stray_joined_marker(&data_dir).map_err(|e| e.to_string())?;
     let config = server_config(&flags, &plan);
     let config = basalt_net::ServerConfig {
         client_tls: tls::client_tls(&flags, &data_dir)?,
@@ -106,8 +114,16 @@ fn serve(flags: ServerFlags) -> Result<(), String> {
             max_txn_ops: config.max_txn_ops,
             max_request_bytes: config.max_request_bytes,
         },
-    })
-    .map_err(|e| e.to_string())?;
+    });
+    let node = match node {
+        Ok(node) => node,
+        Err(removed @ NodeError::Removed) => {
+            // etcd stops such a member without an error status: restarting it cannot help.
+            eprintln!("basalt: {removed}");
+            return Ok(());
+        }
+        Err(error) => return Err(error.to_string()),
+    };
     eprintln!(
         "basalt: serving member {:x} ({}) of cluster {:x} on {} with data in {}",
         config.member_id,
@@ -151,12 +167,15 @@ struct ClusterPlan {
 /// How long a joining member waits for the running cluster to answer.
 const JOIN_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// etcd's bootstrap: a new cluster's members and ids follow from `--initial-cluster` and the
-/// token; a member started with `--initial-cluster-state existing` asks the others for the
-/// cluster and finds itself by its advertised peer URLs (it must have been added first).
-fn cluster_plan(flags: &ServerFlags, data_dir: &std::path::Path) -> Result<ClusterPlan, String> {
-    let token = &flags.initial_cluster_token;
-    let members: Vec<Member> = config::initial_cluster(flags)?
+/// The members `--initial-cluster` names with their ids, this member's id and the cluster id,
+/// as a bootstrap with `token` derives them.
+fn founders(
+    name: &str,
+    initial_cluster: Option<&str>,
+    advertised: &[String],
+    token: &str,
+) -> Result<(Vec<Member>, u64, u64), String> {
+    let members: Vec<Member> = config::parse_initial_cluster(initial_cluster, name, advertised)?
         .into_iter()
         .map(|(name, urls)| Member {
             id: config::member_id(&urls, token),
@@ -167,44 +186,35 @@ fn cluster_plan(flags: &ServerFlags, data_dir: &std::path::Path) -> Result<Clust
         .collect();
     let own_id = members
         .iter()
-        .find(|m| m.name == flags.name)
+        .find(|m| m.name == name)
         .map(|m| m.id)
-        .expect("initial_cluster checks that this member is named");
+        .expect("parse_initial_cluster checks that this member is named");
+    let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
+    let cluster_id = config::cluster_id(&ids, token);
+    Ok((members, own_id, cluster_id))
+}
+
+/// etcd's bootstrap of a dir that holds no member: a new cluster's members and ids follow from
+/// `--initial-cluster` and the token; a member started with `--initial-cluster-state existing`
+/// asks the others for the cluster and finds itself by its advertised peer URLs (it must have
+/// been added first).
+fn cluster_plan(flags: &ServerFlags, data_dir: &std::path::Path) -> Result<ClusterPlan, String> {
+    let (members, member_id, cluster_id) = founders(
+        &flags.name,
+        flags.initial_cluster.as_deref(),
+        &flags.initial_advertise_peer_urls,
+        &flags.initial_cluster_token,
+    )?;
     if flags.initial_cluster_state == "new" {
-        let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
         return Ok(ClusterPlan {
-            member_id: own_id,
-            cluster_id: config::cluster_id(&ids, token),
+            member_id,
+            cluster_id,
             members,
             join_existing: false,
         });
     }
-    let others: Vec<String> = members
-        .iter()
-        .filter(|m| m.id != own_id)
-        .flat_map(|m| m.peer_ur_ls.clone())
-        .collect();
-    let peer_tls = tls::peer_tls(flags, data_dir)?;
-    let connector = peer_tls
-        .as_ref()
-        .map(basalt_net::tls::TlsConnector::new)
-        .transpose()
-        .map_err(|e| format!("peer TLS: {e}"))?;
-    let fetched = basalt_net::peer::fetch_cluster(&others, JOIN_FETCH_TIMEOUT, connector.as_ref());
-    let remembered = basalt_net::node::joined_identity(data_dir);
-    let cluster = match (fetched, remembered) {
-        (Ok(cluster), _) => cluster,
-        (Err(_), Some((member_id, cluster_id))) => {
-            // A restart: the data dir knows who we are; the log knows the rest.
-            return Ok(ClusterPlan {
-                member_id,
-                cluster_id,
-                members: Vec::new(),
-                join_existing: true,
-            });
-        }
-        (Err(error), None) => return Err(format!("cannot reach the cluster to join it: {error}")),
-    };
+    let cluster = ask_peers(flags, data_dir)
+        .map_err(|error| format!("cannot reach the cluster to join it: {error}"))?;
     let mut advertised = flags.initial_advertise_peer_urls.clone();
     advertised.sort();
     let Some(me) = cluster.members.iter().find(|m| {
@@ -219,15 +229,92 @@ fn cluster_plan(flags: &ServerFlags, data_dir: &std::path::Path) -> Result<Clust
             advertised.join(",")
         ));
     };
-    basalt_net::node::prepare_data_dir(data_dir).map_err(|e| e.to_string())?;
-    basalt_net::node::remember_identity(data_dir, me.id, cluster.cluster_id)
-        .map_err(|e| format!("cannot record this member's identity: {e}"))?;
     Ok(ClusterPlan {
         member_id: me.id,
         cluster_id: cluster.cluster_id,
         members: cluster.members.clone(),
         join_existing: true,
     })
+}
+
+/// A dir that holds a member restarts as that member: `--initial-cluster-state`,
+/// `--initial-cluster` and `--initial-cluster-token` are ignored, as etcd ignores them.
+fn restart_plan(
+    flags: &ServerFlags,
+    data_dir: &std::path::Path,
+    found: MemberDir,
+) -> Result<ClusterPlan, String> {
+    eprintln!(
+        "basalt: server has been already initialized (data dir {}, dir type member): member \
+         {:x} of cluster {:x} restarts from it; --initial-cluster, --initial-cluster-state and \
+         --initial-cluster-token are ignored",
+        data_dir.display(),
+        found.member_id,
+        found.cluster_id
+    );
+    if found.awaits_first_snapshot {
+        // It joined but stopped before the cluster sent it anything: only the cluster knows its
+        // peers, so it asks the members the flags name (as the join did).
+        let cluster = ask_peers(flags, data_dir).map_err(|error| {
+            format!(
+                "this member joined cluster {:x} and has received nothing from it yet; cannot \
+                 reach the cluster to learn its peers: {error}",
+                found.cluster_id
+            )
+        })?;
+        if cluster.cluster_id != found.cluster_id
+            || !cluster.members.iter().any(|m| m.id == found.member_id)
+        {
+            return Err(format!(
+                "the peers answered for cluster {:x} without member {:x}; this dir holds member \
+                 {:x} of cluster {:x}",
+                cluster.cluster_id, found.member_id, found.member_id, found.cluster_id
+            ));
+        }
+        return Ok(ClusterPlan {
+            member_id: found.member_id,
+            cluster_id: found.cluster_id,
+            members: cluster.members,
+            join_existing: true,
+        });
+    }
+    // Only consulted to repair a dir an older Basalt bootstrapped without checkpointing its
+    // founders (see NodeConfig::initial_members).
+    let members = founders(
+        &flags.name,
+        flags.initial_cluster.as_deref(),
+        &flags.initial_advertise_peer_urls,
+        &flags.initial_cluster_token,
+    )
+    .map(|(members, _, _)| members)
+    .unwrap_or_default();
+    Ok(ClusterPlan {
+        member_id: found.member_id,
+        cluster_id: found.cluster_id,
+        members,
+        join_existing: false,
+    })
+}
+
+/// The member list of the running cluster, from the first other member of `--initial-cluster`
+/// that answers.
+fn ask_peers(
+    flags: &ServerFlags,
+    data_dir: &std::path::Path,
+) -> Result<basalt_net::peer::ClusterInfo, String> {
+    let others: Vec<String> = config::initial_cluster(flags)?
+        .into_iter()
+        .filter(|(name, _)| *name != flags.name)
+        .flat_map(|(_, urls)| urls)
+        .collect();
+    let peer_tls = tls::peer_tls(flags, data_dir)?;
+    let connector = peer_tls
+        .as_ref()
+        .map(basalt_net::tls::TlsConnector::new)
+        .transpose()
+        .map_err(|e| format!("peer TLS: {e}"))?;
+    basalt_net::peer::fetch_cluster(&others, JOIN_FETCH_TIMEOUT, connector.as_ref())
+        .map_err(|e| e.to_string())
 }
 
 fn server_config(flags: &ServerFlags, plan: &ClusterPlan) -> basalt_net::ServerConfig {
@@ -304,30 +391,31 @@ fn dump_log(flags: config::DumpLogFlags) -> Result<(), String> {
 fn snapshot(command: SnapshotCommand) -> Result<(), String> {
     match command {
         SnapshotCommand::Restore { file, flags } => {
-            let members = config::parse_initial_cluster(
-                flags.initial_cluster.as_deref(),
-                &flags.name,
-                &flags.initial_advertise_peer_urls,
-            )?;
             let data_dir = flags
                 .data_dir
                 .unwrap_or_else(|| format!("{}.basalt", flags.name).into());
             let options = snapshot_file::RestoreOptions {
                 skip_hash_check: flags.skip_hash_check,
             };
-            snapshot_file::restore(&file, &data_dir, options)?;
-            let ids: Vec<u64> = members
-                .iter()
-                .map(|(_, urls)| config::member_id(urls, &flags.initial_cluster_token))
-                .collect();
+            let (members, member_id, cluster_id) = founders(
+                &flags.name,
+                flags.initial_cluster.as_deref(),
+                &flags.initial_advertise_peer_urls,
+                &flags.initial_cluster_token,
+            )?;
+            let member_count = members.len();
+            let member = snapshot_file::RestoredMember {
+                member_id,
+                cluster_id,
+                members,
+            };
+            snapshot_file::restore(&file, &data_dir, options, &member)?;
             println!(
-                "restored snapshot {} into {} for member {} of cluster {:x} ({} members); start \
-                 it with the same --name, --initial-cluster and --initial-cluster-token",
+                "restored snapshot {} into {} for member {} ({member_id:x}) of cluster \
+                 {cluster_id:x} ({member_count} members)",
                 file.display(),
                 data_dir.display(),
                 flags.name,
-                config::cluster_id(&ids, &flags.initial_cluster_token),
-                members.len()
             );
             Ok(())
         }

@@ -242,6 +242,8 @@ class Member:
         self.peer_url = f"http://{self.ip}:{self.peer_port}"
         self.relay = None
         self._channel = None
+        # --initial-cluster of this member's first start (what a manifest keeps passing).
+        self.initial_cluster = ""
 
     def __repr__(self):
         return self.name
@@ -259,7 +261,7 @@ class Member:
             self._channel = grpc.insecure_channel(self.endpoint)
         return self._channel
 
-    def args(self, initial_cluster: str, state: str):
+    def args(self, initial_cluster: str, state: str, token: str = None):
         c = self.cluster
         binary = harness.basalt_bin() if c.kind == "basalt" else harness.etcd_bin("etcd")
         args = [
@@ -272,7 +274,7 @@ class Member:
             "--initial-advertise-peer-urls", self.peer_url,
             "--initial-cluster", initial_cluster,
             "--initial-cluster-state", state,
-            "--initial-cluster-token", c.token,
+            "--initial-cluster-token", token or c.token,
             "--heartbeat-interval", str(c.heartbeat_ms),
             "--election-timeout", str(c.election_ms),
             *c.extra_flags,
@@ -283,11 +285,15 @@ class Member:
             args = ["ip", "netns", "exec", self.ns, *args]
         return args
 
-    def start(self, initial_cluster: str = "", state: str = "new") -> "Member":
-        """Start the process; the flags are those of its first start (a restart reuses them:
-        a member with a data dir ignores the initial-cluster flags, as etcd does)."""
+    def start(self, initial_cluster: str = "", state: str = "new", token: str = None,
+              wait_listening: bool = True) -> "Member":
+        """Start the process; the flags are those of its first start unless given again (a
+        member with a data dir ignores the initial-cluster flags, as etcd does). Without
+        `wait_listening` it returns at once, for a caller that wants to see a start fail."""
         if initial_cluster:
-            self.start_args = self.args(initial_cluster, state)
+            if not self.initial_cluster:
+                self.initial_cluster = initial_cluster
+            self.start_args = self.args(initial_cluster, state, token)
         log = open(self.log_path, "ab")
         log.write(f"==== start {time.strftime('%H:%M:%S')}: {' '.join(self.start_args)}\n".encode())
         log.flush()
@@ -295,7 +301,8 @@ class Member:
         log.close()
         if self.ns and self.relay is None:
             self.relay = Relay(self.cluster.router_ns, self.ip, self.client_port)
-        self._wait_listening()
+        if wait_listening:
+            self._wait_listening()
         return self
 
     def _wait_listening(self):

@@ -59,21 +59,7 @@ pub fn dump_log(
     out: &mut impl Write,
 ) -> Result<DumpSummary, WalError> {
     let dir = wal_dir(data_dir);
-    let io = |e| WalError::io(&dir, e);
-    let mut seqs: Vec<u64> = std::fs::read_dir(&dir)
-        .map_err(io)?
-        .filter_map(|e| {
-            e.ok()
-                .and_then(|e| parse_segment_name(&e.file_name().to_string_lossy()))
-        })
-        .collect();
-    seqs.sort_unstable();
-    let mut files = Vec::with_capacity(seqs.len());
-    for seq in seqs {
-        let path = dir.join(super::prealloc::segment_name(seq));
-        let bytes = std::fs::read(&path).map_err(|e| WalError::io(&path, e))?;
-        files.push((path, bytes));
-    }
+    let files = read_segments(&dir)?;
     let last_used = files.iter().rposition(|(_, b)| b.iter().any(|&x| x != 0));
     let mut summary = DumpSummary::default();
     let w = |e| WalError::io(Path::new("<output>"), e);
@@ -173,6 +159,68 @@ pub fn dump_log(
         summary.segments, summary.records, summary.shown
     )
     .map_err(w)?;
+    Ok(summary)
+}
+
+/// Every segment file of the WAL in `dir`, in order, with its bytes.
+fn read_segments(dir: &Path) -> Result<Vec<(PathBuf, Vec<u8>)>, WalError> {
+    let mut seqs: Vec<u64> = std::fs::read_dir(dir)
+        .map_err(|e| WalError::io(dir, e))?
+        .filter_map(|e| {
+            e.ok()
+                .and_then(|e| parse_segment_name(&e.file_name().to_string_lossy()))
+        })
+        .collect();
+    seqs.sort_unstable();
+    let mut files = Vec::with_capacity(seqs.len());
+    for seq in seqs {
+        let path = dir.join(super::prealloc::segment_name(seq));
+        let bytes = std::fs::read(&path).map_err(|e| WalError::io(&path, e))?;
+        files.push((path, bytes));
+    }
+    Ok(files)
+}
+
+/// What a stopped member's WAL holds, as far as its records verify: start-up reads this to
+/// learn whether a data dir already holds a member before anything in it is opened for
+/// writing (recovery proper, [`super::Wal::open`], judges damage and reports it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogSummary {
+    /// The first metadata record's payload: whom the log belongs to.
+    pub metadata: Option<Vec<u8>>,
+    pub has_entries: bool,
+    /// The index of the newest snapshot marker.
+    pub snapshot_index: Option<u64>,
+}
+
+/// Reads `<data_dir>/member/wal` without changing anything; a missing WAL dir is an empty log.
+pub fn summarize_log(data_dir: &Path) -> Result<LogSummary, WalError> {
+    let dir = wal_dir(data_dir);
+    let mut summary = LogSummary::default();
+    if !dir.exists() {
+        return Ok(summary);
+    }
+    for (_, bytes) in read_segments(&dir)? {
+        // A preallocated segment (all zero) has no header to verify and no records.
+        let Ok(header) = SegmentHeader::decode(&bytes) else {
+            continue;
+        };
+        let payload_max = record_payload_bytes_max(header.batch_bytes_max as usize);
+        scan_records(
+            &bytes,
+            SEGMENT_HEADER_BYTES,
+            header.chain_seed,
+            payload_max,
+            |r| match r.kind {
+                RecordKind::Metadata => {
+                    summary.metadata.get_or_insert_with(|| r.payload.to_vec());
+                }
+                RecordKind::Entry => summary.has_entries = true,
+                RecordKind::Snapshot => summary.snapshot_index = Some(r.index),
+                RecordKind::HardState | RecordKind::Truncate => {}
+            },
+        );
+    }
     Ok(summary)
 }
 

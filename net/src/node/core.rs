@@ -11,6 +11,8 @@ mod cluster;
 mod lease;
 mod push_off;
 
+pub(super) use cluster::conf_state_of;
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -165,14 +167,43 @@ impl Core {
         published: Arc<Published>,
         peer_inbound: flume::Sender<PeerInbound>,
     ) -> Result<Core, NodeError> {
-        let db = btree::open(
-            datadir::db_path(&config.data_dir),
-            btree::Options::default(),
-        )
-        .map_err(|e| NodeError::DataDir {
-            path: datadir::db_path(&config.data_dir),
-            reason: e.to_string(),
-        })?;
+        let options = WalOptions {
+            max_wals: config.max_wals,
+            ..WalOptions::default()
+        };
+        let wal_path = wal_dir(&config.data_dir);
+        let (wal, recovered) = Wal::open(DmaStorage, wal_path.clone(), options).await?;
+        if let Some(tail) = &recovered.torn_tail {
+            eprintln!(
+                "basalt: cut a torn WAL tail at {} offset {} (a write the crash interrupted)",
+                tail.file.display(),
+                tail.offset
+            );
+        }
+        // The log's metadata record names the member it belongs to: with one, this is a
+        // restart of that member, whatever the bootstrap flags say.
+        let restart = match &recovered.metadata {
+            None => false,
+            Some(metadata) => {
+                let (member_id, _) = codec::decode_metadata(metadata)
+                    .map_err(|e| data_dir_error(&wal_path, format!("the metadata record: {e}")))?;
+                if member_id != config.member_id {
+                    return Err(data_dir_error(
+                        &wal_path,
+                        format!(
+                            "the WAL belongs to member {member_id:x}, not {:x}",
+                            config.member_id
+                        ),
+                    ));
+                }
+                true
+            }
+        };
+        let log_holds_entries = recovered.first_index <= recovered.last_index;
+
+        let db_path = datadir::db_path(&config.data_dir);
+        let db = btree::open(&db_path, btree::Options::default())
+            .map_err(|e| data_dir_error(&db_path, e.to_string()))?;
         let mut applier = Applier::open(db, config.limits)?;
         let fresh = applier.applied_index() < BOOTSTRAP_INDEX;
         let founders = match config.initial_members.as_slice() {
@@ -183,58 +214,60 @@ impl Core {
             }],
             members => members.to_vec(),
         };
-        let listed = applier.members().iter().any(|m| m.id == config.member_id);
-        if fresh && !config.join_existing {
+        if !restart && fresh && !config.join_existing {
             // A founding member's log starts with raft's bootstrap snapshot (the initial
-            // configuration, no data): applied by definition.
+            // configuration, no data): applied by definition, and checkpointed before the log
+            // names this member, so that a restart finds the founders in the tree and never
+            // needs the bootstrap flags again.
             applier.bootstrap(BOOTSTRAP_INDEX, &founders);
-        } else if !fresh
-            && !listed
-            && !config.join_existing
-            && !applier.is_removed(config.member_id)
-        {
-            // A tree restored from a snapshot file starts a new cluster: the members it lists
-            // are the old cluster's.
-            applier.reset_members(&founders);
             applier.checkpoint()?;
+        } else if !restart && !fresh && !config.join_existing {
+            // A tree restored from a snapshot file by an older `basalt snapshot restore` (no
+            // WAL) starts a new cluster: the members it lists are the old cluster's.
+            applier.reset_members(&founders);
+            save_members(&mut applier)?;
+        } else if restart && fresh && recovered.snapshot.is_none() && log_holds_entries {
+            // An older Basalt checkpointed the founders only with the first entries applied; a
+            // member it bootstrapped and that was killed before then holds entries after the
+            // bootstrap index but a tree without them. Its bootstrap flags are the only record
+            // of the founders left.
+            if !founders.iter().any(|m| m.id == config.member_id) {
+                return Err(data_dir_error(
+                    &db_path,
+                    format!(
+                        "the tree holds no checkpoint while the WAL holds entries from index \
+                         {}: this member was bootstrapped by an older Basalt and killed before \
+                         its first checkpoint; start it once with the --initial-cluster and \
+                         --initial-cluster-token it was bootstrapped with",
+                        recovered.first_index
+                    ),
+                ));
+            }
+            eprintln!(
+                "basalt: repairing {}: the founders of this member's bootstrap were never \
+                 checkpointed; taking them from --initial-cluster",
+                db_path.display()
+            );
+            applier.bootstrap(BOOTSTRAP_INDEX, &founders);
+            applier.checkpoint()?;
+        } else if restart && fresh && recovered.snapshot.is_none() && !config.join_existing {
+            return Err(data_dir_error(
+                &wal_path,
+                "the log names this member but holds nothing else, and the tree is empty: \
+                 the member joined a cluster and must learn its peers from it again",
+            ));
         }
         let mut applied = applier.applied_index();
         // Entries up to the applied index are never handed to raft again, so its configuration
         // must be the one in effect there: the applied member list says what it is.
         let mut conf_state = cluster::conf_state_of(&applier.members());
 
-        let options = WalOptions {
-            max_wals: config.max_wals,
-            ..WalOptions::default()
-        };
-        let (wal, recovered) = Wal::open(DmaStorage, wal_dir(&config.data_dir), options).await?;
-        if let Some(tail) = &recovered.torn_tail {
-            eprintln!(
-                "basalt: cut a torn WAL tail at {} offset {} (a write the crash interrupted)",
-                tail.file.display(),
-                tail.offset
-            );
-        }
-        match &recovered.metadata {
-            None => {
-                let metadata = codec::encode_metadata(config.member_id, config.cluster_id);
-                wal.append(&[RecordRef::metadata(&metadata)]).await?;
-            }
-            Some(metadata) => {
-                let (member_id, _) = codec::decode_metadata(metadata)?;
-                if member_id != config.member_id {
-                    return Err(NodeError::DataDir {
-                        path: config.data_dir.clone(),
-                        reason: format!(
-                            "the WAL belongs to member {member_id:x}, not {:x}",
-                            config.member_id
-                        ),
-                    });
-                }
-            }
+        if !restart {
+            let metadata = codec::encode_metadata(config.member_id, config.cluster_id);
+            wal.append(&[RecordRef::metadata(&metadata)]).await?;
         }
 
-        let mut storage = if fresh && config.join_existing {
+        let mut storage = if applier.applied_index() < BOOTSTRAP_INDEX && config.join_existing {
             // A joining member's log is empty until the leader sends it a snapshot.
             MemStorage::new()
         } else {
@@ -280,9 +313,7 @@ impl Core {
                 })
                 .collect::<Result<Vec<_>, NodeError>>()?;
             next = entries.last().map_or(next + 1, |e| e.index + 1);
-            storage
-                .append(&entries)
-                .map_err(|e| NodeError::Raft(e.to_string()))?;
+            append_recovered(&mut storage, &entries, &wal_path)?;
         }
         let last_index = storage
             .last_index()
@@ -813,6 +844,62 @@ impl Core {
         self.wal.purge(index).await?;
         self.snapshot_index = index;
         Ok(())
+    }
+}
+
+/// Hands entries read back from the WAL to raft's log once they are known to continue it:
+/// raft asserts on a gap (a programmer's error there), but here a gap is damage on disk.
+fn append_recovered(
+    storage: &mut MemStorage,
+    entries: &[Entry],
+    wal_path: &std::path::Path,
+) -> Result<(), NodeError> {
+    let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+        return Ok(());
+    };
+    let raft_error = |e: basalt_raft::StorageError| NodeError::Raft(e.to_string());
+    let log_first = storage.first_index().map_err(raft_error)?;
+    let log_last = storage.last_index().map_err(raft_error)?;
+    let misfit = if first.index > log_last + 1 {
+        Some(format!(
+            "entry {} does not follow the log's last index {log_last}: entries in between are \
+             missing",
+            first.index
+        ))
+    } else if first.index < log_first {
+        Some(format!(
+            "entry {} is at or below the log's snapshot (the log starts at {log_first})",
+            first.index
+        ))
+    } else if last.index - first.index + 1 != entries.len() as u64 {
+        Some(format!(
+            "entries {}..={} are not consecutive ({} read)",
+            first.index,
+            last.index,
+            entries.len()
+        ))
+    } else {
+        None
+    };
+    if let Some(reason) = misfit {
+        return Err(data_dir_error(wal_path, reason));
+    }
+    storage.append(entries).map_err(raft_error)
+}
+
+/// Makes a member list changed outside the log durable at the tree's applied index.
+fn save_members(applier: &mut Applier) -> Result<(), NodeError> {
+    applier.commit()?;
+    applier
+        .db()
+        .checkpoint(applier.applied_index())
+        .map_err(|e| NodeError::Apply(ApplyError::Storage(e.to_string())))
+}
+
+fn data_dir_error(path: &std::path::Path, reason: impl Into<String>) -> NodeError {
+    NodeError::DataDir {
+        path: path.to_path_buf(),
+        reason: reason.into(),
     }
 }
 

@@ -34,35 +34,45 @@ fn refuse(path: &Path, reason: impl Into<String>) -> NodeError {
     }
 }
 
+/// Checks that an existing `member/` is ours and of this format, changing nothing; `false` when
+/// there is no `member/` yet.
+fn check_format(data_dir: &Path) -> Result<bool, NodeError> {
+    let member = member_dir(data_dir);
+    if !member.exists() {
+        return Ok(false);
+    }
+    let marker = member.join(FORMAT_FILE);
+    let found = fs::read_to_string(&marker).map_err(|e| {
+        refuse(
+            data_dir,
+            format!(
+                "{} is unreadable ({e}): this is not a Basalt data dir (an etcd data dir \
+                 must be brought over with `etcdctl snapshot save` and `basalt snapshot \
+                 restore`)",
+                marker.display()
+            ),
+        )
+    })?;
+    if found != FORMAT_LINE {
+        return Err(refuse(
+            data_dir,
+            format!(
+                "{} says {:?}; this Basalt reads only {:?}",
+                marker.display(),
+                found.trim_end(),
+                FORMAT_LINE.trim_end()
+            ),
+        ));
+    }
+    Ok(true)
+}
+
 /// Creates a new data directory, or checks that an existing one is ours and of this format.
 pub fn prepare(data_dir: &Path) -> Result<(), NodeError> {
     let member = member_dir(data_dir);
-    let marker = member.join(FORMAT_FILE);
-    if member.exists() {
-        let found = fs::read_to_string(&marker).map_err(|e| {
-            refuse(
-                data_dir,
-                format!(
-                    "{} is unreadable ({e}): this is not a Basalt data dir (an etcd data dir \
-                     must be brought over with `etcdctl snapshot save` and `basalt snapshot \
-                     restore`)",
-                    marker.display()
-                ),
-            )
-        })?;
-        if found != FORMAT_LINE {
-            return Err(refuse(
-                data_dir,
-                format!(
-                    "{} says {:?}; this Basalt reads only {:?}",
-                    marker.display(),
-                    found.trim_end(),
-                    FORMAT_LINE.trim_end()
-                ),
-            ));
-        }
-    } else {
+    if !check_format(data_dir)? {
         fs::create_dir_all(&member).map_err(|e| refuse(data_dir, e.to_string()))?;
+        let marker = member.join(FORMAT_FILE);
         let mut file = fs::File::create(&marker).map_err(|e| refuse(data_dir, e.to_string()))?;
         file.write_all(FORMAT_LINE.as_bytes())
             .and_then(|()| file.sync_all())
@@ -74,33 +84,74 @@ pub fn prepare(data_dir: &Path) -> Result<(), NodeError> {
     sync_dir(&member).map_err(|e| refuse(data_dir, e.to_string()))
 }
 
+/// The member a data dir holds: its WAL names it (etcd's rule: a dir with a WAL restarts as
+/// the member it holds, whatever the bootstrap flags say).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemberDir {
+    pub member_id: u64,
+    pub cluster_id: u64,
+    /// The member joined a running cluster and has received nothing yet (no entry, no
+    /// snapshot, an empty tree): it must learn its peers from the cluster again.
+    pub awaits_first_snapshot: bool,
+}
+
+/// Whether `data_dir` already holds a member, read without writing anything: `None` for a
+/// dir to bootstrap or join with (no `member/`, or a WAL that never got its metadata record, as
+/// a crash during the first start leaves it).
+pub fn existing_member(data_dir: &Path) -> Result<Option<MemberDir>, NodeError> {
+    if !check_format(data_dir)? {
+        return Ok(None);
+    }
+    let wal = basalt_engine::wal::wal_dir(data_dir);
+    let log = basalt_engine::wal::dump::summarize_log(data_dir)?;
+    let Some(metadata) = log.metadata else {
+        return Ok(None);
+    };
+    let (member_id, cluster_id) = super::codec::decode_metadata(&metadata)
+        .map_err(|e| refuse(&wal, format!("the WAL's metadata record: {e}")))?;
+    let received_nothing = !log.has_entries && log.snapshot_index.is_none();
+    let awaits_first_snapshot = received_nothing && tree_applied_index(data_dir)? == 0;
+    Ok(Some(MemberDir {
+        member_id,
+        cluster_id,
+        awaits_first_snapshot,
+    }))
+}
+
+/// The applied index of the tree's newest checkpoint (0 without a tree file).
+fn tree_applied_index(data_dir: &Path) -> Result<u64, NodeError> {
+    let db = db_path(data_dir);
+    if !db.exists() {
+        return Ok(0);
+    }
+    basalt_engine::btree::check(&db)
+        .map(|report| report.applied_index)
+        .map_err(|e| refuse(&db, e.to_string()))
+}
+
+/// Older Basalt recorded a joining member's ids in this file and wrote it on every start with
+/// `--initial-cluster-state existing`, even beside a member's own log; the WAL's metadata
+/// record is what names the member, so the file is only removed when found.
+const STRAY_JOINED_FILE: &str = "basalt-joined";
+
+/// Removes the file an older start left (see [`STRAY_JOINED_FILE`]), saying so.
+pub fn remove_stray_joined_marker(data_dir: &Path) -> Result<(), NodeError> {
+    let path = member_dir(data_dir).join(STRAY_JOINED_FILE);
+    if !path.exists() {
+        return Ok(());
+    }
+    fs::remove_file(&path).map_err(|e| refuse(&path, e.to_string()))?;
+    sync_dir(&member_dir(data_dir)).map_err(|e| refuse(data_dir, e.to_string()))?;
+    eprintln!(
+        "basalt: removed {} left by an older start with --initial-cluster-state existing \
+         (the WAL names this member)",
+        path.display()
+    );
+    Ok(())
+}
+
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     fs::File::open(dir)?.sync_all()
-}
-
-/// Where a member that joined a running cluster keeps the ids it was given, so that it restarts
-/// as itself even when no peer answers: `<member id hex> <cluster id hex>\n`.
-const IDENTITY_FILE: &str = "basalt-joined";
-
-/// The member and cluster ids a joining member was given, if it joined before.
-pub fn joined_identity(data_dir: &Path) -> Option<(u64, u64)> {
-    let text = fs::read_to_string(member_dir(data_dir).join(IDENTITY_FILE)).ok()?;
-    let (member, cluster) = text.trim_end().split_once(' ')?;
-    Some((
-        u64::from_str_radix(member, 16).ok()?,
-        u64::from_str_radix(cluster, 16).ok()?,
-    ))
-}
-
-/// Records the ids a joining member was given (synced before it starts).
-pub fn remember_identity(data_dir: &Path, member_id: u64, cluster_id: u64) -> std::io::Result<()> {
-    let member = member_dir(data_dir);
-    fs::create_dir_all(&member)?;
-    let path = member.join(IDENTITY_FILE);
-    let mut file = fs::File::create(&path)?;
-    file.write_all(format!("{member_id:x} {cluster_id:x}\n").as_bytes())?;
-    file.sync_all()?;
-    fs::File::open(&member)?.sync_all()
 }
 
 #[cfg(test)]

@@ -39,7 +39,9 @@ use crate::status::{Code, Status};
 
 pub use codec::CodecError;
 pub use compactor::AutoCompaction;
-pub use datadir::{db_path, joined_identity, prepare as prepare_data_dir, remember_identity};
+pub use datadir::{
+    db_path, existing_member, prepare as prepare_data_dir, remove_stray_joined_marker, MemberDir,
+};
 
 /// How the member runs; the binary fills it from etcd's flags.
 #[derive(Clone, Debug)]
@@ -73,10 +75,14 @@ pub struct NodeConfig {
     /// TLS of `https://` peer URLs (`--peer-cert-file` and the rest).
     pub peer_tls: Option<crate::tls::TlsConfig>,
     /// `--initial-cluster` as members (ids, names, peer URLs) for a new cluster; a member
-    /// joining an existing cluster gets the member list the cluster sent it.
+    /// joining an existing cluster gets the member list the cluster sent it. A restart of a
+    /// member reads its members from its data dir: these are then only consulted to repair a
+    /// dir an older Basalt bootstrapped without checkpointing its founders.
     pub initial_members: Vec<Member>,
-    /// `--initial-cluster-state existing`: this member was added to a running cluster and
-    /// starts with an empty log that the leader fills (by snapshot).
+    /// This member was added to a running cluster and has received nothing from it yet
+    /// (`--initial-cluster-state existing` on a fresh dir, or a restart before the first
+    /// snapshot arrived): it starts with an empty log that the leader fills by snapshot, and
+    /// `initial_members` is the member list the cluster sent.
     pub join_existing: bool,
     /// `--strict-reconfig-check`: refuse membership changes that would leave too few
     /// connected voters for a quorum.
@@ -130,6 +136,10 @@ impl Default for NodeConfig {
 pub enum NodeError {
     #[error("data dir {path}: {reason}")]
     DataDir { path: PathBuf, reason: String },
+    /// The data dir holds a member that was removed from its cluster: it never serves again
+    /// (etcd stops such a member without an error status).
+    #[error("the member has been permanently removed from the cluster; the data dir used by this member must be removed")]
+    Removed,
     #[error(transparent)]
     Wal(#[from] WalError),
     #[error(transparent)]

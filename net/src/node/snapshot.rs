@@ -16,13 +16,17 @@ use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use basalt_engine::apply::Applier;
 use basalt_engine::bbolt::{self, BboltFile};
-use basalt_engine::btree::{self, ReadTxn};
+use basalt_engine::btree::{self, Db, ReadTxn};
 use basalt_engine::interchange;
-use basalt_engine::mvcc::{read_consistent_index, BtreeBackend, KvStore};
+use basalt_engine::mvcc::{read_consistent_index, BtreeBackend, KvStore, Limits};
+use basalt_engine::wal::{wal_dir, DmaStorage, RecordRef, Wal, WalOptions};
+use basalt_proto::etcdserverpb::Member;
+use basalt_raft::HardState;
 use sha2::{Digest, Sha256};
 
-use super::datadir;
+use super::{codec, datadir};
 
 /// Bytes of the sha256 trailer.
 pub const SHA256_BYTES: usize = 32;
@@ -254,10 +258,28 @@ pub struct RestoreOptions {
     pub skip_hash_check: bool,
 }
 
+/// The member a restored data dir holds, from `snapshot restore`'s `--name`,
+/// `--initial-cluster`, `--initial-cluster-token` and `--initial-advertise-peer-urls`.
+#[derive(Debug, Clone)]
+pub struct RestoredMember {
+    pub member_id: u64,
+    pub cluster_id: u64,
+    /// The new cluster's members (the restored tree's own list names the old cluster).
+    pub members: Vec<Member>,
+}
+
 /// Builds a new data directory from a snapshot file of either format (what `etcdutl snapshot
-/// restore` does). The tree is made in a staging directory inside `data_dir` and moved into
-/// place only when whole, so a refused or failed restore leaves nothing behind.
-pub fn restore(snapshot: &Path, data_dir: &Path, options: RestoreOptions) -> Result<(), String> {
+/// restore` does): the tree, with the new cluster's members, and a log that names `member` and
+/// starts at the tree's applied index. The dir then holds a member: it starts as that member
+/// whatever the bootstrap flags say. Everything is made in a staging directory inside
+/// `data_dir` and moved into place only when whole, so a refused or failed restore leaves
+/// nothing behind.
+pub fn restore(
+    snapshot: &Path,
+    data_dir: &Path,
+    options: RestoreOptions,
+    member: &RestoredMember,
+) -> Result<(), String> {
     if datadir::member_dir(data_dir).exists() {
         return Err(format!("data dir {} already exists", data_dir.display()));
     }
@@ -266,11 +288,13 @@ pub fn restore(snapshot: &Path, data_dir: &Path, options: RestoreOptions) -> Res
     fs::create_dir_all(data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
     let staging = data_dir.join(".member.restoring");
     let _ = fs::remove_dir_all(&staging);
-    let made = build_data_dir(snapshot, format, len, &staging, options).and_then(|()| {
-        fs::rename(datadir::member_dir(&staging), datadir::member_dir(data_dir))
-            .and_then(|()| fs::File::open(data_dir)?.sync_all())
-            .map_err(|e| format!("{}: {e}", data_dir.display()))
-    });
+    let made = build_data_dir(snapshot, format, len, &staging, options)
+        .and_then(|(db, applied)| record_member(db, &staging, member, applied))
+        .and_then(|()| {
+            fs::rename(datadir::member_dir(&staging), datadir::member_dir(data_dir))
+                .and_then(|()| fs::File::open(data_dir)?.sync_all())
+                .map_err(|e| format!("{}: {e}", data_dir.display()))
+        });
     let _ = fs::remove_dir_all(&staging);
     if made.is_err() && created_data_dir {
         let _ = fs::remove_dir(data_dir);
@@ -284,7 +308,7 @@ fn build_data_dir(
     len: u64,
     data_dir: &Path,
     options: RestoreOptions,
-) -> Result<(), String> {
+) -> Result<(Db, u64), String> {
     datadir::prepare(data_dir).map_err(|e| e.to_string())?;
     let db_path = datadir::db_path(data_dir);
     if format == SnapshotFormat::Etcd {
@@ -293,8 +317,8 @@ fn build_data_dir(
         let file =
             BboltFile::open(snapshot, tree_len).map_err(|e| in_file(format!("bbolt file {e}")))?;
         let db = btree::open(&db_path, btree::Options::default()).map_err(|e| e.to_string())?;
-        interchange::import_etcd(&file, &db).map_err(|e| in_file(e.to_string()))?;
-        return Ok(());
+        let imported = interchange::import_etcd(&file, &db).map_err(|e| in_file(e.to_string()))?;
+        return Ok((db, imported.consistent_index));
     }
     verified_tree(snapshot, &db_path)?;
     let db = btree::open(&db_path, btree::Options::default()).map_err(|e| e.to_string())?;
@@ -306,7 +330,57 @@ fn build_data_dir(
             "snapshot tree holds index {applied} but its checkpoint says {durable}"
         ));
     }
-    Ok(())
+    drop(read);
+    Ok((db, applied))
+}
+
+/// Makes a restored tree (`db`, at `applied`) `member`'s: the new cluster's members replace the
+/// old cluster's in the tree, and the log names the member.
+fn record_member(
+    db: Db,
+    data_dir: &Path,
+    member: &RestoredMember,
+    applied: u64,
+) -> Result<(), String> {
+    let mut applier = Applier::open(db, Limits::default()).map_err(|e| e.to_string())?;
+    applier.reset_members(&member.members);
+    applier.commit().map_err(|e| e.to_string())?;
+    applier
+        .db()
+        .checkpoint(applied)
+        .map_err(|e| e.to_string())?;
+    drop(applier);
+    write_restored_log(data_dir, member, applied)
+}
+
+/// The restored member's log: its metadata, a snapshot marker at the tree's applied index
+/// (the log starts after it) and a hard state committing it, as `etcdutl` writes them.
+fn write_restored_log(data_dir: &Path, member: &RestoredMember, index: u64) -> Result<(), String> {
+    const TERM: u64 = 1;
+    let dir = wal_dir(data_dir);
+    let metadata = codec::encode_metadata(member.member_id, member.cluster_id);
+    let marker = codec::encode_snapshot(&super::core::conf_state_of(&member.members));
+    let hard_state = codec::encode_hard_state(&HardState {
+        term: TERM,
+        vote: 0,
+        commit: index,
+    });
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .name("basalt-restore")
+        .spawn(move || async move {
+            let (wal, _) = Wal::open(DmaStorage, dir, WalOptions::default()).await?;
+            wal.append(&[
+                RecordRef::metadata(&metadata),
+                RecordRef::snapshot(TERM, index, &marker),
+                RecordRef::hard_state(&hard_state),
+            ])
+            .await?;
+            wal.close().await
+        })
+        .map_err(|e| e.to_string())?
+        .join()
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("writing the restored member's WAL: {e}"))
 }
 
 fn scratch_path(snapshot: &Path) -> PathBuf {
@@ -350,9 +424,29 @@ mod tests {
             (2, 2),
             "one record + the consistent index"
         );
-        restore(&snapshot, &root.join("restored"), RestoreOptions::default()).unwrap();
+        let member = RestoredMember {
+            member_id: 7,
+            cluster_id: 8,
+            members: vec![Member {
+                id: 7,
+                name: "r".into(),
+                ..Member::default()
+            }],
+        };
+        let restored = root.join("restored");
+        restore(&snapshot, &restored, RestoreOptions::default(), &member).unwrap();
+        let found = datadir::existing_member(&restored).unwrap().unwrap();
+        assert_eq!(
+            (
+                found.member_id,
+                found.cluster_id,
+                found.awaits_first_snapshot
+            ),
+            (7, 8, false),
+            "the restored dir holds the member it was restored as"
+        );
         assert!(
-            restore(&snapshot, &root.join("restored"), RestoreOptions::default()).is_err(),
+            restore(&snapshot, &restored, RestoreOptions::default(), &member).is_err(),
             "never overwrites"
         );
 

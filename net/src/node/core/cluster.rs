@@ -273,7 +273,10 @@ impl Core {
                         .is_some_and(|t| t.active_since(m.id).is_some())
             })
             .count();
-        if started < voters_after / 2 + 1 {
+        // etcd lets a lone member take a second voter (how a cluster grows from a restored
+        // snapshot), though the two cannot commit until the new one runs.
+        let grows_lone_member = leaving.is_none() && started == 1 && voters_after == 2;
+        if started < voters_after / 2 + 1 && !grows_lone_member {
             return Err(Status::new(
                 Code::FailedPrecondition,
                 "etcdserver: re-configuration failed due to not enough started members",
@@ -581,7 +584,7 @@ pub(super) fn adopt_received_snapshot(
 
 /// The raft configuration a member list describes (membership changes are single steps, so
 /// no joint configuration is ever left in effect at an applied index).
-pub(super) fn conf_state_of(members: &[Member]) -> ConfState {
+pub(crate) fn conf_state_of(members: &[Member]) -> ConfState {
     let ids = |learners: bool| {
         members
             .iter()
@@ -613,13 +616,7 @@ impl Core {
     pub(super) async fn start_transport(&mut self) -> Result<(), NodeError> {
         let member_id = self.config.member_id;
         if self.applier.is_removed(member_id) {
-            return Err(NodeError::DataDir {
-                path: self.config.data_dir.clone(),
-                reason: format!(
-                    "member {member_id:x} was removed from the cluster; its data dir cannot \
-                     serve again"
-                ),
-            });
+            return Err(NodeError::Removed);
         }
         let mut members = self.applier.members();
         if members.is_empty() {
