@@ -248,3 +248,31 @@ def test_a_member_starts_on_every_kind_of_data_dir_as_etcd_does(kind):
     finally:
         founder.close()
     check(kind, rows)
+
+
+def test_a_dir_left_by_the_joined_marker_bug_starts_again():
+    """Older Basalt wrote member/basalt-joined on a restart with `existing` and checkpointed a
+    founder's members only with its first entries applied, so a member killed early held a log
+    its tree did not start: every start panicked. Such a dir (here: the tree file gone, the
+    marker written) restarts from its bootstrap flags; with other flags it says why it cannot."""
+    c = cl.Cluster(kind="basalt", size=1, heartbeat_ms=50, election_ms=500)
+    try:
+        m = c.new_member()
+        c.members.append(m)
+        m.initial_cluster = c.initial_cluster([m])
+        row = Row("repaired", m)
+        make_dir(row)
+        member_dir = m.dir / "data" / "member"
+        (member_dir / "snap" / "db").unlink()
+        (member_dir / "basalt-joined").write_text(f"{row.identity[0]:x} {row.identity[1]:x}\n")
+
+        assert row.run_case("existing", "changed") == EXITS_FAILED
+        assert "start it once with the --initial-cluster and --initial-cluster-token" in m.log_tail(3)
+        assert str(member_dir / "snap" / "db") in m.log_tail(3), "the error names the file"
+
+        assert row.run_case("existing", "same") == SERVES_AS_BEFORE, m.log_tail()
+        assert "repairing" in m.log_path.read_text()
+        assert not (member_dir / "basalt-joined").exists()
+        assert row.run_case("new", "changed") == SERVES_AS_BEFORE, m.log_tail()
+    finally:
+        c.close()

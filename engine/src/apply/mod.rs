@@ -132,10 +132,14 @@ impl Applier {
             .db()
             .durable_applied_index()
             .map_err(|e| ApplyError::Storage(e.to_string()))?;
-        assert_eq!(
-            applied_index, checkpointed_index,
-            "a freshly opened tree holds exactly its newest checkpoint"
-        );
+        if applied_index != checkpointed_index {
+            // A freshly opened tree holds exactly its newest checkpoint; anything else is a
+            // damaged file, reported rather than trusted.
+            return Err(ApplyError::Storage(format!(
+                "the tree's consistent index {applied_index} differs from its checkpoint's \
+                 applied index {checkpointed_index}"
+            )));
+        }
         let mut alarms = BTreeSet::new();
         for (key, _) in backend.records(ALARM_BUCKET).map_err(storage)? {
             let key: [u8; ALARM_KEY_BYTES] = key.as_slice().try_into().map_err(|_| {
