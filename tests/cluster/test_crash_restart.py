@@ -31,10 +31,9 @@ EXISTING_SHARE = 0.8
 @pytest.mark.parametrize("kind", ["basalt", "etcd"])
 def test_kill_9_loop_with_manifest_flags_loses_nothing(kind):
     rng = random.Random(f"{kind}-{SEED}")
+    restarts = []
     with cl.Cluster(kind=kind, size=3) as c:
-        workload = wl.Workload(c, SEED).start()
-        restarts = []
-        try:
+        def kill_and_restart():
             for _ in range(KILLS):
                 live = c.live()
                 victim = c.leader() if rng.random() < LEADER_SHARE else rng.choice(live)
@@ -49,10 +48,6 @@ def test_kill_9_loop_with_manifest_flags_loses_nothing(kind):
                         f"{victim} did not serve again after a restart with {state}\n{victim.log_tail()}"
                     time.sleep(0.1)
                 time.sleep(rng.uniform(0.2, 1.0))
-        finally:
-            workload.stop()
-        try:
-            summary = wl.verify(c, workload)
-        except AssertionError as e:
-            raise AssertionError(f"{kind} after restarts {restarts}: {e}\n{c.log_tails()}") from None
-        print(f"{kind}: {KILLS} kills ({', '.join(restarts)}): {summary}")
+
+        wl.run_and_verify(c, SEED, kill_and_restart,
+                          lambda: f"{kind}: {KILLS} kills ({', '.join(restarts)})")

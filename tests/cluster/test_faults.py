@@ -280,13 +280,5 @@ def test_cluster_stays_linearizable_and_loses_nothing(scenario, seed):
         pytest.skip(cl.delay_available())
     rng = random.Random(f"{scenario}-{seed}")
     with cl.Cluster(size=scenario.size, netns=scenario.netns) as c:
-        workload = wl.Workload(c, seed).start()
-        try:
-            scenario.fault(c, rng)
-        finally:
-            workload.stop()
-        try:
-            summary = wl.verify(c, workload)
-        except AssertionError as e:
-            raise AssertionError(f"{scenario} seed {seed} ({c.kind}): {e}\n{c.log_tails()}") from None
-        print(f"{scenario} seed {seed} ({c.kind}): {summary}")
+        wl.run_and_verify(c, seed, lambda: scenario.fault(c, rng),
+                          lambda: f"{scenario} seed {seed} ({c.kind})")

@@ -236,3 +236,20 @@ def verify(cluster, workload: Workload) -> str:
     assert not failures, "history not linearizable:\n" + "\n".join(f.explain() for f in failures)
     assert len(workload.acked_unique) > 0, "no write was acknowledged: the run checked nothing"
     return f"{workload.summary()}; converged at revision {revision}"
+
+
+def run_and_verify(cluster, seed: int, faults, label) -> str:
+    """Runs `faults()` on `cluster` under a Workload of `seed`, then `verify`. `label()` names
+    the run in the summary line printed and in a failure (called afterwards, so it may tell what
+    the faults did); a failure also carries the members' log tails."""
+    workload = Workload(cluster, seed).start()
+    try:
+        faults()
+    finally:
+        workload.stop()
+    try:
+        summary = verify(cluster, workload)
+    except AssertionError as e:
+        raise AssertionError(f"{label()}: {e}\n{cluster.log_tails()}") from None
+    print(f"{label()}: {summary}")
+    return summary
