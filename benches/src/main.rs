@@ -64,14 +64,15 @@ struct Global {
     #[arg(long, global = true)]
     json: Option<PathBuf>,
     /// CA that signed the servers' certificates, for https:// endpoints (etcdctl's flag).
-    #[arg(long, global = true, requires_all = ["cert", "key"])]
+    #[arg(long, global = true, requires_all = ["cert", "tls_key"])]
     cacert: Option<PathBuf>,
     /// Client certificate presented to https:// endpoints.
     #[arg(long, global = true)]
     cert: Option<PathBuf>,
-    /// Key of --cert.
-    #[arg(long, global = true)]
-    key: Option<PathBuf>,
+    /// Key of --cert. Its id is not `key`: global flags share one namespace with the
+    /// subcommands' arguments, and `range KEY` already has that name.
+    #[arg(long = "key", id = "tls_key", global = true)]
+    tls_key: Option<PathBuf>,
 }
 
 /// How long a load run lasts and how fast it may go.
@@ -255,7 +256,7 @@ fn allowed_cpus() -> usize {
 
 fn run(cli: Cli) -> Result<Option<RunReport>, String> {
     let g = &cli.global;
-    if let (Some(ca), Some(cert), Some(key)) = (&g.cacert, &g.cert, &g.key) {
+    if let (Some(ca), Some(cert), Some(key)) = (&g.cacert, &g.cert, &g.tls_key) {
         grpc::use_tls(ca, cert, key)?;
     }
     let common = load::Common {
