@@ -366,6 +366,12 @@ impl Applier {
         })
     }
 
+    /// Records applied but not yet written to the tree: they live in the backend's overlay,
+    /// where reads find them, until the next [`Applier::commit`].
+    pub fn uncommitted_records(&self) -> usize {
+        self.store.backend().pending_records()
+    }
+
     /// Writes everything applied since the last commit to the tree (not yet durable), with the
     /// applied index beside it. Cheap when nothing changed.
     pub fn commit(&mut self) -> Result<(), ApplyError> {

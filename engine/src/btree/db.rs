@@ -237,7 +237,9 @@ impl Db {
         let writer = self.shared.lock_writer()?;
         Ok(Stats {
             page_size_bytes: self.shared.page_size,
-            file_bytes: writer.file.len_bytes()?,
+            // The writer maps the whole file and remaps whenever it grows or is swapped, so the
+            // map's length is the file's: no statx per call (the quota check asks per write).
+            file_bytes: writer.map.len() as u64,
             high_water_pages: writer.alloc.next_page,
             free_pages: writer.alloc.pooled_pages() as u64,
             waiting_pages: writer.alloc.waiting_pages() as u64,

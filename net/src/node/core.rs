@@ -1,8 +1,9 @@
 //! The raft core's loop. Each turn: wait for a command or the next tick; take every command
 //! waiting at that moment (bounded); propose the writes and ask one ReadIndex for all the
 //! linearizable reads; then handle the Ready: entries and hard state go to the WAL in one
-//! group-commit write + fdatasync, committed entries are applied, the B+tree gets one commit,
-//! waiting callers are answered, reads whose index is applied are served.
+//! group-commit write + fdatasync, committed entries are applied (into the backend's in-memory
+//! overlay), waiting callers are answered, reads whose index is applied are served. The overlay
+//! reaches the B+tree in batches ([`Core::maybe_commit`]), off the path of any one request.
 //!
 //! Reads run on this thread for now (serializable ones at the newest applied state); moving
 //! them to the client cores through published B+tree snapshots is the next step.
@@ -52,6 +53,10 @@ const CHECKPOINT_ENTRIES_MAX: u64 = 20_000;
 /// ...or this long after the previous one, whichever comes first: the WAL replayed at
 /// start-up is bounded by both.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
+/// Applied records kept in the backend's overlay before they are written to the tree...
+const COMMIT_RECORDS_MAX: usize = 8192;
+/// ...or this long after the previous tree commit, whichever comes first.
+const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The index of the bootstrap snapshot `MemStorage::new_with_conf_state` starts a log with.
 const BOOTSTRAP_INDEX: u64 = 1;
@@ -122,6 +127,7 @@ struct Core {
     compactor: Compactor,
     snapshot_index: u64,
     last_checkpoint: Instant,
+    last_commit: Instant,
     /// A hard state whose only change is the commit index, kept in memory until the next WAL
     /// write carries it: like etcd, a commit-only change costs no fdatasync of its own. Losing
     /// it in a crash is harmless: recovery takes commit = max(WAL commit, applied index), and
@@ -385,6 +391,7 @@ impl Core {
             compactor,
             snapshot_index,
             last_checkpoint: Instant::now(),
+            last_commit: Instant::now(),
             hard_state_unwritten: None,
         })
     }
@@ -452,6 +459,7 @@ impl Core {
             self.forward_lease_renewals();
             self.handle_ready().await?;
             self.sync_watches()?;
+            self.maybe_commit()?;
             self.maybe_checkpoint().await?;
         }
         // Whatever a caller managed to queue before the stop gets its answer.
@@ -641,11 +649,7 @@ impl Core {
             for entry in &ready.committed_entries {
                 self.apply(entry)?;
             }
-            let started = Instant::now();
-            self.applier.commit()?;
             let m = metrics();
-            m.disk_backend_commit_duration_seconds
-                .observe(started.elapsed());
             if let Some(hard_state) = ready.hard_state {
                 m.server_proposals_committed_total
                     .set(hard_state.commit as i64);
@@ -797,6 +801,26 @@ impl Core {
                     .send(self.applier.range(&read.req).map_err(Status::from));
             }
         }
+    }
+
+    /// Writes the applied records to the tree once enough of them wait in the overlay (or
+    /// they have waited long enough). Not per Ready: the WAL already made them durable and
+    /// reads find them in the overlay, so a tree commit (a page write per changed node) on the
+    /// write path would only delay answers; in batches it also rewrites each page once.
+    fn maybe_commit(&mut self) -> Result<(), NodeError> {
+        let waiting = self.applier.uncommitted_records();
+        if waiting == 0
+            || (waiting < COMMIT_RECORDS_MAX && self.last_commit.elapsed() < COMMIT_INTERVAL)
+        {
+            return Ok(());
+        }
+        let started = Instant::now();
+        self.applier.commit()?;
+        self.last_commit = started;
+        metrics()
+            .disk_backend_commit_duration_seconds
+            .observe(started.elapsed());
+        Ok(())
     }
 
     /// A checkpoint every so many entries or so long; a raft snapshot (log compaction and WAL
