@@ -69,7 +69,7 @@ fn serve(flags: ServerFlags) -> Result<(), String> {
         client_tls: tls::client_tls(&flags, &data_dir)?,
         ..config
     };
-    let node = Node::start(NodeConfig {
+    let (node, core) = Node::new(NodeConfig {
         data_dir: data_dir.clone(),
         member_id: config.member_id,
         cluster_id: config.cluster_id,
@@ -114,45 +114,50 @@ fn serve(flags: ServerFlags) -> Result<(), String> {
             max_txn_ops: config.max_txn_ops,
             max_request_bytes: config.max_request_bytes,
         },
-    });
-    let node = match node {
-        Ok(node) => node,
-        Err(removed @ NodeError::Removed) => {
-            // etcd stops such a member without an error status: restarting it cannot help.
-            eprintln!("basalt: {removed}");
-            return Ok(());
-        }
-        Err(error) => return Err(error.to_string()),
-    };
-    eprintln!(
-        "basalt: serving member {:x} ({}) of cluster {:x} on {} with data in {}",
-        config.member_id,
-        config.name,
-        config.cluster_id,
-        config.listen_client_urls.join(","),
-        data_dir.display()
-    );
+    })
+    .map_err(|e| e.to_string())?;
+    let (member_id, cluster_id) = (config.member_id, config.cluster_id);
+    let listen_client_urls = config.listen_client_urls.clone();
     let stop_requested = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, stop_requested.clone())
             .map_err(|e| format!("cannot handle signal {signal}: {e}"))?;
     }
     let kv = node.kv();
-    let server = match basalt_net::spawn_with(config, move |_core| kv.clone()) {
-        Ok(server) => server,
-        Err(error) => {
-            let _ = node.stop();
-            return Err(error.to_string());
+    // The raft core runs on client core 0: what that core accepts is proposed with no thread
+    // hop (with one core, that is every request). Its ports are bound now and accept while the
+    // core recovers; calls wait until the member is ready.
+    let hosted: basalt_net::HostedTask = Box::new(move || Box::pin(core.run()));
+    let server = basalt_net::spawn_hosting(config, move |_core| kv.clone(), Some(hosted))
+        .map_err(|error| error.to_string())?;
+    if let Err(error) = node.wait_started() {
+        server.close_connections();
+        let _ = node.stop();
+        let _ = server.wait();
+        if let NodeError::Removed = error {
+            // etcd stops such a member without an error status: restarting it cannot help.
+            eprintln!("basalt: {error}");
+            return Ok(());
         }
-    };
+        return Err(error.to_string());
+    }
+    eprintln!(
+        "basalt: serving member {:x} ({}) of cluster {:x} on {} with data in {}",
+        member_id,
+        flags.name,
+        cluster_id,
+        listen_client_urls.join(","),
+        data_dir.display()
+    );
     while !stop_requested.load(Ordering::SeqCst) && !node.has_stopped() {
         std::thread::sleep(STOP_POLL_INTERVAL);
     }
     // Connections go first so no new request arrives; the node then answers what is queued,
-    // checkpoints and closes its WAL.
-    let served = server.stop().map_err(|e| e.to_string());
-    node.stop().map_err(|e| e.to_string())?;
-    served
+    // checkpoints and closes its WAL, which lets core 0's executor end.
+    server.close_connections();
+    let stopped = node.stop().map_err(|e| e.to_string());
+    let served = server.wait().map_err(|e| e.to_string());
+    stopped.and(served)
 }
 
 /// Who this member is and whom it starts with.

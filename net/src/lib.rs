@@ -51,6 +51,6 @@ pub use config::{
 };
 pub use kv::{KvService, LocalKv, StoreStatus};
 pub use leader_check::NO_LEADER_CHECKS_MAX;
-pub use server::{run, spawn, spawn_with, ServerHandle};
+pub use server::{run, spawn, spawn_hosting, spawn_with, HostedTask, ServerHandle};
 pub use service::{ETCD_CLUSTER_VERSION, ETCD_SERVER_VERSION};
 pub use status::{Code, Status};

@@ -92,8 +92,14 @@ impl ServerHandle {
 
     /// Stops accepting, drops every connection and waits for the executors to exit.
     pub fn stop(self) -> Result<(), NetError> {
-        self.stop.raise();
+        self.close_connections();
         self.wait()
+    }
+
+    /// Stops accepting and drops every connection, without waiting: a task hosted on core 0
+    /// (see [`spawn_hosting`]) must then be ended before [`ServerHandle::wait`] can return.
+    pub fn close_connections(&self) {
+        self.stop.raise();
     }
 
     /// Blocks until the server stops. The first executor to end, for whatever reason, stops
@@ -129,6 +135,25 @@ where
     K: KvService,
     F: Fn(usize) -> K + Send + Sync + 'static,
 {
+    spawn_hosting(config, make_kv, None)
+}
+
+/// A long-lived task to run beside the connections of core 0 (the raft core of
+/// [`crate::node::CoreTask`]): requests accepted there reach it without a thread hop. The
+/// closure runs on that core and makes the task's future there.
+pub type HostedTask = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()>>> + Send>;
+
+/// [`spawn_with`], with `host` run on core 0. Core 0's executor ends only once `host` has
+/// finished as well as its connections, so whoever stops the server must also make `host` end.
+pub fn spawn_hosting<K, F>(
+    config: ServerConfig,
+    make_kv: F,
+    mut host: Option<HostedTask>,
+) -> Result<ServerHandle, NetError>
+where
+    K: KvService,
+    F: Fn(usize) -> K + Send + Sync + 'static,
+{
     crate::metrics::metrics()
         .server_id
         .store(config.member_id, std::sync::atomic::Ordering::Relaxed);
@@ -147,12 +172,17 @@ where
         };
         let (config, make_kv, core_stop) = (config.clone(), make_kv.clone(), stop.clone());
         let acceptors = acceptors.clone();
+        let hosted = if core == 0 { host.take() } else { None };
         let executor = LocalExecutorBuilder::new(placement)
             .name(&format!("basalt-net-{core}"))
             .io_memory(EXECUTOR_IO_MEMORY_BYTES)
             .spawn(move || async move {
+                let hosted = hosted.map(|make| glommio::spawn_local(make()));
                 let services = Rc::new(Services::new(&config, make_kv(core)));
                 serve_core(sockets, acceptors, Rc::new(config), services, core_stop).await;
+                if let Some(hosted) = hosted {
+                    hosted.await;
+                }
             })
             .map_err(|e| NetError::Executor {
                 core,

@@ -272,13 +272,55 @@ pub(crate) fn lock_cluster(
 pub struct Node {
     commands: flume::Sender<Command>,
     published: Arc<Published>,
-    executor: Option<glommio::ExecutorJoinHandle<Result<(), NodeError>>>,
+    /// Recovery's outcome, sent once by the raft core.
+    started: std::sync::mpsc::Receiver<Result<(), NodeError>>,
+    /// How the raft core ended, sent once when it does.
+    finished: std::sync::mpsc::Receiver<Result<(), NodeError>>,
+    /// The raft core's own executor, when [`Node::start`] made one.
+    executor: Option<glommio::ExecutorJoinHandle<()>>,
+}
+
+/// The raft core, not yet running: [`CoreTask::run`] on the glommio executor that is to host
+/// it. On a client core's executor ([`crate::spawn_hosting`]), the requests that core accepts
+/// reach the raft core with no thread hop and no cross-thread wake.
+pub struct CoreTask {
+    config: NodeConfig,
+    inbox: flume::Receiver<Command>,
+    published: Arc<Published>,
+    started: std::sync::mpsc::Sender<Result<(), NodeError>>,
+    finished: std::sync::mpsc::Sender<Result<(), NodeError>>,
+    checker_kv: RaftKv,
+}
+
+impl CoreTask {
+    /// Recovers, reports start-up to [`Node::wait_started`], serves until stopped, and reports
+    /// how it ended to [`Node::stop`].
+    pub async fn run(self) {
+        let CoreTask {
+            config,
+            inbox,
+            published,
+            started,
+            finished,
+            checker_kv,
+        } = self;
+        if config.initial_corrupt_check || config.corrupt_check_interval.is_some() {
+            let checker = corrupt::check_periodically(checker_kv, config.clone());
+            glommio::spawn_local(checker).detach();
+        }
+        let result = core::run(config, inbox, published.clone(), started).await;
+        published.stopped.store(true, Ordering::SeqCst);
+        if let Err(error) = &result {
+            eprintln!("basalt: raft core stopped: {error}");
+        }
+        let _ = finished.send(result);
+    }
 }
 
 impl Node {
-    /// Recovers the data directory (creating it if new), replays the WAL past the checkpoint,
-    /// and returns once the member serves.
-    pub fn start(config: NodeConfig) -> Result<Node, NodeError> {
+    /// The member and its raft core, which serves once something runs it (see [`CoreTask`]).
+    /// Creates the data directory if new.
+    pub fn new(config: NodeConfig) -> Result<(Node, CoreTask), NodeError> {
         datadir::prepare(&config.data_dir)?;
         let (commands, inbox) = flume::bounded(COMMAND_QUEUE_MAX);
         let auth = crate::auth::AuthShared::new(&config.auth).map_err(NodeError::Auth)?;
@@ -305,43 +347,54 @@ impl Node {
                 basalt_engine::watch::WatchHub::at_revision(0),
             )),
         });
-        let (started_tx, started_rx) = std::sync::mpsc::channel();
-        let core_published = published.clone();
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let (finished_tx, finished) = std::sync::mpsc::channel();
         let checker_kv = RaftKv {
             commands: commands.clone(),
             published: published.clone(),
             auth_header: None,
         };
+        let task = CoreTask {
+            config,
+            inbox,
+            published: published.clone(),
+            started: started_tx,
+            finished: finished_tx,
+            checker_kv,
+        };
+        let node = Node {
+            commands,
+            published,
+            started,
+            finished,
+            executor: None,
+        };
+        Ok((node, task))
+    }
+
+    /// [`Node::new`] with the raft core on an executor of its own; returns once it serves.
+    pub fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        let (mut node, task) = Node::new(config)?;
         let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
             .name("basalt-raft")
-            .spawn(move || async move {
-                if config.initial_corrupt_check || config.corrupt_check_interval.is_some() {
-                    let checker = corrupt::check_periodically(checker_kv, config.clone());
-                    glommio::spawn_local(checker).detach();
-                }
-                let result = core::run(config, inbox, core_published.clone(), started_tx).await;
-                core_published.stopped.store(true, Ordering::SeqCst);
-                if let Err(error) = &result {
-                    eprintln!("basalt: raft core stopped: {error}");
-                }
-                result
-            })
+            .spawn(move || task.run())
             .map_err(|e| NodeError::Executor(e.to_string()))?;
-        match started_rx.recv() {
-            Ok(Ok(())) => Ok(Node {
-                commands,
-                published,
-                executor: Some(executor),
-            }),
-            Ok(Err(error)) => {
-                let _ = executor.join();
+        node.executor = Some(executor);
+        match node.wait_started() {
+            Ok(()) => Ok(node),
+            Err(error) => {
+                let _ = node.stop();
                 Err(error)
             }
-            Err(_) => match executor.join() {
-                Ok(Err(error)) => Err(error),
-                Ok(Ok(())) => Err(NodeError::Executor("raft core exited at start".into())),
-                Err(e) => Err(NodeError::Executor(e.to_string())),
-            },
+        }
+    }
+
+    /// Blocks until the raft core has recovered the data directory and serves, or failed to.
+    pub fn wait_started(&self) -> Result<(), NodeError> {
+        match self.started.recv() {
+            Ok(started) => started,
+            // The core's executor went away before recovery answered (it panicked).
+            Err(_) => Err(NodeError::Executor("the raft core exited at start".into())),
         }
     }
 
@@ -362,10 +415,16 @@ impl Node {
     /// Drains queued requests, checkpoints and closes the WAL; returns how the core ended.
     pub fn stop(mut self) -> Result<(), NodeError> {
         let _ = self.commands.send(Command::Stop);
-        match self.executor.take().expect("joined once").join() {
+        let finished = match self.finished.recv() {
             Ok(result) => result,
-            Err(e) => Err(NodeError::Executor(e.to_string())),
+            Err(_) => Err(NodeError::Executor("the raft core's executor died".into())),
+        };
+        if let Some(executor) = self.executor.take() {
+            executor
+                .join()
+                .map_err(|e| NodeError::Executor(e.to_string()))?;
         }
+        finished
     }
 }
 
