@@ -29,6 +29,9 @@ use std::task::{Context, Poll, Waker};
 const LISTEN_BACKLOG: i32 = 1024;
 /// Pause after a failed accept (EMFILE, ENOMEM) before trying again.
 const ACCEPT_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(10);
+/// How long a port in use is tried again before start-up gives up (see `claim_port`).
+const PORT_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+const PORT_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
 /// The HTTP/2 connection preface starts with these bytes; an HTTP/1.1 request never does.
 const H2_PREFACE_START: &[u8] = b"PRI ";
 /// io_uring registered-buffer memory per executor: network I/O here does not use it, and a
@@ -244,13 +247,23 @@ fn bind_listeners(
 /// Proves the port free before sharing it: SO_REUSEPORT sockets of the same user would
 /// otherwise bind beside another running server and silently split its clients. Also resolves
 /// port 0 to the port every core then shares.
+///
+/// A port still in use is tried again for [`PORT_RELEASE_WAIT`]: a server killed with -9 holds
+/// its listeners in io_uring operations that the kernel tears down after the process is gone,
+/// so its successor can find the port taken for a moment.
 fn claim_port(requested: SocketAddr) -> Result<SocketAddr, NetError> {
     let listen_error = |source| NetError::Listen {
         addr: requested,
         source,
     };
     let probe = new_socket(requested).map_err(listen_error)?;
-    probe.bind(&requested.into()).map_err(listen_error)?;
+    let deadline = std::time::Instant::now() + PORT_RELEASE_WAIT;
+    while let Err(error) = probe.bind(&requested.into()) {
+        if error.kind() != std::io::ErrorKind::AddrInUse || std::time::Instant::now() >= deadline {
+            return Err(listen_error(error));
+        }
+        std::thread::sleep(PORT_RETRY_DELAY);
+    }
     let local = probe.local_addr().map_err(listen_error)?;
     Ok(local
         .as_socket()
