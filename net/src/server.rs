@@ -528,9 +528,11 @@ async fn serve_h2<K: KvService, S: AsyncRead + AsyncWrite + Unpin>(
         };
         let services = services.clone();
         let common_name = client_cert_common_name.clone();
-        glommio::spawn_local(async move {
+        // Boxed first: the call's future is several KiB, and spawning moves it by value
+        // through each layer of glommio's spawn; a box moves as a pointer.
+        glommio::spawn_local(Box::pin(async move {
             serve_stream(request, respond, common_name, message_bytes_max, &services).await;
-        })
+        }))
         .detach();
     }
 }
