@@ -4,15 +4,19 @@
 #   - builds basalt and basalt-bench in release;
 #   - measures the disk floor (basalt-bench disk) in perf/out/, where the data dirs live too,
 #     so both servers and the floor share one real disk;
-#   - starts a fresh single-member etcd and a fresh Basalt on loopback and runs the same
-#     workloads against each (one server at a time, so they never compete for the CPU);
+#   - starts a fresh single-member etcd and a fresh Basalt on loopback, each pinned to the
+#     server CPUs (taskset; SERVER_CPUS, default 0) with the load generator on the others
+#     (CLIENT_CPUS, default the rest), and runs every workload against etcd then Basalt in turn,
+#     so both see the same machine moments; basalt-bench reads each server's CPU time and
+#     context switches from /proc (--server-pid) and reports them per request;
 #   - checks basalt-bench against an independent client (perf/check_client.py);
 #   - writes the server block of perf/RESULTS.md and the plots perf/server-*.png, perf/disk.png.
 #
 # Usage: perf/compare.sh [--quick] [--no-build]
 #   --quick      about 2 minutes, for development
 #   --no-build   use the release binaries already in the target dir
-# Environment: CARGO_TARGET_DIR (default target), VENV (default .venv).
+# Environment: CARGO_TARGET_DIR (default target), VENV (default .venv), SERVER_CPUS and
+# CLIENT_CPUS (taskset lists; on a one-CPU machine nothing is pinned).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -65,6 +69,18 @@ fi
 bench="$target/release/basalt-bench"
 basalt="$target/release/basalt"
 
+cpus=$(nproc)
+if (( cpus > 1 )); then
+    server_cpus=${SERVER_CPUS:-0}
+    client_cpus=${CLIENT_CPUS:-1-$((cpus - 1))}
+    on_server_cpus=(taskset -c "$server_cpus")
+    on_client_cpus=(taskset -c "$client_cpus")
+else
+    server_cpus=all client_cpus=all on_server_cpus=() on_client_cpus=()
+fi
+echo "$server_cpus" >"$out/server-cpus.txt"
+echo "$client_cpus" >"$out/client-cpus.txt"
+
 free_port() { "$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 pids=()
@@ -89,7 +105,7 @@ wait_ready() {
 start_etcd() {
     local name=$1 port=$2 peer
     peer=$(free_port)
-    "$etcd_bin" --name "$name" --data-dir "$out/$name.data" \
+    "${on_server_cpus[@]}" "$etcd_bin" --name "$name" --data-dir "$out/$name.data" \
         --listen-client-urls "http://127.0.0.1:$port" --advertise-client-urls "http://127.0.0.1:$port" \
         --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
         --initial-cluster "$name=http://127.0.0.1:$peer" --listen-metrics-urls "http://127.0.0.1:$(free_port)" \
@@ -101,9 +117,10 @@ start_etcd() {
 start_basalt() {
     local port=$1 peer
     peer=$(free_port)
-    "$basalt" --name basalt --data-dir "$out/basalt.data" \
+    "${on_server_cpus[@]}" "$basalt" --name basalt --data-dir "$out/basalt.data" \
         --listen-client-urls "http://127.0.0.1:$port" --advertise-client-urls "http://127.0.0.1:$port" \
-        --listen-peer-urls "http://127.0.0.1:$peer" --initial-cluster "basalt=http://127.0.0.1:$peer" \
+        --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
+        --initial-cluster "basalt=http://127.0.0.1:$peer" \
         >"$out/basalt.log" 2>&1 &
     server_pid=$!
     pids+=("$server_pid")
@@ -129,27 +146,54 @@ workloads=(
     "watch-fanout|--conns 10|watch --streams 10 --watchers-per-stream 100 --put-total $watch_puts --put-rate 100 --val-size 256"
 )
 
-# run_server NAME ENDPOINT: the workloads against one server, each into $out/NAME-WORKLOAD.json.
-run_server() {
-    local name=$1 endpoint=$2 entry wname globals args
-    "$etcdctl_bin" --endpoints "$endpoint" put "$range_key" "$(printf 'v%.0s' $(seq 256))" >/dev/null ||
-        echo "could not store $range_key on $name; ranges read a missing key" >&2
-    for entry in "${workloads[@]}"; do
-        IFS='|' read -r wname globals args <<<"$entry"
-        log "$name: $wname"
-        # shellcheck disable=SC2086  # the flag strings are meant to split into words
-        "$bench" --endpoints "$endpoint" $globals --json "$out/$name-$wname.json" $args \
-            >"$out/$name-$wname.txt" 2>&1 || echo "  ($name $wname failed: see $out/$name-$wname.txt)"
-        grep -E "^(put|range|read|write|event|watch-create) " "$out/$name-$wname.txt" || true
-    done
+# run_workload NAME ENDPOINT PID ENTRY: one workload against one server, into
+# $out/NAME-WORKLOAD.json, with the server's CPU per request read from /proc.
+run_workload() {
+    local name=$1 endpoint=$2 pid=$3 wname globals args
+    IFS='|' read -r wname globals args <<<"$4"
+    log "$name: $wname"
+    # shellcheck disable=SC2086  # the flag strings are meant to split into words
+    "${on_client_cpus[@]}" "$bench" --endpoints "$endpoint" --server-pid "$pid" $globals \
+        --json "$out/$name-$wname.json" $args >"$out/$name-$wname.txt" 2>&1 ||
+        echo "  ($name $wname failed: see $out/$name-$wname.txt)"
+    grep -E "^(put|range|read|write|event|watch-create) |^server cpu" "$out/$name-$wname.txt" || true
 }
 
-log "etcd 3.5.1 (single member)"
+store_range_key() {
+    "$etcdctl_bin" --endpoints "$2" put "$range_key" "$(printf 'v%.0s' $(seq 256))" >/dev/null ||
+        echo "could not store $range_key on $1; ranges read a missing key" >&2
+}
+
+log "etcd 3.5.1 and Basalt (single members), servers on CPUs $server_cpus, load generator on $client_cpus"
 etcd_port=$(free_port)
 start_etcd etcd "$etcd_port"
 etcd_pid=$server_pid
 wait_ready "127.0.0.1:$etcd_port" "$out/etcd.log"
-run_server etcd "127.0.0.1:$etcd_port"
+store_range_key etcd "127.0.0.1:$etcd_port"
+basalt_port=$(free_port)
+start_basalt "$basalt_port"
+basalt_pid=$server_pid
+basalt_ready=0
+if wait_ready "127.0.0.1:$basalt_port" "$out/basalt.log"; then
+    basalt_ready=1
+    store_range_key basalt "127.0.0.1:$basalt_port"
+else
+    echo "Basalt did not start; its results are left out" | tee "$out/basalt-missing.txt"
+fi
+# Each workload runs on etcd, then on Basalt: the idle server waits on its sockets meanwhile.
+for entry in "${workloads[@]}"; do
+    run_workload etcd "127.0.0.1:$etcd_port" "$etcd_pid" "$entry"
+    if [[ $basalt_ready == 1 ]]; then
+        run_workload basalt "127.0.0.1:$basalt_port" "$basalt_pid" "$entry"
+    fi
+done
+stop "$basalt_pid"
+# Whether the Basalt under test kept a WAL decides how RESULTS.md words its caveat.
+if [[ -n $(find "$out/basalt.data" -name '*.wal' -size +0 2>/dev/null) ]]; then
+    echo yes >"$out/basalt-wal.txt"
+else
+    echo no >"$out/basalt-wal.txt"
+fi
 
 log "check of the tool: basalt-bench and perf/check_client.py at 50 calls/s, one after the other"
 # Back to back rather than together: two fixed-rate clients running at once lock into a phase,
@@ -193,23 +237,6 @@ if wait_ready "${cluster_urls[0]}" "$out/m1.log"; then
     check cluster "${cluster_urls[0]}"
 fi
 for pid in "${cluster_pids[@]}"; do stop "$pid"; done
-
-log "Basalt"
-basalt_port=$(free_port)
-start_basalt "$basalt_port"
-basalt_pid=$server_pid
-if wait_ready "127.0.0.1:$basalt_port" "$out/basalt.log"; then
-    run_server basalt "127.0.0.1:$basalt_port"
-else
-    echo "Basalt did not start; its results are left out" | tee "$out/basalt-missing.txt"
-fi
-stop "$basalt_pid"
-# Whether the Basalt under test kept a WAL decides how RESULTS.md words its caveat.
-if [[ -n $(find "$out/basalt.data" -name '*.wal' -size +0 2>/dev/null) ]]; then
-    echo yes >"$out/basalt-wal.txt"
-else
-    echo no >"$out/basalt-wal.txt"
-fi
 
 log "writing perf/RESULTS.md (server block) and plots"
 version="$(git rev-parse --short HEAD)$(git diff --quiet -- . ':!perf' || echo -dirty)"

@@ -125,6 +125,14 @@ def plot_latency(runs, png):
     plt.close(fig)
 
 
+def load_average():
+    try:
+        with open("/proc/loadavg") as f:
+            return " / ".join(f.read().split()[:3]) + " (1 / 5 / 15 min)"
+    except OSError:
+        return "?"
+
+
 def machine():
     cpu = "?"
     try:
@@ -144,7 +152,86 @@ def fmt_ms(us):
     return "%.3f" % (us / 1000)
 
 
-def server_block(runs, disk, checks, quick, version, basalt_started, basalt_wal):
+def server_cpu_us(run):
+    """The server's CPU µs per request of a run made with --server-pid, else None."""
+    return ((run or {}).get("server") or {}).get("cpu_us_per_request")
+
+
+def p50_us(runs, server, workload, name):
+    s = series(runs.get((server, workload)), name)
+    return s["latency_us"]["p50"] if s and s["count"] else None
+
+
+def put_breakdown(runs, disk):
+    """Where a lone put's time goes, from the run's own medians: a serializable range is one
+    no-op round trip through the whole request path; the disk floor is one 4 KiB write +
+    fdatasync; what a put takes beyond both is the server's own (queueing, apply, reply)."""
+    floor = disk["write_fdatasync"][0]["p50"] if disk else None
+    lines = ["", "Where a lone put's time goes (1 connection, 1 client, medians of this run):", ""]
+    lines.append("| | etcd 3.5.1 µs | Basalt µs |")
+    lines.append("| --- | ---: | ---: |")
+    rows = {server: (p50_us(runs, server, "put-1x1", "put"), p50_us(runs, server, "range-s-1x1", "range"))
+            for server in SERVERS}
+    fmt = lambda v: "-" if v is None else "%.0f" % v  # noqa: E731
+    lines.append("| put p50 | %s | %s |" % (fmt(rows["etcd"][0]), fmt(rows["basalt"][0])))
+    lines.append("| no-op round trip (serializable range p50) | %s | %s |" % (fmt(rows["etcd"][1]), fmt(rows["basalt"][1])))
+    lines.append("| one 4 KiB write + fdatasync (disk floor p50) | %s | %s |" % (fmt(floor), fmt(floor)))
+    rest = lambda put, trip: None if None in (put, trip, floor) else put - trip - floor  # noqa: E731
+    lines.append(
+        "| the rest: queueing, apply, reply (put - round trip - floor) | %s | %s |"
+        % (fmt(rest(*rows["etcd"])), fmt(rest(*rows["basalt"])))
+    )
+    lines.append("")
+    lines.append(
+        "etcd's row can come out below the floor: as a single member it answers before its "
+        "fdatasync returns (see above)."
+    )
+    return lines
+
+
+def hot_path_goals(runs, disk):
+    """The goals of the hot-path work, each checked against this run's numbers."""
+    floor = disk["write_fdatasync"][0]["p50"] if disk else None
+
+    def ratio(workload, name, value):
+        e, b = value(runs.get(("etcd", workload)), name), value(runs.get(("basalt", workload)), name)
+        return (e, b, None if not e or b is None else b / e)
+
+    def tput(run, name):
+        s = series(run, name)
+        return rate(run, s) if s and s["count"] else None
+
+    cpu = lambda run, name: server_cpu_us(run)  # noqa: E731
+    lines = ["", "Goals of the hot path, checked in this run:", "", "| goal | measured | met |", "| --- | --- | --- |"]
+    put_b, trip_b = p50_us(runs, "basalt", "put-1x1", "put"), p50_us(runs, "basalt", "range-s-1x1", "range")
+    put_e, trip_e = p50_us(runs, "etcd", "put-1x1", "put"), p50_us(runs, "etcd", "range-s-1x1", "range")
+    verdict = lambda ok: "n/a" if ok is None else ("yes" if ok else "**no**")  # noqa: E731
+    if None not in (put_b, trip_b, floor, put_e):
+        bound = trip_b + 1.15 * floor
+        lines.append(
+            "| put 1/1 p50 ≤ own range p50 + 1.15 × floor, and below etcd's | %.0f µs vs %.0f + 1.15 × %.0f = %.0f µs; etcd %.0f µs | %s |"
+            % (put_b, trip_b, floor, bound, put_e, verdict(put_b <= bound and put_b < put_e))
+        )
+    if None not in (trip_b, trip_e):
+        lines.append(
+            "| serializable range 1/1 p50 ≤ 0.8 × etcd's | %.0f vs %.0f µs (%.2f×) | %s |"
+            % (trip_b, trip_e, trip_b / trip_e, verdict(trip_b <= 0.8 * trip_e))
+        )
+    for workload, name, title in (
+        ("put-100x1000", "put", "server CPU per put, 100/1000"),
+        ("range-l-100x1000", "range", "server CPU per linearizable range, 100/1000"),
+        ("range-s-100x1000", "range", "server CPU per serializable range, 100/1000"),
+    ):
+        e, b, r = ratio(workload, name, cpu)
+        if r is not None:
+            lines.append("| %s ≤ 1/3 of etcd's | %.1f vs %.1f µs (%.2f×) | %s |" % (title, b, e, r, verdict(r <= 1 / 3)))
+    e, b, r = ratio("put-100x1000", "put", tput)
+    if r is not None:
+        lines.append("| put throughput 100/1000 ≥ 3 × etcd's | %.0f vs %.0f /s (%.2f×) | %s |" % (b, e, r, verdict(r >= 3)))
+    return lines
+
+
+def server_block(runs, disk, checks, quick, version, basalt_started, basalt_wal, pinning):
     lines = [BEGIN, "## Server (side by side with etcd 3.5)", ""]
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines.append("Run: `perf/compare.sh%s` at %s, Basalt %s." % (" --quick" if quick else "", now, version))
@@ -178,17 +265,17 @@ def server_block(runs, disk, checks, quick, version, basalt_started, basalt_wal)
         "cost of durability either; compare it with the disk floor below."
     )
     lines.append(
-        "- Client and servers share the machine's cores; the client CPU column says how much the "
-        "load generator itself used (cores busy over the run)."
+        "- The client CPU column says how much the load generator itself used (cores busy over "
+        "the run); the load average at the end of the run was %s." % load_average()
     )
     if not basalt_started:
         lines.append("- **Basalt did not start in this run; only etcd was measured.**")
     lines.append("")
     lines.append(
         "| workload | etcd ops/s | Basalt ops/s | Basalt/etcd | etcd p50 / p99 ms | Basalt p50 / p99 ms "
-        "| errors etcd / Basalt | client CPU etcd / Basalt |"
+        "| server CPU µs per request etcd / Basalt | errors etcd / Basalt | client CPU etcd / Basalt |"
     )
-    lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for workload, title, name in WORKLOADS:
         cells = {}
         for server in SERVERS:
@@ -200,16 +287,18 @@ def server_block(runs, disk, checks, quick, version, basalt_started, basalt_wal)
                     "%s / %s" % (fmt_ms(s["latency_us"]["p50"]), fmt_ms(s["latency_us"]["p99"])),
                     s["errors"],
                     run["client_cpu"]["cores_used"],
+                    server_cpu_us(run),
                 )
             elif s:
-                cells[server] = (None, "-", s["errors"], run["client_cpu"]["cores_used"])
+                cells[server] = (None, "-", s["errors"], run["client_cpu"]["cores_used"], None)
         get = lambda server, i, f: f(cells[server][i]) if server in cells else "-"  # noqa: E731
         ops = lambda v: "failed" if v is None else "%.0f" % v  # noqa: E731
         ratio = "-"
         if "etcd" in cells and "basalt" in cells and cells["etcd"][0] and cells["basalt"][0] is not None:
             ratio = "%.2f" % (cells["basalt"][0] / cells["etcd"][0])
+        cpu = lambda v: "-" if v is None else "%.1f" % v  # noqa: E731
         lines.append(
-            "| %s | %s | %s | %s | %s | %s | %s / %s | %s / %s |"
+            "| %s | %s | %s | %s | %s | %s | %s / %s | %s / %s | %s / %s |"
             % (
                 title,
                 get("etcd", 0, ops),
@@ -217,12 +306,23 @@ def server_block(runs, disk, checks, quick, version, basalt_started, basalt_wal)
                 ratio,
                 get("etcd", 1, str),
                 get("basalt", 1, str),
+                get("etcd", 4, cpu),
+                get("basalt", 4, cpu),
                 get("etcd", 2, str),
                 get("basalt", 2, str),
                 get("etcd", 3, lambda v: "%.2f" % v),
                 get("basalt", 3, lambda v: "%.2f" % v),
             )
         )
+    lines.append("")
+    lines.append(
+        "Servers pinned to CPU(s) %s, the load generator to %s (taskset); each workload ran on etcd "
+        "and then on Basalt. Server CPU is utime + stime of the whole process from /proc over the "
+        "workload, divided by its requests; with one server CPU saturated it is the inverse of the "
+        "throughput." % pinning
+    )
+    lines.extend(put_breakdown(runs, disk))
+    lines.extend(hot_path_goals(runs, disk))
     failures = []
     for (server, workload), run in sorted(runs.items()):
         for s in run.get("series", []):
@@ -355,7 +455,16 @@ def compare(args):
             basalt_wal = f.read().strip() == "yes"
     except OSError:
         basalt_wal = False
-    block = server_block(runs, disk, checks, args.quick == "1", args.basalt_version, basalt_started, basalt_wal)
+    pinning = []
+    for name in ("server-cpus.txt", "client-cpus.txt"):
+        try:
+            with open(os.path.join(args.out_dir, name)) as f:
+                pinning.append(f.read().strip())
+        except OSError:
+            pinning.append("?")
+    block = server_block(
+        runs, disk, checks, args.quick == "1", args.basalt_version, basalt_started, basalt_wal, tuple(pinning)
+    )
     write_block(block)
     print("wrote %s, %s and %s" % (RESULTS, "server-latency.png", "disk.png"))
 

@@ -7,7 +7,7 @@
 //! starts.
 
 use crate::grpc::{CallError, Channel, Stream};
-use crate::report::{record, CpuTime, Goal, Progress, RunReport, Series};
+use crate::report::{record, CpuTime, Goal, Progress, RunReport, Series, ServerUsage};
 use basalt_proto::etcdserverpb as pb;
 use bytes::Bytes;
 use glommio::{LocalExecutorBuilder, Placement};
@@ -58,6 +58,8 @@ pub struct Common {
     pub target_leader: bool,
     /// Executor threads of the load generator; connections are spread over them.
     pub threads: usize,
+    /// Server processes whose CPU and context switches the report shows per request.
+    pub server_pids: Vec<u32>,
 }
 
 /// When a run ends and how fast it may go.
@@ -387,8 +389,9 @@ async fn find_leader(endpoints: &[String]) -> Result<String, LoadError> {
 /// and returns what each thread returned plus the wall and CPU time from the common start.
 fn on_executors<T, F, Fut>(
     threads: usize,
+    server_pids: &[u32],
     body: F,
-) -> Result<(Vec<T>, Duration, CpuTime), LoadError>
+) -> Result<(Vec<T>, Duration, CpuTime, Option<ServerUsage>), LoadError>
 where
     T: Send + 'static,
     F: Fn(usize, Arc<Barrier>) -> Fut + Send + Sync + Clone + 'static,
@@ -406,6 +409,7 @@ where
     }
     barrier.wait();
     let (start, cpu_start) = (Instant::now(), CpuTime::now());
+    let server_start = ServerUsage::sample(server_pids);
     let mut results = Vec::with_capacity(threads);
     for handle in handles {
         results.push(
@@ -414,7 +418,15 @@ where
                 .map_err(|e| LoadError::Executor(e.to_string()))?,
         );
     }
-    Ok((results, start.elapsed(), CpuTime::now().since(cpu_start)))
+    let server = server_start
+        .zip(ServerUsage::sample(server_pids))
+        .map(|(start, end)| end.since(start));
+    Ok((
+        results,
+        start.elapsed(),
+        CpuTime::now().since(cpu_start),
+        server,
+    ))
 }
 
 /// Checks the connection and client counts; `clients_used` is false for the watch runs, whose
@@ -434,7 +446,7 @@ fn resolve_endpoints(common: &Common) -> Result<Vec<String>, LoadError> {
         return Ok(common.endpoints.clone());
     }
     let endpoints = common.endpoints.clone();
-    let (mut found, _, _) = on_executors(1, move |_, barrier: Arc<Barrier>| {
+    let (mut found, _, _, _) = on_executors(1, &[], move |_, barrier: Arc<Barrier>| {
         let endpoints = endpoints.clone();
         async move {
             barrier.wait();
@@ -557,13 +569,14 @@ pub fn run(
             }
         }
     };
-    let (per_thread, wall, cpu) = on_executors(threads, body)?;
+    let (per_thread, wall, cpu, server) = on_executors(threads, &common.server_pids, body)?;
     drop(progress);
     Ok(RunReport {
         workload: params["workload"].as_str().unwrap_or("?").to_string(),
         params,
         wall,
         cpu,
+        server,
         series: merge(names, per_thread),
         extra: BTreeMap::new(),
     })
@@ -823,7 +836,7 @@ pub fn run_watch(
             }
         }
     };
-    let (per_thread, wall, cpu) = on_executors(threads, body)?;
+    let (per_thread, wall, cpu, server) = on_executors(threads, &common.server_pids, body)?;
     drop(progress);
     let put_start_ns = shared.put_start_ns.load(Ordering::Relaxed);
     let delivery_s = shared
@@ -851,6 +864,7 @@ pub fn run_watch(
         params,
         wall,
         cpu,
+        server,
         series: merge(&WATCH_SERIES, per_thread),
         extra,
     })
@@ -897,6 +911,7 @@ mod tests {
             clients: 2,
             target_leader: false,
             threads: 1,
+            server_pids: Vec::new(),
         };
         assert!(matches!(
             check_shape(&common, true),

@@ -69,6 +69,10 @@ struct Global {
     /// Client certificate presented to https:// endpoints.
     #[arg(long, global = true)]
     cert: Option<PathBuf>,
+    /// Server process ids (comma-separated) whose CPU time and context switches, read from
+    /// /proc over the run, are reported per request.
+    #[arg(long, global = true, value_delimiter = ',')]
+    server_pid: Vec<u32>,
     /// Key of --cert. Its id is not `key`: global flags share one namespace with the
     /// subcommands' arguments, and `range KEY` already has that name.
     #[arg(long = "key", id = "tls_key", global = true)]
@@ -269,6 +273,7 @@ fn run(cli: Cli) -> Result<Option<RunReport>, String> {
         } else {
             g.threads
         },
+        server_pids: g.server_pid.clone(),
     };
     let mut params = json!({
         "endpoints": g.endpoints, "conns": g.conns, "clients": g.clients,

@@ -130,6 +130,53 @@ impl CpuTime {
     }
 }
 
+/// What the server processes under test used, read from /proc (`--server-pid`): CPU seconds
+/// (utime + stime of every thread) and context switches (voluntary and not, every thread).
+/// Divided by the requests of a run it gives the server's cost per request.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ServerUsage {
+    pub cpu_s: f64,
+    pub context_switches: u64,
+}
+
+impl ServerUsage {
+    /// The sum over `pids`; `None` when one of them cannot be read (it has exited).
+    pub fn sample(pids: &[u32]) -> Option<ServerUsage> {
+        // SAFETY: sysconf only reads a configuration value.
+        let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let mut usage = ServerUsage::default();
+        for pid in pids {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // The command name (field 2) may hold spaces; the fields after its ')' are fixed:
+            // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+            let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split(' ').collect();
+            let ticks: f64 =
+                fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+            usage.cpu_s += ticks / ticks_per_s;
+            for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+                .ok()?
+                .flatten()
+            {
+                let status =
+                    std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+                usage.context_switches += status
+                    .lines()
+                    .filter(|l| l.contains("ctxt_switches:"))
+                    .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                    .sum::<u64>();
+            }
+        }
+        Some(usage)
+    }
+
+    pub fn since(self, start: ServerUsage) -> ServerUsage {
+        ServerUsage {
+            cpu_s: self.cpu_s - start.cpu_s,
+            context_switches: self.context_switches.saturating_sub(start.context_switches),
+        }
+    }
+}
+
 /// The outcome of one run of one workload.
 pub struct RunReport {
     pub workload: String,
@@ -137,6 +184,8 @@ pub struct RunReport {
     pub params: Value,
     pub wall: Duration,
     pub cpu: CpuTime,
+    /// The server's usage over the run, when `--server-pid` named it.
+    pub server: Option<ServerUsage>,
     pub series: Vec<Series>,
     /// Workload-specific figures (e.g. watch events delivered per second).
     pub extra: BTreeMap<String, f64>,
@@ -156,8 +205,24 @@ impl RunReport {
                 "cores_used": cpu_s / wall_s,
             },
             "extra": self.extra,
+            "server": self.server.map(|server| {
+                let requests = self.requests().max(1) as f64;
+                json!({
+                    "cpu_s": server.cpu_s,
+                    "cpu_us_per_request": server.cpu_s * 1e6 / requests,
+                    "context_switches_per_request": server.context_switches as f64 / requests,
+                })
+            }),
             "series": self.series.iter().map(|s| s.to_json(wall_s)).collect::<Vec<_>>(),
         })
+    }
+
+    /// Requests answered in the run, successfully or not, over every series.
+    fn requests(&self) -> u64 {
+        self.series
+            .iter()
+            .map(|s| s.latency_ns.len() + s.error_count())
+            .sum()
     }
 
     /// True when at least one request of the run got a successful answer.
@@ -213,7 +278,18 @@ impl RunReport {
             self.cpu.user_s,
             self.cpu.system_s,
             cpu_s / wall_s
-        )
+        )?;
+        if let Some(server) = self.server {
+            let requests = self.requests().max(1) as f64;
+            writeln!(
+                out,
+                "server cpu: {:.2} s = {:.1} us per request, {:.2} context switches per request",
+                server.cpu_s,
+                server.cpu_s * 1e6 / requests,
+                server.context_switches as f64 / requests
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -326,6 +402,7 @@ mod tests {
             params: json!({}),
             wall: Duration::from_secs(1),
             cpu: CpuTime::default(),
+            server: None,
             series: vec![s],
             extra: BTreeMap::new(),
         };
