@@ -339,7 +339,7 @@ async fn accept_loop<K: KvService>(
                     tls.clone(),
                     config.clone(),
                     services.clone(),
-                    push_off.current(),
+                    push_off.next(),
                 );
                 tasks.spawn(connection, fd);
             }
@@ -350,16 +350,21 @@ async fn accept_loop<K: KvService>(
     }
 }
 
-/// How a core's connections learn that the member pushed its clients off: one signal per
-/// episode, raised when it starts, so a connection accepted during one sees it raised at once.
+/// How a core's connections learn that the member pushed its clients off: a signal raised
+/// when an episode starts, for the connections open then. A connection accepted during an
+/// episode is served, and its calls refused with "no leader" (`service.rs`), until the next
+/// one. A GOAWAY on a fresh connection refuses streams the server never saw, which grpc
+/// clients retry transparently: they reconnect and retry in a tight loop until the deadline
+/// (grpcio's C-core, tens of thousands of attempts a second, at last aborts the process on a
+/// memory-quota check) and never hear why.
 #[derive(Default)]
 struct PushOffNotice {
-    episode: RefCell<StopSignal>,
+    next_episode: RefCell<StopSignal>,
 }
 
 impl PushOffNotice {
-    fn current(&self) -> StopSignal {
-        self.episode.borrow().clone()
+    fn next(&self) -> StopSignal {
+        self.next_episode.borrow().clone()
     }
 }
 
@@ -369,10 +374,8 @@ async fn watch_push_off<K: KvService>(services: Rc<Services<K>>, notice: Rc<Push
     loop {
         glommio::timer::sleep(PUSH_OFF_POLL_INTERVAL).await;
         let now = services.kv().pushed_off();
-        match (pushed, now) {
-            (false, true) => notice.episode.borrow().raise(),
-            (true, false) => *notice.episode.borrow_mut() = StopSignal::default(),
-            _ => {}
+        if !pushed && now {
+            notice.next_episode.take().raise();
         }
         pushed = now;
     }
@@ -445,7 +448,7 @@ async fn serve_connection<K: KvService>(
 
 /// Tells HTTP/2 from HTTP/1.1 by the first bytes (after TLS, when the port has it) and serves
 /// the connection. `client_cert_common_name` is what the TLS handshake verified; `goaway` is
-/// raised when the member pushes its clients off.
+/// raised when the member pushes its clients off while the connection is open.
 async fn serve_protocol<K: KvService, S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     client_cert_common_name: Option<String>,
