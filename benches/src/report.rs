@@ -142,6 +142,9 @@ pub struct ServerUsage {
 impl ServerUsage {
     /// The sum over `pids`; `None` when one of them cannot be read (it has exited).
     pub fn sample(pids: &[u32]) -> Option<ServerUsage> {
+        if pids.is_empty() {
+            return None;
+        }
         // SAFETY: sysconf only reads a configuration value.
         let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
         let mut usage = ServerUsage::default();

@@ -508,13 +508,15 @@ async fn serve_h2<K: KvService, S: AsyncRead + AsyncWrite + Unpin>(
     // until the open streams end: streams that crossed the GOAWAY are answered (refused), and
     // a Watch opened without `hasleader` stays, as on etcd (one with it ends by itself).
     let mut told_to_go = false;
+    // One wait for the connection's life, so its waker is registered once, not per turn.
+    let mut go_away = goaway.wait();
     loop {
         let accepted = async { Some(connection.accept().await) };
         let next = match told_to_go {
             true => accepted.await,
             false => {
                 let goaway = async {
-                    goaway.wait().await;
+                    (&mut go_away).await;
                     None
                 };
                 futures_lite::future::or(accepted, goaway).await
@@ -634,30 +636,45 @@ struct StopSignal {
 #[derive(Default)]
 struct StopInner {
     raised: AtomicBool,
-    waiters: Mutex<Vec<Waker>>,
+    waiters: Mutex<StopWaiters>,
+}
+
+/// The wakers of the [`StopWait`]s pending now, one per waiting future: a connection's loop
+/// polls its wait once per turn, so pushing a waker per poll would grow without bound (and
+/// overflow glommio's per-task waker count, which panics the executor).
+#[derive(Default)]
+struct StopWaiters {
+    next_key: u64,
+    wakers: HashMap<u64, Waker>,
 }
 
 impl StopSignal {
     fn raise(&self) {
         self.inner.raised.store(true, Ordering::SeqCst);
-        let waiters = std::mem::take(&mut *self.inner.waiters.lock().expect("never poisoned"));
-        waiters.into_iter().for_each(Waker::wake);
+        let waiters =
+            std::mem::take(&mut self.inner.waiters.lock().expect("never poisoned").wakers);
+        waiters.into_values().for_each(Waker::wake);
     }
 
-    fn wait(&self) -> impl Future<Output = ()> + '_ {
-        StopWait { signal: self }
+    fn wait(&self) -> StopWait<'_> {
+        StopWait {
+            signal: self,
+            key: None,
+        }
     }
 }
 
 struct StopWait<'a> {
     signal: &'a StopSignal,
+    /// Where this future's waker is registered, once it has waited.
+    key: Option<u64>,
 }
 
 impl Future for StopWait<'_> {
     type Output = ();
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let inner = &self.signal.inner;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let inner = self.signal.inner.clone();
         if inner.raised.load(Ordering::SeqCst) {
             return Poll::Ready(());
         }
@@ -666,7 +683,58 @@ impl Future for StopWait<'_> {
         if inner.raised.load(Ordering::SeqCst) {
             return Poll::Ready(());
         }
-        waiters.push(cx.waker().clone());
+        match self.key {
+            Some(key) => match waiters.wakers.get_mut(&key) {
+                Some(waker) if waker.will_wake(cx.waker()) => {}
+                Some(waker) => waker.clone_from(cx.waker()),
+                None => {
+                    waiters.wakers.insert(key, cx.waker().clone());
+                }
+            },
+            None => {
+                let key = waiters.next_key;
+                waiters.next_key += 1;
+                waiters.wakers.insert(key, cx.waker().clone());
+                self.key = Some(key);
+            }
+        }
         Poll::Pending
+    }
+}
+
+impl Drop for StopWait<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key {
+            let mut waiters = self.signal.inner.waiters.lock().expect("never poisoned");
+            waiters.wakers.remove(&key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stop_wait_polled_again_and_again_keeps_one_waker_and_drops_it_when_dropped() {
+        let signal = StopSignal::default();
+        let mut cx = Context::from_waker(Waker::noop());
+        let waiting = |signal: &StopSignal| signal.inner.waiters.lock().unwrap().wakers.len();
+        {
+            let mut wait = signal.wait();
+            for _ in 0..100_000 {
+                assert!(Pin::new(&mut wait).poll(&mut cx).is_pending());
+            }
+            assert_eq!(waiting(&signal), 1);
+            let mut other = signal.wait();
+            assert!(Pin::new(&mut other).poll(&mut cx).is_pending());
+            assert_eq!(waiting(&signal), 2);
+        }
+        assert_eq!(waiting(&signal), 0);
+        let mut wait = signal.wait();
+        assert!(Pin::new(&mut wait).poll(&mut cx).is_pending());
+        signal.raise();
+        assert!(Pin::new(&mut wait).poll(&mut cx).is_ready());
+        assert_eq!(waiting(&signal), 0);
     }
 }
