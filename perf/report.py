@@ -153,7 +153,10 @@ def fmt_ms(us):
 
 
 def server_cpu_us(run):
-    """The server's CPU µs per request of a run made with --server-pid, else None."""
+    """The server's CPU µs per request of a run made with --server-pid, else None; None too
+    when any request failed (failures are cheap, so they would flatter the figure)."""
+    if any(s["errors"] for s in (run or {}).get("series", [])):
+        return None
     return ((run or {}).get("server") or {}).get("cpu_us_per_request")
 
 

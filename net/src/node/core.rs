@@ -128,6 +128,8 @@ struct Core {
     snapshot_index: u64,
     last_checkpoint: Instant,
     last_commit: Instant,
+    /// Linearizable reads answered since start: progress for push-off's stall check.
+    reads_served: u64,
     /// A hard state whose only change is the commit index, kept in memory until the next WAL
     /// write carries it: like etcd, a commit-only change costs no fdatasync of its own. Losing
     /// it in a crash is harmless: recovery takes commit = max(WAL commit, applied index), and
@@ -392,6 +394,7 @@ impl Core {
             snapshot_index,
             last_checkpoint: Instant::now(),
             last_commit: Instant::now(),
+            reads_served: 0,
             hard_state_unwritten: None,
         })
     }
@@ -795,6 +798,7 @@ impl Core {
             .is_some_and(|(index, _)| *index <= applied)
         {
             let (_, reads) = self.reads_indexed.pop_front().expect("checked");
+            self.reads_served += reads.len() as u64;
             for read in reads {
                 let _ = read
                     .reply

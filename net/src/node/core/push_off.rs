@@ -37,9 +37,9 @@ pub(super) struct PushOff {
     leader_lost: bool,
     election_timeout: Duration,
     stall_ticks_max: u64,
-    /// Ticks in a row that requests waited while the applied index stood still.
+    /// Ticks in a row that requests waited while nothing was answered or applied.
     stall_ticks: u64,
-    last_applied: u64,
+    last_progress: u64,
     /// Since when clients are pushed off; None while the member serves.
     pushed_since: Option<Instant>,
 }
@@ -56,25 +56,27 @@ impl PushOff {
             election_timeout,
             stall_ticks_max: STALL_ELECTION_TIMEOUTS * election_ticks.max(1),
             stall_ticks: 0,
-            last_applied: 0,
+            last_progress: 0,
             pushed_since: None,
         }
     }
 
     /// Records one tick; whether the member should push its clients off now.
-    fn observe(&mut self, now: Instant, has_leader: bool, waiting: bool, applied: u64) -> bool {
+    /// `progress` grows with every entry applied and every read answered: a member serving a
+    /// stream of reads and no writes is not stalled, though its applied index stands still.
+    fn observe(&mut self, now: Instant, has_leader: bool, waiting: bool, progress: u64) -> bool {
         let Some(check) = self.leader.as_mut() else {
             return false;
         };
         if check.due(now) {
             self.leader_lost = check.lost(now, has_leader);
         }
-        if waiting && applied == self.last_applied {
+        if waiting && progress == self.last_progress {
             self.stall_ticks += 1;
         } else {
             self.stall_ticks = 0;
         }
-        self.last_applied = applied;
+        self.last_progress = progress;
         let stalled = self.stall_ticks >= self.stall_ticks_max;
         match self.pushed_since {
             None => self.leader_lost || stalled,
@@ -97,8 +99,8 @@ impl Core {
             || !self.reads_asked.is_empty()
             || !self.reads_indexed.is_empty();
         let has_leader = self.leader_id != basalt_raft::NONE;
-        let applied = self.applier.applied_index();
-        let push = self.push_off.observe(now, has_leader, waiting, applied);
+        let progress = self.applier.applied_index() + self.reads_served;
+        let push = self.push_off.observe(now, has_leader, waiting, progress);
         match (self.push_off.pushed_since.is_some(), push) {
             (false, true) => {
                 eprintln!(
