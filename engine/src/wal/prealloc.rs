@@ -96,9 +96,12 @@ async fn make_segment<S: Storage>(
         pos += zeros.bytes().len().min(left) as u64;
     }
     file.fdatasync().await?;
-    storage.rename(&temp, &dir.join(&name)).await?;
+    drop(file);
+    let path = dir.join(&name);
+    storage.rename(&temp, &path).await?;
     storage.sync_dir(dir).await?;
-    Ok((seq, Rc::new(file)))
+    // Reopened as a finished segment: the way the writer's appends are durable on completion.
+    Ok((seq, Rc::new(storage.open(&path).await?)))
 }
 
 fn zero_buf<F: SegmentFile>(file: &F, len: usize) -> Rc<F::Buf> {

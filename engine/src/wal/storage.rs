@@ -21,7 +21,7 @@ pub trait WriteBuf: 'static {
 // auto-trait bounds that this lint asks for would only get in the way.
 #[allow(async_fn_in_trait)]
 /// One open segment file.
-pub trait SegmentFile: 'static {
+pub trait SegmentFile: Sized + 'static {
     type Buf: WriteBuf;
     type ReadBuf: Deref<Target = [u8]>;
 
@@ -36,6 +36,13 @@ pub trait SegmentFile: 'static {
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<Self::ReadBuf>;
     async fn fdatasync(&self) -> io::Result<()>;
     async fn size_bytes(&self) -> io::Result<u64>;
+
+    /// Writes all of `buf` at `pos` and returns once it is durable. A file whose writes are
+    /// durable by themselves does it in one submission; the default writes, then syncs.
+    async fn write_durable(&self, buf: &Rc<Self::Buf>, pos: u64) -> io::Result<()> {
+        super::prealloc::write_all(self, buf, pos).await?;
+        self.fdatasync().await
+    }
 }
 
 #[allow(async_fn_in_trait)]
@@ -52,9 +59,10 @@ pub trait Storage: Clone + 'static {
     async fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
     /// File names (not paths) in `dir`.
     async fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
-    /// Opens an existing file for reading and writing.
+    /// Opens an existing file for reading and writing. Segments are opened this way once
+    /// written in full, so an implementation may make each of its writes durable on completion.
     async fn open(&self, path: &Path) -> io::Result<Self::File>;
-    /// Creates (or truncates) a file for reading and writing.
+    /// Creates (or truncates) a file for reading and writing; its writes need an fdatasync.
     async fn create(&self, path: &Path) -> io::Result<Self::File>;
     async fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     async fn remove(&self, path: &Path) -> io::Result<()>;
@@ -69,6 +77,20 @@ const IOPOLL_PROBE_BYTES: u64 = 4096;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DmaStorage;
 
+/// A segment file of [`DmaStorage`].
+///
+/// A segment being filled with zeros is written in large chunks and synced once, so it is
+/// opened without O_DSYNC. Once in place it is reopened with O_DSYNC: a group commit is then
+/// one write whose completion means durable (the kernel issues the device flush itself), not
+/// a write, a wake-up of the writer, and an fdatasync that io_uring hands to a worker thread.
+/// Into extents that are already written, as in a zero-filled segment, an O_DSYNC write
+/// needs no metadata journal commit, so it costs what the write plus fdatasync costs.
+#[derive(Debug)]
+pub struct DmaSegment {
+    file: DmaFile,
+    durable_writes: bool,
+}
+
 impl WriteBuf for DmaBuffer {
     fn bytes(&self) -> &[u8] {
         self.as_bytes()
@@ -78,32 +100,40 @@ impl WriteBuf for DmaBuffer {
     }
 }
 
-impl SegmentFile for DmaFile {
+impl SegmentFile for DmaSegment {
     type Buf = DmaBuffer;
     type ReadBuf = ReadResult;
 
     fn alignment_bytes(&self) -> usize {
-        usize::try_from(self.alignment()).expect("alignment fits usize")
+        usize::try_from(self.file.alignment()).expect("alignment fits usize")
     }
 
     fn alloc(&self, len: usize) -> DmaBuffer {
-        self.alloc_dma_buffer(len)
+        self.file.alloc_dma_buffer(len)
     }
 
     async fn write_at(&self, buf: Rc<DmaBuffer>, pos: u64) -> io::Result<usize> {
-        Ok(self.write_rc_at(buf, pos).await?)
+        Ok(self.file.write_rc_at(buf, pos).await?)
     }
 
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<ReadResult> {
-        Ok(DmaFile::read_at(self, pos, len).await?)
+        Ok(self.file.read_at(pos, len).await?)
     }
 
     async fn fdatasync(&self) -> io::Result<()> {
-        Ok(DmaFile::fdatasync(self).await?)
+        Ok(self.file.fdatasync().await?)
     }
 
     async fn size_bytes(&self) -> io::Result<u64> {
-        Ok(self.file_size().await?)
+        Ok(self.file.file_size().await?)
+    }
+
+    async fn write_durable(&self, buf: &Rc<DmaBuffer>, pos: u64) -> io::Result<()> {
+        super::prealloc::write_all(self, buf, pos).await?;
+        match self.durable_writes {
+            true => Ok(()),
+            false => self.fdatasync().await,
+        }
     }
 }
 
@@ -114,7 +144,7 @@ pub struct FlockGuard {
 }
 
 impl Storage for DmaStorage {
-    type File = DmaFile;
+    type File = DmaSegment;
     type DirLock = FlockGuard;
 
     async fn lock_dir(&self, dir: &Path) -> io::Result<FlockGuard> {
@@ -154,22 +184,31 @@ impl Storage for DmaStorage {
         Ok(names)
     }
 
-    async fn open(&self, path: &Path) -> io::Result<DmaFile> {
-        Ok(OpenOptions::new()
+    async fn open(&self, path: &Path) -> io::Result<DmaSegment> {
+        let file = OpenOptions::new()
             .read(true)
             .write(true)
+            .custom_flags(libc::O_DSYNC)
             .dma_open(path)
-            .await?)
+            .await?;
+        Ok(DmaSegment {
+            file,
+            durable_writes: true,
+        })
     }
 
-    async fn create(&self, path: &Path) -> io::Result<DmaFile> {
-        Ok(OpenOptions::new()
+    async fn create(&self, path: &Path) -> io::Result<DmaSegment> {
+        let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
             .dma_open(path)
-            .await?)
+            .await?;
+        Ok(DmaSegment {
+            file,
+            durable_writes: false,
+        })
     }
 
     async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {

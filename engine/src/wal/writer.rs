@@ -14,7 +14,7 @@ use glommio::channels::local_channel::{self, LocalReceiver};
 use glommio::task::JoinHandle;
 
 use super::format::{self, encode_record, record_bytes, SegmentHeader, RECORD_FRAME_BYTES};
-use super::prealloc::{self, segment_name, write_all, ReadySegment};
+use super::prealloc::{self, segment_name, ReadySegment};
 use super::recover::{self, Tail};
 use super::storage::{DmaStorage, SegmentFile, Storage, WriteBuf};
 use super::view::{Loc, LogView};
@@ -697,8 +697,7 @@ async fn write_chunk<S: Storage>(
     b[prefix..end].copy_from_slice(&chunk.bytes);
     b[end..].fill(0);
     let next_prefix = b[end / align * align..end].to_vec();
-    write_all(&**file, &Rc::new(buf), start).await?;
-    file.fdatasync().await?;
+    file.write_durable(&Rc::new(buf), start).await?;
     *sector_prefix = next_prefix;
     Ok(())
 }
