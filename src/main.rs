@@ -16,6 +16,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// How often the main thread looks for a stop signal or a failed raft core.
 const STOP_POLL_INTERVAL: Duration = Duration::from_millis(20);
 
@@ -337,6 +340,7 @@ fn server_config(flags: &ServerFlags, plan: &ClusterPlan) -> basalt_net::ServerC
         member_id,
         watch_progress_notify_interval_ms: flags.watch_progress_notify_interval.as_millis() as u64,
         election_timeout_ms: flags.election_timeout_ms,
+        busy_poll: Some(flags.busy_poll).filter(|spin| !spin.is_zero()),
         ..basalt_net::ServerConfig::default()
     }
 }
