@@ -376,6 +376,12 @@ pub struct ServerFlags {
     /// Election timeouts without a leader before a member pushes its clients off.
     #[arg(long = "push-off-election-timeouts", env = "BASALT_PUSH_OFF_ELECTION_TIMEOUTS", default_value_t = basalt_net::NO_LEADER_CHECKS_MAX, value_parser = clap::value_parser!(u32).range(1..))]
     pub push_off_election_timeouts: u32,
+    /// Busy-poll: after its last piece of work a client core keeps polling its sockets and
+    /// disk completions for this long before it sleeps, so a request arriving meanwhile is
+    /// not delayed by the wake-up of a sleeping thread. Bounded: an idle server sleeps after
+    /// it. 0 turns it off (see README for the measured trade-off).
+    #[arg(long = "busy-poll", env = "BASALT_BUSY_POLL", default_value = "0s", value_parser = parse_go_duration)]
+    pub busy_poll: Duration,
 }
 
 impl ServerFlags {

@@ -47,6 +47,8 @@ pub struct ServerConfig {
     /// TLS of every `https://` client URL (`--cert-file`, `--auto-tls`, ...); `http://` URLs
     /// stay plain text.
     pub client_tls: Option<TlsConfig>,
+    /// How long an idle client core keeps polling before it sleeps (`--busy-poll`).
+    pub busy_poll: Option<std::time::Duration>,
 }
 
 impl Default for ServerConfig {
@@ -71,6 +73,7 @@ impl Default for ServerConfig {
             // etcd's default.
             election_timeout_ms: 1000,
             client_tls: None,
+            busy_poll: None,
         }
     }
 }

@@ -176,9 +176,13 @@ where
         let (config, make_kv, core_stop) = (config.clone(), make_kv.clone(), stop.clone());
         let acceptors = acceptors.clone();
         let hosted = if core == 0 { host.take() } else { None };
-        let executor = LocalExecutorBuilder::new(placement)
+        let mut builder = LocalExecutorBuilder::new(placement)
             .name(&format!("basalt-net-{core}"))
-            .io_memory(EXECUTOR_IO_MEMORY_BYTES)
+            .io_memory(EXECUTOR_IO_MEMORY_BYTES);
+        if let Some(spin) = config.busy_poll {
+            builder = builder.spin_before_park(spin);
+        }
+        let executor = builder
             .spawn(move || async move {
                 let hosted = hosted.map(|make| glommio::spawn_local(make()));
                 let services = Rc::new(Services::new(&config, make_kv(core)));
