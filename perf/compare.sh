@@ -16,7 +16,9 @@
 #   --quick      about 2 minutes, for development
 #   --no-build   use the release binaries already in the target dir
 # Environment: CARGO_TARGET_DIR (default target), VENV (default .venv), SERVER_CPUS and
-# CLIENT_CPUS (taskset lists; on a one-CPU machine nothing is pinned).
+# CLIENT_CPUS (taskset lists; on a one-CPU machine nothing is pinned), BASALT_FLAGS (extra flags
+# of the Basalt under test; default --busy-poll=200us, its setting for a dedicated core, which is
+# what the pinned server has; "" runs it with its defaults).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -114,10 +116,13 @@ start_etcd() {
     pids+=("$server_pid")
 }
 
+basalt_flags=${BASALT_FLAGS---busy-poll=200us}
+echo "$basalt_flags" >"$out/basalt-flags.txt"
 start_basalt() {
     local port=$1 peer
     peer=$(free_port)
-    "${on_server_cpus[@]}" "$basalt" --name basalt --data-dir "$out/basalt.data" \
+    # shellcheck disable=SC2086  # the flags are meant to split into words
+    "${on_server_cpus[@]}" "$basalt" $basalt_flags --name basalt --data-dir "$out/basalt.data" \
         --listen-client-urls "http://127.0.0.1:$port" --advertise-client-urls "http://127.0.0.1:$port" \
         --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
         --initial-cluster "basalt=http://127.0.0.1:$peer" \

@@ -322,7 +322,8 @@ def server_block(runs, disk, checks, quick, version, basalt_started, basalt_wal,
         "Servers pinned to CPU(s) %s, the load generator to %s (taskset); each workload ran on etcd "
         "and then on Basalt. Server CPU is utime + stime of the whole process from /proc over the "
         "workload, divided by its requests; with one server CPU saturated it is the inverse of the "
-        "throughput." % pinning
+        "throughput. Basalt's flags beyond the data dir and URLs: %s."
+        % (pinning[0], pinning[1], "`%s`" % pinning[2] if pinning[2] else "none")
     )
     lines.extend(put_breakdown(runs, disk))
     lines.extend(hot_path_goals(runs, disk))
@@ -459,7 +460,7 @@ def compare(args):
     except OSError:
         basalt_wal = False
     pinning = []
-    for name in ("server-cpus.txt", "client-cpus.txt"):
+    for name in ("server-cpus.txt", "client-cpus.txt", "basalt-flags.txt"):
         try:
             with open(os.path.join(args.out_dir, name)) as f:
                 pinning.append(f.read().strip())
