@@ -276,9 +276,10 @@ def server_block(runs, disk, checks, quick, version, basalt_started, basalt_wal,
     lines.append("")
     lines.append(
         "| workload | etcd ops/s | Basalt ops/s | Basalt/etcd | etcd p50 / p99 ms | Basalt p50 / p99 ms "
-        "| server CPU µs per request etcd / Basalt | errors etcd / Basalt | client CPU etcd / Basalt |"
+        "| server CPU µs per request etcd / Basalt | server syscalls per request etcd / Basalt "
+        "| errors etcd / Basalt | client CPU etcd / Basalt |"
     )
-    lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for workload, title, name in WORKLOADS:
         cells = {}
         for server in SERVERS:
@@ -291,9 +292,10 @@ def server_block(runs, disk, checks, quick, version, basalt_started, basalt_wal,
                     s["errors"],
                     run["client_cpu"]["cores_used"],
                     server_cpu_us(run),
+                    (run.get("server") or {}).get("syscalls_per_request"),
                 )
             elif s:
-                cells[server] = (None, "-", s["errors"], run["client_cpu"]["cores_used"], None)
+                cells[server] = (None, "-", s["errors"], run["client_cpu"]["cores_used"], None, None)
         get = lambda server, i, f: f(cells[server][i]) if server in cells else "-"  # noqa: E731
         ops = lambda v: "failed" if v is None else "%.0f" % v  # noqa: E731
         ratio = "-"
@@ -301,7 +303,7 @@ def server_block(runs, disk, checks, quick, version, basalt_started, basalt_wal,
             ratio = "%.2f" % (cells["basalt"][0] / cells["etcd"][0])
         cpu = lambda v: "-" if v is None else "%.1f" % v  # noqa: E731
         lines.append(
-            "| %s | %s | %s | %s | %s | %s | %s / %s | %s / %s | %s / %s |"
+            "| %s | %s | %s | %s | %s | %s | %s / %s | %s / %s | %s / %s | %s / %s |"
             % (
                 title,
                 get("etcd", 0, ops),
@@ -311,6 +313,8 @@ def server_block(runs, disk, checks, quick, version, basalt_started, basalt_wal,
                 get("basalt", 1, str),
                 get("etcd", 4, cpu),
                 get("basalt", 4, cpu),
+                get("etcd", 5, cpu),
+                get("basalt", 5, cpu),
                 get("etcd", 2, str),
                 get("basalt", 2, str),
                 get("etcd", 3, lambda v: "%.2f" % v),
@@ -322,7 +326,8 @@ def server_block(runs, disk, checks, quick, version, basalt_started, basalt_wal,
         "Servers pinned to CPU(s) %s, the load generator to %s (taskset); each workload ran on etcd "
         "and then on Basalt. Server CPU is utime + stime of the whole process from /proc over the "
         "workload, divided by its requests; with one server CPU saturated it is the inverse of the "
-        "throughput. Basalt's flags beyond the data dir and URLs: %s."
+        "throughput. Syscalls are counted by perf on the raw_syscalls:sys_enter tracepoint over "
+        "the same span. Basalt's flags beyond the data dir and URLs: %s."
         % (pinning[0], pinning[1], "`%s`" % pinning[2] if pinning[2] else "none")
     )
     lines.extend(put_breakdown(runs, disk))

@@ -7,7 +7,9 @@
 //! starts.
 
 use crate::grpc::{CallError, Channel, Stream};
-use crate::report::{record, CpuTime, Goal, Progress, RunReport, Series, ServerUsage};
+use crate::report::{
+    record, CpuTime, Goal, Progress, RunReport, Series, ServerUsage, SyscallCounter,
+};
 use basalt_proto::etcdserverpb as pb;
 use bytes::Bytes;
 use glommio::{LocalExecutorBuilder, Placement};
@@ -407,6 +409,9 @@ where
             .map_err(|e| LoadError::Executor(e.to_string()))?;
         handles.push(handle);
     }
+    // Started before the clients are let go, so no call of the run escapes it; the server is
+    // idle until then, so what it counts before the start is a handful of timer wake-ups.
+    let syscalls = SyscallCounter::start(server_pids);
     barrier.wait();
     let (start, cpu_start) = (Instant::now(), CpuTime::now());
     let server_start = ServerUsage::sample(server_pids);
@@ -420,7 +425,10 @@ where
     }
     let server = server_start
         .zip(ServerUsage::sample(server_pids))
-        .map(|(start, end)| end.since(start));
+        .map(|(start, end)| ServerUsage {
+            syscalls: syscalls.and_then(SyscallCounter::finish),
+            ..end.since(start)
+        });
     Ok((
         results,
         start.elapsed(),

@@ -69,8 +69,9 @@ struct Global {
     /// Client certificate presented to https:// endpoints.
     #[arg(long, global = true)]
     cert: Option<PathBuf>,
-    /// Server process ids (comma-separated) whose CPU time and context switches, read from
-    /// /proc over the run, are reported per request.
+    /// Server process ids (comma-separated) whose CPU time and context switches (read from
+    /// /proc over the run) and system calls (counted by `perf stat`, when perf is installed)
+    /// are reported per request.
     #[arg(long, global = true, value_delimiter = ',')]
     server_pid: Vec<u32>,
     /// Key of --cert. Its id is not `key`: global flags share one namespace with the

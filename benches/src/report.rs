@@ -137,6 +137,63 @@ impl CpuTime {
 pub struct ServerUsage {
     pub cpu_s: f64,
     pub context_switches: u64,
+    /// System calls entered by the servers' threads over the run, when `perf` could count
+    /// them (the `raw_syscalls:sys_enter` tracepoint; needs root or a permissive
+    /// perf_event_paranoid, but no hardware counters, so it works in VMs).
+    pub syscalls: Option<u64>,
+}
+
+/// Counts the system calls of the server processes while a run lasts, with `perf stat` on
+/// the `raw_syscalls:sys_enter` tracepoint. A machine without perf gets no count, not an error.
+pub struct SyscallCounter {
+    child: std::process::Child,
+}
+
+impl SyscallCounter {
+    pub fn start(pids: &[u32]) -> Option<SyscallCounter> {
+        if pids.is_empty() {
+            return None;
+        }
+        let pid_list = pids
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let child = std::process::Command::new("perf")
+            .args([
+                "stat",
+                "-x",
+                ",",
+                "-e",
+                "raw_syscalls:sys_enter",
+                "-p",
+                &pid_list,
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .ok()?;
+        // perf attaches to the threads after it starts; calls made before then go uncounted,
+        // so the run waits for it (a few ms) rather than under-count.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        Some(SyscallCounter { child })
+    }
+
+    /// Stops perf (SIGINT makes it print its count) and returns the count.
+    pub fn finish(self) -> Option<u64> {
+        // SAFETY: kill only sends a signal to the perf child this counter spawned.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
+        let output = self.child.wait_with_output().ok()?;
+        // CSV: "<count>,<unit>,<event>,..." on the line that names the event.
+        String::from_utf8_lossy(&output.stderr)
+            .lines()
+            .find(|line| line.contains("raw_syscalls:sys_enter"))?
+            .split(',')
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    }
 }
 
 impl ServerUsage {
@@ -176,6 +233,7 @@ impl ServerUsage {
         ServerUsage {
             cpu_s: self.cpu_s - start.cpu_s,
             context_switches: self.context_switches.saturating_sub(start.context_switches),
+            syscalls: None,
         }
     }
 }
@@ -214,6 +272,7 @@ impl RunReport {
                     "cpu_s": server.cpu_s,
                     "cpu_us_per_request": server.cpu_s * 1e6 / requests,
                     "context_switches_per_request": server.context_switches as f64 / requests,
+                    "syscalls_per_request": server.syscalls.map(|n| n as f64 / requests),
                 })
             }),
             "series": self.series.iter().map(|s| s.to_json(wall_s)).collect::<Vec<_>>(),
@@ -286,10 +345,14 @@ impl RunReport {
             let requests = self.requests().max(1) as f64;
             writeln!(
                 out,
-                "server cpu: {:.2} s = {:.1} us per request, {:.2} context switches per request",
+                "server cpu: {:.2} s = {:.1} us per request, {:.2} context switches per request{}",
                 server.cpu_s,
                 server.cpu_s * 1e6 / requests,
-                server.context_switches as f64 / requests
+                server.context_switches as f64 / requests,
+                match server.syscalls {
+                    Some(n) => format!(", {:.1} syscalls per request", n as f64 / requests),
+                    None => String::new(),
+                }
             )?;
         }
         Ok(())
