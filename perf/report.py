@@ -277,9 +277,9 @@ def server_block(runs, disk, checks, quick, version, basalt_started, basalt_wal,
     lines.append(
         "| workload | etcd ops/s | Basalt ops/s | Basalt/etcd | etcd p50 / p99 ms | Basalt p50 / p99 ms "
         "| server CPU µs per request etcd / Basalt | server syscalls per request etcd / Basalt "
-        "| errors etcd / Basalt | client CPU etcd / Basalt |"
+        "| server heap allocations per request etcd / Basalt | errors etcd / Basalt | client CPU etcd / Basalt |"
     )
-    lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for workload, title, name in WORKLOADS:
         cells = {}
         for server in SERVERS:
@@ -293,9 +293,10 @@ def server_block(runs, disk, checks, quick, version, basalt_started, basalt_wal,
                     run["client_cpu"]["cores_used"],
                     server_cpu_us(run),
                     (run.get("server") or {}).get("syscalls_per_request"),
+                    (run.get("server") or {}).get("heap_allocations_per_request"),
                 )
             elif s:
-                cells[server] = (None, "-", s["errors"], run["client_cpu"]["cores_used"], None, None)
+                cells[server] = (None, "-", s["errors"], run["client_cpu"]["cores_used"], None, None, None)
         get = lambda server, i, f: f(cells[server][i]) if server in cells else "-"  # noqa: E731
         ops = lambda v: "failed" if v is None else "%.0f" % v  # noqa: E731
         ratio = "-"
@@ -303,7 +304,7 @@ def server_block(runs, disk, checks, quick, version, basalt_started, basalt_wal,
             ratio = "%.2f" % (cells["basalt"][0] / cells["etcd"][0])
         cpu = lambda v: "-" if v is None else "%.1f" % v  # noqa: E731
         lines.append(
-            "| %s | %s | %s | %s | %s | %s | %s / %s | %s / %s | %s / %s | %s / %s |"
+            "| %s | %s | %s | %s | %s | %s | %s / %s | %s / %s | %s / %s | %s / %s | %s / %s |"
             % (
                 title,
                 get("etcd", 0, ops),
@@ -315,6 +316,8 @@ def server_block(runs, disk, checks, quick, version, basalt_started, basalt_wal,
                 get("basalt", 4, cpu),
                 get("etcd", 5, cpu),
                 get("basalt", 5, cpu),
+                get("etcd", 6, lambda v: "-" if v is None else "%.0f" % v),
+                get("basalt", 6, lambda v: "-" if v is None else "%.0f" % v),
                 get("etcd", 2, str),
                 get("basalt", 2, str),
                 get("etcd", 3, lambda v: "%.2f" % v),
@@ -327,7 +330,8 @@ def server_block(runs, disk, checks, quick, version, basalt_started, basalt_wal,
         "and then on Basalt. Server CPU is utime + stime of the whole process from /proc over the "
         "workload, divided by its requests; with one server CPU saturated it is the inverse of the "
         "throughput. Syscalls are counted by perf on the raw_syscalls:sys_enter tracepoint over "
-        "the same span. Basalt's flags beyond the data dir and URLs: %s."
+        "the same span; heap allocations are the servers' own counters on /metrics "
+        "(etcd: go_memstats_mallocs_total, Basalt: basalt_heap_allocations_total). Basalt's flags beyond the data dir and URLs: %s."
         % (pinning[0], pinning[1], "`%s`" % pinning[2] if pinning[2] else "none")
     )
     lines.extend(put_breakdown(runs, disk))

@@ -17,12 +17,78 @@ use std::sync::Arc;
 use std::time::Duration;
 
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: alloc_count::Counting = alloc_count::Counting;
+
+/// mimalloc, counting allocations for `/metrics` (`basalt_heap_allocations_total`), so a
+/// benchmark can report allocations per request beside etcd's `go_memstats_mallocs_total`.
+mod alloc_count {
+    use std::alloc::{GlobalAlloc, Layout};
+    use std::cell::Cell;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// Allocations are counted per thread and added to the shared total in steps of this
+    /// many, so the hot path pays a thread-local increment, not an atomic one.
+    const FLUSH_EVERY: u64 = 64;
+
+    static TOTAL: AtomicU64 = AtomicU64::new(0);
+
+    thread_local! {
+        // Const-initialised and without a destructor: safe to touch inside the allocator.
+        static UNFLUSHED: Cell<u64> = const { Cell::new(0) };
+    }
+
+    /// Allocations made so far (each thread's last few below FLUSH_EVERY not yet in).
+    pub fn total() -> u64 {
+        TOTAL.load(Ordering::Relaxed)
+    }
+
+    fn count() {
+        let _ = UNFLUSHED.try_with(|unflushed| {
+            let n = unflushed.get() + 1;
+            if n == FLUSH_EVERY {
+                TOTAL.fetch_add(FLUSH_EVERY, Ordering::Relaxed);
+                unflushed.set(0);
+            } else {
+                unflushed.set(n);
+            }
+        });
+    }
+
+    pub struct Counting;
+
+    // SAFETY: every call is passed unchanged to mimalloc, which upholds GlobalAlloc's contract;
+    // counting touches no memory the allocator hands out.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            count();
+            // SAFETY: the caller's layout contract is forwarded as is.
+            unsafe { mimalloc::MiMalloc.alloc(layout) }
+        }
+
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            count();
+            // SAFETY: as above.
+            unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) }
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            count();
+            // SAFETY: `ptr` came from this allocator (so from mimalloc) with `layout`.
+            unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: `ptr` came from this allocator (so from mimalloc) with `layout`.
+            unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
+        }
+    }
+}
 
 /// How often the main thread looks for a stop signal or a failed raft core.
 const STOP_POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 fn main() -> ExitCode {
+    basalt_net::metrics::set_heap_allocation_counter(alloc_count::total);
     let cli = match Cli::try_parse_from(normalize_go_flags(std::env::args())) {
         Ok(cli) => cli,
         Err(error) => error.exit(),

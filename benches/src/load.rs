@@ -8,7 +8,8 @@
 
 use crate::grpc::{CallError, Channel, Stream};
 use crate::report::{
-    record, CpuTime, Goal, Progress, RunReport, Series, ServerUsage, SyscallCounter,
+    heap_allocations, record, CpuTime, Goal, Progress, RunReport, Series, ServerUsage,
+    SyscallCounter,
 };
 use basalt_proto::etcdserverpb as pb;
 use bytes::Bytes;
@@ -62,6 +63,17 @@ pub struct Common {
     pub threads: usize,
     /// Server processes whose CPU and context switches the report shows per request.
     pub server_pids: Vec<u32>,
+}
+
+impl Common {
+    /// Where the server's allocation count is read: with `--server-pid` against one endpoint
+    /// only (several would mix servers' counts).
+    fn metrics_endpoint(&self) -> Option<&str> {
+        match (self.server_pids.is_empty(), self.endpoints.as_slice()) {
+            (false, [endpoint]) => Some(endpoint),
+            _ => None,
+        }
+    }
 }
 
 /// When a run ends and how fast it may go.
@@ -392,6 +404,7 @@ async fn find_leader(endpoints: &[String]) -> Result<String, LoadError> {
 fn on_executors<T, F, Fut>(
     threads: usize,
     server_pids: &[u32],
+    metrics_endpoint: Option<&str>,
     body: F,
 ) -> Result<(Vec<T>, Duration, CpuTime, Option<ServerUsage>), LoadError>
 where
@@ -412,6 +425,7 @@ where
     // Started before the clients are let go, so no call of the run escapes it; the server is
     // idle until then, so what it counts before the start is a handful of timer wake-ups.
     let syscalls = SyscallCounter::start(server_pids);
+    let allocations_start = metrics_endpoint.and_then(heap_allocations);
     barrier.wait();
     let (start, cpu_start) = (Instant::now(), CpuTime::now());
     let server_start = ServerUsage::sample(server_pids);
@@ -427,6 +441,9 @@ where
         .zip(ServerUsage::sample(server_pids))
         .map(|(start, end)| ServerUsage {
             syscalls: syscalls.and_then(SyscallCounter::finish),
+            heap_allocations: allocations_start
+                .zip(metrics_endpoint.and_then(heap_allocations))
+                .map(|(start, end)| end.saturating_sub(start)),
             ..end.since(start)
         });
     Ok((
@@ -454,7 +471,7 @@ fn resolve_endpoints(common: &Common) -> Result<Vec<String>, LoadError> {
         return Ok(common.endpoints.clone());
     }
     let endpoints = common.endpoints.clone();
-    let (mut found, _, _, _) = on_executors(1, &[], move |_, barrier: Arc<Barrier>| {
+    let (mut found, _, _, _) = on_executors(1, &[], None, move |_, barrier: Arc<Barrier>| {
         let endpoints = endpoints.clone();
         async move {
             barrier.wait();
@@ -577,7 +594,12 @@ pub fn run(
             }
         }
     };
-    let (per_thread, wall, cpu, server) = on_executors(threads, &common.server_pids, body)?;
+    let (per_thread, wall, cpu, server) = on_executors(
+        threads,
+        &common.server_pids,
+        common.metrics_endpoint(),
+        body,
+    )?;
     drop(progress);
     Ok(RunReport {
         workload: params["workload"].as_str().unwrap_or("?").to_string(),
@@ -844,7 +866,12 @@ pub fn run_watch(
             }
         }
     };
-    let (per_thread, wall, cpu, server) = on_executors(threads, &common.server_pids, body)?;
+    let (per_thread, wall, cpu, server) = on_executors(
+        threads,
+        &common.server_pids,
+        common.metrics_endpoint(),
+        body,
+    )?;
     drop(progress);
     let put_start_ns = shared.put_start_ns.load(Ordering::Relaxed);
     let delivery_s = shared

@@ -141,6 +141,38 @@ pub struct ServerUsage {
     /// them (the `raw_syscalls:sys_enter` tracepoint; needs root or a permissive
     /// perf_event_paranoid, but no hardware counters, so it works in VMs).
     pub syscalls: Option<u64>,
+    /// Heap allocations the server made over the run, from its /metrics: Basalt's
+    /// `basalt_heap_allocations_total` or Go's `go_memstats_mallocs_total` (etcd).
+    pub heap_allocations: Option<u64>,
+}
+
+/// The server's heap allocations so far, scraped from `/metrics` on a plain-text client
+/// endpoint (`host:port` or `http://host:port`); None for https or when neither counter is
+/// there.
+pub fn heap_allocations(endpoint: &str) -> Option<u64> {
+    use std::io::{Read, Write};
+    if endpoint.starts_with("https://") {
+        return None;
+    }
+    let addr = endpoint.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    text.lines().find_map(|line| {
+        let value = line
+            .strip_prefix("basalt_heap_allocations_total ")
+            .or_else(|| line.strip_prefix("go_memstats_mallocs_total "))?;
+        // Go prints large counters in exponent form (1.234567e+06).
+        value.trim().parse::<f64>().ok().map(|v| v as u64)
+    })
 }
 
 /// Counts the system calls of the server processes while a run lasts, with `perf stat` on
@@ -234,6 +266,7 @@ impl ServerUsage {
             cpu_s: self.cpu_s - start.cpu_s,
             context_switches: self.context_switches.saturating_sub(start.context_switches),
             syscalls: None,
+            heap_allocations: None,
         }
     }
 }
@@ -273,6 +306,7 @@ impl RunReport {
                     "cpu_us_per_request": server.cpu_s * 1e6 / requests,
                     "context_switches_per_request": server.context_switches as f64 / requests,
                     "syscalls_per_request": server.syscalls.map(|n| n as f64 / requests),
+                    "heap_allocations_per_request": server.heap_allocations.map(|n| n as f64 / requests),
                 })
             }),
             "series": self.series.iter().map(|s| s.to_json(wall_s)).collect::<Vec<_>>(),
@@ -351,6 +385,9 @@ impl RunReport {
                 server.context_switches as f64 / requests,
                 match server.syscalls {
                     Some(n) => format!(", {:.1} syscalls per request", n as f64 / requests),
+                    None => String::new(),
+                } + &match server.heap_allocations {
+                    Some(n) => format!(", {:.1} heap allocations per request", n as f64 / requests),
                     None => String::new(),
                 }
             )?;

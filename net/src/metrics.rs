@@ -163,6 +163,16 @@ pub struct Metrics {
     process_start_time_seconds: f64,
 }
 
+/// Where `basalt_heap_allocations_total` comes from: the binary's global allocator counts, this
+/// crate only shows the count (it does not choose the allocator).
+static HEAP_ALLOCATIONS: OnceLock<fn() -> u64> = OnceLock::new();
+
+/// Tells /metrics how to read the number of heap allocations made so far. Set once; later
+/// calls are ignored.
+pub fn set_heap_allocation_counter(count: fn() -> u64) {
+    let _ = HEAP_ALLOCATIONS.set(count);
+}
+
 /// The process-wide registry.
 pub fn metrics() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
@@ -346,6 +356,13 @@ impl Metrics {
         self.render_peers(&mut out);
         out.grpc(&self.grpc);
         out.process(self.process_start_time_seconds);
+        if let Some(count) = HEAP_ALLOCATIONS.get() {
+            out.counter(
+                "basalt_heap_allocations_total",
+                "Heap allocations (and reallocations) the process has made.",
+                count(),
+            );
+        }
         out.text
     }
 }
