@@ -194,6 +194,22 @@ fn hex_id(key: &[u8]) -> Result<u64, String> {
         .ok_or_else(|| "expected a member id in hex".to_owned())
 }
 
+/// The consistent index etcd's `meta` bucket records in `file` (0 when absent): the last log
+/// entry whose effects the file holds.
+pub fn etcd_consistent_index(file: &BboltFile) -> Result<u64, InterchangeError> {
+    let Some(mut meta) = file.bucket(META_BUCKET.as_bytes())? else {
+        return Ok(0);
+    };
+    while let Some((page, key, value)) = meta.next_record()? {
+        if key == CONSISTENT_INDEX_KEY {
+            return u64_value(value).map_err(|reason| {
+                record_error(META_BUCKET, key, format!("{reason} (bbolt page {page})"))
+            });
+        }
+    }
+    Ok(0)
+}
+
 /// What `etcdutl snapshot status` reports about a bbolt file, computed as it does: a crc32c
 /// over every bucket name, key and value in order, the newest revision of the `key` bucket,
 /// the number of records and the file's size in pages.

@@ -1,6 +1,8 @@
 //! etcd data interchange: Basalt's B+tree buckets to etcd's bbolt buckets and back, record by
 //! record, so an etcd snapshot or data dir becomes a Basalt tree and a Basalt state becomes a
-//! snapshot that etcd 3.5 restores and serves.
+//! snapshot that etcd 3.5 restores and serves; and etcd's WAL and raft snapshot files read
+//! ([`read_etcd_log`]), so a stopped member's entries committed after its db's consistent index
+//! can be applied too.
 //!
 //! Owns: the mapping between the two layouts. Must never: guess at a record it does not know
 //! (an unknown bucket or key is refused, naming it), or hold a whole bucket of revisions in
@@ -21,11 +23,16 @@
 //! A restore into a new cluster replaces the members anyway (etcdutl and Basalt both do), so the
 //! member records only have to be well formed.
 
+mod etcd_log;
 mod export;
 mod import;
 
+pub use etcd_log::{
+    etcd_snapshot_db_path, newest_etcd_snapshot, read_etcd_log, EtcdEntry, EtcdEntryKind, EtcdLog,
+    EtcdLogError,
+};
 pub use export::export_etcd;
-pub use import::{etcd_status, import_etcd, EtcdStatus, Imported};
+pub use import::{etcd_consistent_index, etcd_status, import_etcd, EtcdStatus, Imported};
 
 use basalt_proto::etcdserverpb::Member;
 
