@@ -37,6 +37,9 @@ pub enum Command {
     /// Offline work on snapshot files (what `etcdutl snapshot` does).
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Build a new data directory from a stopped etcd 3.4/3.5 member's data dir: its db and
+    /// the WAL entries committed after the db's consistent index.
+    Migrate(MigrateFlags),
 }
 
 #[derive(Debug, Subcommand)]
@@ -58,11 +61,31 @@ pub enum SnapshotCommand {
     },
 }
 
-/// `snapshot restore`: etcdutl's flags. The cluster flags name the member the restored dir
-/// holds and the new cluster's members, as etcd's restore records them; the member then
-/// restarts from the dir whatever its bootstrap flags say.
+/// `snapshot restore`: etcdutl's flags.
 #[derive(Debug, Args)]
 pub struct RestoreFlags {
+    #[command(flatten)]
+    pub member: NewMemberFlags,
+    /// Read an etcd file whose sha256 trailer is missing (e.g. a member's member/snap/db).
+    #[arg(long = "skip-hash-check", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true")]
+    pub skip_hash_check: bool,
+}
+
+/// `migrate`: the etcd member's data dir, and the new member as `snapshot restore` takes it.
+#[derive(Debug, Args)]
+pub struct MigrateFlags {
+    /// The stopped etcd member's --data-dir (it holds member/snap/db and member/wal).
+    #[arg(long = "from-etcd-data-dir")]
+    pub from_etcd_data_dir: PathBuf,
+    #[command(flatten)]
+    pub member: NewMemberFlags,
+}
+
+/// The data dir a restore or migration creates and the member it holds, with etcdutl's flags:
+/// they name that member and the new cluster's members, as etcd's restore records them; the
+/// member then restarts from the dir whatever its bootstrap flags say.
+#[derive(Debug, Args)]
+pub struct NewMemberFlags {
     /// The data directory to create (default: "${name}.basalt").
     #[arg(long = "data-dir")]
     pub data_dir: Option<PathBuf>,
@@ -82,9 +105,6 @@ pub struct RestoreFlags {
         default_value = "http://localhost:2380"
     )]
     pub initial_advertise_peer_urls: Vec<String>,
-    /// Read an etcd file whose sha256 trailer is missing (e.g. a member's member/snap/db).
-    #[arg(long = "skip-hash-check", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true")]
-    pub skip_hash_check: bool,
 }
 
 #[derive(Debug, Args)]

@@ -6,11 +6,13 @@ mod tls;
 
 use basalt_engine::mvcc::Limits;
 use basalt_net::node::{
-    snapshot as snapshot_file, AutoCompaction, MemberDir, Node, NodeConfig, NodeError,
+    migrate, snapshot as snapshot_file, AutoCompaction, MemberDir, Node, NodeConfig, NodeError,
 };
 use basalt_proto::etcdserverpb::Member;
 use clap::Parser;
-use config::{normalize_go_flags, Cli, Command, ServerFlags, SnapshotCommand};
+use config::{
+    normalize_go_flags, Cli, Command, MigrateFlags, NewMemberFlags, ServerFlags, SnapshotCommand,
+};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -102,6 +104,7 @@ fn main() -> ExitCode {
         Some(Command::DumpLog(flags)) => dump_log(flags),
         Some(Command::Check(flags)) => check(flags),
         Some(Command::Snapshot(command)) => snapshot(command),
+        Some(Command::Migrate(flags)) => migrate_etcd(flags),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -466,31 +469,16 @@ fn dump_log(flags: config::DumpLogFlags) -> Result<(), String> {
 fn snapshot(command: SnapshotCommand) -> Result<(), String> {
     match command {
         SnapshotCommand::Restore { file, flags } => {
-            let data_dir = flags
-                .data_dir
-                .unwrap_or_else(|| format!("{}.basalt", flags.name).into());
             let options = snapshot_file::RestoreOptions {
                 skip_hash_check: flags.skip_hash_check,
             };
-            let (members, member_id, cluster_id) = founders(
-                &flags.name,
-                flags.initial_cluster.as_deref(),
-                &flags.initial_advertise_peer_urls,
-                &flags.initial_cluster_token,
-            )?;
-            let member_count = members.len();
-            let member = snapshot_file::RestoredMember {
-                member_id,
-                cluster_id,
-                members,
-            };
+            let (data_dir, member) = new_member(&flags.member)?;
             snapshot_file::restore(&file, &data_dir, options, &member)?;
             println!(
-                "restored snapshot {} into {} for member {} ({member_id:x}) of cluster \
-                 {cluster_id:x} ({member_count} members)",
+                "restored snapshot {} into {} for {}",
                 file.display(),
                 data_dir.display(),
-                flags.name,
+                describe(&flags.member, &member),
             );
             Ok(())
         }
@@ -519,6 +507,66 @@ fn snapshot(command: SnapshotCommand) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// The data dir to create and the member it will hold, from etcdutl's restore flags.
+fn new_member(
+    flags: &NewMemberFlags,
+) -> Result<(std::path::PathBuf, snapshot_file::RestoredMember), String> {
+    let data_dir = flags
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| format!("{}.basalt", flags.name).into());
+    let (members, member_id, cluster_id) = founders(
+        &flags.name,
+        flags.initial_cluster.as_deref(),
+        &flags.initial_advertise_peer_urls,
+        &flags.initial_cluster_token,
+    )?;
+    let member = snapshot_file::RestoredMember {
+        member_id,
+        cluster_id,
+        members,
+    };
+    Ok((data_dir, member))
+}
+
+fn describe(flags: &NewMemberFlags, member: &snapshot_file::RestoredMember) -> String {
+    format!(
+        "member {} ({:x}) of cluster {:x} ({} members)",
+        flags.name,
+        member.member_id,
+        member.cluster_id,
+        member.members.len()
+    )
+}
+
+fn migrate_etcd(flags: MigrateFlags) -> Result<(), String> {
+    let (data_dir, member) = new_member(&flags.member)?;
+    let migrated = migrate::migrate(&flags.from_etcd_data_dir, &data_dir, &member)?;
+    let replayed = if migrated.commit_index > migrated.consistent_index {
+        format!(
+            "then WAL entries {}..={} ({} requests applied, {} entries with nothing to apply)",
+            migrated.consistent_index + 1,
+            migrated.commit_index,
+            migrated.requests_applied,
+            migrated.entries_skipped,
+        )
+    } else {
+        "no WAL entry committed after it".to_owned()
+    };
+    println!(
+        "migrated etcd member {:x} of {} into {} for {}: {} (consistent index {}), {replayed}; \
+         revision {}",
+        migrated.etcd_member_id,
+        flags.from_etcd_data_dir.display(),
+        data_dir.display(),
+        describe(&flags.member, &member),
+        migrated.db.display(),
+        migrated.consistent_index,
+        migrated.revision,
+    );
+    Ok(())
 }
 
 /// etcd's reading of the auto-compaction flags: in periodic mode a bare number is hours,

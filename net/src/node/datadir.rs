@@ -34,6 +34,11 @@ fn refuse(path: &Path, reason: impl Into<String>) -> NodeError {
     }
 }
 
+/// Whether `data_dir` holds a Basalt member (its format marker), whatever its format number.
+pub fn holds_basalt_marker(data_dir: &Path) -> bool {
+    member_dir(data_dir).join(FORMAT_FILE).exists()
+}
+
 /// Checks that an existing `member/` is ours and of this format, changing nothing; `false` when
 /// there is no `member/` yet.
 fn check_format(data_dir: &Path) -> Result<bool, NodeError> {
@@ -46,9 +51,10 @@ fn check_format(data_dir: &Path) -> Result<bool, NodeError> {
         refuse(
             data_dir,
             format!(
-                "{} is unreadable ({e}): this is not a Basalt data dir (an etcd data dir \
-                 must be brought over with `etcdctl snapshot save` and `basalt snapshot \
-                 restore`)",
+                "{} is unreadable ({e}): this is not a Basalt data dir (a stopped etcd \
+                 member's data dir is brought over with `basalt migrate \
+                 --from-etcd-data-dir`, a running one's with `etcdctl snapshot save` and \
+                 `basalt snapshot restore`)",
                 marker.display()
             ),
         )

@@ -17,6 +17,7 @@ mod compactor;
 mod core;
 mod corrupt;
 mod datadir;
+pub mod migrate;
 pub mod snapshot;
 
 use std::path::PathBuf;

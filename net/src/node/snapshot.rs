@@ -280,15 +280,35 @@ pub fn restore(
     options: RestoreOptions,
     member: &RestoredMember,
 ) -> Result<(), String> {
+    refuse_existing(data_dir)?;
+    let (format, len) = format_of(snapshot)?;
+    make_member_dir(data_dir, member, |staging| {
+        build_data_dir(snapshot, format, len, staging, options)
+    })
+}
+
+/// A restore or migration never writes over a member's data.
+pub(super) fn refuse_existing(data_dir: &Path) -> Result<(), String> {
     if datadir::member_dir(data_dir).exists() {
         return Err(format!("data dir {} already exists", data_dir.display()));
     }
-    let (format, len) = format_of(snapshot)?;
+    Ok(())
+}
+
+/// Makes `data_dir/member` for `member`: `build` fills a staging data dir inside `data_dir`
+/// with a tree and returns it with its applied index; the tree then takes the new cluster's
+/// members, the log names the member, and only the whole dir is moved into place. A failure
+/// leaves nothing behind (not even `data_dir`, when this made it).
+pub(super) fn make_member_dir(
+    data_dir: &Path,
+    member: &RestoredMember,
+    build: impl FnOnce(&Path) -> Result<(Db, u64), String>,
+) -> Result<(), String> {
     let created_data_dir = !data_dir.exists();
     fs::create_dir_all(data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
     let staging = data_dir.join(".member.restoring");
     let _ = fs::remove_dir_all(&staging);
-    let made = build_data_dir(snapshot, format, len, &staging, options)
+    let made = build(&staging)
         .and_then(|(db, applied)| record_member(db, &staging, member, applied))
         .and_then(|()| {
             fs::rename(datadir::member_dir(&staging), datadir::member_dir(data_dir))
