@@ -12,14 +12,17 @@
 //! Media assumptions, stated once:
 //! - a sector of [`format::TORN_SECTOR_BYTES`] is written all or nothing (a torn write leaves
 //!   whole sectors of their old content);
-//! - after fdatasync returns, the data written before it survives power loss;
+//! - after fdatasync returns, or an O_DSYNC write completes, the data written before it
+//!   survives power loss;
 //! - rewriting a sector with the bytes it already holds cannot damage it (the writer rewrites
 //!   the partial sector at the tail with each batch).
 //!
 //! The life of an append: [`Wal::submit`] validates and encodes the records into the pending
 //! queue at once (so the index order is the call order), then a single writer task takes the
-//! whole queue (up to [`WalOptions::batch_bytes_max`]), writes it with one aligned O_DIRECT write,
-//! runs one fdatasync and wakes every caller whose records it covered. While it waits on the
+//! whole queue (up to [`WalOptions::batch_bytes_max`]), writes it with one aligned O_DIRECT write
+//! that is durable when it completes (the production file layer opens finished segments with
+//! O_DSYNC; others write, then fdatasync: [`SegmentFile::write_durable`]) and wakes every caller
+//! whose records it covered. While it waits on the
 //! disk, new appends queue up and form the next batch: batches grow with load and never wait on
 //! a timer. Fresh segments are zero-filled by a background task ahead of need, so the hot path
 //! never writes into unwritten extents (an fdatasync there costs a journal commit).
