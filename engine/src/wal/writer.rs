@@ -205,7 +205,11 @@ impl<S: Storage> Wal<S> {
             if st.pending_bytes < bytes_max {
                 return Poll::Ready(Ok(()));
             }
-            st.space_waiters.push(cx.waker().clone());
+            // A task polled again while it waits (by a select over other futures) must not
+            // stack a waker per poll: glommio counts wakers per task and panics on overflow.
+            if !st.space_waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                st.space_waiters.push(cx.waker().clone());
+            }
             Poll::Pending
         })
         .await?;
