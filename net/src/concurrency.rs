@@ -10,7 +10,8 @@ use basalt_proto::etcdserverpb::{
     range_request::{SortOrder, SortTarget},
     request_op::Request,
     response_op::Response,
-    Compare, PutRequest, RangeRequest, RequestOp, TxnRequest,
+    Compare, DeleteRangeRequest, LeaseGrantRequest, PutRequest, RangeRequest, RequestOp,
+    TxnRequest,
 };
 use basalt_proto::mvccpb::KeyValue;
 use bytes::Bytes;
@@ -32,6 +33,37 @@ pub(crate) fn prefix_end(prefix: &[u8]) -> Bytes {
         }
     }
     Bytes::from_static(&[0])
+}
+
+/// clientv3's `concurrency` session TTL, which a lease granted for a call without one gets.
+const SESSION_TTL_S: i64 = 60;
+
+/// The lease a Lock or Campaign holds its key on: the caller's, or else, as etcd's servers
+/// open a `concurrency.Session` on lease 0, a new one of the session TTL, never kept alive
+/// (they orphan the session), so the key goes when it expires.
+pub(crate) async fn session_lease<K: KvService>(kv: &K, lease: i64) -> Result<i64, Status> {
+    if lease != 0 {
+        return Ok(lease);
+    }
+    let granted = crate::lease::grant(
+        kv,
+        LeaseGrantRequest {
+            ttl: SESSION_TTL_S,
+            id: 0,
+        },
+    )
+    .await?;
+    Ok(granted.id)
+}
+
+/// Deletes a holder's key (etcd's `Mutex.Unlock`, `Election.Resign`).
+pub(crate) async fn delete_holder<K: KvService>(kv: &K, key: &Bytes) -> Result<(), Status> {
+    kv.delete_range(DeleteRangeRequest {
+        key: key.clone(),
+        ..Default::default()
+    })
+    .await
+    .map(drop)
 }
 
 /// `<name>/<lease in hex>`, the key one session holds under a lock or election name.

@@ -1,5 +1,5 @@
 //! The v3election service (Campaign, Proclaim, Leader, Observe, Resign) as etcd's server runs
-//! it: `concurrency.Election` on the caller's lease. The leader is the oldest key under the
+//! it: `concurrency.Election` on the caller's lease (or a new one). The leader is the oldest key under the
 //! election's name; a campaign answers once every older key is gone.
 
 use basalt_engine::watch::WatchSpec;
@@ -12,10 +12,12 @@ use basalt_proto::v3electionpb::{
 };
 
 use crate::concurrency::{
-    create_or_get, first_holder, holder_key, if_still_held, prefix_end, wait_deletes, wait_event,
+    create_or_get, delete_holder, first_holder, holder_key, if_still_held, prefix_end,
+    session_lease, wait_deletes, wait_event,
 };
 use crate::grpc::{decode, encode, MessageReader, ResponseSink};
 use crate::kv::KvService;
+use crate::service::ClientGone;
 use crate::status::{Code, Status};
 
 /// etcd's `concurrency.ErrElectionNotLeader`, `ErrElectionNoLeader` and the server's
@@ -53,14 +55,16 @@ fn put_op(leader: &LeaderKey, value: bytes::Bytes) -> RequestOp {
 pub(crate) async fn campaign<K: KvService>(
     kv: &K,
     req: CampaignRequest,
+    gone: &ClientGone,
 ) -> Result<CampaignResponse, Status> {
-    let key = holder_key(&req.name, req.lease);
-    let (revision, existing) = create_or_get(kv, &key, &req.value, req.lease).await?;
+    let lease = session_lease(kv, req.lease).await?;
+    let key = holder_key(&req.name, lease);
+    let (revision, existing) = create_or_get(kv, &key, &req.value, lease).await?;
     let leader = LeaderKey {
         name: req.name.clone(),
         key,
         rev: revision,
-        lease: req.lease,
+        lease,
     };
     if existing.is_some_and(|kv| kv.value != req.value) {
         // Campaigning again with another value proclaims it, as etcd's Campaign does.
@@ -72,7 +76,23 @@ pub(crate) async fn campaign<K: KvService>(
         )
         .await?;
     }
-    wait_deletes(kv, &req.name, revision - 1).await?;
+    let waited = futures_lite::future::or(
+        async {
+            wait_deletes(kv, &req.name, revision - 1)
+                .await
+                .map(|()| true)
+        },
+        async {
+            gone.wait().await;
+            Ok(false)
+        },
+    )
+    .await?;
+    if !waited {
+        // etcd's Campaign resigns when its context ends while it waits.
+        delete_holder(kv, &leader.key).await?;
+        return Err(Status::new(Code::Cancelled, "context canceled"));
+    }
     let revision = kv.status().await?.revision;
     Ok(CampaignResponse {
         header: header(revision),

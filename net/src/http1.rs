@@ -2,9 +2,10 @@
 //! `/version`, `/metrics`, `/livez` and `/readyz` (the checks are `health.rs`'s; what monitoring and load balancers probe,
 //! no body read), and the JSON gateway's `/v3/...` (bodies by length or chunked).
 
-use crate::gateway::{self, Gateway};
+use crate::gateway::{self, Gateway, ReplyBody};
 use crate::kv::KvService;
 use crate::metrics::metrics;
+use crate::mux::{self, Route};
 use crate::service::{Services, ETCD_CLUSTER_VERSION, ETCD_SERVER_VERSION};
 use bytes::Bytes;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -18,20 +19,21 @@ const ENDPOINT_PATHS: [&str; 5] = ["/health", "/version", "/metrics", "/livez", 
 
 /// Serves requests on one connection until the client closes it or asks to. `already_read`
 /// holds the bytes consumed while telling HTTP/1.1 from HTTP/2. Paths under `/v3` go to the
-/// JSON gateway, the only requests here with a body.
+/// JSON gateway; the endpoints read no body (one sent is dropped).
 pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin, K: KvService>(
     mut io: S,
     already_read: Vec<u8>,
     gateway: &Gateway<K>,
 ) {
     let mut buf = already_read;
+    let limit = gateway::body_bytes_max(gateway.message_bytes_max);
     loop {
         let head_bytes = loop {
             if let Some(end) = find_head_end(&buf) {
                 break end;
             }
             if buf.len() > HEAD_BYTES_MAX {
-                let _ = write_response(&mut io, Reply::head_too_large(), false).await;
+                let _ = write_response(&mut io, Reply::head_too_large()).await;
                 return;
             }
             if !read_more(&mut io, &mut buf).await {
@@ -40,54 +42,80 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin, K: KvService>(
         };
         let head = String::from_utf8_lossy(&buf[..head_bytes]).into_owned();
         buf.drain(..head_bytes);
-        let request = Request::parse(&head);
-        if let Some(request) = request.as_ref().filter(|r| gateway::serves(r.path)) {
-            let limit = gateway::body_bytes_max(gateway.message_bytes_max);
-            let body = match read_body(&mut io, &mut buf, request, limit).await {
-                Ok(body) => body,
-                Err(BodyError::TooLarge(bytes)) => {
-                    let reply = gateway::refuse_oversized(bytes, gateway.message_bytes_max);
-                    let _ = write_gateway_reply(&mut io, reply, false).await;
-                    return;
-                }
-                Err(BodyError::Malformed) => {
-                    let _ = write_response(&mut io, Reply::bad_request(), false).await;
-                    return;
-                }
-                Err(BodyError::Closed) => return,
-            };
-            let header = |name: &str| request.header(name);
-            let reply = gateway
-                .handle(gateway::Request {
+        let routed = Request::parse(&head).map(|r| {
+            let route = mux::route(r.method, r.path, r.query);
+            (r, route)
+        });
+        let (request, route) = match routed {
+            Some((request, route)) if !matches!(route, Route::BadRequest) => (request, route),
+            _ => {
+                let _ = write_response(&mut io, Reply::bad_request()).await;
+                return;
+            }
+        };
+        // The body: the gateway's request, or else read and dropped, as Go's server does
+        // before it reuses the connection.
+        let body = match read_body(&mut io, &mut buf, &request, limit).await {
+            Ok(body) => Ok(body),
+            Err(BodyError::TooLarge(bytes)) => Err(bytes),
+            Err(BodyError::Malformed) => {
+                let _ = write_response(&mut io, Reply::bad_request()).await;
+                return;
+            }
+            Err(BodyError::Closed) => return,
+        };
+        let head_only = request.method == "HEAD";
+        let reply = match (route, body) {
+            (Route::BadRequest, _) => unreachable!("answered above"),
+            (Route::Answered(reply), _) => reply,
+            (Route::Endpoint(path), _) => {
+                let routed = Request {
+                    path: &path,
+                    ..request.clone()
+                };
+                endpoint(&routed, &gateway.services).await
+            }
+            // A body past the limit was read to its end, so the connection can go on.
+            (Route::Gateway(_), Err(bytes)) => {
+                gateway::refuse_oversized(bytes, gateway.message_bytes_max)
+            }
+            (Route::Gateway(path), Ok(body)) => {
+                let header = |name: &str| request.header(name);
+                let handled = gateway.handle(gateway::Request {
                     method: request.method,
-                    path: request.path,
+                    path: &path,
                     token: gateway::Request::token_from(header),
                     require_leader: gateway::Request::require_leader_from(header),
                     body,
-                })
-                .await;
-            if let gateway::ReplyBody::Stream(_) = reply.body {
-                // A stream ends the connection: it is read only to notice the client leave.
-                let _ = write_gateway_reply(io, reply, request.method == "HEAD").await;
-                return;
+                });
+                // The connection ending while the call runs is the client leaving: dropping
+                // the call tells the service, as Go's server cancels a request's context (a
+                // waiting Lock or Campaign then takes its key back). Bytes sent meanwhile are
+                // kept for the next request, up to the limit.
+                let client_left = async {
+                    while read_more(&mut io, &mut buf).await {
+                        if buf.len() > limit {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    None
+                };
+                match futures_lite::future::or(async { Some(handled.await) }, client_left).await {
+                    Some(reply) => reply,
+                    None => return,
+                }
             }
-            if write_gateway_reply(&mut io, reply, request.method == "HEAD")
-                .await
-                .is_err()
-                || !request.keep_alive
-            {
-                return;
-            }
-            continue;
-        }
-        let reply = match &request {
-            Some(r) if r.has_body() => Reply::bad_request(),
-            Some(r) => route(r, &gateway.services).await,
-            None => Reply::bad_request(),
         };
-        let keep_alive = request.as_ref().is_some_and(|r| r.keep_alive) && reply.status != 400;
-        let is_head = request.as_ref().is_some_and(|r| r.method == "HEAD");
-        if write_response(&mut io, reply, is_head).await.is_err() || !keep_alive {
+        if let gateway::ReplyBody::Stream(_) = reply.body {
+            // A stream ends the connection: it is read only to notice the client leave.
+            let _ = write_gateway_reply(io, reply, head_only).await;
+            return;
+        }
+        if write_gateway_reply(&mut io, reply, head_only)
+            .await
+            .is_err()
+            || !request.keep_alive
+        {
             return;
         }
     }
@@ -106,7 +134,9 @@ async fn read_more<S: AsyncRead + Unpin>(io: &mut S, buf: &mut Vec<u8>) -> bool 
 }
 
 enum BodyError {
-    /// More than the limit: the bytes seen so far.
+    /// More than the limit: the body's length. It was read to its end and dropped, so the
+    /// client, which may not look for an answer before it has sent everything (etcd reads a
+    /// body whole), gets the refusal rather than a reset connection.
     TooLarge(usize),
     Malformed,
     Closed,
@@ -135,6 +165,7 @@ async fn read_body<S: AsyncRead + AsyncWrite + Unpin>(
     }
     let length = request.content_length.ok_or(BodyError::Malformed)?;
     if length > limit {
+        skip(io, buf, length).await?;
         return Err(BodyError::TooLarge(length));
     }
     while buf.len() < length {
@@ -145,6 +176,26 @@ async fn read_body<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(Bytes::from(buf.drain(..length).collect::<Vec<u8>>()))
 }
 
+/// Reads `length` bytes of body, from `buf` first, and drops them.
+async fn skip<S: AsyncRead + Unpin>(
+    io: &mut S,
+    buf: &mut Vec<u8>,
+    length: usize,
+) -> Result<(), BodyError> {
+    let mut left = length;
+    loop {
+        let taken = left.min(buf.len());
+        buf.drain(..taken);
+        left -= taken;
+        if left == 0 {
+            return Ok(());
+        }
+        if !read_more(io, buf).await {
+            return Err(BodyError::Closed);
+        }
+    }
+}
+
 /// A chunked body: hex size lines, each chunk, a zero chunk, then trailers to a blank line.
 async fn read_chunked<S: AsyncRead + Unpin>(
     io: &mut S,
@@ -152,6 +203,8 @@ async fn read_chunked<S: AsyncRead + Unpin>(
     limit: usize,
 ) -> Result<Bytes, BodyError> {
     let mut body = Vec::new();
+    // Past the limit, chunks are only counted.
+    let mut length = 0usize;
     loop {
         let line = read_line(io, buf).await?;
         let size_text = line.split(';').next().unwrap_or("").trim();
@@ -159,21 +212,32 @@ async fn read_chunked<S: AsyncRead + Unpin>(
         if size == 0 {
             // Trailers, if any, end with an empty line.
             while !read_line(io, buf).await?.is_empty() {}
-            return Ok(Bytes::from(body));
+            return match length > limit {
+                true => Err(BodyError::TooLarge(length)),
+                false => Ok(Bytes::from(body)),
+            };
         }
-        if body.len() + size > limit {
-            return Err(BodyError::TooLarge(body.len() + size));
+        length = length.saturating_add(size);
+        if length > limit {
+            body = Vec::new();
+            skip(io, buf, size).await?;
+        } else {
+            while buf.len() < size {
+                if !read_more(io, buf).await {
+                    return Err(BodyError::Closed);
+                }
+            }
+            body.extend(buf.drain(..size));
         }
-        while buf.len() < size + 2 {
+        while buf.len() < 2 {
             if !read_more(io, buf).await {
                 return Err(BodyError::Closed);
             }
         }
-        body.extend_from_slice(&buf[..size]);
-        if &buf[size..size + 2] != b"\r\n" {
+        if &buf[..2] != b"\r\n" {
             return Err(BodyError::Malformed);
         }
-        buf.drain(..size + 2);
+        buf.drain(..2);
     }
 }
 
@@ -247,6 +311,7 @@ async fn write_gateway_reply<S: AsyncRead + AsyncWrite + Unpin>(
     futures_lite::future::or(stream, client_left).await
 }
 
+#[derive(Clone)]
 struct Request<'a> {
     method: &'a str,
     path: &'a str,
@@ -310,58 +375,50 @@ impl<'a> Request<'a> {
     }
 }
 
+/// Go's server's own refusals, before any handler: no CORS headers, the connection closed.
 struct Reply {
     status: u16,
     reason: &'static str,
-    content_type: &'static str,
-    body: String,
+    body: &'static str,
 }
 
 impl Reply {
-    fn new(status: u16, reason: &'static str, content_type: &'static str, body: String) -> Self {
-        Self {
-            status,
-            reason,
-            content_type,
-            body,
+    fn bad_request() -> Self {
+        Reply {
+            status: 400,
+            reason: "Bad Request",
+            body: "400 Bad Request",
         }
     }
 
-    fn json(body: String) -> Self {
-        Self::new(200, "OK", "application/json", body)
-    }
-
-    fn text(status: u16, reason: &'static str, body: &str) -> Self {
-        Self::new(
-            status,
-            reason,
-            "text/plain; charset=utf-8",
-            body.to_string(),
-        )
-    }
-
-    fn bad_request() -> Self {
-        Self::text(400, "Bad Request", "400 Bad Request")
-    }
-
     fn head_too_large() -> Self {
-        Self::text(
-            431,
-            "Request Header Fields Too Large",
-            "431 Request Header Fields Too Large",
-        )
+        Reply {
+            status: 431,
+            reason: "Request Header Fields Too Large",
+            body: "431 Request Header Fields Too Large",
+        }
     }
 }
 
-async fn route<K: KvService>(request: &Request<'_>, services: &Services<K>) -> Reply {
+/// An endpoint's answer (`/health`, `/version`, `/metrics`, `/livez`, `/readyz`), or Go's
+/// ServeMux's 404.
+async fn endpoint<K: KvService>(request: &Request<'_>, services: &Services<K>) -> gateway::Reply {
+    let not_found = || gateway::Reply::text(404, Some("404 page not found"));
     if request.method != "GET" && request.method != "HEAD" {
-        return match request.path {
-            path if ENDPOINT_PATHS.contains(&path) => {
-                Reply::text(405, "Method Not Allowed", "Method Not Allowed\n")
-            }
-            _ => Reply::text(404, "Not Found", "404 page not found\n"),
-        };
+        if !ENDPOINT_PATHS.contains(&request.path) {
+            return not_found();
+        }
+        let mut reply = gateway::Reply::text(405, None);
+        reply.headers.push(("Allow", "GET".to_string()));
+        return reply;
     }
+    let answer = |status, content_type, body: String| {
+        gateway::Reply::new(
+            status,
+            Some(content_type),
+            ReplyBody::Full(Bytes::from(body)),
+        )
+    };
     if crate::health::PATHS.contains(&request.path) {
         let (status, content_type, body) = crate::health::answer(
             services.kv(),
@@ -370,36 +427,33 @@ async fn route<K: KvService>(request: &Request<'_>, services: &Services<K>) -> R
             services.request_timeout(),
         )
         .await;
-        let reason = if status == 200 {
-            "OK"
-        } else {
-            "Service Unavailable"
-        };
-        return Reply::new(status, reason, content_type, body);
+        return answer(status, content_type, body);
     }
     match request.path {
-        "/version" => Reply::json(format!(
-            r#"{{"etcdserver":"{ETCD_SERVER_VERSION}","etcdcluster":"{ETCD_CLUSTER_VERSION}"}}"#
-        )),
-        "/metrics" => Reply::new(
+        "/version" => answer(
             200,
-            "OK",
+            "application/json",
+            format!(
+                r#"{{"etcdserver":"{ETCD_SERVER_VERSION}","etcdcluster":"{ETCD_CLUSTER_VERSION}"}}"#
+            ),
+        ),
+        "/metrics" => answer(
+            200,
             "text/plain; version=0.0.4; charset=utf-8",
             metrics().render(ETCD_SERVER_VERSION, ETCD_CLUSTER_VERSION),
         ),
-        _ => Reply::text(404, "Not Found", "404 page not found\n"),
+        _ => not_found(),
     }
 }
 
-/// The answer (status, content type, body) to an endpoint request that came over HTTP/2: a TLS
-/// port offers h2 by ALPN, so curl and Prometheus ask there, and etcd answers them. Only for
-/// [`is_endpoint`] paths; any other stays gRPC's.
-pub(crate) async fn h2_reply<K: KvService>(
+/// An endpoint's answer to a request that came over HTTP/2: a TLS port offers h2 by ALPN, so
+/// curl and Prometheus ask there, and etcd answers them.
+pub(crate) async fn h2_endpoint<K: KvService>(
     method: &str,
     path: &str,
     query: &str,
     services: &Services<K>,
-) -> (u16, &'static str, String) {
+) -> gateway::Reply {
     let request = Request {
         method,
         path,
@@ -409,30 +463,15 @@ pub(crate) async fn h2_reply<K: KvService>(
         chunked: false,
         head: "",
     };
-    let reply = route(&request, services).await;
-    (reply.status, reply.content_type, reply.body)
+    endpoint(&request, services).await
 }
 
-/// Whether `path` is one of these endpoints (else, over h2, it is gRPC's).
-pub(crate) fn is_endpoint(path: &str) -> bool {
-    ENDPOINT_PATHS.contains(&path)
-}
-
-async fn write_response<S: AsyncWrite + Unpin>(
-    io: &mut S,
-    reply: Reply,
-    head_only: bool,
-) -> std::io::Result<()> {
+async fn write_response<S: AsyncWrite + Unpin>(io: &mut S, reply: Reply) -> std::io::Result<()> {
     let mut out = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n\r\n",
-        reply.status,
-        reply.reason,
-        reply.content_type,
-        reply.body.len()
+        "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n",
+        reply.status, reply.reason,
     );
-    if !head_only {
-        out.push_str(&reply.body);
-    }
+    out.push_str(reply.body);
     io.write_all(out.as_bytes()).await?;
     io.flush().await
 }
@@ -469,16 +508,24 @@ mod tests {
                 "[+]alarms ok\n[+]linearizable_read ok\nlivez check passed\n",
             ),
             ("GET /nothing HTTP/1.1\r\n\r\n", 404, "404 page not found\n"),
+            (
+                "POST /nothing HTTP/1.1\r\n\r\n",
+                404,
+                "404 page not found\n",
+            ),
             ("POST /health HTTP/1.1\r\n\r\n", 405, "Method Not Allowed\n"),
         ];
         let config = crate::config::ServerConfig::default();
         let services = Services::new(&config, crate::kv::LocalKv::new());
         for (head, status, body) in cases {
             let request = Request::parse(head).expect(head);
-            let reply = glommio::LocalExecutor::default().run(route(&request, &services));
+            let reply = glommio::LocalExecutor::default().run(endpoint(&request, &services));
+            let ReplyBody::Full(got) = reply.body else {
+                panic!("{head}: a whole body");
+            };
             assert_eq!(
-                (reply.status, reply.body.as_str()),
-                (status, body),
+                (reply.status, &got[..]),
+                (status, body.as_bytes()),
                 "{head}"
             );
         }

@@ -38,6 +38,7 @@ mod leader_check;
 mod lease;
 mod lock;
 pub mod metrics;
+mod mux;
 pub mod node;
 pub mod peer;
 mod server;

@@ -6,6 +6,7 @@ use crate::config::{allowed_cpus, parse_client_url, url_is_https, NetError, Serv
 use crate::grpc::{MessageReader, ResponseSink, CONTENT_TYPE};
 use crate::io::TokioIo;
 use crate::kv::{KvService, LocalKv};
+use crate::mux::Route;
 use crate::service::{ServerCall, Services};
 use crate::status::Status;
 use crate::tls::{self, TlsAcceptor};
@@ -559,22 +560,28 @@ async fn serve_stream<K: KvService>(
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with(CONTENT_TYPE));
-    if !is_grpc && crate::gateway::serves(head.uri.path()) {
-        let gateway = crate::gateway::Gateway {
-            services: services.clone(),
-            client_cert_common_name,
-            message_bytes_max,
+    if !is_grpc {
+        // Plain HTTP over h2 (curl over TLS asks for it by ALPN) goes where HTTP/1.1 goes.
+        let (method, query) = (head.method.as_str(), head.uri.query().unwrap_or(""));
+        let reply = match crate::mux::route(method, head.uri.path(), query) {
+            Route::BadRequest => crate::gateway::Reply::text(400, None),
+            Route::Answered(reply) => reply,
+            Route::Endpoint(path) => {
+                crate::http1::h2_endpoint(method, &path, query, services).await
+            }
+            Route::Gateway(path) => {
+                let gateway = crate::gateway::Gateway {
+                    services: services.clone(),
+                    client_cert_common_name,
+                    message_bytes_max,
+                };
+                return crate::gateway::serve_h2(gateway, head, &path, body, respond).await;
+            }
         };
-        return crate::gateway::serve_h2(gateway, head, body, respond).await;
-    }
-    if !is_grpc && crate::http1::is_endpoint(head.uri.path()) {
-        let (method, path) = (head.method.as_str(), head.uri.path());
-        let query = head.uri.query().unwrap_or("");
-        let reply = crate::http1::h2_reply(method, path, query, services).await;
-        send_endpoint_reply(respond, head.method == http::Method::HEAD, reply);
+        crate::gateway::send_h2(respond, reply, head.method == http::Method::HEAD).await;
         return;
     }
-    if head.method != http::Method::POST || !is_grpc {
+    if head.method != http::Method::POST {
         // grpc-go answers a non-gRPC request on its port with a plain HTTP error.
         let mut reply = http::Response::new(());
         *reply.status_mut() = http::StatusCode::UNSUPPORTED_MEDIA_TYPE;
@@ -609,26 +616,6 @@ async fn serve_stream<K: KvService>(
             .is_some_and(|v| v.as_bytes() == b"true"),
     };
     services.call(head.uri.path(), call).await;
-}
-
-/// Sends an HTTP endpoint's answer on an h2 stream.
-fn send_endpoint_reply(
-    mut respond: h2::server::SendResponse<Bytes>,
-    head_only: bool,
-    (status, content_type, body): (u16, &'static str, String),
-) {
-    let mut reply = http::Response::new(());
-    *reply.status_mut() =
-        http::StatusCode::from_u16(status).expect("the endpoints answer with valid codes");
-    reply.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static(content_type),
-    );
-    if let Ok(mut stream) = respond.send_response(reply, head_only) {
-        if !head_only {
-            let _ = stream.send_data(Bytes::from(body), true);
-        }
-    }
 }
 
 /// A one-shot, cross-thread stop flag that glommio tasks can await.

@@ -235,8 +235,8 @@ impl<K: KvService> Services<K> {
                 .await
             }
             "/v3lockpb.Lock/Lock" => {
-                unary(call, |req| async move {
-                    let mut resp = crate::lock::lock(kv, req)
+                unary_until_gone(call, |req, gone| async move {
+                    let mut resp = crate::lock::lock(kv, req, &gone)
                         .await
                         .map_err(crate::concurrency::client_error)?;
                     self.fill_header(&mut resp.header);
@@ -255,8 +255,8 @@ impl<K: KvService> Services<K> {
                 .await
             }
             "/v3electionpb.Election/Campaign" => {
-                unary(call, |req| async move {
-                    let mut resp = crate::election::campaign(kv, req)
+                unary_until_gone(call, |req, gone| async move {
+                    let mut resp = crate::election::campaign(kv, req, &gone)
                         .await
                         .map_err(crate::concurrency::client_error)?;
                     self.fill_header(&mut resp.header);
@@ -659,23 +659,78 @@ where
     Fut: Future<Output = Result<Resp, Status>>,
 {
     let ServerCall {
+        mut reader, sink, ..
+    } = call;
+    let result = match unary_request::<Req>(&mut reader).await {
+        Ok(req) => handler(req).await,
+        Err(status) => Err(status),
+    };
+    answer_unary(sink, result).await
+}
+
+/// The client of a call has left (reset the stream, closed the connection, or its deadline
+/// passed) once [`ClientGone::wait`] returns.
+pub(crate) struct ClientGone(flume::Receiver<()>);
+
+impl ClientGone {
+    pub(crate) async fn wait(&self) {
+        // Nothing is ever sent: the sender is dropped when the client leaves.
+        let _ = self.0.recv_async().await;
+    }
+}
+
+/// [`unary`] for a handler that may wait on others for long (Lock, Campaign): it is told
+/// when the client leaves, to take back what it wrote as etcd's servers do when a call's
+/// context ends.
+pub(crate) async fn unary_until_gone<Req, Resp, Fut>(
+    call: ServerCall,
+    handler: impl FnOnce(Req, ClientGone) -> Fut,
+) -> Option<Code>
+where
+    Req: prost::Message + Default,
+    Resp: prost::Message,
+    Fut: Future<Output = Result<Resp, Status>>,
+{
+    let ServerCall {
         mut reader,
         mut sink,
         ..
     } = call;
-    // grpc-go answers as soon as the one message is in, without waiting for the client to
-    // half-close; a client that sends more is not read further.
-    let request = match reader.next().await {
+    let result = match unary_request::<Req>(&mut reader).await {
+        Ok(req) => {
+            let (left, gone) = flume::bounded::<()>(1);
+            let watch = async {
+                sink.closed().await;
+                drop(left);
+                // The handler, told, ends the race.
+                std::future::pending().await
+            };
+            futures_lite::future::or(handler(req, ClientGone(gone)), watch).await
+        }
+        Err(status) => Err(status),
+    };
+    answer_unary(sink, result).await
+}
+
+/// The one request of a unary call. grpc-go answers as soon as the one message is in,
+/// without waiting for the client to half-close; a client that sends more is not read
+/// further.
+async fn unary_request<Req: prost::Message + Default>(
+    reader: &mut MessageReader,
+) -> Result<Req, Status> {
+    match reader.next().await {
         Ok(Some(body)) => decode::<Req>(body, "request"),
         Ok(None) => Err(Status::internal(
             "grpc: unary request ended before its message",
         )),
         Err(status) => Err(status),
-    };
-    let result = match request {
-        Ok(req) => handler(req).await,
-        Err(status) => Err(status),
-    };
+    }
+}
+
+async fn answer_unary<Resp: prost::Message>(
+    mut sink: ResponseSink,
+    result: Result<Resp, Status>,
+) -> Option<Code> {
     let status = match result.and_then(|resp| encode(&resp)) {
         Ok(framed) => match sink.send(framed).await {
             Ok(()) => Status::ok(),

@@ -125,14 +125,12 @@ const ROUTES: [(&str, &str); 50] = [
     ("/v3/lock/unlock", "/v3lockpb.Lock/Unlock"),
 ];
 
-/// etcd 3.5 still answers every path under the prefix of its older gateway.
-const BETA_PREFIX: &str = "/v3beta/";
-
 /// Response messages a stream may have waiting for a slow HTTP reader before the service
 /// waits (a Watch's own queue holds the rest).
 const STREAM_QUEUE_MAX: usize = 16;
 
-/// The headers etcd's gateway puts on every answer (its CORS defaults).
+/// The headers etcd's access controller puts on every answer past Go's own parsing (its CORS
+/// defaults).
 const CORS_HEADERS: [(&str, &str); 3] = [
     (
         "Access-Control-Allow-Headers",
@@ -144,11 +142,6 @@ const CORS_HEADERS: [(&str, &str); 3] = [
     ),
     ("Access-Control-Allow-Origin", "*"),
 ];
-
-/// Whether a request path is the gateway's to answer.
-pub(crate) fn serves(path: &str) -> bool {
-    path == "/v3" || path.starts_with("/v3/") || path.starts_with(BETA_PREFIX)
-}
 
 /// The largest request body read: a request message at the gRPC limit, in base64 inside
 /// JSON, fits well below it; anything larger could only be refused.
@@ -190,7 +183,7 @@ fn methods() -> &'static HashMap<&'static str, Method> {
     })
 }
 
-/// A gateway request as the transports hand it over.
+/// A gateway request as the transports hand it over, at the path [`crate::mux::route`] gave.
 pub(crate) struct Request<'a> {
     pub(crate) method: &'a str,
     pub(crate) path: &'a str,
@@ -230,7 +223,7 @@ pub(crate) enum ReplyBody {
 }
 
 impl Reply {
-    fn new(status: u16, content_type: Option<&'static str>, body: ReplyBody) -> Self {
+    pub(crate) fn new(status: u16, content_type: Option<&'static str>, body: ReplyBody) -> Self {
         let mut headers: Vec<(&'static str, String)> = CORS_HEADERS
             .iter()
             .map(|&(name, value)| (name, value.to_string()))
@@ -245,8 +238,8 @@ impl Reply {
         }
     }
 
-    /// Go's `http.Error`: plain text, the status text and a newline.
-    fn text(status: u16) -> Self {
+    /// Go's `http.Error`: plain text, the status text (or `text`) and a newline.
+    pub(crate) fn text(status: u16, text: Option<&str>) -> Self {
         let reason = http::StatusCode::from_u16(status)
             .ok()
             .and_then(|s| s.canonical_reason())
@@ -254,7 +247,7 @@ impl Reply {
         let mut reply = Reply::new(
             status,
             Some("text/plain; charset=utf-8"),
-            ReplyBody::Full(Bytes::from(format!("{reason}\n"))),
+            ReplyBody::Full(Bytes::from(format!("{}\n", text.unwrap_or(reason)))),
         );
         reply
             .headers
@@ -294,19 +287,23 @@ impl Reply {
     }
 }
 
-/// Go's ServeMux sends a subtree's root without its slash to the subtree (with a link for
-/// GET and HEAD).
-fn redirect_to_subtree(method: &str) -> Reply {
-    let (content_type, body) = match method {
-        "GET" | "HEAD" => (
-            Some("text/html; charset=utf-8"),
-            "<a href=\"/v3/\">Moved Permanently</a>.\n\n",
-        ),
-        _ => (None, ""),
-    };
-    let mut reply = Reply::new(301, content_type, ReplyBody::Full(Bytes::from(body)));
-    reply.headers.push(("Location", "/v3/".to_string()));
-    reply
+impl Reply {
+    /// Go's `http.Redirect` with 301: the location, and for GET (HEAD too, as a type) a link.
+    pub(crate) fn redirect(method: &str, location: &str) -> Self {
+        let (content_type, body) = match method {
+            "GET" | "HEAD" => (
+                Some("text/html; charset=utf-8"),
+                format!(
+                    "<a href=\"{}\">Moved Permanently</a>.\n\n",
+                    crate::mux::html_escape(location)
+                ),
+            ),
+            _ => (None, String::new()),
+        };
+        let mut reply = Reply::new(301, content_type, ReplyBody::Full(Bytes::from(body)));
+        reply.headers.push(("Location", location.to_string()));
+        reply
+    }
 }
 
 /// A body too large to read: refused as grpc-go refuses the message it would make.
@@ -481,21 +478,11 @@ pub(crate) struct Gateway<K> {
 
 impl<K: KvService> Gateway<K> {
     pub(crate) async fn handle(&self, request: Request<'_>) -> Reply {
-        if request.path == "/v3" {
-            return redirect_to_subtree(request.method);
-        }
-        if request.method == "OPTIONS" {
-            return Reply::new(200, None, ReplyBody::Full(Bytes::new()));
-        }
-        let path = match request.path.strip_prefix(BETA_PREFIX) {
-            Some(rest) => format!("/v3/{rest}"),
-            None => request.path.to_string(),
-        };
-        let Some(method) = methods().get(path.as_str()) else {
-            return Reply::text(404);
+        let Some(method) = methods().get(request.path) else {
+            return Reply::text(404, None);
         };
         if request.method != "POST" {
-            return Reply::text(405);
+            return Reply::text(405, None);
         }
         let requests = match read_requests(method, &request.body) {
             Ok(requests) => requests,
@@ -615,34 +602,62 @@ fn read_requests(method: &Method, body: &[u8]) -> Result<Vec<Bytes>, Status> {
 pub(crate) async fn serve_h2<K: KvService>(
     gateway: Gateway<K>,
     head: http::request::Parts,
+    path: &str,
     mut body: h2::RecvStream,
     mut respond: h2::server::SendResponse<Bytes>,
 ) {
     let header = |name: &str| head.headers.get(name).and_then(|v| v.to_str().ok());
     let limit = body_bytes_max(gateway.message_bytes_max);
     let mut received = Vec::new();
+    // Past the limit, the rest is read and dropped: the refusal comes when the body ends,
+    // as etcd's, which reads a body whole, answers.
+    let mut length = 0usize;
     let reply = loop {
         match body.data().await {
             Some(Ok(chunk)) => {
                 let _ = body.flow_control().release_capacity(chunk.len());
-                received.extend_from_slice(&chunk);
-                if received.len() > limit {
-                    break refuse_oversized(received.len(), gateway.message_bytes_max);
+                length = length.saturating_add(chunk.len());
+                if length <= limit {
+                    received.extend_from_slice(&chunk);
+                } else {
+                    received = Vec::new();
                 }
             }
             Some(Err(_)) => return,
+            None if length > limit => break refuse_oversized(length, gateway.message_bytes_max),
             None => {
                 let request = Request {
                     method: head.method.as_str(),
-                    path: head.uri.path(),
+                    path,
                     token: Request::token_from(header),
                     require_leader: Request::require_leader_from(header),
                     body: Bytes::from(std::mem::take(&mut received)),
                 };
-                break gateway.handle(request).await;
+                // A reset stream while the call runs ends it (dropping the call tells the
+                // service), as the HTTP/1.1 side ends it when the connection closes.
+                let reset = async {
+                    let _ = std::future::poll_fn(|cx| respond.poll_reset(cx)).await;
+                    None
+                };
+                match futures_lite::future::or(async { Some(gateway.handle(request).await) }, reset)
+                    .await
+                {
+                    Some(reply) => break reply,
+                    None => return,
+                }
             }
         }
     };
+    send_h2(respond, reply, head.method == http::Method::HEAD).await;
+}
+
+/// Writes an answer on an h2 stream: whole, or streamed until the call ends or the client
+/// resets the stream.
+pub(crate) async fn send_h2(
+    mut respond: h2::server::SendResponse<Bytes>,
+    reply: Reply,
+    head_only: bool,
+) {
     let mut response = http::Response::new(());
     *response.status_mut() =
         http::StatusCode::from_u16(reply.status).expect("the gateway answers valid codes");
@@ -653,8 +668,9 @@ pub(crate) async fn serve_h2<K: KvService>(
     }
     match reply.body {
         ReplyBody::Full(bytes) => {
-            if let Ok(mut stream) = respond.send_response(response, bytes.is_empty()) {
-                if !bytes.is_empty() {
+            let end = bytes.is_empty() || head_only;
+            if let Ok(mut stream) = respond.send_response(response, end) {
+                if !end {
                     let _ = stream.send_data(bytes, true);
                 }
             }
