@@ -55,15 +55,17 @@ def _wait_for_port(port: int, process: subprocess.Popen, log_path: Path) -> None
 
 
 class Server:
-    """A server process with a fresh data dir; `endpoint` is host:port for clients."""
+    """A server process with a fresh data dir; `endpoint` is host:port for clients, `url` the
+    client URL."""
 
-    def __init__(self, kind: str, extra_flags=()):
+    def __init__(self, kind: str, extra_flags=(), scheme="http"):
+        """`scheme` is the client URL's: https wants the TLS flags in `extra_flags`."""
         self.kind = kind
         self.dir = Path(tempfile.mkdtemp(prefix=f"{kind}-test-"))
         self.port = free_port()
         self.peer_port = free_port()
         self.endpoint = f"127.0.0.1:{self.port}"
-        client_url = f"http://{self.endpoint}"
+        client_url = self.url = f"{scheme}://{self.endpoint}"
         peer_url = f"http://127.0.0.1:{self.peer_port}"
         binary = basalt_bin() if kind == "basalt" else etcd_bin("etcd")
         self.args = [

@@ -578,6 +578,17 @@ async fn serve_stream<K: KvService>(
                 return crate::gateway::serve_h2(gateway, head, &path, body, respond).await;
             }
         };
+        // A body nothing reads is read and dropped first, as on HTTP/1.1 (up to the limit):
+        // answered while the client still sends, the stream would end in a reset.
+        let mut body = body;
+        let mut left = crate::gateway::body_bytes_max(message_bytes_max);
+        while let Some(Ok(chunk)) = body.data().await {
+            let _ = body.flow_control().release_capacity(chunk.len());
+            left = left.saturating_sub(chunk.len());
+            if left == 0 {
+                break;
+            }
+        }
         crate::gateway::send_h2(respond, reply, head.method == http::Method::HEAD).await;
         return;
     }

@@ -393,7 +393,9 @@ def test_a_waiter_whose_client_leaves_takes_its_key_back(servers):
                 try:
                     call(json_format.ParseDict(request, request_class()), timeout=1)
                 except grpc.RpcError as e:
-                    waits.append(e.code().name)
+                    # etcd ends the call itself at the deadline it was sent, at times before
+                    # the client does (Unknown, "context deadline exceeded").
+                    waits.append(e.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNKNOWN))
             deadline = time.monotonic() + 5
             while True:
                 held = [unary(channel, PUT.replace("Put", "Range"), {"key": b64(name + "/"), "range_end": b64(name + "0"),
@@ -406,5 +408,5 @@ def test_a_waiter_whose_client_leaves_takes_its_key_back(servers):
             # The waiters' keys go as their calls end, at a moment each server picks.
             got.append((waits, mask(held, ("revision",))))
     assert got[0] == got[1]
-    assert got[0][0] == ["DEADLINE_EXCEEDED", "DEADLINE_EXCEEDED"]
+    assert got[0][0] == [True, True]
     assert [h["kvs"][0]["key"] for h in got[0][1]] == [b64("gw/316"), b64("gwe/316")]

@@ -38,12 +38,8 @@ def pki():
 
 
 def https_server(kind, flags):
-    """A server whose one client URL is https:// (the harness gives http://)."""
-    server = Server(kind, flags)
-    plain, secure = f"http://{server.endpoint}", f"https://{server.endpoint}"
-    server.args = [arg.replace(plain, secure) for arg in server.args]
-    server.url = secure
-    return server
+    """A server whose one client URL is https://."""
+    return Server(kind, flags, scheme="https")
 
 
 def cert_auth_flags(pki):
