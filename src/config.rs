@@ -207,6 +207,11 @@ pub struct ServerFlags {
         default_value_t = 0
     )]
     pub quota_backend_bytes: i64,
+    /// Free space the data dir's filesystem must keep: below it, writes that take space are
+    /// refused with NOSPACE (reads, watches, keep-alives go on) until space is freed and the
+    /// alarm disarmed. 0 turns the check off.
+    #[arg(long = "disk-reserve-bytes", env = "BASALT_DISK_RESERVE_BYTES", default_value_t = basalt_net::node::DISK_RESERVE_BYTES_DEFAULT)]
+    pub disk_reserve_bytes: u64,
     /// Maximum number of operations permitted in a transaction.
     #[arg(long = "max-txn-ops", env = "ETCD_MAX_TXN_OPS", default_value_t = MAX_TXN_OPS_DEFAULT)]
     pub max_txn_ops: usize,

@@ -170,6 +170,7 @@ fn serve(flags: ServerFlags) -> Result<(), String> {
             bytes if bytes <= 0 => basalt_net::node::QUOTA_BACKEND_BYTES_DEFAULT,
             bytes => bytes as u64,
         },
+        disk_reserve_bytes: flags.disk_reserve_bytes,
         auto_compaction: auto_compaction(
             &flags.auto_compaction_mode,
             &flags.auto_compaction_retention,

@@ -145,6 +145,13 @@ pub struct Metrics {
     pub server_health_success: Counter,
     pub server_health_failures: Counter,
     pub server_quota_backend_bytes: Gauge,
+    /// Bytes the data dir's filesystem has left for us (statvfs), as last checked.
+    pub disk_available_bytes: Gauge,
+    /// 1 while that is below `--disk-reserve-bytes` (writes that take space are refused).
+    pub disk_reserve_short: Gauge,
+    /// Tree commits and checkpoints that met a full device (ENOSPC or EDQUOT) and were undone,
+    /// to be retried.
+    pub disk_full_errors_total: Counter,
     pub mvcc_db_total_size_in_bytes: Gauge,
     pub mvcc_db_total_size_in_use_in_bytes: Gauge,
     pub mvcc_put_total: Counter,
@@ -196,6 +203,9 @@ impl Metrics {
             server_health_success: Counter::default(),
             server_health_failures: Counter::default(),
             server_quota_backend_bytes: Gauge::default(),
+            disk_available_bytes: Gauge::default(),
+            disk_reserve_short: Gauge::default(),
+            disk_full_errors_total: Counter::default(),
             mvcc_db_total_size_in_bytes: Gauge::default(),
             mvcc_db_total_size_in_use_in_bytes: Gauge::default(),
             mvcc_put_total: Counter::default(),
@@ -281,6 +291,21 @@ impl Metrics {
             "etcd_server_quota_backend_bytes",
             "Current backend storage quota size in bytes.",
             self.server_quota_backend_bytes.get(),
+        );
+        out.gauge(
+            "basalt_disk_available_bytes",
+            "Bytes the data dir's filesystem has left for Basalt, as last checked.",
+            self.disk_available_bytes.get(),
+        );
+        out.gauge(
+            "basalt_disk_reserve_short",
+            "1 while the data dir's filesystem has less than --disk-reserve-bytes free: writes that take space are refused (NOSPACE).",
+            self.disk_reserve_short.get(),
+        );
+        out.counter(
+            "basalt_disk_full_errors_total",
+            "Tree commits and checkpoints that met a full device and were undone, to be retried.",
+            self.disk_full_errors_total.get(),
         );
         out.labeled_gauge(
             "etcd_server_id",

@@ -150,6 +150,7 @@ fn mvcc_code(err: &MvccError) -> Code {
         MvccError::Compacted | MvccError::FutureRevision => Code::OutOfRange,
         MvccError::LeaseNotFound => Code::NotFound,
         MvccError::Backend(_) => Code::Internal,
+        MvccError::OutOfSpace(_) => Code::ResourceExhausted,
     }
 }
 

@@ -74,6 +74,11 @@ pub enum ApplyError {
     /// and recover from its WAL (etcd panics here).
     #[error("basalt: storage failed while applying: {0}")]
     Storage(String),
+    /// The tree's device is full: a commit, checkpoint or defragment was undone and nothing is
+    /// lost (the WAL holds every applied entry, reads find them in the overlay); the raft core
+    /// tries again once space returns. Never the result of an entry.
+    #[error("basalt: {0}")]
+    OutOfSpace(String),
 }
 
 impl ApplyError {
@@ -361,7 +366,10 @@ impl Applier {
             }
         };
         result.map_err(|error| match error {
-            MvccError::Backend(reason) => ApplyError::Storage(reason),
+            // Applying writes only to the overlay: a tree write failing here is a fault.
+            MvccError::Backend(reason) | MvccError::OutOfSpace(reason) => {
+                ApplyError::Storage(reason)
+            }
             other => ApplyError::Mvcc(other),
         })
     }
@@ -394,7 +402,7 @@ impl Applier {
         }
         self.db()
             .checkpoint(self.applied_index)
-            .map_err(|e| ApplyError::Storage(e.to_string()))?;
+            .map_err(btree_error)?;
         self.checkpointed_index = self.applied_index;
         Ok(())
     }
@@ -470,11 +478,17 @@ fn undecodable(index: u64, error: &prost::DecodeError) -> Outcome {
 }
 
 fn btree_error(error: crate::btree::Error) -> ApplyError {
-    ApplyError::Storage(error.to_string())
+    match error {
+        crate::btree::Error::OutOfSpace(_) => ApplyError::OutOfSpace(error.to_string()),
+        other => ApplyError::Storage(other.to_string()),
+    }
 }
 
 fn storage(error: MvccError) -> ApplyError {
-    ApplyError::Storage(error.to_string())
+    match error {
+        MvccError::OutOfSpace(reason) => ApplyError::OutOfSpace(reason),
+        other => ApplyError::Storage(other.to_string()),
+    }
 }
 
 #[cfg(test)]

@@ -67,7 +67,7 @@ fn every_entry_content_yields_a_result_and_never_a_panic() {
             Err(ApplyError::Mvcc(_)) => "mvcc",
             Err(ApplyError::Lease(_)) => "lease",
             Err(ApplyError::Auth(_)) => "auth",
-            Err(ApplyError::Storage(_)) => "storage",
+            Err(ApplyError::Storage(_) | ApplyError::OutOfSpace(_)) => "storage",
         };
         assert_eq!(got, want, "case {i}: {outcome:?}");
     }

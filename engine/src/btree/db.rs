@@ -217,7 +217,10 @@ impl Db {
     pub fn checkpoint(&self, applied_index: u64) -> Result<(), Error> {
         let mut writer = self.shared.lock_writer()?;
         let result = writer.checkpoint(self.shared.page_size, applied_index);
-        if result.is_err() {
+        if result
+            .as_ref()
+            .is_err_and(|e| !matches!(e, Error::OutOfSpace(_)))
+        {
             writer.poisoned = true;
         } else {
             let durable_txn = writer.durable.txn_id;
@@ -258,7 +261,10 @@ impl Db {
         ))?;
         let mut writer = self.shared.lock_writer()?;
         let result = super::defrag::defragment(&self.shared, &mut writer, &path, applied_index);
-        if result.is_err() {
+        if result
+            .as_ref()
+            .is_err_and(|e| !matches!(e, Error::OutOfSpace(_)))
+        {
             writer.poisoned = true;
         }
         result
@@ -322,15 +328,41 @@ impl Writer {
         Ok(())
     }
 
+    /// After a write of pages `taken` (allocated since the allocator's `next_page` was
+    /// `next_page_before`) failed: when the device was full, gives the pages back, so the tree
+    /// is as it was before and the write may be tried again; the pages were reachable from
+    /// nothing published or durable, so whatever reached them is garbage nobody reads. Any
+    /// other error comes back as it is, and the caller poisons the writer.
+    pub(crate) fn undo_if_out_of_space(
+        &mut self,
+        error: Error,
+        next_page_before: u64,
+        taken: impl IntoIterator<Item = u64>,
+    ) -> Error {
+        let Error::Io(io) = error else { return error };
+        if !crate::disk::is_out_of_space(&io) {
+            return Error::Io(io);
+        }
+        self.alloc
+            .release_now(taken.into_iter().filter(|&page| page < next_page_before));
+        self.alloc.next_page = next_page_before;
+        Error::OutOfSpace(io)
+    }
+
     /// Writes the freelist, the written list and the meta page in one batch and syncs once;
-    /// `recover` rejects the meta if anything it vouches for did not reach the disk.
+    /// `recover` rejects the meta if anything it vouches for did not reach the disk. A full
+    /// device before the sync undoes the checkpoint ([`Error::OutOfSpace`]): a meta page that
+    /// did reach the slot vouches for pages that did not, so recovery rejects it like a torn
+    /// checkpoint, and the next attempt writes the same slot again.
     fn checkpoint(&mut self, page_size: usize, applied_index: u64) -> Result<(), Error> {
         let mut free = self.alloc.all_unreachable();
         free.extend_from_slice(&self.durable.chain_pages);
         free.sort_unstable();
+        let next_page_before = self.alloc.next_page;
         let mut written: Vec<(u64, u32)> = self
             .unsynced
-            .drain()
+            .iter()
+            .map(|(&page, &crc)| (page, crc))
             .filter(|(page, _)| free.binary_search(page).is_err())
             .collect();
         written.sort_unstable();
@@ -353,7 +385,6 @@ impl Writer {
             };
             chain_pages.push(page);
         }
-        self.ensure_file_covers(page_size)?;
         let free_bytes: Vec<u8> = free.iter().flat_map(|id| id.to_le_bytes()).collect();
         let written_bytes: Vec<u8> = written
             .iter()
@@ -396,8 +427,14 @@ impl Writer {
         meta.encode(&mut meta_page);
         writes.push((slot, meta_page));
         writes.sort_unstable_by_key(|(id, _)| *id);
-        write_coalesced(self.file.as_ref(), page_size, &writes)?;
+        if let Err(error) = self
+            .ensure_file_covers(page_size)
+            .and_then(|()| write_coalesced(self.file.as_ref(), page_size, &writes))
+        {
+            return Err(self.undo_if_out_of_space(error, next_page_before, chain_pages));
+        }
         self.file.sync_data()?;
+        self.unsynced.clear();
         let old_chain = std::mem::replace(&mut self.durable.chain_pages, chain_pages);
         self.alloc.release_now(old_chain);
         self.durable.txn_id = meta.txn_id;

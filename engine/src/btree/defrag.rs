@@ -103,14 +103,69 @@ pub(crate) fn defragment(
     path: &Path,
     applied_index: u64,
 ) -> Result<(), Error> {
-    let page_size = shared.page_size;
     let tmp_path = path.with_extension("defrag");
+    let (file, roots, high_water_pages) = match copy(shared, writer, &tmp_path, applied_index) {
+        Ok(copied) => copied,
+        Err(error) => {
+            // No partial copy is left behind; the tree file and the writer are untouched, so a
+            // full device only fails this defragment (the writer goes on).
+            let _ = std::fs::remove_file(&tmp_path);
+            return Err(match error {
+                Error::Io(io) if crate::disk::is_out_of_space(&io) => Error::OutOfSpace(io),
+                other => other,
+            });
+        }
+    };
+    let page_size = shared.page_size;
+    let seq = writer.durable.seq + 2;
+    std::fs::rename(&tmp_path, path)?;
+    if let Some(dir) = path.parent() {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        File::open(dir)?.sync_all()?;
+    }
+    let map = Arc::new(file.map(high_water_pages * page_size as u64)?);
+    writer.file = Box::new(file);
+    writer.map = map.clone();
+    writer.alloc = Allocator::new([], high_water_pages);
+    writer.durable = Durable {
+        txn_id: writer.txn_id,
+        seq,
+        slot: seq % 2,
+        applied_index,
+        chain_pages: Vec::new(),
+    };
+    writer.roots = roots.clone();
+    writer.unsynced.clear();
+    shared.published.store(Arc::new(Snapshot {
+        txn_id: writer.txn_id,
+        roots,
+        map,
+    }));
+    Ok(())
+}
+
+/// A finished copy: the new file, its bucket roots and its page count.
+type Copy = (StdFile, Vec<(String, u64)>, u64);
+
+/// The compact copy of the newest committed state, durable in `tmp_path` with both meta slots
+/// at `applied_index`.
+fn copy(
+    shared: &Shared,
+    writer: &Writer,
+    tmp_path: &Path,
+    applied_index: u64,
+) -> Result<Copy, Error> {
+    let page_size = shared.page_size;
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(true)
-        .open(&tmp_path)?;
+        .open(tmp_path)?;
     let mut builder = Builder {
         file: StdFile(file),
         page_size,
@@ -149,32 +204,5 @@ pub(crate) fn defragment(
         file.write_at(&buf, (slot_seq % 2) * page_size as u64)?;
     }
     file.sync_data()?;
-    std::fs::rename(&tmp_path, path)?;
-    if let Some(dir) = path.parent() {
-        let dir = if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        };
-        File::open(dir)?.sync_all()?;
-    }
-    let map = Arc::new(file.map(high_water_pages * page_size as u64)?);
-    writer.file = Box::new(file);
-    writer.map = map.clone();
-    writer.alloc = Allocator::new([], high_water_pages);
-    writer.durable = Durable {
-        txn_id: writer.txn_id,
-        seq,
-        slot: seq % 2,
-        applied_index,
-        chain_pages: Vec::new(),
-    };
-    writer.roots = roots.clone();
-    writer.unsynced.clear();
-    shared.published.store(Arc::new(Snapshot {
-        txn_id: writer.txn_id,
-        roots,
-        map,
-    }));
-    Ok(())
+    Ok((file, roots, high_water_pages))
 }

@@ -75,6 +75,12 @@ pub use write::{Bucket, WriteCursor, WriteTxn};
 pub enum Error {
     #[error("btree file I/O: {0}")]
     Io(#[from] std::io::Error),
+    /// The device is full (ENOSPC or EDQUOT) while pages are written: the commit or checkpoint
+    /// was undone (no page it wrote is reachable from anything published or durable, and the
+    /// pages it took are free again), so the writer stays usable and may try again once space
+    /// returns.
+    #[error("btree file: device full, nothing committed (retry once space is freed): {0}")]
+    OutOfSpace(std::io::Error),
     /// A page failed its checksum or a structural check; nothing was read past it.
     #[error("btree file corrupt at page {page} (file offset {offset}): {reason}")]
     Corrupt {

@@ -76,7 +76,10 @@ impl<'db> WriteTxn<'db> {
             return Ok(());
         }
         let result = self.write_and_publish();
-        if result.is_err() {
+        if result
+            .as_ref()
+            .is_err_and(|e| !matches!(e, Error::OutOfSpace(_)))
+        {
             self.writer.poisoned = true;
         }
         result
@@ -85,6 +88,7 @@ impl<'db> WriteTxn<'db> {
     fn write_and_publish(&mut self) -> Result<(), Error> {
         let page_size = self.shared.page_size;
         let writer: &mut Writer = &mut self.writer;
+        let next_page_before = writer.alloc.next_page;
         let mut roots = Vec::with_capacity(self.buckets.len());
         let mut writes = {
             let mut ctx = Ctx {
@@ -105,9 +109,16 @@ impl<'db> WriteTxn<'db> {
             }
             out.writes
         };
-        writer.ensure_file_covers(page_size)?;
         writes.sort_unstable_by_key(|(id, _)| *id);
-        write_coalesced(writer.file.as_ref(), page_size, &writes)?;
+        if let Err(error) = writer
+            .ensure_file_covers(page_size)
+            .and_then(|()| write_coalesced(writer.file.as_ref(), page_size, &writes))
+        {
+            let taken = writes
+                .iter()
+                .flat_map(|(id, buf)| *id..id + (buf.len() / page_size) as u64);
+            return Err(writer.undo_if_out_of_space(error, next_page_before, taken));
+        }
         for (id, buf) in &writes {
             let crc = u32::from_le_bytes(buf[0..4].try_into().expect("sealed page"));
             writer.unsynced.insert(*id, crc);

@@ -175,7 +175,10 @@ fn decode_meta(bytes: &[u8]) -> Result<i64, MvccError> {
 }
 
 fn backend_error(error: btree::Error) -> MvccError {
-    MvccError::Backend(error.to_string())
+    match error {
+        btree::Error::OutOfSpace(_) => MvccError::OutOfSpace(error.to_string()),
+        other => MvccError::Backend(other.to_string()),
+    }
 }
 
 /// A record as the tree holds it.

@@ -44,4 +44,8 @@ pub enum MvccError {
     /// has no such error (its backend panics), so gRPC Internal.
     #[error("basalt: mvcc backend: {0}")]
     Backend(String),
+    /// The backend's device is full: the tree write was undone and may be tried again once
+    /// space returns (what it carried is in the overlay and the WAL). gRPC ResourceExhausted.
+    #[error("basalt: mvcc backend: {0}")]
+    OutOfSpace(String),
 }

@@ -3,9 +3,11 @@
 //! then renamed into place. The writer takes finished segments from a channel and never waits
 //! on this work unless it outruns it.
 
+use std::cell::Cell;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::time::Duration;
 
 use glommio::channels::local_channel::LocalSender;
 
@@ -13,6 +15,8 @@ use super::storage::{SegmentFile, Storage, WriteBuf};
 
 /// Zero-fill write size: large enough to stream, small enough to interleave with the hot path.
 const ZERO_FILL_WRITE_BYTES: usize = 1 << 20;
+/// How often a preallocation that met a full device looks for space again.
+const FULL_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// Retries of a write that the device cut short before the WAL gives up on it.
 pub const SHORT_WRITE_RETRIES_MAX: u32 = 8;
 
@@ -52,6 +56,12 @@ pub async fn write_all<F: SegmentFile>(file: &F, buf: &Rc<F::Buf>, pos: u64) -> 
 
 /// Feeds `tx` with the `ready` segments, then with new ones from `next_seq` on, until the
 /// receiver goes away or a segment cannot be made (the error is sent, then the task ends).
+///
+/// A full device (ENOSPC, EDQUOT) is not an error while the writer still has room in the
+/// segments it holds (`writer_waiting` false): the partial segment is removed and the task
+/// tries again every [`FULL_RETRY_INTERVAL`] once the filesystem has a segment's worth free,
+/// so the log goes on when space returns. Once the writer waits for the segment, the error is
+/// sent: the log cannot take another record.
 pub async fn run<S: Storage>(
     storage: S,
     dir: PathBuf,
@@ -59,6 +69,7 @@ pub async fn run<S: Storage>(
     ready: Vec<ReadySegment<S::File>>,
     mut next_seq: u64,
     tx: LocalSender<io::Result<ReadySegment<S::File>>>,
+    writer_waiting: Rc<Cell<bool>>,
 ) {
     for seg in ready {
         if tx.send(Ok(seg)).await.is_err() {
@@ -67,11 +78,32 @@ pub async fn run<S: Storage>(
     }
     loop {
         let made = make_segment(&storage, &dir, segment_bytes, next_seq).await;
+        if let Err(error) = &made {
+            // No partial segment is left behind (recovery would remove it too).
+            let temp = dir.join(format!("{}{TEMP_SUFFIX}", segment_name(next_seq)));
+            let _ = storage.remove(&temp).await;
+            if crate::disk::is_out_of_space(error) && !writer_waiting.get() {
+                wait_for_space(&dir, segment_bytes, &writer_waiting).await;
+                continue;
+            }
+        }
         let failed = made.is_err();
         if tx.send(made).await.is_err() || failed {
             return;
         }
         next_seq += 1;
+    }
+}
+
+/// Sleeps until the filesystem of `dir` has `segment_bytes` free (or cannot say) or the writer
+/// waits for a segment.
+async fn wait_for_space(dir: &Path, segment_bytes: u64, writer_waiting: &Cell<bool>) {
+    loop {
+        glommio::timer::sleep(FULL_RETRY_INTERVAL).await;
+        let room = crate::disk::available_bytes(dir).map_or(true, |free| free > segment_bytes);
+        if room || writer_waiting.get() {
+            return;
+        }
     }
 }
 

@@ -170,6 +170,7 @@ impl<S: Storage> Wal<S> {
         // One segment in the channel and one being made is enough look-ahead: a segment takes
         // far longer to fill than to zero.
         let (tx, rx) = local_channel::new_bounded(1);
+        let writer_waiting = Rc::new(std::cell::Cell::new(false));
         let preallocator = glommio::spawn_local(prealloc::run(
             storage,
             dir,
@@ -177,10 +178,17 @@ impl<S: Storage> Wal<S> {
             disk.ready,
             disk.next_seq,
             tx,
+            Rc::clone(&writer_waiting),
         ))
         .detach();
-        let writer =
-            glommio::spawn_local(write_loop(Rc::clone(&shared), rx, current, prefix)).detach();
+        let writer = glommio::spawn_local(write_loop(
+            Rc::clone(&shared),
+            rx,
+            writer_waiting,
+            current,
+            prefix,
+        ))
+        .detach();
         Ok((
             Wal {
                 shared,
@@ -620,6 +628,7 @@ impl<F> State<F> {
 async fn write_loop<S: Storage>(
     shared: Rc<Shared<S>>,
     segments: LocalReceiver<io::Result<ReadySegment<S::File>>>,
+    waiting: Rc<std::cell::Cell<bool>>,
     mut current: Option<ReadySegment<S::File>>,
     mut sector_prefix: Vec<u8>,
 ) {
@@ -639,8 +648,15 @@ async fn write_loop<S: Storage>(
         })
         .await;
         let Some(chunk) = next else { return };
-        let written =
-            write_chunk(&shared, &segments, &mut current, &mut sector_prefix, &chunk).await;
+        let written = write_chunk(
+            &shared,
+            &segments,
+            &waiting,
+            &mut current,
+            &mut sector_prefix,
+            &chunk,
+        )
+        .await;
         let mut st = shared.st.borrow_mut();
         match written {
             Ok(()) => {
@@ -669,16 +685,20 @@ async fn write_loop<S: Storage>(
 async fn write_chunk<S: Storage>(
     shared: &Shared<S>,
     segments: &LocalReceiver<io::Result<ReadySegment<S::File>>>,
+    waiting: &std::cell::Cell<bool>,
     current: &mut Option<ReadySegment<S::File>>,
     sector_prefix: &mut Vec<u8>,
     chunk: &Chunk,
 ) -> io::Result<()> {
     if current.as_ref().map(|c| c.0) != Some(chunk.seg) {
         assert_eq!(chunk.offset, 0, "a new segment starts with its header");
-        let (seq, file) = segments
-            .recv()
-            .await
-            .ok_or_else(|| io::Error::other("segment preallocator stopped"))??;
+        // While the writer waits, a preallocation that meets a full device fails the log
+        // instead of being retried (`prealloc::run`).
+        waiting.set(true);
+        let received = segments.recv().await;
+        waiting.set(false);
+        let (seq, file) =
+            received.ok_or_else(|| io::Error::other("segment preallocator stopped"))??;
         assert_eq!(seq, chunk.seg, "segments are made in sequence");
         assert!(WRITE_ALIGNMENT_MAX_BYTES.is_multiple_of(file.alignment_bytes()));
         shared.st.borrow_mut().files.insert(seq, Rc::clone(&file));

@@ -9,6 +9,7 @@
 //! them to the client cores through published B+tree snapshots is the next step.
 
 mod cluster;
+mod disk;
 mod lease;
 mod push_off;
 
@@ -25,9 +26,7 @@ use basalt_engine::btree;
 use basalt_engine::wal::{wal_dir, DmaStorage, RecordRef, Wal, WalOptions};
 use basalt_engine::watch::WatchHub;
 use basalt_proto::basaltpb::{internal_request::Request, InternalRequest};
-use basalt_proto::etcdserverpb::{
-    alarm_request::AlarmAction, AlarmRequest, AlarmType, CompactionRequest, Member,
-};
+use basalt_proto::etcdserverpb::{CompactionRequest, Member};
 use basalt_proto::etcdserverpb::{RangeRequest, RangeResponse};
 use basalt_raft::{
     ConfState, Config, Entry, EntryData, MemStorage, RawNode, Role, Snapshot, SnapshotMetadata,
@@ -124,6 +123,7 @@ struct Core {
     leader_id: u64,
     /// A NOSPACE alarm entry is in the log, not yet applied.
     nospace_proposed: bool,
+    disk: disk::DiskReserve,
     compactor: Compactor,
     snapshot_index: u64,
     last_checkpoint: Instant,
@@ -367,6 +367,7 @@ impl Core {
         let compactor = Compactor::new(config.auto_compaction, Instant::now());
         let request_timeout = crate::config::request_timeout(config.election_timeout_ms);
         let push_off = push_off::PushOff::new(&config, Instant::now());
+        let disk = disk::DiskReserve::new(config.data_dir.clone(), config.disk_reserve_bytes);
         Ok(Core {
             push_off,
             request_timeout,
@@ -390,6 +391,7 @@ impl Core {
             next_read_ctx: 1,
             leader_id: basalt_raft::NONE,
             nospace_proposed: false,
+            disk,
             compactor,
             snapshot_index,
             last_checkpoint: Instant::now(),
@@ -452,6 +454,7 @@ impl Core {
                 self.raw.tick();
                 next_tick = Instant::now() + tick;
                 self.expire_waiters();
+                self.check_disk();
                 self.check_serving();
                 self.settle_transfers();
                 self.publish_attributes();
@@ -479,7 +482,13 @@ impl Core {
         for (_, waiter) in self.waiters.drain() {
             let _ = waiter.reply.send(Err(stopping()));
         }
-        self.applier.checkpoint()?;
+        match self.applier.checkpoint() {
+            // The WAL holds every applied entry: the next start replays them.
+            Err(ApplyError::OutOfSpace(reason)) => {
+                eprintln!("basalt: no checkpoint at stop, the device is full: {reason}");
+            }
+            result => result?,
+        }
         if let Some(hard_state) = self.hard_state_unwritten.take() {
             let bytes = codec::encode_hard_state(&hard_state);
             self.wal.append(&[RecordRef::hard_state(&bytes)]).await?;
@@ -501,7 +510,7 @@ impl Core {
                 takes_space: true,
                 reply,
                 ..
-            } if self.over_quota() => {
+            } if self.out_of_space() => {
                 let _ = reply.send(Err(apply_status(ApplyError::NoSpace)));
             }
             Command::Propose {
@@ -569,29 +578,6 @@ impl Core {
             };
             let _ = self.raw.propose(entry.encode_to_vec());
         }
-    }
-
-    /// etcd's quota check before proposing: once the file is past the quota, a write that
-    /// takes space fails, and the first such write raises NOSPACE through the log.
-    fn over_quota(&mut self) -> bool {
-        let quota = self.config.quota_backend_bytes;
-        let size_bytes = self.applier.db_size_bytes().map_or(0, |(size, _)| size);
-        if quota == 0 || size_bytes <= quota {
-            return false;
-        }
-        if !self.applier.has_alarm(AlarmType::Nospace) && !self.nospace_proposed {
-            let raise = InternalRequest {
-                auth_header: None,
-                id: 0,
-                request: Some(Request::Alarm(AlarmRequest {
-                    action: AlarmAction::Activate as i32,
-                    member_id: self.config.member_id,
-                    alarm: AlarmType::Nospace as i32,
-                })),
-            };
-            self.nospace_proposed = self.raw.propose(raise.encode_to_vec()).is_ok();
-        }
-        true
     }
 
     fn status(&self) -> Result<StoreStatus, Status> {
@@ -815,11 +801,13 @@ impl Core {
         let waiting = self.applier.uncommitted_records();
         if waiting == 0
             || (waiting < COMMIT_RECORDS_MAX && self.last_commit.elapsed() < COMMIT_INTERVAL)
+            || !self.may_write_tree()
         {
             return Ok(());
         }
         let started = Instant::now();
-        self.applier.commit()?;
+        let result = self.applier.commit();
+        self.retry_after_full("commit", result)?;
         self.last_commit = started;
         metrics()
             .disk_backend_commit_duration_seconds
@@ -838,10 +826,15 @@ impl Core {
             || !(snapshot_due
                 || unsaved >= CHECKPOINT_ENTRIES_MAX
                 || self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL)
+            || !self.may_write_tree()
         {
             return Ok(());
         }
-        self.applier.checkpoint()?;
+        let result = self.applier.checkpoint();
+        self.retry_after_full("checkpoint", result)?;
+        if self.applier.checkpointed_index() < applied {
+            return Ok(());
+        }
         self.last_checkpoint = Instant::now();
         let (size_bytes, in_use_bytes) = self.applier.db_size_bytes()?;
         metrics().mvcc_db_total_size_in_bytes.set(size_bytes as i64);

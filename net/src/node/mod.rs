@@ -63,6 +63,9 @@ pub struct NodeConfig {
     pub limits: Limits,
     /// `--quota-backend-bytes`: past it, writes that take space raise NOSPACE and fail.
     pub quota_backend_bytes: u64,
+    /// `--disk-reserve-bytes` (0: off): while the data dir's filesystem has less free, writes
+    /// that take space raise NOSPACE and fail (`core/disk.rs`).
+    pub disk_reserve_bytes: u64,
     /// `--auto-compaction-mode` and `--auto-compaction-retention`.
     pub auto_compaction: AutoCompaction,
     /// `--auth-token`, `--auth-token-ttl`, `--bcrypt-cost`, `--client-cert-auth`.
@@ -102,6 +105,11 @@ pub struct NodeConfig {
 
 /// etcd's default `--quota-backend-bytes` (2 GiB).
 pub const QUOTA_BACKEND_BYTES_DEFAULT: u64 = 2 << 30;
+/// The default `--disk-reserve-bytes`: one WAL segment. When writes stop, the log holds its
+/// current segment and a preallocated one; this is room for the segment being preallocated
+/// then, or for the tree pages of the writes already accepted, so that the log can still take
+/// alarms, deletes, compactions and lease revokes after the last write that took space.
+pub const DISK_RESERVE_BYTES_DEFAULT: u64 = 64 << 20;
 
 impl Default for NodeConfig {
     fn default() -> Self {
@@ -115,6 +123,7 @@ impl Default for NodeConfig {
             election_timeout_ms: 1000,
             limits: Limits::default(),
             quota_backend_bytes: QUOTA_BACKEND_BYTES_DEFAULT,
+            disk_reserve_bytes: DISK_RESERVE_BYTES_DEFAULT,
             auto_compaction: AutoCompaction::Off,
             auth: crate::auth::AuthOptions::default(),
             name: "default".into(),
@@ -797,7 +806,9 @@ fn apply_status(error: ApplyError) -> Status {
         ApplyError::Mvcc(error) => error.into(),
         ApplyError::Lease(error) => error.into(),
         ApplyError::Auth(error) => error.into(),
-        ApplyError::NoSpace => Status::new(Code::ResourceExhausted, error.to_string()),
+        ApplyError::NoSpace | ApplyError::OutOfSpace(_) => {
+            Status::new(Code::ResourceExhausted, error.to_string())
+        }
         ApplyError::Corrupt => Status::new(Code::DataLoss, error.to_string()),
         other => Status::internal(other.to_string()),
     }
