@@ -40,6 +40,82 @@ pub enum Command {
     /// Build a new data directory from a stopped etcd 3.4/3.5 member's data dir: its db and
     /// the WAL entries committed after the db's consistent index.
     Migrate(MigrateFlags),
+    /// Continuous backup: a snapshot, then every change after it streamed into a directory
+    /// (`basalt backup status D` describes such a directory).
+    Backup(BackupCommand),
+    /// Build a new data directory from a backup directory at a chosen revision or time.
+    Restore(PitrFlags),
+}
+
+/// `backup`: follow a cluster into a directory, or (`backup status D`) describe one.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BackupCommand {
+    #[command(subcommand)]
+    pub status: Option<BackupStatusCommand>,
+    #[command(flatten)]
+    pub flags: BackupFlags,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupStatusCommand {
+    /// List a backup directory's snapshots, covered revisions and times, gaps and damage.
+    Status {
+        /// The backup directory.
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct BackupFlags {
+    /// The cluster's client endpoints (host:port or http://host:port), tried in turn.
+    #[arg(long, value_delimiter = ',')]
+    pub endpoints: Vec<String>,
+    /// The backup directory (created if missing; a directory of an earlier run is resumed).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// How often a new snapshot is taken (Go duration, or days as 7d).
+    #[arg(long = "snapshot-interval", default_value = "30m", value_parser = parse_long_duration)]
+    pub snapshot_interval: Duration,
+    /// How often received events are written and made durable (fdatasync).
+    #[arg(long = "flush-interval", default_value = "1s", value_parser = parse_long_duration)]
+    pub flush_interval: Duration,
+    /// How far back restore must reach: older snapshots and segments are removed.
+    #[arg(long, default_value = "7d", value_parser = parse_long_duration)]
+    pub retention: Duration,
+}
+
+/// `restore`: the backup, the point to restore to, and the new member as `snapshot restore`
+/// takes it.
+#[derive(Debug, Args)]
+pub struct PitrFlags {
+    /// The backup directory `basalt backup --dir` wrote.
+    #[arg(long = "backup-dir")]
+    pub backup_dir: PathBuf,
+    /// Restore exactly this revision.
+    #[arg(
+        long = "to-revision",
+        conflicts_with = "to_time",
+        required_unless_present = "to_time"
+    )]
+    pub to_revision: Option<i64>,
+    /// Restore the newest revision the backup received at or before this time (RFC 3339, e.g.
+    /// 2024-05-01T12:00:00Z, or seconds since the Unix epoch).
+    #[arg(long = "to-time")]
+    pub to_time: Option<String>,
+    /// TTL in seconds given to a lease that replayed keys name but the snapshot lacks.
+    #[arg(long = "lease-ttl", default_value = "60")]
+    pub lease_ttl: i64,
+    #[command(flatten)]
+    pub member: NewMemberFlags,
+}
+
+/// A Go duration, or a whole number of days (`7d`), which Go's syntax lacks.
+pub fn parse_long_duration(text: &str) -> Result<Duration, String> {
+    match text.strip_suffix('d').map(str::parse::<u64>) {
+        Some(Ok(days)) => Ok(Duration::from_secs(days * 86_400)),
+        _ => parse_go_duration(text),
+    }
 }
 
 #[derive(Debug, Subcommand)]

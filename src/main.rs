@@ -1,6 +1,7 @@
 //! The `basalt` binary: parses etcd's flags, then either serves (the default) or runs one of the
 //! offline tools. Everything it does lives in the crates; this file only wires them.
 
+mod backup;
 mod config;
 mod tls;
 
@@ -105,6 +106,11 @@ fn main() -> ExitCode {
         Some(Command::Check(flags)) => check(flags),
         Some(Command::Snapshot(command)) => snapshot(command),
         Some(Command::Migrate(flags)) => migrate_etcd(flags),
+        Some(Command::Backup(command)) => match command.status {
+            Some(config::BackupStatusCommand::Status { dir }) => backup::status(&dir),
+            None => backup::run(command.flags),
+        },
+        Some(Command::Restore(flags)) => restore_backup(flags),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -540,6 +546,17 @@ fn describe(flags: &NewMemberFlags, member: &snapshot_file::RestoredMember) -> S
         member.cluster_id,
         member.members.len()
     )
+}
+
+fn restore_backup(flags: config::PitrFlags) -> Result<(), String> {
+    let (data_dir, member) = new_member(&flags.member)?;
+    let restored = backup::restore(&flags, &data_dir, &member)?;
+    println!(
+        "{restored} into {} for {}",
+        data_dir.display(),
+        describe(&flags.member, &member)
+    );
+    Ok(())
 }
 
 fn migrate_etcd(flags: MigrateFlags) -> Result<(), String> {

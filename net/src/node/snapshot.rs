@@ -280,10 +280,26 @@ pub fn restore(
     options: RestoreOptions,
     member: &RestoredMember,
 ) -> Result<(), String> {
+    restore_replaying(snapshot, data_dir, options, member, |db, applied| {
+        Ok((db, applied))
+    })
+}
+
+/// [`restore`], with `replay` given the restored tree and its applied index before the member
+/// is recorded; it returns them advanced (a point-in-time restore applies a backup's events
+/// there). A failed replay leaves nothing behind, as a failed restore does.
+pub fn restore_replaying(
+    snapshot: &Path,
+    data_dir: &Path,
+    options: RestoreOptions,
+    member: &RestoredMember,
+    replay: impl FnOnce(Db, u64) -> Result<(Db, u64), String>,
+) -> Result<(), String> {
     refuse_existing(data_dir)?;
     let (format, len) = format_of(snapshot)?;
     make_member_dir(data_dir, member, |staging| {
-        build_data_dir(snapshot, format, len, staging, options)
+        let (db, applied) = build_data_dir(snapshot, format, len, staging, options)?;
+        replay(db, applied)
     })
 }
 

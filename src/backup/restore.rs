@@ -1,0 +1,341 @@
+//! `basalt restore`: a data dir at one revision of a backup directory: its newest snapshot at
+//! or before that revision, restored as `snapshot restore` does, then every later revision's
+//! events up to it applied as one transaction each, so each key's create and mod revisions,
+//! version and lease come out as the server had them and HashKV at that revision agrees.
+//!
+//! Leases: the events carry each key's lease id but not the grants, TTLs or revokes after the
+//! snapshot. A lease a replayed put names that the snapshot lacks is granted again, with
+//! `--lease-ttl`; a revoke shows as the deletes of its keys, which replay, and the lease
+//! itself expires by its TTL. Every restored lease's clock starts when the member starts.
+
+use super::segment::{self, Damage, Record};
+use super::{format_time, list_snapshots, parse_time, SnapshotFile, STATUS_LINE_INTERVAL};
+use crate::config::PitrFlags;
+use basalt_engine::apply::{Applied, Applier};
+use basalt_engine::btree::Db;
+use basalt_engine::mvcc::Limits;
+use basalt_net::node::snapshot as snapshot_file;
+use basalt_proto::basaltpb::{internal_request::Request, AuthHeader, InternalRequest};
+use basalt_proto::etcdserverpb::{
+    request_op, DeleteRangeRequest, LeaseGrantRequest, PutRequest, RequestOp, TxnRequest,
+};
+use basalt_proto::mvccpb::{event::EventType, Event};
+use prost::Message;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Revisions applied between two commits of the tree, bounding the overlay's memory.
+const COMMIT_EVERY_REVISIONS: u64 = 10_000;
+
+/// What one pass over the segments found.
+struct Index {
+    segments: Vec<(i64, PathBuf)>,
+    /// Each event or progress record's revision and receipt time, in order.
+    points: Vec<(i64, u64)>,
+    gaps: Vec<(i64, i64)>,
+    /// The first damage: nothing after it is read.
+    damage: Option<Damage>,
+}
+
+fn index(dir: &Path) -> Result<Index, String> {
+    let segments = segment::list(dir)?;
+    let mut index = Index {
+        segments: Vec::new(),
+        points: Vec::new(),
+        gaps: Vec::new(),
+        damage: None,
+    };
+    for (first, path) in segments {
+        let scan = segment::scan(&path)?;
+        for (_, record) in &scan.records {
+            match record {
+                Record::Gap { first, last, .. } => index.gaps.push((*first, *last)),
+                _ => index
+                    .points
+                    .push((record.last_revision(), record.received_ms())),
+            }
+        }
+        index.segments.push((first, path));
+        if scan.damage.is_some() {
+            index.damage = scan.damage;
+            break;
+        }
+    }
+    Ok(index)
+}
+
+/// Builds `data_dir` for `member` at the point `flags` names; returns a line describing it.
+pub fn restore(
+    flags: &PitrFlags,
+    data_dir: &Path,
+    member: &snapshot_file::RestoredMember,
+) -> Result<String, String> {
+    let dir = &flags.backup_dir;
+    let index = index(dir)?;
+    let covered = index.points.iter().map(|p| p.0).max();
+    let damage_note = || match &index.damage {
+        Some(damage) => format!("; {damage}, and nothing after it is read"),
+        None => String::new(),
+    };
+    let target = match (flags.to_revision, &flags.to_time) {
+        (Some(revision), _) => revision,
+        (None, Some(time)) => {
+            let at_ms = parse_time(time)?;
+            index
+                .points
+                .iter()
+                .filter(|(_, ms)| *ms <= at_ms)
+                .map(|(revision, _)| *revision)
+                .max()
+                .ok_or_else(|| {
+                    format!(
+                        "the backup in {} received nothing at or before {}{}",
+                        dir.display(),
+                        format_time(at_ms),
+                        damage_note()
+                    )
+                })?
+        }
+        (None, None) => return Err("--to-revision or --to-time is required".into()),
+    };
+    let Some(covered) = covered else {
+        return Err(format!(
+            "the backup in {} holds no records{}",
+            dir.display(),
+            damage_note()
+        ));
+    };
+    if target > covered {
+        return Err(format!(
+            "revision {target} is past what the backup in {} reaches (revision {covered}){}",
+            dir.display(),
+            damage_note()
+        ));
+    }
+    let snapshots = list_snapshots(dir)?;
+    let Some(snapshot) = snapshots
+        .iter()
+        .rev()
+        .find(|s| s.revision <= target)
+        .cloned()
+    else {
+        return Err(match snapshots.first() {
+            Some(oldest) => format!(
+                "revision {target} is older than the backup's oldest snapshot (revision {})",
+                oldest.revision
+            ),
+            None => format!("the backup in {} holds no snapshot", dir.display()),
+        });
+    };
+    if let Some((first, last)) = index
+        .gaps
+        .iter()
+        .find(|(first, last)| *first <= target && *last > snapshot.revision)
+    {
+        return Err(format!(
+            "revisions {first}..={last} are a recorded gap (compacted on the server before the \
+             backup recorded them): revision {target} cannot be restored from snapshot {}; \
+             revision {} and later can",
+            snapshot.revision,
+            last + 1
+        ));
+    }
+    let mut replayed = Replay::default();
+    snapshot_file::restore_replaying(
+        &snapshot.path,
+        data_dir,
+        snapshot_file::RestoreOptions::default(),
+        member,
+        |db, applied| replayed.run(db, applied, &index, &snapshot, target, flags.lease_ttl),
+    )?;
+    Ok(format!(
+        "restored revision {target} from {}: snapshot at revision {} and {} revisions replayed \
+         ({} leases granted again with TTL {} s)",
+        dir.display(),
+        replayed.base,
+        replayed.revisions,
+        replayed.leases_granted,
+        flags.lease_ttl
+    ))
+}
+
+#[derive(Default)]
+struct Replay {
+    base: i64,
+    revisions: u64,
+    leases_granted: u64,
+}
+
+impl Replay {
+    fn run(
+        &mut self,
+        db: Db,
+        applied: u64,
+        index: &Index,
+        snapshot: &SnapshotFile,
+        target: i64,
+        lease_ttl: i64,
+    ) -> Result<(Db, u64), String> {
+        let limits = Limits {
+            max_txn_ops: usize::MAX,
+            max_request_bytes: usize::MAX,
+        };
+        let mut applier = Applier::open(db, limits).map_err(|e| e.to_string())?;
+        debug_assert_eq!(applier.applied_index(), applied);
+        self.base = applier.store().current_revision();
+        if self.base > target {
+            return Err(format!(
+                "snapshot {} holds revision {}, past revision {target}",
+                snapshot.path.display(),
+                self.base
+            ));
+        }
+        let mut next = self.base + 1;
+        let mut leases = HashSet::new();
+        let mut next_line = Instant::now() + STATUS_LINE_INTERVAL;
+        // The segment holding `next` is the last one whose first revision is at or before it.
+        let start = index
+            .segments
+            .iter()
+            .rposition(|(first, _)| *first <= next)
+            .unwrap_or(0);
+        'segments: for (_, path) in &index.segments[start..] {
+            let scan = segment::scan(path)?;
+            for (_, record) in scan.records {
+                let Record::Events {
+                    revision, events, ..
+                } = record
+                else {
+                    continue;
+                };
+                if revision < next {
+                    continue;
+                }
+                if revision > target {
+                    break 'segments;
+                }
+                if revision != next {
+                    return Err(format!(
+                        "the backup lacks revisions {next}..={} (found revision {revision} next \
+                         in {})",
+                        revision - 1,
+                        path.display()
+                    ));
+                }
+                self.apply(&mut applier, revision, events, &mut leases, lease_ttl)?;
+                next += 1;
+                if self.revisions.is_multiple_of(COMMIT_EVERY_REVISIONS) {
+                    applier.commit().map_err(|e| e.to_string())?;
+                }
+                if Instant::now() >= next_line {
+                    eprintln!(
+                        "basalt restore: replayed up to revision {revision} of {target} ({} \
+                         revisions)",
+                        self.revisions
+                    );
+                    next_line = Instant::now() + STATUS_LINE_INTERVAL;
+                }
+            }
+            if let Some(damage) = scan.damage {
+                if next <= target {
+                    return Err(format!(
+                        "{damage}: restore does not cross it; the backup before it reaches \
+                         revision {}",
+                        next - 1
+                    ));
+                }
+            }
+        }
+        if next <= target {
+            return Err(format!(
+                "the backup ends at revision {}, before revision {target}",
+                next - 1
+            ));
+        }
+        applier.checkpoint().map_err(|e| e.to_string())?;
+        Ok((applier.db().clone(), applier.applied_index()))
+    }
+
+    /// Applies one revision's events as one transaction, granting first the leases its puts
+    /// name that the store lacks.
+    fn apply(
+        &mut self,
+        applier: &mut Applier,
+        revision: i64,
+        events: Vec<Event>,
+        leases: &mut HashSet<i64>,
+        lease_ttl: i64,
+    ) -> Result<(), String> {
+        let auth = applier.auth().snapshot();
+        // With auth on, the transaction goes in as root, who may write every key.
+        let auth_header = auth.is_enabled().then(|| AuthHeader {
+            username: "root".into(),
+            auth_revision: auth.revision(),
+        });
+        let mut ops = Vec::with_capacity(events.len());
+        for event in events {
+            let kv = event.kv.unwrap_or_default();
+            let op = if event.r#type == EventType::Delete as i32 {
+                request_op::Request::RequestDeleteRange(DeleteRangeRequest {
+                    key: kv.key,
+                    ..Default::default()
+                })
+            } else {
+                if kv.lease != 0 && leases.insert(kv.lease) {
+                    let grant = Request::LeaseGrant(LeaseGrantRequest {
+                        ttl: lease_ttl,
+                        id: kv.lease,
+                    });
+                    // Refused with "lease already exists" when the snapshot holds it.
+                    if let Some(Ok(_)) = self.submit(applier, None, grant).map(|o| o.result) {
+                        self.leases_granted += 1;
+                    }
+                }
+                request_op::Request::RequestPut(PutRequest {
+                    key: kv.key,
+                    value: kv.value,
+                    lease: kv.lease,
+                    ..Default::default()
+                })
+            };
+            ops.push(RequestOp { request: Some(op) });
+        }
+        let txn = Request::Txn(TxnRequest {
+            success: ops,
+            ..Default::default()
+        });
+        let outcome = self.submit(applier, auth_header, txn);
+        match outcome.map(|o| o.result) {
+            Some(Ok(Applied::Txn(_))) => {}
+            Some(Err(error)) => {
+                return Err(format!("replaying revision {revision}: {error}"));
+            }
+            other => return Err(format!("replaying revision {revision}: {other:?}")),
+        }
+        let now = applier.store().current_revision();
+        if now != revision {
+            return Err(format!(
+                "replaying revision {revision} left the store at revision {now}: the backup's \
+                 events do not follow its snapshot"
+            ));
+        }
+        self.revisions += 1;
+        Ok(())
+    }
+
+    fn submit(
+        &self,
+        applier: &mut Applier,
+        auth_header: Option<AuthHeader>,
+        request: Request,
+    ) -> Option<basalt_engine::apply::Outcome> {
+        let entry = InternalRequest {
+            id: 0,
+            auth_header,
+            request: Some(request),
+        };
+        let index = applier.applied_index() + 1;
+        applier.apply(index, &entry.encode_to_vec())
+    }
+}
