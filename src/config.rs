@@ -83,6 +83,10 @@ pub struct BackupFlags {
     /// How far back restore must reach: older snapshots and segments are removed.
     #[arg(long, default_value = "7d", value_parser = parse_long_duration)]
     pub retention: Duration,
+    /// Serve the backup's Prometheus metrics (lag, bytes written) at /metrics on this
+    /// address (host:port or http://host:port).
+    #[arg(long = "listen-metrics-url")]
+    pub listen_metrics_url: Option<String>,
 }
 
 /// `restore`: the backup, the point to restore to, and the new member as `snapshot restore`

@@ -19,6 +19,7 @@
 //! watch refused because that revision was compacted becomes a fresh snapshot and a recorded
 //! gap; any other failure is retried against the next endpoint.
 
+mod metrics;
 mod restore;
 pub mod segment;
 
@@ -102,7 +103,11 @@ pub fn run(flags: BackupFlags) -> Result<(), String> {
         signal_hook::flag::register(signal, stop.clone())
             .map_err(|e| format!("cannot handle signal {signal}: {e}"))?;
     }
-    let mut follower = Follower::open(&dir, flags, stop)?;
+    let metrics = metrics::Metrics::default();
+    if let Some(url) = &flags.listen_metrics_url {
+        metrics::serve(resolve(url)?, metrics.clone())?;
+    }
+    let mut follower = Follower::open(&dir, flags, stop, metrics)?;
     glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .name("basalt-backup")
         .spawn(move || async move { follower.follow().await })
@@ -137,12 +142,18 @@ struct Follower {
     last: Option<i64>,
     last_snapshot_ms: Option<u64>,
     stop: Arc<AtomicBool>,
+    metrics: metrics::Metrics,
 }
 
 impl Follower {
     /// Opens (or creates) the directory and finds where the stream resumes: the newest
     /// readable record of the newest segment; a torn tail there is cut off.
-    fn open(dir: &Path, flags: BackupFlags, stop: Arc<AtomicBool>) -> Result<Follower, String> {
+    fn open(
+        dir: &Path,
+        flags: BackupFlags,
+        stop: Arc<AtomicBool>,
+        metrics: metrics::Metrics,
+    ) -> Result<Follower, String> {
         fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let _ = fs::remove_file(dir.join(SNAPSHOT_TMP));
         let mut segments = segment::list(dir)?;
@@ -188,7 +199,17 @@ impl Follower {
             last,
             last_snapshot_ms,
             stop,
+            metrics,
         })
+    }
+
+    /// Writes what is queued, makes it durable, and tells the metrics.
+    fn flush(&mut self) -> Result<(), String> {
+        self.writer.flush()?;
+        if let Some(last) = self.last {
+            self.metrics.durable(last, self.writer.bytes_written);
+        }
+        Ok(())
     }
 
     async fn follow(&mut self) -> Result<(), String> {
@@ -198,13 +219,13 @@ impl Follower {
             let endpoint = self.flags.endpoints[next % self.flags.endpoints.len()].clone();
             let started = Instant::now();
             match self.session(&endpoint).await {
-                Ok(()) => return self.writer.flush(),
+                Ok(()) => return self.flush(),
                 Err(Failure::Fatal(error)) => {
-                    let _ = self.writer.flush();
+                    let _ = self.flush();
                     return Err(error);
                 }
                 Err(Failure::Retry(error)) => {
-                    self.writer.flush()?;
+                    self.flush()?;
                     if self.stop.load(Ordering::SeqCst) {
                         return Ok(());
                     }
@@ -265,6 +286,7 @@ impl Follower {
             .map_err(|e| fatal(format!("{}: {e}", path.display())))
             .and_then(|()| segment::sync_dir(&self.dir).map_err(fatal))?;
         self.last_snapshot_ms = Some(taken_ms);
+        self.metrics.snapshot_taken();
         eprintln!(
             "basalt backup: snapshot at revision {revision} ({} bytes) in {}",
             status.total_size_bytes,
@@ -286,6 +308,7 @@ impl Follower {
                         revision - 1
                     );
                     self.writer.push(&gap);
+                    self.metrics.gap_recorded();
                 }
                 true
             }
@@ -301,7 +324,7 @@ impl Follower {
         } else {
             self.writer.rotate();
         }
-        self.writer.flush().map_err(fatal)?;
+        self.flush().map_err(fatal)?;
         self.prune().map_err(fatal)
     }
 
@@ -373,7 +396,7 @@ impl Follower {
                 Ok(Some(Err(status))) => return Err(retry(status)),
                 Ok(None) => return Err(retry("the watch stream closed")),
                 Err(_) => {
-                    self.writer.flush().map_err(fatal)?;
+                    self.flush().map_err(fatal)?;
                     if self.stop.load(Ordering::SeqCst) {
                         sender.cancel();
                         return Ok(WatchEnd::Stopped);
@@ -406,7 +429,7 @@ impl Follower {
             }
             self.take(response);
             if self.writer.pending_bytes() > PENDING_FLUSH_BYTES {
-                self.writer.flush().map_err(fatal)?;
+                self.flush().map_err(fatal)?;
             }
         }
     }
@@ -416,6 +439,9 @@ impl Follower {
     fn take(&mut self, response: WatchResponse) {
         let received_ms = now_ms();
         let last = self.last.expect("a snapshot came first");
+        if let Some(header) = &response.header {
+            self.metrics.server_at(header.revision);
+        }
         if response.events.is_empty() {
             let revision = response.header.map_or(0, |h| h.revision);
             if !response.created && revision > last {

@@ -11,6 +11,8 @@ import subprocess
 import tempfile
 import threading
 import time
+from datetime import datetime, timezone
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -18,7 +20,7 @@ import pytest
 from etcd3.etcdrpc import rpc_pb2 as rpc
 from etcd3.etcdrpc import rpc_pb2_grpc as rpc_grpc
 
-from harness import Server, basalt_bin
+from harness import Server, basalt_bin, free_port
 
 RPC_TIMEOUT_S = 10
 KEYS = [f"k/{i:02d}".encode() for i in range(30)]
@@ -155,6 +157,15 @@ def restore(directory, server, *point):
         capture_output=True, text=True, timeout=120)
 
 
+def restore_scratch(directory, *point):
+    """A restore into a data dir that is thrown away."""
+    server = Server("basalt")
+    try:
+        return restore(directory, server, *point)
+    finally:
+        server.cleanup()
+
+
 def restored_state(directory, revision):
     """Restores `revision` from the backup, starts a Basalt member on it, returns its state."""
     server = Server("basalt")
@@ -204,7 +215,12 @@ def test_backup_survives_kill9_of_itself_and_the_server_and_restores_any_revisio
         revisions = sorted({last, first, *rng.sample(range(first, last + 1), 3)})
         for revision in revisions:
             assert restored_state(directory, revision) == state_at(live.endpoint, revision), revision
-        assert restore(directory, Server("basalt"), "--to-revision", str(last + 5)).returncode != 0
+        assert restore_scratch(directory, "--to-revision", str(last + 5)).returncode != 0
+        now = datetime.now(timezone.utc).isoformat()
+        by_time = restore_scratch(directory, "--to-time", now)
+        assert by_time.returncode == 0 and f"restored revision {last} " in by_time.stdout, by_time
+        too_early = restore_scratch(directory, "--to-time", "1970-01-02T00:00:00Z")
+        assert too_early.returncode != 0 and "received nothing at or before" in too_early.stderr
         if kind == "basalt":
             corrupt_segment_is_reported(directory, work, first, last)
     finally:
@@ -243,7 +259,9 @@ def test_a_compaction_past_the_backup_is_a_reported_gap(kind):
     work = Path(tempfile.mkdtemp(prefix="basalt-backup-gap-"))
     directory = work / "backup"
     live = Server(kind).start()
-    backup = Backup(live.endpoint, directory, "--snapshot-interval", "1h")
+    metrics_port = free_port()
+    backup = Backup(live.endpoint, directory, "--snapshot-interval", "1h",
+                    "--listen-metrics-url", f"127.0.0.1:{metrics_port}")
     try:
         with grpc.insecure_channel(live.endpoint) as channel:
             kv = rpc_grpc.KVStub(channel)
@@ -262,13 +280,22 @@ def test_a_compaction_past_the_backup_is_a_reported_gap(kind):
                 kv.Put(rpc.PutRequest(key=KEYS[i], value=b"after"), timeout=RPC_TIMEOUT_S)
             last = head(live.endpoint)
             wait_covered(directory, last)
+        metrics = dict(
+            line.split(" ", 1)
+            for line in urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
+            .read().decode().splitlines() if not line.startswith("#")
+        )
+        assert int(metrics["basalt_backup_durable_revision"]) == last, metrics
+        assert int(metrics["basalt_backup_gaps_total"]) == 1, metrics
+        assert int(metrics["basalt_backup_snapshots_total"]) == 1, metrics
+        assert int(metrics["basalt_backup_bytes_written_total"]) > 0, metrics
         backup.stop()
         assert "GAP: revisions" in backup.log.read_text()
         gap = re.search(r"gap: revisions (\d+)\.\.=(\d+)", status(directory).stdout)
         assert gap, status(directory).stdout
         gap_first, gap_last = int(gap.group(1)), int(gap.group(2))
         assert gap_first == before + 1 and gap_last >= before + 1 and gap_last < compacted + 1
-        inside = restore(directory, Server("basalt"), "--to-revision", str(gap_first))
+        inside = restore_scratch(directory, "--to-revision", str(gap_first))
         assert inside.returncode != 0 and "gap" in inside.stderr, inside.stderr
         # Before the gap the older snapshot and its events still restore (the live server has
         # compacted that revision away, so only the restore itself is checked).
