@@ -8,6 +8,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -307,3 +308,37 @@ def test_a_compaction_past_the_backup_is_a_reported_gap(kind):
         backup.stop()
         live.cleanup()
         shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.mark.parametrize("kind", ["basalt", "etcd"])
+def test_the_backup_moves_to_another_member_when_its_member_is_killed(kind):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "cluster"))
+    import cluster as cl
+
+    rng = random.Random(f"{kind}-members")
+    work = Path(tempfile.mkdtemp(prefix="basalt-backup-cluster-"))
+    directory = work / "backup"
+    with cl.Cluster(kind=kind, size=3) as c:
+        c.wait_ready()
+        first, other, third = c.members
+        backup = Backup(",".join(m.endpoint for m in c.members), directory, "--snapshot-interval", "1h")
+        try:
+            with Writer(other.endpoint, seed=rng.random()) as writer:
+                backup.start()
+                time.sleep(rng.uniform(0.5, 1.5))
+                first.kill()
+                time.sleep(rng.uniform(1.0, 2.0))
+                first.start(first.initial_cluster, "new")
+                time.sleep(rng.uniform(0.5, 1.0))
+            # The killed member may have led: reads wait for the next leader.
+            c.wait_ready()
+            last = head(other.endpoint)
+            lowest, _ = wait_covered(directory, last)
+            backup.stop()
+            assert writer.ops > 20, writer.ops
+            assert "retrying with the next endpoint" in backup.log.read_text()
+            for revision in sorted({last, rng.randrange(lowest, last + 1)}):
+                assert restored_state(directory, revision) == state_at(other.endpoint, revision), revision
+        finally:
+            backup.stop()
+            shutil.rmtree(work, ignore_errors=True)

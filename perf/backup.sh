@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Continuous backup under load (issue 20's numbers): a Basalt member gets KEYS distinct keys,
+# then `basalt backup` starts (its first snapshot holds them) and basalt-bench puts at RATE/s for
+# SECONDS while /metrics is sampled every 100 ms (basalt_backup_lag_seconds); a run without the
+# backup at no rate limit vs one with it gives the throughput cost; finally `basalt restore` to
+# the head revision is timed (the snapshot plus every event after it).
+# Usage: perf/backup.sh BASALT_BIN BENCH_BIN WORKDIR [KEYS] [RATE] [SECONDS]
+set -euo pipefail
+BASALT=$1 BENCH=$2 WORK=$3 KEYS=${4:-1000000} RATE=${5:-10000} SECONDS_=${6:-100}
+PORT=$((30000 + RANDOM % 9000)); PEER=$((PORT + 1)); METRICS=$((PORT + 2))
+rm -rf "$WORK"; mkdir -p "$WORK"
+EP=127.0.0.1:$PORT
+"$BASALT" --name p --data-dir "$WORK/data" --listen-client-urls http://$EP --advertise-client-urls http://$EP \
+  --listen-peer-urls http://127.0.0.1:$PEER --initial-advertise-peer-urls http://127.0.0.1:$PEER \
+  --initial-cluster p=http://127.0.0.1:$PEER >"$WORK/server.log" 2>&1 &
+SERVER=$!
+BACKUP=
+cleanup() { kill $SERVER ${BACKUP:-} 2>/dev/null || true; wait 2>/dev/null || true; }
+trap cleanup EXIT
+sleep 2
+echo "== $KEYS keys"
+"$BENCH" --endpoints $EP --conns 4 --clients 100 put --sequential-keys --key-space-size "$KEYS" --total "$KEYS" | grep -E "^(series|put )"
+echo "== without backup: put, no rate limit, 20 s"
+"$BENCH" --endpoints $EP --conns 4 --clients 100 put --key-space-size "$KEYS" --duration 20 | grep -E "^(series|put )"
+"$BASALT" backup --endpoints $EP --dir "$WORK/backup" --flush-interval 200ms --snapshot-interval 0 \
+  --listen-metrics-url 127.0.0.1:$METRICS 2>"$WORK/backup.log" &
+BACKUP=$!
+until grep -q "snapshot at revision" "$WORK/backup.log"; do sleep 0.5; done
+echo "== with backup: put, no rate limit, 20 s"
+"$BENCH" --endpoints $EP --conns 4 --clients 100 put --key-space-size "$KEYS" --duration 20 | grep -E "^(series|put )"
+echo "== with backup: put at $RATE/s for $SECONDS_ s, lag sampled every 100 ms"
+( while kill -0 $BACKUP 2>/dev/null; do
+    curl -s http://127.0.0.1:$METRICS/metrics | awk '/^basalt_backup_lag_seconds/ {print $2}'; sleep 0.1
+  done ) >"$WORK/lag.txt" &
+SAMPLER=$!
+"$BENCH" --endpoints $EP --conns 4 --clients 100 put --key-space-size "$KEYS" --rate "$RATE" --duration "$SECONDS_" | grep -E "^(series|put )"
+HEAD=$(curl -s http://127.0.0.1:$METRICS/metrics | awk '/^basalt_backup_server_revision/ {print $2}')
+until [ "$(curl -s http://127.0.0.1:$METRICS/metrics | awk '/^basalt_backup_durable_revision/ {print $2}')" -ge "$HEAD" ]; do sleep 0.2; done
+kill $SAMPLER 2>/dev/null || true
+sort -g "$WORK/lag.txt" | awk '{a[NR]=$1} END {printf "lag samples %d: p50 %.3f s, p99 %.3f s, max %.3f s\n", NR, a[int(NR*0.5)+1], a[int(NR*0.99)+1], a[NR]}'
+kill $BACKUP; wait $BACKUP 2>/dev/null || true; BACKUP=
+"$BASALT" backup status "$WORK/backup" | grep -E "covered|gap"
+echo "== restore to revision $HEAD"
+/usr/bin/time -f "restore: %e s wall, %M KiB max RSS" "$BASALT" restore --backup-dir "$WORK/backup" --to-revision "$HEAD" \
+  --data-dir "$WORK/restored" --name r --initial-cluster r=http://127.0.0.1:$PEER --initial-advertise-peer-urls http://127.0.0.1:$PEER 2>&1 | grep -v "^basalt restore: replayed"
