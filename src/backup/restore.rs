@@ -108,7 +108,8 @@ pub fn restore(
     };
     if target > covered {
         return Err(format!(
-            "revision {target} is past what the backup in {} reaches (revision {covered}){}",
+            "revision {target} is past what the backup in {} reaches: it reaches revision \
+             {covered}{}",
             dir.display(),
             damage_note()
         ));

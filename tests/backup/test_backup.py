@@ -223,14 +223,14 @@ def test_backup_survives_kill9_of_itself_and_the_server_and_restores_any_revisio
         too_early = restore_scratch(directory, "--to-time", "1970-01-02T00:00:00Z")
         assert too_early.returncode != 0 and "received nothing at or before" in too_early.stderr
         if kind == "basalt":
-            corrupt_segment_is_reported(directory, work, first, last)
+            corrupt_segment_is_reported(directory, work, first, last, live.endpoint)
     finally:
         backup.stop()
         live.cleanup()
         shutil.rmtree(work, ignore_errors=True)
 
 
-def corrupt_segment_is_reported(directory, work, first, last):
+def corrupt_segment_is_reported(directory, work, first, last, endpoint):
     damaged = work / "damaged"
     shutil.copytree(directory, damaged)
     segments = sorted(damaged.glob("seg-*.log"))
@@ -253,6 +253,10 @@ def corrupt_segment_is_reported(directory, work, first, last):
         assert not (server.dir / "data" / "member").exists()
     finally:
         server.cleanup()
+    # Told to stop before the damage, the restore goes ahead.
+    before = int(re.search(r"reaches revision (\d+)", refused.stderr).group(1))
+    assert first <= before < last
+    assert restored_state(damaged, before) == state_at(endpoint, before)
 
 
 @pytest.mark.parametrize("kind", ["basalt", "etcd"])
