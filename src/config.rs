@@ -83,6 +83,13 @@ pub struct BackupFlags {
     /// How far back restore must reach: older snapshots and segments are removed.
     #[arg(long, default_value = "7d", value_parser = parse_long_duration)]
     pub retention: Duration,
+    /// etcdctl's --user: name:password (or a name alone, the password then from --password)
+    /// to log in as when the cluster has auth enabled (Snapshot needs the root role).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// The password of --user when it gives only the name.
+    #[arg(long)]
+    pub password: Option<String>,
     /// Serve the backup's Prometheus metrics (lag, bytes written) at /metrics on this
     /// address (host:port or http://host:port).
     #[arg(long = "listen-metrics-url")]

@@ -14,9 +14,9 @@ use crate::grpc::{
 use crate::io::TokioIo;
 use crate::status::{Code, Status};
 use basalt_proto::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, StatusRequest, StatusResponse, TxnRequest,
-    TxnResponse,
+    AuthenticateRequest, AuthenticateResponse, CompactionRequest, CompactionResponse,
+    DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    StatusRequest, StatusResponse, TxnRequest, TxnResponse,
 };
 use bytes::Bytes;
 use glommio::net::TcpStream;
@@ -39,6 +39,8 @@ pub struct Client {
     authority: String,
     /// The connection's PING handle; taken while a ping is in flight (h2 allows one).
     ping: Rc<Cell<Option<PingPong>>>,
+    /// An auth token sent as the `token` metadata of every call (etcd's clients do the same).
+    token: Option<http::HeaderValue>,
 }
 
 impl Client {
@@ -69,7 +71,25 @@ impl Client {
             send,
             authority: addr.to_string(),
             ping,
+            token: None,
         })
+    }
+
+    /// Logs in as `name` (Auth.Authenticate); later calls carry the token.
+    pub async fn authenticate(&mut self, name: &str, password: &str) -> Result<(), Status> {
+        let reply: AuthenticateResponse = self
+            .unary(
+                "/etcdserverpb.Auth/Authenticate",
+                &AuthenticateRequest {
+                    name: name.into(),
+                    password: password.into(),
+                },
+            )
+            .await?;
+        let token = http::HeaderValue::from_str(&reply.token)
+            .map_err(|e| Status::internal(format!("the server sent a bad token: {e}")))?;
+        self.token = Some(token);
+        Ok(())
     }
 
     /// One HTTP/2 PING round trip: the transport's latency, without gRPC or the store.
@@ -89,11 +109,14 @@ impl Client {
     /// back through the [`ResponseStream`].
     pub async fn open(&self, path: &str) -> Result<(RequestSender, ResponseStream), Status> {
         let uri = format!("http://{}{}", self.authority, path);
-        let request = http::Request::post(uri)
+        let mut request = http::Request::post(uri)
             .header(http::header::CONTENT_TYPE, crate::grpc::CONTENT_TYPE)
             .header("te", "trailers")
             .body(())
             .map_err(|e| Status::internal(format!("bad request path {path:?}: {e}")))?;
+        if let Some(token) = &self.token {
+            request.headers_mut().insert("token", token.clone());
+        }
         let mut send = self.send.clone().ready().await.map_err(stream_error)?;
         let (response, body) = send.send_request(request, false).map_err(stream_error)?;
         Ok((

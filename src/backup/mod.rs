@@ -203,6 +203,15 @@ impl Follower {
         })
     }
 
+    /// `--user` (and `--password`) as etcdctl reads them.
+    fn credentials(&self) -> Option<(String, String)> {
+        let user = self.flags.user.as_ref()?;
+        Some(match (user.split_once(':'), &self.flags.password) {
+            (Some((name, password)), _) => (name.to_owned(), password.to_owned()),
+            (None, password) => (user.clone(), password.clone().unwrap_or_default()),
+        })
+    }
+
     /// Writes what is queued, makes it durable, and tells the metrics.
     fn flush(&mut self) -> Result<(), String> {
         self.writer.flush()?;
@@ -244,9 +253,13 @@ impl Follower {
     }
 
     async fn session(&mut self, endpoint: &str) -> Result<(), Failure> {
-        let client = Client::connect(resolve(endpoint).map_err(Failure::Retry)?)
+        let mut client = Client::connect(resolve(endpoint).map_err(Failure::Retry)?)
             .await
             .map_err(retry)?;
+        if let Some((name, password)) = self.credentials() {
+            // A fresh token per session: the server may have expired the last one.
+            client.authenticate(&name, &password).await.map_err(retry)?;
+        }
         if self.last.is_none() {
             self.snapshot(&client, None).await?;
         }

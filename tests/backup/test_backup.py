@@ -115,9 +115,11 @@ class Backup:
         assert self.process.returncode in (0, -signal.SIGKILL), self.log.read_text()
 
 
-def head(endpoint):
+def head(endpoint, user=None):
     with grpc.insecure_channel(endpoint) as channel:
-        return rpc_grpc.KVStub(channel).Range(rpc.RangeRequest(key=b"\0"), timeout=RPC_TIMEOUT_S).header.revision
+        md = login(channel, user)
+        return rpc_grpc.KVStub(channel).Range(rpc.RangeRequest(key=b"\0"), metadata=md,
+                                              timeout=RPC_TIMEOUT_S).header.revision
 
 
 def status(directory):
@@ -140,12 +142,22 @@ def wait_covered(directory, revision, timeout_s=30):
     raise AssertionError(f"backup did not reach revision {revision}: {status(directory).stdout}")
 
 
-def state_at(endpoint, revision):
+def login(channel, user):
+    if user is None:
+        return ()
+    reply = rpc_grpc.AuthStub(channel).Authenticate(
+        rpc.AuthenticateRequest(name=user[0], password=user[1]), timeout=RPC_TIMEOUT_S)
+    return (("token", reply.token),)
+
+
+def state_at(endpoint, revision, user=None):
     """HashKV at `revision` and every key as of it."""
     with grpc.insecure_channel(endpoint) as channel:
+        md = login(channel, user)
         kv, maintenance = rpc_grpc.KVStub(channel), rpc_grpc.MaintenanceStub(channel)
-        kvs = kv.Range(rpc.RangeRequest(key=b"\0", range_end=b"\0", revision=revision), timeout=RPC_TIMEOUT_S).kvs
-        hashed = maintenance.HashKV(rpc.HashKVRequest(revision=revision), timeout=RPC_TIMEOUT_S)
+        kvs = kv.Range(rpc.RangeRequest(key=b"\0", range_end=b"\0", revision=revision),
+                       metadata=md, timeout=RPC_TIMEOUT_S).kvs
+        hashed = maintenance.HashKV(rpc.HashKVRequest(revision=revision), metadata=md, timeout=RPC_TIMEOUT_S)
         return hashed.hash, [(k.key, k.value, k.create_revision, k.mod_revision, k.version, k.lease) for k in kvs]
 
 
@@ -167,15 +179,15 @@ def restore_scratch(directory, *point):
         server.cleanup()
 
 
-def restored_state(directory, revision):
+def restored_state(directory, revision, user=None):
     """Restores `revision` from the backup, starts a Basalt member on it, returns its state."""
     server = Server("basalt")
     try:
         result = restore(directory, server, "--to-revision", str(revision))
         assert result.returncode == 0, result.stdout + result.stderr
         server.start()
-        assert head(server.endpoint) == revision
-        return state_at(server.endpoint, revision)
+        assert head(server.endpoint, user) == revision
+        return state_at(server.endpoint, revision, user)
     finally:
         server.cleanup()
 
@@ -346,3 +358,36 @@ def test_the_backup_moves_to_another_member_when_its_member_is_killed(kind):
         finally:
             backup.stop()
             shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.mark.parametrize("kind", ["basalt", "etcd"])
+def test_a_cluster_with_auth_is_backed_up_as_root_and_restored(kind):
+    root = ("root", "pw")
+    work = Path(tempfile.mkdtemp(prefix="basalt-backup-auth-"))
+    directory = work / "backup"
+    live = Server(kind).start()
+    backup = Backup(live.endpoint, directory, "--user", "root:pw")
+    try:
+        with grpc.insecure_channel(live.endpoint) as channel:
+            auth = rpc_grpc.AuthStub(channel)
+            auth.RoleAdd(rpc.AuthRoleAddRequest(name="root"), timeout=RPC_TIMEOUT_S)
+            auth.UserAdd(rpc.AuthUserAddRequest(name="root", password="pw"), timeout=RPC_TIMEOUT_S)
+            auth.UserGrantRole(rpc.AuthUserGrantRoleRequest(user="root", role="root"), timeout=RPC_TIMEOUT_S)
+            auth.AuthEnable(rpc.AuthEnableRequest(), timeout=RPC_TIMEOUT_S)
+            md = login(channel, root)
+            kv = rpc_grpc.KVStub(channel)
+            kv.Put(rpc.PutRequest(key=b"a", value=b"before"), metadata=md, timeout=RPC_TIMEOUT_S)
+            backup.start()
+            wait_covered(directory, head(live.endpoint, root))
+            for i in range(20):
+                kv.Put(rpc.PutRequest(key=KEYS[i % 6], value=b"%d" % i), metadata=md, timeout=RPC_TIMEOUT_S)
+            kv.DeleteRange(rpc.DeleteRangeRequest(key=KEYS[0]), metadata=md, timeout=RPC_TIMEOUT_S)
+            last = head(live.endpoint, root)
+            wait_covered(directory, last)
+        backup.stop()
+        assert restored_state(directory, last, root) == state_at(live.endpoint, last, root)
+        assert restored_state(directory, last - 7, root) == state_at(live.endpoint, last - 7, root)
+    finally:
+        backup.stop()
+        live.cleanup()
+        shutil.rmtree(work, ignore_errors=True)
