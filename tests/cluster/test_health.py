@@ -20,6 +20,8 @@ import cluster as cl  # noqa: E402
 from cluster import rpc, rpc_grpc  # noqa: E402
 
 OK = (200, '{"health":"true","reason":""}')
+# /livez and /readyz answer as the probes of etcd 3.5's later releases: a plain "ok".
+PROBE_OK = (200, "ok\n")
 # Longer than the request timeout (7 s), which bounds every check.
 HTTP_TIMEOUT_S = 15
 # How long a member cut off may take to notice it has no leader, and to push its clients off.
@@ -65,20 +67,20 @@ def range_error(status_body):
 HEALTHY = [
     ("/health", OK),
     ("/health?serializable=true", OK),
-    ("/livez", OK),
-    ("/readyz", OK),
+    ("/livez", PROBE_OK),
+    ("/readyz", PROBE_OK),
     ("/readyz?verbose", (200, "[+]alarms ok\n[+]linearizable_read ok\nreadyz check passed\n")),
 ]
 NOSPACE = [
     ("/health", failed("ALARM NOSPACE")),
     ("/health?exclude=NOSPACE", OK),
-    ("/livez", OK),
+    ("/livez", PROBE_OK),
     ("/readyz", failed("ALARM NOSPACE")),
 ]
 LEADERLESS = [
     ("/health", failed("RAFT NO LEADER")),
     ("/health?serializable=true", failed("RAFT NO LEADER")),
-    ("/livez?serializable=true", OK),
+    ("/livez?serializable=true", PROBE_OK),
     ("/readyz", range_error),
     ("/health?verbose", lambda got: got[0] == 503 and got[1].startswith(
         "[+]alarms ok\n[-]leader failed: RAFT NO LEADER\n[-]linearizable_read failed: RANGE ERROR:")
