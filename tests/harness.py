@@ -54,6 +54,18 @@ def _wait_for_port(port: int, process: subprocess.Popen, log_path: Path) -> None
     raise RuntimeError(f"server did not listen on {port} within {START_TIMEOUT_S}s:\n{log_path.read_text()}")
 
 
+
+def stop_process(process) -> None:
+    """SIGTERM, then SIGKILL if the process has not exited within 10 s; nothing if it has
+    already exited (or was never started)."""
+    if process and process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
 class Server:
     """A server process with a fresh data dir; `endpoint` is host:port for clients, `url` the
     client URL."""
@@ -92,13 +104,7 @@ class Server:
         return self
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None

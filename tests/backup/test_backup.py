@@ -21,7 +21,7 @@ import pytest
 from etcd3.etcdrpc import rpc_pb2 as rpc
 from etcd3.etcdrpc import rpc_pb2_grpc as rpc_grpc
 
-from harness import Server, basalt_bin, free_port
+from harness import Server, basalt_bin, free_port, stop_process
 
 RPC_TIMEOUT_S = 10
 KEYS = [f"k/{i:02d}".encode() for i in range(30)]
@@ -105,13 +105,7 @@ class Backup:
         self.process.wait()
 
     def stop(self):
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         assert self.process.returncode in (0, -signal.SIGKILL), self.log.read_text()
 
 

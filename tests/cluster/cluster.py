@@ -333,13 +333,7 @@ class Member:
 
     def stop(self) -> None:
         """SIGTERM, then kill -9 if it does not exit within 10 s."""
-        if self.alive():
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        harness.stop_process(self.process)
 
     def log_tail(self, lines: int = 15) -> str:
         try:

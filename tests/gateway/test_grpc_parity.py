@@ -18,8 +18,7 @@ import pytest
 from google.protobuf import json_format
 
 from etcd_schema import method_classes, service_methods, unknown_fields
-from harness import Server
-from test_gateway import LEASE, MEMBERSHIP_PAUSE_S, b64, mask, snapshot_shape
+from test_gateway import LEASE, MEMBERSHIP_PAUSE_S, b64, mask, servers, snapshot_shape  # noqa: F401 (servers: the fixture)
 
 SERVICES = ["etcdserverpb.Lease", "etcdserverpb.Cluster", "etcdserverpb.Maintenance",
             "etcdserverpb.Auth", "v3electionpb.Election", "v3lockpb.Lock"]
@@ -206,14 +205,6 @@ STREAMED = {L + "LeaseKeepAlive", E + "Observe", M + "Snapshot"}
 DOWNGRADE = M + "Downgrade"
 
 
-@pytest.fixture(scope="module")
-def servers():
-    basalt, etcd = Server("basalt"), Server("etcd")
-    try:
-        basalt.start(), etcd.start()
-        yield basalt, etcd
-    finally:
-        basalt.cleanup(), etcd.cleanup()
 
 
 def peer_url(server):
