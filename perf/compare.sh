@@ -3,7 +3,8 @@
 #   - installs etcd 3.5.1 and the Python tools into .venv if they are missing;
 #   - builds basalt and basalt-bench in release;
 #   - measures the disk floor (basalt-bench disk) in perf/out/, where the data dirs live too,
-#     so both servers and the floor share one real disk;
+#     so both servers and the floor share one real disk, pinned to the server CPUs (and once
+#     more, shorter, on the load generator's CPUs, with the CPUs that take the disk's interrupts);
 #   - starts a fresh single-member etcd and a fresh Basalt on loopback, each pinned to the
 #     server CPUs (taskset; SERVER_CPUS, default 0) with the load generator on the others
 #     (CLIENT_CPUS, default the rest), and runs every workload against etcd then Basalt in turn,
@@ -133,9 +134,36 @@ start_basalt() {
 
 stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
-log "disk floor on $out (the disk the data dirs are on)"
-"$bench" disk "$out" "${disk_flags[@]}" --json "$out/disk.json" | tee "$out/disk.txt" ||
+# The data disk's completion interrupts, per CPU. A blocking write + fdatasync on a CPU that does
+# not take them pays a cross-CPU wake per device command (on this kind of VM about 190 against
+# 110 µs), so the floor is measured on the servers' CPUs, where the servers pay the same, and
+# once more on the other CPUs to show the difference.
+disk_irq_cpus() {
+    local dev parent driver
+    dev=$(findmnt -no SOURCE -T "$1" 2>/dev/null | sed 's|^/dev/||')
+    parent=$(lsblk -no PKNAME "/dev/$dev" 2>/dev/null | head -1)
+    [[ -n $parent ]] && dev=$parent
+    driver=$(basename "$(readlink -f "/sys/block/$dev/device" 2>/dev/null)" 2>/dev/null)
+    case "$driver" in
+        virtio*) pattern="$driver-req" ;;
+        nvme*) pattern="${driver}q" ;;
+        *) echo "unknown (device $dev)"; return ;;
+    esac
+    awk -v pat="$pattern" 'NR == 1 { n = NF; for (i = 1; i <= NF; i++) cpu[i] = $i; next }
+        index($0, pat) { for (i = 2; i <= n + 1; i++) sum[i - 1] += $i }
+        END { out = ""; for (i = 1; i <= n; i++) if (sum[i] > 0) out = out (out ? ", " : "") cpu[i] " (" sum[i] ")";
+              print (out ? out : "none counted") " for " pat }' /proc/interrupts
+}
+disk_irq_cpus "$out" >"$out/disk-irq.txt"
+log "disk floor on $out (the disk the data dirs are on), on the server CPUs ($server_cpus); interrupts: $(cat "$out/disk-irq.txt")"
+"${on_server_cpus[@]}" "$bench" disk "$out" "${disk_flags[@]}" --json "$out/disk.json" | tee "$out/disk.txt" ||
     echo "the disk harness failed; the floor is left out"
+if (( cpus > 1 )); then
+    log "disk floor again on the load generator's CPUs ($client_cpus), for comparison"
+    "${on_client_cpus[@]}" "$bench" disk "$out" --file-mib 64 --samples 500 --seconds-per-size 1 --fio-mib 1 \
+        --wal-seconds-per-point 0.5 --json "$out/disk-client-cpus.json" >"$out/disk-client-cpus.txt" ||
+        echo "the second disk harness run failed"
+fi
 
 # The workloads of the comparison: name, global flags, subcommand and its flags.
 # Keys and values follow etcd's documented benchmark (8-byte keys, 256-byte values).

@@ -192,8 +192,9 @@ def put_breakdown(runs, disk):
     return lines
 
 
-def hot_path_goals(runs, disk):
-    """The goals of the hot-path work, each checked against this run's numbers."""
+def hot_path_goals(runs, disk, other, pinning):
+    """The goals of the hot-path work, each checked against this run's numbers; `other` holds
+    the floor measured on the load generator's CPUs and where the disk's interrupts went."""
     floor = disk["write_fdatasync"][0]["p50"] if disk else None
 
     def ratio(workload, name, value):
@@ -231,10 +232,25 @@ def hot_path_goals(runs, disk):
     e, b, r = ratio("put-100x1000", "put", tput)
     if r is not None:
         lines.append("| put throughput 100/1000 ≥ 3 × etcd's | %.0f vs %.0f /s (%.2f×) | %s |" % (b, e, r, verdict(r >= 3)))
+    if floor is not None:
+        lines.append("")
+        lines.append(
+            "The floor is measured on the servers' CPU(s) %s, where the servers pay what it pays; "
+            "the data disk's completion interrupts were handled on %s." % (pinning[0], other.get("irq", "?"))
+        )
+        other_floor = other["disk"]["write_fdatasync"][0]["p50"] if other.get("disk") else None
+        if other_floor is not None:
+            text = "On the load generator's CPU(s) %s the same harness read a floor of %.0f µs p50" % (
+                pinning[1], other_floor)
+            if None not in (put_b, trip_b):
+                other_bound = trip_b + 1.15 * other_floor
+                text += "; against that floor the put bound would be %.0f + 1.15 × %.0f = %.0f µs, %s" % (
+                    trip_b, other_floor, other_bound, "met" if put_b <= other_bound else "**not met**")
+            lines.append(text + ".")
     return lines
 
 
-def server_block(runs, disk, checks, quick, version, basalt_started, basalt_wal, pinning):
+def server_block(runs, disk, other, checks, quick, version, basalt_started, basalt_wal, pinning):
     lines = [BEGIN, "## Server (side by side with etcd 3.5)", ""]
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines.append("Run: `perf/compare.sh%s` at %s, Basalt %s." % (" --quick" if quick else "", now, version))
@@ -335,7 +351,7 @@ def server_block(runs, disk, checks, quick, version, basalt_started, basalt_wal,
         % (pinning[0], pinning[1], "`%s`" % pinning[2] if pinning[2] else "none")
     )
     lines.extend(put_breakdown(runs, disk))
-    lines.extend(hot_path_goals(runs, disk))
+    lines.extend(hot_path_goals(runs, disk, other, pinning))
     failures = []
     for (server, workload), run in sorted(runs.items()):
         for s in run.get("series", []):
@@ -351,7 +367,7 @@ def server_block(runs, disk, checks, quick, version, basalt_started, basalt_wal,
     if disk:
         rows = disk["write_fdatasync"]
         fio = disk["fio_check"]
-        lines.append("### Disk floor (same disk, same run: `basalt-bench disk`)")
+        lines.append("### Disk floor (same disk, same run: `basalt-bench disk` on the server CPUs)")
         lines.append("")
         lines.append("| O_DIRECT write + fdatasync | samples | p50 ms | p99 ms | p99.9 ms |")
         lines.append("| --- | ---: | ---: | ---: | ---: |")
@@ -475,8 +491,14 @@ def compare(args):
                 pinning.append(f.read().strip())
         except OSError:
             pinning.append("?")
+    other = {"disk": load(os.path.join(args.out_dir, "disk-client-cpus.json"))}
+    try:
+        with open(os.path.join(args.out_dir, "disk-irq.txt")) as f:
+            other["irq"] = f.read().strip()
+    except OSError:
+        pass
     block = server_block(
-        runs, disk, checks, args.quick == "1", args.basalt_version, basalt_started, basalt_wal, tuple(pinning)
+        runs, disk, other, checks, args.quick == "1", args.basalt_version, basalt_started, basalt_wal, tuple(pinning)
     )
     write_block(block)
     print("wrote %s, %s and %s" % (RESULTS, "server-latency.png", "disk.png"))
