@@ -92,6 +92,12 @@ bitflags::bitflags! {
         const CQSIZE    = 1 << 3;
         const CLAMP     = 1 << 4;
         const ATTACH_WQ = 1 << 5;
+        /// Task work waits for the task's next entry into the kernel instead of
+        /// interrupting it (Linux 5.19+). Patched in by Basalt (see BASALT.md).
+        const COOP_TASKRUN = 1 << 8;
+        /// With `COOP_TASKRUN`: the kernel raises `IORING_SQ_TASKRUN` in the SQ ring's
+        /// flags while task work waits (Linux 5.19+). Patched in by Basalt.
+        const TASKRUN_FLAG = 1 << 9;
     }
 }
 

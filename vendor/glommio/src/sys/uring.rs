@@ -742,9 +742,14 @@ pub(crate) trait UringCommon {
             .or_else(Reactor::busy_ok)
             .or_else(Reactor::again_ok)
             .or_else(Reactor::intr_ok)?;
+        self.run_task_work();
         self.consume_completion_queue(woke);
         Ok(())
     }
+
+    /// Runs the task work the kernel holds back for this ring, so that its completions reach
+    /// the CQ ring (Basalt's patch, see BASALT.md). Only sleepable rings are set up for that.
+    fn run_task_work(&mut self) {}
 }
 
 struct PollRing {
@@ -903,8 +908,16 @@ impl SleepableRing {
         source_map: Rc<RefCell<SourceMap>>,
     ) -> io::Result<Self> {
         assert!(*IO_URING_RECENT_ENOUGH);
+        // Basalt's patch (BASALT.md): completions from other CPUs must not interrupt this
+        // one. Kernels before 5.19 refuse the flags, and get the ring as glommio made it.
+        let ring = iou::IoUring::new_with_flags(
+            size as _,
+            iou::SetupFlags::COOP_TASKRUN | iou::SetupFlags::TASKRUN_FLAG,
+            iou::SetupFeatures::empty(),
+        )
+        .or_else(|_| iou::IoUring::new(size as _))?;
         Ok(SleepableRing {
-            ring: iou::IoUring::new(size as _)?,
+            ring,
             size,
             submission_queue: UringQueueState::with_capacity(size * 4),
             name,
@@ -1126,6 +1139,29 @@ impl UringCommon for SleepableRing {
 
     fn may_rush(&self) -> bool {
         false
+    }
+
+    fn run_task_work(&mut self) {
+        let raw = self.ring.raw();
+        // SAFETY: `kflags` points into the SQ ring's mapping, which lives as long as the ring;
+        // the kernel writes it concurrently, hence the volatile read.
+        let flags = unsafe { std::ptr::read_volatile(raw.sq.kflags) };
+        if flags & uring_sys::IORING_SQ_TASKRUN != 0 {
+            // Nothing to submit, nothing to wait for: entering with GETEVENTS runs the task
+            // work. An error here (EINTR, EBUSY) leaves the flag set for the next poll.
+            // SAFETY: a plain io_uring_enter on this ring's own descriptor, without arguments.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_io_uring_enter,
+                    raw.ring_fd,
+                    0u32,
+                    0u32,
+                    uring_sys::IORING_ENTER_GETEVENTS,
+                    std::ptr::null::<libc::sigset_t>(),
+                    0usize,
+                );
+            }
+        }
     }
 
     fn needs_kernel_enter(&self) -> bool {
