@@ -5,7 +5,8 @@
 #   - the disk's fdatasync floor (basalt-bench disk) on the disk the data dirs are on;
 #   - per server and per delay, one cluster at a time (never two competing for the CPU):
 #     put latency with 1 client, put throughput with 100 and 1000 clients, all sent to the leader
-#     by basalt-bench running in the clusters' own namespace;
+#     by basalt-bench running in the clusters' own namespace; for the bound of a lone put, the
+#     round trip between members (ping) and a no-op round trip to the leader (serializable range);
 #   - the cluster block of perf/RESULTS.md (perf/report.py cluster).
 #
 # Usage: perf/cluster.sh [--quick] [--no-build] [--servers "etcd basalt"]
@@ -96,6 +97,21 @@ for server in $servers; do
         fi
         ns=$("$venv/bin/python" -c 'import json,sys; print(json.load(open(sys.argv[1]))["router_ns"])' "$out/$label.cluster.json")
         leader=$("$venv/bin/python" -c 'import json,sys; print(json.load(open(sys.argv[1]))["leader"])' "$out/$label.cluster.json")
+        # The parts of a lone put's bound: one round trip between members (UDP from the leader's
+        # namespace to a follower's, through the same delay) and one no-op client round trip (a
+        # serializable range of a missing key, answered by the leader alone).
+        read -r leader_ns follower_ns follower_ip < <("$venv/bin/python" -c 'import json,sys; c=json.load(open(sys.argv[1])); print(c["leader_ns"], *c["followers"][0])' "$out/$label.cluster.json")
+        ip netns exec "$follower_ns" python3 perf/udp_rtt.py echo "$follower_ip" 7999 &
+        echo_pid=$!
+        sleep 0.3
+        ip netns exec "$leader_ns" python3 perf/udp_rtt.py ping "$follower_ip" 7999 200 >"$out/$label-ping.txt" 2>&1 ||
+            echo "  (round trips from the leader failed: see $out/$label-ping.txt)"
+        kill "$echo_pid" 2>/dev/null || true
+        wait "$echo_pid" 2>/dev/null || true
+        ip netns exec "$ns" "$bench" --endpoints "$leader" --conns 1 --clients 1 --json "$out/$label-range-s-1x1.json" \
+            range basalt-bench-missing-key --consistency s --duration "$seconds" >"$out/$label-range-s-1x1.txt" 2>&1 ||
+            echo "  ($label range-s-1x1 failed: see $out/$label-range-s-1x1.txt)"
+        echo "  range-s-1x1: $(grep -E '^range ' "$out/$label-range-s-1x1.txt" || echo '-')"
         for entry in "${workloads[@]}"; do
             IFS='|' read -r wname globals <<<"$entry"
             # shellcheck disable=SC2086  # the flag string is meant to split into words

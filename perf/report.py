@@ -572,12 +572,50 @@ def cluster_block(out_dir, disk, quick, version, seconds):
             lines.append("| %s | %s | %s | %s | %s | %s | %s | %s / %s |" % (
                 delay_title, clients, "%.0f" % e[0] if e else "-", "%.0f" % b[0] if b else "-", ratio,
                 e[1] if e else "-", b[1] if b else "-", e[2] if e else "-", b[2] if b else "-"))
+    lines.extend(cluster_put_bound(out_dir, disk))
     missing = sorted(f[: -len(".missing.txt")] for f in os.listdir(out_dir) if f.endswith(".missing.txt"))
     if missing:
         lines.append("")
         lines.append("Not measured (the cluster did not form): %s." % ", ".join(missing))
     lines.append(CLUSTER_END)
     return "\n".join(lines) + "\n"
+
+
+def ping_p50_us(path):
+    """The median round trip of a ping transcript, or None."""
+    try:
+        with open(path) as f:
+            times = sorted(float(m.group(1)) * 1000 for m in re.finditer(r"time=([0-9.]+) ms", f.read()))
+    except OSError:
+        return None
+    return times[len(times) // 2] if times else None
+
+
+def cluster_put_bound(out_dir, disk):
+    """The hot-path goal for a cluster: a lone put's p50 within 1.15 × (round trip between
+    members + a follower's write + fdatasync + a no-op client round trip), per delay."""
+    floor = disk["write_fdatasync"][0]["p50"] if disk else None
+    lines = ["", "A lone put against its bound: 1.15 × (member round trip + disk floor + no-op client round trip), p50s of this run:", "",
+             "| added between members | server | put 1/1 µs | member round trip µs | floor µs | no-op round trip µs | bound µs | met |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    fmt = lambda v: "-" if v is None else "%.0f" % v  # noqa: E731
+    rows = 0
+    for delay, delay_title in CLUSTER_DELAYS:
+        for server in SERVERS:
+            label = "%s-delay%s" % (server, delay)
+            put = series(load(os.path.join(out_dir, "%s-put-1x1.json" % label)), "put")
+            trip = series(load(os.path.join(out_dir, "%s-range-s-1x1.json" % label)), "range")
+            put_us = put["latency_us"]["p50"] if put and put["count"] else None
+            trip_us = trip["latency_us"]["p50"] if trip and trip["count"] else None
+            member_us = ping_p50_us(os.path.join(out_dir, "%s-ping.txt" % label))
+            if put_us is None:
+                continue
+            bound = None if None in (trip_us, member_us, floor) else 1.15 * (member_us + floor + trip_us)
+            met = "-" if bound is None else ("yes" if put_us <= bound else "**no**")
+            lines.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                delay_title, server, fmt(put_us), fmt(member_us), fmt(floor), fmt(trip_us), fmt(bound), met))
+            rows += 1
+    return lines if rows else []
 
 
 def cluster(args):

@@ -770,6 +770,9 @@ def main():
             "router_ns": c.router_ns if c.netns else None,
             "leader": leader.client_url.removeprefix("http://"),
             "endpoints": [m.client_url.removeprefix("http://") for m in c.members],
+            # Where perf/cluster.sh measures the round trip between members.
+            "leader_ns": leader.ns,
+            "followers": [[m.ns, m.ip] for m in c.members if m is not leader],
         }), flush=True)
         while True:
             time.sleep(3600)
