@@ -157,6 +157,9 @@ def test_quota_raises_nospace_and_compact_defrag_disarm_recover_as_etcds_docs_sa
         etcdctl(basalt.endpoint, "defrag")
         refused = etcdctl_result(basalt.endpoint, "put", "key", "small")
         assert "database space exceeded" in refused.stderr, "the alarm holds until disarmed"
+        # etcd 3.5.1 refuses a lease grant under NOSPACE too (its capped applier).
+        refused = etcdctl_result(basalt.endpoint, "lease", "grant", "60")
+        assert "database space exceeded" in refused.stderr, refused
         etcdctl(basalt.endpoint, "alarm", "disarm")
         assert etcdctl(basalt.endpoint, "alarm", "list").strip() == ""
         etcdctl(basalt.endpoint, "put", "key", "small")

@@ -297,12 +297,8 @@ impl Applier {
         if self.has_alarm(AlarmType::Corrupt) {
             return Some(ApplyError::Corrupt);
         }
-        let takes_space = match request {
-            Some(Request::Put(_)) => true,
-            Some(Request::Txn(txn)) => txn_has_put(txn),
-            _ => false,
-        };
-        (takes_space && self.has_alarm(AlarmType::Nospace)).then_some(ApplyError::NoSpace)
+        (matches!(&request, Some(r) if takes_space(r)) && self.has_alarm(AlarmType::Nospace))
+            .then_some(ApplyError::NoSpace)
     }
 
     fn apply_request(
@@ -453,8 +449,18 @@ impl Applier {
     }
 }
 
+/// Whether applying `request` can grow the store, so that NOSPACE refuses it: etcd 3.5's
+/// capped applier refuses a Put, a Txn that puts, and a LeaseGrant (checked against 3.5.1).
+pub fn takes_space(request: &Request) -> bool {
+    match request {
+        Request::Put(_) | Request::LeaseGrant(_) => true,
+        Request::Txn(txn) => txn_has_put(txn),
+        _ => false,
+    }
+}
+
 /// Whether a txn writes a key in either branch, nested txns included (etcd's quota cost > 0).
-pub fn txn_has_put(txn: &basalt_proto::etcdserverpb::TxnRequest) -> bool {
+fn txn_has_put(txn: &basalt_proto::etcdserverpb::TxnRequest) -> bool {
     use basalt_proto::etcdserverpb::request_op::Request as Op;
     txn.success
         .iter()

@@ -152,12 +152,20 @@ fn a_raised_nospace_alarm_refuses_writes_that_take_space_until_disarmed_even_acr
         ..Default::default()
     });
     apply(&mut applier, delete).expect("deletes still apply");
+    let grant =
+        |id| Request::LeaseGrant(basalt_proto::etcdserverpb::LeaseGrantRequest { ttl: 60, id });
+    assert_eq!(
+        apply(&mut applier, grant(5)),
+        Err(ApplyError::NoSpace),
+        "etcd 3.5.1 refuses LeaseGrant under NOSPACE"
+    );
     apply(
         &mut applier,
         alarm(AlarmAction::Deactivate, AlarmType::Nospace),
     )
     .unwrap();
     apply(&mut applier, put("b", "1")).expect("writes apply again once disarmed");
+    apply(&mut applier, grant(5)).expect("leases are granted again once disarmed");
     std::fs::remove_dir_all(dir).unwrap();
 }
 

@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use basalt_engine::apply::{txn_has_put, Applied, ApplyError, KvHash};
+use basalt_engine::apply::{takes_space, Applied, ApplyError, KvHash};
 use basalt_engine::mvcc::Limits;
 use basalt_engine::wal::WalError;
 use basalt_proto::basaltpb::{internal_request::Request, InternalRequest};
@@ -467,11 +467,7 @@ impl RaftKv {
         if self.pushed_off() {
             return Err(Status::no_leader());
         }
-        let takes_space = match &request {
-            Request::Put(_) => true,
-            Request::Txn(txn) => txn_has_put(txn),
-            _ => false,
-        };
+        let takes_space = takes_space(&request);
         let id = self.published.next_id();
         let data = InternalRequest {
             id,
