@@ -4,13 +4,16 @@
 # SECONDS while /metrics is sampled every 100 ms (basalt_backup_lag_seconds); a run without the
 # backup at no rate limit vs one with it gives the throughput cost; finally `basalt restore` to
 # the head revision is timed (the snapshot plus every event after it).
+# The server runs on SERVER_CPUS (default 0), basalt-bench and the backup on CLIENT_CPUS (default
+# 1), pinned with taskset, so the cost is the backup's load on the server, not CPU they share.
 # Usage: perf/backup.sh BASALT_BIN BENCH_BIN WORKDIR [KEYS] [RATE] [SECONDS]
 set -euo pipefail
 BASALT=$1 BENCH=$2 WORK=$3 KEYS=${4:-1000000} RATE=${5:-10000} SECONDS_=${6:-100}
+ON_SERVER=(taskset -c "${SERVER_CPUS:-0}") ON_CLIENT=(taskset -c "${CLIENT_CPUS:-1}")
 PORT=$((30000 + RANDOM % 9000)); PEER=$((PORT + 1)); METRICS=$((PORT + 2))
 rm -rf "$WORK"; mkdir -p "$WORK"
 EP=127.0.0.1:$PORT
-"$BASALT" --name p --data-dir "$WORK/data" --listen-client-urls http://$EP --advertise-client-urls http://$EP \
+"${ON_SERVER[@]}" "$BASALT" --name p --data-dir "$WORK/data" --listen-client-urls http://$EP --advertise-client-urls http://$EP \
   --listen-peer-urls http://127.0.0.1:$PEER --initial-advertise-peer-urls http://127.0.0.1:$PEER \
   --initial-cluster p=http://127.0.0.1:$PEER >"$WORK/server.log" 2>&1 &
 SERVER=$!
@@ -19,21 +22,22 @@ cleanup() { kill $SERVER ${BACKUP:-} 2>/dev/null || true; wait 2>/dev/null || tr
 trap cleanup EXIT
 sleep 2
 echo "== $KEYS keys"
-"$BENCH" --endpoints $EP --conns 4 --clients 100 put --sequential-keys --key-space-size "$KEYS" --total "$KEYS" | grep -E "^(series|put )"
+"${ON_CLIENT[@]}" "$BENCH" --endpoints $EP --conns 4 --clients 100 put --sequential-keys --key-space-size "$KEYS" --total "$KEYS" | grep -E "^(series|put )"
 echo "== without backup: put, no rate limit, 20 s"
-"$BENCH" --endpoints $EP --conns 4 --clients 100 put --key-space-size "$KEYS" --duration 20 | grep -E "^(series|put )"
-"$BASALT" backup --endpoints $EP --dir "$WORK/backup" --flush-interval 200ms --snapshot-interval 0 \
+"${ON_CLIENT[@]}" "$BENCH" --endpoints $EP --server-pid $SERVER --conns 4 --clients 100 put --key-space-size "$KEYS" --duration 20 | grep -E "^(series|put |server cpu)"
+"${ON_CLIENT[@]}" "$BASALT" backup --endpoints $EP --dir "$WORK/backup" --flush-interval 200ms --snapshot-interval 0 \
   --listen-metrics-url 127.0.0.1:$METRICS 2>"$WORK/backup.log" &
 BACKUP=$!
 until grep -q "snapshot at revision" "$WORK/backup.log"; do sleep 0.5; done
 echo "== with backup: put, no rate limit, 20 s"
-"$BENCH" --endpoints $EP --conns 4 --clients 100 put --key-space-size "$KEYS" --duration 20 | grep -E "^(series|put )"
+"${ON_CLIENT[@]}" "$BENCH" --endpoints $EP --server-pid $SERVER --conns 4 --clients 100 put --key-space-size "$KEYS" --duration 20 | grep -E "^(series|put |server cpu)"
+echo "   (the backup's own CPU over that run: $(awk '{printf "%.1f s", ($14 + $15) / 100}' /proc/$BACKUP/stat) since it started)"
 echo "== with backup: put at $RATE/s for $SECONDS_ s, lag sampled every 100 ms"
 ( while kill -0 $BACKUP 2>/dev/null; do
     curl -s http://127.0.0.1:$METRICS/metrics | awk '/^basalt_backup_lag_seconds/ {print $2}'; sleep 0.1
   done ) >"$WORK/lag.txt" &
 SAMPLER=$!
-"$BENCH" --endpoints $EP --conns 4 --clients 100 put --key-space-size "$KEYS" --rate "$RATE" --duration "$SECONDS_" | grep -E "^(series|put )"
+"${ON_CLIENT[@]}" "$BENCH" --endpoints $EP --conns 4 --clients 100 put --key-space-size "$KEYS" --rate "$RATE" --duration "$SECONDS_" | grep -E "^(series|put )"
 HEAD=$(curl -s http://127.0.0.1:$METRICS/metrics | awk '/^basalt_backup_server_revision/ {print $2}')
 until [ "$(curl -s http://127.0.0.1:$METRICS/metrics | awk '/^basalt_backup_durable_revision/ {print $2}')" -ge "$HEAD" ]; do sleep 0.2; done
 kill $SAMPLER 2>/dev/null || true
