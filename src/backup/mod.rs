@@ -379,7 +379,8 @@ impl Follower {
                 range_end: vec![0].into(),
                 start_revision: start,
                 progress_notify: true,
-                prev_kv: true,
+                // Replay needs each event's new kv (a delete's key); asking for prev_kv too
+                // would have the server read and send every overwritten value for nothing.
                 ..Default::default()
             })),
         };
