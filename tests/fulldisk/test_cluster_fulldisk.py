@@ -23,7 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "cluster"))
 
 import cluster as cl  # noqa: E402
-from test_fulldisk import BALLAST_BYTES, NOSPACE, VALUE, fill, loopfs, put, read_all  # noqa: E402,F401
+from test_fulldisk import (  # noqa: E402,F401
+    BALLAST_BYTES, NOSPACE, VALUE, fill, loopfs, put, put_until_resumed, read_all,
+)
 
 
 def start_with_member_on(fs, size=3, small=2):
@@ -86,16 +88,7 @@ def test_one_full_follower_stops_the_clusters_writes_not_its_members(loopfs):
             f"leadership changed while the follower's disk was full:\n{c.log_tails(30)}"
 
         ballast.unlink()
-        deadline = time.monotonic() + 30
-        while True:
-            c.etcdctl("alarm", "disarm", endpoints=[leader])
-            try:
-                put(leader.endpoint, b"fill/resumed", VALUE)
-                break
-            except grpc.RpcError as e:
-                assert NOSPACE in e.details(), e.details()
-                assert time.monotonic() < deadline, "writes did not resume after space was freed"
-                time.sleep(0.5)
+        put_until_resumed(leader.endpoint, lambda: c.etcdctl("alarm", "disarm", endpoints=[leader]), 30)
         acked.add(b"fill/resumed")
 
         full = c.members[2]

@@ -171,6 +171,21 @@ def read_all(endpoint, prefix=b"fill/", serializable=False):
             key = resp.kvs[-1].key + b"\0"
 
 
+def put_until_resumed(endpoint, disarm, timeout_s):
+    """Puts fill/resumed until it is acknowledged, calling `disarm` before each try (a write
+    refused on a member still short of space raises NOSPACE again)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        disarm()
+        try:
+            put(endpoint, b"fill/resumed", VALUE)
+            return
+        except grpc.RpcError as e:
+            assert NOSPACE in e.details(), e.details()
+            assert time.monotonic() < deadline, "writes did not resume after space was freed"
+            time.sleep(0.5)
+
+
 class KeepAlive:
     """A lease kept alive once a second on its own stream; records every TTL answered."""
 
@@ -310,17 +325,7 @@ def test_basalt_full_disk_refuses_writes_serves_reads_and_recovers(loopfs, reser
 
         # Space back, alarm disarmed: writes go on without a restart.
         ballast.unlink()
-        etcdctl(server.endpoint, "alarm", "disarm")
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                put(server.endpoint, b"fill/resumed", VALUE)
-                break
-            except grpc.RpcError as e:
-                assert NOSPACE in e.details(), e.details()
-                assert time.monotonic() < deadline, "writes did not resume after space was freed"
-                time.sleep(0.5)
-                etcdctl(server.endpoint, "alarm", "disarm")
+        put_until_resumed(server.endpoint, lambda: etcdctl(server.endpoint, "alarm", "disarm"), 15)
         acked.add(b"fill/resumed")
         code, body = health(server.endpoint)
         assert code == 200, body
