@@ -90,6 +90,19 @@ pub struct BackupFlags {
     /// The password of --user when it gives only the name.
     #[arg(long)]
     pub password: Option<String>,
+    /// etcdctl's --cacert: verify the server's certificate with this CA bundle (the system's
+    /// CAs without it). Any TLS flag makes endpoints without a scheme dial with TLS.
+    #[arg(long)]
+    pub cacert: Option<PathBuf>,
+    /// etcdctl's --cert: present this client certificate (with --key).
+    #[arg(long)]
+    pub cert: Option<PathBuf>,
+    /// etcdctl's --key: the key of --cert.
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// etcdctl's --insecure-skip-tls-verify: accept any server certificate.
+    #[arg(long = "insecure-skip-tls-verify")]
+    pub insecure_skip_tls_verify: bool,
     /// Serve the backup's Prometheus metrics (lag, bytes written) at /metrics on this
     /// address (host:port or http://host:port).
     #[arg(long = "listen-metrics-url")]

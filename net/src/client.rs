@@ -13,6 +13,7 @@ use crate::grpc::{
 };
 use crate::io::TokioIo;
 use crate::status::{Code, Status};
+use crate::tls::TlsConnector;
 use basalt_proto::etcdserverpb::{
     AuthenticateRequest, AuthenticateResponse, CompactionRequest, CompactionResponse,
     DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
@@ -36,6 +37,8 @@ const CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
 #[derive(Clone)]
 pub struct Client {
     send: SendRequest<Bytes>,
+    /// `http` or `https`, for the requests' `:scheme`.
+    scheme: &'static str,
     authority: String,
     /// The connection's PING handle; taken while a ping is in flight (h2 allows one).
     ping: Rc<Cell<Option<PingPong>>>,
@@ -47,19 +50,46 @@ impl Client {
     /// Connects and completes the HTTP/2 handshake. The connection is driven by a task on
     /// the current executor until every handle to it is dropped.
     pub async fn connect(addr: SocketAddr) -> Result<Client, Status> {
-        let unavailable = |what: &str, e: &dyn std::fmt::Display| {
-            Status::new(Code::Unavailable, format!("{what} {addr}: {e}"))
-        };
+        let stream = Self::dial(addr).await?;
+        Self::handshake(stream, "http", addr).await
+    }
+
+    /// [`Client::connect`] over TLS: `host` is the name (or IP address) the server's
+    /// certificate must carry.
+    pub async fn connect_tls(
+        addr: SocketAddr,
+        host: &str,
+        tls: &TlsConnector,
+    ) -> Result<Client, Status> {
+        let stream = Self::dial(addr).await?;
+        let stream = tls.connect(host, stream).await.map_err(|e| {
+            Status::new(Code::Unavailable, format!("TLS with {host} ({addr}): {e}"))
+        })?;
+        Self::handshake(stream, "https", addr).await
+    }
+
+    async fn dial(addr: SocketAddr) -> Result<TcpStream, Status> {
         let stream = TcpStream::connect(addr)
             .await
-            .map_err(|e| unavailable("connect", &e))?;
+            .map_err(|e| Status::new(Code::Unavailable, format!("connect {addr}: {e}")))?;
         let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    async fn handshake<S>(
+        stream: S,
+        scheme: &'static str,
+        addr: SocketAddr,
+    ) -> Result<Client, Status>
+    where
+        S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
+    {
         let (send, mut connection) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW_BYTES)
             .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
             .handshake::<_, Bytes>(TokioIo::new(stream))
             .await
-            .map_err(|e| unavailable("handshake with", &e))?;
+            .map_err(|e| Status::new(Code::Unavailable, format!("handshake with {addr}: {e}")))?;
         let ping = Rc::new(Cell::new(connection.ping_pong()));
         glommio::spawn_local(async move {
             // Ends when the server closes or every handle is dropped; either way the calls
@@ -69,6 +99,7 @@ impl Client {
         .detach();
         Ok(Client {
             send,
+            scheme,
             authority: addr.to_string(),
             ping,
             token: None,
@@ -108,7 +139,7 @@ impl Client {
     /// Opens a call of any shape: messages go out through the [`RequestSender`] and come
     /// back through the [`ResponseStream`].
     pub async fn open(&self, path: &str) -> Result<(RequestSender, ResponseStream), Status> {
-        let uri = format!("http://{}{}", self.authority, path);
+        let uri = format!("{}://{}{}", self.scheme, self.authority, path);
         let mut request = http::Request::post(uri)
             .header(http::header::CONTENT_TYPE, crate::grpc::CONTENT_TYPE)
             .header("te", "trailers")

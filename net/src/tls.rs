@@ -298,6 +298,81 @@ impl TlsConnector {
     }
 }
 
+/// Where a client looks for trusted CAs when it is given none, as Go's crypto/x509 does on
+/// Linux: the system bundle of Debian, Fedora/RHEL and Alpine.
+const SYSTEM_CA_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+];
+
+/// How a client of the client port dials `https://` endpoints: etcdctl's `--cacert`, `--cert`,
+/// `--key` and `--insecure-skip-tls-verify`. Unlike a member's [`TlsConfig`], presenting a
+/// certificate is optional and the server is verified against the system's CAs when no CA file
+/// is given.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DialTls {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Accept any server certificate (the handshake's signatures are still checked).
+    pub insecure_skip_verify: bool,
+}
+
+impl DialTls {
+    /// Whether any TLS flag was given: etcdctl then dials endpoints without a scheme with TLS.
+    pub fn is_configured(&self) -> bool {
+        self.ca_file.is_some()
+            || self.cert_file.is_some()
+            || self.key_file.is_some()
+            || self.insecure_skip_verify
+    }
+
+    /// A connector that follows the files on disk; offers ALPN "h2" (gRPC needs it).
+    pub fn connector(&self) -> Result<TlsConnector, TlsError> {
+        let this = self.clone();
+        let files = [&self.ca_file, &self.cert_file, &self.key_file]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        let config = Reloading::new(files, Box::new(move || this.client_config()))?;
+        Ok(TlsConnector {
+            config: Arc::new(config),
+        })
+    }
+
+    fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+        let provider = Arc::new(ring_provider::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(rustls::DEFAULT_VERSIONS)?;
+        let builder = if self.insecure_skip_verify {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider)))
+        } else {
+            let ca_file = match &self.ca_file {
+                Some(file) => file.clone(),
+                None => SYSTEM_CA_BUNDLES
+                    .iter()
+                    .map(PathBuf::from)
+                    .find(|path| path.exists())
+                    .ok_or(TlsError::DialWithoutCa)?,
+            };
+            builder.with_root_certificates(read_roots(&ca_file)?)
+        };
+        let mut config = match (&self.cert_file, &self.key_file) {
+            (None, None) => builder.with_no_client_auth(),
+            (Some(cert_file), Some(key_file)) => {
+                builder.with_client_auth_cert(read_certs(cert_file)?, read_key(key_file)?)?
+            }
+            _ => return Err(TlsError::CertWithoutKey),
+        };
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
 /// The name a server certificate must carry: a DNS name or an IP address (brackets of an IPv6
 /// URL host dropped).
 fn server_name(host: &str) -> Result<ServerName<'static>, TlsError> {
@@ -575,6 +650,8 @@ pub enum TlsError {
     ClientCertAuthWithoutCa,
     #[error("dialing with TLS needs a trusted CA file (or a self-signed certificate)")]
     DialWithoutCa,
+    #[error("a client certificate and its key must be given together")]
+    CertWithoutKey,
     #[error("cannot make a self-signed certificate: {0}")]
     SelfSigned(String),
     #[error("invalid TLS server name {0:?}")]
@@ -787,6 +864,53 @@ mod tests {
         std::fs::write(dir.join("server-key.pem"), "-----BEGIN PRIV").unwrap();
         let (_, shown) = handshake(acceptor, connector);
         assert_eq!(shown, renewed_der);
+    }
+
+    #[test]
+    fn a_client_dials_with_or_without_a_certificate_of_its_own() {
+        let dir = temp_dir("dial");
+        let ca = new_ca(&dir);
+        issue(&dir, "server", &ca, "server");
+        issue(&dir, "client", &ca, "alice");
+        let acceptor = TlsAcceptor::new(&files(&dir, "server"), CLIENT_ALPN_PROTOCOLS).unwrap();
+        let anonymous = DialTls {
+            ca_file: Some(dir.join("ca.pem")),
+            ..DialTls::default()
+        };
+        let (name, _) = handshake(acceptor.clone(), anonymous.connector().unwrap());
+        assert_eq!(name, None, "no client certificate was presented");
+
+        let with_cert = DialTls {
+            cert_file: Some(dir.join("client.pem")),
+            key_file: Some(dir.join("client-key.pem")),
+            ..anonymous.clone()
+        };
+        let server = TlsConfig {
+            trusted_ca_file: Some(dir.join("ca.pem")),
+            ..files(&dir, "server")
+        };
+        let requiring = TlsAcceptor::new(&server, CLIENT_ALPN_PROTOCOLS).unwrap();
+        let (name, _) = handshake(requiring, with_cert.connector().unwrap());
+        assert_eq!(name.as_deref(), Some("alice"));
+
+        let (_, shown) = handshake(
+            acceptor,
+            DialTls {
+                insecure_skip_verify: true,
+                ..DialTls::default()
+            }
+            .connector()
+            .unwrap(),
+        );
+        assert!(!shown.is_empty());
+        let half_pair = DialTls {
+            key_file: None,
+            ..with_cert
+        };
+        assert!(matches!(
+            half_pair.connector(),
+            Err(TlsError::CertWithoutKey)
+        ));
     }
 
     #[test]

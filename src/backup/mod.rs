@@ -28,6 +28,7 @@ pub use restore::restore;
 use crate::config::BackupFlags;
 use basalt_net::client::Client;
 use basalt_net::node::snapshot as snapshot_file;
+use basalt_net::tls::{DialTls, TlsConnector};
 use basalt_proto::etcdserverpb::{
     watch_request::RequestUnion, SnapshotRequest, SnapshotResponse, WatchCreateRequest,
     WatchProgressRequest, WatchRequest, WatchResponse,
@@ -107,13 +108,30 @@ pub fn run(flags: BackupFlags) -> Result<(), String> {
     if let Some(url) = &flags.listen_metrics_url {
         metrics::serve(resolve(url)?, metrics.clone())?;
     }
-    let mut follower = Follower::open(&dir, flags, stop, metrics)?;
+    let tls = dial_tls(&flags)?;
+    let mut follower = Follower::open(&dir, flags, tls, stop, metrics)?;
     glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .name("basalt-backup")
         .spawn(move || async move { follower.follow().await })
         .map_err(|e| e.to_string())?
         .join()
         .map_err(|e| e.to_string())?
+}
+
+/// The connector for `https://` endpoints, or for every endpoint when a TLS flag is given;
+/// built now so a bad certificate file stops the backup before it starts.
+fn dial_tls(flags: &BackupFlags) -> Result<Option<TlsConnector>, String> {
+    let dial = DialTls {
+        ca_file: flags.cacert.clone(),
+        cert_file: flags.cert.clone(),
+        key_file: flags.key.clone(),
+        insecure_skip_verify: flags.insecure_skip_tls_verify,
+    };
+    let any_https = flags.endpoints.iter().any(|e| e.starts_with("https://"));
+    if !dial.is_configured() && !any_https {
+        return Ok(None);
+    }
+    dial.connector().map(Some).map_err(|e| e.to_string())
 }
 
 /// Why a session with one endpoint ended.
@@ -137,6 +155,7 @@ enum WatchEnd {
 struct Follower {
     dir: PathBuf,
     flags: BackupFlags,
+    tls: Option<TlsConnector>,
     writer: SegmentWriter,
     /// Newest revision queued or written: everything up to it is in a snapshot or a record.
     last: Option<i64>,
@@ -151,6 +170,7 @@ impl Follower {
     fn open(
         dir: &Path,
         flags: BackupFlags,
+        tls: Option<TlsConnector>,
         stop: Arc<AtomicBool>,
         metrics: metrics::Metrics,
     ) -> Result<Follower, String> {
@@ -195,6 +215,7 @@ impl Follower {
         Ok(Follower {
             dir: dir.to_owned(),
             flags,
+            tls,
             writer,
             last,
             last_snapshot_ms,
@@ -253,9 +274,9 @@ impl Follower {
     }
 
     async fn session(&mut self, endpoint: &str) -> Result<(), Failure> {
-        let mut client = Client::connect(resolve(endpoint).map_err(Failure::Retry)?)
+        let mut client = connect(endpoint, self.tls.as_ref())
             .await
-            .map_err(retry)?;
+            .map_err(Failure::Retry)?;
         if let Some((name, password)) = self.credentials() {
             // A fresh token per session: the server may have expired the last one.
             client.authenticate(&name, &password).await.map_err(retry)?;
@@ -528,21 +549,44 @@ async fn download(client: &Client, path: &Path) -> Result<(), Failure> {
     file.sync_all().map_err(fatal)
 }
 
-fn resolve(endpoint: &str) -> Result<SocketAddr, String> {
-    let host_port = endpoint
+/// A `--listen-metrics-url` address (host:port or http://host:port).
+fn resolve(url: &str) -> Result<SocketAddr, String> {
+    let host_port = url
         .strip_prefix("http://")
-        .unwrap_or(endpoint)
+        .unwrap_or(url)
         .trim_end_matches('/');
-    if endpoint.starts_with("https://") {
-        return Err(format!(
-            "{endpoint}: TLS endpoints are not supported by basalt backup yet"
-        ));
-    }
+    first_address(url, host_port)
+}
+
+fn first_address(what: &str, host_port: &str) -> Result<SocketAddr, String> {
     host_port
         .to_socket_addrs()
-        .map_err(|e| format!("{endpoint}: {e}"))?
+        .map_err(|e| format!("{what}: {e}"))?
         .next()
-        .ok_or_else(|| format!("{endpoint}: no address"))
+        .ok_or_else(|| format!("{what}: no address"))
+}
+
+/// Connects to one `--endpoints` entry as etcdctl does: `https://` dials with TLS, `http://`
+/// without, and an endpoint without a scheme with TLS exactly when a TLS flag was given.
+async fn connect(endpoint: &str, tls: Option<&TlsConnector>) -> Result<Client, String> {
+    let (with_tls, host_port) = match endpoint.split_once("://") {
+        Some(("https", rest)) => (true, rest),
+        Some(("http", rest)) => (false, rest),
+        Some((scheme, _)) => return Err(format!("{endpoint}: unknown scheme {scheme:?}")),
+        None => (tls.is_some(), endpoint),
+    };
+    let host_port = host_port.trim_end_matches('/');
+    let addr = first_address(endpoint, host_port)?;
+    let client = if with_tls {
+        let tls = tls.ok_or_else(|| format!("{endpoint}: no TLS settings"))?;
+        let host = host_port
+            .rsplit_once(':')
+            .map_or(host_port, |(host, _)| host);
+        Client::connect_tls(addr, host, tls).await
+    } else {
+        Client::connect(addr).await
+    };
+    client.map_err(|status| status.to_string())
 }
 
 /// `basalt backup status D`: snapshots, segments, what a restore can reach, gaps and damage.
