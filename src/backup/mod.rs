@@ -19,6 +19,7 @@
 //! watch refused because that revision was compacted becomes a fresh snapshot and a recorded
 //! gap; any other failure is retried against the next endpoint.
 
+mod index;
 mod metrics;
 mod restore;
 pub mod segment;
@@ -189,13 +190,13 @@ impl Follower {
                 );
             }
             let Some((_, newest)) = scan.records.last() else {
-                fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                index::remove_segment(&path)?;
                 continue;
             };
             last = Some(newest.last_revision());
             writer = Some(SegmentWriter::open(
                 dir,
-                Some((&path, scan.good_bytes)),
+                Some((&path, &scan)),
                 SEGMENT_ROTATE_BYTES,
             )?);
             break;
@@ -381,7 +382,7 @@ impl Follower {
         for pair in segments.windows(2) {
             // Every record of a segment is older than the next segment's first.
             if pair[1].0 <= oldest.revision + 1 {
-                fs::remove_file(&pair[0].1).map_err(|e| format!("{}: {e}", pair[0].1.display()))?;
+                index::remove_segment(&pair[0].1)?;
             }
         }
         segment::sync_dir(&self.dir)
@@ -624,6 +625,16 @@ pub fn status(dir: &Path) -> Result<(), String> {
             }
             _ => println!("  {name}: no records"),
         }
+        // Restore reads past the index's end itself: a short index costs time, not data.
+        let entries = index::read(&path);
+        println!(
+            "    index: {} entries covering {} of {} bytes",
+            entries.len(),
+            entries
+                .last()
+                .map_or(0, |e| e.end - segment::HEADER_BYTES as u64),
+            scan.good_bytes.saturating_sub(segment::HEADER_BYTES as u64)
+        );
         for (_, record) in &scan.records {
             if let Record::Gap { first, last, .. } = record {
                 gaps.push((*first, *last));

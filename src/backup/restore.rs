@@ -8,6 +8,7 @@
 //! `--lease-ttl`; a revoke shows as the deletes of its keys, which replay, and the lease
 //! itself expires by its TTL. Every restored lease's clock starts when the member starts.
 
+use super::index::{self as segment_index, Entry};
 use super::segment::{self, Damage, Record};
 use super::{format_time, list_snapshots, parse_time, SnapshotFile, STATUS_LINE_INTERVAL};
 use crate::config::PitrFlags;
@@ -28,41 +29,110 @@ use std::time::Instant;
 /// Revisions applied between two commits of the tree, bounding the overlay's memory.
 const COMMIT_EVERY_REVISIONS: u64 = 10_000;
 
-/// What one pass over the segments found.
+/// What restore knows of the segments from their indexes, plus the records no index covers.
 struct Index {
-    segments: Vec<(i64, PathBuf)>,
-    /// Each event or progress record's revision and receipt time, in order.
-    points: Vec<(i64, u64)>,
+    segments: Vec<SegmentView>,
     gaps: Vec<(i64, i64)>,
-    /// The first damage: nothing after it is read.
+    /// The first damage among the records read here: nothing after it is read.
     damage: Option<Damage>,
 }
 
+/// One segment: its trusted index entries, then the records after them, read from the file.
+struct SegmentView {
+    first: i64,
+    path: PathBuf,
+    entries: Vec<Entry>,
+    tail: Vec<(u64, Record)>,
+}
+
+impl SegmentView {
+    /// Where the records at or after `revision` start: the last entry beginning at or before
+    /// it (the segment's start when none does).
+    fn offset_of(&self, revision: i64) -> u64 {
+        let at = self
+            .entries
+            .partition_point(|e| e.first_revision <= revision);
+        match at {
+            0 => 0,
+            n => self.entries[n - 1].offset,
+        }
+    }
+}
+
 fn index(dir: &Path) -> Result<Index, String> {
-    let segments = segment::list(dir)?;
     let mut index = Index {
         segments: Vec::new(),
-        points: Vec::new(),
         gaps: Vec::new(),
         damage: None,
     };
-    for (first, path) in segments {
-        let scan = segment::scan(&path)?;
+    for (first, path) in segment::list(dir)? {
+        let entries = segment_index::read(&path);
+        let indexed_to = entries.last().map_or(0, |e| e.end);
+        for entry in entries.iter().filter(|e| e.has_gap) {
+            let scan = segment::scan_range(&path, entry.offset, entry.end)?;
+            index
+                .gaps
+                .extend(scan.records.iter().filter_map(|(_, r)| match r {
+                    Record::Gap { first, last, .. } => Some((*first, *last)),
+                    _ => None,
+                }));
+        }
+        let scan = segment::scan_range(&path, indexed_to, u64::MAX)?;
         for (_, record) in &scan.records {
-            match record {
-                Record::Gap { first, last, .. } => index.gaps.push((*first, *last)),
-                _ => index
-                    .points
-                    .push((record.last_revision(), record.received_ms())),
+            if let Record::Gap { first, last, .. } = record {
+                index.gaps.push((*first, *last));
             }
         }
-        index.segments.push((first, path));
+        index.segments.push(SegmentView {
+            first,
+            path,
+            entries,
+            tail: scan.records,
+        });
         if scan.damage.is_some() {
             index.damage = scan.damage;
             break;
         }
     }
     Ok(index)
+}
+
+impl Index {
+    /// The newest revision the segments vouch for.
+    fn covered(&self) -> Option<i64> {
+        self.segments.iter().rev().find_map(|segment| {
+            let tail = segment.tail.iter().map(|(_, r)| r.last_revision()).max();
+            tail.or(segment.entries.last().map(|e| e.last_revision))
+        })
+    }
+
+    /// The newest revision received at or before `at_ms`: whole entries are judged by their
+    /// receive times, and only an entry straddling `at_ms` is read.
+    fn revision_at(&self, at_ms: u64) -> Result<Option<i64>, String> {
+        let newest_by = |records: &[(u64, Record)]| {
+            records
+                .iter()
+                .filter(|(_, r)| r.received_ms() <= at_ms && !matches!(r, Record::Gap { .. }))
+                .map(|(_, r)| r.last_revision())
+                .max()
+        };
+        let mut found = None;
+        for segment in &self.segments {
+            for entry in &segment.entries {
+                if entry.max_received_ms <= at_ms && !entry.has_gap {
+                    found = found.max(Some(entry.last_revision));
+                } else if entry.min_received_ms <= at_ms {
+                    let scan = segment::scan_range(&segment.path, entry.offset, entry.end)?;
+                    if let Some(damage) = scan.damage {
+                        return Err(damage.to_string());
+                    }
+                    found = found.max(newest_by(&scan.records));
+                }
+            }
+            found = found.max(newest_by(&segment.tail));
+        }
+        Ok(found)
+    }
 }
 
 /// Builds `data_dir` for `member` at the point `flags` names; returns a line describing it.
@@ -73,7 +143,7 @@ pub fn restore(
 ) -> Result<String, String> {
     let dir = &flags.backup_dir;
     let index = index(dir)?;
-    let covered = index.points.iter().map(|p| p.0).max();
+    let covered = index.covered();
     let damage_note = || match &index.damage {
         Some(damage) => format!("; {damage}, and nothing after it is read"),
         None => String::new(),
@@ -82,20 +152,14 @@ pub fn restore(
         (Some(revision), _) => revision,
         (None, Some(time)) => {
             let at_ms = parse_time(time)?;
-            index
-                .points
-                .iter()
-                .filter(|(_, ms)| *ms <= at_ms)
-                .map(|(revision, _)| *revision)
-                .max()
-                .ok_or_else(|| {
-                    format!(
-                        "the backup in {} received nothing at or before {}{}",
-                        dir.display(),
-                        format_time(at_ms),
-                        damage_note()
-                    )
-                })?
+            index.revision_at(at_ms)?.ok_or_else(|| {
+                format!(
+                    "the backup in {} received nothing at or before {}{}",
+                    dir.display(),
+                    format_time(at_ms),
+                    damage_note()
+                )
+            })?
         }
         (None, None) => return Err("--to-revision or --to-time is required".into()),
     };
@@ -195,14 +259,20 @@ impl Replay {
         let mut next = self.base + 1;
         let mut leases = HashSet::new();
         let mut next_line = Instant::now() + STATUS_LINE_INTERVAL;
-        // The segment holding `next` is the last one whose first revision is at or before it.
+        // The segment holding `next` is the last one whose first revision is at or before it;
+        // its index tells where in it to start reading.
         let start = index
             .segments
             .iter()
-            .rposition(|(first, _)| *first <= next)
+            .rposition(|segment| segment.first <= next)
             .unwrap_or(0);
-        'segments: for (_, path) in &index.segments[start..] {
-            let scan = segment::scan(path)?;
+        let start_offset = index.segments[start..]
+            .first()
+            .map_or(0, |segment| segment.offset_of(next));
+        'segments: for (i, view) in index.segments[start..].iter().enumerate() {
+            let path = &view.path;
+            let from = if i == 0 { start_offset } else { 0 };
+            let scan = segment::scan_range(path, from, u64::MAX)?;
             for (_, record) in scan.records {
                 let Record::Events {
                     revision, events, ..

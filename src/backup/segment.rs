@@ -24,10 +24,11 @@
 //! last record, which the backup cuts off when it resumes (reporting the offset) and which
 //! restore reports like any damage: by file and offset, refusing to replay across it.
 
+use super::index::{self, Entry};
 use basalt_proto::mvccpb::Event;
 use prost::Message;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"BASALTBK";
@@ -80,7 +81,7 @@ impl Record {
         }
     }
 
-    fn first_revision(&self) -> i64 {
+    pub fn first_revision(&self) -> i64 {
         match self {
             Record::Events { revision, .. } | Record::Progress { revision, .. } => *revision,
             Record::Gap { first, .. } => *first,
@@ -181,10 +182,18 @@ pub struct Scan {
 
 /// Reads every record of a segment up to its end or its first damage.
 pub fn scan(path: &Path) -> Result<Scan, String> {
-    let bytes = fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let damaged = |offset: usize, reason: String| Damage {
+    scan_range(path, HEADER_BYTES as u64, u64::MAX)
+}
+
+/// Reads the records in `from..to` of a segment (`from` where a record starts, `to` past the
+/// end for all the rest), checking its header first; offsets are the file's.
+pub fn scan_range(path: &Path, from: u64, to: u64) -> Result<Scan, String> {
+    let io_error = |e: std::io::Error| format!("{}: {e}", path.display());
+    let mut file = File::open(path).map_err(io_error)?;
+    let file_len = file.metadata().map_err(io_error)?.len();
+    let damaged = |offset: u64, reason: String| Damage {
         file: path.to_owned(),
-        offset: offset as u64,
+        offset,
         reason,
     };
     let mut scan = Scan {
@@ -192,15 +201,17 @@ pub fn scan(path: &Path) -> Result<Scan, String> {
         good_bytes: 0,
         damage: None,
     };
-    if bytes.len() < HEADER_BYTES {
-        scan.damage = Some(damaged(0, format!("{} bytes, no header", bytes.len())));
+    let mut header = [0u8; HEADER_BYTES];
+    if file_len < HEADER_BYTES as u64 {
+        scan.damage = Some(damaged(0, format!("{file_len} bytes, no header")));
         return Ok(scan);
     }
-    if &bytes[..8] != MAGIC {
+    file.read_exact(&mut header).map_err(io_error)?;
+    if &header[..8] != MAGIC {
         scan.damage = Some(damaged(0, "not a backup segment (bad magic)".into()));
         return Ok(scan);
     }
-    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    let version = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
     if version != VERSION {
         scan.damage = Some(damaged(
             8,
@@ -208,10 +219,16 @@ pub fn scan(path: &Path) -> Result<Scan, String> {
         ));
         return Ok(scan);
     }
-    let mut at = HEADER_BYTES;
+    let from = from.max(HEADER_BYTES as u64).min(file_len);
+    let mut bytes = Vec::new();
+    file.seek(SeekFrom::Start(from))
+        .and_then(|_| file.take(to.min(file_len) - from).read_to_end(&mut bytes))
+        .map_err(io_error)?;
+    let mut at = 0usize;
     let mut newest = i64::MIN;
-    scan.good_bytes = at as u64;
+    scan.good_bytes = from;
     while at < bytes.len() {
+        let damaged = |at: usize, reason: String| damaged(from + at as u64, reason);
         let rest = &bytes[at..];
         if rest.len() < FRAME_BYTES {
             scan.damage = Some(damaged(at, "torn record frame".into()));
@@ -255,9 +272,9 @@ pub fn scan(path: &Path) -> Result<Scan, String> {
             break;
         }
         newest = record.last_revision();
-        scan.records.push((at as u64, record));
+        scan.records.push((from + at as u64, record));
         at += FRAME_BYTES + len;
-        scan.good_bytes = at as u64;
+        scan.good_bytes = from + at as u64;
     }
     Ok(scan)
 }
@@ -284,71 +301,111 @@ pub fn segment_path(dir: &Path, first_revision: i64) -> PathBuf {
     dir.join(format!("seg-{first_revision:020}.log"))
 }
 
-/// Appends records to the newest segment; a new one starts past `rotate_bytes`.
+/// How many records one index entry covers when a resumed segment's index is rewritten.
+const RECORDS_PER_REBUILT_ENTRY: usize = 1024;
+
+/// The segment being appended to, and its index.
+struct OpenSegment {
+    path: PathBuf,
+    file: File,
+    len: u64,
+    index: File,
+}
+
+/// Appends records to the newest segment, one index entry per flush; a new segment starts
+/// past `rotate_bytes`.
 pub struct SegmentWriter {
     dir: PathBuf,
-    file: Option<(File, u64)>,
+    open: Option<OpenSegment>,
     rotate_bytes: u64,
     pending: Vec<u8>,
-    pending_first: Option<i64>,
+    /// What `pending` holds, with offsets relative to its start.
+    pending_entry: Option<Entry>,
     pub bytes_written: u64,
 }
 
 impl SegmentWriter {
-    /// Continues `existing` (a segment whose readable part is `good_bytes` long: anything after
-    /// it is cut off) or starts a new segment at the next write.
+    /// Continues `existing` (a segment and what [`scan`] found in it: anything after its good
+    /// bytes is cut off, and its index is rewritten to match) or starts a new segment at the
+    /// next write.
     pub fn open(
         dir: &Path,
-        existing: Option<(&Path, u64)>,
+        existing: Option<(&Path, &Scan)>,
         rotate_bytes: u64,
     ) -> Result<SegmentWriter, String> {
-        let file = match existing {
-            Some((path, good_bytes)) => {
+        let open = match existing {
+            Some((path, scan)) => {
                 let at = |e: std::io::Error| format!("{}: {e}", path.display());
                 let file = OpenOptions::new().append(true).open(path).map_err(at)?;
-                file.set_len(good_bytes).map_err(at)?;
+                file.set_len(scan.good_bytes).map_err(at)?;
                 file.sync_all().map_err(at)?;
-                Some((file, good_bytes))
+                let mut entries = index::read(path);
+                entries.retain(|entry| entry.end <= scan.good_bytes);
+                let indexed_to = entries.last().map_or(HEADER_BYTES as u64, |e| e.end);
+                let unindexed = scan
+                    .records
+                    .partition_point(|(offset, _)| *offset < indexed_to);
+                entries.extend(index::entries_of(
+                    &scan.records[unindexed..],
+                    scan.good_bytes,
+                    RECORDS_PER_REBUILT_ENTRY,
+                ));
+                Some(OpenSegment {
+                    path: path.to_owned(),
+                    file,
+                    len: scan.good_bytes,
+                    index: index::create(path, &entries)?,
+                })
             }
             None => None,
         };
         Ok(SegmentWriter {
             dir: dir.to_owned(),
-            file,
+            open,
             rotate_bytes,
             pending: Vec::new(),
-            pending_first: None,
+            pending_entry: None,
             bytes_written: 0,
         })
     }
 
     /// Queues a record for the next [`SegmentWriter::flush`].
     pub fn push(&mut self, record: &Record) {
-        self.pending_first.get_or_insert(record.first_revision());
+        let before = self.pending.len() as u64;
         record.encode_into(&mut self.pending);
+        let bytes = self.pending.len() as u64 - before;
+        match &mut self.pending_entry {
+            Some(entry) => entry.extend(record, bytes),
+            None => self.pending_entry = Some(Entry::starting(0, record, bytes)),
+        }
     }
 
     pub fn pending_bytes(&self) -> usize {
         self.pending.len()
     }
 
-    /// Writes what is queued and makes it durable.
+    /// Writes what is queued, makes it durable, then indexes it.
     pub fn flush(&mut self) -> Result<(), String> {
-        let Some(first) = self.pending_first.take() else {
+        let Some(mut entry) = self.pending_entry.take() else {
             return Ok(());
         };
         if self
-            .file
+            .open
             .as_ref()
-            .is_none_or(|(_, len)| *len >= self.rotate_bytes)
+            .is_none_or(|segment| segment.len >= self.rotate_bytes)
         {
-            self.file = Some(self.create(first)?);
+            self.open = Some(self.create(entry.first_revision)?);
         }
-        let (file, len) = self.file.as_mut().expect("opened above");
-        file.write_all(&self.pending)
-            .and_then(|()| file.sync_data())
+        let segment = self.open.as_mut().expect("opened above");
+        segment
+            .file
+            .write_all(&self.pending)
+            .and_then(|()| segment.file.sync_data())
             .map_err(|e| format!("writing a backup segment in {}: {e}", self.dir.display()))?;
-        *len += self.pending.len() as u64;
+        entry.offset = segment.len;
+        entry.end += segment.len;
+        index::append(&mut segment.index, &segment.path, &entry)?;
+        segment.len += self.pending.len() as u64;
         self.bytes_written += self.pending.len() as u64;
         self.pending.clear();
         Ok(())
@@ -357,10 +414,10 @@ impl SegmentWriter {
     /// Starts the next segment at `first`, so files can be pruned once a newer snapshot is
     /// past them.
     pub fn rotate(&mut self) {
-        self.file = None;
+        self.open = None;
     }
 
-    fn create(&self, first: i64) -> Result<(File, u64), String> {
+    fn create(&self, first: i64) -> Result<OpenSegment, String> {
         let path = segment_path(&self.dir, first);
         let at = |e: std::io::Error| format!("{}: {e}", path.display());
         let mut file = OpenOptions::new()
@@ -376,8 +433,14 @@ impl SegmentWriter {
         file.write_all(&header)
             .and_then(|()| file.sync_all())
             .map_err(at)?;
+        let index = index::create(&path, &[])?;
         sync_dir(&self.dir)?;
-        Ok((file, HEADER_BYTES as u64))
+        Ok(OpenSegment {
+            path,
+            file,
+            len: HEADER_BYTES as u64,
+            index,
+        })
     }
 }
 
@@ -388,11 +451,11 @@ pub fn sync_dir(dir: &Path) -> Result<(), String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use basalt_proto::mvccpb::KeyValue;
 
-    fn put(revision: i64, key: &str) -> Record {
+    pub(crate) fn put(revision: i64, key: &str) -> Record {
         Record::Events {
             revision,
             received_ms: 1000 + revision as u64,
@@ -446,20 +509,25 @@ mod tests {
         fs::write(&path, &bytes).unwrap();
         let read = scan(&path).unwrap();
         assert_eq!(read.records.len(), 2);
-        let damage = read.damage.unwrap();
+        let damage = read.damage.clone().unwrap();
         assert_eq!(
             (damage.offset, damage.reason.as_str()),
             (third, "checksum mismatch")
         );
 
         // A torn tail is cut off by a resuming writer, which then appends after the good part.
-        let mut writer =
-            SegmentWriter::open(&dir, Some((&path, read.good_bytes)), 1 << 20).unwrap();
+        let mut writer = SegmentWriter::open(&dir, Some((&path, &read)), 1 << 20).unwrap();
         writer.push(&put(6, "c"));
         writer.flush().unwrap();
         let read = scan(&path).unwrap();
         assert!(read.damage.is_none());
         assert_eq!(read.records.len(), 3);
+        let entries = index::read(&path);
+        assert_eq!(
+            entries.last().map(|e| (e.last_revision, e.end)),
+            Some((6, read.good_bytes)),
+            "the resumed segment's index covers the records kept and the one appended"
+        );
         fs::remove_dir_all(dir).unwrap();
     }
 }

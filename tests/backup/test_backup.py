@@ -232,10 +232,20 @@ def test_backup_survives_kill9_of_itself_and_the_server_and_restores_any_revisio
         revisions = sorted({last, first, *rng.sample(range(first, last + 1), 3)})
         for revision in revisions:
             assert restored_state(directory, revision) == state_at(live.endpoint, revision), revision
+        assert list(directory.glob("seg-*.idx")), "every segment has an index"
+        unindexed = without_index(directory, work)
+        assert restored_state(unindexed, revisions[1]) == state_at(live.endpoint, revisions[1])
         assert restore_scratch(directory, "--to-revision", str(last + 5)).returncode != 0
         now = datetime.now(timezone.utc).isoformat()
-        by_time = restore_scratch(directory, "--to-time", now)
-        assert by_time.returncode == 0 and f"restored revision {last} " in by_time.stdout, by_time
+        for source in (directory, unindexed):
+            by_time = restore_scratch(source, "--to-time", now)
+            assert by_time.returncode == 0 and f"restored revision {last} " in by_time.stdout, by_time
+        # A moment inside the run picks the same revision with and without the index.
+        received = re.findall(r"received (\S+) \.\. (\S+)", status(directory).stdout)
+        moment = received[len(received) // 2][0]
+        picked = [re.search(r"restored revision (\d+) ", restore_scratch(source, "--to-time", moment).stdout)
+                  for source in (directory, unindexed)]
+        assert picked[0] and picked[1] and picked[0].group(1) == picked[1].group(1), picked
         too_early = restore_scratch(directory, "--to-time", "1970-01-02T00:00:00Z")
         assert too_early.returncode != 0 and "received nothing at or before" in too_early.stderr
         if kind == "basalt":
@@ -251,6 +261,9 @@ def corrupt_segment_is_reported(directory, work, first, last, endpoint):
     shutil.copytree(directory, damaged)
     segments = sorted(damaged.glob("seg-*.log"))
     victim = max(segments, key=lambda p: p.stat().st_size)
+    # A restore reads only from its snapshot on: one to the victim's newest revision crosses it.
+    target = int(re.search(rf"{re.escape(str(victim))}: \d+ records, revisions up to (\d+)",
+                           status(damaged).stdout).group(1))
     data = bytearray(victim.read_bytes())
     at = len(data) // 2
     data[at] ^= 0xFF
@@ -263,7 +276,7 @@ def corrupt_segment_is_reported(directory, work, first, last, endpoint):
     assert 16 <= offset <= at
     server = Server("basalt")
     try:
-        refused = restore(damaged, server, "--to-revision", str(last))
+        refused = restore(damaged, server, "--to-revision", str(target))
         assert refused.returncode != 0
         assert str(victim) in refused.stderr and f"offset {offset}" in refused.stderr, refused.stderr
         assert not (server.dir / "data" / "member").exists()
@@ -271,8 +284,15 @@ def corrupt_segment_is_reported(directory, work, first, last, endpoint):
         server.cleanup()
     # Told to stop before the damage, the restore goes ahead.
     before = int(re.search(r"reaches revision (\d+)", refused.stderr).group(1))
-    assert first <= before < last
+    assert first <= before < target
     assert restored_state(damaged, before) == state_at(endpoint, before)
+
+
+def without_index(directory, work):
+    """A copy of the backup without its index files: restore must read the segments instead."""
+    copy = work / "no-index"
+    shutil.copytree(directory, copy, ignore=shutil.ignore_patterns("*.idx"))
+    return copy
 
 
 @pytest.mark.parametrize("kind", ["basalt", "etcd"])
