@@ -324,17 +324,24 @@ impl ResponseSink {
         }
     }
 
-    /// Sends one response message, framed by [`encode`], waiting for the client's window. An
-    /// error means the client is gone.
     pub(crate) fn local(responses: crate::gateway::LocalResponses) -> Self {
         Self {
             state: SinkState::Local(responses),
         }
     }
 
+    /// Sends framed response messages (one, or several back to back, each framed by
+    /// [`encode`]), waiting for the client's window. An error means the client is gone.
     pub(crate) async fn send(&mut self, framed: Bytes) -> Result<(), Status> {
         if let SinkState::Local(responses) = &mut self.state {
-            return responses.send(framed.slice(PREFIX_BYTES..)).await;
+            // The gateway takes messages one by one; `framed` may hold several.
+            let mut framed = framed;
+            while framed.len() >= PREFIX_BYTES {
+                let len = u32::from_be_bytes(framed[1..PREFIX_BYTES].try_into().expect("4 bytes"));
+                let mut message = framed.split_to((PREFIX_BYTES + len as usize).min(framed.len()));
+                responses.send(message.split_off(PREFIX_BYTES)).await?;
+            }
+            return Ok(());
         }
         if let SinkState::Idle(respond) = &mut self.state {
             let body = respond

@@ -49,6 +49,9 @@ pub const WATCH_STREAM_QUEUE_MAX: usize = 128;
 /// How often a stream asks its executor to catch unsynced watchers up (etcd's sync loop
 /// period); an executor whose writer syncs on its own ignores the call.
 const SYNC_INTERVAL: Duration = Duration::from_millis(100);
+/// Responses already queued for a stream are written together up to about this many bytes:
+/// under a stream of small writes one h2 DATA frame carries many revisions' responses.
+const COALESCED_BYTES_MAX: usize = 64 << 10;
 
 /// etcd's answers to a create it refuses (`mvcc.ErrEmptyWatcherRange`,
 /// `mvcc.ErrWatcherDuplicateID`).
@@ -187,7 +190,19 @@ pub(crate) async fn serve<K: KvService>(
                 Vec::new()
             }
             Input::Request(Err(_)) => break None, // The client is gone.
-            Input::Batch(batch) => stream.on_batch(batch),
+            Input::Batch(batch) => {
+                // Batches already queued go out in the same write as this one.
+                let mut out = BytesMut::new();
+                stream.on_batch(batch, &mut out);
+                while out.len() < COALESCED_BYTES_MAX {
+                    let Ok(batch) = rx.try_recv() else { break };
+                    stream.on_batch(batch, &mut out);
+                }
+                match out.is_empty() {
+                    true => Vec::new(),
+                    false => vec![out.freeze()],
+                }
+            }
             Input::Tick => {
                 let now = Instant::now();
                 if now >= next_sync {
@@ -349,9 +364,10 @@ impl<K: KvService> WatchStream<'_, K> {
         }
     }
 
-    fn on_batch(&mut self, batch: WatchBatch) -> Vec<Bytes> {
+    /// Appends the batch's response (or its fragments) to `out`, framed.
+    fn on_batch(&mut self, batch: WatchBatch, out: &mut BytesMut) {
         let Some(&watch_id) = self.ids.get(&batch.watcher) else {
-            return Vec::new(); // Cancelled after the batch was queued.
+            return; // Cancelled after the batch was queued.
         };
         let compacted = batch.compact_revision != 0;
         let head = WatchResponse {
@@ -361,16 +377,11 @@ impl<K: KvService> WatchStream<'_, K> {
             compact_revision: batch.compact_revision,
             ..Default::default()
         };
-        let events: Vec<&Bytes> = batch
-            .events
-            .iter()
-            .map(|event| event.encoded(batch.prev_kv))
-            .collect();
         let watch = self
             .watches
             .get_mut(&watch_id)
             .expect("ids and watches agree");
-        if !events.is_empty() {
+        if !batch.events.is_empty() {
             watch.idle = false;
         }
         let fragment = watch.fragment;
@@ -379,10 +390,17 @@ impl<K: KvService> WatchStream<'_, K> {
             self.watches.remove(&watch_id);
             self.ids.remove(&batch.watcher);
         }
+        let events = batch
+            .events
+            .iter()
+            .map(|event| event.encoded(batch.prev_kv));
         if fragment {
-            fragments(head, &events, self.cx.fragment_bytes_min)
+            let events: Vec<&Bytes> = events.collect();
+            for frame in fragments(head, &events, self.cx.fragment_bytes_min) {
+                out.extend_from_slice(&frame);
+            }
         } else {
-            vec![frame_with_events(&head, &events)]
+            append_frame(&head, events, out);
         }
     }
 
@@ -405,25 +423,35 @@ fn event_field_bytes(event: &Bytes) -> usize {
 /// Frames `head` with `events` appended as its field 11: the events are already protobuf
 /// bytes, shared by every watcher, so they are copied into the frame but never re-encoded.
 fn frame_with_events(head: &WatchResponse, events: &[&Bytes]) -> Bytes {
-    let body_bytes =
-        head.encoded_len() + events.iter().map(|e| event_field_bytes(e)).sum::<usize>();
+    let mut out = BytesMut::new();
+    append_frame(head, events.iter().copied(), &mut out);
+    out.freeze()
+}
+
+/// [`frame_with_events`] appending to `out`, so several responses can share one buffer.
+fn append_frame<'a>(
+    head: &WatchResponse,
+    events: impl Iterator<Item = &'a Bytes> + Clone,
+    out: &mut BytesMut,
+) {
+    let body_bytes = head.encoded_len() + events.clone().map(event_field_bytes).sum::<usize>();
     // A response this large cannot be sent at all; etcd's grpc-go fails the same way, and the
     // hub's bound on revisions per catch-up keeps real batches far below it.
     assert!(
         body_bytes <= SEND_MESSAGE_BYTES_MAX,
         "watch response of {body_bytes} bytes"
     );
-    let mut out = BytesMut::with_capacity(PREFIX_BYTES + body_bytes);
+    out.reserve(PREFIX_BYTES + body_bytes);
+    let start = out.len();
     out.put_u8(0);
     out.put_u32(body_bytes as u32);
-    head.encode(&mut out).expect("sized by encoded_len");
+    head.encode(out).expect("sized by encoded_len");
     for event in events {
         out.put_u8(EVENTS_TAG);
-        prost::encoding::encode_varint(event.len() as u64, &mut out);
+        prost::encoding::encode_varint(event.len() as u64, out);
         out.put_slice(event);
     }
-    debug_assert_eq!(out.len(), PREFIX_BYTES + body_bytes);
-    out.freeze()
+    debug_assert_eq!(out.len() - start, PREFIX_BYTES + body_bytes);
 }
 
 /// etcd's `sendFragments`: a response of at least `max_request_bytes` (etcd passes its request

@@ -41,6 +41,9 @@ pub struct BtreeBackend {
     db: Db,
     /// The newest committed tree; replaced after every commit.
     committed: ReadTxn,
+    /// The newest revision in `committed`: a scan from past it (a watch reading the revisions
+    /// it was just told of) needs only `pending`, and skips seeking the tree.
+    committed_newest: Option<Revision>,
     /// Records written since the last commit; `None` marks a deletion.
     pending: BTreeMap<Revision, Option<RevisionRecord>>,
     pending_meta: BTreeMap<MetaKey, i64>,
@@ -54,6 +57,7 @@ impl BtreeBackend {
         let committed = db.begin_read().map_err(backend_error)?;
         Ok(BtreeBackend {
             db,
+            committed_newest: newest_revision(&committed)?,
             committed,
             pending: BTreeMap::new(),
             pending_meta: BTreeMap::new(),
@@ -114,6 +118,7 @@ impl BtreeBackend {
         self.pending_meta.clear();
         self.pending_other.clear();
         self.committed = self.db.begin_read().map_err(backend_error)?;
+        self.committed_newest = newest_revision(&self.committed)?;
         debug_assert_eq!(self.consistent_index().ok(), Some(consistent_index));
         Ok(())
     }
@@ -181,6 +186,14 @@ fn backend_error(error: btree::Error) -> MvccError {
     }
 }
 
+/// The newest revision in `committed`'s key bucket.
+fn newest_revision(committed: &ReadTxn) -> Result<Option<Revision>, MvccError> {
+    match committed.cursor(KEY_BUCKET).last().map_err(backend_error)? {
+        Some((key, value)) => Ok(Some(decode_entry(key, value)?.0)),
+        None => Ok(None),
+    }
+}
+
 /// A record as the tree holds it.
 fn decode_entry(key: &[u8], value: &[u8]) -> Result<(Revision, RevisionRecord), MvccError> {
     let (revision, tombstone) = Revision::from_key(key)
@@ -228,9 +241,13 @@ impl RevisionBackend for BtreeBackend {
     ) -> Result<(), MvccError> {
         // A merge of two ordered sources; the overlay wins where both hold a revision.
         let mut cursor = self.committed.cursor(KEY_BUCKET);
-        let mut on_disk = match cursor.seek(&from.to_key(false)).map_err(backend_error)? {
-            Some((key, value)) => Some(decode_entry(key, value)?),
-            None => None,
+        let mut on_disk = if self.committed_newest.is_some_and(|newest| newest >= from) {
+            match cursor.seek(&from.to_key(false)).map_err(backend_error)? {
+                Some((key, value)) => Some(decode_entry(key, value)?),
+                None => None,
+            }
+        } else {
+            None
         };
         let mut overlay = self.pending.range(from..).peekable();
         loop {

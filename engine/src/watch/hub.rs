@@ -21,6 +21,9 @@ pub const WATCHERS_PER_SYNC_MAX: usize = 512;
 /// Revisions read from the backend by one [`WatchHub::sync`] call (etcd's
 /// `watchBatchMaxRevs`); a watcher further behind stays unsynced for the next call.
 pub const EVENT_REVISIONS_PER_SYNC_MAX: i64 = 1000;
+/// A synced watcher's collected events are sent once they reach this many encoded bytes, so
+/// one response stays far below what clients accept (gRPC's default is 4 MiB).
+pub const UNDELIVERED_BYTES_MAX: usize = 256 << 10;
 
 /// What a watcher watches, as a `WatchCreateRequest` states it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -110,6 +113,10 @@ pub struct WatchHub {
     prev_kv_watchers: usize,
     /// Every revision up to this one has been handed to the synced watchers.
     notified_revision: i64,
+    /// Events [`WatchHub::collect`] matched to synced watchers and [`WatchHub::flush`] has not
+    /// sent yet, with their encoded size: a writer applying many entries in a row hands each
+    /// watcher one batch for all of them instead of one per revision.
+    undelivered: HashMap<WatcherId, (Vec<SharedEvent>, usize)>,
 }
 
 impl WatchHub {
@@ -129,6 +136,7 @@ impl WatchHub {
             behind: HashSet::new(),
             prev_kv_watchers: 0,
             notified_revision: revision,
+            undelivered: HashMap::new(),
         }
     }
 
@@ -215,6 +223,7 @@ impl WatchHub {
         }
         self.unindex_synced(id);
         self.behind.remove(&id);
+        self.undelivered.remove(&id);
         let watcher = self.watchers.remove(&id).expect("checked above");
         if watcher.spec.prev_kv {
             self.prev_kv_watchers -= 1;
@@ -223,9 +232,19 @@ impl WatchHub {
     }
 
     /// Hands the synced watchers the events of every revision the store wrote since the last
-    /// call, one batch per revision and watcher (a txn's events together, in order). Call it
-    /// after every applied write, before the next compaction.
+    /// call (a txn's events together, in order): [`WatchHub::collect`] then
+    /// [`WatchHub::flush`].
     pub fn notify<B: RevisionBackend>(&mut self, store: &KvStore<B>) -> Result<(), MvccError> {
+        self.collect(store)?;
+        self.flush();
+        Ok(())
+    }
+
+    /// Matches the events of every revision the store wrote since the last call to the synced
+    /// watchers, to be sent by [`WatchHub::flush`] (or at once for a watcher whose pending
+    /// events pass [`UNDELIVERED_BYTES_MAX`]). Call it after every applied write, before the
+    /// next compaction can remove what it reads; call `flush` before yielding to other tasks.
+    pub fn collect<B: RevisionBackend>(&mut self, store: &KvStore<B>) -> Result<(), MvccError> {
         let current = store.current_revision();
         if self.synced_keys.is_empty() && self.synced_ranges.is_empty() {
             // Nobody to hand events to (e.g. a WAL replay at start): skip reading them; an
@@ -237,15 +256,25 @@ impl WatchHub {
             let revision = self.notified_revision + 1;
             let events = read_events(store, revision, revision, self.prev_kv_watchers > 0)?;
             self.notified_revision = revision;
-            self.deliver_synced(revision, &events);
+            self.match_synced(revision, &events);
         }
         Ok(())
+    }
+
+    /// Sends every watcher its collected events as one batch at the notified revision.
+    pub fn flush(&mut self) {
+        let ids: Vec<WatcherId> = self.undelivered.keys().copied().collect();
+        for id in ids {
+            self.send_undelivered(id);
+        }
     }
 
     /// Sends a progress notification (no events, the notified revision) to a synced
     /// watcher, as etcd's RequestProgress does; an unsynced one has none to give. True if
     /// it was sent.
     pub fn progress(&mut self, id: WatcherId) -> bool {
+        // Events collected for it go first: a progress notification promises nothing older.
+        self.send_undelivered(id);
         let Some(watcher) = self.watchers.get(&id) else {
             return false;
         };
@@ -396,31 +425,51 @@ impl WatchHub {
         }
     }
 
-    fn deliver_synced(&mut self, revision: i64, events: &[SharedEvent]) {
-        // Vec per watcher keeps the events in txn order; the order across watchers is free.
-        let mut batches: HashMap<WatcherId, Vec<SharedEvent>> = HashMap::new();
+    fn match_synced(&mut self, revision: i64, events: &[SharedEvent]) {
+        let mut full = Vec::new();
         for event in events {
             let single = self.synced_keys.get(event.key()).into_iter().flatten();
             for &id in single.chain(self.synced_ranges.iter()) {
-                if self.watchers[&id].wants(event) {
-                    batches.entry(id).or_default().push(event.clone());
+                let watcher = &self.watchers[&id];
+                if watcher.wants(event) {
+                    let bytes = event.encoded(watcher.spec.prev_kv).len();
+                    let (pending, pending_bytes) = self.undelivered.entry(id).or_default();
+                    pending.push(event.clone());
+                    *pending_bytes += bytes;
+                    if *pending_bytes >= UNDELIVERED_BYTES_MAX {
+                        full.push(id);
+                    }
                 }
             }
         }
-        for (id, events) in batches {
-            let watcher = self.watchers.get_mut(&id).expect("synced watchers exist");
-            watcher.min_revision = revision + 1;
-            let batch = watcher.batch(id, revision, events);
-            match watcher.sink.try_send(batch) {
-                Ok(()) => {}
-                Err(SendError::Full(batch)) => {
-                    watcher.state = State::Victim(batch);
-                    self.unindex_synced(id);
-                    self.behind.insert(id);
-                }
-                Err(SendError::Closed) => {
-                    self.cancel(id);
-                }
+        for id in self.undelivered.keys() {
+            if let Some(watcher) = self.watchers.get_mut(id) {
+                watcher.min_revision = revision + 1;
+            }
+        }
+        // A revision's events stay together: a large batch leaves once it is whole.
+        for id in full {
+            self.send_undelivered(id);
+        }
+    }
+
+    fn send_undelivered(&mut self, id: WatcherId) {
+        let Some((events, _)) = self.undelivered.remove(&id) else {
+            return;
+        };
+        let Some(watcher) = self.watchers.get_mut(&id) else {
+            return; // Cancelled since.
+        };
+        let batch = watcher.batch(id, self.notified_revision, events);
+        match watcher.sink.try_send(batch) {
+            Ok(()) => {}
+            Err(SendError::Full(batch)) => {
+                watcher.state = State::Victim(batch);
+                self.unindex_synced(id);
+                self.behind.insert(id);
+            }
+            Err(SendError::Closed) => {
+                self.cancel(id);
             }
         }
     }

@@ -8,8 +8,8 @@
 //!
 //! Must never: block the writer. Delivery is a `try_send` into a bounded [`WatchSink`]; a full
 //! sink turns the watcher into a victim whose batch is retried by [`WatchHub::sync`], as etcd's
-//! victim loop does. It owns no thread and no clock: the apply loop calls [`WatchHub::notify`]
-//! after its writes, and the server calls [`WatchHub::sync`] periodically (etcd: every 100 ms)
+//! victim loop does. It owns no thread and no clock: the apply loop calls [`WatchHub::collect`]
+//! after each write and [`WatchHub::flush`] after a run of them (or [`WatchHub::notify`], both), and the server calls [`WatchHub::sync`] periodically (etcd: every 100 ms)
 //! while [`WatchHub::needs_sync`] says there is catching up to do.
 //!
 //! ```text

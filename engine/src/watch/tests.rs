@@ -1,6 +1,7 @@
 //! The hub's rules, checked against a model that records every write's events as etcd emits
 //! them: a watcher receives exactly the model's events from its start revision on, in order,
-//! each revision's events in one batch, whatever its sink's bound and however often sync runs.
+//! each revision's events in one batch (several revisions may share one), whatever its sink's
+//! bound and however often sync runs.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -137,6 +138,51 @@ fn a_txn_is_one_batch_with_its_events_in_order() {
             (put, "a".into(), 3)
         ]
     );
+}
+
+#[test]
+fn collected_revisions_go_out_as_one_batch_unless_they_grow_large() {
+    let mut store = KvStore::new();
+    let mut hub = WatchHub::new(&store);
+    let sink = QueueSink::new(64);
+    let id = hub.watch(spec("a", b"z", 0), Box::new(sink.clone()));
+    for value in ["1", "2", "3"] {
+        store.put(&put_req("k", value)).unwrap();
+        hub.collect(&store).unwrap();
+    }
+    assert!(sink.drain().is_empty(), "nothing leaves before the flush");
+    hub.flush();
+    let batches = sink.drain();
+    assert_eq!(batches.len(), 1);
+    assert_eq!(batches[0].revision, 4);
+    assert_eq!(
+        summary(&events_of(&batches))
+            .iter()
+            .map(|e| e.2)
+            .collect::<Vec<_>>(),
+        [2, 3, 4]
+    );
+
+    // A progress notification never overtakes collected events.
+    store.put(&put_req("k", "4")).unwrap();
+    hub.collect(&store).unwrap();
+    assert!(hub.progress(id));
+    let batches = sink.drain();
+    assert_eq!(batches.len(), 2);
+    assert_eq!(batches[0].events.len(), 1);
+    assert!(batches[1].events.is_empty());
+
+    // A batch past the size bound leaves at the end of the revision that filled it.
+    let big = "v".repeat(super::hub::UNDELIVERED_BYTES_MAX / 2 + 1);
+    for _ in 0..3 {
+        store.put(&put_req("k", &big)).unwrap();
+        hub.collect(&store).unwrap();
+    }
+    let early = sink.drain();
+    assert_eq!(early.len(), 1, "the second large revision filled one batch");
+    assert_eq!(early[0].events.len(), 2);
+    hub.flush();
+    assert_eq!(sink.drain()[0].events.len(), 1);
 }
 
 #[test]
@@ -571,6 +617,7 @@ proptest! {
         writes in proptest::collection::vec(write_strategy(), 1..40),
         plans in proptest::collection::vec(watcher_strategy(), 1..8),
         drain_every in 1usize..5,
+        flush_every in 1usize..4,
         snapshot in proptest::option::of(snapshot_strategy()),
     ) {
         let mut store = KvStore::new();
@@ -590,6 +637,7 @@ proptest! {
                     if plan.lag == 0 && plan.compact_after.is_some() {
                         compacted_at = Some(compact_leader(&mut installed, &mut model));
                     }
+                    hub.flush();
                     store = installed;
                     hub.restore(&store);
                 }
@@ -631,14 +679,20 @@ proptest! {
             } else {
                 prop_assert_eq!(store.current_revision(), model.revision);
             }
-            hub.notify(&store).unwrap();
+            // A member applying several entries in a row collects each and flushes once.
+            hub.collect(&store).unwrap();
+            if step % flush_every == 0 {
+                hub.flush();
+            }
             if step % drain_every == 0 {
+                hub.flush();
                 hub.sync(&store).unwrap();
                 for (_, _, sink, received) in &mut watchers {
                     received.extend(sink.drain());
                 }
             }
         }
+        hub.flush();
         if let Some(installed) = leader.take() {
             // The lag ran past the last write (or never began): the snapshot comes now.
             store = installed;

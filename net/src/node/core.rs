@@ -638,6 +638,7 @@ impl Core {
             for entry in &ready.committed_entries {
                 self.apply(entry)?;
             }
+            crate::watch::lock_hub(&self.published.watches).flush();
             let m = metrics();
             if let Some(hard_state) = ready.hard_state {
                 m.server_proposals_committed_total
@@ -749,9 +750,10 @@ impl Core {
                 outcome
             }
         };
-        // Watchers see an entry's events as soon as it applies (its WAL record is durable).
+        // Watchers get an entry's events once it applies (its WAL record is durable), read now,
+        // before a later entry could compact them away, and sent when the batch is applied.
         crate::watch::lock_hub(&self.published.watches)
-            .notify(self.applier.store())
+            .collect(self.applier.store())
             .map_err(watch_storage)?;
         let Some(outcome) = outcome else {
             return Ok(());
