@@ -80,6 +80,10 @@ pub struct BackupFlags {
     /// How often received events are written and made durable (fdatasync).
     #[arg(long = "flush-interval", default_value = "1s", value_parser = parse_long_duration)]
     pub flush_interval: Duration,
+    /// How often the server's leases are listed, to record each new lease's granted TTL for
+    /// restore (events do not carry it).
+    #[arg(long = "lease-list-interval", default_value = "10s", value_parser = parse_long_duration)]
+    pub lease_list_interval: Duration,
     /// How far back restore must reach: older snapshots and segments are removed.
     #[arg(long, default_value = "7d", value_parser = parse_long_duration)]
     pub retention: Duration,

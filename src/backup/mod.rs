@@ -20,6 +20,7 @@
 //! gap; any other failure is retried against the next endpoint.
 
 mod index;
+mod leases;
 mod metrics;
 mod restore;
 pub mod segment;
@@ -31,7 +32,8 @@ use basalt_net::client::Client;
 use basalt_net::node::snapshot as snapshot_file;
 use basalt_net::tls::{DialTls, TlsConnector};
 use basalt_proto::etcdserverpb::{
-    watch_request::RequestUnion, SnapshotRequest, SnapshotResponse, WatchCreateRequest,
+    watch_request::RequestUnion, LeaseLeasesRequest, LeaseLeasesResponse, LeaseTimeToLiveRequest,
+    LeaseTimeToLiveResponse, SnapshotRequest, SnapshotResponse, WatchCreateRequest,
     WatchProgressRequest, WatchRequest, WatchResponse,
 };
 use segment::{Record, SegmentWriter};
@@ -158,6 +160,8 @@ struct Follower {
     flags: BackupFlags,
     tls: Option<TlsConnector>,
     writer: SegmentWriter,
+    leases: leases::LeaseLog,
+    next_lease_listing: Instant,
     /// Newest revision queued or written: everything up to it is in a snapshot or a record.
     last: Option<i64>,
     last_snapshot_ms: Option<u64>,
@@ -215,6 +219,8 @@ impl Follower {
         }
         Ok(Follower {
             dir: dir.to_owned(),
+            leases: leases::LeaseLog::open(dir)?,
+            next_lease_listing: Instant::now(),
             flags,
             tls,
             writer,
@@ -440,6 +446,10 @@ impl Follower {
                     if self.snapshot_due() {
                         self.snapshot(client, None).await?;
                     }
+                    if Instant::now() >= self.next_lease_listing {
+                        self.list_leases(client).await?;
+                        self.next_lease_listing = Instant::now() + self.flags.lease_list_interval;
+                    }
                     if !heard_since_tick {
                         let progress = WatchRequest {
                             request_union: Some(RequestUnion::ProgressRequest(
@@ -468,6 +478,44 @@ impl Follower {
                 self.flush().map_err(fatal)?;
             }
         }
+    }
+
+    /// Records the granted TTL of each lease the server holds that the log lacks. Best effort:
+    /// a failed call is reported and the listing tried again next time.
+    async fn list_leases(&mut self, client: &Client) -> Result<(), Failure> {
+        let listed: LeaseLeasesResponse = match client
+            .unary("/etcdserverpb.Lease/LeaseLeases", &LeaseLeasesRequest {})
+            .await
+        {
+            Ok(listed) => listed,
+            Err(status) => {
+                eprintln!("basalt backup: listing leases failed: {status}");
+                return Ok(());
+            }
+        };
+        let mut new = Vec::new();
+        for lease in listed.leases.iter().filter(|l| !self.leases.knows(l.id)) {
+            let asked = LeaseTimeToLiveRequest {
+                id: lease.id,
+                keys: false,
+            };
+            let answer: Result<LeaseTimeToLiveResponse, _> = client
+                .unary("/etcdserverpb.Lease/LeaseTimeToLive", &asked)
+                .await;
+            match answer {
+                // -1: revoked or expired since the listing.
+                Ok(lease) if lease.ttl != -1 => new.push((lease.id, lease.granted_ttl)),
+                Ok(_) => {}
+                Err(status) => {
+                    eprintln!(
+                        "basalt backup: asking for lease {:x}'s TTL failed: {status}",
+                        lease.id
+                    );
+                    break;
+                }
+            }
+        }
+        self.leases.record(&new, now_ms()).map_err(Failure::Fatal)
     }
 
     /// Queues a watch response: its events as one record per revision, or (no events, not the

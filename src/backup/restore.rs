@@ -4,11 +4,13 @@
 //! version and lease come out as the server had them and HashKV at that revision agrees.
 //!
 //! Leases: the events carry each key's lease id but not the grants, TTLs or revokes after the
-//! snapshot. A lease a replayed put names that the snapshot lacks is granted again, with
-//! `--lease-ttl`; a revoke shows as the deletes of its keys, which replay, and the lease
-//! itself expires by its TTL. Every restored lease's clock starts when the member starts.
+//! snapshot. A lease a replayed put names that the snapshot lacks is granted again, with the
+//! TTL the backup's lease listing recorded for it (`--lease-ttl` for one it never saw); a
+//! revoke shows as the deletes of its keys, which replay, and the lease itself expires by its
+//! TTL. Every restored lease's clock starts when the member starts.
 
 use super::index::{self as segment_index, Entry};
+use super::leases;
 use super::segment::{self, Damage, Record};
 use super::{format_time, list_snapshots, parse_time, SnapshotFile, STATUS_LINE_INTERVAL};
 use crate::config::PitrFlags;
@@ -22,7 +24,7 @@ use basalt_proto::etcdserverpb::{
 };
 use basalt_proto::mvccpb::{event::EventType, Event};
 use prost::Message;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -206,21 +208,26 @@ pub fn restore(
             last + 1
         ));
     }
-    let mut replayed = Replay::default();
+    let mut replayed = Replay {
+        recorded_ttls: leases::read(dir)?,
+        fallback_ttl: flags.lease_ttl,
+        ..Replay::default()
+    };
     snapshot_file::restore_replaying(
         &snapshot.path,
         data_dir,
         snapshot_file::RestoreOptions::default(),
         member,
-        |db, applied| replayed.run(db, applied, &index, &snapshot, target, flags.lease_ttl),
+        |db, applied| replayed.run(db, applied, &index, &snapshot, target),
     )?;
     Ok(format!(
         "restored revision {target} from {}: snapshot at revision {} and {} revisions replayed \
-         ({} leases granted again with TTL {} s)",
+         ({} leases granted again with the TTL the backup recorded, {} with --lease-ttl {} s)",
         dir.display(),
         replayed.base,
         replayed.revisions,
-        replayed.leases_granted,
+        replayed.leases_granted - replayed.leases_without_ttl,
+        replayed.leases_without_ttl,
         flags.lease_ttl
     ))
 }
@@ -229,7 +236,12 @@ pub fn restore(
 struct Replay {
     base: i64,
     revisions: u64,
+    /// Granted TTLs by lease id, from the backup's lease listing.
+    recorded_ttls: HashMap<i64, i64>,
+    /// The TTL of a lease the listing never saw.
+    fallback_ttl: i64,
     leases_granted: u64,
+    leases_without_ttl: u64,
 }
 
 impl Replay {
@@ -240,7 +252,6 @@ impl Replay {
         index: &Index,
         snapshot: &SnapshotFile,
         target: i64,
-        lease_ttl: i64,
     ) -> Result<(Db, u64), String> {
         let limits = Limits {
             max_txn_ops: usize::MAX,
@@ -294,7 +305,7 @@ impl Replay {
                         path.display()
                     ));
                 }
-                self.apply(&mut applier, revision, events, &mut leases, lease_ttl)?;
+                self.apply(&mut applier, revision, events, &mut leases)?;
                 next += 1;
                 if self.revisions.is_multiple_of(COMMIT_EVERY_REVISIONS) {
                     applier.commit().map_err(|e| e.to_string())?;
@@ -336,7 +347,6 @@ impl Replay {
         revision: i64,
         events: Vec<Event>,
         leases: &mut HashSet<i64>,
-        lease_ttl: i64,
     ) -> Result<(), String> {
         let auth = applier.auth().snapshot();
         // With auth on, the transaction goes in as root, who may write every key.
@@ -354,13 +364,15 @@ impl Replay {
                 })
             } else {
                 if kv.lease != 0 && leases.insert(kv.lease) {
+                    let recorded = self.recorded_ttls.get(&kv.lease).copied();
                     let grant = Request::LeaseGrant(LeaseGrantRequest {
-                        ttl: lease_ttl,
+                        ttl: recorded.unwrap_or(self.fallback_ttl),
                         id: kv.lease,
                     });
                     // Refused with "lease already exists" when the snapshot holds it.
                     if let Some(Ok(_)) = self.submit(applier, None, grant).map(|o| o.result) {
                         self.leases_granted += 1;
+                        self.leases_without_ttl += u64::from(recorded.is_none());
                     }
                 }
                 request_op::Request::RequestPut(PutRequest {

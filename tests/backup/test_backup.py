@@ -466,3 +466,42 @@ def test_a_server_requiring_client_certificates_is_backed_up_over_tls(kind):
             process.stop()
         live.cleanup()
         shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.mark.parametrize("kind", ["basalt", "etcd"])
+def test_leases_granted_after_the_snapshot_come_back_with_their_ttl(kind):
+    work = Path(tempfile.mkdtemp(prefix="basalt-backup-leases-"))
+    directory = work / "backup"
+    live = Server(kind).start()
+    backup = Backup(live.endpoint, directory, "--lease-list-interval", "200ms")
+    restored = Server("basalt")
+    try:
+        backup.start()
+        wait_covered(directory, head(live.endpoint))
+        with grpc.insecure_channel(live.endpoint) as channel:
+            lease = rpc_grpc.LeaseStub(channel)
+            kv = rpc_grpc.KVStub(channel)
+            listed = lease.LeaseGrant(rpc.LeaseGrantRequest(TTL=777), timeout=RPC_TIMEOUT_S).ID
+            kv.Put(rpc.PutRequest(key=b"held", value=b"1", lease=listed), timeout=RPC_TIMEOUT_S)
+            deadline = time.monotonic() + 20
+            # The log is a 16-byte header, then one record per lease listed.
+            while (directory / "leases.log").stat().st_size <= 16:
+                assert time.monotonic() < deadline, "the lease was never listed"
+                time.sleep(0.1)
+        last = head(live.endpoint)
+        wait_covered(directory, last)
+        backup.stop()
+        result = restore(directory, restored, "--to-revision", str(last), "--lease-ttl", "5")
+        assert result.returncode == 0, result.stderr
+        assert "1 leases granted again with the TTL the backup recorded, 0 with --lease-ttl" \
+            in result.stdout, result.stdout
+        restored.start()
+        with grpc.insecure_channel(restored.endpoint) as channel:
+            got = rpc_grpc.LeaseStub(channel).LeaseTimeToLive(
+                rpc.LeaseTimeToLiveRequest(ID=listed, keys=True), timeout=RPC_TIMEOUT_S)
+        assert (got.grantedTTL, list(got.keys)) == (777, [b"held"])
+    finally:
+        backup.stop()
+        restored.cleanup()
+        live.cleanup()
+        shutil.rmtree(work, ignore_errors=True)
