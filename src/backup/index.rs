@@ -17,8 +17,8 @@
 //! header on without holes and end inside the file. Whatever follows that prefix is read from
 //! the segment itself. A backup resuming a segment rewrites its index from the records it scanned.
 
-use super::segment::{Record, HEADER_BYTES};
-use std::fs::{self, File, OpenOptions};
+use super::segment::{create_file, file_header, has_header, Record, HEADER_BYTES};
+use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -124,10 +124,7 @@ pub fn read(segment: &Path) -> Vec<Entry> {
     let (Ok(bytes), Ok(meta)) = (fs::read(index_path(segment)), fs::metadata(segment)) else {
         return Vec::new();
     };
-    if bytes.len() < HEADER_BYTES
-        || &bytes[..8] != MAGIC
-        || u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) != VERSION
-    {
+    if !has_header(&bytes, MAGIC, VERSION) {
         return Vec::new();
     }
     let mut entries: Vec<Entry> = Vec::new();
@@ -154,23 +151,12 @@ pub fn read(segment: &Path) -> Vec<Entry> {
 
 /// Starts `segment`'s index with `entries` (replacing any index it had).
 pub fn create(segment: &Path, entries: &[Entry]) -> Result<File, String> {
-    let path = index_path(segment);
-    let at = |e: std::io::Error| format!("{}: {e}", path.display());
     let mut bytes = Vec::with_capacity(HEADER_BYTES + entries.len() * ENTRY_BYTES);
-    bytes.extend_from_slice(MAGIC);
-    bytes.extend_from_slice(&VERSION.to_le_bytes());
-    bytes.extend_from_slice(&0u32.to_le_bytes());
+    bytes.extend_from_slice(&file_header(MAGIC, VERSION));
     for entry in entries {
         bytes.extend_from_slice(&entry.encode());
     }
-    let mut file = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .open(&path)
-        .map_err(at)?;
-    file.write_all(&bytes).map_err(at)?;
-    Ok(file)
+    create_file(&index_path(segment), &bytes)
 }
 
 /// Appends one entry, whose records are already durable.
@@ -194,6 +180,7 @@ pub fn remove_segment(segment: &Path) -> Result<(), String> {
 mod tests {
     use super::super::segment::{self, tests::put, SegmentWriter};
     use super::*;
+    use std::fs::OpenOptions;
 
     #[test]
     fn each_flush_is_indexed_and_only_a_consistent_prefix_is_trusted() {

@@ -13,6 +13,7 @@
 //! records up to the first one that does not check out (a torn tail after a crash), and the
 //! backup cuts that tail off when it resumes.
 
+use super::segment::{file_header, has_header, HEADER_BYTES};
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -21,7 +22,6 @@ use std::path::{Path, PathBuf};
 const FILE_NAME: &str = "leases.log";
 const MAGIC: &[u8; 8] = b"BASALTLS";
 const VERSION: u32 = 1;
-const HEADER_BYTES: usize = 16;
 const RECORD_BYTES: usize = 28;
 
 fn path(dir: &Path) -> PathBuf {
@@ -36,10 +36,7 @@ fn read_with_end(dir: &Path) -> Result<(HashMap<i64, i64>, u64), String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((HashMap::new(), 0)),
         Err(e) => return Err(format!("{}: {e}", path.display())),
     };
-    if bytes.len() < HEADER_BYTES
-        || &bytes[..8] != MAGIC
-        || u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) != VERSION
-    {
+    if !has_header(&bytes, MAGIC, VERSION) {
         return Ok((HashMap::new(), 0));
     }
     let mut ttls = HashMap::new();
@@ -82,11 +79,7 @@ impl LeaseLog {
             .map_err(at)?;
         if end == 0 {
             file.set_len(0).map_err(at)?;
-            let mut header = Vec::with_capacity(HEADER_BYTES);
-            header.extend_from_slice(MAGIC);
-            header.extend_from_slice(&VERSION.to_le_bytes());
-            header.extend_from_slice(&0u32.to_le_bytes());
-            file.write_all(&header).map_err(at)?;
+            file.write_all(&file_header(MAGIC, VERSION)).map_err(at)?;
         } else {
             file.set_len(end).map_err(at)?;
         }

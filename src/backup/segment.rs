@@ -419,20 +419,9 @@ impl SegmentWriter {
 
     fn create(&self, first: i64) -> Result<OpenSegment, String> {
         let path = segment_path(&self.dir, first);
-        let at = |e: std::io::Error| format!("{}: {e}", path.display());
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(&path)
-            .map_err(at)?;
-        let mut header = Vec::with_capacity(HEADER_BYTES);
-        header.extend_from_slice(MAGIC);
-        header.extend_from_slice(&VERSION.to_le_bytes());
-        header.extend_from_slice(&0u32.to_le_bytes());
-        file.write_all(&header)
-            .and_then(|()| file.sync_all())
-            .map_err(at)?;
+        let file = create_file(&path, &file_header(MAGIC, VERSION))?;
+        file.sync_all()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         let index = index::create(&path, &[])?;
         sync_dir(&self.dir)?;
         Ok(OpenSegment {
@@ -442,6 +431,33 @@ impl SegmentWriter {
             index,
         })
     }
+}
+
+/// The 16 bytes every file of a backup directory starts with: `magic`, `version` u32 LE and a
+/// reserved u32 (0).
+pub fn file_header(magic: &[u8; 8], version: u32) -> [u8; HEADER_BYTES] {
+    let mut header = [0u8; HEADER_BYTES];
+    header[..8].copy_from_slice(magic);
+    header[8..12].copy_from_slice(&version.to_le_bytes());
+    header
+}
+
+/// Whether `bytes` start with [`file_header`]'s magic and version.
+pub fn has_header(bytes: &[u8], magic: &[u8; 8], version: u32) -> bool {
+    bytes.len() >= HEADER_BYTES && bytes[..12] == file_header(magic, version)[..12]
+}
+
+/// Creates (or empties) `path` and writes `contents` to it.
+pub fn create_file(path: &Path, contents: &[u8]) -> Result<File, String> {
+    let at = |e: std::io::Error| format!("{}: {e}", path.display());
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(path)
+        .map_err(at)?;
+    file.write_all(contents).map_err(at)?;
+    Ok(file)
 }
 
 pub fn sync_dir(dir: &Path) -> Result<(), String> {
