@@ -426,12 +426,14 @@ impl WatchHub {
     }
 
     fn match_synced(&mut self, revision: i64, events: &[SharedEvent]) {
+        let mut matched = Vec::new();
         let mut full = Vec::new();
         for event in events {
             let single = self.synced_keys.get(event.key()).into_iter().flatten();
             for &id in single.chain(self.synced_ranges.iter()) {
                 let watcher = &self.watchers[&id];
                 if watcher.wants(event) {
+                    matched.push(id);
                     let bytes = event.encoded(watcher.spec.prev_kv).len();
                     let (pending, pending_bytes) = self.undelivered.entry(id).or_default();
                     pending.push(event.clone());
@@ -442,8 +444,8 @@ impl WatchHub {
                 }
             }
         }
-        for id in self.undelivered.keys() {
-            if let Some(watcher) = self.watchers.get_mut(id) {
+        for id in matched {
+            if let Some(watcher) = self.watchers.get_mut(&id) {
                 watcher.min_revision = revision + 1;
             }
         }
