@@ -66,12 +66,12 @@ awk -v a="$m_without" -v b="$m_with" -v ca="$c_without" -v cb="$c_with" 'BEGIN {
 start_backup
 echo "== with backup: put at $RATE/s for $SECONDS_ s, lag sampled every 100 ms"
 ( while kill -0 $BACKUP 2>/dev/null; do
-    curl -s http://127.0.0.1:$METRICS/metrics | awk '/^basalt_backup_lag_seconds/ {print $2}'; sleep 0.1
+    metric basalt_backup_lag_seconds; sleep 0.1
   done ) >"$WORK/lag.txt" &
 SAMPLER=$!
 "${ON_CLIENT[@]}" "$BENCH" --endpoints $EP --conns 4 --clients 100 put --key-space-size "$KEYS" --rate "$RATE" --duration "$SECONDS_" | grep -E "^(series|put )"
-HEAD=$(curl -s http://127.0.0.1:$METRICS/metrics | awk '/^basalt_backup_server_revision/ {print $2}')
-until [ "$(curl -s http://127.0.0.1:$METRICS/metrics | awk '/^basalt_backup_durable_revision/ {print $2}')" -ge "$HEAD" ]; do sleep 0.2; done
+HEAD=$(metric basalt_backup_server_revision)
+until [ "$(metric basalt_backup_durable_revision)" -ge "$HEAD" ]; do sleep 0.2; done
 kill $SAMPLER 2>/dev/null || true
 sort -g "$WORK/lag.txt" | awk '{a[NR]=$1} END {printf "lag samples %d: p50 %.3f s, p99 %.3f s, max %.3f s\n", NR, a[int(NR*0.5)+1], a[int(NR*0.99)+1], a[NR]}'
 kill $BACKUP; wait $BACKUP 2>/dev/null || true; BACKUP=

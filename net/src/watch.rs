@@ -198,9 +198,10 @@ pub(crate) async fn serve<K: KvService>(
                     let Ok(batch) = rx.try_recv() else { break };
                     stream.on_batch(batch, &mut out);
                 }
-                match out.is_empty() {
-                    true => Vec::new(),
-                    false => vec![out.freeze()],
+                if out.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![out.freeze()]
                 }
             }
             Input::Tick => {

@@ -100,17 +100,13 @@ impl Entry {
 /// one per `records_per_entry` records: what a resumed segment's index is rewritten from.
 pub fn entries_of(records: &[(u64, Record)], end: u64, records_per_entry: usize) -> Vec<Entry> {
     let mut entries: Vec<Entry> = Vec::new();
-    for (i, chunk) in records.chunks(records_per_entry.max(1)).enumerate() {
-        let chunk_end = records
-            .get((i + 1) * records_per_entry.max(1))
-            .map_or(end, |(offset, _)| *offset);
-        let (offset, first) = &chunk[0];
-        let mut entry = Entry::starting(*offset, first, 0);
-        for (_, record) in &chunk[1..] {
-            entry.extend(record, 0);
+    for (i, (offset, record)) in records.iter().enumerate() {
+        let record_end = records.get(i + 1).map_or(end, |(next, _)| *next);
+        let record_bytes = record_end - offset;
+        match entries.last_mut() {
+            Some(entry) if i % records_per_entry.max(1) != 0 => entry.extend(record, record_bytes),
+            _ => entries.push(Entry::starting(*offset, record, record_bytes)),
         }
-        entry.end = chunk_end;
-        entries.push(entry);
     }
     entries
 }

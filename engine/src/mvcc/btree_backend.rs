@@ -189,7 +189,10 @@ fn backend_error(error: btree::Error) -> MvccError {
 /// The newest revision in `committed`'s key bucket.
 fn newest_revision(committed: &ReadTxn) -> Result<Option<Revision>, MvccError> {
     match committed.cursor(KEY_BUCKET).last().map_err(backend_error)? {
-        Some((key, value)) => Ok(Some(decode_entry(key, value)?.0)),
+        // Only the key is needed: decode_entry would copy the value too.
+        Some((key, _)) => Revision::from_key(key)
+            .map(|(revision, _)| Some(revision))
+            .ok_or_else(|| MvccError::Backend(format!("key bucket holds a bad key {key:?}"))),
         None => Ok(None),
     }
 }
