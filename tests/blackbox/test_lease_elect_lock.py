@@ -18,6 +18,8 @@ from test_etcdctl import normalize, run  # noqa: E402
 
 LEASE_ID = re.compile(r"\b[0-9a-f]{16}\b")
 REMAINING = re.compile(r"remaining\((\d+)s\)")
+# etcd lists a lease's keys from a Go map, so their order changes from run to run.
+ATTACHED = re.compile(r"attached keys\(\[([^\]]*)\]\)")
 
 
 def mask_lease_ids(text, seen):
@@ -40,6 +42,7 @@ def lease_session(kind):
             code, out, err = run(etcdctl, server.endpoint, *args)
             # A 60 s lease may show 59 s or 60 s left, depending on the second it is read in.
             out = REMAINING.sub(lambda m: "remaining(~)" if int(m.group(1)) >= 58 else m.group(0), out)
+            out = ATTACHED.sub(lambda m: "attached keys([%s])" % " ".join(sorted(m.group(1).split())), out)
             out, err = (mask_lease_ids(normalize(text), seen) for text in (out, err))
             transcript.append((args[:2], code, out, err))
 
