@@ -99,3 +99,32 @@ fn purge_keeps_max_wals_and_everything_above_the_snapshot() {
         });
     }
 }
+
+#[test]
+fn purge_keeping_one_gives_back_every_segment_the_snapshot_covers() {
+    run(async {
+        let sim = SimStorage::new(6);
+        let (wal, _) = Wal::open(sim.clone(), DIR, options(5)).await.unwrap();
+        for index in 1..=600u64 {
+            let p = payload(1, index, 1000);
+            wal.append(&[RecordRef::entry(1, index, &p)]).await.unwrap();
+        }
+        // max_wals would keep five segments; a device short of space keeps what it needs.
+        let removed = wal.purge_keeping(600, 1).await.unwrap();
+        assert!(
+            removed.len() >= 4,
+            "only {} segments removed",
+            removed.len()
+        );
+        assert_eq!(used_segments(&sim), 1);
+        let first = wal.first_index();
+        let got = wal.read_entries(first, 601, usize::MAX).await.unwrap();
+        assert_eq!(got.len() as u64, 601 - first);
+        // Nothing above the snapshot goes, however few segments it is told to keep.
+        let kept = wal.purge_keeping(300, 1).await.unwrap();
+        assert!(kept.is_empty());
+        wal.close().await.unwrap();
+        let (_, rec) = Wal::open(sim.clone(), DIR, options(5)).await.unwrap();
+        assert_eq!((rec.first_index, rec.last_index), (first, 600));
+    });
+}

@@ -11,7 +11,6 @@ member restarts with everything it acknowledged.
 Needs root and a loop device; skips with the reason otherwise.
 """
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -43,18 +42,6 @@ def start_with_member_on(fs, size=3, small=2):
     return c
 
 
-# Fails today, so it runs only when asked: the full follower must keep appending what
-# the leader sent before the alarm applied; once the device cannot take the WAL's next
-# preallocated segment (64 MiB, the size of the default reserve) the log fails and the member's
-# raft core stops ("wal: a write failed ... No space left on device"). A follower cannot refuse
-# entries, and its raft core persists each Ready before it handles the next message, so
-# waiting for space would wedge it instead: the fix is a persist that does not hold up
-# heartbeats and reads (raft's asynchronous storage writes), not a bigger reserve.
-@pytest.mark.skipif(
-    not os.environ.get("BASALT_FULLDISK_CLUSTER"),
-    reason="fails today (a follower's WAL meets the full device and its raft core stops); "
-    "BASALT_FULLDISK_CLUSTER=1 runs it",
-)
 def test_one_full_follower_stops_the_clusters_writes_not_its_members(loopfs):
     ballast = loopfs.mnt / "ballast"
     with open(ballast, "wb") as f:

@@ -258,6 +258,10 @@ class Watcher:
         self.channel.close()
 
 
+def data_files(fs):
+    return sorted(str(p.relative_to(fs.mnt)) for p in (fs.mnt / "data").rglob("*") if p.is_file())
+
+
 def put(endpoint, key, value=b"v", timeout=10):
     with grpc.insecure_channel(endpoint) as channel:
         return rpc_grpc.KVStub(channel).Put(rpc.PutRequest(key=key, value=value), timeout=timeout)
@@ -317,6 +321,16 @@ def test_basalt_full_disk_refuses_writes_serves_reads_and_recovers(loopfs, reser
                 rpc.LeaseTimeToLiveRequest(ID=keepalive.id), timeout=10
             ).TTL
         assert ttl > 0, ttl
+        if reserve == "off":
+            # The device itself is full: the other files written while serving (a Snapshot
+            # copy, the defragment's copy) fail with the cause and leave nothing behind.
+            files_before = data_files(loopfs)
+            saved = etcdctl(server.endpoint, "snapshot", "save", str(loopfs.root / "s.db"), check=False)
+            assert saved.returncode != 0 and "No space left on device" in saved.stderr, saved
+            defrag = etcdctl(server.endpoint, "defrag", check=False)
+            assert defrag.returncode != 0 and "No space left on device" in defrag.stderr, defrag
+            assert server.alive(), server.log_path.read_text()[-3000:]
+            assert data_files(loopfs) == files_before
         metrics = urllib.request.urlopen(f"http://{server.endpoint}/metrics", timeout=10).read().decode()
         if reserve == "off":
             assert "basalt_disk_full_errors_total 0" not in metrics

@@ -20,6 +20,16 @@ const FULL_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// Retries of a write that the device cut short before the WAL gives up on it.
 pub const SHORT_WRITE_RETRIES_MAX: u32 = 8;
 
+/// What the writer and the preallocator tell each other, and the space check reads.
+#[derive(Default)]
+pub struct Signals {
+    /// The writer waits for the next segment: a full device now fails the log.
+    pub writer_waiting: Cell<bool>,
+    /// Bytes the segment being made still has to take from the device (a whole segment while
+    /// it waits for space, 0 while a finished one waits for the writer).
+    pub owed: Cell<u64>,
+}
+
 /// A ready segment: its sequence number and its open file.
 pub type ReadySegment<F> = (u64, Rc<F>);
 
@@ -56,9 +66,10 @@ pub async fn write_all<F: SegmentFile>(file: &F, buf: &Rc<F::Buf>, pos: u64) -> 
 
 /// Feeds `tx` with the `ready` segments, then with new ones from `next_seq` on, until the
 /// receiver goes away or a segment cannot be made (the error is sent, then the task ends).
+/// `signals.owed` follows the making, so that a space check can count what the log is taking.
 ///
 /// A full device (ENOSPC, EDQUOT) is not an error while the writer still has room in the
-/// segments it holds (`writer_waiting` false): the partial segment is removed and the task
+/// segments it holds (`signals.writer_waiting` false): the partial segment is removed and the task
 /// tries again every [`FULL_RETRY_INTERVAL`] once the filesystem has a segment's worth free,
 /// so the log goes on when space returns. Once the writer waits for the segment, the error is
 /// sent: the log cannot take another record.
@@ -69,25 +80,30 @@ pub async fn run<S: Storage>(
     ready: Vec<ReadySegment<S::File>>,
     mut next_seq: u64,
     tx: LocalSender<io::Result<ReadySegment<S::File>>>,
-    writer_waiting: Rc<Cell<bool>>,
+    signals: Rc<Signals>,
 ) {
+    let owed = &signals.owed;
     for seg in ready {
         if tx.send(Ok(seg)).await.is_err() {
             return;
         }
     }
     loop {
-        let made = make_segment(&storage, &dir, segment_bytes, next_seq).await;
+        owed.set(segment_bytes);
+        let made = make_segment(&storage, &dir, segment_bytes, next_seq, owed).await;
         if let Err(error) = &made {
             // No partial segment is left behind (recovery would remove it too).
             let temp = dir.join(format!("{}{TEMP_SUFFIX}", segment_name(next_seq)));
             let _ = storage.remove(&temp).await;
-            if crate::disk::is_out_of_space(error) && !writer_waiting.get() {
-                wait_for_space(&dir, segment_bytes, &writer_waiting).await;
+            if crate::disk::is_out_of_space(error) && !signals.writer_waiting.get() {
+                wait_for_space(&dir, segment_bytes, &signals.writer_waiting).await;
                 continue;
             }
         }
         let failed = made.is_err();
+        if !failed {
+            owed.set(0);
+        }
         if tx.send(made).await.is_err() || failed {
             return;
         }
@@ -112,6 +128,7 @@ async fn make_segment<S: Storage>(
     dir: &Path,
     segment_bytes: u64,
     seq: u64,
+    owed: &Cell<u64>,
 ) -> io::Result<ReadySegment<S::File>> {
     let name = segment_name(seq);
     let temp = dir.join(format!("{name}{TEMP_SUFFIX}"));
@@ -126,6 +143,7 @@ async fn make_segment<S: Storage>(
             write_all(&file, &zeros, pos).await?;
         }
         pos += zeros.bytes().len().min(left) as u64;
+        owed.set(segment_bytes - pos);
     }
     file.fdatasync().await?;
     drop(file);

@@ -14,7 +14,7 @@ use glommio::channels::local_channel::{self, LocalReceiver};
 use glommio::task::JoinHandle;
 
 use super::format::{self, encode_record, record_bytes, SegmentHeader, RECORD_FRAME_BYTES};
-use super::prealloc::{self, segment_name, ReadySegment};
+use super::prealloc::{self, segment_name, ReadySegment, Signals};
 use super::recover::{self, Tail};
 use super::storage::{DmaStorage, SegmentFile, Storage, WriteBuf};
 use super::view::{Loc, LogView};
@@ -30,6 +30,7 @@ pub struct Wal<S: Storage = DmaStorage> {
     shared: Rc<Shared<S>>,
     writer: Option<JoinHandle<()>>,
     preallocator: JoinHandle<()>,
+    signals: Rc<Signals>,
 }
 
 struct Shared<S: Storage> {
@@ -170,7 +171,7 @@ impl<S: Storage> Wal<S> {
         // One segment in the channel and one being made is enough look-ahead: a segment takes
         // far longer to fill than to zero.
         let (tx, rx) = local_channel::new_bounded(1);
-        let writer_waiting = Rc::new(std::cell::Cell::new(false));
+        let signals = Rc::new(Signals::default());
         let preallocator = glommio::spawn_local(prealloc::run(
             storage,
             dir,
@@ -178,13 +179,13 @@ impl<S: Storage> Wal<S> {
             disk.ready,
             disk.next_seq,
             tx,
-            Rc::clone(&writer_waiting),
+            Rc::clone(&signals),
         ))
         .detach();
         let writer = glommio::spawn_local(write_loop(
             Rc::clone(&shared),
             rx,
-            writer_waiting,
+            Rc::clone(&signals),
             current,
             prefix,
         ))
@@ -194,6 +195,7 @@ impl<S: Storage> Wal<S> {
                 shared,
                 writer: Some(writer),
                 preallocator,
+                signals,
             },
             recovered,
         ))
@@ -343,11 +345,29 @@ impl<S: Storage> Wal<S> {
         Ok(out)
     }
 
+    /// Bytes the segment being made still has to take from the device (0 while none is): a
+    /// space check adds them to what it needs free, or the log's own growth would eat the
+    /// space kept for everything else.
+    pub fn preallocation_owed_bytes(&self) -> u64 {
+        self.signals.owed.get()
+    }
+
     /// Removes the oldest segments while more than [`WalOptions::max_wals`] remain and every
     /// entry in them is at or below `snapshot_index`. Returns the removed files.
     pub async fn purge(&self, snapshot_index: u64) -> Result<Vec<PathBuf>, WalError> {
-        let keep = self.shared.opts.max_wals;
-        if keep == 0 {
+        self.purge_keeping(snapshot_index, self.shared.opts.max_wals)
+            .await
+    }
+
+    /// [`Wal::purge`] keeping at most `keep` segments instead of `max_wals` (still none that
+    /// holds an entry past `snapshot_index`, and all of them when `max_wals` is 0): a device
+    /// short of space gets back every segment recovery does not need.
+    pub async fn purge_keeping(
+        &self,
+        snapshot_index: u64,
+        keep: usize,
+    ) -> Result<Vec<PathBuf>, WalError> {
+        if keep == 0 || self.shared.opts.max_wals == 0 {
             return Ok(Vec::new());
         }
         let victims: Vec<u64> = {
@@ -628,7 +648,7 @@ impl<F> State<F> {
 async fn write_loop<S: Storage>(
     shared: Rc<Shared<S>>,
     segments: LocalReceiver<io::Result<ReadySegment<S::File>>>,
-    waiting: Rc<std::cell::Cell<bool>>,
+    signals: Rc<Signals>,
     mut current: Option<ReadySegment<S::File>>,
     mut sector_prefix: Vec<u8>,
 ) {
@@ -651,7 +671,7 @@ async fn write_loop<S: Storage>(
         let written = write_chunk(
             &shared,
             &segments,
-            &waiting,
+            &signals.writer_waiting,
             &mut current,
             &mut sector_prefix,
             &chunk,

@@ -121,8 +121,9 @@ struct Core {
     next_read_ctx: u64,
     /// The leader this member knows of (raft's NONE when none).
     leader_id: u64,
-    /// A NOSPACE alarm entry is in the log, not yet applied.
-    nospace_proposed: bool,
+    /// When this member last proposed NOSPACE (a follower's proposal can be lost on its way
+    /// to the leader, so it is proposed again until it applies).
+    nospace_proposed_at: Option<Instant>,
     disk: disk::DiskReserve,
     compactor: Compactor,
     snapshot_index: u64,
@@ -281,7 +282,11 @@ impl Core {
         } else {
             MemStorage::new_with_conf_state(conf_state.clone())
         };
-        let mut snapshot_index = 0;
+        // A founding member's log starts after its bootstrap marker.
+        let mut snapshot_index = storage
+            .first_index()
+            .map_err(|e| NodeError::Raft(e.to_string()))?
+            - 1;
         if let Some(marker) = &recovered.snapshot {
             codec::decode_snapshot(&marker.payload)?;
             if applied < marker.index {
@@ -390,7 +395,7 @@ impl Core {
             reads_indexed: VecDeque::new(),
             next_read_ctx: 1,
             leader_id: basalt_raft::NONE,
-            nospace_proposed: false,
+            nospace_proposed_at: None,
             disk,
             compactor,
             snapshot_index,
@@ -824,27 +829,30 @@ impl Core {
         let applied = self.applier.applied_index();
         let unsaved = applied - self.applier.checkpointed_index();
         let snapshot_due = applied - self.snapshot_index >= self.config.snapshot_count.max(1);
-        if unsaved == 0
-            || !(snapshot_due
+        let checkpoint_due = unsaved > 0
+            && (snapshot_due
                 || unsaved >= CHECKPOINT_ENTRIES_MAX
-                || self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL)
-            || !self.may_write_tree()
-        {
-            return Ok(());
+                || self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL);
+        if checkpoint_due && self.may_write_tree() {
+            let result = self.applier.checkpoint();
+            self.retry_after_full("checkpoint", result)?;
+            if self.applier.checkpointed_index() == applied {
+                self.last_checkpoint = Instant::now();
+                let (size_bytes, in_use_bytes) = self.applier.db_size_bytes()?;
+                metrics().mvcc_db_total_size_in_bytes.set(size_bytes as i64);
+                metrics()
+                    .mvcc_db_total_size_in_use_in_bytes
+                    .set(in_use_bytes as i64);
+                if snapshot_due {
+                    self.snapshot(applied).await?;
+                }
+            }
         }
-        let result = self.applier.checkpoint();
-        self.retry_after_full("checkpoint", result)?;
-        if self.applier.checkpointed_index() < applied {
-            return Ok(());
-        }
-        self.last_checkpoint = Instant::now();
-        let (size_bytes, in_use_bytes) = self.applier.db_size_bytes()?;
-        metrics().mvcc_db_total_size_in_bytes.set(size_bytes as i64);
-        metrics()
-            .mvcc_db_total_size_in_use_in_bytes
-            .set(in_use_bytes as i64);
-        if snapshot_due {
-            self.snapshot(applied).await?;
+        // Short of space, the log gives back every segment the tree holds, whether or not
+        // the checkpoint just now found room: the space it frees is what the tree retries in.
+        let checkpointed = self.applier.checkpointed_index();
+        if self.disk.pressed() && checkpointed > self.snapshot_index {
+            self.snapshot(checkpointed).await?;
         }
         Ok(())
     }
@@ -864,7 +872,11 @@ impl Core {
         self.wal
             .append(&[RecordRef::snapshot(term, index, &payload)])
             .await?;
-        self.wal.purge(index).await?;
+        if self.disk.pressed() {
+            self.wal.purge_keeping(index, 1).await?;
+        } else {
+            self.wal.purge(index).await?;
+        }
         self.snapshot_index = index;
         Ok(())
     }

@@ -133,6 +133,26 @@ impl Core {
         self.forward_to_leader(id, forward::Kind::Proposal(data.into()), reply);
     }
 
+    /// An entry of this member's own that nobody waits for (an alarm): proposed here when
+    /// leading, else handed to the leader. Whether it left (a known leader took it or it was
+    /// sent there); it may still be lost on the way, so the caller proposes it again later.
+    pub(super) fn propose_unanswered(&mut self, data: Vec<u8>) -> bool {
+        if self.is_leader() {
+            return self.raw.propose(data).is_ok();
+        }
+        match (&self.transport, self.leader_id) {
+            (Some(transport), leader) if leader != basalt_raft::NONE => {
+                let forward = Forward {
+                    id: 0,
+                    kind: Some(forward::Kind::Proposal(data.into())),
+                };
+                transport.forward(leader, forward.encode_to_vec());
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Hands `kind` to the leader and waits for its entry to apply here; without a known
     /// leader the caller hears so at once.
     fn forward_to_leader(&mut self, id: u64, kind: forward::Kind, reply: Reply<Applied>) {
@@ -393,8 +413,13 @@ impl Core {
             transport.send(messages);
         }
         for message in snapshots {
+            let to = message.to;
             if let Err(error) = self.send_snapshot(message) {
-                eprintln!("basalt: cannot prepare a snapshot: {error}");
+                // Raft hears of the failure and asks again later (a full device included:
+                // the tree commit before the copy undid itself).
+                eprintln!("basalt: cannot prepare a snapshot for member {to:x}: {error}");
+                self.snapshots_sending.remove(&to);
+                self.raw.report_snapshot(to, SnapshotStatus::Failed);
             }
         }
     }

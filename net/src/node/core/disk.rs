@@ -3,11 +3,15 @@
 //! Space is secured before an entry is proposed, the way the quota is checked: while the data
 //! dir's filesystem has less than `--disk-reserve-bytes` free, a write that takes space is
 //! refused and NOSPACE is raised through the log. The reserve is what the entries already
-//! accepted still need (the WAL segments being preallocated, the tree pages of the overlay,
-//! checkpoints), so the device runs out, if at all, at a tree commit or a segment
-//! preallocation, both of which undo themselves and are retried here later
-//! ([`Core::retry_after_full`]); an ENOSPC never reaches apply. Every tick the space is checked
-//! again, so the log says when it comes back; `etcdctl alarm disarm` then takes writes again.
+//! accepted still need (the tree pages of the overlay, checkpoints), so the device runs out, if
+//! at all, at a tree commit or a segment preallocation, both of which undo themselves and are
+//! retried here later ([`Core::retry_after_full`]); an ENOSPC never reaches apply. A WAL
+//! segment being made counts as taken. While short, the raft log is compacted to the
+//! checkpointed index and the WAL gives back every segment the tree holds, so space comes back
+//! from the log itself: a follower cannot refuse what the leader sends, and a tree commit that
+//! found the device full retries in that space.
+//! Every tick the space is checked again, so the log says when it comes back; `etcdctl alarm
+//! disarm` then takes writes again.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -23,7 +27,8 @@ use crate::metrics::metrics;
 /// How old a look at the free space may be when a write asks: at 100 MB/s of writes this
 /// lets 10 MB through past the reserve, a small part of it.
 const CHECK_INTERVAL: Duration = Duration::from_millis(100);
-/// A tree commit or checkpoint that found the device full is tried again after this long.
+/// A tree commit or checkpoint that found the device full, or a NOSPACE proposal that has not
+/// applied, is tried again after this long.
 const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
 pub(super) struct DiskReserve {
@@ -46,32 +51,39 @@ impl DiskReserve {
         }
     }
 
-    /// Whether the filesystem holds less than the reserve (looked at again when the last look
-    /// is older than [`CHECK_INTERVAL`]; a failed look keeps the previous answer), or a tree
-    /// write is waiting out a full device.
-    pub(super) fn short(&mut self, now: Instant) -> bool {
+    /// Whether the filesystem holds less than the reserve plus `wal_owed_bytes` (what the WAL's
+    /// next segment will still take; looked at again when the last look is older than
+    /// [`CHECK_INTERVAL`]; a failed look keeps the previous answer), or a tree write is waiting
+    /// out a full device.
+    pub(super) fn short(&mut self, now: Instant, wal_owed_bytes: u64) -> bool {
         let due = self
             .checked
             .is_none_or(|at| now.duration_since(at) >= CHECK_INTERVAL);
         if self.reserve_bytes > 0 && due {
             self.checked = Some(now);
-            self.look();
+            self.look(wal_owed_bytes);
         }
+        self.pressed()
+    }
+
+    /// The answer of the last look, without looking again.
+    pub(super) fn pressed(&self) -> bool {
         self.short || self.retry_at.is_some()
     }
 
-    fn look(&mut self) {
+    fn look(&mut self, wal_owed_bytes: u64) {
         let Ok(available) = basalt_engine::disk::available_bytes(&self.data_dir) else {
             return;
         };
         metrics().disk_available_bytes.set(available as i64);
-        let short = available < self.reserve_bytes;
+        let short = available < self.reserve_bytes.saturating_add(wal_owed_bytes);
         if short != self.short {
             if short {
                 eprintln!(
                     "basalt: the data dir's filesystem has {available} bytes free, less than \
-                     --disk-reserve-bytes ({}): writes that take space are refused \
-                     (NOSPACE); reads, watches and lease keep-alives go on",
+                     --disk-reserve-bytes ({}) plus the {wal_owed_bytes} bytes the WAL segment \
+                     being made still takes: writes that take space are refused (NOSPACE); reads, \
+                     watches and lease keep-alives go on",
                     self.reserve_bytes
                 );
             } else {
@@ -99,7 +111,8 @@ impl Core {
         let quota = self.config.quota_backend_bytes;
         let size_bytes = self.applier.db_size_bytes().map_or(0, |(size, _)| size);
         let over_quota = quota != 0 && size_bytes > quota;
-        if !over_quota && !self.disk.short(Instant::now()) {
+        let wal_owed_bytes = self.wal.preallocation_owed_bytes();
+        if !over_quota && !self.disk.short(Instant::now(), wal_owed_bytes) {
             return false;
         }
         self.raise_nospace();
@@ -109,13 +122,18 @@ impl Core {
     /// Each tick: a look at the space, so the log and metrics follow it with no writes coming,
     /// and NOSPACE raised as soon as the disk runs short.
     pub(super) fn check_disk(&mut self) {
-        if self.disk.short(Instant::now()) {
+        let wal_owed_bytes = self.wal.preallocation_owed_bytes();
+        if self.disk.short(Instant::now(), wal_owed_bytes) {
             self.raise_nospace();
         }
     }
 
     fn raise_nospace(&mut self) {
-        if self.applier.has_alarm(AlarmType::Nospace) || self.nospace_proposed {
+        let now = Instant::now();
+        let in_flight = self
+            .nospace_proposed_at
+            .is_some_and(|at| now.duration_since(at) < RETRY_INTERVAL);
+        if self.applier.has_alarm(AlarmType::Nospace) || in_flight {
             return;
         }
         let raise = InternalRequest {
@@ -127,7 +145,9 @@ impl Core {
                 alarm: AlarmType::Nospace as i32,
             })),
         };
-        self.nospace_proposed = self.raw.propose(raise.encode_to_vec()).is_ok();
+        if self.propose_unanswered(raise.encode_to_vec()) {
+            self.nospace_proposed_at = Some(now);
+        }
     }
 
     /// Whether a tree commit or checkpoint may run now.
