@@ -2,7 +2,8 @@
 //! (seeded, so the failure lands at every kind of write: leaf, branch, overflow, freelist,
 //! written list, meta). Each commit or checkpoint that meets it must come back as
 //! `Error::OutOfSpace`, leave the writer usable, and, once space returns, the same changes
-//! committed again must give exactly the model's state, also after a reopen.
+//! committed again must give exactly the model's state, also after a reopen; a crash right
+//! after the failure must come back as the last checkpoint.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -153,6 +154,21 @@ fn enospc_at_any_tree_write_is_undone_and_the_retry_equals_the_model() {
                     Ok(()) => break,
                     Err(Error::OutOfSpace(_)) => {
                         failures += 1;
+                        // A crash now (the process gone, every write so far on disk) comes
+                        // back as the last checkpoint.
+                        let crashed = dir.join(format!("{seed}.crashed.db"));
+                        std::fs::copy(&path, &crashed).unwrap();
+                        let after_crash = open(&crashed, options.clone()).unwrap();
+                        assert_eq!(
+                            (
+                                state(&after_crash),
+                                after_crash.durable_applied_index().unwrap()
+                            ),
+                            (model.clone(), round),
+                            "seed {seed} round {round}: a crash after the failed write"
+                        );
+                        drop(after_crash);
+                        std::fs::remove_file(&crashed).unwrap();
                         assert_eq!(
                             state(&db),
                             if committed {

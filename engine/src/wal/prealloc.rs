@@ -7,7 +7,6 @@ use std::cell::Cell;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::time::Duration;
 
 use glommio::channels::local_channel::LocalSender;
 
@@ -15,8 +14,6 @@ use super::storage::{SegmentFile, Storage, WriteBuf};
 
 /// Zero-fill write size: large enough to stream, small enough to interleave with the hot path.
 const ZERO_FILL_WRITE_BYTES: usize = 1 << 20;
-/// How often a preallocation that met a full device looks for space again.
-const FULL_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// Retries of a write that the device cut short before the WAL gives up on it.
 pub const SHORT_WRITE_RETRIES_MAX: u32 = 8;
 
@@ -70,7 +67,7 @@ pub async fn write_all<F: SegmentFile>(file: &F, buf: &Rc<F::Buf>, pos: u64) -> 
 ///
 /// A full device (ENOSPC, EDQUOT) is not an error while the writer still has room in the
 /// segments it holds (`signals.writer_waiting` false): the partial segment is removed and the task
-/// tries again every [`FULL_RETRY_INTERVAL`] once the filesystem has a segment's worth free,
+/// tries again every [`Storage::full_retry_interval`] once the filesystem has a segment's worth free,
 /// so the log goes on when space returns. Once the writer waits for the segment, the error is
 /// sent: the log cannot take another record.
 pub async fn run<S: Storage>(
@@ -96,7 +93,7 @@ pub async fn run<S: Storage>(
             let temp = dir.join(format!("{}{TEMP_SUFFIX}", segment_name(next_seq)));
             let _ = storage.remove(&temp).await;
             if crate::disk::is_out_of_space(error) && !signals.writer_waiting.get() {
-                wait_for_space(&dir, segment_bytes, &signals.writer_waiting).await;
+                wait_for_space(&storage, &dir, segment_bytes, &signals.writer_waiting).await;
                 continue;
             }
         }
@@ -113,10 +110,17 @@ pub async fn run<S: Storage>(
 
 /// Sleeps until the filesystem of `dir` has `segment_bytes` free (or cannot say) or the writer
 /// waits for a segment.
-async fn wait_for_space(dir: &Path, segment_bytes: u64, writer_waiting: &Cell<bool>) {
+async fn wait_for_space<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    segment_bytes: u64,
+    writer_waiting: &Cell<bool>,
+) {
     loop {
-        glommio::timer::sleep(FULL_RETRY_INTERVAL).await;
-        let room = crate::disk::available_bytes(dir).map_or(true, |free| free > segment_bytes);
+        glommio::timer::sleep(storage.full_retry_interval()).await;
+        let room = storage
+            .available_bytes(dir)
+            .map_or(true, |free| free > segment_bytes);
         if room || writer_waiting.get() {
             return;
         }

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::time::Duration;
 
 use super::format::TORN_SECTOR_BYTES;
 use super::storage::{SegmentFile, Storage, WriteBuf};
@@ -25,6 +26,10 @@ pub struct Faults {
     pub sync_error_one_in: u32,
     /// Writes fail with ENOSPC once this many bytes have been written in total.
     pub enospc_after_bytes: Option<u64>,
+    /// The device holds this many bytes: a write that would grow the files past it fails with
+    /// ENOSPC, while writes inside a file's length always fit (as into a zero-filled segment).
+    /// Removing a file gives its bytes back.
+    pub capacity_bytes: Option<u64>,
     /// Let a crash keep a new prefix of a sector over its old bytes, which the media
     /// assumptions rule out; the WAL must then refuse to open rather than lose records.
     pub sub_sector_tears: bool,
@@ -54,6 +59,8 @@ struct Disk {
 pub struct SimCounts {
     pub writes: u64,
     pub syncs: u64,
+    /// Writes refused with ENOSPC.
+    pub enospc: u64,
 }
 
 impl Disk {
@@ -69,6 +76,13 @@ impl Disk {
 
     fn one_in(&mut self, n: u32) -> bool {
         n != 0 && self.next().is_multiple_of(u64::from(n))
+    }
+
+    fn allocated_bytes(&self) -> u64 {
+        self.files
+            .values()
+            .map(|f| f.borrow().current.len() as u64)
+            .sum()
     }
 }
 
@@ -229,10 +243,17 @@ impl SegmentFile for SimFile {
         {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
-        if d.faults
-            .enospc_after_bytes
-            .is_some_and(|max| d.bytes_written + len as u64 > max)
+        let growth = (pos as usize + len).saturating_sub(self.data.borrow().current.len());
+        let over_capacity = d
+            .faults
+            .capacity_bytes
+            .is_some_and(|capacity| growth > 0 && d.allocated_bytes() + growth as u64 > capacity);
+        if over_capacity
+            || d.faults
+                .enospc_after_bytes
+                .is_some_and(|max| d.bytes_written + len as u64 > max)
         {
+            d.counts.enospc += 1;
             return Err(io::Error::from_raw_os_error(libc::ENOSPC));
         }
         let short_write = d.faults.short_write_one_in;
@@ -340,5 +361,16 @@ impl Storage for SimStorage {
 
     async fn sync_dir(&self, _dir: &Path) -> io::Result<()> {
         self.live().map(drop)
+    }
+
+    fn available_bytes(&self, _dir: &Path) -> io::Result<u64> {
+        let d = self.live()?;
+        Ok(d.faults
+            .capacity_bytes
+            .map_or(u64::MAX, |c| c.saturating_sub(d.allocated_bytes())))
+    }
+
+    fn full_retry_interval(&self) -> Duration {
+        Duration::from_millis(1)
     }
 }

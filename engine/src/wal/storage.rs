@@ -8,6 +8,7 @@ use std::io;
 use std::ops::Deref;
 use std::path::Path;
 use std::rc::Rc;
+use std::time::Duration;
 
 use glommio::io::{DmaBuffer, DmaFile, OpenOptions, ReadResult};
 
@@ -68,6 +69,12 @@ pub trait Storage: Clone + 'static {
     async fn remove(&self, path: &Path) -> io::Result<()>;
     /// Makes creations, renames and removals in `dir` durable.
     async fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Bytes the filesystem of `dir` can still give to new data.
+    fn available_bytes(&self, dir: &Path) -> io::Result<u64>;
+    /// How long a write that met a full device waits before it looks for space again.
+    fn full_retry_interval(&self) -> Duration {
+        Duration::from_secs(1)
+    }
 }
 
 /// Bytes the LOCK file holds so glommio's poll-ring probe reads real data.
@@ -223,5 +230,9 @@ impl Storage for DmaStorage {
         let d = glommio::io::Directory::open(dir).await?;
         d.sync().await?;
         Ok(d.close().await?)
+    }
+
+    fn available_bytes(&self, dir: &Path) -> io::Result<u64> {
+        crate::disk::available_bytes(dir)
     }
 }
