@@ -146,7 +146,7 @@ pub fn read(segment: &Path) -> Vec<Entry> {
 }
 
 /// Starts `segment`'s index with `entries` (replacing any index it had).
-pub fn create(segment: &Path, entries: &[Entry]) -> Result<File, String> {
+pub fn create(segment: &Path, entries: &[Entry]) -> std::io::Result<File> {
     let mut bytes = Vec::with_capacity(HEADER_BYTES + entries.len() * ENTRY_BYTES);
     bytes.extend_from_slice(&file_header(MAGIC, VERSION));
     for entry in entries {

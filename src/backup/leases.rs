@@ -13,7 +13,7 @@
 //! records up to the first one that does not check out (a torn tail after a crash), and the
 //! backup cuts that tail off when it resumes.
 
-use super::segment::{file_header, has_header, HEADER_BYTES};
+use super::segment::{file_header, has_header, FlushError, HEADER_BYTES};
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -91,8 +91,10 @@ impl LeaseLog {
         self.known.contains_key(&id)
     }
 
-    /// Records new leases and makes them durable.
-    pub fn record(&mut self, leases: &[(i64, i64)], listed_ms: u64) -> Result<(), String> {
+    /// Records new leases and makes them durable. A full device leaves the log as it was (a
+    /// record cut short would hide every later one from the reader) and the leases unknown, so
+    /// the next listing records them.
+    pub fn record(&mut self, leases: &[(i64, i64)], listed_ms: u64) -> Result<(), FlushError> {
         if leases.is_empty() {
             return Ok(());
         }
@@ -105,10 +107,14 @@ impl LeaseLog {
             let crc = crc32c::crc32c(&bytes[start..]);
             bytes.extend_from_slice(&crc.to_le_bytes());
         }
-        self.file
-            .write_all(&bytes)
-            .and_then(|()| self.file.sync_data())
-            .map_err(|e| format!("{}: {e}", self.path.display()))?;
+        let at = self.path.display().to_string();
+        let failed = |e: std::io::Error| FlushError::Failed(format!("{at}: {e}"));
+        let len = self.file.metadata().map_err(failed)?.len();
+        if let Err(e) = self.file.write_all(&bytes) {
+            self.file.set_len(len).map_err(failed)?;
+            return Err(FlushError::from_io(at, e));
+        }
+        self.file.sync_data().map_err(failed)?;
         self.known.extend(leases.iter().copied());
         Ok(())
     }

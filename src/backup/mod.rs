@@ -36,7 +36,7 @@ use basalt_proto::etcdserverpb::{
     LeaseTimeToLiveResponse, SnapshotRequest, SnapshotResponse, WatchCreateRequest,
     WatchProgressRequest, WatchRequest, WatchResponse,
 };
-use segment::{Record, SegmentWriter};
+use segment::{FlushError, Record, SegmentWriter};
 use std::fs;
 use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -51,6 +51,8 @@ const SEGMENT_ROTATE_BYTES: u64 = 64 << 20;
 const PENDING_FLUSH_BYTES: usize = 8 << 20;
 const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How often a flush that met a full device tries again.
+const FULL_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// How often a long download or replay reports its progress on stderr.
 pub(crate) const STATUS_LINE_INTERVAL: Duration = Duration::from_secs(1);
 const SNAPSHOT_TMP: &str = "snapshot.tmp";
@@ -143,6 +145,8 @@ enum Failure {
     Retry(String),
     /// The backup directory: stop.
     Fatal(String),
+    /// The backup directory's device is full: nothing was left behind; try again later.
+    Full(String),
 }
 
 fn retry(error: impl std::fmt::Display) -> Failure {
@@ -240,9 +244,42 @@ impl Follower {
         })
     }
 
-    /// Writes what is queued, makes it durable, and tells the metrics.
-    fn flush(&mut self) -> Result<(), String> {
-        self.writer.flush()?;
+    /// Writes what is queued, makes it durable, and tells the metrics. A full device is waited
+    /// out: the records stay queued and the watch is not read meanwhile, so the server holds
+    /// what follows; a stop asked for meanwhile ends the wait (the next run resumes after the
+    /// last durable revision).
+    async fn flush(&mut self) -> Result<(), String> {
+        let mut full_since = None;
+        loop {
+            match self.writer.flush() {
+                Ok(()) => break,
+                Err(FlushError::OutOfSpace(reason)) => {
+                    let queued = self.writer.pending_bytes();
+                    if self.stop.load(Ordering::SeqCst) {
+                        return Err(format!(
+                            "{reason}; stopped with {queued} bytes of records not written (the \
+                             next run resumes after the last durable revision)"
+                        ));
+                    }
+                    if full_since.is_none() {
+                        eprintln!(
+                            "basalt backup: the backup directory's device is full ({reason}); \
+                             {queued} bytes of records wait in memory, tried again every \
+                             {FULL_RETRY_INTERVAL:?}"
+                        );
+                        full_since = Some(Instant::now());
+                    }
+                    glommio::timer::sleep(FULL_RETRY_INTERVAL).await;
+                }
+                Err(FlushError::Failed(reason)) => return Err(reason),
+            }
+        }
+        if let Some(since) = full_since {
+            eprintln!(
+                "basalt backup: the device took the records after {:.1} s; following again",
+                since.elapsed().as_secs_f64()
+            );
+        }
         if let Some(last) = self.last {
             self.metrics.durable(last, self.writer.bytes_written);
         }
@@ -256,13 +293,14 @@ impl Follower {
             let endpoint = self.flags.endpoints[next % self.flags.endpoints.len()].clone();
             let started = Instant::now();
             match self.session(&endpoint).await {
-                Ok(()) => return self.flush(),
+                Ok(()) => return self.flush().await,
                 Err(Failure::Fatal(error)) => {
-                    let _ = self.flush();
+                    // Best effort on the way out: no wait for space.
+                    let _ = self.writer.flush();
                     return Err(error);
                 }
-                Err(Failure::Retry(error)) => {
-                    self.flush()?;
+                Err(Failure::Retry(error) | Failure::Full(error)) => {
+                    self.flush().await?;
                     if self.stop.load(Ordering::SeqCst) {
                         return Ok(());
                     }
@@ -365,7 +403,7 @@ impl Follower {
         } else {
             self.writer.rotate();
         }
-        self.flush().map_err(fatal)?;
+        self.flush().await.map_err(fatal)?;
         self.prune().map_err(fatal)
     }
 
@@ -438,13 +476,23 @@ impl Follower {
                 Ok(Some(Err(status))) => return Err(retry(status)),
                 Ok(None) => return Err(retry("the watch stream closed")),
                 Err(_) => {
-                    self.flush().map_err(fatal)?;
+                    self.flush().await.map_err(fatal)?;
                     if self.stop.load(Ordering::SeqCst) {
                         sender.cancel();
                         return Ok(WatchEnd::Stopped);
                     }
                     if self.snapshot_due() {
-                        self.snapshot(client, None).await?;
+                        match self.snapshot(client, None).await {
+                            Err(Failure::Full(reason)) => {
+                                eprintln!(
+                                    "basalt backup: no room for the periodic snapshot ({reason}); \
+                                     the events go on being kept, the next snapshot is tried \
+                                     after --snapshot-interval"
+                                );
+                                self.last_snapshot_ms = Some(now_ms());
+                            }
+                            other => other?,
+                        }
                     }
                     if Instant::now() >= self.next_lease_listing {
                         self.list_leases(client).await?;
@@ -475,7 +523,7 @@ impl Follower {
             }
             self.take(response);
             if self.writer.pending_bytes() > PENDING_FLUSH_BYTES {
-                self.flush().map_err(fatal)?;
+                self.flush().await.map_err(fatal)?;
             }
         }
     }
@@ -515,7 +563,14 @@ impl Follower {
                 }
             }
         }
-        self.leases.record(&new, now_ms()).map_err(Failure::Fatal)
+        match self.leases.record(&new, now_ms()) {
+            Ok(()) => Ok(()),
+            Err(FlushError::OutOfSpace(reason)) => {
+                eprintln!("basalt backup: no room to record lease TTLs ({reason}); tried again at the next listing");
+                Ok(())
+            }
+            Err(FlushError::Failed(reason)) => Err(Failure::Fatal(reason)),
+        }
     }
 
     /// Queues a watch response: its events as one record per revision, or (no events, not the
@@ -569,7 +624,13 @@ impl Follower {
 
 /// Streams Maintenance.Snapshot into `path` and makes it durable, reporting progress.
 async fn download(client: &Client, path: &Path) -> Result<(), Failure> {
-    let fatal = |e: std::io::Error| Failure::Fatal(format!("{}: {e}", path.display()));
+    let fatal = |e: std::io::Error| match FlushError::from_io(path.display(), e) {
+        FlushError::OutOfSpace(reason) => {
+            let _ = fs::remove_file(path);
+            Failure::Full(reason)
+        }
+        FlushError::Failed(reason) => Failure::Fatal(reason),
+    };
     let (mut sender, mut responses) = client
         .open("/etcdserverpb.Maintenance/Snapshot")
         .await

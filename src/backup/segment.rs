@@ -354,7 +354,8 @@ impl SegmentWriter {
                     path: path.to_owned(),
                     file,
                     len: scan.good_bytes,
-                    index: index::create(path, &entries)?,
+                    index: index::create(path, &entries)
+                        .map_err(|e| format!("{}: {e}", index::index_path(path).display()))?,
                 })
             }
             None => None,
@@ -384,11 +385,21 @@ impl SegmentWriter {
         self.pending.len()
     }
 
-    /// Writes what is queued, makes it durable, then indexes it.
-    pub fn flush(&mut self) -> Result<(), String> {
-        let Some(mut entry) = self.pending_entry.take() else {
+    /// Writes what is queued, makes it durable, then indexes it. A full device leaves nothing
+    /// behind (a new segment is removed, a write is cut back to the segment's last flush) and
+    /// keeps the records queued for the next try; any other failure is final.
+    pub fn flush(&mut self) -> Result<(), FlushError> {
+        let Some(entry) = self.pending_entry.take() else {
             return Ok(());
         };
+        let result = self.write_pending(entry);
+        if result.is_err() {
+            self.pending_entry = Some(entry);
+        }
+        result
+    }
+
+    fn write_pending(&mut self, mut entry: Entry) -> Result<(), FlushError> {
         if self
             .open
             .as_ref()
@@ -397,17 +408,32 @@ impl SegmentWriter {
             self.open = Some(self.create(entry.first_revision)?);
         }
         let segment = self.open.as_mut().expect("opened above");
+        let at = segment.path.display().to_string();
+        if let Err(e) = segment.file.write_all(&self.pending) {
+            // What the device took of the write goes; the segment ends at its last flush.
+            segment
+                .file
+                .set_len(segment.len)
+                .map_err(|cut| FlushError::Failed(format!("{at}: {cut}")))?;
+            return Err(FlushError::from_io(at, e));
+        }
+        // After a failed fdatasync the page cache cannot be trusted: no retry.
         segment
             .file
-            .write_all(&self.pending)
-            .and_then(|()| segment.file.sync_data())
-            .map_err(|e| format!("writing a backup segment in {}: {e}", self.dir.display()))?;
+            .sync_data()
+            .map_err(|e| FlushError::Failed(format!("{at}: {e}")))?;
         entry.offset = segment.len;
         entry.end += segment.len;
-        index::append(&mut segment.index, &segment.path, &entry)?;
         segment.len += self.pending.len() as u64;
         self.bytes_written += self.pending.len() as u64;
         self.pending.clear();
+        // The index is derived (trusted only as a prefix that tiles the segment, rebuilt on
+        // resume), so an entry it cannot take costs restore speed, not data.
+        if let Err(error) = index::append(&mut segment.index, &segment.path, &entry) {
+            eprintln!(
+                "basalt backup: the segment index is behind ({error}); restore scans the rest"
+            );
+        }
         Ok(())
     }
 
@@ -417,19 +443,49 @@ impl SegmentWriter {
         self.open = None;
     }
 
-    fn create(&self, first: i64) -> Result<OpenSegment, String> {
+    fn create(&self, first: i64) -> Result<OpenSegment, FlushError> {
         let path = segment_path(&self.dir, first);
-        let file = create_file(&path, &file_header(MAGIC, VERSION))?;
-        file.sync_all()
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        let index = index::create(&path, &[])?;
-        sync_dir(&self.dir)?;
-        Ok(OpenSegment {
-            path,
-            file,
-            len: HEADER_BYTES as u64,
-            index,
-        })
+        let made = (|| -> std::io::Result<(File, File)> {
+            let file = create_file(&path, &file_header(MAGIC, VERSION))?;
+            file.sync_all()?;
+            let index = index::create(&path, &[])?;
+            File::open(&self.dir)?.sync_all()?;
+            Ok((file, index))
+        })();
+        match made {
+            Ok((file, index)) => Ok(OpenSegment {
+                path,
+                file,
+                len: HEADER_BYTES as u64,
+                index,
+            }),
+            Err(e) => {
+                let _ = index::remove_segment(&path);
+                Err(FlushError::from_io(path.display(), e))
+            }
+        }
+    }
+}
+
+/// Why a write to the backup directory did not make its records durable.
+#[derive(Debug, thiserror::Error)]
+pub enum FlushError {
+    /// The device is full; nothing was left behind and the records stay queued.
+    #[error("{0}")]
+    OutOfSpace(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl FlushError {
+    /// `error` of the file `context` names: a full device, or a failure to stop on.
+    pub fn from_io(context: impl std::fmt::Display, error: std::io::Error) -> FlushError {
+        let message = format!("{context}: {error}");
+        if basalt_engine::disk::is_out_of_space(&error) {
+            FlushError::OutOfSpace(message)
+        } else {
+            FlushError::Failed(message)
+        }
     }
 }
 
@@ -448,15 +504,13 @@ pub fn has_header(bytes: &[u8], magic: &[u8; 8], version: u32) -> bool {
 }
 
 /// Creates (or empties) `path` and writes `contents` to it.
-pub fn create_file(path: &Path, contents: &[u8]) -> Result<File, String> {
-    let at = |e: std::io::Error| format!("{}: {e}", path.display());
+pub fn create_file(path: &Path, contents: &[u8]) -> std::io::Result<File> {
     let mut file = OpenOptions::new()
         .create(true)
         .truncate(true)
         .write(true)
-        .open(path)
-        .map_err(at)?;
-    file.write_all(contents).map_err(at)?;
+        .open(path)?;
+    file.write_all(contents)?;
     Ok(file)
 }
 
