@@ -35,6 +35,14 @@ WORKLOADS = [
     ("txn-mixed-90-10", "txn-mixed 90% read, 10/100 (reads)", "read"),
     ("txn-mixed-90-10", "txn-mixed 90% read, 10/100 (writes)", "write"),
     ("watch-fanout", "watch fan-out, 1000 watchers (events)", "event"),
+    ("k8s", "kube-apiserver mix, 10/100: create (Txn)", "create"),
+    ("k8s", "kube-apiserver mix: GuaranteedUpdate (Txn)", "update"),
+    ("k8s", "kube-apiserver mix: delete (Txn)", "delete"),
+    ("k8s", "kube-apiserver mix: get", "get"),
+    ("k8s", "kube-apiserver mix: LIST (every page of 500)", "list"),
+    ("k8s", "kube-apiserver mix: LIST, one page", "list-page"),
+    ("k8s", "kube-apiserver mix: events (leased put)", "events"),
+    ("k8s", "kube-apiserver mix: watch event lag (12 watchers)", "watch-lag"),
 ]
 FIO_LIMIT_MS = 10.0
 CHECK_TOLERANCE = 0.10

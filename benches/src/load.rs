@@ -50,6 +50,8 @@ pub enum LoadError {
     Executor(String),
     #[error("{0}")]
     Call(#[from] CallError),
+    #[error("{0}")]
+    Options(String),
 }
 
 /// Flags every load subcommand shares.
@@ -68,7 +70,7 @@ pub struct Common {
 impl Common {
     /// Where the server's allocation count is read: with `--server-pid` against one endpoint
     /// only (several would mix servers' counts).
-    fn metrics_endpoint(&self) -> Option<&str> {
+    pub(crate) fn metrics_endpoint(&self) -> Option<&str> {
         match (self.server_pids.is_empty(), self.endpoints.as_slice()) {
             (false, [endpoint]) => Some(endpoint),
             _ => None,
@@ -133,10 +135,10 @@ impl Workload {
 
 /// A small deterministic generator (xorshift64*): key choice only needs to be cheap and
 /// spread, and a seeded run picks the same keys every time.
-struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
 
@@ -147,11 +149,11 @@ impl Rng {
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next_u64() % n.max(1)
     }
 
-    fn unit(&mut self) -> f64 {
+    pub(crate) fn unit(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
@@ -352,13 +354,21 @@ async fn issue(
 }
 
 /// Spaces out the requests of one thread's clients at the thread's share of the rate.
-struct Limiter {
+pub(crate) struct Limiter {
     interval: Duration,
     next: Cell<Instant>,
 }
 
 impl Limiter {
-    async fn wait(&self) {
+    /// Requests at `rate_per_s`, from now.
+    pub(crate) fn new(rate_per_s: f64) -> Limiter {
+        Limiter {
+            interval: Duration::from_secs_f64(1.0 / rate_per_s.max(1e-9)),
+            next: Cell::new(Instant::now()),
+        }
+    }
+
+    pub(crate) async fn wait(&self) {
         let now = Instant::now();
         let slot = self.next.get().max(now);
         self.next.set(slot + self.interval);
@@ -401,7 +411,7 @@ async fn find_leader(endpoints: &[String]) -> Result<String, LoadError> {
 
 /// Runs `body` on `threads` glommio executors after every thread has finished its set-up,
 /// and returns what each thread returned plus the wall and CPU time from the common start.
-fn on_executors<T, F, Fut>(
+pub(crate) fn on_executors<T, F, Fut>(
     threads: usize,
     server_pids: &[u32],
     metrics_endpoint: Option<&str>,
@@ -456,7 +466,7 @@ where
 
 /// Checks the connection and client counts; `clients_used` is false for the watch runs, whose
 /// concurrency is their streams.
-fn check_shape(common: &Common, clients_used: bool) -> Result<(), LoadError> {
+pub(crate) fn check_shape(common: &Common, clients_used: bool) -> Result<(), LoadError> {
     if common.endpoints.is_empty() {
         return Err(LoadError::NoEndpoint);
     }
@@ -466,7 +476,7 @@ fn check_shape(common: &Common, clients_used: bool) -> Result<(), LoadError> {
     Ok(())
 }
 
-fn resolve_endpoints(common: &Common) -> Result<Vec<String>, LoadError> {
+pub(crate) fn resolve_endpoints(common: &Common) -> Result<Vec<String>, LoadError> {
     if !common.target_leader {
         return Ok(common.endpoints.clone());
     }
@@ -481,7 +491,7 @@ fn resolve_endpoints(common: &Common) -> Result<Vec<String>, LoadError> {
     Ok(vec![found.pop().expect("one thread ran")?])
 }
 
-fn merge(names: &[&str], per_thread: Vec<Vec<Series>>) -> Vec<Series> {
+pub(crate) fn merge(names: &[&str], per_thread: Vec<Vec<Series>>) -> Vec<Series> {
     let mut merged: Vec<Series> = names.iter().map(|n| Series::new(n)).collect();
     for series in per_thread {
         for (total, part) in merged.iter_mut().zip(&series) {
@@ -543,11 +553,9 @@ pub fn run(
                     }
                 }
                 let limiter = pace.rate_per_s.map(|rate| {
-                    let share = rate * my_clients.len() as f64 / clients as f64;
-                    Rc::new(Limiter {
-                        interval: Duration::from_secs_f64(1.0 / share.max(1e-9)),
-                        next: Cell::new(Instant::now()),
-                    })
+                    Rc::new(Limiter::new(
+                        rate * my_clients.len() as f64 / clients as f64,
+                    ))
                 });
                 barrier.wait();
                 let deadline = duration.map(|d| Instant::now() + d);
@@ -752,10 +760,7 @@ async fn watch_putter(
             "{lost} of {watchers} watchers were not created; no puts made"
         )));
     }
-    let limiter = Limiter {
-        interval: Duration::from_secs_f64(1.0 / options.put_rate_per_s.max(1e-9)),
-        next: Cell::new(Instant::now()),
-    };
+    let limiter = Limiter::new(options.put_rate_per_s);
     shared
         .put_start_ns
         .store(stamp_ns(shared.epoch).max(1), Ordering::Relaxed);

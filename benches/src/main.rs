@@ -9,6 +9,7 @@
 
 mod disk;
 mod grpc;
+mod k8s;
 mod load;
 mod report;
 mod walcurve;
@@ -194,6 +195,42 @@ enum Command {
         #[command(flatten)]
         pace: PaceArgs,
     },
+    /// The kube-apiserver's storage workload: objects under /registry/<resource>/<ns>/<name>
+    /// created, updated (GuaranteedUpdate), deleted, read and listed in pages of 500 as the
+    /// apiserver does, events on a shared lease, watchers on each resource's prefix and the
+    /// apiserver's compaction; ops/s and latency per verb, and watch event lag.
+    K8s {
+        #[command(flatten)]
+        pace: PaceArgs,
+        /// Resources the objects are spread over (pods, configmaps, secrets, services,
+        /// endpointslices, leases: 1 to 6).
+        #[arg(long, default_value_t = 4)]
+        resources: usize,
+        #[arg(long, default_value_t = 20)]
+        namespaces: u64,
+        /// Objects created (not timed) before the run.
+        #[arg(long, default_value_t = 10_000)]
+        objects: u64,
+        #[arg(long, default_value_t = 1024)]
+        value_min_bytes: usize,
+        #[arg(long, default_value_t = 10240)]
+        value_max_bytes: usize,
+        /// Watchers, one per resource prefix in turn, from the revision after the preload.
+        #[arg(long, default_value_t = 12)]
+        watchers: usize,
+        /// Weights of the verbs (create, update, delete, get, list, events).
+        #[arg(
+            long,
+            default_value = "create=8,update=50,delete=4,get=20,list=1,events=17"
+        )]
+        mix: String,
+        /// Seconds between the apiserver's compaction rounds (it uses 300).
+        #[arg(long, default_value_t = 300.0)]
+        compact_interval: f64,
+        /// Seconds between new event leases (the apiserver shares one per minute).
+        #[arg(long, default_value_t = 60.0)]
+        event_lease_interval: f64,
+    },
     /// SSD harness on DIR: O_DIRECT write + fdatasync latency at 4K/16K/64K/1M, sequential
     /// bandwidth, etcd's fio-style check (2300-byte writes, fdatasync each, p99 < 10 ms), and
     /// the group-commit curve of Basalt's WAL (concurrent appenders vs records/s).
@@ -376,6 +413,31 @@ fn run(cli: Cli) -> Result<Option<RunReport>, String> {
                 value_bytes: watch.val_size,
             };
             load::run_watch(&common, options, params)
+        }
+        Command::K8s {
+            pace,
+            resources,
+            namespaces,
+            objects,
+            value_min_bytes,
+            value_max_bytes,
+            watchers,
+            mix,
+            compact_interval,
+            event_lease_interval,
+        } => {
+            let options = k8s::Options {
+                resources: *resources,
+                namespaces: *namespaces,
+                objects: *objects,
+                value_min_bytes: *value_min_bytes,
+                value_max_bytes: *value_max_bytes,
+                watchers: *watchers,
+                mix: k8s::Mix::parse(mix)?,
+                compact_interval: Duration::from_secs_f64(compact_interval.max(0.1)),
+                event_lease_interval: Duration::from_secs_f64(event_lease_interval.max(0.1)),
+            };
+            k8s::run(&common, pace.pace(), options)
         }
         Command::LeaseKeepalive { pace } => {
             let params = set("lease-keepalive");
