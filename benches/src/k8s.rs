@@ -22,7 +22,8 @@
 
 use crate::grpc::{CallError, Channel};
 use crate::load::{
-    self, check_shape, on_executors, resolve_endpoints, Common, Limiter, LoadError, Pace, Rng,
+    self, check_shape, into_series, next_request, on_executors, record_outcome, resolve_endpoints,
+    Common, Limiter, LoadError, Pace, Rng, RunEnd,
 };
 use crate::report::{record, Goal, Progress, RunReport, Series};
 use basalt_proto::etcdserverpb as pb;
@@ -790,7 +791,10 @@ pub fn run(common: &Common, pace: Pace, options: Options) -> Result<RunReport, L
                 // Thread 0 stores the start revision before the barrier.
                 let start = shared.start_revision.load(Ordering::Relaxed) as i64;
                 let until = Rc::new(Cell::new(false));
-                let deadline = duration.map(|d| Instant::now() + d);
+                let end = RunEnd {
+                    total,
+                    deadline: duration.map(|d| Instant::now() + d),
+                };
                 let mine: Vec<usize> = (0..clients)
                     .filter(|i| (i % conns) % threads == thread)
                     .collect();
@@ -854,22 +858,13 @@ pub fn run(common: &Common, pace: Pace, options: Options) -> Result<RunReport, L
                     );
                     let (series, limiter) = (series.clone(), limiter.clone());
                     tasks.push(glommio::spawn_local(async move {
-                        loop {
-                            let seq = client.shared.issued.fetch_add(1, Ordering::Relaxed);
-                            if seq >= total || deadline.is_some_and(|d| Instant::now() >= d) {
-                                break;
-                            }
-                            if let Some(limiter) = &limiter {
-                                limiter.wait().await;
-                            }
+                        let shared = client.shared.clone();
+                        while let Some(seq) =
+                            next_request(&shared.issued, end, limiter.as_deref()).await
+                        {
                             let sent = Instant::now();
                             let (index, result) = client.one(seq, &series).await;
-                            let mut series = series.borrow_mut();
-                            match result {
-                                Ok(()) => record(&mut series[index].latency_ns, sent.elapsed()),
-                                Err(e) => series[index].error(e.to_string()),
-                            }
-                            client.shared.done.fetch_add(1, Ordering::Relaxed);
+                            record_outcome(&series, index, sent, result, &shared.done);
                         }
                     }));
                 }
@@ -881,9 +876,7 @@ pub fn run(common: &Common, pace: Pace, options: Options) -> Result<RunReport, L
                     task.await;
                 }
                 drop(channels);
-                Rc::try_unwrap(series)
-                    .map(RefCell::into_inner)
-                    .unwrap_or_else(|_| unreachable!("every task has finished"))
+                into_series(series)
             }
         }
     };

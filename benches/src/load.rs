@@ -378,6 +378,53 @@ impl Limiter {
     }
 }
 
+/// When a run of closed-loop clients ends: after `total` requests over all clients, or at
+/// `deadline`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RunEnd {
+    pub total: u64,
+    pub deadline: Option<Instant>,
+}
+
+/// The number of a client's next request, paced by `limiter`; None once the run is over.
+pub(crate) async fn next_request(
+    issued: &AtomicU64,
+    end: RunEnd,
+    limiter: Option<&Limiter>,
+) -> Option<u64> {
+    let seq = issued.fetch_add(1, Ordering::Relaxed);
+    if seq >= end.total || end.deadline.is_some_and(|d| Instant::now() >= d) {
+        return None;
+    }
+    if let Some(limiter) = limiter {
+        limiter.wait().await;
+    }
+    Some(seq)
+}
+
+/// Puts one request's latency (since `sent`) or error in series `index` and counts it done.
+pub(crate) fn record_outcome(
+    series: &RefCell<Vec<Series>>,
+    index: usize,
+    sent: Instant,
+    result: Result<(), CallError>,
+    done: &AtomicU64,
+) {
+    let mut series = series.borrow_mut();
+    match result {
+        Ok(()) => record(&mut series[index].latency_ns, sent.elapsed()),
+        Err(e) => series[index].error(e.to_string()),
+    }
+    done.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The series a thread's tasks filled, once every task holding them has ended.
+pub(crate) fn into_series(series: Rc<RefCell<Vec<Series>>>) -> Vec<Series> {
+    Rc::try_unwrap(series)
+        .map(RefCell::into_inner)
+        .unwrap_or_else(|_| unreachable!("every task holding the series has finished"))
+}
+
 /// What every thread of one run shares.
 struct Shared {
     issued: AtomicU64,
@@ -558,7 +605,10 @@ pub fn run(
                     ))
                 });
                 barrier.wait();
-                let deadline = duration.map(|d| Instant::now() + d);
+                let end = RunEnd {
+                    total,
+                    deadline: duration.map(|d| Instant::now() + d),
+                };
                 if let Some(limiter) = &limiter {
                     limiter.next.set(Instant::now());
                 }
@@ -572,23 +622,13 @@ pub fn run(
                     );
                     tasks.push(glommio::spawn_local(async move {
                         let mut rng = Rng::new(client as u64 + 1);
-                        loop {
-                            let seq = shared.issued.fetch_add(1, Ordering::Relaxed);
-                            if seq >= total || deadline.is_some_and(|d| Instant::now() >= d) {
-                                break;
-                            }
-                            if let Some(limiter) = &limiter {
-                                limiter.wait().await;
-                            }
+                        while let Some(seq) =
+                            next_request(&shared.issued, end, limiter.as_deref()).await
+                        {
                             let sent = Instant::now();
                             let (index, result) =
                                 issue(&workload, &channel, &mut session, &mut rng, seq).await;
-                            let mut series = series.borrow_mut();
-                            match result {
-                                Ok(()) => record(&mut series[index].latency_ns, sent.elapsed()),
-                                Err(e) => series[index].error(e.to_string()),
-                            }
-                            shared.done.fetch_add(1, Ordering::Relaxed);
+                            record_outcome(&series, index, sent, result, &shared.done);
                         }
                     }));
                 }
@@ -596,9 +636,7 @@ pub fn run(
                     task.await;
                 }
                 drop(channels);
-                Rc::try_unwrap(series)
-                    .map(RefCell::into_inner)
-                    .unwrap_or_else(|_| unreachable!("every client task has finished"))
+                into_series(series)
             }
         }
     };

@@ -3,24 +3,16 @@
 //! an independent checker process, that every acknowledged entry survived intact and that the
 //! log holds nothing that does not verify. WAL_CRASH_CYCLES overrides the default 50 cycles.
 
+mod wal_common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use wal_common::Rng;
+
 const WRITER: &str = env!("CARGO_BIN_EXE_wal-crash-writer");
 const CYCLES_DEFAULT: u64 = 50;
-
-/// xorshift64, seeded per run and printed so a failure can be replayed with WAL_CRASH_SEED.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().map(|v| v.parse().expect(name))

@@ -13,7 +13,7 @@ mod wal_common;
 
 use basalt_engine::wal::sim::{Faults, SimStorage};
 use basalt_engine::wal::{RecordRef, Recovered, Wal, WalError, WalOptions};
-use wal_common::{payload, run, Model};
+use wal_common::{payload, run, Model, Rng};
 
 const DIR: &str = "/sim/member/wal";
 const SEGMENT_BYTES: u64 = 64 << 10;
@@ -26,17 +26,6 @@ fn options() -> WalOptions {
         batch_bytes_max: 16 << 10,
         pending_bytes_max: 64 << 10,
         max_wals: 5,
-    }
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
     }
 }
 

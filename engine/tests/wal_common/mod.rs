@@ -15,6 +15,18 @@ pub fn run<T>(body: impl Future<Output = T>) -> T {
         .run(body)
 }
 
+/// xorshift64: seeded, so a failing run replays.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
 /// The bytes entry `index` of `term` carries: recognisable, and different for every
 /// (term, index), so a record read back from the wrong place cannot pass for the right one.
 pub fn payload(term: u64, index: u64, len: usize) -> Vec<u8> {
