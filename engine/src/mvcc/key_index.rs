@@ -6,7 +6,7 @@
 //! compaction keeps the newest revision at or below the compaction point and
 //! drops generations that ended before it.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::ops::Bound;
 
 use bytes::Bytes;
@@ -95,6 +95,11 @@ impl KeyIndex {
 
     fn is_empty(&self) -> bool {
         self.generations.len() == 1 && self.generations[0].is_empty()
+    }
+
+    /// Whether the key exists at its newest revision.
+    fn is_live(&self) -> bool {
+        self.generations.last().is_some_and(|g| !g.is_empty())
     }
 
     fn put(&mut self, revision: Revision) {
@@ -220,10 +225,155 @@ fn owned_key(key: &[u8]) -> Bytes {
     Bytes::copy_from_slice(key)
 }
 
-/// All keys' indexes, ordered by key.
+/// Keys in a sorted block holds at most this many; a fuller block splits in two.
+const BLOCK_KEYS_MAX: usize = 512;
+/// Liveness changes kept for counts at past revisions: a count undoes at most this many, and
+/// one before the oldest kept walks the keys instead (a LIST's pages are read at a revision a
+/// moment old; etcd walks for every count).
+const CHANGES_MAX: usize = 1 << 16;
+
+/// The keys live at the newest revision, in order, answering how many lie below any key in
+/// O(log n): sorted blocks of at most [`BLOCK_KEYS_MAX`] keys, a binary search over the blocks'
+/// first keys, and a Fenwick tree over the blocks' sizes. A range's count is two such ranks, so
+/// a page of a paginated LIST is answered without walking the rest of the range.
+#[derive(Debug, Clone, Default)]
+struct RankedKeys {
+    blocks: Vec<Vec<Bytes>>,
+    /// Fenwick tree (1-based) over `blocks[i].len()`.
+    sizes: Vec<usize>,
+    len: usize,
+}
+
+impl RankedKeys {
+    /// The block `key` belongs in: the last whose first key is not above it (the first block
+    /// for a key below every block).
+    fn block_of(&self, key: &[u8]) -> usize {
+        self.blocks
+            .partition_point(|block| block[0].as_ref() <= key)
+            .saturating_sub(1)
+    }
+
+    fn insert(&mut self, key: Bytes) {
+        self.len += 1;
+        if self.blocks.is_empty() {
+            self.blocks.push(vec![key]);
+            return self.rebuild();
+        }
+        let b = self.block_of(&key);
+        let block = &mut self.blocks[b];
+        let at = block.partition_point(|k| *k < key);
+        debug_assert!(block.get(at) != Some(&key), "a live key inserted twice");
+        block.insert(at, key);
+        if block.len() > BLOCK_KEYS_MAX {
+            let upper = block.split_off(block.len() / 2);
+            self.blocks.insert(b + 1, upper);
+            self.rebuild();
+        } else {
+            self.add(b, true);
+        }
+    }
+
+    fn remove(&mut self, key: &[u8]) {
+        if self.blocks.is_empty() {
+            debug_assert!(false, "removing from an empty set");
+            return;
+        }
+        let b = self.block_of(key);
+        let block = &mut self.blocks[b];
+        let Ok(at) = block.binary_search_by(|k| k.as_ref().cmp(key)) else {
+            debug_assert!(false, "removing a key that is not live");
+            return;
+        };
+        block.remove(at);
+        self.len -= 1;
+        if block.is_empty() {
+            self.blocks.remove(b);
+            self.rebuild();
+        } else {
+            self.add(b, false);
+        }
+    }
+
+    /// How many keys are below `key`.
+    fn rank(&self, key: &[u8]) -> usize {
+        if self.blocks.is_empty() {
+            return 0;
+        }
+        let b = self.block_of(key);
+        let mut below = self.blocks[b].partition_point(|k| k.as_ref() < key);
+        let mut i = b;
+        while i > 0 {
+            below += self.sizes[i];
+            i &= i - 1;
+        }
+        below
+    }
+
+    fn count(&self, range: KeyRange<'_>) -> usize {
+        match range {
+            KeyRange::Single(key) => {
+                let b = self.block_of(key);
+                usize::from(
+                    self.blocks.get(b).is_some_and(|block| {
+                        block.binary_search_by(|k| k.as_ref().cmp(key)).is_ok()
+                    }),
+                )
+            }
+            KeyRange::From(key) => self.len - self.rank(key),
+            KeyRange::Between(key, end) if key >= end => 0,
+            KeyRange::Between(key, end) => self.rank(end) - self.rank(key),
+        }
+    }
+
+    fn add(&mut self, block: usize, grew: bool) {
+        let mut i = block + 1;
+        while i < self.sizes.len() {
+            if grew {
+                self.sizes[i] += 1;
+            } else {
+                self.sizes[i] -= 1;
+            }
+            i += i & i.wrapping_neg();
+        }
+    }
+
+    fn rebuild(&mut self) {
+        let n = self.blocks.len();
+        self.sizes = vec![0; n + 1];
+        for (b, block) in self.blocks.iter().enumerate() {
+            let i = b + 1;
+            self.sizes[i] += block.len();
+            let parent = i + (i & i.wrapping_neg());
+            if parent <= n {
+                self.sizes[parent] += self.sizes[i];
+            }
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Bytes> {
+        self.blocks.iter().flatten()
+    }
+}
+
+/// Equal when they hold the same keys, however the blocks fell.
+impl PartialEq for RankedKeys {
+    fn eq(&self, other: &Self) -> bool {
+        self.len == other.len && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for RankedKeys {}
+
+/// All keys' indexes, ordered by key, and what counts a range without walking it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TreeIndex {
     keys: BTreeMap<Bytes, KeyIndex>,
+    live: RankedKeys,
+    /// Keys that came to life (true) or died (false), by main revision, oldest first: a count
+    /// at a past revision undoes those after it.
+    changes: VecDeque<(i64, Bytes, bool)>,
+    /// `changes` holds every change after this revision.
+    changes_floor: i64,
 }
 
 impl TreeIndex {
@@ -233,20 +383,76 @@ impl TreeIndex {
 
     pub fn put(&mut self, key: &[u8], revision: Revision) {
         match self.keys.get_mut(key) {
-            Some(index) => index.put(revision),
+            Some(index) => {
+                let was_live = index.is_live();
+                index.put(revision);
+                if !was_live {
+                    let stored = self.stored_key(key);
+                    self.changed(stored, revision, true);
+                }
+            }
             None => {
                 let mut index = KeyIndex::new();
                 index.put(revision);
-                self.keys.insert(owned_key(key), index);
+                let stored = owned_key(key);
+                self.keys.insert(stored.clone(), index);
+                self.changed(stored, revision, true);
             }
         }
     }
 
     /// Records the key's deletion; `false` if the key is not live.
     pub fn tombstone(&mut self, key: &[u8], revision: Revision) -> bool {
-        self.keys
+        let ended = self
+            .keys
             .get_mut(key)
-            .is_some_and(|index| index.tombstone(revision))
+            .is_some_and(|index| index.tombstone(revision));
+        if ended {
+            let stored = self.stored_key(key);
+            self.changed(stored, revision, false);
+        }
+        ended
+    }
+
+    /// The index's own copy of `key` (shared, not copied again).
+    fn stored_key(&self, key: &[u8]) -> Bytes {
+        self.keys
+            .get_key_value(key)
+            .expect("the key is indexed")
+            .0
+            .clone()
+    }
+
+    fn changed(&mut self, key: Bytes, revision: Revision, alive: bool) {
+        if alive {
+            self.live.insert(key.clone());
+        } else {
+            self.live.remove(&key);
+        }
+        self.changes.push_back((revision.main, key, alive));
+        if self.changes.len() > CHANGES_MAX {
+            if let Some((dropped, _, _)) = self.changes.pop_front() {
+                self.changes_floor = self.changes_floor.max(dropped);
+            }
+        }
+    }
+
+    /// How many keys of `range` are live at `at`, in O(log n) plus the changes since `at`;
+    /// None when the changes since `at` are no longer kept, and the keys must be walked.
+    pub fn count_live(&self, range: KeyRange<'_>, at: i64) -> Option<i64> {
+        if at < self.changes_floor {
+            return None;
+        }
+        let since = self
+            .changes
+            .partition_point(|(revision, _, _)| *revision <= at);
+        let mut count = self.live.count(range) as i64;
+        for (_, key, alive) in self.changes.range(since..) {
+            if range.contains(key) {
+                count += if *alive { -1 } else { 1 };
+            }
+        }
+        Some(count)
     }
 
     /// Seeds a key from the newest record a restart found for it, as etcd's
@@ -261,8 +467,10 @@ impl TreeIndex {
                 revisions: vec![modified],
             }],
         };
-        let previous = self.keys.insert(owned_key(key), index);
+        let stored = owned_key(key);
+        let previous = self.keys.insert(stored.clone(), index);
         assert!(previous.is_none(), "restore of a key already indexed");
+        self.changed(stored, modified, true);
     }
 
     pub fn contains(&self, key: &[u8]) -> bool {
@@ -322,6 +530,12 @@ impl TreeIndex {
             index.compact(at, &mut keep);
             !index.is_empty()
         });
+        // No read goes below `at` any more, so no count undoes a change at or before it.
+        let done = self
+            .changes
+            .partition_point(|(revision, _, _)| *revision <= at);
+        self.changes.drain(..done);
+        self.changes_floor = self.changes_floor.max(at);
         keep
     }
 }
@@ -391,12 +605,67 @@ mod tests {
         )
     }
 
+    /// Ranges over the model's keys `a`..`d`, and the count of each in `live`.
+    fn counts(live: &BTreeMap<Bytes, KeyAt>) -> Vec<(KeyRange<'static>, i64)> {
+        let ranges = [
+            KeyRange::From(b"\0"),
+            KeyRange::From(b"b"),
+            KeyRange::Between(b"b", b"d"),
+            KeyRange::Between(b"a", b"c\0"),
+            KeyRange::Between(b"c", b"a"),
+            KeyRange::Single(b"c"),
+        ];
+        ranges
+            .into_iter()
+            .map(|range| {
+                let n = live.keys().filter(|k| range.contains(k)).count() as i64;
+                (range, n)
+            })
+            .collect()
+    }
+
     proptest! {
         #[test]
         fn index_answers_every_revision_like_the_model(writes in writes()) {
             let (index, model) = replay(&writes);
             for (at, expected) in &model {
                 prop_assert_eq!(&live_at(&index, *at), expected, "at {}", at);
+                for (range, n) in counts(expected) {
+                    prop_assert_eq!(index.count_live(range, *at), Some(n), "{:?} at {}", range, at);
+                }
+            }
+        }
+
+        #[test]
+        fn ranked_keys_count_like_a_sorted_set(
+            ops in prop::collection::vec((0u16..1500, prop::bool::weighted(0.7)), 0..4000),
+            probes in prop::collection::vec((0u16..1600, 0u16..1600), 1..40),
+        ) {
+            let key = |k: u16| Bytes::from(format!("k{k:05}"));
+            let mut ranked = RankedKeys::default();
+            let mut model = std::collections::BTreeSet::new();
+            for (k, insert) in ops {
+                let k = key(k);
+                match (insert, model.contains(&k)) {
+                    (true, false) => {
+                        ranked.insert(k.clone());
+                        model.insert(k);
+                    }
+                    (false, true) => {
+                        ranked.remove(&k);
+                        model.remove(&k);
+                    }
+                    _ => {}
+                }
+            }
+            prop_assert!(ranked.iter().eq(model.iter()));
+            for (a, b) in probes {
+                let (a, b) = (key(a), key(b));
+                prop_assert_eq!(ranked.rank(&a), model.range(..a.clone()).count());
+                let between = if a < b { model.range(a.clone()..b.clone()).count() } else { 0 };
+                prop_assert_eq!(ranked.count(KeyRange::Between(&a, &b)), between);
+                prop_assert_eq!(ranked.count(KeyRange::From(&a)), model.range(a.clone()..).count());
+                prop_assert_eq!(ranked.count(KeyRange::Single(&a)), usize::from(model.contains(&a)));
             }
         }
 
@@ -411,6 +680,9 @@ mod tests {
             let keep = index.compact(at);
             for (read_at, expected) in model.range(at..) {
                 prop_assert_eq!(&live_at(&index, *read_at), expected, "read at {}", read_at);
+                for (range, n) in counts(expected) {
+                    prop_assert_eq!(index.count_live(range, *read_at), Some(n), "{:?} at {}", range, read_at);
+                }
             }
             // Exactly the newest write at or below `at` of every key live at `at` survives.
             let expected_keep: HashSet<Revision> =
@@ -446,6 +718,22 @@ mod tests {
             once.compact(second);
             prop_assert_eq!(twice, once);
         }
+    }
+
+    #[test]
+    fn a_count_older_than_the_kept_changes_is_left_to_a_walk() {
+        let mut index = TreeIndex::new();
+        let total = CHANGES_MAX as i64 + 100;
+        for main in 2..2 + total {
+            index.put(format!("k{main:08}").as_bytes(), rev(main));
+        }
+        let all = KeyRange::From(b"k");
+        let newest = 1 + total;
+        assert_eq!(index.count_live(all, newest), Some(total));
+        // 50 keys were written after `newest - 50`: the count undoes them.
+        assert_eq!(index.count_live(all, newest - 50), Some(total - 50));
+        // Revision 10's changes since are more than are kept.
+        assert_eq!(index.count_live(all, 10), None);
     }
 
     #[test]

@@ -260,15 +260,31 @@ impl<B: RevisionBackend> KvStore<B> {
             return Err(MvccError::Compacted);
         }
         let fetch_limit = usize::try_from(fetch_limit).ok().filter(|&limit| limit > 0);
+        // With the count known from the index, the walk stops at the page (a paginated LIST no
+        // longer walks the rest of its range on every page).
+        let counted = if count_only || fetch_limit.is_some() {
+            self.index.count_live(range, at)
+        } else {
+            None
+        };
         let mut revisions = Vec::new();
-        let mut count = 0i64;
-        self.index.visit_live(range, at, |_, found| {
-            if !count_only && fetch_limit.is_none_or(|limit| revisions.len() < limit) {
-                revisions.push(found.modified);
-            }
-            count += 1;
-            true
-        });
+        let mut walked = 0i64;
+        let walk_all = counted.is_none() || cfg!(debug_assertions);
+        if !count_only || walk_all {
+            self.index.visit_live(range, at, |_, found| {
+                if !count_only && fetch_limit.is_none_or(|limit| revisions.len() < limit) {
+                    revisions.push(found.modified);
+                }
+                walked += 1;
+                walk_all || fetch_limit.is_none_or(|limit| revisions.len() < limit)
+            });
+        }
+        // Debug builds walk every range as well, so every test checks the index's count.
+        debug_assert!(
+            counted.is_none_or(|counted| counted == walked),
+            "the index counts {counted:?} keys live in {range:?} at {at}, a walk {walked}"
+        );
+        let count = counted.unwrap_or(walked);
         let kvs = revisions
             .into_iter()
             .map(|revision| self.read_kv(revision))
