@@ -225,8 +225,9 @@ fn owned_key(key: &[u8]) -> Bytes {
     Bytes::copy_from_slice(key)
 }
 
-/// Keys in a sorted block holds at most this many; a fuller block splits in two.
-const BLOCK_KEYS_MAX: usize = 512;
+/// Keys in a sorted block holds at most this many; a fuller block splits in two. Small enough
+/// that an insert's shift inside its block stays a few KiB.
+const BLOCK_KEYS_MAX: usize = 256;
 /// Liveness changes kept for counts at past revisions: a count undoes at most this many, and
 /// one before the oldest kept walks the keys instead (a LIST's pages are read at a revision a
 /// moment old; etcd walks for every count).
@@ -353,6 +354,29 @@ impl RankedKeys {
     fn iter(&self) -> impl Iterator<Item = &Bytes> {
         self.blocks.iter().flatten()
     }
+
+    /// The set of `keys`, given in order, in half-full blocks.
+    fn from_sorted(keys: impl Iterator<Item = Bytes>) -> RankedKeys {
+        let mut ranked = RankedKeys::default();
+        let mut block = Vec::with_capacity(BLOCK_KEYS_MAX);
+        for key in keys {
+            debug_assert!(block.last().is_none_or(|last| *last < key));
+            block.push(key);
+            if block.len() == BLOCK_KEYS_MAX / 2 {
+                ranked.len += block.len();
+                ranked.blocks.push(std::mem::replace(
+                    &mut block,
+                    Vec::with_capacity(BLOCK_KEYS_MAX),
+                ));
+            }
+        }
+        if !block.is_empty() {
+            ranked.len += block.len();
+            ranked.blocks.push(block);
+        }
+        ranked.rebuild();
+        ranked
+    }
 }
 
 /// Equal when they hold the same keys, however the blocks fell.
@@ -374,6 +398,8 @@ pub struct TreeIndex {
     changes: VecDeque<(i64, Bytes, bool)>,
     /// `changes` holds every change after this revision.
     changes_floor: i64,
+    /// A restart is replaying records: the live keys are built once at its end.
+    replaying: bool,
 }
 
 impl TreeIndex {
@@ -423,7 +449,30 @@ impl TreeIndex {
             .clone()
     }
 
+    /// Starts a replay of a store's records (a restart): the counting side is left alone
+    /// until [`TreeIndex::end_replay`] builds it in one pass, instead of a sorted insert per key.
+    pub fn begin_replay(&mut self) {
+        self.replaying = true;
+    }
+
+    /// Ends a replay whose newest record was at `revision`: counts at it and later come from
+    /// the index, older ones walk the keys.
+    pub fn end_replay(&mut self, revision: i64) {
+        self.replaying = false;
+        self.live = RankedKeys::from_sorted(
+            self.keys
+                .iter()
+                .filter(|(_, index)| index.is_live())
+                .map(|(key, _)| key.clone()),
+        );
+        self.changes.clear();
+        self.changes_floor = revision;
+    }
+
     fn changed(&mut self, key: Bytes, revision: Revision, alive: bool) {
+        if self.replaying {
+            return;
+        }
         if alive {
             self.live.insert(key.clone());
         } else {
@@ -718,6 +767,39 @@ mod tests {
             once.compact(second);
             prop_assert_eq!(twice, once);
         }
+    }
+
+    #[test]
+    fn a_replayed_index_counts_like_one_built_write_by_write() {
+        let writes: Vec<(u16, bool)> = (0..3000u16)
+            .map(|i| ((u32::from(i) * 7919 % 1200) as u16, i % 5 != 0))
+            .collect();
+        let mut built = TreeIndex::new();
+        let mut replayed = TreeIndex::new();
+        replayed.begin_replay();
+        for (offset, &(k, put)) in writes.iter().enumerate() {
+            let key = format!("k{k:05}");
+            for index in [&mut built, &mut replayed] {
+                if put {
+                    index.put(key.as_bytes(), rev(offset as i64 + 2));
+                } else {
+                    index.tombstone(key.as_bytes(), rev(offset as i64 + 2));
+                }
+            }
+        }
+        let newest = writes.len() as i64 + 1;
+        replayed.end_replay(newest);
+        assert_eq!(replayed.live, built.live);
+        for range in [
+            KeyRange::From(b"k"),
+            KeyRange::Between(b"k00100", b"k00900"),
+        ] {
+            assert_eq!(
+                replayed.count_live(range, newest),
+                built.count_live(range, newest)
+            );
+        }
+        assert_eq!(replayed.count_live(KeyRange::From(b"k"), newest - 1), None);
     }
 
     #[test]

@@ -91,6 +91,7 @@ impl<B: RevisionBackend> KvStore<B> {
     /// and finishing a compaction that was accepted but not completed.
     pub fn open(backend: B) -> Result<Self, MvccError> {
         let mut index = TreeIndex::new();
+        index.begin_replay();
         let mut current_revision = FIRST_REVISION;
         let mut decode_error = None;
         backend.scan(Revision::default(), &mut |revision, record| {
@@ -109,6 +110,7 @@ impl<B: RevisionBackend> KvStore<B> {
         if let Some(error) = decode_error {
             return Err(error);
         }
+        index.end_replay(current_revision);
         let finished = backend.get_meta(MetaKey::FinishedCompactRevision)?;
         let scheduled = backend.get_meta(MetaKey::ScheduledCompactRevision)?;
         let compacted_revision = finished.unwrap_or(NEVER_COMPACTED);
