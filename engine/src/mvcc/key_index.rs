@@ -240,6 +240,9 @@ const CHANGES_MAX: usize = 1 << 16;
 #[derive(Debug, Clone, Default)]
 struct RankedKeys {
     blocks: Vec<Vec<Bytes>>,
+    /// Each block's first key, side by side: the search for a key's block reads this array,
+    /// not every block's own allocation.
+    firsts: Vec<Bytes>,
     /// Fenwick tree (1-based) over `blocks[i].len()`.
     sizes: Vec<usize>,
     len: usize,
@@ -249,14 +252,15 @@ impl RankedKeys {
     /// The block `key` belongs in: the last whose first key is not above it (the first block
     /// for a key below every block).
     fn block_of(&self, key: &[u8]) -> usize {
-        self.blocks
-            .partition_point(|block| block[0].as_ref() <= key)
+        self.firsts
+            .partition_point(|first| first.as_ref() <= key)
             .saturating_sub(1)
     }
 
     fn insert(&mut self, key: Bytes) {
         self.len += 1;
         if self.blocks.is_empty() {
+            self.firsts.push(key.clone());
             self.blocks.push(vec![key]);
             return self.rebuild();
         }
@@ -264,9 +268,13 @@ impl RankedKeys {
         let block = &mut self.blocks[b];
         let at = block.partition_point(|k| *k < key);
         debug_assert!(block.get(at) != Some(&key), "a live key inserted twice");
+        if at == 0 {
+            self.firsts[b] = key.clone();
+        }
         block.insert(at, key);
         if block.len() > BLOCK_KEYS_MAX {
             let upper = block.split_off(block.len() / 2);
+            self.firsts.insert(b + 1, upper[0].clone());
             self.blocks.insert(b + 1, upper);
             self.rebuild();
         } else {
@@ -289,8 +297,12 @@ impl RankedKeys {
         self.len -= 1;
         if block.is_empty() {
             self.blocks.remove(b);
+            self.firsts.remove(b);
             self.rebuild();
         } else {
+            if at == 0 {
+                self.firsts[b] = block[0].clone();
+            }
             self.add(b, false);
         }
     }
@@ -364,6 +376,7 @@ impl RankedKeys {
             block.push(key);
             if block.len() == BLOCK_KEYS_MAX / 2 {
                 ranked.len += block.len();
+                ranked.firsts.push(block[0].clone());
                 ranked.blocks.push(std::mem::replace(
                     &mut block,
                     Vec::with_capacity(BLOCK_KEYS_MAX),
@@ -372,6 +385,7 @@ impl RankedKeys {
         }
         if !block.is_empty() {
             ranked.len += block.len();
+            ranked.firsts.push(block[0].clone());
             ranked.blocks.push(block);
         }
         ranked.rebuild();
