@@ -225,7 +225,7 @@ fn owned_key(key: &[u8]) -> Bytes {
     Bytes::copy_from_slice(key)
 }
 
-/// Keys in a sorted block holds at most this many; a fuller block splits in two. Small enough
+/// A sorted block holds at most this many keys; a fuller block splits in two. Small enough
 /// that an insert's shift inside its block stays a few KiB.
 const BLOCK_KEYS_MAX: usize = 256;
 /// Liveness changes kept for counts at past revisions: a count undoes at most this many, and

