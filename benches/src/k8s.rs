@@ -23,7 +23,7 @@
 use crate::grpc::{CallError, Channel};
 use crate::load::{
     self, check_shape, into_series, next_request, on_executors, record_outcome, resolve_endpoints,
-    Common, Limiter, LoadError, Pace, Rng, RunEnd,
+    Common, Limiter, LoadError, Pace, Rng, RunEnd, LEASE_GRANT, PUT, RANGE, TXN, WATCH,
 };
 use crate::report::{record, Goal, Progress, RunReport, Series};
 use basalt_proto::etcdserverpb as pb;
@@ -36,11 +36,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-const RANGE: &str = "/etcdserverpb.KV/Range";
-const TXN: &str = "/etcdserverpb.KV/Txn";
 const COMPACT: &str = "/etcdserverpb.KV/Compact";
-const WATCH: &str = "/etcdserverpb.Watch/Watch";
-const LEASE_GRANT: &str = "/etcdserverpb.Lease/LeaseGrant";
 
 /// The resources objects are spread over (the busiest kinds of a real cluster).
 const RESOURCES: [&str; 6] = [
@@ -457,7 +453,7 @@ impl Client {
             ..Default::default()
         };
         self.channel
-            .unary::<_, pb::PutResponse>("/etcdserverpb.KV/Put", &request)
+            .unary::<_, pb::PutResponse>(PUT, &request)
             .await
             .map(drop)
     }

@@ -22,11 +22,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-const PUT: &str = "/etcdserverpb.KV/Put";
-const RANGE: &str = "/etcdserverpb.KV/Range";
-const TXN: &str = "/etcdserverpb.KV/Txn";
-const WATCH: &str = "/etcdserverpb.Watch/Watch";
-const LEASE_GRANT: &str = "/etcdserverpb.Lease/LeaseGrant";
+pub(crate) const PUT: &str = "/etcdserverpb.KV/Put";
+pub(crate) const RANGE: &str = "/etcdserverpb.KV/Range";
+pub(crate) const TXN: &str = "/etcdserverpb.KV/Txn";
+pub(crate) const WATCH: &str = "/etcdserverpb.Watch/Watch";
+pub(crate) const LEASE_GRANT: &str = "/etcdserverpb.Lease/LeaseGrant";
 const LEASE_KEEPALIVE: &str = "/etcdserverpb.Lease/LeaseKeepAlive";
 const STATUS: &str = "/etcdserverpb.Maintenance/Status";
 /// TTL of the leases that lease-keepalive renews; long enough never to expire mid-run.
