@@ -2,6 +2,7 @@
 //!
 //! - [`mvcc`]: etcd's multi-version key space (revisions, key index, Range/Put/DeleteRange/Txn/Compact).
 //! - [`wal`]: the segmented write-ahead log, the durability point of every write.
+//! - [`crypt`]: the encryption key file and AES-256-GCM sealing of blocks at rest.
 //! - [`disk`]: a full device told apart from other I/O errors; the space a filesystem has left.
 //! - [`apply`]: committed log entries applied to MVCC on the B+tree, with the applied index.
 //! - [`bbolt`]: etcd's bbolt file format: reading etcd's snapshots and data dirs, writing snapshots etcd reads.
@@ -17,6 +18,7 @@ pub mod apply;
 pub mod auth;
 pub mod bbolt;
 pub mod btree;
+pub mod crypt;
 pub mod disk;
 pub mod interchange;
 pub mod lease;
