@@ -72,6 +72,10 @@ pub enum Error {
     Random,
 }
 
+/// The keyring as the server holds it: replaced whole when the key file changes (a rotation),
+/// loaded by each writer of a block so the next block uses the newest current key.
+pub type SharedKeyring = std::sync::Arc<arc_swap::ArcSwap<Keyring>>;
+
 /// The keys of a key file, by id, and which one seals new blocks.
 pub struct Keyring {
     keys: BTreeMap<u32, LessSafeKey>,
