@@ -26,8 +26,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM};
 use ring::rand::{SecureRandom, SystemRandom};
@@ -68,6 +71,11 @@ pub enum Error {
     /// with its id is not the one that sealed it.
     #[error("encrypted block failed authentication (damaged, moved, or a different key {id})")]
     Authentication { id: u32 },
+    #[error(
+        "encryption key file {path}: key id {id} was removed while the server runs (stop it \
+         to drop a key)"
+    )]
+    KeyRemoved { path: PathBuf, id: u32 },
     #[error("the system random source failed")]
     Random,
 }
@@ -181,6 +189,11 @@ impl Keyring {
         }
     }
 
+    /// This keyring as the one writers share (for a tool that loads a key file once).
+    pub fn into_shared(self) -> SharedKeyring {
+        Arc::new(ArcSwap::from_pointee(self))
+    }
+
     /// The id new blocks are sealed with.
     pub fn current_id(&self) -> u32 {
         self.current
@@ -261,6 +274,68 @@ impl Keyring {
 }
 
 const KEY_CHECK_AAD: &[u8] = b"basalt key check v1";
+
+/// A key file and the keyring last loaded from it: [`KeyFile::reload_if_changed`] re-reads the
+/// file when `stat` says it changed (inode, size or mtime, as TLS files are re-read), so a key
+/// appended by `basalt rekey` reaches a running server without a restart.
+pub struct KeyFile {
+    path: PathBuf,
+    stamp: Option<(u64, u64, i128)>,
+    shared: SharedKeyring,
+}
+
+impl KeyFile {
+    /// Loads `path` (refusing it as [`Keyring::load`] does).
+    pub fn load(path: &Path) -> Result<KeyFile, Error> {
+        let stamp = file_stamp(path);
+        let keyring = Keyring::load(path)?;
+        Ok(KeyFile {
+            path: path.to_path_buf(),
+            stamp,
+            shared: keyring.into_shared(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The keyring writers share; it follows every successful reload.
+    pub fn shared(&self) -> SharedKeyring {
+        Arc::clone(&self.shared)
+    }
+
+    /// Re-reads the file if it changed since the last look. `Ok(Some(id))`: a new keyring
+    /// (current id `id`) is in place. An error keeps the previous keyring: a half-written or
+    /// wrongly permitted file never takes keys away from a running server. A new file must
+    /// still hold every id the old one did, since data on disk may name them; dropping one
+    /// takes a restart (after `basalt check` says nothing uses it).
+    pub fn reload_if_changed(&mut self) -> Result<Option<u32>, Error> {
+        let stamp = file_stamp(&self.path);
+        if stamp == self.stamp {
+            return Ok(None);
+        }
+        self.stamp = stamp;
+        let keyring = Keyring::load(&self.path)?;
+        let old = self.shared.load();
+        if let Some(id) = old.ids().find(|&id| !keyring.has(id)) {
+            return Err(Error::KeyRemoved {
+                path: self.path.clone(),
+                id,
+            });
+        }
+        let current = keyring.current_id();
+        self.shared.store(Arc::new(keyring));
+        Ok(Some(current))
+    }
+}
+
+/// What a file looks like to `stat`: (inode, size, mtime in ns), or None if it cannot be read.
+fn file_stamp(path: &Path) -> Option<(u64, u64, i128)> {
+    let meta = std::fs::metadata(path).ok()?;
+    let mtime_ns = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
+    Some((meta.ino(), meta.len(), mtime_ns))
+}
 
 fn key_from_bytes(bytes: &[u8]) -> LessSafeKey {
     let unbound = UnboundKey::new(&AES_256_GCM, bytes).expect("a 32-byte key fits AES-256-GCM");
@@ -384,6 +459,43 @@ mod tests {
 
         ring.open(3, nonce, b"page 12", &mut block, &tag).unwrap();
         assert_eq!(&block[..], b"secret key name");
+    }
+
+    #[test]
+    fn a_changed_key_file_is_reloaded_and_a_bad_one_keeps_the_old_keys() {
+        let dir = std::env::temp_dir().join(format!("basalt-keyfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("keys");
+        let write = |text: &str, mode: u32| {
+            std::fs::write(&file, text).unwrap();
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        let first = random_key_line(1).unwrap();
+        write(&format!("{first}\n"), 0o600);
+        let mut keys = KeyFile::load(&file).unwrap();
+        let shared = keys.shared();
+        assert_eq!(keys.reload_if_changed().unwrap(), None);
+
+        let second = random_key_line(2).unwrap();
+        write(&format!("{first}\n{second}\n"), 0o600);
+        assert_eq!(keys.reload_if_changed().unwrap(), Some(2));
+        assert_eq!(shared.load().current_id(), 2);
+
+        write(&format!("{first}\n{second}\nthree\n"), 0o600);
+        assert!(keys.reload_if_changed().is_err());
+        write(&format!("{second}\n"), 0o600);
+        let dropped = keys.reload_if_changed().unwrap_err();
+        assert!(
+            dropped.to_string().contains("key id 1 was removed"),
+            "{dropped}"
+        );
+        write(&format!("{first}\n{second}\n"), 0o644);
+        assert!(matches!(
+            keys.reload_if_changed(),
+            Err(Error::Permissions { .. })
+        ));
+        assert_eq!(shared.load().ids().collect::<Vec<_>>(), vec![1, 2]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
