@@ -209,6 +209,10 @@ pub struct NewMemberFlags {
         default_value = "http://localhost:2380"
     )]
     pub initial_advertise_peer_urls: Vec<String>,
+    /// Encrypt the new data dir with this key file (what its server will be started with:
+    /// 32 raw bytes or `id:key` lines, mode 0600); plaintext without it.
+    #[arg(long = "encryption-key-file")]
+    pub encryption_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -216,6 +220,10 @@ pub struct CheckFlags {
     /// The member's data directory (the B+tree is <data-dir>/member/snap/db).
     #[arg(long = "data-dir")]
     pub data_dir: PathBuf,
+    /// The key file the data dir is encrypted with (`--encryption-key-file` of the server);
+    /// an encrypted data dir is refused without it.
+    #[arg(long = "encryption-key-file")]
+    pub encryption_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -232,6 +240,10 @@ pub struct DumpLogFlags {
     /// Only print records of this type.
     #[arg(long = "entry-type")]
     pub entry_type: Option<String>,
+    /// The key file the data dir is encrypted with (`--encryption-key-file` of the server);
+    /// an encrypted data dir is refused without it.
+    #[arg(long = "encryption-key-file")]
+    pub encryption_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -511,6 +523,13 @@ pub struct ServerFlags {
     /// it. 0 turns it off (see README for the measured trade-off).
     #[arg(long = "busy-poll", env = "BASALT_BUSY_POLL", default_value = "0s", value_parser = parse_go_duration)]
     pub busy_poll: Duration,
+    /// Encryption at rest: a key file of 32 raw bytes, or `id:key` lines (decimal id, 64 hex
+    /// digits; the last line seals new data, older ids still open what they sealed), readable
+    /// by its owner only (mode 0600). WAL records and tree pages are sealed with AES-256-GCM.
+    /// The file is re-read when it changes, so a key appended by `basalt rekey` takes effect
+    /// without a restart. Without it nothing is encrypted.
+    #[arg(long = "encryption-key-file", env = "BASALT_ENCRYPTION_KEY_FILE")]
+    pub encryption_key_file: Option<PathBuf>,
 }
 
 impl ServerFlags {

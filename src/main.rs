@@ -5,6 +5,7 @@ mod backup;
 mod config;
 mod tls;
 
+use basalt_engine::crypt::{KeyFile, Keyring, SharedKeyring};
 use basalt_engine::mvcc::Limits;
 use basalt_net::node::{
     migrate, snapshot as snapshot_file, AutoCompaction, MemberDir, Node, NodeConfig, NodeError,
@@ -132,6 +133,10 @@ fn print_version() {
 }
 
 fn serve(flags: ServerFlags) -> Result<(), String> {
+    let keyring = match &flags.encryption_key_file {
+        Some(path) => Some(watch_key_file(path)?),
+        None => None,
+    };
     let data_dir = flags.data_dir();
     std::fs::create_dir_all(&data_dir)
         .map_err(|e| format!("cannot create data dir {}: {e}", data_dir.display()))?;
@@ -193,6 +198,7 @@ fn serve(flags: ServerFlags) -> Result<(), String> {
             max_txn_ops: config.max_txn_ops,
             max_request_bytes: config.max_request_bytes,
         },
+        keyring,
     })
     .map_err(|e| e.to_string())?;
     let (member_id, cluster_id) = (config.member_id, config.cluster_id);
@@ -237,6 +243,45 @@ fn serve(flags: ServerFlags) -> Result<(), String> {
     let stopped = node.stop().map_err(|e| e.to_string());
     let served = server.wait().map_err(|e| e.to_string());
     stopped.and(served)
+}
+
+/// How often a running server `stat`s its key file for a rotation.
+const KEY_FILE_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Loads `--encryption-key-file` (refusing to start without a usable one) and re-reads it on a
+/// thread of its own whenever it changes, so that `basalt rekey` reaches the running server;
+/// a changed file that cannot be used is logged and the keys in use stay.
+fn watch_key_file(path: &std::path::Path) -> Result<SharedKeyring, String> {
+    let mut key_file = KeyFile::load(path).map_err(|e| e.to_string())?;
+    let shared = key_file.shared();
+    std::thread::Builder::new()
+        .name("basalt-key-file".into())
+        .spawn(move || loop {
+            std::thread::sleep(KEY_FILE_POLL_INTERVAL);
+            match key_file.reload_if_changed() {
+                Ok(Some(current)) => eprintln!(
+                    "basalt: encryption key file {} changed: new data is sealed with key id \
+                     {current}",
+                    key_file.path().display()
+                ),
+                Ok(None) => {}
+                Err(error) => {
+                    eprintln!("basalt: {error}; keeping the keys loaded before")
+                }
+            }
+        })
+        .map_err(|e| format!("cannot start the key file watcher: {e}"))?;
+    Ok(shared)
+}
+
+/// An offline tool's `--encryption-key-file`, loaded once.
+fn tool_keyring(path: Option<&std::path::Path>) -> Result<Option<SharedKeyring>, String> {
+    path.map(|path| {
+        Keyring::load(path)
+            .map(Keyring::into_shared)
+            .map_err(|e| e.to_string())
+    })
+    .transpose()
 }
 
 /// Who this member is and whom it starts with.
@@ -534,6 +579,7 @@ fn new_member(
         member_id,
         cluster_id,
         members,
+        keyring: tool_keyring(flags.encryption_key_file.as_deref())?,
     };
     Ok((data_dir, member))
 }

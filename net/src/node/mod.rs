@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use basalt_engine::apply::{takes_space, Applied, ApplyError, KvHash};
+use basalt_engine::crypt::SharedKeyring;
 use basalt_engine::mvcc::Limits;
 use basalt_engine::wal::WalError;
 use basalt_proto::basaltpb::{internal_request::Request, InternalRequest};
@@ -101,6 +102,10 @@ pub struct NodeConfig {
     pub push_off_election_timeouts: u32,
     /// The layout of the files the Snapshot RPC streams (etcd's by default).
     pub snapshot_format: snapshot::SnapshotFormat,
+    /// `--encryption-key-file` (None: nothing is encrypted): what seals the WAL and the tree
+    /// file at rest. The binary swaps in a new keyring when the file changes; each writer
+    /// loads the current one as it starts a segment or page batch.
+    pub keyring: Option<SharedKeyring>,
 }
 
 /// etcd's default `--quota-backend-bytes` (2 GiB).
@@ -137,6 +142,7 @@ impl Default for NodeConfig {
             corrupt_check_interval: None,
             push_off_election_timeouts: crate::leader_check::NO_LEADER_CHECKS_MAX,
             snapshot_format: snapshot::SnapshotFormat::Etcd,
+            keyring: None,
         }
     }
 }

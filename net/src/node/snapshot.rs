@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use basalt_engine::apply::Applier;
 use basalt_engine::bbolt::{self, BboltFile};
 use basalt_engine::btree::{self, Db, ReadTxn};
+use basalt_engine::crypt::SharedKeyring;
 use basalt_engine::interchange;
 use basalt_engine::mvcc::{read_consistent_index, BtreeBackend, KvStore, Limits};
 use basalt_engine::wal::{wal_dir, DmaStorage, RecordRef, Wal, WalOptions};
@@ -266,6 +267,8 @@ pub struct RestoredMember {
     pub cluster_id: u64,
     /// The new cluster's members (the restored tree's own list names the old cluster).
     pub members: Vec<Member>,
+    /// `--encryption-key-file`: the new data dir is sealed with it (None: plaintext).
+    pub keyring: Option<SharedKeyring>,
 }
 
 /// Builds a new data directory from a snapshot file of either format (what `etcdutl snapshot
@@ -461,6 +464,7 @@ mod tests {
             "one record + the consistent index"
         );
         let member = RestoredMember {
+            keyring: None,
             member_id: 7,
             cluster_id: 8,
             members: vec![Member {
