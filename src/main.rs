@@ -142,7 +142,10 @@ fn serve(flags: ServerFlags) -> Result<(), String> {
         .map_err(|e| format!("cannot create data dir {}: {e}", data_dir.display()))?;
     // etcd's rule: a data dir that holds a member restarts as that member, and only a dir that
     // holds none is bootstrapped or joined by the flags. Nothing is written before this.
-    let plan = match basalt_net::node::existing_member(&data_dir).map_err(|e| e.to_string())? {
+    let keys_now = keyring.as_ref().map(|k| k.load_full());
+    let found = basalt_net::node::existing_member(&data_dir, keys_now.as_deref())
+        .map_err(|e| e.to_string())?;
+    let plan = match found {
         Some(found) => restart_plan(&flags, &data_dir, found)?,
         None => cluster_plan(&flags, &data_dir)?,
     };
@@ -468,6 +471,8 @@ fn server_config(flags: &ServerFlags, plan: &ClusterPlan) -> basalt_net::ServerC
 
 /// Prints what the checker found; any problem (named by page and file offset) fails the command.
 fn check(flags: config::CheckFlags) -> Result<(), String> {
+    let keyring = tool_keyring(flags.encryption_key_file.as_deref())?.map(|k| k.load_full());
+    check_wal_keys(&flags.data_dir, keyring.as_deref())?;
     let db = basalt_net::node::db_path(&flags.data_dir);
     let report = basalt_engine::btree::check(&db).map_err(|e| format!("{}: {e}", db.display()))?;
     println!(
@@ -496,6 +501,34 @@ fn check(flags: config::CheckFlags) -> Result<(), String> {
     }
 }
 
+/// Lists the key ids the WAL's segments are sealed with (so an old key line is removed only once
+/// nothing names it), after checking the key file opens them (the header's key check).
+fn check_wal_keys(data_dir: &std::path::Path, keyring: Option<&Keyring>) -> Result<(), String> {
+    use basalt_engine::wal::dump::{segment_key_ids, summarize_log};
+    let segments = segment_key_ids(data_dir).map_err(|e| e.to_string())?;
+    summarize_log(data_dir, keyring).map_err(|e| e.to_string())?;
+    let mut ids: Vec<u32> = segments.iter().map(|(_, id)| *id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let named: Vec<String> = ids
+        .iter()
+        .map(|&id| match id {
+            basalt_engine::crypt::PLAINTEXT_KEY_ID => "none (plaintext)".to_owned(),
+            id => id.to_string(),
+        })
+        .collect();
+    println!(
+        "{}: {} segments, encryption key ids in use: {}",
+        basalt_engine::wal::wal_dir(data_dir).display(),
+        segments.len(),
+        match named.is_empty() {
+            true => "none".to_owned(),
+            false => named.join(", "),
+        }
+    );
+    Ok(())
+}
+
 fn dump_log(flags: config::DumpLogFlags) -> Result<(), String> {
     use basalt_engine::wal::dump::{dump_log, DumpFilter};
     let kinds = match &flags.entry_type {
@@ -507,8 +540,14 @@ fn dump_log(flags: config::DumpLogFlags) -> Result<(), String> {
         end_index: flags.end_index,
         kinds,
     };
-    let summary = dump_log(&flags.data_dir, &filter, &mut std::io::stdout().lock())
-        .map_err(|e| e.to_string())?;
+    let keyring = tool_keyring(flags.encryption_key_file.as_deref())?.map(|k| k.load_full());
+    let summary = dump_log(
+        &flags.data_dir,
+        &filter,
+        keyring.as_deref(),
+        &mut std::io::stdout().lock(),
+    )
+    .map_err(|e| e.to_string())?;
     match summary.corruption {
         Some((file, offset, reason)) => Err(format!(
             "corrupt WAL segment {} at offset {offset}: {reason}",

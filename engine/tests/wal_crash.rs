@@ -2,10 +2,14 @@
 //! test kills it at random moments (SIGKILL, no chance to flush anything) and checks, through
 //! an independent checker process, that every acknowledged entry survived intact and that the
 //! log holds nothing that does not verify. WAL_CRASH_CYCLES overrides the default 50 cycles.
+//! A second loop runs with encryption at rest: plaintext first, then sealed with a key file,
+//! then with a rotated key, so crashes land around every switch as well.
 
 mod wal_common;
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -13,14 +17,21 @@ use wal_common::Rng;
 
 const WRITER: &str = env!("CARGO_BIN_EXE_wal-crash-writer");
 const CYCLES_DEFAULT: u64 = 50;
+/// The encrypted loop's cycles (WAL_CRASH_CYCLES overrides it too): a third plaintext, a third
+/// under key 1, a third under key 2.
+const ENCRYPTED_CYCLES_DEFAULT: u64 = 24;
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().map(|v| v.parse().expect(name))
 }
 
 /// Runs the checker and returns the (first, last) index it verified.
-fn check(dir: &str, term_max: u64) -> (u64, u64) {
-    let out = Command::new(WRITER)
+fn check(dir: &str, term_max: u64, key_file: Option<&Path>) -> (u64, u64) {
+    let mut checker = Command::new(WRITER);
+    if let Some(key_file) = key_file {
+        checker.env("WAL_CRASH_KEY_FILE", key_file);
+    }
+    let out = checker
         .args(["--check", dir, &term_max.to_string()])
         .output()
         .expect("run checker");
@@ -42,6 +53,32 @@ fn check(dir: &str, term_max: u64) -> (u64, u64) {
 #[test]
 fn every_acknowledged_entry_survives_kill_9() {
     let cycles = env_u64("WAL_CRASH_CYCLES").unwrap_or(CYCLES_DEFAULT);
+    crash_loop("plain", cycles, |_| None);
+}
+
+#[test]
+fn every_acknowledged_entry_survives_kill_9_with_encryption_and_rotation() {
+    let cycles = env_u64("WAL_CRASH_CYCLES").unwrap_or(ENCRYPTED_CYCLES_DEFAULT);
+    let keys = std::env::temp_dir().join(format!("basalt-wal-crash-keys-{}", std::process::id()));
+    let mut lines = String::new();
+    crash_loop("sealed", cycles, |cycle| {
+        let key_id = (cycle * 3 - 1) / cycles;
+        if key_id == 0 {
+            return None;
+        }
+        if lines.lines().count() < key_id as usize {
+            lines += &(basalt_engine::crypt::random_key_line(key_id as u32).unwrap() + "\n");
+            std::fs::write(&keys, &lines).unwrap();
+            std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        Some(keys.clone())
+    });
+    std::fs::remove_file(&keys).unwrap();
+}
+
+/// Kills a writer `cycles` times; `key_file(cycle)` is the key file that cycle's writer and
+/// checker use (None: plaintext).
+fn crash_loop(name: &str, cycles: u64, mut key_file: impl FnMut(u64) -> Option<PathBuf>) {
     let seed = env_u64("WAL_CRASH_SEED").unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -51,13 +88,18 @@ fn every_acknowledged_entry_survives_kill_9() {
     });
     eprintln!("WAL_CRASH_SEED={seed}");
     let mut rng = Rng(seed);
-    let base = std::env::temp_dir().join(format!("basalt-wal-crash-{}", std::process::id()));
+    let base = std::env::temp_dir().join(format!("basalt-wal-crash-{name}-{}", std::process::id()));
     let dir = base.join("member").join("wal");
     let dir_s = dir.to_str().unwrap().to_string();
     let mut acked_max = 0u64;
     for cycle in 1..=cycles {
         let term = cycle;
-        let mut child = Command::new(WRITER)
+        let key_file = key_file(cycle);
+        let mut writer = Command::new(WRITER);
+        if let Some(key_file) = &key_file {
+            writer.env("WAL_CRASH_KEY_FILE", key_file);
+        }
+        let mut child = writer
             .args([&dir_s, &term.to_string()])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -91,7 +133,7 @@ fn every_acknowledged_entry_survives_kill_9() {
             }
         }
         child.wait().unwrap();
-        let (_, last) = check(&dir_s, term);
+        let (_, last) = check(&dir_s, term, key_file.as_deref());
         assert!(
             last >= acked_max,
             "cycle {cycle}: log ends at {last}, acknowledged up to {acked_max}"

@@ -13,6 +13,7 @@ fn small_segments() -> WalOptions {
         batch_bytes_max: 64 << 10,
         pending_bytes_max: 256 << 10,
         max_wals: 0,
+        keyring: None,
     }
 }
 

@@ -23,6 +23,7 @@ fn write_log(data: &Path) {
             batch_bytes_max: 64 << 10,
             pending_bytes_max: 64 << 10,
             max_wals: 0,
+            keyring: None,
         };
         let (wal, _) = Wal::open(DmaStorage, &dir, opts).await.unwrap();
         let ps: Vec<Vec<u8>> = (1..=20).map(|i| payload(2, i, i as usize)).collect();
@@ -45,7 +46,7 @@ fn write_log(data: &Path) {
 
 fn dump(data: &Path, filter: DumpFilter) -> (String, basalt_engine::wal::dump::DumpSummary) {
     let mut out = Vec::new();
-    let summary = dump_log(data, &filter, &mut out).unwrap();
+    let summary = dump_log(data, &filter, None, &mut out).unwrap();
     (String::from_utf8(out).unwrap(), summary)
 }
 

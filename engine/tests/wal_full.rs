@@ -26,6 +26,7 @@ fn options() -> WalOptions {
         batch_bytes_max: 16 << 10,
         pending_bytes_max: 64 << 10,
         max_wals: 5,
+        keyring: None,
     }
 }
 

@@ -15,6 +15,7 @@ fn options() -> WalOptions {
         batch_bytes_max: 256 << 10,
         pending_bytes_max: 1 << 20,
         max_wals: 0,
+        keyring: None,
     }
 }
 

@@ -1,24 +1,26 @@
 //! Property test: random appends, overwrites, truncations, hard states, snapshots with purge,
 //! clean reopens and power losses on the simulated disk, checked against an independent model.
 //! After a power loss the log must hold every acknowledged record and, of the records not yet
-//! acknowledged, only a prefix in submission order.
+//! acknowledged, only a prefix in submission order. Half the seeds seal the log with
+//! encryption at rest and rotate its key now and then.
 
 mod wal_common;
 
 use basalt_engine::wal::sim::SimStorage;
 use basalt_engine::wal::{RecordKind, RecordRef, Recovered, Wal, WalOptions};
 use proptest::prelude::*;
-use wal_common::{payload, run, Model};
+use wal_common::{payload, run, Model, TestKeys};
 
 const DIR: &str = "/sim/member/wal";
 
 /// Small segments and batches so a short run rolls, fills and purges many segments.
-fn options() -> WalOptions {
+fn options(keys: Option<&TestKeys>) -> WalOptions {
     WalOptions {
         segment_bytes: 64 << 10,
         batch_bytes_max: 16 << 10,
         pending_bytes_max: 64 << 10,
         max_wals: 2,
+        keyring: keys.map(|k| k.shared.clone()),
     }
 }
 
@@ -46,6 +48,8 @@ enum Op {
         back: u64,
     },
     Reopen,
+    /// A new current key (on an encrypted run): the next record starts a new segment.
+    Rotate,
     /// Submits these appends without waiting, lets the writer run `steps` times, pulls the plug.
     Crash {
         unacked: Vec<(u64, usize)>,
@@ -62,6 +66,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0usize..64).prop_map(|size| Op::HardState { size }),
         1 => (0u64..12).prop_map(|back| Op::Snapshot { back }),
         1 => Just(Op::Reopen),
+        1 => Just(Op::Rotate),
         2 => (prop::collection::vec((1u64..8, size), 0..5), 0u8..16)
             .prop_map(|(unacked, steps)| Op::Crash { unacked, steps }),
     ]
@@ -84,15 +89,19 @@ fn snapshot_index(model: &Model) -> u64 {
     model.snapshot.as_ref().map_or(0, |s| s.index)
 }
 
-async fn open(sim: &SimStorage) -> Result<(Wal<SimStorage>, Recovered), String> {
-    Wal::open(sim.clone(), DIR, options())
+async fn open(
+    sim: &SimStorage,
+    keys: Option<&TestKeys>,
+) -> Result<(Wal<SimStorage>, Recovered), String> {
+    Wal::open(sim.clone(), DIR, options(keys))
         .await
         .map_err(|e| format!("open: {e}"))
 }
 
 async fn play(ops: Vec<Op>, seed: u64) -> Result<(), String> {
     let mut sim = SimStorage::new(seed);
-    let (mut wal, _) = open(&sim).await?;
+    let mut keys = (seed % 2 == 1).then(TestKeys::new);
+    let (mut wal, _) = open(&sim, keys.as_ref()).await?;
     let mut model = Model::default();
     let mut term = 1u64;
     for (step, op) in ops.into_iter().enumerate() {
@@ -154,9 +163,14 @@ async fn play(ops: Vec<Op>, seed: u64) -> Result<(), String> {
             }
             Op::Reopen => {
                 wal.close().await.map_err(|e| ctx(e.to_string()))?;
-                let (w, rec) = open(&sim).await.map_err(ctx)?;
+                let (w, rec) = open(&sim, keys.as_ref()).await.map_err(ctx)?;
                 wal = w;
                 model.check(&wal, &rec).await.map_err(ctx)?;
+            }
+            Op::Rotate => {
+                if let Some(keys) = keys.as_mut() {
+                    keys.rotate();
+                }
             }
             Op::Crash { unacked, steps } => {
                 let mut flat = Vec::new();
@@ -178,7 +192,7 @@ async fn play(ops: Vec<Op>, seed: u64) -> Result<(), String> {
                 sim = sim.crash();
                 drop(waiting);
                 drop(wal);
-                let (w, rec) = open(&sim).await.map_err(ctx)?;
+                let (w, rec) = open(&sim, keys.as_ref()).await.map_err(ctx)?;
                 wal = w;
                 // Any prefix of the unacknowledged records may have reached the disk.
                 let mut candidate = model.clone();
@@ -209,7 +223,7 @@ async fn play(ops: Vec<Op>, seed: u64) -> Result<(), String> {
         }
     }
     wal.close().await.map_err(|e| e.to_string())?;
-    let (wal, rec) = open(&sim).await?;
+    let (wal, rec) = open(&sim, keys.as_ref()).await?;
     model
         .check(&wal, &rec)
         .await

@@ -15,6 +15,7 @@ fn options(max_wals: usize) -> WalOptions {
         batch_bytes_max: 16 << 10,
         pending_bytes_max: 64 << 10,
         max_wals,
+        keyring: None,
     }
 }
 

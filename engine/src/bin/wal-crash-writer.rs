@@ -4,11 +4,13 @@
 //! moments and checks that every acknowledged entry survived.
 //!
 //! Usage: `wal-crash-writer <wal-dir> <term>`. Entry `i` written under `term` carries
-//! [`entry_payload`]`(term, i)`, so a checker can verify any record on its own.
+//! [`entry_payload`]`(term, i)`, so a checker can verify any record on its own. With
+//! `WAL_CRASH_KEY_FILE` set, the log is sealed with that key file (encryption at rest).
 
 use std::io::Write;
 use std::rc::Rc;
 
+use basalt_engine::crypt::Keyring;
 use basalt_engine::wal::{DmaStorage, RecordRef, Wal, WalOptions};
 use glommio::sync::Semaphore;
 
@@ -21,6 +23,11 @@ fn options() -> WalOptions {
         batch_bytes_max: 256 << 10,
         pending_bytes_max: 1 << 20,
         max_wals: 0,
+        keyring: std::env::var_os("WAL_CRASH_KEY_FILE").map(|path| {
+            Keyring::load(path.as_ref())
+                .expect("WAL_CRASH_KEY_FILE")
+                .into_shared()
+        }),
     }
 }
 

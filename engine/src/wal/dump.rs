@@ -1,14 +1,19 @@
 //! `basalt dump-log`: an offline listing of every record in a data directory's WAL (what
 //! etcd-dump-log does), with filters by index range and record kind. Reads the files with plain
-//! buffered I/O and changes nothing, so it is safe on a stopped member's data.
+//! buffered I/O and changes nothing, so it is safe on a stopped member's data. A sealed segment
+//! is refused without its key (and with a wrong one) before any of its records is listed; with
+//! it, every payload is authenticated, so a listing never vouches for an altered record.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::format::{scan_records, SegmentHeader, SEGMENT_HEADER_BYTES};
+use super::format::{
+    check_segment_key, open_payload, scan_records, Sealing, SegmentHeader, SEGMENT_HEADER_BYTES,
+};
 use super::prealloc::parse_segment_name;
 use super::recover::{classify_end, Ending};
 use super::{record_payload_bytes_max, wal_dir, RecordKind, WalError};
+use crate::crypt::Keyring;
 
 /// Which records to print; an empty `kinds` means all.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -52,10 +57,12 @@ pub struct DumpSummary {
     pub corruption: Option<(PathBuf, u64, String)>,
 }
 
-/// Lists the WAL records under `<data_dir>/member/wal` to `out`.
+/// Lists the WAL records under `<data_dir>/member/wal` to `out`; `keyring` opens sealed
+/// segments (refused without it).
 pub fn dump_log(
     data_dir: &Path,
     filter: &DumpFilter,
+    keyring: Option<&Keyring>,
     out: &mut impl Write,
 ) -> Result<DumpSummary, WalError> {
     let dir = wal_dir(data_dir);
@@ -85,13 +92,12 @@ pub fn dump_log(
         let mut stop = super::format::ScanStop::Zero { offset: 0 };
         match header {
             Ok(h) => {
+                check_segment_key(&h, keyring)
+                    .map_err(|problem| WalError::key(path, h.key_id, problem))?;
                 writeln!(
                     out,
-                    "segment {name}: seq={} first_index={} bytes={} format=v{}",
-                    h.seq,
-                    h.first_index,
-                    h.segment_bytes,
-                    super::format::FORMAT_VERSION
+                    "segment {name}: seq={} first_index={} bytes={} key_id={}",
+                    h.seq, h.first_index, h.segment_bytes, h.key_id,
                 )
                 .map_err(w)?;
                 let chain_seed = seed.unwrap_or(h.chain_seed);
@@ -104,12 +110,28 @@ pub fn dump_log(
                 }
                 let payload_max = record_payload_bytes_max(h.batch_bytes_max as usize);
                 let mut lines = Vec::new();
+                let mut unauthentic = None;
                 let (crc, s) = scan_records(
                     bytes,
                     SEGMENT_HEADER_BYTES,
                     h.chain_seed,
                     payload_max,
                     |r| {
+                        if unauthentic.is_some() {
+                            return;
+                        }
+                        if let Some(keyring) = keyring.filter(|_| h.is_sealed()) {
+                            let sealing = Sealing {
+                                keyring,
+                                key_id: h.key_id,
+                                seq: h.seq,
+                                offset: r.offset,
+                            };
+                            if open_payload(sealing, &r).is_err() {
+                                unauthentic = Some(r.offset);
+                                return;
+                            }
+                        }
                         summary.records += 1;
                         if filter.admits(r.kind, r.index) {
                             summary.shown += 1;
@@ -126,6 +148,14 @@ pub fn dump_log(
                 );
                 for l in lines {
                     writeln!(out, "{l}").map_err(w)?;
+                }
+                if let Some(offset) = unauthentic {
+                    let reason = super::unauthentic_reason("record", h.key_id);
+                    writeln!(out, "  CORRUPT at offset {offset}: {reason}").map_err(w)?;
+                    summary
+                        .corruption
+                        .get_or_insert((path.clone(), offset, reason));
+                    continue;
                 }
                 seed = Some(crc);
                 stop = s;
@@ -194,34 +224,80 @@ pub struct LogSummary {
 }
 
 /// Reads `<data_dir>/member/wal` without changing anything; a missing WAL dir is an empty log.
-pub fn summarize_log(data_dir: &Path) -> Result<LogSummary, WalError> {
+/// A sealed segment is refused without its key.
+pub fn summarize_log(data_dir: &Path, keyring: Option<&Keyring>) -> Result<LogSummary, WalError> {
     let dir = wal_dir(data_dir);
     let mut summary = LogSummary::default();
     if !dir.exists() {
         return Ok(summary);
     }
-    for (_, bytes) in read_segments(&dir)? {
+    for (path, bytes) in read_segments(&dir)? {
         // A preallocated segment (all zero) has no header to verify and no records.
         let Ok(header) = SegmentHeader::decode(&bytes) else {
             continue;
         };
+        check_segment_key(&header, keyring)
+            .map_err(|problem| WalError::key(&path, header.key_id, problem))?;
         let payload_max = record_payload_bytes_max(header.batch_bytes_max as usize);
+        let mut unauthentic = None;
         scan_records(
             &bytes,
             SEGMENT_HEADER_BYTES,
             header.chain_seed,
             payload_max,
             |r| match r.kind {
-                RecordKind::Metadata => {
-                    summary.metadata.get_or_insert_with(|| r.payload.to_vec());
+                RecordKind::Metadata if summary.metadata.is_none() => {
+                    let payload = match keyring.filter(|_| header.is_sealed()) {
+                        None => Ok(r.payload.to_vec()),
+                        Some(keyring) => {
+                            let sealing = Sealing {
+                                keyring,
+                                key_id: header.key_id,
+                                seq: header.seq,
+                                offset: r.offset,
+                            };
+                            open_payload(sealing, &r)
+                        }
+                    };
+                    match payload {
+                        Ok(payload) => summary.metadata = Some(payload),
+                        Err(_) => {
+                            unauthentic.get_or_insert(r.offset);
+                        }
+                    }
                 }
+                RecordKind::Metadata => {}
                 RecordKind::Entry => summary.has_entries = true,
                 RecordKind::Snapshot => summary.snapshot_index = Some(r.index),
                 RecordKind::HardState | RecordKind::Truncate => {}
             },
         );
+        if let Some(offset) = unauthentic {
+            return Err(WalError::unauthentic(
+                &path,
+                offset,
+                "metadata record",
+                header.key_id,
+            ));
+        }
     }
     Ok(summary)
+}
+
+/// The key id of every segment that holds records, in order: what `basalt check` lists, so a
+/// key is removed from the key file only once no segment names it.
+pub fn segment_key_ids(data_dir: &Path) -> Result<Vec<(PathBuf, u32)>, WalError> {
+    let dir = wal_dir(data_dir);
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    Ok(read_segments(&dir)?
+        .into_iter()
+        .filter_map(|(path, bytes)| {
+            let header = SegmentHeader::decode(&bytes).ok()?;
+            Some((path, header.key_id))
+        })
+        .collect())
 }
 
 #[cfg(test)]

@@ -53,6 +53,8 @@ mod writer;
 
 use std::path::{Path, PathBuf};
 
+use crate::crypt::SharedKeyring;
+
 pub use storage::{DmaStorage, SegmentFile, Storage, WriteBuf};
 pub use writer::{Durable, Wal, WalStats};
 
@@ -98,6 +100,14 @@ impl RecordKind {
 
     pub fn from_name(name: &str) -> Option<RecordKind> {
         RecordKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// Whether the log's state (not its entries) is read from this kind's payload.
+    pub fn holds_state(self) -> bool {
+        matches!(
+            self,
+            RecordKind::HardState | RecordKind::Snapshot | RecordKind::Metadata
+        )
     }
 }
 
@@ -196,6 +206,10 @@ pub struct WalOptions {
     pub pending_bytes_max: usize,
     /// Purge keeps at most this many segment files; 0 keeps all (etcd's `--max-wals`).
     pub max_wals: usize,
+    /// `--encryption-key-file`: record payloads of new segments are sealed with its current
+    /// key, and a change of the current key starts a new segment; segments sealed with other
+    /// ids are opened with them. None: new segments are plaintext, sealed ones are refused.
+    pub keyring: Option<SharedKeyring>,
 }
 
 impl Default for WalOptions {
@@ -205,14 +219,26 @@ impl Default for WalOptions {
             batch_bytes_max: 8 << 20,
             pending_bytes_max: 32 << 20,
             max_wals: 5,
+            keyring: None,
         }
     }
 }
 
 impl WalOptions {
-    /// Largest payload one record may carry.
+    /// Largest payload one record may carry (a sealed payload's nonce and tag count).
     pub fn record_payload_bytes_max(&self) -> usize {
-        record_payload_bytes_max(self.batch_bytes_max)
+        let stored_max = record_payload_bytes_max(self.batch_bytes_max);
+        match self.keyring {
+            Some(_) => stored_max - format::SEAL_OVERHEAD_BYTES,
+            None => stored_max,
+        }
+    }
+
+    /// The key id new segments are sealed with now (0: plaintext).
+    fn current_key_id(&self) -> u32 {
+        self.keyring
+            .as_ref()
+            .map_or(crate::crypt::PLAINTEXT_KEY_ID, |k| k.load().current_id())
     }
 
     fn validate(&self) -> Result<(), WalError> {
@@ -276,6 +302,15 @@ pub enum WalError {
         #[source]
         source: std::io::Error,
     },
+    #[error("WAL segment {file} is encrypted with key id {id}; pass --encryption-key-file")]
+    KeyFileMissing { file: PathBuf, id: u32 },
+    #[error(
+        "WAL segment {file} is encrypted with key id {id}, which the encryption key file does \
+         not hold"
+    )]
+    KeyUnknown { file: PathBuf, id: u32 },
+    #[error("wrong encryption key for key id {id} in {file}")]
+    WrongKey { file: PathBuf, id: u32 },
     #[error("wal: invalid options {0}")]
     BadOptions(String),
 }
@@ -287,6 +322,32 @@ impl WalError {
             source,
         }
     }
+
+    /// Refuses a segment whose key the key file cannot give (checked before any record).
+    fn key(file: &Path, id: u32, problem: format::KeyProblem) -> WalError {
+        let file = file.to_path_buf();
+        match problem {
+            format::KeyProblem::NoKeyFile => WalError::KeyFileMissing { file, id },
+            format::KeyProblem::UnknownId => WalError::KeyUnknown { file, id },
+            format::KeyProblem::WrongKey => WalError::WrongKey { file, id },
+        }
+    }
+
+    /// A sealed record whose crc holds but whose payload does not authenticate: never handed
+    /// on as data.
+    fn unauthentic(file: &Path, offset: u64, what: &str, id: u32) -> WalError {
+        WalError::Corrupt {
+            file: file.to_path_buf(),
+            offset,
+            reason: unauthentic_reason(what, id),
+        }
+    }
+}
+
+fn unauthentic_reason(what: &str, id: u32) -> String {
+    format!(
+        "{what} fails authentication under key id {id} (altered on disk or moved from elsewhere)"
+    )
 }
 
 #[cfg(test)]

@@ -29,6 +29,8 @@ pub struct SegInfo<F> {
     /// Highest entry index written in it (0 if none): purge may drop it once a snapshot covers
     /// this index.
     pub max_entry_index: u64,
+    /// The key sealing its payloads (0: plaintext).
+    pub key_id: u32,
 }
 
 /// Where the next record goes.
@@ -133,6 +135,9 @@ pub async fn recover<S: Storage>(
             if h.seq != seq || h.segment_bytes != size {
                 return Err(corrupt(&path, 0, "segment header does not match its file"));
             }
+            let keyring = opts.keyring.as_ref().map(|k| k.load_full());
+            format::check_segment_key(&h, keyring.as_deref())
+                .map_err(|problem| WalError::key(&path, h.key_id, problem))?;
             // The oldest segment left after a purge may rewrite entries below its header's
             // first index (an overwrite after the roll), whose older copies were purged.
             let oldest = view.is_none();
@@ -160,11 +165,32 @@ pub async fn recover<S: Storage>(
             let mut max_entry_index = 0;
             let mut prev_crc = h.chain_seed;
             for r in &records {
+                // State records are opened now (the view keeps their payloads); entries when
+                // read, which checks them again anyway.
+                let opened = match (&keyring, r.kind) {
+                    (Some(ring), kind) if h.is_sealed() && kind.holds_state() => {
+                        let sealing = format::Sealing {
+                            keyring: ring,
+                            key_id: h.key_id,
+                            seq,
+                            offset: r.offset,
+                        };
+                        Some(format::open_payload(sealing, r).map_err(|_| {
+                            WalError::unauthentic(
+                                &path,
+                                r.offset,
+                                &format!("{} record", r.kind.name()),
+                                h.key_id,
+                            )
+                        })?)
+                    }
+                    _ => None,
+                };
                 let rec = super::RecordRef {
                     kind: r.kind,
                     term: r.term,
                     index: r.index,
-                    payload: r.payload,
+                    payload: opened.as_deref().unwrap_or(r.payload),
                 };
                 if r.carried {
                     if matches!(
@@ -203,6 +229,7 @@ pub async fn recover<S: Storage>(
                     file: Rc::clone(&file),
                     path: path.clone(),
                     max_entry_index,
+                    key_id: h.key_id,
                 },
             );
         }

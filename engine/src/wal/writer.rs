@@ -13,7 +13,10 @@ use std::task::{Context, Poll, Waker};
 use glommio::channels::local_channel::{self, LocalReceiver};
 use glommio::task::JoinHandle;
 
-use super::format::{self, encode_record, record_bytes, SegmentHeader, RECORD_FRAME_BYTES};
+use super::format::{
+    self, encode_record, record_bytes, stored_payload_bytes, RecordView, Sealing, SegmentHeader,
+    RECORD_FRAME_BYTES,
+};
 use super::prealloc::{self, segment_name, ReadySegment, Signals};
 use super::recover::{self, Tail};
 use super::storage::{DmaStorage, SegmentFile, Storage, WriteBuf};
@@ -55,12 +58,22 @@ struct EncodeTail {
     seq: u64,
     offset: u64,
     segment_bytes: u64,
+    /// The key sealing this segment's payloads (0: plaintext).
+    key_id: u32,
+}
+
+/// What the log keeps about each segment holding records.
+#[derive(Clone, Copy, Debug)]
+struct SegMeta {
+    /// Highest entry index in it (0: none): purge may drop it once a snapshot covers this.
+    max_entry_index: u64,
+    key_id: u32,
 }
 
 struct State<F> {
     view: LogView,
-    /// Highest entry index per segment holding records, oldest first.
-    seg_max_entry_index: BTreeMap<u64, u64>,
+    /// Segments holding records, oldest first.
+    segs: BTreeMap<u64, SegMeta>,
     /// Open files of the segments the writer has reached.
     files: BTreeMap<u64, Rc<F>>,
     enc: Option<EncodeTail>,
@@ -125,6 +138,7 @@ impl<S: Storage> Wal<S> {
                     seq,
                     offset,
                     segment_bytes,
+                    key_id: disk.segs[&seq].key_id,
                 }),
                 (seq, offset),
                 sector_prefix,
@@ -139,10 +153,16 @@ impl<S: Storage> Wal<S> {
             .collect();
         let current = current.map(|seq| (seq, Rc::clone(&files[&seq])));
         let st = State {
-            seg_max_entry_index: disk
+            segs: disk
                 .segs
                 .iter()
-                .map(|(&s, i)| (s, i.max_entry_index))
+                .map(|(&s, i)| {
+                    let meta = SegMeta {
+                        max_entry_index: i.max_entry_index,
+                        key_id: i.key_id,
+                    };
+                    (s, meta)
+                })
                 .collect(),
             files,
             view,
@@ -320,9 +340,13 @@ impl<S: Storage> Wal<S> {
             .await?;
         }
         let mut out = Vec::with_capacity(locs.len());
+        let keyring = self.shared.opts.keyring.as_ref().map(|k| k.load_full());
         for run in locs.chunk_by(|a, b| a.1.seg == b.1.seg) {
             let seg = run[0].1.seg;
-            let file = Rc::clone(&self.shared.st.borrow().files[&seg]);
+            let (file, key_id) = {
+                let st = self.shared.st.borrow();
+                (Rc::clone(&st.files[&seg]), st.segs[&seg].key_id)
+            };
             let start = run[0].1.offset;
             let last = run[run.len() - 1].1;
             let end = last.offset + record_bytes(last.payload_len as usize) as u64;
@@ -333,13 +357,36 @@ impl<S: Storage> Wal<S> {
                 .map_err(|e| WalError::io(&path, e))?;
             for &(index, loc) in run {
                 let at = (loc.offset - start) as usize;
-                out.push(verify_entry(&bytes, at, index, loc).ok_or_else(|| {
-                    WalError::Corrupt {
+                let mut record =
+                    verify_entry(&bytes, at, index, loc).ok_or_else(|| WalError::Corrupt {
                         file: path.clone(),
                         offset: loc.offset,
                         reason: format!("entry {index} does not verify on read"),
-                    }
-                })?);
+                    })?;
+                if key_id != crate::crypt::PLAINTEXT_KEY_ID {
+                    let keyring = keyring
+                        .as_deref()
+                        .expect("recovery refuses sealed segments without a keyring");
+                    let sealing = Sealing {
+                        keyring,
+                        key_id,
+                        seq: seg,
+                        offset: loc.offset,
+                    };
+                    let view = RecordView {
+                        offset: loc.offset,
+                        kind: RecordKind::Entry,
+                        term: record.term,
+                        index,
+                        crc: 0,
+                        carried: false,
+                        payload: &record.payload,
+                    };
+                    record.payload = format::open_payload(sealing, &view).map_err(|_| {
+                        WalError::unauthentic(&path, loc.offset, &format!("entry {index}"), key_id)
+                    })?;
+                }
+                out.push(record);
             }
         }
         Ok(out)
@@ -370,25 +417,32 @@ impl<S: Storage> Wal<S> {
         if keep == 0 || self.shared.opts.max_wals == 0 {
             return Ok(Vec::new());
         }
+        let current_key_id = self.shared.opts.current_key_id();
         let victims: Vec<u64> = {
             let mut st = self.shared.st.borrow_mut();
             let writing_seg = st.durable_end.0;
-            let mut left = st.seg_max_entry_index.len();
+            let mut left = st.segs.len();
+            // Segments sealed with a key that is no longer current go as soon as the snapshot
+            // covers them, however many are left: after a rotation, this is what lets the old
+            // key be dropped.
             let victims: Vec<u64> = st
-                .seg_max_entry_index
+                .segs
                 .iter()
-                .take_while(|&(&seq, &max_index)| {
-                    let go = left > keep && seq < writing_seg && max_index <= snapshot_index;
+                .take_while(|&(&seq, meta)| {
+                    let old_key = meta.key_id != current_key_id;
+                    let go = (left > keep || old_key)
+                        && seq < writing_seg
+                        && meta.max_entry_index <= snapshot_index;
                     left -= usize::from(go);
                     go
                 })
                 .map(|(&seq, _)| seq)
                 .collect();
             for seq in &victims {
-                st.seg_max_entry_index.remove(seq);
+                st.segs.remove(seq);
                 st.files.remove(seq);
             }
-            if let Some(&oldest) = st.seg_max_entry_index.keys().next() {
+            if let Some(&oldest) = st.segs.keys().next() {
                 st.view.drop_segments_before(oldest);
                 debug_assert!(st.view.first_index <= snapshot_index + 1 || victims.is_empty());
             }
@@ -492,6 +546,7 @@ impl<F> State<F> {
             return Err(WalError::Failed(f.clone()));
         }
         let bytes_max = opts.record_payload_bytes_max();
+        let key_id = opts.current_key_id();
         let mut bounds = self.view.bounds();
         for r in records {
             if r.payload.len() > bytes_max {
@@ -505,10 +560,17 @@ impl<F> State<F> {
         if records.is_empty() {
             return Ok(self.next_ticket - 1);
         }
+        if self.enc.is_some_and(|e| e.key_id != key_id) {
+            // A segment is sealed under one key: a rotation (or a plaintext log meeting its
+            // first key) starts the next segment, so new records use the new key at once.
+            self.roll(opts);
+        }
+        let sealed = key_id != crate::crypt::PLAINTEXT_KEY_ID;
         for r in records {
-            let fits = self.enc.is_some_and(|e| {
-                e.offset + record_bytes(r.payload.len()) as u64 <= e.segment_bytes
-            });
+            let stored = stored_payload_bytes(r.payload.len(), sealed);
+            let fits = self
+                .enc
+                .is_some_and(|e| e.offset + record_bytes(stored) as u64 <= e.segment_bytes);
             if !fits {
                 self.roll(opts);
             }
@@ -529,6 +591,8 @@ impl<F> State<F> {
     /// Starts the next segment: header, then the records every segment carries.
     fn roll(&mut self, opts: &WalOptions) {
         let seq = self.enc.map_or(self.first_new_seq, |e| e.seq + 1);
+        let keyring = opts.keyring.as_ref().map(|k| k.load());
+        let (key_id, key_check) = format::segment_key(keyring.as_deref().map(|k| &**k));
         let header = SegmentHeader {
             alignment_bytes: WRITE_ALIGNMENT_MAX_BYTES as u32,
             seq,
@@ -540,6 +604,8 @@ impl<F> State<F> {
             segment_bytes: opts.segment_bytes,
             chain_seed: self.chain_crc,
             batch_bytes_max: opts.batch_bytes_max as u32,
+            key_id,
+            key_check,
         };
         self.pending.push_back(Chunk {
             seg: seq,
@@ -552,8 +618,13 @@ impl<F> State<F> {
             seq,
             offset: format::SEGMENT_HEADER_BYTES as u64,
             segment_bytes: opts.segment_bytes,
+            key_id,
         });
-        self.seg_max_entry_index.insert(seq, 0);
+        let meta = SegMeta {
+            max_entry_index: 0,
+            key_id,
+        };
+        self.segs.insert(seq, meta);
         let carried: Vec<Record> = self
             .view
             .carried_records()
@@ -573,7 +644,9 @@ impl<F> State<F> {
     /// Encodes one validated record at the encode tail.
     fn put(&mut self, opts: &WalOptions, r: &RecordRef<'_>, flags: u8) {
         let enc = self.enc.expect("a segment is open for encoding");
-        let len = record_bytes(r.payload.len());
+        let sealed = enc.key_id != crate::crypt::PLAINTEXT_KEY_ID;
+        let stored = stored_payload_bytes(r.payload.len(), sealed);
+        let len = record_bytes(stored);
         assert!(
             enc.offset + len as u64 <= enc.segment_bytes,
             "record overflows its segment"
@@ -593,6 +666,13 @@ impl<F> State<F> {
         }
         let chunk = self.pending.back_mut().expect("pushed above");
         let prev_crc = self.chain_crc;
+        let keyring = opts.keyring.as_ref().filter(|_| sealed).map(|k| k.load());
+        let sealing = keyring.as_deref().map(|keyring| Sealing {
+            keyring,
+            key_id: enc.key_id,
+            seq: enc.seq,
+            offset: enc.offset,
+        });
         self.chain_crc = encode_record(
             &mut chunk.bytes,
             prev_crc,
@@ -601,11 +681,12 @@ impl<F> State<F> {
             r.term,
             r.index,
             r.payload,
+            sealing,
         );
         let loc = Loc {
             seg: enc.seq,
             offset: enc.offset,
-            payload_len: r.payload.len() as u32,
+            payload_len: stored as u32,
             prev_crc,
         };
         if flags & format::FLAG_CARRIED != 0 {
@@ -614,8 +695,8 @@ impl<F> State<F> {
             self.view.apply(r, loc);
         }
         if r.kind == RecordKind::Entry {
-            let max = self.seg_max_entry_index.entry(enc.seq).or_default();
-            *max = (*max).max(r.index);
+            let meta = self.segs.get_mut(&enc.seq).expect("rolled in");
+            meta.max_entry_index = meta.max_entry_index.max(r.index);
         }
         self.pending_bytes += len;
         self.enc = Some(EncodeTail {

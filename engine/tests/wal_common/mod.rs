@@ -5,6 +5,7 @@
 
 use std::future::Future;
 
+use basalt_engine::crypt::{random_key_line, Keyring, SharedKeyring};
 use basalt_engine::wal::{Record, RecordKind, RecordRef, Recovered, Storage, Wal};
 
 /// Runs `body` on a fresh glommio executor, as the raft core would run the WAL.
@@ -13,6 +14,38 @@ pub fn run<T>(body: impl Future<Output = T>) -> T {
         .make()
         .expect("glommio executor")
         .run(body)
+}
+
+/// A key file held in memory, for logs sealed with encryption at rest: it starts with key 1
+/// and [`TestKeys::rotate`] appends a new current key, as `basalt rekey` does.
+pub struct TestKeys {
+    lines: String,
+    pub shared: SharedKeyring,
+}
+
+impl TestKeys {
+    pub fn new() -> TestKeys {
+        let lines = random_key_line(1).expect("random key") + "\n";
+        let shared = parse(&lines).into_shared();
+        TestKeys { lines, shared }
+    }
+
+    /// Appends a key with the next id; the keyring every writer shares now seals with it.
+    pub fn rotate(&mut self) -> u32 {
+        let id = self.shared.load().current_id() + 1;
+        self.lines += &(random_key_line(id).expect("random key") + "\n");
+        self.shared.store(std::sync::Arc::new(parse(&self.lines)));
+        id
+    }
+
+    /// A keyring of the current key alone: the key file once older lines are removed.
+    pub fn only_current(&self) -> SharedKeyring {
+        parse(self.lines.lines().last().expect("a key")).into_shared()
+    }
+}
+
+fn parse(lines: &str) -> Keyring {
+    Keyring::parse(lines.as_bytes(), std::path::Path::new("test keys")).expect("valid key lines")
 }
 
 /// xorshift64: seeded, so a failing run replays.

@@ -178,6 +178,7 @@ impl Core {
     ) -> Result<Core, NodeError> {
         let options = WalOptions {
             max_wals: config.max_wals,
+            keyring: config.keyring.clone(),
             ..WalOptions::default()
         };
         let wal_path = wal_dir(&config.data_dir);

@@ -15,6 +15,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::NodeError;
+use basalt_engine::crypt::Keyring;
 
 const FORMAT_FILE: &str = "basalt-format";
 const FORMAT_LINE: &str = "basalt data dir format 1\n";
@@ -104,12 +105,16 @@ pub struct MemberDir {
 /// Whether `data_dir` already holds a member, read without writing anything: `None` for a
 /// dir to bootstrap or join with (no `member/`, or a WAL that never got its metadata record, as
 /// a crash during the first start leaves it).
-pub fn existing_member(data_dir: &Path) -> Result<Option<MemberDir>, NodeError> {
+/// A sealed WAL is read with `keyring` (refused without it).
+pub fn existing_member(
+    data_dir: &Path,
+    keyring: Option<&Keyring>,
+) -> Result<Option<MemberDir>, NodeError> {
     if !check_format(data_dir)? {
         return Ok(None);
     }
     let wal = basalt_engine::wal::wal_dir(data_dir);
-    let log = basalt_engine::wal::dump::summarize_log(data_dir)?;
+    let log = basalt_engine::wal::dump::summarize_log(data_dir, keyring)?;
     let Some(metadata) = log.metadata else {
         return Ok(None);
     };

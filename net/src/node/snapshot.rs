@@ -404,10 +404,15 @@ fn write_restored_log(data_dir: &Path, member: &RestoredMember, index: u64) -> R
         vote: 0,
         commit: index,
     });
+    let keyring = member.keyring.clone();
     glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .name("basalt-restore")
         .spawn(move || async move {
-            let (wal, _) = Wal::open(DmaStorage, dir, WalOptions::default()).await?;
+            let options = WalOptions {
+                keyring,
+                ..WalOptions::default()
+            };
+            let (wal, _) = Wal::open(DmaStorage, dir, options).await?;
             wal.append(&[
                 RecordRef::metadata(&metadata),
                 RecordRef::snapshot(TERM, index, &marker),
@@ -475,7 +480,7 @@ mod tests {
         };
         let restored = root.join("restored");
         restore(&snapshot, &restored, RestoreOptions::default(), &member).unwrap();
-        let found = datadir::existing_member(&restored).unwrap().unwrap();
+        let found = datadir::existing_member(&restored, None).unwrap().unwrap();
         assert_eq!(
             (
                 found.member_id,
