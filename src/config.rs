@@ -45,6 +45,21 @@ pub enum Command {
     Backup(BackupCommand),
     /// Build a new data directory from a backup directory at a chosen revision or time.
     Restore(PitrFlags),
+    /// Rotate the encryption key: append a new random key to the key file and make it the
+    /// current one. A running server re-reads the file within a second and seals new WAL
+    /// segments and tree pages with it; `etcdctl defrag` then rewrites the older ones.
+    Rekey(RekeyFlags),
+}
+
+/// `rekey`: the key file to rotate, and optionally the data dir it must open.
+#[derive(Debug, Args)]
+pub struct RekeyFlags {
+    /// The key file (the server's --encryption-key-file), replaced atomically, mode 0600.
+    #[arg(long = "encryption-key-file")]
+    pub encryption_key_file: PathBuf,
+    /// Refuse to rotate unless this data dir's WAL opens with the key file as it is now.
+    #[arg(long = "data-dir")]
+    pub data_dir: Option<PathBuf>,
 }
 
 /// `backup`: follow a cluster into a directory, or (`backup status D`) describe one.

@@ -112,6 +112,7 @@ fn main() -> ExitCode {
             None => backup::run(command.flags),
         },
         Some(Command::Restore(flags)) => restore_backup(flags),
+        Some(Command::Rekey(flags)) => rekey(flags),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -137,6 +138,9 @@ fn serve(flags: ServerFlags) -> Result<(), String> {
         Some(path) => Some(watch_key_file(path)?),
         None => None,
     };
+    if let Some(keyring) = &keyring {
+        basalt_net::metrics::set_encryption_keyring(keyring.clone());
+    }
     let data_dir = flags.data_dir();
     std::fs::create_dir_all(&data_dir)
         .map_err(|e| format!("cannot create data dir {}: {e}", data_dir.display()))?;
@@ -275,6 +279,52 @@ fn watch_key_file(path: &std::path::Path) -> Result<SharedKeyring, String> {
         })
         .map_err(|e| format!("cannot start the key file watcher: {e}"))?;
     Ok(shared)
+}
+
+/// `basalt rekey`: the key file gains a new current key, written to a temporary file (mode
+/// 0600), synced and renamed over the old one, so a server re-reading it sees the old or the
+/// new file, never a part.
+fn rekey(flags: config::RekeyFlags) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = &flags.encryption_key_file;
+    let keyring = Keyring::load(path).map_err(|e| e.to_string())?;
+    if let Some(data_dir) = &flags.data_dir {
+        basalt_engine::wal::dump::summarize_log(data_dir, Some(&keyring))
+            .map_err(|e| format!("{e}: the key file was not changed"))?;
+    }
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let (text, id) =
+        basalt_engine::crypt::rotated_key_file(&bytes, path).map_err(|e| e.to_string())?;
+    let mut temp_name = path.as_os_str().to_owned();
+    temp_name.push(".rekey");
+    let temp = std::path::PathBuf::from(temp_name);
+    let in_temp = |e: std::io::Error| format!("{}: {e}", temp.display());
+    let _ = std::fs::remove_file(&temp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&temp)
+        .map_err(in_temp)?;
+    file.write_all(text.as_bytes()).map_err(in_temp)?;
+    file.sync_all().map_err(in_temp)?;
+    std::fs::rename(&temp, path).map_err(in_temp)?;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => std::path::Path::new("."),
+    };
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    println!(
+        "key id {id} added to {} and made current: a running server seals new data with it \
+         within a second. Run `etcdctl defrag` to rewrite the tree and drop WAL segments sealed \
+         with older keys; `basalt check` lists the key ids still in use, and a line is removed \
+         only once nothing uses it (then restart the server).",
+        path.display()
+    );
+    Ok(())
 }
 
 /// An offline tool's `--encryption-key-file`, loaded once.

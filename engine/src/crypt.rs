@@ -361,14 +361,43 @@ fn parse_hex_key(text: &str) -> Option<[u8; KEY_BYTES]> {
     Some(key)
 }
 
+/// The text of a key file after a rotation, and the new key's id: `bytes` (a key file's
+/// content, checked as [`Keyring::parse`] does) with a random key appended under the next id,
+/// which becomes current. A raw 32-byte key file becomes text first (its key as line `1:`).
+pub fn rotated_key_file(bytes: &[u8], path: &Path) -> Result<(String, u32), Error> {
+    let keyring = Keyring::parse(bytes, path)?;
+    let mut text = match std::str::from_utf8(bytes) {
+        Ok(text) if text.contains(':') => text.to_owned(),
+        _ => format!("1:{}", hex(bytes)),
+    };
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    let id = keyring
+        .ids()
+        .max()
+        .and_then(|max| max.checked_add(1))
+        .ok_or_else(|| Error::Syntax {
+            path: path.to_path_buf(),
+            line: 0,
+            reason: "no key id is left after 4294967295".into(),
+        })?;
+    text += &random_key_line(id)?;
+    text.push('\n');
+    Ok((text, id))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A new key file line `id:hex` for a random key (what `basalt rekey` appends).
 pub fn random_key_line(id: u32) -> Result<String, Error> {
     let mut key = [0u8; KEY_BYTES];
     SystemRandom::new()
         .fill(&mut key)
         .map_err(|_| Error::Random)?;
-    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-    Ok(format!("{id}:{hex}"))
+    Ok(format!("{id}:{}", hex(&key)))
 }
 
 #[cfg(test)]
@@ -496,6 +525,24 @@ mod tests {
         ));
         assert_eq!(shared.load().ids().collect::<Vec<_>>(), vec![1, 2]);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_rotation_appends_the_next_id_and_keeps_every_key() {
+        let raw = [5u8; 32];
+        let (text, id) = rotated_key_file(&raw, path()).unwrap();
+        assert_eq!(id, 2);
+        let ring = Keyring::parse(text.as_bytes(), path()).unwrap();
+        assert_eq!(ring.current_id(), 2);
+        let old = Keyring::parse(&raw, path()).unwrap();
+        let check = old.key_check(1).unwrap();
+        ring.verify_key_check(1, &check).unwrap();
+
+        let lines = format!("# keys\n3:{}", "ab".repeat(32));
+        let (text, id) = rotated_key_file(lines.as_bytes(), path()).unwrap();
+        assert_eq!(id, 4);
+        assert!(text.starts_with(&format!("{lines}\n4:")), "{text}");
+        assert!(rotated_key_file(b"1:zz\n", path()).is_err());
     }
 
     #[test]

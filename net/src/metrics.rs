@@ -7,6 +7,7 @@
 //! [`basalt_proto::METHODS`]. Rendering (a scrape) is the only place that formats text.
 
 use crate::status::Code;
+use basalt_engine::crypt::SharedKeyring;
 use basalt_proto::{MethodInfo, METHODS};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -178,6 +179,16 @@ static HEAP_ALLOCATIONS: OnceLock<fn() -> u64> = OnceLock::new();
 /// calls are ignored.
 pub fn set_heap_allocation_counter(count: fn() -> u64) {
     let _ = HEAP_ALLOCATIONS.set(count);
+}
+
+/// The keyring the server seals data at rest with, shown as `basalt_storage_encrypted` and
+/// `basalt_storage_encryption_key_id` (etcd's Status has no field to say it in).
+static ENCRYPTION: OnceLock<SharedKeyring> = OnceLock::new();
+
+/// Tells /metrics that data at rest is encrypted with `keyring` (followed through rotations).
+/// Set once; later calls are ignored.
+pub fn set_encryption_keyring(keyring: SharedKeyring) {
+    let _ = ENCRYPTION.set(keyring);
 }
 
 /// The process-wide registry.
@@ -381,6 +392,18 @@ impl Metrics {
         self.render_peers(&mut out);
         out.grpc(&self.grpc);
         out.process(self.process_start_time_seconds);
+        let key_id = ENCRYPTION.get().map_or(0, |k| k.load().current_id());
+        out.gauge(
+            "basalt_storage_encrypted",
+            "1 if new WAL segments and tree pages are sealed with --encryption-key-file (older \
+             ones may be plaintext until rewritten: basalt check lists what is on disk).",
+            i64::from(key_id != 0),
+        );
+        out.gauge(
+            "basalt_storage_encryption_key_id",
+            "The key id new WAL segments and tree pages are sealed with (0: not encrypted).",
+            i64::from(key_id),
+        );
         if let Some(count) = HEAP_ALLOCATIONS.get() {
             out.counter(
                 "basalt_heap_allocations_total",

@@ -128,6 +128,10 @@ struct Core {
     compactor: Compactor,
     snapshot_index: u64,
     last_checkpoint: Instant,
+    /// A defragment rewrote the tree under the current key: the next turn takes a raft
+    /// snapshot at its checkpoint, so the WAL rolls to the current key and purges the segments
+    /// sealed with older ones (or plaintext), which then hold nothing the tree lacks.
+    key_roll_due: bool,
     last_commit: Instant,
     /// Linearizable reads answered since start: progress for push-off's stall check.
     reads_served: u64,
@@ -401,6 +405,7 @@ impl Core {
             compactor,
             snapshot_index,
             last_checkpoint: Instant::now(),
+            key_roll_due: false,
             last_commit: Instant::now(),
             reads_served: 0,
             hard_state_unwritten: None,
@@ -544,6 +549,7 @@ impl Core {
                 // waits for it.
                 let result = self.applier.defragment().map_err(apply_status);
                 self.last_checkpoint = Instant::now();
+                self.key_roll_due = result.is_ok() && self.config.keyring.is_some();
                 let _ = reply.send(result);
             }
             Command::HashKv { revision, reply } => {
@@ -852,7 +858,8 @@ impl Core {
         // Short of space, the log gives back every segment the tree holds, whether or not
         // the checkpoint just now found room: the space it frees is what the tree retries in.
         let checkpointed = self.applier.checkpointed_index();
-        if self.disk.pressed() && checkpointed > self.snapshot_index {
+        let key_roll_due = std::mem::take(&mut self.key_roll_due);
+        if (self.disk.pressed() || key_roll_due) && checkpointed > self.snapshot_index {
             self.snapshot(checkpointed).await?;
         }
         Ok(())
