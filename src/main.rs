@@ -146,10 +146,9 @@ fn serve(flags: ServerFlags) -> Result<(), String> {
         .map_err(|e| format!("cannot create data dir {}: {e}", data_dir.display()))?;
     // etcd's rule: a data dir that holds a member restarts as that member, and only a dir that
     // holds none is bootstrapped or joined by the flags. Nothing is written before this.
-    let keys_now = keyring.as_ref().map(|k| k.load_full());
-    let found = basalt_net::node::existing_member(&data_dir, keys_now.as_deref())
-        .map_err(|e| e.to_string())?;
-    let plan = match found {
+    let plan = match basalt_net::node::existing_member(&data_dir, keyring.as_ref())
+        .map_err(|e| e.to_string())?
+    {
         Some(found) => restart_plan(&flags, &data_dir, found)?,
         None => cluster_plan(&flags, &data_dir)?,
     };
@@ -521,10 +520,14 @@ fn server_config(flags: &ServerFlags, plan: &ClusterPlan) -> basalt_net::ServerC
 
 /// Prints what the checker found; any problem (named by page and file offset) fails the command.
 fn check(flags: config::CheckFlags) -> Result<(), String> {
-    let keyring = tool_keyring(flags.encryption_key_file.as_deref())?.map(|k| k.load_full());
-    check_wal_keys(&flags.data_dir, keyring.as_deref())?;
+    let keyring = tool_keyring(flags.encryption_key_file.as_deref())?;
+    check_wal_keys(
+        &flags.data_dir,
+        keyring.as_ref().map(|k| k.load_full()).as_deref(),
+    )?;
     let db = basalt_net::node::db_path(&flags.data_dir);
-    let report = basalt_engine::btree::check(&db).map_err(|e| format!("{}: {e}", db.display()))?;
+    let report = basalt_engine::btree::check(&db, keyring.as_ref())
+        .map_err(|e| format!("{}: {e}", db.display()))?;
     println!(
         "{}: page size {} B, meta seq {}, txn {}, applied index {}, {} tree pages, {} free, {} leaked",
         db.display(),
@@ -538,6 +541,14 @@ fn check(flags: config::CheckFlags) -> Result<(), String> {
     );
     for (bucket, entries) in &report.buckets {
         println!("bucket {bucket}: {entries} entries");
+    }
+    match &report.encrypted {
+        None => println!("encryption: none (the tree file is plaintext)"),
+        Some(slots) => {
+            for (id, pages) in slots {
+                println!("encryption: key id {id} seals {pages} pages");
+            }
+        }
     }
     for problem in &report.problems {
         println!(

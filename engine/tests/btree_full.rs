@@ -194,7 +194,7 @@ fn enospc_at_any_tree_write_is_undone_and_the_retry_equals_the_model() {
             assert_eq!(state(&db), model, "seed {seed} round {round}");
         }
         drop(db);
-        let report = check(&path).unwrap();
+        let report = check(&path, None).unwrap();
         assert!(
             report.problems.is_empty(),
             "seed {seed}: {:?}",

@@ -137,7 +137,7 @@ fn normalized(model: &Model) -> BTreeMap<String, Map> {
 }
 
 fn assert_clean(path: &Path) {
-    let report = check(path).unwrap();
+    let report = check(path, None).unwrap();
     assert!(
         report.problems.is_empty(),
         "check found {:?}",

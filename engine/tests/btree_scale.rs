@@ -86,7 +86,7 @@ fn many_revisions_and_huge_values_survive_compaction_defragment_and_reopen() {
     );
     drop(db);
 
-    let report = check(&path).unwrap();
+    let report = check(&path, None).unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     assert_eq!(
         report.buckets,
@@ -183,6 +183,6 @@ fn readers_on_other_threads_always_see_whole_transactions() {
         }
         done.store(true, Ordering::Relaxed);
     });
-    let report = check(&path).unwrap();
+    let report = check(&path, None).unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
 }

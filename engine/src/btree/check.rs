@@ -1,6 +1,7 @@
 //! Offline verification for `basalt check`: every page's checksum and every structural rule,
 //! each problem reported with its page and file offset. Never repairs, never follows a bad page.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::Path;
 
@@ -8,7 +9,9 @@ use super::db::{read_metas, validate};
 use super::file::{PageFile, StdFile};
 use super::page::{overflow_pages, Kind, StoredValue};
 use super::read::{Pages, DEPTH_MAX};
+use super::sealed::{self, SealedFile};
 use super::Error;
+use crate::crypt::SharedKeyring;
 
 /// One thing wrong with the file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,6 +36,9 @@ pub struct CheckReport {
     pub free_pages: u64,
     /// Pages below the high-water mark that are neither in a tree nor free.
     pub leaked_pages: u64,
+    /// For an encrypted file: how many page slots each key id sealed (an id missing here is
+    /// not needed to read the file; the header may still list it until a defragmentation).
+    pub encrypted: Option<BTreeMap<u32, u64>>,
     pub problems: Vec<Problem>,
 }
 
@@ -43,12 +49,46 @@ enum Use {
     Free,
 }
 
-/// Checks the tree file at `path` (which must not be open for writing elsewhere).
-pub fn check(path: impl AsRef<Path>) -> Result<CheckReport, Error> {
+/// Checks the tree file at `path` (which must not be open for writing elsewhere); an encrypted
+/// file needs its keys.
+pub fn check(
+    path: impl AsRef<Path>,
+    keyring: Option<&SharedKeyring>,
+) -> Result<CheckReport, Error> {
     let file = StdFile(File::open(path)?);
+    let mut head = [0u8; 8];
+    if file.len_bytes()? >= head.len() as u64 {
+        file.read_at(&mut head, 0)?;
+    }
+    if !sealed::is_sealed(&head) {
+        return check_file(&file);
+    }
+    let Some(keyring) = keyring else {
+        return Err(Error::Encrypted {
+            ids: sealed::key_ids(&file)?,
+        });
+    };
+    let sealed = SealedFile::open(Box::new(file), keyring.clone())?;
+    let mut report = check_file(&sealed)?;
+    report.encrypted = Some(sealed.slot_keys());
+    let failed = sealed.failed_pages();
+    for problem in &mut report.problems {
+        if failed.binary_search(&problem.page).is_ok() {
+            problem.offset = sealed.slot_offset(problem.page);
+            problem.reason = format!(
+                "page's encrypted slot failed decryption/authentication (damaged, torn by a \
+                 crash, or moved): {}",
+                problem.reason
+            );
+        }
+    }
+    Ok(report)
+}
+
+fn check_file(file: &dyn PageFile) -> Result<CheckReport, Error> {
     let mut report = CheckReport::default();
     let mut candidates = Vec::new();
-    for (slot, meta) in read_metas(&file, 4096)?.into_iter().enumerate() {
+    for (slot, meta) in read_metas(file, 4096)?.into_iter().enumerate() {
         match meta {
             Ok(meta) => candidates.push((slot as u64, meta)),
             Err(e) => report.problems.push(problem(e)),
@@ -58,7 +98,7 @@ pub fn check(path: impl AsRef<Path>) -> Result<CheckReport, Error> {
     // The meta open would use: the newest whose checkpoint fully reached the disk.
     let mut chosen = None;
     for (slot, meta) in candidates {
-        match validate(&file, &meta) {
+        match validate(file, &meta) {
             Ok(chains) => {
                 chosen = Some((meta, chains));
                 break;

@@ -16,8 +16,10 @@ use super::file::{PageFile, StdFile, IOVECS_MAX};
 use super::meta::Meta;
 use super::page::Kind;
 use super::read::ReadTxn;
+use super::sealed::{self, SealedFile};
 use super::write::WriteTxn;
 use super::Error;
+use crate::crypt::SharedKeyring;
 
 /// How to open a tree file.
 #[derive(Clone, Debug)]
@@ -28,6 +30,10 @@ pub struct Options {
     pub verify_checksums: bool,
     /// Read transactions that may be open at once; one more gets [`Error::ReadersFull`].
     pub readers_max: usize,
+    /// Keys for an encrypted file (`sealed.rs`). With them a new file is created encrypted and
+    /// defragmentation writes every page with the current key; a plain file stays plain until
+    /// defragmented. Without them an encrypted file is refused.
+    pub keyring: Option<SharedKeyring>,
 }
 
 impl Default for Options {
@@ -36,6 +42,7 @@ impl Default for Options {
             page_size_bytes: 4096,
             verify_checksums: false,
             readers_max: 1024,
+            keyring: None,
         }
     }
 }
@@ -65,6 +72,7 @@ pub(crate) struct Shared {
     reader_hint: AtomicUsize,
     writer: Mutex<Writer>,
     pub(crate) path: Option<PathBuf>,
+    pub(crate) keyring: Option<SharedKeyring>,
 }
 
 /// What a reader sees: one committed transaction and a map that covers all its pages.
@@ -118,7 +126,51 @@ pub fn open(path: impl AsRef<Path>, options: Options) -> Result<Db, Error> {
         .create(true)
         .truncate(false)
         .open(path)?;
-    Db::open_with(Box::new(StdFile(file)), Some(path.to_path_buf()), options)
+    options.validate()?;
+    let file = wrap(StdFile(file), &options)?;
+    Db::open_with(file, Some(path.to_path_buf()), options)
+}
+
+/// The file as the tree reads it: decrypted when it is encrypted, encrypted when it is new and
+/// a keyring is given, else as it is.
+pub(crate) fn wrap(file: StdFile, options: &Options) -> Result<Box<dyn PageFile>, Error> {
+    let mut head = [0u8; 8];
+    let len_bytes = file.len_bytes()?;
+    if len_bytes >= head.len() as u64 {
+        file.read_at(&mut head, 0)?;
+    }
+    let inner: Box<dyn PageFile> = Box::new(file);
+    Ok(match &options.keyring {
+        _ if sealed::is_sealed(&head) && options.keyring.is_none() => {
+            return Err(Error::Encrypted {
+                ids: sealed::key_ids(inner.as_ref())?,
+            })
+        }
+        Some(keyring) if sealed::is_sealed(&head) => {
+            Box::new(SealedFile::open(inner, keyring.clone())?)
+        }
+        Some(keyring) if len_bytes == 0 => Box::new(SealedFile::create(
+            inner,
+            keyring.clone(),
+            options.page_size_bytes,
+        )?),
+        _ => inner,
+    })
+}
+
+impl Options {
+    fn validate(&self) -> Result<(), Error> {
+        let ps = self.page_size_bytes;
+        if !ps.is_power_of_two() || !(PAGE_SIZE_MIN..=PAGE_SIZE_MAX).contains(&ps) {
+            return Err(Error::InvalidOptions(
+                "page_size_bytes must be a power of two from 1 KiB to 64 KiB",
+            ));
+        }
+        if self.readers_max == 0 {
+            return Err(Error::InvalidOptions("readers_max must be at least 1"));
+        }
+        Ok(())
+    }
 }
 
 impl Db {
@@ -133,15 +185,8 @@ impl Db {
         path: Option<PathBuf>,
         options: Options,
     ) -> Result<Db, Error> {
+        options.validate()?;
         let ps = options.page_size_bytes;
-        if !ps.is_power_of_two() || !(PAGE_SIZE_MIN..=PAGE_SIZE_MAX).contains(&ps) {
-            return Err(Error::InvalidOptions(
-                "page_size_bytes must be a power of two from 1 KiB to 64 KiB",
-            ));
-        }
-        if options.readers_max == 0 {
-            return Err(Error::InvalidOptions("readers_max must be at least 1"));
-        }
         if file.len_bytes()? == 0 {
             init_file(file.as_ref(), ps)?;
         }
@@ -182,6 +227,7 @@ impl Db {
                 reader_hint: AtomicUsize::new(0),
                 writer: Mutex::new(writer),
                 path,
+                keyring: options.keyring,
             }),
         })
     }

@@ -13,6 +13,7 @@ use super::meta::Meta;
 use super::node::{group, inline_value_bytes_max};
 use super::page::{self, branch_entry_bytes, leaf_entry_sizes, StoredValue, HEADER_BYTES};
 use super::read::{Cursor, Pages};
+use super::sealed::SealedFile;
 use super::Error;
 
 /// Output is staged and written sequentially in chunks of this size.
@@ -20,7 +21,7 @@ const STAGE_BYTES_MAX: usize = 8 << 20;
 
 /// Appends pages to the new file in order.
 struct Builder {
-    file: StdFile,
+    file: Box<dyn PageFile>,
     page_size: usize,
     txn_id: u64,
     next_page: u64,
@@ -128,7 +129,7 @@ pub(crate) fn defragment(
         File::open(dir)?.sync_all()?;
     }
     let map = Arc::new(file.map(high_water_pages * page_size as u64)?);
-    writer.file = Box::new(file);
+    writer.file = file;
     writer.map = map.clone();
     writer.alloc = Allocator::new([], high_water_pages);
     writer.durable = Durable {
@@ -149,7 +150,7 @@ pub(crate) fn defragment(
 }
 
 /// A finished copy: the new file, its bucket roots and its page count.
-type Copy = (StdFile, Vec<(String, u64)>, u64);
+type Copy = (Box<dyn PageFile>, Vec<(String, u64)>, u64);
 
 /// The compact copy of the newest committed state, durable in `tmp_path` with both meta slots
 /// at `applied_index`.
@@ -166,8 +167,18 @@ fn copy(
         .create(true)
         .truncate(true)
         .open(tmp_path)?;
+    // With a keyring every page is sealed anew with the current key: after a rotation this
+    // rewrite leaves old key ids unused, and a plain file becomes encrypted.
+    let file: Box<dyn PageFile> = match &shared.keyring {
+        Some(keyring) => Box::new(SealedFile::create(
+            Box::new(StdFile(file)),
+            keyring.clone(),
+            page_size,
+        )?),
+        None => Box::new(StdFile(file)),
+    };
     let mut builder = Builder {
-        file: StdFile(file),
+        file,
         page_size,
         txn_id: writer.txn_id,
         next_page: 2,

@@ -50,6 +50,14 @@
 //! each with a 16-byte header holding a crc32c and the format version (drawn in `page.rs`). A
 //! change to any of these layouts is a bump of `FORMAT_VERSION`, and older versions are refused
 //! with [`Error::Corrupt`] naming the page.
+//!
+//! # Encrypted files
+//! With a keyring ([`Options::keyring`]) the same logical pages are stored sealed with
+//! AES-256-GCM, one slot per page behind a plaintext header (magic `BASALTEC`, drawn in
+//! `sealed.rs`); the tree reads a decrypted image kept in memory, so nothing above
+//! [`PageFile`] changes and reads never decrypt. Defragmentation writes every page with the
+//! current key, which is how a rotation retires an old key and how a plain file becomes
+//! encrypted.
 
 mod alloc;
 mod chain;
@@ -61,6 +69,7 @@ mod meta;
 mod node;
 mod page;
 mod read;
+mod sealed;
 mod write;
 
 pub use check::{check, CheckReport, Problem};
@@ -68,6 +77,7 @@ pub use db::{open, Db, Options, Stats};
 pub use file::{FaultFile, PageFile, StdFile};
 pub use node::OwnedEntry;
 pub use read::{Cursor, Entry, ReadTxn};
+pub use sealed::SealedFile;
 pub use write::{Bucket, WriteCursor, WriteTxn};
 
 /// Everything the tree can refuse or fail with.
@@ -102,6 +112,17 @@ pub enum Error {
     ReadersFull { readers_max: usize },
     #[error("invalid options: {0}")]
     InvalidOptions(&'static str),
+    /// The file is encrypted and no key file was given.
+    #[error(
+        "btree file is encrypted (key ids {ids:?}); pass --encryption-key-file with those keys"
+    )]
+    Encrypted { ids: Vec<u32> },
+    /// The key file lacks an id the encrypted file was written with.
+    #[error("btree file is encrypted with key ids {ids:?}; the key file lacks key id {missing}")]
+    KeyMissing { ids: Vec<u32>, missing: u32 },
+    /// The key file holds another key under an id the file uses (its key check differs).
+    #[error("wrong encryption key for key id {id} (the btree file's key check does not match)")]
+    WrongKey { id: u32 },
     /// An earlier I/O error left the in-memory state unknown; reopen the file.
     #[error("btree writer stopped after an earlier failure; reopen the database")]
     Poisoned,
@@ -109,7 +130,7 @@ pub enum Error {
 
 /// Whether `first_bytes` (the start of a file) begin with this format's meta page.
 pub fn looks_like_btree(first_bytes: &[u8]) -> bool {
-    meta::Meta::peek_page_size(first_bytes).is_some()
+    meta::Meta::peek_page_size(first_bytes).is_some() || sealed::is_sealed(first_bytes)
 }
 
 impl Error {

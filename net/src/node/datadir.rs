@@ -15,7 +15,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::NodeError;
-use basalt_engine::crypt::Keyring;
+use basalt_engine::crypt::SharedKeyring;
 
 const FORMAT_FILE: &str = "basalt-format";
 const FORMAT_LINE: &str = "basalt data dir format 1\n";
@@ -105,23 +105,24 @@ pub struct MemberDir {
 /// Whether `data_dir` already holds a member, read without writing anything: `None` for a
 /// dir to bootstrap or join with (no `member/`, or a WAL that never got its metadata record, as
 /// a crash during the first start leaves it).
-/// A sealed WAL is read with `keyring` (refused without it).
+/// A sealed WAL and an encrypted tree file are read with `keyring` (refused without it).
 pub fn existing_member(
     data_dir: &Path,
-    keyring: Option<&Keyring>,
+    keyring: Option<&SharedKeyring>,
 ) -> Result<Option<MemberDir>, NodeError> {
     if !check_format(data_dir)? {
         return Ok(None);
     }
     let wal = basalt_engine::wal::wal_dir(data_dir);
-    let log = basalt_engine::wal::dump::summarize_log(data_dir, keyring)?;
+    let keys_now = keyring.map(|k| k.load_full());
+    let log = basalt_engine::wal::dump::summarize_log(data_dir, keys_now.as_deref())?;
     let Some(metadata) = log.metadata else {
         return Ok(None);
     };
     let (member_id, cluster_id) = super::codec::decode_metadata(&metadata)
         .map_err(|e| refuse(&wal, format!("the WAL's metadata record: {e}")))?;
     let received_nothing = !log.has_entries && log.snapshot_index.is_none();
-    let awaits_first_snapshot = received_nothing && tree_applied_index(data_dir)? == 0;
+    let awaits_first_snapshot = received_nothing && tree_applied_index(data_dir, keyring)? == 0;
     Ok(Some(MemberDir {
         member_id,
         cluster_id,
@@ -130,12 +131,12 @@ pub fn existing_member(
 }
 
 /// The applied index of the tree's newest checkpoint (0 without a tree file).
-fn tree_applied_index(data_dir: &Path) -> Result<u64, NodeError> {
+fn tree_applied_index(data_dir: &Path, keyring: Option<&SharedKeyring>) -> Result<u64, NodeError> {
     let db = db_path(data_dir);
     if !db.exists() {
         return Ok(0);
     }
-    basalt_engine::btree::check(&db)
+    basalt_engine::btree::check(&db, keyring)
         .map(|report| report.applied_index)
         .map_err(|e| refuse(&db, e.to_string()))
 }
