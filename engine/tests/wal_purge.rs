@@ -129,3 +129,30 @@ fn purge_keeping_one_gives_back_every_segment_the_snapshot_covers() {
         assert_eq!((rec.first_index, rec.last_index), (first, 600));
     });
 }
+
+#[test]
+fn one_zero_filled_segment_waits_ahead_of_the_writer() {
+    run(async {
+        let sim = SimStorage::new(7);
+        let (wal, _) = Wal::open(sim.clone(), DIR, options(0)).await.unwrap();
+        let spares = || segments(&sim) - used_segments(&sim);
+        for index in 1..=600u64 {
+            let p = payload(1, index, 1000);
+            wal.append(&[RecordRef::entry(1, index, &p)]).await.unwrap();
+            // The next is made only once the writer took the last: never two spare.
+            assert!(
+                spares() <= 1,
+                "{} spare segments at entry {index}",
+                spares()
+            );
+        }
+        assert!(
+            used_segments(&sim) >= 9,
+            "600 KiB of entries fill many segments"
+        );
+        // Given time, the preallocator has the next one ready.
+        glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(spares(), 1);
+        wal.close().await.unwrap();
+    });
+}

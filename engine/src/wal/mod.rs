@@ -198,7 +198,10 @@ pub struct TornTail {
 
 #[derive(Debug, Clone)]
 pub struct WalOptions {
-    /// Size of every new segment file.
+    /// Size of every new segment file. Smaller than etcd's 64 MiB: a purge frees whole
+    /// segments and one more waits zero-filled, so the data dir holds up to two segments
+    /// beyond the entries after the last snapshot; a segment still takes far longer to fill
+    /// than to zero (twice the batch bound is the floor).
     pub segment_bytes: u64,
     /// Bound on one group-commit write; also bounds one record at a quarter of it.
     pub batch_bytes_max: usize,
@@ -215,7 +218,7 @@ pub struct WalOptions {
 impl Default for WalOptions {
     fn default() -> Self {
         WalOptions {
-            segment_bytes: 64 << 20,
+            segment_bytes: 16 << 20,
             batch_bytes_max: 8 << 20,
             pending_bytes_max: 32 << 20,
             max_wals: 5,

@@ -2,13 +2,18 @@
 //! zero-filled with real writes (so its extents are written, not merely allocated), synced,
 //! then renamed into place. The writer takes finished segments from a channel and never waits
 //! on this work unless it outruns it.
+//!
+//! One segment is kept ready, as etcd's file pipeline keeps one: the next is made only once
+//! the writer has taken the last one ([`Segments::next`]), that is while the writer fills the
+//! segment it just took. A segment takes far longer to fill than to zero, and every spare one
+//! is `segment_bytes` of the data dir holding nothing.
 
 use std::cell::Cell;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use glommio::channels::local_channel::LocalSender;
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 
 use super::storage::{SegmentFile, Storage, WriteBuf};
 
@@ -29,6 +34,62 @@ pub struct Signals {
 
 /// A ready segment: its sequence number and its open file.
 pub type ReadySegment<F> = (u64, Rc<F>);
+
+type Made<F> = io::Result<ReadySegment<F>>;
+
+/// The writer's end of the pipeline.
+pub struct Segments<F> {
+    made: LocalReceiver<Made<F>>,
+    taken: LocalSender<()>,
+}
+
+impl<F> Segments<F> {
+    /// The next segment; None once the preallocator has stopped. Taking it lets the
+    /// preallocator start on the one after.
+    pub async fn next(&self) -> Option<Made<F>> {
+        let made = self.made.recv().await;
+        // Unbounded: never full. An error means the preallocator is gone, as `made` tells.
+        let _ = self.taken.try_send(());
+        made
+    }
+}
+
+/// The preallocator's end of the pipeline.
+pub struct Maker<F> {
+    made: LocalSender<Made<F>>,
+    taken: LocalReceiver<()>,
+    /// A segment was handed over that the writer may not have taken yet.
+    handed: bool,
+}
+
+pub fn pipeline<F>() -> (Maker<F>, Segments<F>) {
+    let (made_tx, made_rx) = local_channel::new_bounded(1);
+    let (taken_tx, taken_rx) = local_channel::new_unbounded();
+    (
+        Maker {
+            made: made_tx,
+            taken: taken_rx,
+            handed: false,
+        },
+        Segments {
+            made: made_rx,
+            taken: taken_tx,
+        },
+    )
+}
+
+impl<F> Maker<F> {
+    /// Waits until the writer took the segment handed over last; false when it is gone.
+    async fn wait_taken(&mut self) -> bool {
+        !std::mem::replace(&mut self.handed, false) || self.taken.recv().await.is_some()
+    }
+
+    /// False when the writer is gone.
+    async fn hand_over(&mut self, made: Made<F>) -> bool {
+        self.handed = true;
+        self.made.send(made).await.is_ok()
+    }
+}
 
 pub fn segment_name(seq: u64) -> String {
     format!("{seq:016x}.wal")
@@ -61,7 +122,7 @@ pub async fn write_all<F: SegmentFile>(file: &F, buf: &Rc<F::Buf>, pos: u64) -> 
     ))
 }
 
-/// Feeds `tx` with the `ready` segments, then with new ones from `next_seq` on, until the
+/// Hands `maker`'s writer the `ready` segments, then with new ones from `next_seq` on, until the
 /// receiver goes away or a segment cannot be made (the error is sent, then the task ends).
 /// `signals.owed` follows the making, so that a space check can count what the log is taking.
 ///
@@ -76,32 +137,37 @@ pub async fn run<S: Storage>(
     segment_bytes: u64,
     ready: Vec<ReadySegment<S::File>>,
     mut next_seq: u64,
-    tx: LocalSender<io::Result<ReadySegment<S::File>>>,
+    mut maker: Maker<S::File>,
     signals: Rc<Signals>,
 ) {
     let owed = &signals.owed;
     for seg in ready {
-        if tx.send(Ok(seg)).await.is_err() {
+        if !maker.wait_taken().await || !maker.hand_over(Ok(seg)).await {
             return;
         }
     }
     loop {
+        if !maker.wait_taken().await {
+            return;
+        }
         owed.set(segment_bytes);
-        let made = make_segment(&storage, &dir, segment_bytes, next_seq, owed).await;
-        if let Err(error) = &made {
+        let made = loop {
+            let made = make_segment(&storage, &dir, segment_bytes, next_seq, owed).await;
+            let Err(error) = &made else { break made };
             // No partial segment is left behind (recovery would remove it too).
             let temp = dir.join(format!("{}{TEMP_SUFFIX}", segment_name(next_seq)));
             let _ = storage.remove(&temp).await;
-            if crate::disk::is_out_of_space(error) && !signals.writer_waiting.get() {
-                wait_for_space(&storage, &dir, segment_bytes, &signals.writer_waiting).await;
-                continue;
+            if !crate::disk::is_out_of_space(error) || signals.writer_waiting.get() {
+                break made;
             }
-        }
+            owed.set(segment_bytes);
+            wait_for_space(&storage, &dir, segment_bytes, &signals.writer_waiting).await;
+        };
         let failed = made.is_err();
         if !failed {
             owed.set(0);
         }
-        if tx.send(made).await.is_err() || failed {
+        if !maker.hand_over(made).await || failed {
             return;
         }
         next_seq += 1;

@@ -10,14 +10,13 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
-use glommio::channels::local_channel::{self, LocalReceiver};
 use glommio::task::JoinHandle;
 
 use super::format::{
     self, encode_record, record_bytes, stored_payload_bytes, RecordView, Sealing, SegmentHeader,
     RECORD_FRAME_BYTES,
 };
-use super::prealloc::{self, segment_name, ReadySegment, Signals};
+use super::prealloc::{self, segment_name, ReadySegment, Segments, Signals};
 use super::recover::{self, Tail};
 use super::storage::{DmaStorage, SegmentFile, Storage, WriteBuf};
 use super::view::{Loc, LogView};
@@ -188,9 +187,7 @@ impl<S: Storage> Wal<S> {
             opts: opts.clone(),
             st: RefCell::new(st),
         });
-        // One segment in the channel and one being made is enough look-ahead: a segment takes
-        // far longer to fill than to zero.
-        let (tx, rx) = local_channel::new_bounded(1);
+        let (maker, segments) = prealloc::pipeline();
         let signals = Rc::new(Signals::default());
         let preallocator = glommio::spawn_local(prealloc::run(
             storage,
@@ -198,13 +195,13 @@ impl<S: Storage> Wal<S> {
             opts.segment_bytes,
             disk.ready,
             disk.next_seq,
-            tx,
+            maker,
             Rc::clone(&signals),
         ))
         .detach();
         let writer = glommio::spawn_local(write_loop(
             Rc::clone(&shared),
-            rx,
+            segments,
             Rc::clone(&signals),
             current,
             prefix,
@@ -728,7 +725,7 @@ impl<F> State<F> {
 /// a time, one write and one fdatasync each.
 async fn write_loop<S: Storage>(
     shared: Rc<Shared<S>>,
-    segments: LocalReceiver<io::Result<ReadySegment<S::File>>>,
+    segments: Segments<S::File>,
     signals: Rc<Signals>,
     mut current: Option<ReadySegment<S::File>>,
     mut sector_prefix: Vec<u8>,
@@ -785,7 +782,7 @@ async fn write_loop<S: Storage>(
 
 async fn write_chunk<S: Storage>(
     shared: &Shared<S>,
-    segments: &LocalReceiver<io::Result<ReadySegment<S::File>>>,
+    segments: &Segments<S::File>,
     waiting: &std::cell::Cell<bool>,
     current: &mut Option<ReadySegment<S::File>>,
     sector_prefix: &mut Vec<u8>,
@@ -796,7 +793,7 @@ async fn write_chunk<S: Storage>(
         // While the writer waits, a preallocation that meets a full device fails the log
         // instead of being retried (`prealloc::run`).
         waiting.set(true);
-        let received = segments.recv().await;
+        let received = segments.next().await;
         waiting.set(false);
         let (seq, file) =
             received.ok_or_else(|| io::Error::other("segment preallocator stopped"))??;

@@ -880,11 +880,11 @@ impl Core {
         self.wal
             .append(&[RecordRef::snapshot(term, index, &payload)])
             .await?;
-        if self.disk.pressed() {
-            self.wal.purge_keeping(index, 1).await?;
-        } else {
-            self.wal.purge(index).await?;
-        }
+        // Every segment the snapshot covers goes, not only those past `--max-wals` (a maximum,
+        // as etcd's flag says): the tree holds their entries (the snapshot is at a checkpointed
+        // index), and raft's log was just compacted to `index`, so neither a restart nor a
+        // lagging follower (sent a snapshot) reads them again. `--max-wals 0` still keeps all.
+        self.wal.purge_keeping(index, 1).await?;
         self.snapshot_index = index;
         Ok(())
     }

@@ -54,7 +54,8 @@ pub struct NodeConfig {
     pub cluster_id: u64,
     /// `--snapshot-count`: applied entries between raft snapshots (log compaction + WAL purge).
     pub snapshot_count: u64,
-    /// `--max-wals`: WAL segments kept after a purge (0 keeps all).
+    /// `--max-wals`: 0 keeps every WAL segment; otherwise each raft snapshot purges every
+    /// segment it covers.
     pub max_wals: usize,
     /// `--heartbeat-interval`: one raft tick.
     pub heartbeat_interval_ms: u64,
