@@ -46,6 +46,20 @@ taskset -c 1 "$bench" --endpoints "127.0.0.1:$port" --conns 1 --clients 1 k8s --
     --namespaces 1 --objects 100000 --value-min-bytes 256 --value-max-bytes 256 --watchers 0 \
     --mix list=1 --total 10 2>&1 | grep -E "^(loaded|list)"
 echo "== $kind: resident memory $(awk '/VmRSS/ {print $2, $3}' "/proc/$pid/status"), data dir $(du -sh "$data" | cut -f1)"
+# Where the data dir's bytes are: WAL segments (all-zero ones are preallocated, unused), the
+# tree or bbolt file, and how much of it the server reports in use.
+shopt -s nullglob
+wal_files=("$data"/member/wal/*.wal "$data"/member/wal/*.tmp)
+shopt -u nullglob
+zeroed=0
+for f in "${wal_files[@]}"; do
+    nonzero=$(tr -d '\0' <"$f" | head -c1 | wc -c || true)
+    if [[ $nonzero == 0 ]]; then zeroed=$((zeroed + 1)); fi
+done
+metric() { curl -s "http://127.0.0.1:$port/metrics" | awk -v m="$1" '$1 == m {printf "%.0f MiB", $2 / 1048576}'; }
+echo "== $kind: wal $(du -sh "$data/member/wal" | cut -f1) in ${#wal_files[@]} files ($zeroed all zero)," \
+    "db file $(du -sh "$data/member/snap/db" | cut -f1) (in use $(metric etcd_mvcc_db_total_size_in_use_in_bytes))," \
+    "snap dir $(du -sh "$data/member/snap" | cut -f1)"
 kill -9 "$pid"
 wait "$pid" 2>/dev/null || true
 started=$(date +%s.%N)
