@@ -216,6 +216,12 @@ def test_a_missing_wrong_or_readable_key_file_is_refused_clearly(written, tmp_pa
             # Nothing of the log is listed without the right key.
             assert " entry " not in result.stdout, result.stdout
     assert str(segment.parent) in start_refused(server, [])
+    # A rotation checked against the data dir leaves a key file that does not open it alone.
+    before = wrong.read_bytes()
+    rekeyed = basalt("rekey", "--encryption-key-file", wrong, "--data-dir", data)
+    assert rekeyed.returncode != 0 and wrong_text in rekeyed.stderr, rekeyed.stderr
+    assert "the key file was not changed" in rekeyed.stderr
+    assert wrong.read_bytes() == before
     listed = basalt("dump-log", "--data-dir", data, "--encryption-key-file", key_file)
     assert listed.returncode == 0, listed.stderr
     assert "key_id=1" in listed.stdout
