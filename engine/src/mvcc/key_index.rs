@@ -228,6 +228,8 @@ fn owned_key(key: &[u8]) -> Bytes {
 /// A sorted block holds at most this many keys; a fuller block splits in two. Small enough
 /// that an insert's shift inside its block stays a few KiB.
 const BLOCK_KEYS_MAX: usize = 256;
+/// The smallest allocation a block grows to.
+const BLOCK_GROWTH_MIN: usize = 8;
 /// Liveness changes kept for counts at past revisions: a count undoes at most this many, and
 /// one before the oldest kept walks the keys instead (a LIST's pages are read at a revision a
 /// moment old; etcd walks for every count).
@@ -271,9 +273,18 @@ impl RankedKeys {
         if at == 0 {
             self.firsts[b] = key.clone();
         }
+        if block.len() == block.capacity() {
+            // Doubling would leave a split block's lower half in an allocation four times its
+            // keys (128 keys in room for 512); growth stops at the split point instead.
+            let grown = (block.len() * 2).clamp(BLOCK_GROWTH_MIN, BLOCK_KEYS_MAX + 1);
+            block.reserve_exact(grown - block.len());
+        }
         block.insert(at, key);
         if block.len() > BLOCK_KEYS_MAX {
+            // The halves own exactly their keys: after an ascending load (the usual one) no
+            // key ever lands in a lower half again.
             let upper = block.split_off(block.len() / 2);
+            block.shrink_to_fit();
             self.firsts.insert(b + 1, upper[0].clone());
             self.blocks.insert(b + 1, upper);
             self.rebuild();
@@ -370,7 +381,7 @@ impl RankedKeys {
     /// The set of `keys`, given in order, in half-full blocks.
     fn from_sorted(keys: impl Iterator<Item = Bytes>) -> RankedKeys {
         let mut ranked = RankedKeys::default();
-        let mut block = Vec::with_capacity(BLOCK_KEYS_MAX);
+        let mut block = Vec::with_capacity(BLOCK_KEYS_MAX / 2);
         for key in keys {
             debug_assert!(block.last().is_none_or(|last| *last < key));
             block.push(key);
@@ -379,7 +390,7 @@ impl RankedKeys {
                 ranked.firsts.push(block[0].clone());
                 ranked.blocks.push(std::mem::replace(
                     &mut block,
-                    Vec::with_capacity(BLOCK_KEYS_MAX),
+                    Vec::with_capacity(BLOCK_KEYS_MAX / 2),
                 ));
             }
         }
@@ -685,6 +696,23 @@ mod tests {
                 (range, n)
             })
             .collect()
+    }
+
+    #[test]
+    fn ranked_blocks_hold_little_more_room_than_their_keys() {
+        let keys = 100_000;
+        let room = |ranked: &RankedKeys| ranked.blocks.iter().map(Vec::capacity).sum::<usize>();
+        let mut ascending = RankedKeys::default();
+        for k in 0..keys {
+            ascending.insert(Bytes::from(format!("k{k:08}")));
+        }
+        // Only the newest block, still growing, has room to spare.
+        assert!(room(&ascending) <= keys + BLOCK_KEYS_MAX + 1);
+        let mut random = RankedKeys::default();
+        for k in 0..keys {
+            random.insert(Bytes::from(format!("k{:08}", (k * 7919) % keys)));
+        }
+        assert!(room(&random) <= keys * 2, "{} slots", room(&random));
     }
 
     proptest! {
