@@ -70,7 +70,7 @@ pub(super) fn open_lessor(store: &mut KvStore<BtreeBackend>) -> Result<Lessor, A
         leases.push(lease);
     }
     let mut lessor = Lessor::new(store, MIN_LEASE_TTL_S);
-    lessor.restore(store, &leases).map_err(storage)?;
+    lessor.restore(store, &leases);
     store.set_lease_lookup(Box::new(lessor.lookup()));
     Ok(lessor)
 }

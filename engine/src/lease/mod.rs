@@ -18,9 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use basalt_proto::etcdserverpb::{
-    request_op::Request, DeleteRangeRequest, RangeRequest, RequestOp, TxnRequest,
-};
+use basalt_proto::etcdserverpb::{request_op::Request, DeleteRangeRequest, RequestOp, TxnRequest};
 use basalt_proto::mvccpb::KeyValue;
 use bytes::Bytes;
 use prost::Message;
@@ -149,30 +147,21 @@ impl Lessor {
     }
 
     /// Brings back persisted leases `(id, ttl_s, remaining_ttl_s)` and attaches every live key
-    /// of `store` that names one, as etcd's lessor does on start. They never expire until
-    /// [`Lessor::promote`].
+    /// of `store` that names one, as etcd's lessor does on start: `store` must be freshly
+    /// opened, whose open noted those keys ([`KvStore::take_opened_leases`]). They never expire
+    /// until [`Lessor::promote`].
     pub fn restore<B: RevisionBackend>(
         &mut self,
-        store: &KvStore<B>,
+        store: &mut KvStore<B>,
         leases: &[(i64, i64, i64)],
-    ) -> Result<(), MvccError> {
+    ) {
         for &(id, ttl_s, remaining_ttl_s) in leases {
             self.insert(id, ttl_s, remaining_ttl_s, None);
         }
-        // Only live keys can be attached: read them through the key index rather than every
-        // revision record of the history.
-        let all = store.range(&RangeRequest {
-            key: Bytes::from_static(&[0]),
-            range_end: Bytes::from_static(&[0]),
-            ..Default::default()
-        })?;
-        for kv in all.kvs {
-            if kv.lease != 0 {
-                self.attach(kv.key, kv.lease);
-            }
+        for (key, lease_id) in store.take_opened_leases() {
+            self.attach(key, lease_id);
         }
         self.observed_revision = store.current_revision();
-        Ok(())
     }
 
     fn insert(&mut self, id: i64, ttl_s: i64, remaining_ttl_s: i64, expiry: Option<Instant>) {

@@ -191,6 +191,8 @@ fn a_restart_brings_back_leases_and_their_keys() {
     lessor.grant(1, 30, now).unwrap();
     put(&mut store, &mut lessor, "k", 1).unwrap();
     put(&mut store, &mut lessor, "gone", 1).unwrap();
+    put(&mut store, &mut lessor, "bare", 1).unwrap();
+    put(&mut store, &mut lessor, "bare", 0).unwrap();
     store
         .delete_range(&DeleteRangeRequest {
             key: b("gone"),
@@ -198,8 +200,9 @@ fn a_restart_brings_back_leases_and_their_keys() {
         })
         .unwrap();
     let persisted = lessor.persisted();
+    let mut store = KvStore::open(store.into_backend()).unwrap();
     let mut restored = Lessor::new(&store, MIN_TTL_S);
-    restored.restore(&store, &persisted).unwrap();
+    restored.restore(&mut store, &persisted);
     assert_eq!(restored.persisted(), persisted);
     assert_eq!(keys(&restored, 1, now), vec![b("k")]);
     assert!(restored.expired(now + Duration::from_secs(3600)).is_empty());

@@ -39,6 +39,18 @@ pub trait RevisionBackend: Send {
         from: Revision,
         visit: &mut dyn FnMut(Revision, &RevisionRecord) -> bool,
     ) -> Result<(), MvccError>;
+    /// [`RevisionBackend::scan`] handing each record's tombstone mark and KeyValue bytes
+    /// borrowed, for a caller that reads every record once and keeps none (the key index's
+    /// rebuild at start): a backend whose records live in a file need not copy each one out.
+    fn scan_borrowed(
+        &self,
+        from: Revision,
+        visit: &mut dyn FnMut(Revision, bool, &[u8]) -> bool,
+    ) -> Result<(), MvccError> {
+        self.scan(from, &mut |revision, record| {
+            visit(revision, record.tombstone, &record.kv)
+        })
+    }
     fn put_meta(&mut self, key: MetaKey, value: i64) -> Result<(), MvccError>;
     fn get_meta(&self, key: MetaKey) -> Result<Option<i64>, MvccError>;
 }

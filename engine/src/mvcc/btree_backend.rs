@@ -189,7 +189,6 @@ fn backend_error(error: btree::Error) -> MvccError {
 /// The newest revision in `committed`'s key bucket.
 fn newest_revision(committed: &ReadTxn) -> Result<Option<Revision>, MvccError> {
     match committed.cursor(KEY_BUCKET).last().map_err(backend_error)? {
-        // Only the key is needed: decode_entry would copy the value too.
         Some((key, _)) => Revision::from_key(key)
             .map(|(revision, _)| Some(revision))
             .ok_or_else(|| MvccError::Backend(format!("key bucket holds a bad key {key:?}"))),
@@ -197,17 +196,72 @@ fn newest_revision(committed: &ReadTxn) -> Result<Option<Revision>, MvccError> {
     }
 }
 
-/// A record as the tree holds it.
-fn decode_entry(key: &[u8], value: &[u8]) -> Result<(Revision, RevisionRecord), MvccError> {
+/// A record as the tree holds it: its revision, tombstone mark and KeyValue bytes.
+type BorrowedRecord<'a> = (Revision, bool, &'a [u8]);
+
+fn decode_borrowed<'a>((key, value): btree::Entry<'a>) -> Result<BorrowedRecord<'a>, MvccError> {
     let (revision, tombstone) = Revision::from_key(key)
         .ok_or_else(|| MvccError::Backend(format!("key bucket holds a bad key {key:?}")))?;
-    Ok((
-        revision,
-        RevisionRecord {
-            tombstone,
-            kv: Bytes::copy_from_slice(value),
-        },
-    ))
+    Ok((revision, tombstone, value))
+}
+
+/// A record met by [`BtreeBackend::merge_scan`]: from the overlay, or borrowed from the tree's
+/// map (tombstone mark, KeyValue bytes).
+enum Record<'a> {
+    Pending(&'a RevisionRecord),
+    Committed(bool, &'a [u8]),
+}
+
+impl BtreeBackend {
+    /// Every record at `from` or later, in revision order, until `visit` returns false: a merge
+    /// of the tree and the overlay, the overlay winning where both hold a revision.
+    fn merge_scan(
+        &self,
+        from: Revision,
+        visit: &mut dyn FnMut(Revision, Record<'_>) -> bool,
+    ) -> Result<(), MvccError> {
+        let mut cursor = self.committed.cursor(KEY_BUCKET);
+        let mut on_disk = if self.committed_newest.is_some_and(|newest| newest >= from) {
+            cursor
+                .seek(&from.to_key(false))
+                .map_err(backend_error)?
+                .map(decode_borrowed)
+                .transpose()?
+        } else {
+            None
+        };
+        let mut overlay = self.pending.range(from..).peekable();
+        loop {
+            let take_overlay = match (&on_disk, overlay.peek()) {
+                (None, None) => return Ok(()),
+                (Some((disk_revision, _, _)), Some((pending_revision, _))) => {
+                    *pending_revision <= disk_revision
+                }
+                (None, Some(_)) => true,
+                (Some(_), None) => false,
+            };
+            if take_overlay {
+                let (revision, record) = overlay.next().expect("peeked");
+                if on_disk
+                    .as_ref()
+                    .is_some_and(|(disk, _, _)| disk == revision)
+                {
+                    on_disk = next_borrowed(&mut cursor)?;
+                }
+                if let Some(record) = record {
+                    if !visit(*revision, Record::Pending(record)) {
+                        return Ok(());
+                    }
+                }
+            } else {
+                let (revision, tombstone, kv) = on_disk.take().expect("checked above");
+                if !visit(revision, Record::Committed(tombstone, kv)) {
+                    return Ok(());
+                }
+                on_disk = next_borrowed(&mut cursor)?;
+            }
+        }
+    }
 }
 
 impl RevisionBackend for BtreeBackend {
@@ -226,7 +280,11 @@ impl RevisionBackend for BtreeBackend {
             Some((found, value))
                 if found.len() >= REVISION_BYTES && found[..REVISION_BYTES] == key[..] =>
             {
-                Ok(Some(decode_entry(found, value)?.1))
+                let (_, tombstone, kv) = decode_borrowed((found, value))?;
+                Ok(Some(RevisionRecord {
+                    tombstone,
+                    kv: Bytes::copy_from_slice(kv),
+                }))
             }
             _ => Ok(None),
         }
@@ -242,44 +300,27 @@ impl RevisionBackend for BtreeBackend {
         from: Revision,
         visit: &mut dyn FnMut(Revision, &RevisionRecord) -> bool,
     ) -> Result<(), MvccError> {
-        // A merge of two ordered sources; the overlay wins where both hold a revision.
-        let mut cursor = self.committed.cursor(KEY_BUCKET);
-        let mut on_disk = if self.committed_newest.is_some_and(|newest| newest >= from) {
-            match cursor.seek(&from.to_key(false)).map_err(backend_error)? {
-                Some((key, value)) => Some(decode_entry(key, value)?),
-                None => None,
-            }
-        } else {
-            None
-        };
-        let mut overlay = self.pending.range(from..).peekable();
-        loop {
-            let take_overlay = match (&on_disk, overlay.peek()) {
-                (None, None) => return Ok(()),
-                (Some((disk_revision, _)), Some((pending_revision, _))) => {
-                    *pending_revision <= disk_revision
-                }
-                (None, Some(_)) => true,
-                (Some(_), None) => false,
-            };
-            if take_overlay {
-                let (revision, record) = overlay.next().expect("peeked");
-                if on_disk.as_ref().is_some_and(|(disk, _)| disk == revision) {
-                    on_disk = next_entry(&mut cursor)?;
-                }
-                if let Some(record) = record {
-                    if !visit(*revision, record) {
-                        return Ok(());
-                    }
-                }
-            } else {
-                let (revision, record) = on_disk.take().expect("checked above");
-                if !visit(revision, &record) {
-                    return Ok(());
-                }
-                on_disk = next_entry(&mut cursor)?;
-            }
-        }
+        self.merge_scan(from, &mut |revision, record| match record {
+            Record::Pending(record) => visit(revision, record),
+            Record::Committed(tombstone, kv) => visit(
+                revision,
+                &RevisionRecord {
+                    tombstone,
+                    kv: Bytes::copy_from_slice(kv),
+                },
+            ),
+        })
+    }
+
+    fn scan_borrowed(
+        &self,
+        from: Revision,
+        visit: &mut dyn FnMut(Revision, bool, &[u8]) -> bool,
+    ) -> Result<(), MvccError> {
+        self.merge_scan(from, &mut |revision, record| match record {
+            Record::Pending(record) => visit(revision, record.tombstone, &record.kv),
+            Record::Committed(tombstone, kv) => visit(revision, tombstone, kv),
+        })
     }
 
     fn put_meta(&mut self, key: MetaKey, value: i64) -> Result<(), MvccError> {
@@ -299,13 +340,14 @@ impl RevisionBackend for BtreeBackend {
     }
 }
 
-fn next_entry(
-    cursor: &mut btree::Cursor<'_>,
-) -> Result<Option<(Revision, RevisionRecord)>, MvccError> {
-    match cursor.next().map_err(backend_error)? {
-        Some((key, value)) => Ok(Some(decode_entry(key, value)?)),
-        None => Ok(None),
-    }
+fn next_borrowed<'a>(
+    cursor: &mut btree::Cursor<'a>,
+) -> Result<Option<BorrowedRecord<'a>>, MvccError> {
+    cursor
+        .next()
+        .map_err(backend_error)?
+        .map(decode_borrowed)
+        .transpose()
 }
 
 #[cfg(test)]

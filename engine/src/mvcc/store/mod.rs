@@ -12,7 +12,10 @@ pub use hash::KvHash;
 use txn::check_ignore_puts_find_their_key;
 use write::WriteTxn;
 
+use std::collections::BTreeMap;
 use std::fmt;
+
+use bytes::Bytes;
 
 use basalt_proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
@@ -56,6 +59,9 @@ pub struct KvStore<B: RevisionBackend = MemoryBackend> {
     /// etcd's `compactMainRev`: reads below it fail; -1 before any compaction.
     compacted_revision: i64,
     leases: Box<dyn LeaseLookup>,
+    /// The live keys that named a lease when the store was opened (the lessor attaches them
+    /// once, see [`KvStore::take_opened_leases`]).
+    opened_leases: BTreeMap<Bytes, i64>,
 }
 
 impl<B: RevisionBackend> fmt::Debug for KvStore<B> {
@@ -93,11 +99,19 @@ impl<B: RevisionBackend> KvStore<B> {
         let mut index = TreeIndex::new();
         index.begin_replay();
         let mut current_revision = FIRST_REVISION;
+        let mut opened_leases = BTreeMap::new();
         let mut decode_error = None;
-        backend.scan(Revision::default(), &mut |revision, record| {
+        backend.scan_borrowed(Revision::default(), &mut |revision, tombstone, kv| {
             current_revision = revision.main;
-            match KeyValue::decode(record.kv.clone()) {
-                Ok(kv) => restore_record(&mut index, revision, record.tombstone, kv),
+            match RestoredKey::decode(kv) {
+                Ok(restored) => {
+                    restore_record(&mut index, revision, tombstone, &restored);
+                    if !tombstone && restored.lease != 0 {
+                        opened_leases.insert(Bytes::copy_from_slice(restored.key), restored.lease);
+                    } else if !opened_leases.is_empty() {
+                        opened_leases.remove(restored.key);
+                    }
+                }
                 Err(error) => {
                     decode_error = Some(MvccError::Backend(format!(
                         "record at revision {revision} does not decode: {error}"
@@ -120,12 +134,20 @@ impl<B: RevisionBackend> KvStore<B> {
             current_revision: current_revision.max(compacted_revision),
             compacted_revision,
             leases: Box::new(NoLeases),
+            opened_leases,
         };
         if let Some(scheduled) = scheduled.filter(|&scheduled| scheduled > compacted_revision) {
             store.current_revision = store.current_revision.max(scheduled);
             store.compact_at(scheduled)?;
         }
         Ok(store)
+    }
+
+    /// The live keys that named a lease, and the lease, as [`KvStore::open`] found them; empty
+    /// after the first call. Collected during the open's one pass over the records, so a
+    /// restart attaches keys to leases without reading every live key's record again.
+    pub fn take_opened_leases(&mut self) -> BTreeMap<Bytes, i64> {
+        std::mem::take(&mut self.opened_leases)
     }
 
     /// Plugs in the lease table that puts with a lease are checked against.
@@ -314,16 +336,16 @@ impl<B: RevisionBackend> KvStore<B> {
 }
 
 /// Rebuilds one backend record into the index, as etcd's restore does.
-fn restore_record(index: &mut TreeIndex, revision: Revision, tombstone: bool, kv: KeyValue) {
-    if index.contains(&kv.key) {
+fn restore_record(index: &mut TreeIndex, revision: Revision, tombstone: bool, kv: &RestoredKey) {
+    if index.contains(kv.key) {
         if tombstone {
-            index.tombstone(&kv.key, revision);
+            index.tombstone(kv.key, revision);
         } else {
-            index.put(&kv.key, revision);
+            index.put(kv.key, revision);
         }
     } else if !tombstone {
         index.restore(
-            &kv.key,
+            kv.key,
             Revision::new(kv.create_revision, 0),
             revision,
             kv.version,
@@ -331,9 +353,108 @@ fn restore_record(index: &mut TreeIndex, revision: Revision, tombstone: bool, kv
     }
 }
 
+/// What a restart reads of a record's `mvccpb.KeyValue`: the key borrowed, the value skipped.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct RestoredKey<'a> {
+    key: &'a [u8],
+    create_revision: i64,
+    version: i64,
+    lease: i64,
+}
+
+impl<'a> RestoredKey<'a> {
+    /// Decodes as prost decodes a `KeyValue` (the same wire-type checks, the last of a repeated
+    /// field winning), without copying the key or the value out of `record`.
+    fn decode(record: &'a [u8]) -> Result<Self, prost::DecodeError> {
+        use prost::encoding::{
+            check_wire_type, decode_key, decode_varint, int64, skip_field, DecodeContext, WireType,
+        };
+        let mut fields = RestoredKey::default();
+        let mut buf = record;
+        while !buf.is_empty() {
+            let (tag, wire_type) = decode_key(&mut buf)?;
+            let context = DecodeContext::default();
+            match tag {
+                KEY_VALUE_KEY => {
+                    check_wire_type(WireType::LengthDelimited, wire_type)?;
+                    let len = decode_varint(&mut buf)?;
+                    let len = usize::try_from(len)
+                        .ok()
+                        .filter(|&len| len <= buf.len())
+                        .ok_or_else(|| prost::DecodeError::new("buffer underflow"))?;
+                    (fields.key, buf) = buf.split_at(len);
+                }
+                KEY_VALUE_CREATE_REVISION => {
+                    int64::merge(wire_type, &mut fields.create_revision, &mut buf, context)?
+                }
+                KEY_VALUE_VERSION => {
+                    int64::merge(wire_type, &mut fields.version, &mut buf, context)?
+                }
+                KEY_VALUE_LEASE => int64::merge(wire_type, &mut fields.lease, &mut buf, context)?,
+                _ => skip_field(wire_type, tag, &mut buf, context)?,
+            }
+        }
+        Ok(fields)
+    }
+}
+
+/// Field numbers of `mvccpb.KeyValue` (proto/proto/mvccpb/kv.proto) that [`RestoredKey`] reads.
+const KEY_VALUE_KEY: u32 = 1;
+const KEY_VALUE_CREATE_REVISION: u32 = 2;
+const KEY_VALUE_VERSION: u32 = 4;
+const KEY_VALUE_LEASE: u32 = 6;
+
 fn header(revision: i64) -> ResponseHeader {
     ResponseHeader {
         revision,
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn a_restored_key_reads_what_prost_reads(
+            key in prop::collection::vec(any::<u8>(), 0..40),
+            value in prop::collection::vec(any::<u8>(), 0..300),
+            create_revision in any::<i64>(),
+            mod_revision in any::<i64>(),
+            version in any::<i64>(),
+            lease in any::<i64>(),
+        ) {
+            let kv = KeyValue {
+                key: key.into(),
+                value: value.into(),
+                create_revision,
+                mod_revision,
+                version,
+                lease,
+            };
+            let bytes = kv.encode_to_vec();
+            let restored = RestoredKey::decode(&bytes).unwrap();
+            prop_assert_eq!(
+                restored,
+                RestoredKey { key: &kv.key, create_revision, version, lease }
+            );
+        }
+
+        #[test]
+        fn damaged_records_decode_as_prost_decodes_them_or_fail(
+            bytes in prop::collection::vec(any::<u8>(), 0..80),
+        ) {
+            // Never a panic; where prost accepts the bytes the fields agree.
+            let restored = RestoredKey::decode(&bytes);
+            if let Ok(kv) = KeyValue::decode(bytes.as_slice()) {
+                let restored = restored.unwrap();
+                prop_assert_eq!(restored.key, &kv.key[..]);
+                prop_assert_eq!(restored.create_revision, kv.create_revision);
+                prop_assert_eq!(restored.version, kv.version);
+                prop_assert_eq!(restored.lease, kv.lease);
+            }
+        }
     }
 }
