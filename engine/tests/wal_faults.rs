@@ -1,12 +1,14 @@
 //! The WAL over a faulty simulated disk: short writes, ENOSPC, failing fdatasync, bit flips and
 //! tears. The rule in every case: nothing acknowledged is lost, and damage is reported (with the
-//! file and offset) rather than silently cut.
+//! file and offset) rather than silently cut. Short writes, write and sync failures and tears
+//! run on sealed logs (encryption at rest) too.
 
 mod wal_common;
 
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
+use basalt_engine::crypt::Keyring;
 use basalt_engine::wal::format::{scan_records, SegmentHeader, SEGMENT_HEADER_BYTES};
 use basalt_engine::wal::sim::{Faults, SimStorage};
 use basalt_engine::wal::{RecordRef, Wal, WalError, WalOptions};
@@ -15,20 +17,28 @@ use wal_common::{payload, run, Model};
 const DIR: &str = "/sim/member/wal";
 const PAYLOAD_BYTES: usize = 700;
 
-fn options() -> WalOptions {
+/// `sealed`: record payloads encrypted with a fixed test key (the same at every reopen).
+fn options(sealed: bool) -> WalOptions {
     WalOptions {
         segment_bytes: 64 << 10,
         batch_bytes_max: 16 << 10,
         pending_bytes_max: 64 << 10,
         max_wals: 0,
-        keyring: None,
+        keyring: sealed.then(|| Keyring::single(1, &[0x42; 32]).into_shared()),
     }
 }
 
 async fn open(
     sim: &SimStorage,
 ) -> Result<(Wal<SimStorage>, basalt_engine::wal::Recovered), WalError> {
-    Wal::open(sim.clone(), DIR, options()).await
+    open_sealed(sim, false).await
+}
+
+async fn open_sealed(
+    sim: &SimStorage,
+    sealed: bool,
+) -> Result<(Wal<SimStorage>, basalt_engine::wal::Recovered), WalError> {
+    Wal::open(sim.clone(), DIR, options(sealed)).await
 }
 
 /// Appends entries 1..=n from `appenders` concurrent tasks; returns the model of every entry
@@ -72,9 +82,11 @@ async fn append_until_error(
 }
 
 /// Reopens on a healthy disk and checks every acknowledged entry is there, intact.
-async fn acknowledged_survive(sim: &SimStorage, acked: &Model) {
+async fn acknowledged_survive(sim: &SimStorage, acked: &Model, sealed: bool) {
     sim.set_faults(Faults::default());
-    let (wal, rec) = open(sim).await.expect("reopen after the fault");
+    let (wal, rec) = open_sealed(sim, sealed)
+        .await
+        .expect("reopen after the fault");
     assert!(
         rec.last_index >= acked.last(),
         "lost acknowledged entries: last {} < {}",
@@ -93,20 +105,22 @@ async fn acknowledged_survive(sim: &SimStorage, acked: &Model) {
 
 #[test]
 fn short_writes_are_retried_and_lose_nothing() {
-    run(async {
-        let sim = SimStorage::new(7);
-        sim.set_faults(Faults {
-            short_write_one_in: 3,
-            ..Faults::default()
+    for sealed in [false, true] {
+        run(async {
+            let sim = SimStorage::new(7);
+            sim.set_faults(Faults {
+                short_write_one_in: 3,
+                ..Faults::default()
+            });
+            let (wal, _) = open_sealed(&sim, sealed).await.unwrap();
+            let wal = Rc::new(wal);
+            let (acked, error) = append_until_error(Rc::clone(&wal), 400, 16).await;
+            assert!(error.is_none(), "{error:?}");
+            assert_eq!(acked.last(), 400);
+            Rc::into_inner(wal).unwrap().close().await.unwrap();
+            acknowledged_survive(&sim, &acked, sealed).await;
         });
-        let (wal, _) = open(&sim).await.unwrap();
-        let wal = Rc::new(wal);
-        let (acked, error) = append_until_error(Rc::clone(&wal), 400, 16).await;
-        assert!(error.is_none(), "{error:?}");
-        assert_eq!(acked.last(), 400);
-        Rc::into_inner(wal).unwrap().close().await.unwrap();
-        acknowledged_survive(&sim, &acked).await;
-    });
+    }
 }
 
 #[test]
@@ -129,10 +143,11 @@ fn write_and_sync_failures_stop_the_log_and_keep_what_was_acknowledged() {
     ];
     for (name, faults) in cases {
         for seed in 1..=8 {
+            let sealed = seed % 2 == 1;
             run(async {
                 let sim = SimStorage::new(seed);
                 sim.set_faults(faults.clone());
-                let (wal, _) = open(&sim).await.unwrap();
+                let (wal, _) = open_sealed(&sim, sealed).await.unwrap();
                 let wal = Rc::new(wal);
                 let (acked, error) = append_until_error(Rc::clone(&wal), 2000, 8).await;
                 assert!(error.is_some(), "{name}: no failure in 2000 appends");
@@ -147,7 +162,7 @@ fn write_and_sync_failures_stop_the_log_and_keep_what_was_acknowledged() {
                 );
                 let sim = sim.crash();
                 drop(wal);
-                acknowledged_survive(&sim, &acked).await;
+                acknowledged_survive(&sim, &acked, sealed).await;
             });
         }
     }
@@ -225,13 +240,14 @@ fn tears_inside_a_sector_never_lose_an_acknowledged_record_silently() {
     // it opens, every acknowledged record is there.
     let (mut opened, mut refused) = (0, 0);
     for seed in 1..=40 {
+        let sealed = seed % 2 == 1;
         run(async {
             let sim = SimStorage::new(seed);
             sim.set_faults(Faults {
                 sub_sector_tears: true,
                 ..Faults::default()
             });
-            let (wal, _) = open(&sim).await.unwrap();
+            let (wal, _) = open_sealed(&sim, sealed).await.unwrap();
             let wal = Rc::new(wal);
             let (acked, _) = append_until_error(Rc::clone(&wal), 30, 4).await;
             let more: Vec<_> = (31..60)
@@ -247,7 +263,7 @@ fn tears_inside_a_sector_never_lose_an_acknowledged_record_silently() {
             let sim = sim.crash();
             drop(waits);
             drop(wal);
-            match open(&sim).await {
+            match open_sealed(&sim, sealed).await {
                 Ok((wal, rec)) => {
                     opened += 1;
                     assert!(rec.last_index >= 30, "seed {seed}");
