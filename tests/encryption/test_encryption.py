@@ -180,10 +180,6 @@ def test_the_wal_never_holds_a_secret_in_clear(written):
     assert ("client-snapshot.db", "value") in files_holding(snapshot.parent)
 
 
-@pytest.mark.xfail(
-    reason="tree pages are sealed by the B+tree half of issue 22 (branch i22-pages), not on main yet",
-    strict=False,
-)
 def test_no_file_of_the_data_dir_holds_a_secret_in_clear(written):
     server, _, _ = written
     assert files_holding(server.dir / "data") == []

@@ -277,6 +277,12 @@ impl Db {
         result
     }
 
+    /// Whether the tree file is encrypted (a plain file opened with a keyring is not, until
+    /// it is defragmented).
+    pub fn is_encrypted(&self) -> Result<bool, Error> {
+        Ok(self.shared.lock_writer()?.file.is_sealed())
+    }
+
     /// The applied index of the newest durable checkpoint (what recovery replays the WAL from).
     pub fn durable_applied_index(&self) -> Result<u64, Error> {
         Ok(self.shared.lock_writer()?.durable.applied_index)

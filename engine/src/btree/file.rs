@@ -22,6 +22,10 @@ pub trait PageFile: Send + Sync {
     fn set_len_bytes(&self, len_bytes: u64) -> io::Result<()>;
     /// A read-only shared map of the first `len_bytes` of the file.
     fn map(&self, len_bytes: u64) -> io::Result<Mmap>;
+    /// Whether pages reach the disk encrypted (`sealed.rs`).
+    fn is_sealed(&self) -> bool {
+        false
+    }
 }
 
 /// Lets a test keep a handle on a file the tree owns (to take a crash image of it).
@@ -46,6 +50,9 @@ impl<T: PageFile + ?Sized> PageFile for std::sync::Arc<T> {
     }
     fn map(&self, len_bytes: u64) -> io::Result<Mmap> {
         (**self).map(len_bytes)
+    }
+    fn is_sealed(&self) -> bool {
+        (**self).is_sealed()
     }
 }
 

@@ -373,6 +373,9 @@ impl PageFile for SealedFile {
     fn map(&self, len_bytes: u64) -> io::Result<Mmap> {
         self.image.map(len_bytes)
     }
+    fn is_sealed(&self) -> bool {
+        true
+    }
 }
 
 /// The valid header copy with the highest seq.
@@ -609,7 +612,9 @@ mod tests {
         drop(db);
         assert!(contains(&std::fs::read(&path).unwrap(), SECRET));
         let db = open(&path, options(Some(&old))).unwrap();
+        assert!(!db.is_encrypted().unwrap());
         db.defragment(9).unwrap();
+        assert!(db.is_encrypted().unwrap());
         drop(db);
         let bytes = std::fs::read(&path).unwrap();
         assert!(is_sealed(&bytes) && !contains(&bytes, SECRET));

@@ -216,7 +216,7 @@ impl Core {
         let log_holds_entries = recovered.first_index <= recovered.last_index;
 
         let db_path = datadir::db_path(&config.data_dir);
-        let db = btree::open(&db_path, btree::Options::default())
+        let db = btree::open(&db_path, tree_options(&config))
             .map_err(|e| data_dir_error(&db_path, e.to_string()))?;
         let mut applier = Applier::open(db, config.limits)?;
         let fresh = applier.applied_index() < BOOTSTRAP_INDEX;
@@ -968,4 +968,12 @@ fn install_marker(
 /// A watch read that failed reads the store's backend: the store can no longer be trusted.
 fn watch_storage(error: basalt_engine::mvcc::MvccError) -> NodeError {
     NodeError::Apply(ApplyError::Storage(error.to_string()))
+}
+
+/// How the member opens its tree file: encrypted with the configured keys, if any.
+pub(super) fn tree_options(config: &NodeConfig) -> btree::Options {
+    btree::Options {
+        keyring: config.keyring.clone(),
+        ..btree::Options::default()
+    }
 }

@@ -119,7 +119,7 @@ pub fn migrate(
     let in_db = |e: String| format!("{}: {e}", db_path.display());
     snapshot::make_member_dir(data_dir, member, |staging| {
         datadir::prepare(staging).map_err(|e| e.to_string())?;
-        let db = btree::open(datadir::db_path(staging), btree::Options::default())
+        let db = btree::open(datadir::db_path(staging), snapshot::tree_options(member))
             .map_err(|e| e.to_string())?;
         let imported = interchange::import_etcd(&file, &db).map_err(|e| in_db(e.to_string()))?;
         let limits = Limits {

@@ -301,7 +301,8 @@ pub fn restore_replaying(
     refuse_existing(data_dir)?;
     let (format, len) = format_of(snapshot)?;
     make_member_dir(data_dir, member, |staging| {
-        let (db, applied) = build_data_dir(snapshot, format, len, staging, options)?;
+        let tree = tree_options(member);
+        let (db, applied) = build_data_dir(snapshot, format, len, staging, options, tree)?;
         replay(db, applied)
     })
 }
@@ -347,6 +348,7 @@ fn build_data_dir(
     len: u64,
     data_dir: &Path,
     options: RestoreOptions,
+    tree: btree::Options,
 ) -> Result<(Db, u64), String> {
     datadir::prepare(data_dir).map_err(|e| e.to_string())?;
     let db_path = datadir::db_path(data_dir);
@@ -355,12 +357,13 @@ fn build_data_dir(
         let in_file = |e: String| format!("{}: {e}", snapshot.display());
         let file =
             BboltFile::open(snapshot, tree_len).map_err(|e| in_file(format!("bbolt file {e}")))?;
-        let db = btree::open(&db_path, btree::Options::default()).map_err(|e| e.to_string())?;
+        let db = btree::open(&db_path, tree).map_err(|e| e.to_string())?;
         let imported = interchange::import_etcd(&file, &db).map_err(|e| in_file(e.to_string()))?;
         return Ok((db, imported.consistent_index));
     }
     verified_tree(snapshot, &db_path)?;
-    let db = btree::open(&db_path, btree::Options::default()).map_err(|e| e.to_string())?;
+    let seal = tree.keyring.is_some();
+    let db = btree::open(&db_path, tree).map_err(|e| e.to_string())?;
     let read = db.begin_read().map_err(|e| e.to_string())?;
     let applied = read_consistent_index(&read).map_err(|e| e.to_string())?;
     let durable = db.durable_applied_index().map_err(|e| e.to_string())?;
@@ -370,7 +373,19 @@ fn build_data_dir(
         ));
     }
     drop(read);
+    // A Basalt snapshot is a plain tree: the new member's keys seal it by a rewrite.
+    if seal && !db.is_encrypted().map_err(|e| e.to_string())? {
+        db.defragment(applied).map_err(|e| e.to_string())?;
+    }
     Ok((db, applied))
+}
+
+/// How a restored or migrated member's tree is written: sealed with its keys, if any.
+pub(super) fn tree_options(member: &RestoredMember) -> btree::Options {
+    btree::Options {
+        keyring: member.keyring.clone(),
+        ..btree::Options::default()
+    }
 }
 
 /// Makes a restored tree (`db`, at `applied`) `member`'s: the new cluster's members replace the

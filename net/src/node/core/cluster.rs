@@ -561,10 +561,16 @@ fn replace_tree(config: &NodeConfig, received: &Path, index: u64) -> Result<Appl
     std::fs::File::open(db_path.parent().expect("the db lives in a directory"))
         .and_then(|dir| dir.sync_all())
         .map_err(io)?;
-    let db = btree::open(&db_path, btree::Options::default()).map_err(|e| NodeError::DataDir {
+    let tree_error = |e: btree::Error| NodeError::DataDir {
         path: db_path.clone(),
         reason: e.to_string(),
-    })?;
+    };
+    let db = btree::open(&db_path, super::tree_options(config)).map_err(tree_error)?;
+    // The leader sends its tree unencrypted (this member's key is not its key): an encrypted
+    // member seals it with its own current key at once, by rewriting it.
+    if config.keyring.is_some() && !db.is_encrypted().map_err(tree_error)? {
+        db.defragment(index).map_err(tree_error)?;
+    }
     let applier = Applier::open(db, config.limits)?;
     if applier.applied_index() != index {
         return Err(NodeError::Raft(format!(
