@@ -31,7 +31,7 @@ use std::collections::BTreeSet;
 use crate::btree::Db;
 use crate::mvcc::{
     validate_compaction, validate_delete_range, validate_put, validate_range, validate_txn,
-    BtreeBackend, KvStore, Limits, MvccError,
+    BtreeBackend, KvStore, Limits, MvccError, RangeRead,
 };
 
 /// What a request's entry produced once applied.
@@ -197,6 +197,17 @@ impl Applier {
     ) -> Result<RangeResponse, MvccError> {
         validate_range(req, &self.limits)?;
         self.store.range(req)
+    }
+
+    /// Starts a read at the applied state, to be served in slices by
+    /// [`KvStore::continue_range`] on [`Applier::store`] (this applier's or, once a snapshot
+    /// was installed, its successor's).
+    pub fn begin_range(
+        &self,
+        req: basalt_proto::etcdserverpb::RangeRequest,
+    ) -> Result<RangeRead, MvccError> {
+        validate_range(&req, &self.limits)?;
+        self.store.begin_range(req)
     }
 
     /// Applies the committed entry at `index` (an empty `data` is a leader's no-op). Entries at

@@ -356,7 +356,10 @@ mod tests {
     use crate::btree::{open, Options};
     use crate::mvcc::conformance::check_backend;
     use crate::mvcc::KvStore;
-    use basalt_proto::etcdserverpb::{PutRequest, RangeRequest};
+    use basalt_proto::etcdserverpb::{
+        CompactionRequest, DeleteRangeRequest, PutRequest, RangeRequest,
+    };
+    use proptest::prelude::*;
 
     /// Commits after this many writes, so reads mix the overlay and the tree.
     struct CommitEvery {
@@ -488,5 +491,245 @@ mod tests {
         assert_eq!(backend.get(Revision::new(2, 0)).unwrap(), Some(record));
         assert_eq!(backend.get(Revision::new(3, 0)).unwrap(), None);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A log entry of the sliced-read test: put key k, delete key k, compact at a fraction of
+    /// the way from the compacted to the newest revision.
+    #[derive(Debug, Clone)]
+    enum Entry {
+        Put(u8, u8),
+        Delete(u8),
+        Compact(u8),
+    }
+
+    /// What happens on the follower between two slices of its read.
+    #[derive(Debug, Clone)]
+    enum Between {
+        /// The leader appends (and applies) an entry the follower applies later.
+        Propose(Entry),
+        /// The follower applies its next lagging entry.
+        Apply,
+        /// The follower's overlay goes to its tree.
+        Flush,
+        Defragment,
+        /// The follower's store is replaced by one opened on a copy of the leader's tree.
+        Install,
+        /// A slice of the read, of this many steps.
+        Slice(usize),
+    }
+
+    fn slice_key(k: u8) -> Bytes {
+        Bytes::from(format!("k{k}"))
+    }
+
+    fn any_entry() -> impl Strategy<Value = Entry> {
+        prop_oneof![
+            4 => (0u8..10, any::<u8>()).prop_map(|(k, v)| Entry::Put(k, v)),
+            2 => (0u8..10).prop_map(Entry::Delete),
+            2 => any::<u8>().prop_map(Entry::Compact),
+        ]
+    }
+
+    fn any_between() -> impl Strategy<Value = Between> {
+        prop_oneof![
+            4 => any_entry().prop_map(Between::Propose),
+            4 => Just(Between::Apply),
+            1 => Just(Between::Flush),
+            1 => Just(Between::Defragment),
+            2 => Just(Between::Install),
+            3 => (1usize..24).prop_map(Between::Slice),
+        ]
+    }
+
+    fn any_sliced_range() -> impl Strategy<Value = (RangeRequest, u8)> {
+        (
+            (0u8..10, 0u8..3, 0u8..11, 0i64..6),
+            (any::<bool>(), any::<bool>(), 0i32..3, 0i32..5, 0u8..4),
+            any::<u8>(),
+        )
+            .prop_map(
+                |(
+                    (k, end_kind, end, limit),
+                    (count_only, keys_only, order, target, min_mod),
+                    at,
+                )| {
+                    let range_end = match end_kind {
+                        0 => Bytes::new(),
+                        1 => Bytes::from_static(b"\0"),
+                        _ => slice_key(end),
+                    };
+                    let req = RangeRequest {
+                        key: slice_key(k),
+                        range_end,
+                        limit,
+                        count_only,
+                        keys_only,
+                        sort_order: order,
+                        sort_target: target,
+                        min_mod_revision: i64::from(min_mod) * 5,
+                        ..Default::default()
+                    };
+                    (req, at)
+                },
+            )
+    }
+
+    /// Applies a log entry to a store; every member applies the same entries alike, so the
+    /// result (an already compacted revision refused, say) needs no checking here.
+    fn apply_entry<B: RevisionBackend>(store: &mut KvStore<B>, entry: &Entry, log: &[i64]) {
+        match entry {
+            Entry::Put(k, v) => {
+                store
+                    .put(&PutRequest {
+                        key: slice_key(*k),
+                        value: Bytes::from(vec![*v; 3]),
+                        ..Default::default()
+                    })
+                    .unwrap();
+            }
+            Entry::Delete(k) => {
+                store
+                    .delete_range(&DeleteRangeRequest {
+                        key: slice_key(*k),
+                        ..Default::default()
+                    })
+                    .unwrap();
+            }
+            Entry::Compact(_) => {
+                let revision = log[0];
+                let _ = store.compact(&CompactionRequest {
+                    revision,
+                    physical: false,
+                });
+            }
+        }
+    }
+
+    /// The revision a compaction entry proposed now names: a fraction of the way from the
+    /// compacted to the newest revision of the leader.
+    fn compaction_target<B: RevisionBackend>(store: &KvStore<B>, fraction: u8) -> i64 {
+        let low = store.compacted_revision().max(1);
+        let high = store.current_revision();
+        low + (high - low) * i64::from(fraction) / 255
+    }
+
+    fn open_store(path: &std::path::Path) -> KvStore<BtreeBackend> {
+        KvStore::open(BtreeBackend::open(open(path, Options::default()).unwrap()).unwrap()).unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// A read served in slices answers what the model answers at the read's start, or
+        /// etcd's compacted error once a compaction passed its revision, whatever the follower
+        /// does between two slices: apply, flush its overlay, defragment, compact, or install a
+        /// snapshot of the leader's tree.
+        #[test]
+        fn a_sliced_read_answers_at_its_revision_whatever_happens_between_slices(
+            history in prop::collection::vec(any_entry(), 1..60),
+            (req, at_fraction) in any_sliced_range(),
+            between in prop::collection::vec(any_between(), 0..80),
+        ) {
+            let dir = std::env::temp_dir().join(format!(
+                "basalt-sliced-read-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut leader = open_store(&dir.join("leader"));
+            let mut follower = open_store(&dir.join("follower-0"));
+            let mut model = KvStore::new();
+            // Entries as proposed, with the compaction revision each names.
+            let mut log: Vec<(Entry, i64)> = Vec::new();
+            for entry in &history {
+                let target = match entry {
+                    Entry::Compact(fraction) => compaction_target(&leader, *fraction),
+                    _ => 0,
+                };
+                apply_entry(&mut leader, entry, &[target]);
+                apply_entry(&mut follower, entry, &[target]);
+                apply_entry(&mut model, entry, &[target]);
+                log.push((entry.clone(), target));
+            }
+            let mut follower_applied = log.len();
+            let mut commit_index = 0u64;
+            let mut installs = 0;
+
+            let mut req = req;
+            let current = follower.current_revision();
+            // 0 (the newest) a third of the time, else a revision up to the newest.
+            req.revision = match at_fraction % 3 {
+                0 => 0,
+                _ => i64::from(at_fraction) * current / 255,
+            };
+            let at = if req.revision <= 0 { current } else { req.revision };
+            let expected = model.range(&req);
+            let mut read = match follower.begin_range(req.clone()) {
+                Ok(read) => read,
+                Err(error) => {
+                    prop_assert_eq!(Err(error), expected);
+                    std::fs::remove_dir_all(&dir).unwrap();
+                    return Ok(());
+                }
+            };
+            prop_assert_eq!(read.view_revision(), current);
+            let mut answer = None;
+            let steps = between.iter().cloned().chain(std::iter::repeat(Between::Slice(usize::MAX)));
+            for step in steps {
+                match step {
+                    Between::Propose(entry) => {
+                        let target = match entry {
+                            Entry::Compact(fraction) => compaction_target(&leader, fraction),
+                            _ => 0,
+                        };
+                        apply_entry(&mut leader, &entry, &[target]);
+                        log.push((entry, target));
+                    }
+                    Between::Apply => {
+                        if let Some((entry, target)) = log.get(follower_applied) {
+                            apply_entry(&mut follower, entry, &[*target]);
+                            follower_applied += 1;
+                        }
+                    }
+                    Between::Flush => {
+                        commit_index += 1;
+                        follower.backend_mut().commit(commit_index).unwrap();
+                    }
+                    Between::Defragment => {
+                        commit_index += 1;
+                        follower.backend_mut().commit(commit_index).unwrap();
+                        follower.backend().db().defragment(commit_index).unwrap();
+                    }
+                    Between::Install => {
+                        commit_index += 1;
+                        leader.backend_mut().commit(commit_index).unwrap();
+                        leader.backend().db().checkpoint(commit_index).unwrap();
+                        installs += 1;
+                        let copy = dir.join(format!("follower-{installs}"));
+                        std::fs::copy(dir.join("leader"), &copy).unwrap();
+                        follower = open_store(&copy);
+                        follower_applied = log.len();
+                    }
+                    Between::Slice(budget) => match follower.continue_range(&mut read, budget) {
+                        Ok(None) => {}
+                        Ok(Some(response)) => {
+                            answer = Some(Ok(response));
+                            break;
+                        }
+                        Err(error) => {
+                            prop_assert!(follower.compacted_revision() > at, "{error:?}");
+                            answer = Some(Err(error));
+                            break;
+                        }
+                    },
+                }
+            }
+            match answer.expect("an unbounded slice finishes the read") {
+                Ok(response) => prop_assert_eq!(Ok(response), expected),
+                Err(error) => prop_assert_eq!(error, MvccError::Compacted),
+            }
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
     }
 }

@@ -25,7 +25,7 @@ pub use btree_backend::{read_consistent_index, BtreeBackend, KEY_BUCKET, META_BU
 pub use error::MvccError;
 pub use key_index::KeyRange;
 pub use revision::{Revision, REVISION_BYTES};
-pub use store::{KvHash, KvStore, LeaseLookup, NoLeases};
+pub use store::{KvHash, KvStore, LeaseLookup, NoLeases, RangeRead, RECORD_READ_STEPS};
 pub use validate::{
     validate_compaction, validate_delete_range, validate_put, validate_range, validate_txn, Limits,
 };

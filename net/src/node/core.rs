@@ -5,8 +5,12 @@
 //! overlay), waiting callers are answered, reads whose index is applied are served. The overlay
 //! reaches the B+tree in batches ([`Core::maybe_commit`]), off the path of any one request.
 //!
-//! Reads run on this thread for now (serializable ones at the newest applied state); moving
-//! them to the client cores through published B+tree snapshots is the next step.
+//! Reads run on this thread for now, in slices: a read is begun at its revision (serializable
+//! ones at the newest applied state, linearizable ones once apply reaches their read index),
+//! then each turn gives the reads being served at most [`READ_SLICE`] of work, round robin, so
+//! a big LIST never holds a turn's proposals, WAL write, answers or peer messages for longer
+//! than that. Moving reads to the client cores through published B+tree snapshots is the next
+//! step.
 
 mod cluster;
 mod disk;
@@ -23,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use basalt_engine::apply::{Applied, Applier, ApplyError};
 use basalt_engine::btree;
+use basalt_engine::mvcc::RangeRead;
 use basalt_engine::wal::{wal_dir, DmaStorage, RecordRef, Wal, WalOptions};
 use basalt_engine::watch::WatchHub;
 use basalt_proto::basaltpb::{internal_request::Request, InternalRequest};
@@ -60,6 +65,16 @@ const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
 /// The index of the bootstrap snapshot `MemStorage::new_with_conf_state` starts a log with.
 const BOOTSTRAP_INDEX: u64 = 1;
 
+/// Read work one turn does (see the module docs)...
+const READ_SLICE: Duration = Duration::from_micros(500);
+/// ...in chunks of this many steps (`basalt_engine::mvcc::RECORD_READ_STEPS`) per read, round
+/// robin, so a small read begun behind a big one is answered in the next slice.
+const READ_CHUNK_STEPS: usize = 256;
+/// With reads left to serve and nothing else to do, the raft core waits this long before the
+/// next slice: a timer rather than a yield, so that the executor polls the network and the disk
+/// between two slices (a task that only yields keeps its task queue running without a poll).
+const READ_PAUSE: Duration = Duration::from_micros(20);
+
 /// Arrivals from peers queued for the raft core before the transport's readers wait.
 const PEER_INBOX_MAX: usize = 65_536;
 /// Peer arrivals taken in one turn, like [`COMMANDS_PER_TURN_MAX`].
@@ -85,6 +100,12 @@ struct PendingRead {
     reply: Reply<RangeResponse>,
     /// etcd's request timeout: a read with no leader to ask waits until then.
     deadline: Instant,
+}
+
+/// A read begun at its revision and served a slice per turn.
+struct ServingRead {
+    read: RangeRead,
+    reply: Reply<RangeResponse>,
 }
 
 struct Core {
@@ -119,6 +140,8 @@ struct Core {
     /// Reads with a read index, waiting for apply to reach it (indexes ascending).
     reads_indexed: VecDeque<(u64, Vec<PendingRead>)>,
     next_read_ctx: u64,
+    /// Reads begun and not yet answered, in the order their next chunk runs.
+    reads_serving: VecDeque<ServingRead>,
     /// The leader this member knows of (raft's NONE when none).
     leader_id: u64,
     /// When this member last proposed NOSPACE (a follower's proposal can be lost on its way
@@ -399,6 +422,7 @@ impl Core {
             reads_asked: HashMap::new(),
             reads_indexed: VecDeque::new(),
             next_read_ctx: 1,
+            reads_serving: VecDeque::new(),
             leader_id: basalt_raft::NONE,
             nospace_proposed_at: None,
             disk,
@@ -421,7 +445,10 @@ impl Core {
         let mut next_tick = Instant::now() + tick;
         let mut stopping = false;
         while !stopping && !self.removed {
-            let wait = next_tick.saturating_duration_since(Instant::now());
+            let mut wait = next_tick.saturating_duration_since(Instant::now());
+            if !self.reads_serving.is_empty() {
+                wait = wait.min(READ_PAUSE);
+            }
             let first = futures_lite::future::or(
                 async { Wake::Command(inbox.recv_async().await) },
                 futures_lite::future::or(
@@ -478,6 +505,7 @@ impl Core {
             self.sync_watches()?;
             self.maybe_commit()?;
             self.maybe_checkpoint().await?;
+            self.serve_reads(READ_SLICE);
         }
         // Whatever a caller managed to queue before the stop gets its answer.
         while let Ok(command) = inbox.try_recv() {
@@ -486,7 +514,11 @@ impl Core {
             }
         }
         self.ask_read_index();
-        self.handle_ready().await
+        self.handle_ready().await?;
+        while !self.reads_serving.is_empty() {
+            self.serve_reads(READ_SLICE);
+        }
+        Ok(())
     }
 
     async fn close(mut self) -> Result<(), NodeError> {
@@ -538,9 +570,7 @@ impl Core {
                 reply,
                 deadline: Instant::now() + self.request_timeout,
             }),
-            Command::Read { req, reply, .. } => {
-                let _ = reply.send(self.applier.range(&req).map_err(Status::from));
-            }
+            Command::Read { req, reply, .. } => self.begin_read(req, reply),
             Command::Status { reply } => {
                 let _ = reply.send(self.status());
             }
@@ -800,9 +830,46 @@ impl Core {
             let (_, reads) = self.reads_indexed.pop_front().expect("checked");
             self.reads_served += reads.len() as u64;
             for read in reads {
-                let _ = read
-                    .reply
-                    .send(self.applier.range(&read.req).map_err(Status::from));
+                self.begin_read(read.req, read.reply);
+            }
+        }
+    }
+
+    /// Fixes a read's revision (the newest applied) and queues it to be served.
+    fn begin_read(&mut self, req: RangeRequest, reply: Reply<RangeResponse>) {
+        match self.applier.begin_range(req) {
+            Ok(read) => self.reads_serving.push_back(ServingRead { read, reply }),
+            Err(error) => {
+                let _ = reply.send(Err(Status::from(error)));
+            }
+        }
+    }
+
+    /// About `slice` of read work: a chunk of each read in turn, answering those that finish.
+    /// Between two slices the writer may apply, flush, compact or install a snapshot: each read
+    /// still answers at its own revision (`RangeRead`), or with etcd's compacted error.
+    fn serve_reads(&mut self, slice: Duration) {
+        let started = Instant::now();
+        while let Some(mut serving) = self.reads_serving.pop_front() {
+            // A caller gone (its deadline passed, its stream reset) needs no answer.
+            if serving.reply.is_disconnected() {
+                continue;
+            }
+            match self
+                .applier
+                .store()
+                .continue_range(&mut serving.read, READ_CHUNK_STEPS)
+            {
+                Ok(None) => self.reads_serving.push_back(serving),
+                Ok(Some(response)) => {
+                    let _ = serving.reply.send(Ok(response));
+                }
+                Err(error) => {
+                    let _ = serving.reply.send(Err(Status::from(error)));
+                }
+            }
+            if started.elapsed() >= slice {
+                break;
             }
         }
     }

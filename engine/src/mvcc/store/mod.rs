@@ -8,6 +8,7 @@ mod txn;
 mod write;
 
 pub use hash::KvHash;
+pub use range::{RangeRead, RECORD_READ_STEPS};
 
 use txn::check_ignore_puts_find_their_key;
 use write::WriteTxn;
@@ -272,48 +273,9 @@ impl<B: RevisionBackend> KvStore<B> {
         fetch_limit: i64,
         count_only: bool,
     ) -> Result<(Vec<KeyValue>, i64), MvccError> {
-        if revision > view_revision {
-            return Err(MvccError::FutureRevision);
-        }
-        let at = if revision <= 0 {
-            view_revision
-        } else {
-            revision
-        };
-        if at < self.compacted_revision {
-            return Err(MvccError::Compacted);
-        }
-        let fetch_limit = usize::try_from(fetch_limit).ok().filter(|&limit| limit > 0);
-        // With the count known from the index, the walk stops at the page (a paginated LIST no
-        // longer walks the rest of its range on every page).
-        let counted = if count_only || fetch_limit.is_some() {
-            self.index.count_live(range, at)
-        } else {
-            None
-        };
-        let mut revisions = Vec::new();
-        let mut walked = 0i64;
-        let walk_all = counted.is_none() || cfg!(debug_assertions);
-        if !count_only || walk_all {
-            self.index.visit_live(range, at, |_, found| {
-                if !count_only && fetch_limit.is_none_or(|limit| revisions.len() < limit) {
-                    revisions.push(found.modified);
-                }
-                walked += 1;
-                walk_all || fetch_limit.is_none_or(|limit| revisions.len() < limit)
-            });
-        }
-        // Debug builds walk every range as well, so every test checks the index's count.
-        debug_assert!(
-            counted.is_none_or(|counted| counted == walked),
-            "the index counts {counted:?} keys live in {range:?} at {at}, a walk {walked}"
-        );
-        let count = counted.unwrap_or(walked);
-        let kvs = revisions
-            .into_iter()
-            .map(|revision| self.read_kv(revision))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok((kvs, count))
+        let mut read = self.begin_keys(range, view_revision, revision, fetch_limit, count_only)?;
+        self.read_keys(range, &mut read, usize::MAX)?;
+        Ok(read.take())
     }
 
     fn read_kv(&self, revision: Revision) -> Result<KeyValue, MvccError> {
