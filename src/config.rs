@@ -170,13 +170,18 @@ pub enum SnapshotCommand {
         #[command(flatten)]
         flags: RestoreFlags,
     },
-    /// Check a snapshot file and print its hash, revision, key count and size.
+    /// Check a snapshot file (or a stopped member's member/snap/db) and print its hash,
+    /// revision, key count and size.
     Status {
         /// The snapshot file.
         file: PathBuf,
         /// Output format: simple, table or json.
         #[arg(long = "write-out", short = 'w', default_value = "simple", value_parser = ["simple", "table", "json"])]
         write_out: String,
+        /// The key file an encrypted member's tree file is sealed with (`--encryption-key-file`
+        /// of its server); snapshots themselves are plaintext.
+        #[arg(long = "encryption-key-file")]
+        encryption_key_file: Option<PathBuf>,
     },
 }
 

@@ -634,8 +634,13 @@ fn snapshot(command: SnapshotCommand) -> Result<(), String> {
             );
             Ok(())
         }
-        SnapshotCommand::Status { file, write_out } => {
-            let status = snapshot_file::status(&file)?;
+        SnapshotCommand::Status {
+            file,
+            write_out,
+            encryption_key_file,
+        } => {
+            let keyring = tool_keyring(encryption_key_file.as_deref())?;
+            let status = snapshot_file::status(&file, keyring.as_ref())?;
             match write_out.as_str() {
                 "json" => println!(
                     "{{\"hash\":{},\"revision\":{},\"totalKey\":{},\"totalSize\":{}}}",

@@ -214,10 +214,14 @@ pub enum MembershipChange {
 }
 
 /// A consistent copy of the store file, ready to stream.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct SnapshotFile {
     pub path: std::path::PathBuf,
+    /// Of the plaintext the client gets.
     pub sha256: [u8; 32],
+    /// The file is sealed with these keys (an encrypted member's copy); read it with
+    /// `btree::PlainReader`.
+    pub keyring: Option<basalt_engine::crypt::SharedKeyring>,
 }
 
 /// The state behind Maintenance.Status.

@@ -543,20 +543,25 @@ impl<K: KvService> Services<K> {
         file: &SnapshotFile,
         sink: &mut ResponseSink,
     ) -> Result<(), Option<Status>> {
-        use std::io::Read;
-        let io_error = |e: std::io::Error| Some(Status::internal(format!("basalt: snapshot: {e}")));
-        let mut source = std::fs::File::open(&file.path).map_err(io_error)?;
-        let total_bytes = source.metadata().map_err(io_error)?.len();
+        let read_error = |e: basalt_engine::btree::Error| {
+            Some(Status::internal(format!("basalt: snapshot: {e}")))
+        };
+        let mut source = basalt_engine::btree::PlainReader::open(&file.path, file.keyring.as_ref())
+            .map_err(read_error)?;
+        let total_bytes = source.len();
         let mut sent_bytes = 0u64;
-        let mut chunk = vec![0u8; SNAPSHOT_CHUNK_BYTES];
         loop {
-            // A blocking read of a local file, one chunk at a time between network sends.
-            let n = source.read(&mut chunk).map_err(io_error)?;
+            // A blocking read of a local file (decrypted when the member's copies are sealed),
+            // one chunk at a time between network sends.
+            let chunk = source
+                .read_chunk(SNAPSHOT_CHUNK_BYTES)
+                .map_err(read_error)?;
+            let n = chunk.len();
             let blob = if n == 0 {
                 file.sha256.to_vec()
             } else {
                 sent_bytes += n as u64;
-                chunk[..n].to_vec()
+                chunk
             };
             // etcd 3.5.1 sends its snapshot chunks without a header.
             let response = SnapshotResponse {

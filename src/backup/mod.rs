@@ -353,7 +353,7 @@ impl Follower {
         let floor = before.header.map_or(0, |h| h.revision);
         let tmp = self.dir.join(SNAPSHOT_TMP);
         download(client, &tmp).await?;
-        let status = snapshot_file::status(&tmp).map_err(retry)?;
+        let status = snapshot_file::status(&tmp, None).map_err(retry)?;
         // The key bucket's newest record undercounts when the newest revisions were deletes
         // that a compaction removed; the snapshot is never older than the Status before it.
         let revision = status.revision.max(floor);

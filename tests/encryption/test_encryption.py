@@ -185,6 +185,42 @@ def test_no_file_of_the_data_dir_holds_a_secret_in_clear(written):
     assert files_holding(server.dir / "data") == []
 
 
+def test_a_snapshot_copy_being_streamed_or_left_by_a_kill_is_sealed(tmp_path):
+    """The Snapshot RPC's copy waits in member/snap while a slow client reads it; it is sealed
+    there, a kill -9 leaves it sealed, and the next start deletes it."""
+    key_file = new_key_file(tmp_path / "key")
+    server = harness.Server("basalt", ["--encryption-key-file", str(key_file)])
+    data = server.dir / "data"
+    snap_dir = data / "member" / "snap"
+    try:
+        server.start()
+        etcdctl(server.endpoint, "put", SECRETS["key"].decode(), SECRETS["value"].decode())
+        # No window growth: a client that stops reading holds the server's stream (and the copy).
+        options = [("grpc.http2.bdp_probe", 0)]
+        with grpc.insecure_channel(server.endpoint, options=options) as channel:
+            kv = rpc_grpc.KVStub(channel)
+            for i in range(12):
+                kv.Put(rpc.PutRequest(key=f"bulk/{i}".encode(), value=os.urandom(1 << 20)), timeout=20)
+            stream = rpc_grpc.MaintenanceStub(channel).Snapshot(rpc.SnapshotRequest(), timeout=60)
+            first = next(stream)
+            assert first.remaining_bytes > 8 << 20, "the copy is still being streamed"
+            copies = sorted(snap_dir.glob("db.snapshot-*.tmp"))
+            assert copies, f"no copy in {sorted(p.name for p in snap_dir.iterdir())}"
+            assert all(c.read_bytes()[:8] == b"BASALTEC" for c in copies)
+            assert files_holding(data) == []
+            server.process.kill()
+            server.process.wait()
+            stream.cancel()
+        assert sorted(snap_dir.glob("db.snapshot-*.tmp")) == copies, "kill -9 leaves the copy"
+        assert files_holding(data) == []
+        server.start()
+        assert etcdctl(server.endpoint, "get", SECRETS["key"].decode(), "--print-value-only").stdout.strip() \
+            == SECRETS["value"].decode()
+        assert list(snap_dir.glob("db.snapshot-*.tmp")) == [], "start deletes a leftover copy"
+    finally:
+        server.cleanup()
+
+
 def test_a_missing_wrong_or_readable_key_file_is_refused_clearly(written, tmp_path):
     server, key_file, _ = written
     data = server.dir / "data"

@@ -14,7 +14,7 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn write(path: &std::path::Path, buckets: &Buckets) {
-    let mut writer = BboltWriter::create(path).unwrap();
+    let mut writer = BboltWriter::create(path, None).unwrap();
     for (name, records) in buckets {
         writer.begin_bucket(name).unwrap();
         for (key, value) in records {
@@ -108,7 +108,7 @@ fn damage_is_refused_naming_the_page() {
 #[test]
 fn the_writer_refuses_unsorted_keys() {
     let path = scratch("unsorted");
-    let mut writer = BboltWriter::create(&path).unwrap();
+    let mut writer = BboltWriter::create(&path, None).unwrap();
     writer.begin_bucket(b"b").unwrap();
     writer.put(b"b", b"").unwrap();
     assert!(writer.put(b"a", b"").is_err());

@@ -5,8 +5,11 @@
 //! every later page reachable exactly once.
 
 use std::fs::File;
-use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
+
+use crate::btree::SealedWriter;
+use crate::crypt::SharedKeyring;
 
 use super::{
     Error, Meta, BRANCH_PAGE, BUCKET_HEADER_BYTES, BUCKET_LEAF_FLAG, ELEMENT_BYTES, FREELIST_PAGE,
@@ -33,7 +36,9 @@ type OpenBucket = (Vec<u8>, Option<Vec<u8>>, Vec<OpenPage>);
 
 /// Builds a bbolt file from buckets whose records arrive in key order.
 pub struct BboltWriter {
-    out: BufWriter<File>,
+    out: Out,
+    /// Whole pages written by [`BboltWriter::flush`] not yet handed to `out`.
+    pending: Vec<u8>,
     next_page: u64,
     /// Every finished bucket: name and root page.
     buckets: Vec<(Vec<u8>, u64)>,
@@ -42,13 +47,18 @@ pub struct BboltWriter {
 }
 
 impl BboltWriter {
-    /// Starts a new file at `path` (which must not exist).
-    pub fn create(path: &Path) -> Result<BboltWriter, Error> {
-        let file = File::options().write(true).create_new(true).open(path)?;
-        let mut out = BufWriter::with_capacity(WRITE_BUFFER_BYTES, file);
-        out.seek(SeekFrom::Start(FIRST_TREE_PAGE * PAGE_SIZE as u64))?;
+    /// Starts a new file at `path` (which must not exist); with a keyring it is written sealed
+    /// (`btree::SealedWriter`, read back with `btree::PlainReader`).
+    pub fn create(path: &Path, keyring: Option<&SharedKeyring>) -> Result<BboltWriter, Error> {
+        let out = match keyring {
+            Some(keyring) => Out::Sealed(
+                SealedWriter::create(path, keyring, PAGE_SIZE).map_err(std::io::Error::other)?,
+            ),
+            None => Out::Plain(File::options().write(true).create_new(true).open(path)?),
+        };
         Ok(BboltWriter {
             out,
+            pending: Vec::with_capacity(WRITE_BUFFER_BYTES),
             next_page: FIRST_TREE_PAGE,
             buckets: Vec::new(),
             current: None,
@@ -99,11 +109,11 @@ impl BboltWriter {
         }
         let root = self.close_levels()?;
         let high_water = self.next_page;
-        let mut file = self.out.into_inner().map_err(|e| e.into_error())?;
+        self.write_pending()?;
         let mut freelist = [0u8; PAGE_HEADER_BYTES];
         freelist[..8].copy_from_slice(&FREELIST_PAGE_ID.to_le_bytes());
         freelist[8..10].copy_from_slice(&FREELIST_PAGE.to_le_bytes());
-        write_page(&mut file, FREELIST_PAGE_ID, &freelist)?;
+        self.out.write_page(FREELIST_PAGE_ID, &freelist)?;
         for page_id in 0..2 {
             let meta = Meta {
                 page_size: PAGE_SIZE as u32,
@@ -112,10 +122,17 @@ impl BboltWriter {
                 high_water,
                 txid: TXID + page_id,
             };
-            write_page(&mut file, page_id, &meta.encode(page_id))?;
+            self.out.write_page(page_id, &meta.encode(page_id))?;
         }
-        file.set_len(high_water * PAGE_SIZE as u64)?;
-        file.sync_all()?;
+        self.out.finish(high_water * PAGE_SIZE as u64)?;
+        Ok(())
+    }
+
+    /// Hands the buffered pages (which end at `next_page`) to the file.
+    fn write_pending(&mut self) -> Result<(), Error> {
+        let first = self.next_page - (self.pending.len() / PAGE_SIZE) as u64;
+        self.out.write_at(&self.pending, first * PAGE_SIZE as u64)?;
+        self.pending.clear();
         Ok(())
     }
 
@@ -169,7 +186,10 @@ impl BboltWriter {
         let id = self.next_page;
         let bytes = encode_page(id, level == 0, &page.elements);
         self.next_page += (bytes.len() / PAGE_SIZE) as u64;
-        self.out.write_all(&bytes)?;
+        self.pending.extend_from_slice(&bytes);
+        if self.pending.len() >= WRITE_BUFFER_BYTES {
+            self.write_pending()?;
+        }
         let first_key = page
             .elements
             .into_iter()
@@ -194,12 +214,40 @@ fn bucket_error(name: &[u8], reason: &str) -> Error {
     }
 }
 
-fn write_page(file: &mut File, id: u64, bytes: &[u8]) -> Result<(), Error> {
-    use std::os::unix::fs::FileExt;
-    let mut page = vec![0u8; PAGE_SIZE];
-    page[..bytes.len()].copy_from_slice(bytes);
-    file.write_all_at(&page, id * PAGE_SIZE as u64)?;
-    Ok(())
+/// Where the pages go: a plain file, or one sealed with the member's key.
+enum Out {
+    Plain(File),
+    Sealed(SealedWriter),
+}
+
+impl Out {
+    fn write_at(&self, pages: &[u8], offset: u64) -> std::io::Result<()> {
+        match self {
+            Out::Plain(file) => file.write_all_at(pages, offset),
+            Out::Sealed(file) => file.write_at(pages, offset),
+        }
+    }
+
+    /// One page of `bytes` (zero-padded) at page `id`.
+    fn write_page(&self, id: u64, bytes: &[u8]) -> std::io::Result<()> {
+        let mut page = vec![0u8; PAGE_SIZE];
+        page[..bytes.len()].copy_from_slice(bytes);
+        self.write_at(&page, id * PAGE_SIZE as u64)
+    }
+
+    /// Sets the length and makes the file durable.
+    fn finish(&self, len_bytes: u64) -> std::io::Result<()> {
+        match self {
+            Out::Plain(file) => {
+                file.set_len(len_bytes)?;
+                file.sync_all()
+            }
+            Out::Sealed(file) => {
+                file.set_len(len_bytes)?;
+                file.sync()
+            }
+        }
+    }
 }
 
 /// One leaf or branch page (with overflow pages when its elements need them), zero-padded to

@@ -2,7 +2,7 @@
 //! table that holds back page reuse, durable checkpoints.
 
 use std::collections::HashMap;
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -129,6 +129,26 @@ pub fn open(path: impl AsRef<Path>, options: Options) -> Result<Db, Error> {
     options.validate()?;
     let file = wrap(StdFile(file), &options)?;
     Db::open_with(file, Some(path.to_path_buf()), options)
+}
+
+/// Opens the tree file at `path` for reading only (a tool looking at a member's file): nothing
+/// is written to it, and an encrypted file is decrypted into memory with `keyring`.
+pub fn open_read_only(
+    path: impl AsRef<Path>,
+    keyring: Option<&SharedKeyring>,
+) -> Result<Db, Error> {
+    let file = StdFile(File::open(path)?);
+    let options = Options {
+        keyring: keyring.cloned(),
+        ..Options::default()
+    };
+    if file.len_bytes()? == 0 {
+        return Err(Error::NoValidMeta(Box::new(Error::Io(
+            std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "empty file"),
+        ))));
+    }
+    let file = wrap(file, &options)?;
+    Db::open_with(file, None, options)
 }
 
 /// The file as the tree reads it: decrypted when it is encrypted, encrypted when it is new and

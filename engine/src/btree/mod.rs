@@ -73,11 +73,11 @@ mod sealed;
 mod write;
 
 pub use check::{check, CheckReport, Problem};
-pub use db::{open, Db, Options, Stats};
+pub use db::{open, open_read_only, Db, Options, Stats};
 pub use file::{FaultFile, PageFile, StdFile};
 pub use node::OwnedEntry;
 pub use read::{Cursor, Entry, ReadTxn};
-pub use sealed::SealedFile;
+pub use sealed::{PlainReader, SealedFile, SealedWriter, SlotOpener, SlotSealer};
 pub use write::{Bucket, WriteCursor, WriteTxn};
 
 /// Everything the tree can refuse or fail with.
@@ -126,6 +126,21 @@ pub enum Error {
     /// An earlier I/O error left the in-memory state unknown; reopen the file.
     #[error("btree writer stopped after an earlier failure; reopen the database")]
     Poisoned,
+}
+
+/// Bytes of an encrypted file's header (its two copies), before the first page's slot.
+pub const SEALED_HEADER_BYTES: u64 = sealed::HEADER_BYTES;
+/// Bytes of a plain tree file that name its page size.
+pub const PAGE_SIZE_PEEK_BYTES: usize = 28;
+
+/// The page size a plain tree file's first bytes (its first meta page) name.
+pub fn peek_page_size(first_bytes: &[u8]) -> Option<usize> {
+    meta::Meta::peek_page_size(first_bytes)
+}
+
+/// Whether `first_bytes` (the start of a file) begin with an encrypted file's header.
+pub fn is_sealed(first_bytes: &[u8]) -> bool {
+    sealed::is_sealed(first_bytes)
 }
 
 /// Whether `first_bytes` (the start of a file) begin with this format's meta page.

@@ -236,7 +236,7 @@ impl Ctx<'_> {
         if let Child::Clean(id) = *child {
             let page = self.pages.node(id)?;
             if !page::checksum_ok(page.bytes) {
-                return Err(page.corrupt(0, "checksum mismatch"));
+                return Err(page.corrupt(0, page::checksum_failure(page.bytes)));
             }
             let node = Node::decode(&page)?;
             self.freed.push(Freed {
@@ -271,7 +271,7 @@ impl Ctx<'_> {
             Child::Clean(id) => {
                 let page = self.pages.node(id)?;
                 if !page::checksum_ok(page.bytes) {
-                    return Err(page.corrupt(0, "checksum mismatch"));
+                    return Err(page.corrupt(0, page::checksum_failure(page.bytes)));
                 }
                 let mut entries = 0;
                 for i in 0..page.count() {

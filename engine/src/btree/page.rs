@@ -94,6 +94,22 @@ pub(crate) fn checksum_ok(page: &[u8]) -> bool {
     page.len() >= HEADER_BYTES && crc32c::crc32c(&page[4..]).to_le_bytes() == page[0..4]
 }
 
+/// What an encrypted file's image holds in place of a page whose slot failed authentication
+/// (`sealed.rs`): never a valid page (byte 4 is no page kind), so a reader stops at it, and
+/// recognised to say why.
+pub(crate) const SEALED_PAGE_FAILED: &[u8; 16] = b"BASALT-NOT-OPEN\xff";
+const SEALED_PAGE_FAILED_REASON: &str =
+    "encrypted page failed decryption/authentication (damaged, torn by a crash, or moved)";
+
+/// Why a page that failed its checks is bad: its encrypted slot failed, or its checksum.
+pub(crate) fn checksum_failure(page: &[u8]) -> &'static str {
+    if page.starts_with(SEALED_PAGE_FAILED) {
+        SEALED_PAGE_FAILED_REASON
+    } else {
+        "checksum mismatch"
+    }
+}
+
 pub(crate) fn put_u16(buf: &mut [u8], at: usize, v: u16) {
     buf[at..at + 2].copy_from_slice(&v.to_le_bytes());
 }
@@ -135,13 +151,23 @@ impl<'a> PageRef<'a> {
         page_size: usize,
         verify: bool,
     ) -> Result<Self, Error> {
+        PageRef::checked(id, bytes, page_size, verify).map_err(|error| {
+            if bytes.starts_with(SEALED_PAGE_FAILED) {
+                Error::corrupt(id, page_size, 0, SEALED_PAGE_FAILED_REASON)
+            } else {
+                error
+            }
+        })
+    }
+
+    fn checked(id: u64, bytes: &'a [u8], page_size: usize, verify: bool) -> Result<Self, Error> {
         let corrupt =
             |offset: usize, reason: &'static str| Error::corrupt(id, page_size, offset, reason);
         if bytes.len() < HEADER_BYTES {
             return Err(corrupt(0, "page shorter than its header"));
         }
         if verify && !checksum_ok(bytes) {
-            return Err(corrupt(0, "checksum mismatch"));
+            return Err(corrupt(0, checksum_failure(bytes)));
         }
         let kind = Kind::from_byte(bytes[4]).ok_or_else(|| corrupt(4, "unknown page kind"))?;
         if bytes[5] != FORMAT_VERSION {

@@ -36,12 +36,14 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 use std::os::fd::FromRawFd;
-use std::sync::Mutex;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use memmap2::Mmap;
 
 use super::file::{PageFile, StdFile};
-use super::Error;
+use super::{page, Error};
 use crate::crypt::{self, Keyring, SharedKeyring, NONCE_BYTES, PLAINTEXT_KEY_ID, TAG_BYTES};
 
 /// The first bytes of an encrypted tree file.
@@ -74,6 +76,33 @@ struct Header {
 }
 
 impl Header {
+    /// A new file's header: a fresh file id, the keyring's current key listed.
+    fn new(ring: &Keyring, page_size: usize) -> Result<Header, Error> {
+        let mut file_id = [0u8; FILE_ID_BYTES];
+        file_id[..NONCE_BYTES].copy_from_slice(&ring.random_nonce().map_err(crypt_error)?);
+        file_id[NONCE_BYTES..].copy_from_slice(&ring.random_nonce().map_err(crypt_error)?[..4]);
+        let id = ring.current_id();
+        Ok(Header {
+            page_size,
+            seq: 1,
+            file_id,
+            keys: BTreeMap::from([(id, ring.key_check(id).map_err(crypt_error)?)]),
+        })
+    }
+
+    /// Both copies of a new file's header (the second one older), [`HEADER_BYTES`] in all.
+    fn encode_both(&self) -> Vec<u8> {
+        let mut both = self.encode();
+        both.extend(
+            Header {
+                seq: self.seq - 1,
+                ..self.clone()
+            }
+            .encode(),
+        );
+        both
+    }
+
     fn encode(&self) -> Vec<u8> {
         let mut b = vec![0u8; HEADER_COPY_BYTES];
         b[0..8].copy_from_slice(MAGIC);
@@ -162,27 +191,8 @@ impl SealedFile {
         page_size: usize,
     ) -> Result<SealedFile, Error> {
         assert_eq!(inner.len_bytes()?, 0, "a sealed file starts empty");
-        let ring = keyring.load();
-        let mut file_id = [0u8; FILE_ID_BYTES];
-        file_id[..NONCE_BYTES].copy_from_slice(&ring.random_nonce().map_err(crypt_error)?);
-        file_id[NONCE_BYTES..].copy_from_slice(&ring.random_nonce().map_err(crypt_error)?[..4]);
-        let id = ring.current_id();
-        let header = Header {
-            page_size,
-            seq: 1,
-            file_id,
-            keys: BTreeMap::from([(id, ring.key_check(id).map_err(crypt_error)?)]),
-        };
-        let mut both = header.encode();
-        both.extend(
-            Header {
-                seq: 0,
-                ..header.clone()
-            }
-            .encode(),
-        );
-        inner.write_at(&both, 0)?;
-        drop(ring);
+        let header = Header::new(&keyring.load(), page_size)?;
+        inner.write_at(&header.encode_both(), 0)?;
         Ok(SealedFile {
             inner,
             image: memory_file()?,
@@ -215,30 +225,18 @@ impl SealedFile {
             let buf = &mut buf[..n as usize * slot_bytes];
             inner.read_at(buf, HEADER_BYTES + first * slot_bytes as u64)?;
             let plain = &mut plain[..n as usize * ps];
-            for (i, (slot, page)) in buf
-                .chunks_exact_mut(slot_bytes)
-                .zip(plain.chunks_exact_mut(ps))
-                .enumerate()
-            {
-                let page_id = first + i as u64;
-                let (text, trailer) = slot.split_at_mut(ps);
-                let id = u32::from_le_bytes(trailer[..4].try_into().expect("4 bytes"));
-                if id == PLAINTEXT_KEY_ID && trailer.iter().all(|&b| b == 0) {
-                    // Never written (the file grew past it): reads as zeros, as a plain file's
-                    // hole does.
-                    page.fill(0);
-                    continue;
-                }
-                let opened = header.keys.contains_key(&id)
-                    && open_slot(&ring, &header.file_id, page_id, text, trailer).is_ok();
-                if opened {
-                    page.copy_from_slice(text);
-                    *slot_keys.entry(id).or_insert(0) += 1;
-                } else {
-                    page.fill(0);
-                    failed.push(page_id);
-                }
-            }
+            open_slots(
+                &ring,
+                &header,
+                first,
+                buf,
+                plain,
+                |page_id, slot| match slot {
+                    Slot::Unwritten => {}
+                    Slot::Opened(id) => *slot_keys.entry(id).or_insert(0) += 1,
+                    Slot::Failed => failed.push(page_id),
+                },
+            );
             image.write_at(plain, first * ps as u64)?;
             first += n;
         }
@@ -290,22 +288,8 @@ impl SealedFile {
         if !state.header.keys.contains_key(&id) {
             self.add_key(&mut state.header, &ring)?;
         }
-        let ps = state.header.page_size;
-        let mut out = Vec::with_capacity(pages.len() / ps * (ps + TRAILER_BYTES));
-        for (i, page) in pages.chunks_exact(ps).enumerate() {
-            let page_id = first + i as u64;
-            let at = out.len();
-            out.extend_from_slice(page);
-            let nonce = ring.random_nonce().map_err(io::Error::other)?;
-            let aad = aad(&state.header.file_id, page_id);
-            let tag = ring
-                .seal(id, nonce, &aad, &mut out[at..])
-                .map_err(io::Error::other)?;
-            out.extend_from_slice(&id.to_le_bytes());
-            out.extend_from_slice(&nonce);
-            out.extend_from_slice(&tag);
-        }
-        let last = first + (pages.len() / ps) as u64;
+        let out = seal_slots(&ring, &state.header, first, pages)?;
+        let last = first + (pages.len() / state.header.page_size) as u64;
         state.failed.retain(|&p| p < first || p >= last);
         Ok(out)
     }
@@ -378,10 +362,233 @@ impl PageFile for SealedFile {
     }
 }
 
+/// Seals the pages of a new encrypted file written once, front to back or page by page (a
+/// tree received from a peer, a snapshot's copy): the same format as [`SealedFile`], sealed
+/// with the key current when it was made, without a plaintext image.
+pub struct SlotSealer {
+    header: Header,
+    ring: Arc<Keyring>,
+}
+
+impl SlotSealer {
+    pub fn new(keyring: &SharedKeyring, page_size: usize) -> Result<SlotSealer, Error> {
+        let ring = keyring.load_full();
+        Ok(SlotSealer {
+            header: Header::new(&ring, page_size)?,
+            ring,
+        })
+    }
+
+    pub fn page_size(&self) -> usize {
+        self.header.page_size
+    }
+
+    /// The file's first [`HEADER_BYTES`].
+    pub fn header_bytes(&self) -> Vec<u8> {
+        self.header.encode_both()
+    }
+
+    /// Where logical byte `offset` (a page boundary) is sealed in the file.
+    pub fn physical_offset(&self, offset: u64) -> u64 {
+        let ps = self.header.page_size as u64;
+        debug_assert!(offset.is_multiple_of(ps));
+        HEADER_BYTES + offset / ps * (ps + TRAILER_BYTES as u64)
+    }
+
+    /// `pages` (whole pages from logical byte `offset`) as the slots to write at
+    /// [`SlotSealer::physical_offset`].
+    pub fn seal(&self, offset: u64, pages: &[u8]) -> io::Result<Vec<u8>> {
+        let ps = self.header.page_size;
+        assert!(
+            offset.is_multiple_of(ps as u64) && pages.len().is_multiple_of(ps),
+            "sealed files take whole pages (offset {offset}, {} bytes)",
+            pages.len()
+        );
+        seal_slots(&self.ring, &self.header, offset / ps as u64, pages)
+    }
+}
+
+/// Opens the slots of an encrypted file read once, front to back, to hand its plaintext on (a
+/// tree sent to a peer, a snapshot streamed to a client) without decrypting it all into memory.
+/// A slot that fails authentication is an error naming its page, never zeros.
+pub struct SlotOpener {
+    header: Header,
+    ring: Arc<Keyring>,
+}
+
+impl SlotOpener {
+    /// `header` is the file's first [`HEADER_BYTES`]; the keyring must hold every key it lists.
+    pub fn new(header: &[u8], keyring: &SharedKeyring) -> Result<SlotOpener, Error> {
+        let header = decode_header(header)?;
+        let ring = keyring.load_full();
+        header.verify(&ring)?;
+        Ok(SlotOpener { header, ring })
+    }
+
+    pub fn page_size(&self) -> usize {
+        self.header.page_size
+    }
+
+    /// Bytes of one page's slot.
+    pub fn slot_bytes(&self) -> usize {
+        self.header.page_size + TRAILER_BYTES
+    }
+
+    /// The plaintext length of a file of `physical_len` bytes.
+    pub fn plain_len(&self, physical_len: u64) -> u64 {
+        physical_len.saturating_sub(HEADER_BYTES) / self.slot_bytes() as u64
+            * self.header.page_size as u64
+    }
+
+    /// The file offset of page `page`'s slot.
+    pub fn slot_offset(&self, page: u64) -> u64 {
+        HEADER_BYTES + page * self.slot_bytes() as u64
+    }
+
+    /// The pages sealed in `slots` (whole slots, from page `first`).
+    pub fn open(&self, first: u64, slots: &mut [u8]) -> Result<Vec<u8>, Error> {
+        let count = slots.len() / self.slot_bytes();
+        let mut plain = vec![0u8; count * self.header.page_size];
+        let mut failed = None;
+        open_slots(
+            &self.ring,
+            &self.header,
+            first,
+            slots,
+            &mut plain,
+            |page, slot| {
+                if matches!(slot, Slot::Failed) && failed.is_none() {
+                    failed = Some(page);
+                }
+            },
+        );
+        match failed {
+            Some(page) => Err(Error::Corrupt {
+                page,
+                offset: self.slot_offset(page),
+                reason: "encrypted page failed decryption/authentication (damaged or moved)",
+            }),
+            None => Ok(plain),
+        }
+    }
+}
+
+/// A new encrypted file at `path` written by pages (at any page boundary, in any order) with
+/// [`SlotSealer`]: e.g. etcd's bbolt snapshot built in a data dir that must hold no plaintext.
+pub struct SealedWriter {
+    file: File,
+    sealer: SlotSealer,
+}
+
+impl SealedWriter {
+    /// Creates `path` (which must not exist).
+    pub fn create(
+        path: &Path,
+        keyring: &SharedKeyring,
+        page_size: usize,
+    ) -> Result<SealedWriter, Error> {
+        let sealer = SlotSealer::new(keyring, page_size)?;
+        let file = File::options().write(true).create_new(true).open(path)?;
+        file.write_all_at(&sealer.header_bytes(), 0)?;
+        Ok(SealedWriter { file, sealer })
+    }
+
+    /// Writes whole pages at logical byte `offset`.
+    pub fn write_at(&self, pages: &[u8], offset: u64) -> io::Result<()> {
+        let slots = self.sealer.seal(offset, pages)?;
+        self.file
+            .write_all_at(&slots, self.sealer.physical_offset(offset))
+    }
+
+    /// Makes the plaintext `len_bytes` long (a page boundary).
+    pub fn set_len(&self, len_bytes: u64) -> io::Result<()> {
+        self.file.set_len(self.sealer.physical_offset(len_bytes))
+    }
+
+    pub fn sync(&self) -> io::Result<()> {
+        self.file.sync_all()
+    }
+}
+
+/// Reads the plaintext of a file front to back: an encrypted file's pages opened slot by slot,
+/// a plain file as it is (a snapshot copy is either, by whether the member has keys).
+pub struct PlainReader {
+    file: File,
+    opener: Option<SlotOpener>,
+    len: u64,
+    at: u64,
+}
+
+impl PlainReader {
+    /// Opens `path`; an encrypted file needs the keys it lists.
+    pub fn open(path: &Path, keyring: Option<&SharedKeyring>) -> Result<PlainReader, Error> {
+        let file = File::open(path)?;
+        let physical_len = file.metadata()?.len();
+        let mut head = vec![0u8; HEADER_BYTES.min(physical_len) as usize];
+        file.read_exact_at(&mut head, 0)?;
+        let opener = match keyring {
+            _ if !is_sealed(&head) => None,
+            Some(keyring) => Some(SlotOpener::new(&head, keyring)?),
+            None => {
+                return Err(Error::Encrypted {
+                    ids: decode_header(&head)?.keys.keys().copied().collect(),
+                })
+            }
+        };
+        let len = opener
+            .as_ref()
+            .map_or(physical_len, |o| o.plain_len(physical_len));
+        Ok(PlainReader {
+            file,
+            opener,
+            len,
+            at: 0,
+        })
+    }
+
+    /// The plaintext's length.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The next plaintext bytes, at most about `want` (whole pages of an encrypted file);
+    /// empty at the end.
+    pub fn read_chunk(&mut self, want: usize) -> Result<Vec<u8>, Error> {
+        let left = self.len - self.at;
+        let chunk = match &self.opener {
+            None => {
+                let mut chunk = vec![0u8; left.min(want as u64) as usize];
+                self.file.read_exact_at(&mut chunk, self.at)?;
+                chunk
+            }
+            Some(opener) => {
+                let ps = opener.page_size() as u64;
+                let pages = (want as u64 / ps).max(1).min(left / ps);
+                let first = self.at / ps;
+                let mut slots = vec![0u8; pages as usize * opener.slot_bytes()];
+                self.file
+                    .read_exact_at(&mut slots, opener.slot_offset(first))?;
+                opener.open(first, &mut slots)?
+            }
+        };
+        self.at += chunk.len() as u64;
+        Ok(chunk)
+    }
+}
+
 /// The valid header copy with the highest seq.
 fn read_header(inner: &dyn PageFile) -> Result<Header, Error> {
     let mut b = vec![0u8; HEADER_BYTES as usize];
     inner.read_at(&mut b, 0)?;
+    decode_header(&b)
+}
+
+/// The valid copy with the highest seq among a file's first bytes.
+fn decode_header(b: &[u8]) -> Result<Header, Error> {
     b.chunks_exact(HEADER_COPY_BYTES)
         .filter_map(Header::decode)
         .max_by_key(|h| h.seq)
@@ -402,6 +609,76 @@ fn aad(file_id: &[u8; FILE_ID_BYTES], page: u64) -> [u8; FILE_ID_BYTES + 8] {
     aad[..FILE_ID_BYTES].copy_from_slice(file_id);
     aad[FILE_ID_BYTES..].copy_from_slice(&page.to_le_bytes());
     aad
+}
+
+/// `pages` (whole pages from logical page `first`) sealed into slots with the current key,
+/// which `header` must list.
+fn seal_slots(ring: &Keyring, header: &Header, first: u64, pages: &[u8]) -> io::Result<Vec<u8>> {
+    let id = ring.current_id();
+    let ps = header.page_size;
+    debug_assert!(header.keys.contains_key(&id));
+    let mut out = Vec::with_capacity(pages.len() / ps * (ps + TRAILER_BYTES));
+    for (i, page) in pages.chunks_exact(ps).enumerate() {
+        let at = out.len();
+        out.extend_from_slice(page);
+        let nonce = ring.random_nonce().map_err(io::Error::other)?;
+        let aad = aad(&header.file_id, first + i as u64);
+        let tag = ring
+            .seal(id, nonce, &aad, &mut out[at..])
+            .map_err(io::Error::other)?;
+        out.extend_from_slice(&id.to_le_bytes());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&tag);
+    }
+    Ok(out)
+}
+
+/// What one slot held.
+enum Slot {
+    /// Never written (the file grew past it): reads as zeros, as a plain file's hole does.
+    Unwritten,
+    /// Opened with this key id.
+    Opened(u32),
+    /// Failed authentication (or names a key id the header does not list): reads as
+    /// [`page::SEALED_PAGE_FAILED`], which the tree's checks name as such.
+    Failed,
+}
+
+/// Opens the whole slots in `slots` (from logical page `first`) into the pages of `plain`,
+/// telling `seen` what each slot held.
+fn open_slots(
+    ring: &Keyring,
+    header: &Header,
+    first: u64,
+    slots: &mut [u8],
+    plain: &mut [u8],
+    mut seen: impl FnMut(u64, Slot),
+) {
+    let ps = header.page_size;
+    for (i, (slot, page)) in slots
+        .chunks_exact_mut(ps + TRAILER_BYTES)
+        .zip(plain.chunks_exact_mut(ps))
+        .enumerate()
+    {
+        let page_id = first + i as u64;
+        let (text, trailer) = slot.split_at_mut(ps);
+        let id = u32::from_le_bytes(trailer[..4].try_into().expect("4 bytes"));
+        if id == PLAINTEXT_KEY_ID && trailer.iter().all(|&b| b == 0) {
+            page.fill(0);
+            seen(page_id, Slot::Unwritten);
+            continue;
+        }
+        let opened = header.keys.contains_key(&id)
+            && open_slot(ring, &header.file_id, page_id, text, trailer).is_ok();
+        if opened {
+            page.copy_from_slice(text);
+            seen(page_id, Slot::Opened(id));
+        } else {
+            page.fill(0);
+            page[..page::SEALED_PAGE_FAILED.len()].copy_from_slice(page::SEALED_PAGE_FAILED);
+            seen(page_id, Slot::Failed);
+        }
+    }
 }
 
 fn open_slot(
@@ -648,6 +925,68 @@ mod tests {
         );
         assert_eq!(read_all(&path, Some(&only_new)).len(), 301);
         assert!(!contains(&std::fs::read(&path).unwrap(), SECRET));
+    }
+
+    #[test]
+    fn a_tree_written_once_through_the_slot_sealer_opens_as_the_tree_and_reads_back_plain() {
+        let dir = dir("writer");
+        let plain_path = dir.join("plain");
+        fill(&plain_path, None, 300);
+        let plain = std::fs::read(&plain_path).unwrap();
+        assert!(contains(&plain, SECRET));
+        let keys = ring(&[(5, 0x77)]);
+        // In pieces and out of order, as a bbolt writer or a transfer writes them.
+        let sealed_path = dir.join("sealed");
+        let writer = SealedWriter::create(&sealed_path, &keys, 1024).unwrap();
+        let (head, tail) = plain.split_at(3 * 1024);
+        writer.write_at(tail, head.len() as u64).unwrap();
+        writer.write_at(head, 0).unwrap();
+        writer.set_len(plain.len() as u64).unwrap();
+        writer.sync().unwrap();
+        drop(writer);
+        let bytes = std::fs::read(&sealed_path).unwrap();
+        assert!(is_sealed(&bytes) && !contains(&bytes, SECRET));
+        assert_eq!(
+            read_all(&sealed_path, Some(&keys)),
+            read_all(&plain_path, None)
+        );
+
+        let mut reader = PlainReader::open(&sealed_path, Some(&keys)).unwrap();
+        assert_eq!(reader.len(), plain.len() as u64);
+        let mut back = Vec::new();
+        loop {
+            let chunk = reader.read_chunk(5000).unwrap();
+            if chunk.is_empty() {
+                break;
+            }
+            back.extend(chunk);
+        }
+        assert_eq!(back, plain);
+        let refused = PlainReader::open(&sealed_path, None).err().unwrap();
+        assert!(
+            matches!(refused, Error::Encrypted { ref ids } if ids == &[5]),
+            "{refused}"
+        );
+        let wrong = PlainReader::open(&sealed_path, Some(&ring(&[(5, 0x78)])));
+        assert!(matches!(wrong, Err(Error::WrongKey { id: 5 })));
+
+        // A flipped bit is an error naming the page and its slot, never zeros handed on.
+        let mut damaged = bytes.clone();
+        let slot_at = HEADER_BYTES as usize + 4 * (1024 + TRAILER_BYTES);
+        damaged[slot_at + 10] ^= 1;
+        std::fs::write(&sealed_path, &damaged).unwrap();
+        let mut reader = PlainReader::open(&sealed_path, Some(&keys)).unwrap();
+        let error = loop {
+            match reader.read_chunk(1024) {
+                Ok(chunk) => assert!(!chunk.is_empty(), "read past a damaged page"),
+                Err(error) => break error,
+            }
+        };
+        assert!(
+            matches!(error, Error::Corrupt { page: 4, offset, .. } if offset == slot_at as u64),
+            "{error}"
+        );
+        assert!(error.to_string().contains("authentication"), "{error}");
     }
 
     #[test]

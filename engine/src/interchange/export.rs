@@ -10,17 +10,23 @@ use super::*;
 use crate::apply::{auth as auth_records, lease, members, ALARM_BUCKET, ALARM_KEY_BYTES};
 use crate::bbolt::BboltWriter;
 use crate::btree::ReadTxn;
+use crate::crypt::SharedKeyring;
 use crate::mvcc::{KEY_BUCKET, META_BUCKET};
 
 /// Writes the state `read` shows as an etcd bbolt file at `path` (which must not exist): every
-/// one of etcd's buckets, the `key` bucket streamed in revision order.
-pub fn export_etcd(read: &ReadTxn, path: &Path) -> Result<(), InterchangeError> {
+/// one of etcd's buckets, the `key` bucket streamed in revision order. With a keyring the file
+/// is sealed (a member's temp copy; `btree::PlainReader` gives back etcd's bytes).
+pub fn export_etcd(
+    read: &ReadTxn,
+    path: &Path,
+    keyring: Option<&SharedKeyring>,
+) -> Result<(), InterchangeError> {
     for bucket in read.buckets() {
         if !ETCD_BUCKETS.contains(&bucket) {
             return Err(InterchangeError::UnknownBucket(bucket.to_owned()));
         }
     }
-    let mut out = BboltWriter::create(path)?;
+    let mut out = BboltWriter::create(path, keyring)?;
     for bucket in ETCD_BUCKETS {
         out.begin_bucket(bucket.as_bytes())?;
         if bucket == KEY_BUCKET {

@@ -117,7 +117,7 @@ fn busy_applier(dir: &Path) -> Applier {
 
 fn export_import(applier: &Applier, dir: &Path) -> (Db, Imported) {
     let file = dir.join("etcd.db");
-    export_etcd(&applier.db().begin_read().unwrap(), &file).unwrap();
+    export_etcd(&applier.db().begin_read().unwrap(), &file, None).unwrap();
     let len = std::fs::metadata(&file).unwrap().len();
     let bbolt = BboltFile::open(&file, len).unwrap();
     let status = etcd_status(&bbolt).unwrap();
@@ -154,7 +154,7 @@ type CraftedBucket<'a> = (&'a str, &'a [(&'a [u8], &'a [u8])]);
 fn etcd_file(dir: &Path, buckets: &[CraftedBucket<'_>]) -> BboltFile {
     let path = dir.join("crafted.db");
     let _ = std::fs::remove_file(&path);
-    let mut writer = BboltWriter::create(&path).unwrap();
+    let mut writer = BboltWriter::create(&path, None).unwrap();
     for (bucket, records) in buckets {
         writer.begin_bucket(bucket.as_bytes()).unwrap();
         for (key, value) in *records {
@@ -247,7 +247,7 @@ fn a_million_keys_each_way() {
 
     let file = dir.join("etcd-1m.db");
     let started = Instant::now();
-    export_etcd(&source.begin_read().unwrap(), &file).unwrap();
+    export_etcd(&source.begin_read().unwrap(), &file, None).unwrap();
     let export = started.elapsed();
     let len = std::fs::metadata(&file).unwrap().len();
     let bbolt = BboltFile::open(&file, len).unwrap();
@@ -262,5 +262,38 @@ fn a_million_keys_each_way() {
         len >> 20,
         import.as_secs_f64(),
         KEYS as f64 / import.as_secs_f64()
+    );
+}
+
+#[test]
+fn an_export_sealed_with_a_keyring_reads_back_as_the_plain_export() {
+    let dir = scratch("sealed");
+    let applier = busy_applier(&dir);
+    let read = applier.db().begin_read().unwrap();
+    let plain_path = dir.join("plain.db");
+    export_etcd(&read, &plain_path, None).unwrap();
+    let plain = std::fs::read(&plain_path).unwrap();
+    let secret = b"value of a";
+    assert!(plain.windows(secret.len()).any(|w| w == secret));
+
+    let keyring = crate::crypt::Keyring::single(4, &[9; 32]).into_shared();
+    let sealed_path = dir.join("sealed.db");
+    export_etcd(&read, &sealed_path, Some(&keyring)).unwrap();
+    let sealed = std::fs::read(&sealed_path).unwrap();
+    assert!(btree::is_sealed(&sealed));
+    assert!(!sealed.windows(secret.len()).any(|w| w == secret));
+    let mut reader = btree::PlainReader::open(&sealed_path, Some(&keyring)).unwrap();
+    assert_eq!(reader.len(), plain.len() as u64);
+    let mut back = Vec::new();
+    loop {
+        let chunk = reader.read_chunk(1 << 16).unwrap();
+        if chunk.is_empty() {
+            break;
+        }
+        back.extend(chunk);
+    }
+    assert!(
+        back == plain,
+        "the sealed export's plaintext differs from the plain export"
     );
 }

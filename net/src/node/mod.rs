@@ -251,6 +251,8 @@ struct Published {
     snap_dir: PathBuf,
     /// The layout of the files the Snapshot RPC streams.
     snapshot_format: snapshot::SnapshotFormat,
+    /// `--encryption-key-file`: snapshot copies in `snap_dir` are sealed with it.
+    keyring: Option<SharedKeyring>,
     /// The watchers of the applied store: the raft core notifies and syncs them, client
     /// cores' Watch streams add and cancel.
     watches: crate::watch::SharedWatchHub,
@@ -359,11 +361,13 @@ impl Node {
                 .expect("the db lives in member/snap")
                 .to_path_buf(),
             snapshot_format: config.snapshot_format,
+            keyring: config.keyring.clone(),
             // Replaced by the raft core once the store is open, before serving starts.
             watches: Arc::new(std::sync::Mutex::new(
                 basalt_engine::watch::WatchHub::at_revision(0),
             )),
         });
+        snapshot::remove_leftover_copies(&published.snap_dir);
         let (started_tx, started) = std::sync::mpsc::channel();
         let (finished_tx, finished) = std::sync::mpsc::channel();
         let checker_kv = RaftKv {
@@ -777,21 +781,24 @@ impl KvService for RaftKv {
     async fn snapshot(&self) -> Result<SnapshotFile, Status> {
         let read = self.ask(|reply| Command::Snapshot { reply }).await?;
         let id = self.published.next_id();
-        let path = self
-            .published
-            .snap_dir
-            .join(format!("db.snapshot-{id:x}.tmp"));
+        let path = snapshot::rpc_copy_path(&self.published.snap_dir, id);
         let (done, result) = flume::bounded(1);
         let copy_path = path.clone();
         let format = self.published.snapshot_format;
+        let keyring = self.published.keyring.clone();
+        let copy_keyring = keyring.clone();
         // The copy reads a fixed root; it runs off every executor so nothing waits for it.
         std::thread::spawn(move || {
-            let made = snapshot::write_tree(&read, &copy_path, format)
-                .and_then(|()| snapshot::sha256_of(&copy_path));
+            let made = snapshot::write_tree(&read, &copy_path, format, copy_keyring.as_ref())
+                .and_then(|()| snapshot::sha256_of(&copy_path, copy_keyring.as_ref()));
             let _ = done.send(made);
         });
         match result.recv_async().await {
-            Ok(Ok(sha256)) => Ok(SnapshotFile { path, sha256 }),
+            Ok(Ok(sha256)) => Ok(SnapshotFile {
+                path,
+                sha256,
+                keyring,
+            }),
             Ok(Err(reason)) => {
                 let _ = std::fs::remove_file(&path);
                 Err(Status::internal(format!(

@@ -44,20 +44,38 @@ pub enum SnapshotFormat {
     Basalt,
 }
 
-/// Writes the state `read` shows into a new snapshot tree file at `path` (no trailer yet).
-pub fn write_tree(read: &ReadTxn, path: &Path, format: SnapshotFormat) -> Result<(), String> {
+/// Writes the state `read` shows into a new snapshot tree file at `path` (no trailer yet). With
+/// a keyring the file is sealed, as every file of an encrypted member's data dir is; its
+/// plaintext is read back with [`btree::PlainReader`].
+pub fn write_tree(
+    read: &ReadTxn,
+    path: &Path,
+    format: SnapshotFormat,
+    keyring: Option<&SharedKeyring>,
+) -> Result<(), String> {
     let _ = fs::remove_file(path);
     match format {
-        SnapshotFormat::Basalt => copy_tree(read, path),
-        SnapshotFormat::Etcd => interchange::export_etcd(read, path).map_err(|e| e.to_string()),
+        SnapshotFormat::Basalt => copy_tree(read, path, keyring),
+        SnapshotFormat::Etcd => {
+            interchange::export_etcd(read, path, keyring).map_err(|e| e.to_string())
+        }
     }
 }
 
-/// Writes the state `read` shows into a new, compact, durable tree file at `path`.
-pub fn copy_tree(read: &ReadTxn, path: &Path) -> Result<(), String> {
+/// Writes the state `read` shows into a new, compact, durable tree file at `path` (sealed
+/// with a keyring).
+pub fn copy_tree(
+    read: &ReadTxn,
+    path: &Path,
+    keyring: Option<&SharedKeyring>,
+) -> Result<(), String> {
     let _ = fs::remove_file(path);
     let applied_index = read_consistent_index(read).map_err(|e| e.to_string())?;
-    let db = btree::open(path, btree::Options::default()).map_err(|e| e.to_string())?;
+    let options = btree::Options {
+        keyring: keyring.cloned(),
+        ..btree::Options::default()
+    };
+    let db = btree::open(path, options).map_err(|e| e.to_string())?;
     let mut txn = db.begin_write().map_err(|e| e.to_string())?;
     let buckets: Vec<String> = read.buckets().map(str::to_owned).collect();
     for name in &buckets {
@@ -73,12 +91,63 @@ pub fn copy_tree(read: &ReadTxn, path: &Path) -> Result<(), String> {
     db.checkpoint(applied_index).map_err(|e| e.to_string())
 }
 
-/// The sha256 of a file's bytes.
-pub fn sha256_of(path: &Path) -> Result<[u8; SHA256_BYTES], String> {
-    let len = fs::metadata(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?
-        .len();
-    sha256_of_prefix(path, len)
+/// The sha256 of a file's plaintext (an encrypted copy's pages opened with `keyring`).
+pub fn sha256_of(
+    path: &Path,
+    keyring: Option<&SharedKeyring>,
+) -> Result<[u8; SHA256_BYTES], String> {
+    let in_file = |e: btree::Error| format!("{}: {e}", path.display());
+    let mut reader = btree::PlainReader::open(path, keyring).map_err(in_file)?;
+    let mut hasher = Sha256::new();
+    loop {
+        let chunk = reader.read_chunk(1 << 20).map_err(in_file)?;
+        if chunk.is_empty() {
+            return Ok(hasher.finalize().into());
+        }
+        hasher.update(&chunk);
+    }
+}
+
+/// Snapshot copies a crash or a kill left in `snap_dir`: the Snapshot RPC's
+/// (`db.snapshot-<id>.tmp`) and those made to send to a peer (`send-<to>-<index>.db`). Deleted
+/// at start, before anything is served.
+pub(super) fn remove_leftover_copies(snap_dir: &Path) {
+    let Ok(entries) = fs::read_dir(snap_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let leftover = (name.starts_with(RPC_COPY_PREFIX) && name.ends_with(RPC_COPY_SUFFIX))
+            || (name.starts_with(SEND_COPY_PREFIX) && name.ends_with(SEND_COPY_SUFFIX));
+        if leftover {
+            let path = entry.path();
+            match fs::remove_file(&path) {
+                Ok(()) => eprintln!(
+                    "basalt: deleted a leftover snapshot copy {}",
+                    path.display()
+                ),
+                Err(error) => eprintln!("basalt: cannot delete {}: {error}", path.display()),
+            }
+        }
+    }
+}
+
+const RPC_COPY_PREFIX: &str = "db.snapshot-";
+const RPC_COPY_SUFFIX: &str = ".tmp";
+const SEND_COPY_PREFIX: &str = "send-";
+const SEND_COPY_SUFFIX: &str = ".db";
+
+/// Where the Snapshot RPC's copy number `id` is made.
+pub(super) fn rpc_copy_path(snap_dir: &Path, id: u64) -> PathBuf {
+    snap_dir.join(format!("{RPC_COPY_PREFIX}{id:x}{RPC_COPY_SUFFIX}"))
+}
+
+/// Where the copy of the tree at `index` sent to member `to` is made.
+pub(super) fn send_copy_path(snap_dir: &Path, to: u64, index: u64) -> PathBuf {
+    snap_dir.join(format!(
+        "{SEND_COPY_PREFIX}{to:x}-{index}{SEND_COPY_SUFFIX}"
+    ))
 }
 
 /// The sha256 of the first `len` bytes of a file, read in pieces.
@@ -98,8 +167,13 @@ fn sha256_of_prefix(path: &Path, len: u64) -> Result<[u8; SHA256_BYTES], String>
     }
 }
 
-/// Checks a Basalt snapshot file's trailer and copies its tree to `to`.
-fn verified_tree(snapshot: &Path, to: &Path) -> Result<(), String> {
+/// Checks a Basalt snapshot file's trailer and copies its tree to `to` (sealed with a keyring,
+/// so not even a restore's staging dir holds the plaintext).
+fn verified_tree(
+    snapshot: &Path,
+    to: &Path,
+    keyring: Option<&SharedKeyring>,
+) -> Result<(), String> {
     let bytes = fs::read(snapshot).map_err(|e| format!("{}: {e}", snapshot.display()))?;
     if bytes.len() <= SHA256_BYTES {
         return Err(format!(
@@ -115,10 +189,24 @@ fn verified_tree(snapshot: &Path, to: &Path) -> Result<(), String> {
             snapshot.display()
         ));
     }
-    fs::write(to, tree).map_err(|e| format!("{}: {e}", to.display()))?;
-    fs::File::open(to)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| e.to_string())
+    let at = |e: std::io::Error| format!("{}: {e}", to.display());
+    let Some(keyring) = keyring else {
+        fs::write(to, tree).map_err(at)?;
+        return fs::File::open(to).and_then(|f| f.sync_all()).map_err(at);
+    };
+    let page_size = btree::peek_page_size(tree)
+        .filter(|&ps| ps > 0 && tree.len().is_multiple_of(ps))
+        .ok_or_else(|| {
+            format!(
+                "{}: not whole pages of a Basalt tree (an encrypted tree file is not a snapshot)",
+                snapshot.display()
+            )
+        })?;
+    let out = btree::SealedWriter::create(to, keyring, page_size)
+        .map_err(|e| format!("{}: {e}", to.display()))?;
+    out.write_at(tree, 0).map_err(at)?;
+    out.set_len(tree.len() as u64).map_err(at)?;
+    out.sync().map_err(at)
 }
 
 /// A snapshot file's format, told by its first bytes, and its length.
@@ -201,13 +289,14 @@ pub struct SnapshotStatus {
     pub total_size_bytes: u64,
 }
 
-/// Reads a snapshot file of either format: checks it and reports its revision, record count
+/// Reads a snapshot file of either format, or a member's tree file (`member/snap/db`, read in
+/// place; an encrypted one needs `keyring`): checks it and reports its revision, record count
 /// and size (for an etcd file, exactly what `etcdutl snapshot status` reports).
-pub fn status(snapshot: &Path) -> Result<SnapshotStatus, String> {
+pub fn status(snapshot: &Path, keyring: Option<&SharedKeyring>) -> Result<SnapshotStatus, String> {
     let (format, len) = format_of(snapshot)?;
+    let in_file = |e: String| format!("{}: {e}", snapshot.display());
     if format == SnapshotFormat::Etcd {
         let tree_len = etcd_tree_len(snapshot, len, !bbolt::has_sha256_trailer(len))?;
-        let in_file = |e: String| format!("{}: {e}", snapshot.display());
         let file =
             BboltFile::open(snapshot, tree_len).map_err(|e| in_file(format!("bbolt file {e}")))?;
         let status = interchange::etcd_status(&file).map_err(|e| in_file(e.to_string()))?;
@@ -218,38 +307,59 @@ pub fn status(snapshot: &Path) -> Result<SnapshotStatus, String> {
             total_size_bytes: status.total_size_bytes,
         });
     }
+    if is_encrypted_tree(snapshot)? {
+        // Snapshots are streamed in plaintext; only a member's own files are sealed. Read in
+        // place, decrypted in memory: a plaintext copy must not land beside it.
+        let db = btree::open_read_only(snapshot, keyring).map_err(|e| in_file(e.to_string()))?;
+        return tree_status(db, len).map_err(in_file);
+    }
     let scratch = scratch_path(snapshot);
-    verified_tree(snapshot, &scratch)?;
-    let result = (|| {
-        let total_size_bytes = fs::metadata(&scratch).map_err(|e| e.to_string())?.len();
-        let db = btree::open(&scratch, btree::Options::default()).map_err(|e| e.to_string())?;
-        let read = db.begin_read().map_err(|e| e.to_string())?;
-        let mut hash = 0u32;
-        let mut total_keys = 0u64;
-        let buckets: Vec<String> = read.buckets().map(str::to_owned).collect();
-        for name in &buckets {
-            hash = crc32c::crc32c_append(hash, name.as_bytes());
-            let mut cursor = read.cursor(name);
-            let mut entry = cursor.first().map_err(|e| e.to_string())?;
-            while let Some((key, value)) = entry {
-                hash = crc32c::crc32c_append(hash, key);
-                hash = crc32c::crc32c_append(hash, value);
-                total_keys += 1;
-                entry = cursor.next().map_err(|e| e.to_string())?;
-            }
-        }
-        drop(read);
-        let store = KvStore::open(BtreeBackend::open(db).map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
-        Ok(SnapshotStatus {
-            hash,
-            revision: store.current_revision(),
-            total_keys,
-            total_size_bytes,
-        })
-    })();
+    verified_tree(snapshot, &scratch, None)?;
+    let result = fs::metadata(&scratch)
+        .map_err(|e| e.to_string())
+        .and_then(|m| {
+            let db = btree::open(&scratch, btree::Options::default()).map_err(|e| e.to_string())?;
+            tree_status(db, m.len())
+        });
     let _ = fs::remove_file(&scratch);
     result
+}
+
+fn is_encrypted_tree(path: &Path) -> Result<bool, String> {
+    let mut head = [0u8; 8];
+    let file = fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let n = file
+        .read_at(&mut head, 0)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(btree::is_sealed(&head[..n]))
+}
+
+/// What `status` reports of an open tree of `total_size_bytes`.
+fn tree_status(db: Db, total_size_bytes: u64) -> Result<SnapshotStatus, String> {
+    let read = db.begin_read().map_err(|e| e.to_string())?;
+    let mut hash = 0u32;
+    let mut total_keys = 0u64;
+    let buckets: Vec<String> = read.buckets().map(str::to_owned).collect();
+    for name in &buckets {
+        hash = crc32c::crc32c_append(hash, name.as_bytes());
+        let mut cursor = read.cursor(name);
+        let mut entry = cursor.first().map_err(|e| e.to_string())?;
+        while let Some((key, value)) = entry {
+            hash = crc32c::crc32c_append(hash, key);
+            hash = crc32c::crc32c_append(hash, value);
+            total_keys += 1;
+            entry = cursor.next().map_err(|e| e.to_string())?;
+        }
+    }
+    drop(read);
+    let store = KvStore::open(BtreeBackend::open(db).map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
+    Ok(SnapshotStatus {
+        hash,
+        revision: store.current_revision(),
+        total_keys,
+        total_size_bytes,
+    })
 }
 
 /// etcdutl's restore flags that change what is read.
@@ -361,8 +471,7 @@ fn build_data_dir(
         let imported = interchange::import_etcd(&file, &db).map_err(|e| in_file(e.to_string()))?;
         return Ok((db, imported.consistent_index));
     }
-    verified_tree(snapshot, &db_path)?;
-    let seal = tree.keyring.is_some();
+    verified_tree(snapshot, &db_path, tree.keyring.as_ref())?;
     let db = btree::open(&db_path, tree).map_err(|e| e.to_string())?;
     let read = db.begin_read().map_err(|e| e.to_string())?;
     let applied = read_consistent_index(&read).map_err(|e| e.to_string())?;
@@ -373,10 +482,6 @@ fn build_data_dir(
         ));
     }
     drop(read);
-    // A Basalt snapshot is a plain tree: the new member's keys seal it by a rewrite.
-    if seal && !db.is_encrypted().map_err(|e| e.to_string())? {
-        db.defragment(applied).map_err(|e| e.to_string())?;
-    }
     Ok((db, applied))
 }
 
@@ -471,13 +576,13 @@ mod tests {
         backend.commit(9).unwrap();
 
         let copy = root.join("copy.db");
-        copy_tree(&source.begin_read().unwrap(), &copy).unwrap();
+        copy_tree(&source.begin_read().unwrap(), &copy, None).unwrap();
         let mut file = fs::read(&copy).unwrap();
-        file.extend_from_slice(&sha256_of(&copy).unwrap());
+        file.extend_from_slice(&sha256_of(&copy, None).unwrap());
         let snapshot = root.join("snap.db");
         fs::write(&snapshot, &file).unwrap();
 
-        let got = status(&snapshot).unwrap();
+        let got = status(&snapshot, None).unwrap();
         assert_eq!(
             (got.revision, got.total_keys),
             (2, 2),
@@ -512,7 +617,9 @@ mod tests {
 
         *file.last_mut().unwrap() ^= 1;
         fs::write(&snapshot, &file).unwrap();
-        assert!(status(&snapshot).unwrap_err().contains("does not match"));
+        assert!(status(&snapshot, None)
+            .unwrap_err()
+            .contains("does not match"));
         fs::remove_dir_all(root).unwrap();
     }
 }

@@ -30,6 +30,7 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use basalt_engine::crypt::SharedKeyring;
 use basalt_proto::etcdserverpb::Member;
 use basalt_raft::{Message, MessageType};
 
@@ -56,6 +57,10 @@ pub struct TransportConfig {
     pub peers: Vec<(u64, Vec<String>)>,
     /// Where received snapshot files are written (must exist).
     pub snap_dir: PathBuf,
+    /// `--encryption-key-file`: a received tree is sealed with it as it arrives, and a tree to
+    /// send, sealed with it on disk, is opened with it (peers get plaintext: their keys are
+    /// not ours).
+    pub keyring: Option<SharedKeyring>,
     /// TLS of `https://` peer URLs, accepting and dialing alike (`--peer-cert-file`,
     /// `--peer-key-file`, `--peer-trusted-ca-file`, `--peer-client-cert-auth`,
     /// `--peer-auto-tls`); `None` when every peer URL is `http://`.
@@ -156,6 +161,7 @@ struct Shared {
     member_id: u64,
     cluster_id: u64,
     snap_dir: PathBuf,
+    keyring: Option<SharedKeyring>,
     inbound: flume::Sender<PeerInbound>,
     cluster: SharedCluster,
     peers: RefCell<HashMap<u64, Peer>>,
@@ -219,6 +225,7 @@ impl PeerTransport {
             member_id: config.member_id,
             cluster_id: config.cluster_id,
             snap_dir: config.snap_dir,
+            keyring: config.keyring,
             inbound,
             cluster,
             peers: RefCell::default(),

@@ -5,6 +5,10 @@
 //!
 //! The receiver writes into `<snap_dir>/<index>-<from>.incoming`, fdatasyncs, renames it to
 //! `<index>-<from>.snap.db`, syncs the directory, and only then hands the file to the raft core.
+//! The wire carries the tree's plaintext (each member has its own keys): a member with
+//! `--encryption-key-file` seals the pages as they arrive (`btree::SlotSealer`, the tree
+//! file's own encrypted format), and sends from a copy sealed with its keys, opened page by page
+//! as it goes (`btree::SlotOpener`), so no plaintext of the tree touches its disk.
 //! Must never hand over a file that is not whole and verified: a broken or corrupt transfer is
 //! deleted and reported to the sender.
 
@@ -12,6 +16,8 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use basalt_engine::btree::{self, SlotOpener, SlotSealer};
+use basalt_engine::crypt::SharedKeyring;
 use basalt_raft::{Message, MessageType};
 use futures_lite::io::BufReader;
 use futures_lite::AsyncWriteExt;
@@ -72,10 +78,8 @@ async fn send_file(
     db_file: &Path,
 ) -> Result<(), PeerError> {
     let mut conn = handshake(shared, link, StreamKind::Snapshot).await?;
-    let file = BufferedFile::open(db_file)
-        .await
-        .map_err(std::io::Error::from)?;
-    let file_bytes = file.file_size().await.map_err(std::io::Error::from)?;
+    let file = Outgoing::open(db_file, shared.keyring.as_ref()).await?;
+    let file_bytes = file.plain_bytes;
     let mut progress = Progress::new(
         format!("peer {:x}: sending a snapshot", link.id),
         file_bytes,
@@ -88,10 +92,7 @@ async fn send_file(
     let mut sent_bytes = 0;
     while sent_bytes < file_bytes {
         let want = SNAPSHOT_CHUNK_BYTES.min(file_bytes - sent_bytes) as usize;
-        let chunk = file
-            .read_at(sent_bytes, want)
-            .await
-            .map_err(std::io::Error::from)?;
+        let chunk = file.read_at(sent_bytes, want).await?;
         if chunk.is_empty() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
@@ -110,7 +111,7 @@ async fn send_file(
         sent_bytes += chunk.len() as u64;
         progress.advance(sent_bytes);
     }
-    let _ = file.close().await;
+    let _ = file.file.close().await;
     let digest: [u8; 32] = sha.finalize().into();
     conn.io
         .write_all(&wire::frame(FrameKind::SnapEnd, &digest))
@@ -123,6 +124,67 @@ async fn send_file(
             Ok(())
         }
         (kind, _) => Err(WireError::Unexpected(kind as u8).into()),
+    }
+}
+
+/// A tree file to send, as the plaintext the peer gets.
+struct Outgoing {
+    file: BufferedFile,
+    /// Set when this member sealed the file.
+    opener: Option<SlotOpener>,
+    plain_bytes: u64,
+}
+
+impl Outgoing {
+    async fn open(path: &Path, keyring: Option<&SharedKeyring>) -> Result<Outgoing, PeerError> {
+        let file = BufferedFile::open(path)
+            .await
+            .map_err(std::io::Error::from)?;
+        let file_bytes = file.file_size().await.map_err(std::io::Error::from)?;
+        let head = file
+            .read_at(0, btree::SEALED_HEADER_BYTES as usize)
+            .await
+            .map_err(std::io::Error::from)?;
+        let opener = match keyring {
+            Some(keyring) if btree::is_sealed(&head) => {
+                Some(SlotOpener::new(&head, keyring).map_err(std::io::Error::other)?)
+            }
+            _ => None,
+        };
+        let plain_bytes = opener
+            .as_ref()
+            .map_or(file_bytes, |o| o.plain_len(file_bytes));
+        Ok(Outgoing {
+            file,
+            opener,
+            plain_bytes,
+        })
+    }
+
+    /// Up to `want` plaintext bytes from `at` (whole pages of a sealed file).
+    async fn read_at(&self, at: u64, want: usize) -> Result<Vec<u8>, PeerError> {
+        let Some(opener) = &self.opener else {
+            let read = self
+                .file
+                .read_at(at, want)
+                .await
+                .map_err(std::io::Error::from)?;
+            return Ok(read.to_vec());
+        };
+        let page_bytes = opener.page_size() as u64;
+        let first = at / page_bytes;
+        let pages = (want as u64 / page_bytes).max(1);
+        let slot_bytes = pages as usize * opener.slot_bytes();
+        let read = self
+            .file
+            .read_at(opener.slot_offset(first), slot_bytes)
+            .await
+            .map_err(std::io::Error::from)?;
+        let mut slots = read.to_vec();
+        slots.truncate(slots.len() / opener.slot_bytes() * opener.slot_bytes());
+        Ok(opener
+            .open(first, &mut slots)
+            .map_err(std::io::Error::other)?)
     }
 }
 
@@ -180,7 +242,8 @@ pub(crate) async fn receive(shared: &Shared, from: u64, mut io: BufReader<Box<dy
         .snap_dir
         .join(format!("{index:016x}-{from:016x}.snap.db"));
     let label = format!("peer {from:x}: receiving the snapshot at index {index}");
-    let result = receive_file(&mut io, &incoming, file_bytes, &label).await;
+    let keyring = shared.keyring.as_ref();
+    let result = receive_file(&mut io, &incoming, file_bytes, keyring, &label).await;
     let result = match result {
         Ok(()) => install(&incoming, &installed, &shared.snap_dir).await,
         Err(error) => Err(error),
@@ -227,17 +290,25 @@ fn check_head(
     .into())
 }
 
-/// Writes the chunks into `incoming` and checks length and sha256; the file is synced when
-/// this returns `Ok`.
+/// Writes the chunks into `incoming` (sealed as they arrive with a keyring) and checks length
+/// and sha256; the file is synced when this returns `Ok`.
 async fn receive_file(
     io: &mut BufReader<Box<dyn PeerIo>>,
     incoming: &Path,
     file_bytes: u64,
+    keyring: Option<&SharedKeyring>,
     label: &str,
 ) -> Result<(), PeerError> {
     let file = BufferedFile::create(incoming)
         .await
         .map_err(std::io::Error::from)?;
+    let mut out = Incoming {
+        file,
+        keyring,
+        sealer: None,
+        pending: Vec::new(),
+        sealed_bytes: 0,
+    };
     let mut progress = Progress::new(label.to_string(), file_bytes);
     let mut sha = Sha256::new();
     let mut received_bytes = 0u64;
@@ -250,7 +321,7 @@ async fn receive_file(
                 sha.update(&chunk);
                 let at = received_bytes;
                 received_bytes += chunk.len() as u64;
-                write_chunk_at(&file, chunk, at).await?;
+                out.write(chunk, at).await?;
                 progress.advance(received_bytes);
             }
             (FrameKind::SnapEnd, payload) => break wire::decode_sha256(&payload)?,
@@ -265,10 +336,84 @@ async fn receive_file(
     if <[u8; 32]>::from(sha.finalize()) != digest {
         return Err(PeerError::Refused("snapshot sha256 mismatch".to_string()));
     }
+    out.finish().await?;
+    let file = out.file;
     file.fdatasync().await.map_err(std::io::Error::from)?;
     file.close().await.map_err(std::io::Error::from)?;
     progress.finish();
     Ok(())
+}
+
+/// A received tree on its way to disk: as it comes, or sealed with this member's current key.
+struct Incoming<'k> {
+    file: BufferedFile,
+    keyring: Option<&'k SharedKeyring>,
+    /// Made from the tree's page size, read in its first bytes.
+    sealer: Option<SlotSealer>,
+    /// Received bytes short of a whole page, not sealed yet.
+    pending: Vec<u8>,
+    /// Plaintext bytes sealed and written so far.
+    sealed_bytes: u64,
+}
+
+impl Incoming<'_> {
+    /// Writes the chunk received at plaintext offset `at` (chunks arrive in order).
+    async fn write(&mut self, chunk: Vec<u8>, at: u64) -> Result<(), PeerError> {
+        let Some(keyring) = self.keyring else {
+            return write_chunk_at(&self.file, chunk, at).await;
+        };
+        self.pending.extend_from_slice(&chunk);
+        if self.sealer.is_none() {
+            if self.pending.len() < btree::PAGE_SIZE_PEEK_BYTES {
+                return Ok(());
+            }
+            let page_size = btree::peek_page_size(&self.pending)
+                .filter(|&ps| ps > 0)
+                .ok_or_else(|| {
+                    PeerError::Refused(
+                        "the snapshot is not a Basalt tree file; this member seals its tree and \
+                         cannot take it"
+                            .to_string(),
+                    )
+                })?;
+            let sealer = SlotSealer::new(keyring, page_size).map_err(std::io::Error::other)?;
+            write_chunk_at(&self.file, sealer.header_bytes(), 0).await?;
+            self.sealer = Some(sealer);
+        }
+        self.seal_whole_pages().await
+    }
+
+    async fn seal_whole_pages(&mut self) -> Result<(), PeerError> {
+        let sealer = self.sealer.as_ref().expect("made before sealing");
+        let whole = self.pending.len() / sealer.page_size() * sealer.page_size();
+        if whole == 0 {
+            return Ok(());
+        }
+        let slots = sealer.seal(self.sealed_bytes, &self.pending[..whole])?;
+        let at = sealer.physical_offset(self.sealed_bytes);
+        write_chunk_at(&self.file, slots, at).await?;
+        self.sealed_bytes += whole as u64;
+        self.pending.drain(..whole);
+        Ok(())
+    }
+
+    /// Seals what is left: a tree file is whole pages, so only a damaged one leaves a partial
+    /// page, padded here and refused when the tree is opened.
+    async fn finish(&mut self) -> Result<(), PeerError> {
+        if self.keyring.is_none() {
+            return Ok(());
+        }
+        if self.sealer.is_none() {
+            return Err(PeerError::Refused(
+                "the snapshot is too short to be a Basalt tree file".to_string(),
+            ));
+        }
+        let page_size = self.sealer.as_ref().map_or(0, SlotSealer::page_size);
+        if !self.pending.is_empty() {
+            self.pending.resize(page_size, 0);
+        }
+        self.seal_whole_pages().await
+    }
 }
 
 fn too_long(file_bytes: u64) -> PeerError {

@@ -74,6 +74,16 @@ impl TestMember {
 }
 
 async fn start_on(id: u64, cluster_id: u64, listen_url: &str, snap_dir: &Path) -> TestMember {
+    start_with(id, cluster_id, listen_url, snap_dir, None).await
+}
+
+async fn start_with(
+    id: u64,
+    cluster_id: u64,
+    listen_url: &str,
+    snap_dir: &Path,
+    keyring: Option<SharedKeyring>,
+) -> TestMember {
     let (tx, inbound) = flume::bounded(1024);
     let cluster: SharedCluster = Arc::default();
     let config = TransportConfig {
@@ -82,6 +92,7 @@ async fn start_on(id: u64, cluster_id: u64, listen_url: &str, snap_dir: &Path) -
         listen_peer_urls: vec![listen_url.to_string()],
         peers: Vec::new(),
         snap_dir: snap_dir.to_path_buf(),
+        keyring,
         tls: None,
     };
     let transport = PeerTransport::start(config, tx, cluster.clone())
@@ -483,6 +494,104 @@ fn a_snapshot_file_streams_whole_and_is_handed_over_once_durable() {
         .await;
         assert_eq!(sent, (9, false));
         assert!(!db_file.exists());
+        a.transport.close().await;
+        b.transport.close().await;
+    });
+}
+
+/// A tree file of a few chunks whose records all carry `secret`, sealed with `keyring`.
+fn sealed_tree(path: &Path, keyring: &SharedKeyring, secret: &[u8]) {
+    use basalt_engine::btree;
+    let options = btree::Options {
+        keyring: Some(keyring.clone()),
+        ..btree::Options::default()
+    };
+    let db = btree::open(path, options).unwrap();
+    let mut txn = db.begin_write().unwrap();
+    for i in 0u32..3000 {
+        let value = [secret, &i.to_be_bytes(), &[b'v'; 900]].concat();
+        txn.bucket("key")
+            .unwrap()
+            .insert(&i.to_be_bytes(), &value)
+            .unwrap();
+    }
+    txn.commit().unwrap();
+    db.checkpoint(41).unwrap();
+}
+
+fn tree_records(path: &Path, keyring: &SharedKeyring) -> Vec<(Vec<u8>, Vec<u8>)> {
+    use basalt_engine::btree;
+    let options = btree::Options {
+        keyring: Some(keyring.clone()),
+        ..btree::Options::default()
+    };
+    let db = btree::open(path, options).unwrap();
+    let read = db.begin_read().unwrap();
+    let mut cursor = read.cursor("key");
+    let mut records = Vec::new();
+    let mut entry = cursor.first().unwrap();
+    while let Some((key, value)) = entry {
+        records.push((key.to_vec(), value.to_vec()));
+        entry = cursor.next().unwrap();
+    }
+    records
+}
+
+#[test]
+fn a_sealed_tree_travels_as_plaintext_and_lands_sealed_with_the_receivers_key() {
+    use basalt_engine::crypt::Keyring;
+    const SECRET: &[u8] = b"garnet-secret-51c9";
+    fn holds_secret(bytes: &[u8]) -> bool {
+        bytes.windows(SECRET.len()).any(|w| w == SECRET)
+    }
+    on_executor(|| async move {
+        let a_dir = TempDir::new("sealed-sender");
+        let b_dir = TempDir::new("sealed-receiver");
+        let a_keys = Keyring::single(1, &[0xa1; 32]).into_shared();
+        let b_keys = Keyring::single(1, &[0xb2; 32]).into_shared();
+        let url = "http://127.0.0.1:0";
+        let a = start_with(1, CLUSTER_ID, url, &a_dir.0, Some(a_keys.clone())).await;
+        let b = start_with(2, CLUSTER_ID, url, &b_dir.0, Some(b_keys.clone())).await;
+        connect(&a, &b).await;
+        let db_file = a_dir.0.join("send-2-41.db");
+        sealed_tree(&db_file, &a_keys, SECRET);
+        let sent_records = tree_records(&db_file, &a_keys);
+        assert!(!holds_secret(&std::fs::read(&db_file).unwrap()));
+
+        a.transport
+            .send_snapshot(snap_message(1, 2, 41), db_file.clone());
+        let file = next_matching(&b.inbound, |arrival| match arrival {
+            PeerInbound::Snapshot { file, .. } => Some(file),
+            _ => None,
+        })
+        .await;
+        let received = std::fs::read(&file).unwrap();
+        assert!(basalt_engine::btree::is_sealed(&received));
+        assert!(
+            !holds_secret(&received),
+            "the received tree holds plaintext"
+        );
+        assert_eq!(tree_records(&file, &b_keys), sent_records);
+        let with_senders_key = basalt_engine::btree::open(
+            &file,
+            basalt_engine::btree::Options {
+                keyring: Some(a_keys.clone()),
+                ..basalt_engine::btree::Options::default()
+            },
+        );
+        assert!(
+            matches!(
+                with_senders_key,
+                Err(basalt_engine::btree::Error::WrongKey { id: 1 })
+            ),
+            "sealed with the receiver's key, not the sender's"
+        );
+        let sent = next_matching(&a.inbound, |arrival| match arrival {
+            PeerInbound::SnapshotSent { to, ok } => Some((to, ok)),
+            _ => None,
+        })
+        .await;
+        assert_eq!(sent, (2, true));
         a.transport.close().await;
         b.transport.close().await;
     });

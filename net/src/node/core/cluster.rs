@@ -25,7 +25,7 @@ use basalt_raft::{
 use prost::Message as _;
 
 use super::{Core, Waiter};
-use crate::node::{codec, datadir, NodeConfig, NodeError, Reply};
+use crate::node::{codec, datadir, snapshot, NodeConfig, NodeError, Reply};
 use crate::peer::{PeerInbound, PeerTransport, TransportConfig};
 use crate::status::{Code, Status};
 use std::rc::Rc;
@@ -453,18 +453,18 @@ impl Core {
             .db()
             .begin_read()
             .map_err(|e| NodeError::Raft(format!("snapshot read: {e}")))?;
-        let path = self
-            .published
-            .snap_dir
-            .join(format!("send-{to:x}-{index}.db"));
+        let path = snapshot::send_copy_path(&self.published.snap_dir, to, index);
         let transport = self.transport.clone().expect("sending needs a transport");
         let peer_inbound = self.peer_inbound.clone();
         let (done, copied) = flume::bounded(1);
         let copy_path = path.clone();
+        // Sealed with this member's keys while it waits on disk; the transport sends the
+        // plaintext (the peer seals it with its own).
+        let keyring = self.config.keyring.clone();
         eprintln!("basalt: sending member {to:x} a snapshot at index {index}");
         // The copy reads a fixed root; a thread of its own keeps the raft core turning.
         std::thread::spawn(move || {
-            let _ = done.send(crate::node::snapshot::copy_tree(&read, &copy_path));
+            let _ = done.send(snapshot::copy_tree(&read, &copy_path, keyring.as_ref()));
         });
         glommio::spawn_local(async move {
             match copied.recv_async().await {
@@ -566,8 +566,8 @@ fn replace_tree(config: &NodeConfig, received: &Path, index: u64) -> Result<Appl
         reason: e.to_string(),
     };
     let db = btree::open(&db_path, super::tree_options(config)).map_err(tree_error)?;
-    // The leader sends its tree unencrypted (this member's key is not its key): an encrypted
-    // member seals it with its own current key at once, by rewriting it.
+    // The transport seals a tree as it arrives when this member has keys; a plain one (received
+    // before the member had keys, adopted after a crash) is sealed now, by rewriting it.
     if config.keyring.is_some() && !db.is_encrypted().map_err(tree_error)? {
         db.defragment(index).map_err(tree_error)?;
     }
@@ -671,6 +671,7 @@ impl Core {
             listen_peer_urls: self.config.listen_peer_urls.clone(),
             peers: peers.clone(),
             snap_dir: self.published.snap_dir.clone(),
+            keyring: self.config.keyring.clone(),
             tls: self.config.peer_tls.clone(),
         };
         let transport = PeerTransport::start(
