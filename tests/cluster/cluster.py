@@ -278,6 +278,7 @@ class Member:
             "--heartbeat-interval", str(c.heartbeat_ms),
             "--election-timeout", str(c.election_ms),
             *c.extra_flags,
+            *(c.member_flags(self) if c.member_flags else []),
         ]
         if c.kind == "basalt":
             args += ["--cores", "1"]
@@ -367,11 +368,13 @@ class Cluster:
     """N members of `kind` ("basalt" or "etcd"); `netns` puts each in a namespace of its own."""
 
     def __init__(self, kind: str = None, size: int = 3, netns: bool = False, heartbeat_ms: int = 100,
-                 election_ms: int = 1000, extra_flags=(), base_dir=None):
+                 election_ms: int = 1000, extra_flags=(), base_dir=None, member_flags=None):
+        """`member_flags(member)`, when given, adds flags of that member's own (e.g. its key file)."""
         self.kind = kind or cluster_binary()
         self.netns = netns
         self.heartbeat_ms, self.election_ms = heartbeat_ms, election_ms
         self.extra_flags = list(extra_flags)
+        self.member_flags = member_flags
         self.dir = Path(tempfile.mkdtemp(prefix=f"cluster-{self.kind}-", dir=base_dir))
         self.token = f"ctest-{os.getpid()}-{random.randrange(1 << 30)}"
         self.ns_prefix = f"{NS_PREFIX}{os.getpid()}-{random.randrange(1 << 16):x}"

@@ -27,6 +27,9 @@ from etcd3.etcdrpc import rpc_pb2_grpc as rpc_grpc  # noqa: E402
 
 import harness  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "cluster"))
+import cluster as cl  # noqa: E402
+
 SECRETS = {
     "key": b"zebra-secret-key-4c1e",
     "value": b"sapphire-value-8d02",
@@ -219,6 +222,51 @@ def test_a_snapshot_copy_being_streamed_or_left_by_a_kill_is_sealed(tmp_path):
         assert list(snap_dir.glob("db.snapshot-*.tmp")) == [], "start deletes a leftover copy"
     finally:
         server.cleanup()
+
+
+def test_a_member_joining_by_snapshot_seals_the_tree_with_its_own_key():
+    """A 2-member cluster whose log a low --snapshot-count compacted takes a third member with a
+    key of its own: it gets the tree by snapshot, seals it with its key (not the sender's),
+    serves the data after a restart with its key alone, and no member's data dir ever holds the
+    secrets in clear."""
+
+    def key_flags(m):
+        key_file = m.dir / "key"  # beside the data dir, not in it
+        if not key_file.exists():
+            new_key_file(key_file)
+        return ["--encryption-key-file", str(key_file)]
+
+    key, value = SECRETS["key"].decode(), SECRETS["value"].decode()
+    with cl.Cluster(size=2, extra_flags=["--snapshot-count", "20"], member_flags=key_flags) as c:
+        c.etcdctl("put", key, value)
+        user, password = SECRETS["user"].decode(), SECRETS["password"].decode()
+        c.etcdctl("user", "add", f"{user}:{password}")
+        with grpc.insecure_channel(c.leader().endpoint) as channel:
+            kv = rpc_grpc.KVStub(channel)
+            for i in range(60):
+                kv.Put(rpc.PutRequest(key=f"filler/{i}".encode(), value=b"x" * 100), timeout=10)
+        joiner = c.member_add()
+        c.wait_converged()
+        assert "installed a snapshot" in joiner.log_path.read_text(errors="replace"), \
+            f"the joiner was not caught up by a snapshot\n{joiner.log_tail()}"
+
+        joiner.stop()
+        joiner.start()
+        with grpc.insecure_channel(joiner.endpoint) as channel:
+            got = rpc_grpc.KVStub(channel).Range(
+                rpc.RangeRequest(key=key.encode(), serializable=True), timeout=20
+            )
+        assert [kv.value for kv in got.kvs] == [value.encode()]
+        for m in c.members:
+            m.stop()
+        for m in c.members:
+            assert files_holding(m.dir / "data") == [], m.name
+        data = joiner.dir / "data"
+        own = basalt("check", "--data-dir", data, "--encryption-key-file", joiner.dir / "key")
+        assert own.returncode == 0, own.stdout + own.stderr
+        senders = basalt("check", "--data-dir", data, "--encryption-key-file", c.members[0].dir / "key")
+        assert senders.returncode != 0 and "wrong encryption key for key id 1" in senders.stderr, \
+            senders.stdout + senders.stderr
 
 
 def test_a_missing_wrong_or_readable_key_file_is_refused_clearly(written, tmp_path):
