@@ -336,6 +336,36 @@ def test_a_flipped_bit_in_a_wal_record_is_corruption_named_by_segment_and_offset
     assert f"{segment}" in output and f"offset {offset}" in output, output
 
 
+def test_snapshot_status_reads_a_sealed_tree_with_its_key_and_names_a_page_that_fails(written, tmp_path):
+    server, key_file, _ = written
+    db = tmp_path / "db"
+    shutil.copy(server.dir / "data" / "member" / "snap" / "db", db)
+    wrong = new_key_file(tmp_path / "wrong")
+    missing = basalt("snapshot", "status", db, "-w", "json")
+    assert missing.returncode != 0 and "encrypted (key ids [1]); pass --encryption-key-file" \
+        in missing.stderr, missing.stderr
+    refused = basalt("snapshot", "status", db, "--encryption-key-file", wrong)
+    assert refused.returncode != 0 and "wrong encryption key for key id 1" in refused.stderr, \
+        refused.stderr
+    status = basalt("snapshot", "status", db, "-w", "json", "--encryption-key-file", key_file)
+    assert status.returncode == 0, status.stderr
+    assert '"revision":' in status.stdout and '"revision":0,' not in status.stdout, status.stdout
+    assert files_holding(tmp_path) == [], "status left a plaintext copy beside the file"
+
+    # One bit of every page's ciphertext past the two metas: the first page the walk reads is
+    # named, and why.
+    slot = 4096 + 32
+    raw = bytearray(db.read_bytes())
+    for at in range(4096 + 2 * slot, len(raw) - slot + 1, slot):
+        raw[at + 100] ^= 0x10
+    db.write_bytes(bytes(raw))
+    damaged = basalt("snapshot", "status", db, "--encryption-key-file", key_file)
+    assert damaged.returncode != 0, damaged.stdout
+    said = re.search(r"corrupt at page (\d+) .*: (.*)", damaged.stderr)
+    assert said and int(said.group(1)) >= 2, damaged.stderr
+    assert said.group(2).startswith("encrypted page failed decryption/authentication"), damaged.stderr
+
+
 def test_a_key_rotated_under_write_load_can_then_be_dropped(tmp_path):
     first = os.urandom(32)
     key_file = write_key_file(tmp_path / "key", [(1, first)])

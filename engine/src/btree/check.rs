@@ -7,7 +7,7 @@ use std::path::Path;
 
 use super::db::{read_metas, validate};
 use super::file::{PageFile, StdFile};
-use super::page::{overflow_pages, Kind, StoredValue};
+use super::page::{self, overflow_pages, Kind, StoredValue};
 use super::read::{Pages, DEPTH_MAX};
 use super::sealed::{self, SealedFile};
 use super::Error;
@@ -74,12 +74,9 @@ pub fn check(
     let failed = sealed.failed_pages();
     for problem in &mut report.problems {
         if failed.binary_search(&problem.page).is_ok() {
+            // Whatever check tripped over, the cause is the slot: named with its file offset.
             problem.offset = sealed.slot_offset(problem.page);
-            problem.reason = format!(
-                "page's encrypted slot failed decryption/authentication (damaged, torn by a \
-                 crash, or moved): {}",
-                problem.reason
-            );
+            problem.reason = page::SEALED_PAGE_FAILED_REASON.to_string();
         }
     }
     Ok(report)

@@ -98,7 +98,7 @@ pub(crate) fn checksum_ok(page: &[u8]) -> bool {
 /// (`sealed.rs`): never a valid page (byte 4 is no page kind), so a reader stops at it, and
 /// recognised to say why.
 pub(crate) const SEALED_PAGE_FAILED: &[u8; 16] = b"BASALT-NOT-OPEN\xff";
-const SEALED_PAGE_FAILED_REASON: &str =
+pub(crate) const SEALED_PAGE_FAILED_REASON: &str =
     "encrypted page failed decryption/authentication (damaged, torn by a crash, or moved)";
 
 /// Why a page that failed its checks is bad: its encrypted slot failed, or its checksum.
