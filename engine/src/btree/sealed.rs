@@ -773,6 +773,12 @@ mod tests {
         out
     }
 
+    /// The key ids a check found sealing the file's slots.
+    fn ids_in_use(report: &crate::btree::CheckReport) -> Vec<u32> {
+        let used = report.encrypted.as_ref().expect("an encrypted file");
+        used.keys().copied().collect()
+    }
+
     fn contains(haystack: &[u8], needle: &[u8]) -> bool {
         haystack.windows(needle.len()).any(|w| w == needle)
     }
@@ -794,15 +800,7 @@ mod tests {
         let report = check(&path, Some(&keys)).unwrap();
         assert!(report.problems.is_empty(), "{:?}", report.problems);
         assert_eq!(report.buckets, vec![("key".to_string(), 500)]);
-        assert_eq!(
-            report
-                .encrypted
-                .unwrap()
-                .keys()
-                .copied()
-                .collect::<Vec<_>>(),
-            vec![3]
-        );
+        assert_eq!(ids_in_use(&report), vec![3]);
     }
 
     #[test]
@@ -861,7 +859,9 @@ mod tests {
             .unwrap_or_else(|| panic!("{:?}", report.problems));
         assert_eq!(problem.offset, slot_at);
         assert!(
-            problem.reason.contains("authentication"),
+            problem
+                .reason
+                .starts_with("encrypted page failed decryption/authentication"),
             "{}",
             problem.reason
         );
@@ -875,6 +875,12 @@ mod tests {
         assert!(
             matches!(result, Err(Error::Corrupt { page: p, .. }) if p == page),
             "{result:?}"
+        );
+        let said = result.unwrap_err().to_string();
+        assert!(
+            said.contains(&format!("corrupt at page {page}"))
+                && said.contains("encrypted page failed decryption/authentication"),
+            "{said}"
         );
     }
 
@@ -906,23 +912,15 @@ mod tests {
         txn.commit().unwrap();
         db.checkpoint(10).unwrap();
         drop(db);
-        let used = check(&path, Some(&rotated)).unwrap().encrypted.unwrap();
-        assert_eq!(used.keys().copied().collect::<Vec<_>>(), vec![1, 2]);
+        let used = check(&path, Some(&rotated)).unwrap();
+        assert_eq!(ids_in_use(&used), vec![1, 2]);
         let db = open(&path, options(Some(&rotated))).unwrap();
         db.defragment(11).unwrap();
         drop(db);
         let only_new = ring(&[(2, 0x55)]);
         let report = check(&path, Some(&only_new)).unwrap();
         assert!(report.problems.is_empty(), "{:?}", report.problems);
-        assert_eq!(
-            report
-                .encrypted
-                .unwrap()
-                .keys()
-                .copied()
-                .collect::<Vec<_>>(),
-            vec![2]
-        );
+        assert_eq!(ids_in_use(&report), vec![2]);
         assert_eq!(read_all(&path, Some(&only_new)).len(), 301);
         assert!(!contains(&std::fs::read(&path).unwrap(), SECRET));
     }
