@@ -497,6 +497,9 @@ impl Core {
                 self.settle_transfers();
                 self.publish_attributes();
             }
+            // Before the WAL write: a serializable read taken this turn does not wait for it
+            // (the turn's proposals wait one slice at most).
+            self.serve_reads(READ_SLICE);
             self.ask_read_index();
             self.auto_compact();
             self.lease_duties();
@@ -505,7 +508,6 @@ impl Core {
             self.sync_watches()?;
             self.maybe_commit()?;
             self.maybe_checkpoint().await?;
-            self.serve_reads(READ_SLICE);
         }
         // Whatever a caller managed to queue before the stop gets its answer.
         while let Ok(command) = inbox.try_recv() {
