@@ -3,8 +3,8 @@
 # (SERVER_CPUS, default 0), one plain and one with --encryption-key-file, and the load generator
 # on the others (CLIENT_CPUS). Each workload runs ROUNDS times on each, alternating plain and
 # encrypted, so both see the same machine moments; basalt-bench reports throughput and the
-# server's CPU per request (--server-pid). Results in perf/out/encryption/ (the data dirs are
-# removed at the end).
+# server's CPU per request (--server-pid) and the server's memory after each run (/proc status).
+# Results in perf/out/encryption/ (the data dirs are removed at the end).
 #
 # Usage: perf/encryption.sh   (release binaries must be built: cargo build --release -p basalt -p basalt-bench)
 # Environment: SECONDS_PER_RUN (default 15), ROUNDS (default 2), BASALT_FLAGS (default
@@ -85,6 +85,15 @@ for entry in "${workloads[@]}"; do
             "${on_client_cpus[@]}" "$bench" --endpoints "127.0.0.1:${!port_var}" --server-pid "${!pid_var}" \
                 $globals --json "$out/$name-$wname-$round.json" $args >"$out/$name-$wname-$round.txt" 2>&1
             grep -E "^(put|range) |^server cpu" "$out/$name-$wname-$round.txt" || true
+            # Memory after the run: a sealed tree is read through a memory file (RssShmem once
+            # mapped pages are touched) where a plain one is read through the page cache (RssFile).
+            # The memory file's pages written but never mapped count in neither, so its size is
+            # shown too (the whole plaintext tree, held in RAM for as long as the tree is open).
+            image_kb=$(find "/proc/${!pid_var}/fd" -lname '/memfd:basalt-btree-plaintext*' \
+                -exec stat -L -c %s {} + 2>/dev/null | awk '{s += $1} END {print int(s / 1024)}')
+            { grep -E "^(VmHWM|VmRSS|RssAnon|RssFile|RssShmem):" "/proc/${!pid_var}/status" \
+                | tr -s ' \t' ' ' | paste -sd' '; echo "tree image: ${image_kb} kB"; } \
+                | paste -sd' ' | sed 's/^/server memory: /' | tee -a "$out/$name-$wname-$round.txt"
         done
     done
 done
