@@ -6,10 +6,7 @@
 //! compaction keeps the newest revision at or below the compaction point and
 //! drops generations that ended before it.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
-use std::ops::Bound;
-
-use bytes::Bytes;
+use std::collections::{HashSet, VecDeque};
 
 use super::Revision;
 
@@ -86,6 +83,8 @@ struct KeyIndex {
 }
 
 impl KeyIndex {
+    /// A key never written; the index itself starts a key from [`KeyState::single`].
+    #[cfg(test)]
     fn new() -> Self {
         KeyIndex {
             modified: Revision::default(),
@@ -218,264 +217,485 @@ impl KeyIndex {
     }
 }
 
-/// A copy of `key` that owns exactly its bytes. A key handed in is usually a
-/// slice of a whole request or record buffer; keeping that slice in the index
-/// would keep the whole buffer (values included) alive for the key's lifetime.
-fn owned_key(key: &[u8]) -> Bytes {
-    Bytes::copy_from_slice(key)
+/// A revision in 8 bytes, ordered as revisions are: `main` in the high 48 bits, `sub` in the
+/// low 16. A revision that does not fit (a txn of more than 65,535 changes, a store past
+/// revision 2^48) stays in a [`KeyState::Full`].
+fn pack(revision: Revision) -> Option<u64> {
+    let main = u64::try_from(revision.main)
+        .ok()
+        .filter(|&main| main < 1 << 48)?;
+    let sub = u16::try_from(revision.sub).ok()?;
+    Some(main << 16 | u64::from(sub))
 }
 
-/// A sorted block holds at most this many keys; a fuller block splits in two. Small enough
-/// that an insert's shift inside its block stays a few KiB.
-const BLOCK_KEYS_MAX: usize = 256;
-/// The smallest allocation a block grows to.
+fn unpack(packed: u64) -> Revision {
+    Revision::new((packed >> 16) as i64, (packed & 0xffff) as i64)
+}
+
+/// One key's history in the index. Most keys are written once, or compacted down to one
+/// revision: they take 24 bytes and no allocation of their own. Every other state is a
+/// [`KeyIndex`] on the heap. The form is canonical (a history that fits `Single` is never
+/// `Full`), so two indexes holding the same histories compare equal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum KeyState {
+    /// A live key whose only generation holds one revision: the [`KeyIndex`]
+    /// `{ modified, generations: [{ version, created, revisions: [modified] }] }`.
+    Single {
+        version: u32,
+        modified: u64,
+        created: u64,
+    },
+    Full {
+        /// `index.is_live()`, kept beside the pointer: counting a block's live keys reads
+        /// every state, and should not follow every pointer.
+        live: bool,
+        index: Box<KeyIndex>,
+    },
+}
+
+impl KeyState {
+    /// A key whose newest record is `modified`, created at `created`, `version` writes old.
+    fn single(modified: Revision, created: Revision, version: i64) -> KeyState {
+        KeyState::packed(modified, created, version).unwrap_or_else(|| KeyState::Full {
+            live: true,
+            index: Box::new(KeyIndex {
+                modified,
+                generations: vec![Generation {
+                    version,
+                    created,
+                    revisions: vec![modified],
+                }],
+            }),
+        })
+    }
+
+    /// [`KeyState::Single`], if the revisions and version fit it.
+    fn packed(modified: Revision, created: Revision, version: i64) -> Option<KeyState> {
+        Some(KeyState::Single {
+            version: u32::try_from(version).ok()?,
+            modified: pack(modified)?,
+            created: pack(created)?,
+        })
+    }
+
+    /// The canonical form of `index`.
+    fn settle(index: Box<KeyIndex>) -> KeyState {
+        if let [generation] = index.generations.as_slice() {
+            if generation.revisions.as_slice() == [index.modified] {
+                if let Some(single) =
+                    KeyState::packed(index.modified, generation.created, generation.version)
+                {
+                    return single;
+                }
+            }
+        }
+        KeyState::Full {
+            live: index.is_live(),
+            index,
+        }
+    }
+
+    fn is_live(&self) -> bool {
+        match self {
+            KeyState::Single { .. } => true,
+            KeyState::Full { live, .. } => *live,
+        }
+    }
+
+    fn get(&self, at: i64) -> Option<KeyAt> {
+        match *self {
+            KeyState::Single {
+                version,
+                modified,
+                created,
+            } => {
+                let modified = unpack(modified);
+                (modified.main <= at).then(|| KeyAt {
+                    modified,
+                    created: unpack(created),
+                    version: i64::from(version),
+                })
+            }
+            KeyState::Full { ref index, .. } => index.get(at),
+        }
+    }
+
+    fn keep(&self, at: i64, keep: &mut HashSet<Revision>) {
+        match self {
+            // One revision, no tombstone: kept when at or below `at`.
+            KeyState::Single { modified, .. } => {
+                let modified = unpack(*modified);
+                if modified.main <= at {
+                    keep.insert(modified);
+                }
+            }
+            KeyState::Full { index, .. } => index.keep(at, keep),
+        }
+    }
+
+    /// Compacts at `at`; false when nothing is left of the key.
+    fn compact(&mut self, at: i64, keep: &mut HashSet<Revision>) -> bool {
+        if let KeyState::Single { .. } = self {
+            // A compaction keeps a lone live revision whatever `at` is.
+            self.keep(at, keep);
+            return true;
+        }
+        self.update(|index| {
+            index.compact(at, keep);
+            !index.is_empty()
+        })
+    }
+
+    /// Changes the key's history through its [`KeyIndex`] form, and settles it again.
+    fn update<R>(&mut self, change: impl FnOnce(&mut KeyIndex) -> R) -> R {
+        let placeholder = KeyState::Single {
+            version: 0,
+            modified: 0,
+            created: 0,
+        };
+        let mut index = match std::mem::replace(self, placeholder) {
+            KeyState::Single {
+                version,
+                modified,
+                created,
+            } => Box::new(KeyIndex {
+                modified: unpack(modified),
+                generations: vec![Generation {
+                    version: i64::from(version),
+                    created: unpack(created),
+                    revisions: vec![unpack(modified)],
+                }],
+            }),
+            KeyState::Full { index, .. } => index,
+        };
+        let result = change(&mut index);
+        *self = KeyState::settle(index);
+        result
+    }
+}
+
+/// A block holds at most this many keys, and more than one key only while their bytes stay
+/// within [`BLOCK_BYTES_MAX`]; a fuller block splits in two. Small enough that an insert's
+/// shift inside its block stays a few KiB.
+const BLOCK_KEYS_MAX: usize = 128;
+const BLOCK_BYTES_MAX: usize = 8 << 10;
+/// The smallest growth of a block's arrays.
 const BLOCK_GROWTH_MIN: usize = 8;
 /// Liveness changes kept for counts at past revisions: a count undoes at most this many, and
 /// one before the oldest kept walks the keys instead (a LIST's pages are read at a revision a
 /// moment old; etcd walks for every count).
 const CHANGES_MAX: usize = 1 << 16;
 
-/// The keys live at the newest revision, in order, answering how many lie below any key in
-/// O(log n): sorted blocks of at most [`BLOCK_KEYS_MAX`] keys, a binary search over the blocks'
-/// first keys, and a Fenwick tree over the blocks' sizes. A range's count is two such ranks, so
-/// a page of a paginated LIST is answered without walking the rest of the range.
+/// A run of neighbouring keys and their histories. The keys' bytes sit back to back in one
+/// allocation, so a key costs its length, 4 bytes of offset and its [`KeyState`]:
+///
+/// ```text
+/// bytes:  | key 0 | key 1 |   key 2   | ...
+/// ends:           ^ends[0]^ends[1]    ^ends[2]
+/// states: | state 0 | state 1 | state 2 | ...
+/// ```
 #[derive(Debug, Clone, Default)]
-struct RankedKeys {
-    blocks: Vec<Vec<Bytes>>,
-    /// Each block's first key, side by side: the search for a key's block reads this array,
-    /// not every block's own allocation.
-    firsts: Vec<Bytes>,
-    /// Fenwick tree (1-based) over `blocks[i].len()`.
-    sizes: Vec<usize>,
-    len: usize,
+struct Block {
+    bytes: Vec<u8>,
+    ends: Vec<u32>,
+    states: Vec<KeyState>,
+    /// How many of `states` are live.
+    live: usize,
 }
 
-impl RankedKeys {
-    /// The block `key` belongs in: the last whose first key is not above it (the first block
-    /// for a key below every block).
-    fn block_of(&self, key: &[u8]) -> usize {
-        self.firsts
-            .partition_point(|first| first.as_ref() <= key)
-            .saturating_sub(1)
+/// Makes room for `additional` more items in `items`, growing by a quarter rather than
+/// doubling: a block's arrays are most of the index, and doubling would leave up to half of
+/// them empty.
+fn reserve<T>(items: &mut Vec<T>, additional: usize) {
+    if items.capacity() - items.len() < additional {
+        items.reserve_exact(additional.max(items.len() / 4).max(BLOCK_GROWTH_MIN));
+    }
+}
+
+impl Block {
+    fn len(&self) -> usize {
+        self.states.len()
     }
 
-    fn insert(&mut self, key: Bytes) {
-        self.len += 1;
-        if self.blocks.is_empty() {
-            self.firsts.push(key.clone());
-            self.blocks.push(vec![key]);
-            return self.rebuild();
-        }
-        let b = self.block_of(&key);
-        let block = &mut self.blocks[b];
-        let at = block.partition_point(|k| *k < key);
-        debug_assert!(block.get(at) != Some(&key), "a live key inserted twice");
-        if at == 0 {
-            self.firsts[b] = key.clone();
-        }
-        if block.len() == block.capacity() {
-            // Doubling would leave a split block's lower half in an allocation four times its
-            // keys (128 keys in room for 512); growth stops at the split point instead.
-            let grown = (block.len() * 2).clamp(BLOCK_GROWTH_MIN, BLOCK_KEYS_MAX + 1);
-            block.reserve_exact(grown - block.len());
-        }
-        block.insert(at, key);
-        if block.len() > BLOCK_KEYS_MAX {
-            // The halves own exactly their keys: after an ascending load (the usual one) no
-            // key ever lands in a lower half again.
-            let upper = block.split_off(block.len() / 2);
-            block.shrink_to_fit();
-            self.firsts.insert(b + 1, upper[0].clone());
-            self.blocks.insert(b + 1, upper);
-            self.rebuild();
-        } else {
-            self.add(b, true);
-        }
+    fn start(&self, i: usize) -> usize {
+        i.checked_sub(1)
+            .map_or(0, |previous| self.ends[previous] as usize)
     }
 
-    fn remove(&mut self, key: &[u8]) {
-        if self.blocks.is_empty() {
-            debug_assert!(false, "removing from an empty set");
-            return;
+    fn key(&self, i: usize) -> &[u8] {
+        &self.bytes[self.start(i)..self.ends[i] as usize]
+    }
+
+    fn last_key(&self) -> &[u8] {
+        self.key(self.len() - 1)
+    }
+
+    fn search(&self, key: &[u8]) -> Result<usize, usize> {
+        let (mut low, mut high) = (0, self.len());
+        while low < high {
+            let mid = low + (high - low) / 2;
+            match self.key(mid).cmp(key) {
+                std::cmp::Ordering::Less => low = mid + 1,
+                std::cmp::Ordering::Greater => high = mid,
+                std::cmp::Ordering::Equal => return Ok(mid),
+            }
         }
-        let b = self.block_of(key);
-        let block = &mut self.blocks[b];
-        let Ok(at) = block.binary_search_by(|k| k.as_ref().cmp(key)) else {
-            debug_assert!(false, "removing a key that is not live");
-            return;
+        Err(low)
+    }
+
+    fn live_below(&self, i: usize) -> usize {
+        self.states[..i]
+            .iter()
+            .filter(|state| state.is_live())
+            .count()
+    }
+
+    fn insert(&mut self, i: usize, key: &[u8], state: KeyState) {
+        let start = self.start(i);
+        // A block of more than one key splits past BLOCK_BYTES_MAX, and a key is far smaller
+        // than 4 GiB (a request is at most --max-request-bytes).
+        u32::try_from(self.bytes.len() + key.len()).expect("a block's keys fit u32 offsets");
+        let added = key.len() as u32;
+        reserve(&mut self.bytes, key.len());
+        self.bytes.splice(start..start, key.iter().copied());
+        for end in &mut self.ends[i..] {
+            *end += added;
+        }
+        reserve(&mut self.ends, 1);
+        self.ends.insert(i, start as u32 + added);
+        if state.is_live() {
+            self.live += 1;
+        }
+        reserve(&mut self.states, 1);
+        self.states.insert(i, state);
+    }
+
+    fn is_over(&self) -> bool {
+        self.len() > BLOCK_KEYS_MAX || (self.len() > 1 && self.bytes.len() > BLOCK_BYTES_MAX)
+    }
+
+    /// Splits at the middle of the keys' bytes: the keys from there on move to a new block.
+    fn split(&mut self) -> Block {
+        let half = (self.bytes.len() / 2) as u32;
+        let at = self
+            .ends
+            .partition_point(|&end| end <= half)
+            .clamp(1, self.len() - 1);
+        let byte_at = self.start(at);
+        let upper = Block {
+            bytes: self.bytes[byte_at..].to_vec(),
+            ends: self.ends[at..]
+                .iter()
+                .map(|&end| end - byte_at as u32)
+                .collect(),
+            states: self.states.split_off(at),
+            live: 0,
         };
-        block.remove(at);
-        self.len -= 1;
-        if block.is_empty() {
-            self.blocks.remove(b);
-            self.firsts.remove(b);
-            self.rebuild();
-        } else {
-            if at == 0 {
-                self.firsts[b] = block[0].clone();
+        let upper = Block {
+            live: upper.live_below(upper.len()),
+            ..upper
+        };
+        self.bytes.truncate(byte_at);
+        self.ends.truncate(at);
+        self.live -= upper.live;
+        // After an ascending load (the usual one) no key lands in a lower half again.
+        self.bytes.shrink_to_fit();
+        self.ends.shrink_to_fit();
+        self.states.shrink_to_fit();
+        upper
+    }
+
+    /// Keeps the keys whose state `keep` leaves non-empty, in order.
+    fn retain(&mut self, mut keep: impl FnMut(&mut KeyState) -> bool) {
+        let (mut write, mut byte_write, mut start) = (0, 0, 0);
+        for read in 0..self.len() {
+            let end = self.ends[read] as usize;
+            if keep(&mut self.states[read]) {
+                if write != read {
+                    self.bytes.copy_within(start..end, byte_write);
+                    self.states.swap(write, read);
+                }
+                byte_write += end - start;
+                self.ends[write] = byte_write as u32;
+                write += 1;
             }
-            self.add(b, false);
+            start = end;
         }
-    }
-
-    /// How many keys are below `key`.
-    fn rank(&self, key: &[u8]) -> usize {
-        if self.blocks.is_empty() {
-            return 0;
+        self.bytes.truncate(byte_write);
+        self.ends.truncate(write);
+        self.states.truncate(write);
+        self.live = self.live_below(write);
+        if self.states.capacity() > 2 * write {
+            self.bytes.shrink_to_fit();
+            self.ends.shrink_to_fit();
+            self.states.shrink_to_fit();
         }
-        let b = self.block_of(key);
-        let mut below = self.blocks[b].partition_point(|k| k.as_ref() < key);
-        let mut i = b;
-        while i > 0 {
-            below += self.sizes[i];
-            i &= i - 1;
-        }
-        below
-    }
-
-    fn count(&self, range: KeyRange<'_>) -> usize {
-        match range {
-            KeyRange::Single(key) => {
-                let b = self.block_of(key);
-                usize::from(
-                    self.blocks.get(b).is_some_and(|block| {
-                        block.binary_search_by(|k| k.as_ref().cmp(key)).is_ok()
-                    }),
-                )
-            }
-            KeyRange::From(key) => self.len - self.rank(key),
-            KeyRange::Between(key, end) if key >= end => 0,
-            KeyRange::Between(key, end) => self.rank(end) - self.rank(key),
-        }
-    }
-
-    fn add(&mut self, block: usize, grew: bool) {
-        let mut i = block + 1;
-        while i < self.sizes.len() {
-            if grew {
-                self.sizes[i] += 1;
-            } else {
-                self.sizes[i] -= 1;
-            }
-            i += i & i.wrapping_neg();
-        }
-    }
-
-    fn rebuild(&mut self) {
-        let n = self.blocks.len();
-        self.sizes = vec![0; n + 1];
-        for (b, block) in self.blocks.iter().enumerate() {
-            let i = b + 1;
-            self.sizes[i] += block.len();
-            let parent = i + (i & i.wrapping_neg());
-            if parent <= n {
-                self.sizes[parent] += self.sizes[i];
-            }
-        }
-    }
-
-    fn iter(&self) -> impl Iterator<Item = &Bytes> {
-        self.blocks.iter().flatten()
-    }
-
-    /// The set of `keys`, given in order, in half-full blocks.
-    fn from_sorted(keys: impl Iterator<Item = Bytes>) -> RankedKeys {
-        let mut ranked = RankedKeys::default();
-        let mut block = Vec::with_capacity(BLOCK_KEYS_MAX / 2);
-        for key in keys {
-            debug_assert!(block.last().is_none_or(|last| *last < key));
-            block.push(key);
-            if block.len() == BLOCK_KEYS_MAX / 2 {
-                ranked.len += block.len();
-                ranked.firsts.push(block[0].clone());
-                ranked.blocks.push(std::mem::replace(
-                    &mut block,
-                    Vec::with_capacity(BLOCK_KEYS_MAX / 2),
-                ));
-            }
-        }
-        if !block.is_empty() {
-            ranked.len += block.len();
-            ranked.firsts.push(block[0].clone());
-            ranked.blocks.push(block);
-        }
-        ranked.rebuild();
-        ranked
     }
 }
 
-/// Equal when they hold the same keys, however the blocks fell.
-impl PartialEq for RankedKeys {
-    fn eq(&self, other: &Self) -> bool {
-        self.len == other.len && self.iter().eq(other.iter())
-    }
-}
-
-impl Eq for RankedKeys {}
-
-/// All keys' indexes, ordered by key, and what counts a range without walking it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// All keys' histories, ordered by key, and what counts a range without walking it.
+///
+/// The keys lie in sorted [`Block`]s; a key is found by a binary search over the blocks'
+/// first keys, then one inside its block. A Fenwick tree over the blocks' live keys tells how
+/// many live keys lie below any key in O(log n), so a range's count is two such ranks and a
+/// page of a paginated LIST is answered without walking the rest of the range.
+#[derive(Debug, Clone, Default)]
 pub struct TreeIndex {
-    keys: BTreeMap<Bytes, KeyIndex>,
-    live: RankedKeys,
+    /// Never an empty block.
+    blocks: Vec<Block>,
+    /// Fenwick tree (1-based) over `blocks[i].live`; stale while replaying.
+    live_sizes: Vec<usize>,
+    /// Keys live at the newest revision.
+    live: usize,
     /// Keys that came to life (true) or died (false), by main revision, oldest first: a count
     /// at a past revision undoes those after it.
-    changes: VecDeque<(i64, Bytes, bool)>,
+    changes: VecDeque<(i64, Box<[u8]>, bool)>,
     /// `changes` holds every change after this revision.
     changes_floor: i64,
-    /// A restart is replaying records: the live keys are built once at its end.
+    /// A restart is replaying records: the counts are built once at its end.
     replaying: bool,
 }
+
+/// Equal when they hold the same histories and counts, however the blocks fell.
+impl PartialEq for TreeIndex {
+    fn eq(&self, other: &Self) -> bool {
+        self.live == other.live
+            && self.changes == other.changes
+            && self.changes_floor == other.changes_floor
+            && self.replaying == other.replaying
+            && self.entries().eq(other.entries())
+    }
+}
+
+impl Eq for TreeIndex {}
 
 impl TreeIndex {
     pub fn new() -> Self {
         Self::default()
     }
 
+    fn entries(&self) -> impl Iterator<Item = (&[u8], &KeyState)> {
+        self.blocks
+            .iter()
+            .flat_map(|block| (0..block.len()).map(move |i| (block.key(i), &block.states[i])))
+    }
+
+    /// Where `key` is, or would be inserted: its block, and its place there.
+    fn locate(&self, key: &[u8]) -> (usize, Result<usize, usize>) {
+        let Some(last) = self.blocks.last() else {
+            return (0, Err(0));
+        };
+        // Loads and restarts mostly meet keys in ascending order: past the last key is the end.
+        if last.last_key() < key {
+            return (self.blocks.len() - 1, Err(last.len()));
+        }
+        let b = self
+            .blocks
+            .partition_point(|block| block.key(0) <= key)
+            .saturating_sub(1);
+        (b, self.blocks[b].search(key))
+    }
+
+    /// Adds a key that is not indexed at `i` of block `b`, as [`TreeIndex::locate`] placed it.
+    fn insert(&mut self, b: usize, i: usize, key: &[u8], state: KeyState) {
+        let live = state.is_live();
+        if live {
+            self.live += 1;
+        }
+        if self.blocks.is_empty() {
+            self.blocks.push(Block::default());
+        }
+        let block = &mut self.blocks[b];
+        block.insert(i, key, state);
+        if block.is_over() {
+            let upper = block.split();
+            self.blocks.insert(b + 1, upper);
+            self.rebuild_counts();
+        } else if live {
+            self.count(b, true);
+        }
+    }
+
+    fn set_live(&mut self, b: usize, alive: bool) {
+        if alive {
+            self.blocks[b].live += 1;
+            self.live += 1;
+        } else {
+            self.blocks[b].live -= 1;
+            self.live -= 1;
+        }
+        self.count(b, alive);
+    }
+
+    /// Counts a key of block `b` coming to life or dying in the Fenwick tree.
+    fn count(&mut self, b: usize, alive: bool) {
+        if self.replaying {
+            return;
+        }
+        let mut i = b + 1;
+        while i < self.live_sizes.len() {
+            if alive {
+                self.live_sizes[i] += 1;
+            } else {
+                self.live_sizes[i] -= 1;
+            }
+            i += i & i.wrapping_neg();
+        }
+    }
+
+    fn rebuild_counts(&mut self) {
+        if self.replaying {
+            return;
+        }
+        let n = self.blocks.len();
+        self.live_sizes.clear();
+        self.live_sizes.resize(n + 1, 0);
+        for (b, block) in self.blocks.iter().enumerate() {
+            let i = b + 1;
+            self.live_sizes[i] += block.live;
+            let parent = i + (i & i.wrapping_neg());
+            if parent <= n {
+                self.live_sizes[parent] += self.live_sizes[i];
+            }
+        }
+    }
+
     pub fn put(&mut self, key: &[u8], revision: Revision) {
-        match self.keys.get_mut(key) {
-            Some(index) => {
-                let was_live = index.is_live();
-                index.put(revision);
+        match self.locate(key) {
+            (b, Ok(i)) => {
+                let state = &mut self.blocks[b].states[i];
+                let was_live = state.is_live();
+                state.update(|index| index.put(revision));
                 if !was_live {
-                    let stored = self.stored_key(key);
-                    self.changed(stored, revision, true);
+                    self.set_live(b, true);
+                    self.changed(key, revision, true);
                 }
             }
-            None => {
-                let mut index = KeyIndex::new();
-                index.put(revision);
-                let stored = owned_key(key);
-                self.keys.insert(stored.clone(), index);
-                self.changed(stored, revision, true);
+            (b, Err(i)) => {
+                self.insert(b, i, key, KeyState::single(revision, revision, 1));
+                self.changed(key, revision, true);
             }
         }
     }
 
     /// Records the key's deletion; `false` if the key is not live.
     pub fn tombstone(&mut self, key: &[u8], revision: Revision) -> bool {
-        let ended = self
-            .keys
-            .get_mut(key)
-            .is_some_and(|index| index.tombstone(revision));
-        if ended {
-            let stored = self.stored_key(key);
-            self.changed(stored, revision, false);
+        let (b, Ok(i)) = self.locate(key) else {
+            return false;
+        };
+        let state = &mut self.blocks[b].states[i];
+        if !state.is_live() {
+            return false;
         }
-        ended
+        let ended = state.update(|index| index.tombstone(revision));
+        debug_assert!(ended, "a live key's tombstone ends its generation");
+        self.set_live(b, false);
+        self.changed(key, revision, false);
+        true
     }
 
-    /// The index's own copy of `key` (shared, not copied again).
-    fn stored_key(&self, key: &[u8]) -> Bytes {
-        self.keys
-            .get_key_value(key)
-            .expect("the key is indexed")
-            .0
-            .clone()
-    }
-
-    /// Starts a replay of a store's records (a restart): the counting side is left alone
-    /// until [`TreeIndex::end_replay`] builds it in one pass, instead of a sorted insert per key.
+    /// Starts a replay of a store's records (a restart): the counts are left alone until
+    /// [`TreeIndex::end_replay`] builds them in one pass.
     pub fn begin_replay(&mut self) {
         self.replaying = true;
     }
@@ -484,30 +704,48 @@ impl TreeIndex {
     /// the index, older ones walk the keys.
     pub fn end_replay(&mut self, revision: i64) {
         self.replaying = false;
-        self.live = RankedKeys::from_sorted(
-            self.keys
-                .iter()
-                .filter(|(_, index)| index.is_live())
-                .map(|(key, _)| key.clone()),
-        );
+        self.rebuild_counts();
         self.changes.clear();
         self.changes_floor = revision;
     }
 
-    fn changed(&mut self, key: Bytes, revision: Revision, alive: bool) {
+    fn changed(&mut self, key: &[u8], revision: Revision, alive: bool) {
         if self.replaying {
             return;
         }
-        if alive {
-            self.live.insert(key.clone());
-        } else {
-            self.live.remove(&key);
-        }
-        self.changes.push_back((revision.main, key, alive));
+        self.changes.push_back((revision.main, key.into(), alive));
         if self.changes.len() > CHANGES_MAX {
             if let Some((dropped, _, _)) = self.changes.pop_front() {
                 self.changes_floor = self.changes_floor.max(dropped);
             }
+        }
+    }
+
+    /// How many keys live at the newest revision are below `key`.
+    fn rank(&self, key: &[u8]) -> usize {
+        let (b, found) = self.locate(key);
+        let Some(block) = self.blocks.get(b) else {
+            return 0;
+        };
+        let mut below = block.live_below(found.unwrap_or_else(|i| i));
+        let mut i = b;
+        while i > 0 {
+            below += self.live_sizes[i];
+            i &= i - 1;
+        }
+        below
+    }
+
+    /// How many keys of `range` are live at the newest revision.
+    fn count_newest(&self, range: KeyRange<'_>) -> usize {
+        match range {
+            KeyRange::Single(key) => match self.locate(key) {
+                (b, Ok(i)) => usize::from(self.blocks[b].states[i].is_live()),
+                _ => 0,
+            },
+            KeyRange::From(key) => self.live - self.rank(key),
+            KeyRange::Between(key, end) if key >= end => 0,
+            KeyRange::Between(key, end) => self.rank(end) - self.rank(key),
         }
     }
 
@@ -520,7 +758,7 @@ impl TreeIndex {
         let since = self
             .changes
             .partition_point(|(revision, _, _)| *revision <= at);
-        let mut count = self.live.count(range) as i64;
+        let mut count = self.count_newest(range) as i64;
         for (_, key, alive) in self.changes.range(since..) {
             if range.contains(key) {
                 count += if *alive { -1 } else { 1 };
@@ -533,26 +771,22 @@ impl TreeIndex {
     /// restore does: its creation and version come from the record itself,
     /// because compaction may have removed the earlier revisions.
     pub fn restore(&mut self, key: &[u8], created: Revision, modified: Revision, version: i64) {
-        let index = KeyIndex {
-            modified,
-            generations: vec![Generation {
-                version,
-                created,
-                revisions: vec![modified],
-            }],
+        let (b, Err(i)) = self.locate(key) else {
+            panic!("restore of a key already indexed");
         };
-        let stored = owned_key(key);
-        let previous = self.keys.insert(stored.clone(), index);
-        assert!(previous.is_none(), "restore of a key already indexed");
-        self.changed(stored, modified, true);
+        self.insert(b, i, key, KeyState::single(modified, created, version));
+        self.changed(key, modified, true);
     }
 
     pub fn contains(&self, key: &[u8]) -> bool {
-        self.keys.contains_key(key)
+        self.locate(key).1.is_ok()
     }
 
     pub fn get(&self, key: &[u8], at: i64) -> Option<KeyAt> {
-        self.keys.get(key)?.get(at)
+        match self.locate(key) {
+            (b, Ok(i)) => self.blocks[b].states[i].get(at),
+            _ => None,
+        }
     }
 
     /// Calls `visit` on each key of `range` live at `at`, in key order, until it returns false.
@@ -560,28 +794,34 @@ impl TreeIndex {
         &self,
         range: KeyRange<'_>,
         at: i64,
-        mut visit: impl FnMut(&Bytes, KeyAt) -> bool,
+        mut visit: impl FnMut(&[u8], KeyAt) -> bool,
     ) {
-        let bounds: (Bound<&[u8]>, Bound<&[u8]>) = match range {
+        let (from, end) = match range {
             KeyRange::Single(key) => {
-                if let Some((key, index)) = self.keys.get_key_value(key) {
-                    if let Some(found) = index.get(at) {
-                        visit(key, found);
-                    }
+                if let Some(found) = self.get(key, at) {
+                    visit(key, found);
                 }
                 return;
             }
-            KeyRange::From(key) => (Bound::Included(key), Bound::Unbounded),
-            // BTreeMap::range panics on an inverted range; etcd finds nothing.
-            KeyRange::Between(key, end) if key > end => return,
-            KeyRange::Between(key, end) => (Bound::Included(key), Bound::Excluded(end)),
+            KeyRange::From(key) => (key, None),
+            KeyRange::Between(key, end) if key >= end => return,
+            KeyRange::Between(key, end) => (key, Some(end)),
         };
-        for (key, index) in self.keys.range::<[u8], _>(bounds) {
-            if let Some(found) = index.get(at) {
-                if !visit(key, found) {
+        let (first_block, found) = self.locate(from);
+        let mut i = found.unwrap_or_else(|i| i);
+        for block in self.blocks.iter().skip(first_block) {
+            for (offset, state) in block.states[i..].iter().enumerate() {
+                let key = block.key(i + offset);
+                if end.is_some_and(|end| key >= end) {
                     return;
                 }
+                if let Some(found) = state.get(at) {
+                    if !visit(key, found) {
+                        return;
+                    }
+                }
             }
+            i = 0;
         }
     }
 
@@ -589,8 +829,8 @@ impl TreeIndex {
     /// index is not changed.
     pub fn keep(&self, at: i64) -> HashSet<Revision> {
         let mut keep = HashSet::new();
-        for index in self.keys.values() {
-            index.keep(at, &mut keep);
+        for (_, state) in self.entries() {
+            state.keep(at, &mut keep);
         }
         keep
     }
@@ -600,10 +840,12 @@ impl TreeIndex {
     /// deleted from the backend.
     pub fn compact(&mut self, at: i64) -> HashSet<Revision> {
         let mut keep = HashSet::new();
-        self.keys.retain(|_, index| {
-            index.compact(at, &mut keep);
-            !index.is_empty()
-        });
+        for block in &mut self.blocks {
+            block.retain(|state| state.compact(at, &mut keep));
+        }
+        self.blocks.retain(|block| block.len() > 0);
+        self.live = self.blocks.iter().map(|block| block.live).sum();
+        self.rebuild_counts();
         // No read goes below `at` any more, so no count undoes a change at or before it.
         let done = self
             .changes
@@ -617,6 +859,7 @@ impl TreeIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use proptest::prelude::*;
     use std::collections::BTreeMap;
 
@@ -666,7 +909,7 @@ mod tests {
     fn live_at(index: &TreeIndex, at: i64) -> BTreeMap<Bytes, KeyAt> {
         let mut seen = BTreeMap::new();
         index.visit_live(KeyRange::From(b"\0"), at, |key, found| {
-            seen.insert(key.clone(), found);
+            seen.insert(Bytes::copy_from_slice(key), found);
             true
         });
         seen
@@ -698,21 +941,168 @@ mod tests {
             .collect()
     }
 
+    /// Bytes the index's blocks hold room for, per key: offsets, states and key bytes.
+    fn room_per_key(index: &TreeIndex) -> f64 {
+        let room: usize = index
+            .blocks
+            .iter()
+            .map(|block| {
+                block.bytes.capacity()
+                    + block.ends.capacity() * size_of::<u32>()
+                    + block.states.capacity() * size_of::<KeyState>()
+            })
+            .sum();
+        room as f64 / index.entries().count() as f64
+    }
+
     #[test]
-    fn ranked_blocks_hold_little_more_room_than_their_keys() {
+    fn a_key_written_once_costs_its_bytes_an_offset_and_a_state() {
+        assert_eq!(size_of::<KeyState>(), 24);
         let keys = 100_000;
-        let room = |ranked: &RankedKeys| ranked.blocks.iter().map(Vec::capacity).sum::<usize>();
-        let mut ascending = RankedKeys::default();
+        // 16-byte keys, as the scale checks load them; the least a key can cost is 16 + 4 + 24.
+        let key = |k: usize| format!("k{k:015}");
+        let mut ascending = TreeIndex::new();
         for k in 0..keys {
-            ascending.insert(Bytes::from(format!("k{k:08}")));
+            ascending.put(key(k).as_bytes(), rev(k as i64 + 2));
         }
-        // Only the newest block, still growing, has room to spare.
-        assert!(room(&ascending) <= keys + BLOCK_KEYS_MAX + 1);
-        let mut random = RankedKeys::default();
+        assert!(
+            room_per_key(&ascending) < 45.0,
+            "{}",
+            room_per_key(&ascending)
+        );
+        let mut random = TreeIndex::new();
         for k in 0..keys {
-            random.insert(Bytes::from(format!("k{:08}", (k * 7919) % keys)));
+            random.put(key(k * 7919 % keys).as_bytes(), rev(k as i64 + 2));
         }
-        assert!(room(&random) <= keys * 2, "{} slots", room(&random));
+        assert!(room_per_key(&random) < 60.0, "{}", room_per_key(&random));
+        // An update moves a key's history to the heap; compaction brings it back.
+        for k in 0..keys {
+            random.put(key(k).as_bytes(), rev((keys + k) as i64 + 2));
+        }
+        let full = |index: &TreeIndex| {
+            index
+                .entries()
+                .filter(|(_, state)| matches!(state, KeyState::Full { .. }))
+                .count()
+        };
+        assert_eq!(full(&random), keys);
+        random.compact(2 * keys as i64 + 1);
+        assert_eq!(full(&random), 0);
+    }
+
+    /// One step of [`the_blocks_answer_like_one_key_index_per_key`]'s history.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Put(u16),
+        Delete(u16),
+        /// A txn deleting a run of keys: each change gets its own sub-revision, from 0 or from
+        /// past what a packed revision holds.
+        DeleteRun(u16, u16, bool),
+        Compact,
+    }
+
+    fn steps() -> impl Strategy<Value = Vec<Step>> {
+        prop::collection::vec(
+            prop_oneof![
+                6 => (0u16..2000).prop_map(Step::Put),
+                2 => (0u16..2000).prop_map(Step::Delete),
+                1 => (0u16..2000, 1u16..200, prop::bool::weighted(0.2))
+                    .prop_map(|(k, n, far)| Step::DeleteRun(k, n, far)),
+                1 => Just(Step::Compact),
+            ],
+            0..3000,
+        )
+    }
+
+    /// Keys of varying length, so blocks split on their bytes as well as their count.
+    fn step_key(k: u16) -> Vec<u8> {
+        let mut key = format!("k{k:05}").into_bytes();
+        key.resize(key.len() + usize::from(k % 7) * 30, b'.');
+        key
+    }
+
+    proptest! {
+        /// The blocks against the plainest layout: one [`KeyIndex`] per key in a BTreeMap.
+        #[test]
+        fn the_blocks_answer_like_one_key_index_per_key(
+            steps in steps(),
+            probes in prop::collection::vec((0u16..2100, 0u16..2100), 1..30),
+        ) {
+            let mut index = TreeIndex::new();
+            let mut model: BTreeMap<Vec<u8>, KeyIndex> = BTreeMap::new();
+            let mut main = 1i64;
+            let mut compacted = 0;
+            for step in steps {
+                match step {
+                    Step::Put(k) => {
+                        main += 1;
+                        let key = step_key(k);
+                        index.put(&key, rev(main));
+                        model.entry(key).or_insert_with(KeyIndex::new).put(rev(main));
+                    }
+                    Step::Delete(k) => {
+                        main += 1;
+                        let key = step_key(k);
+                        let ended = model.get_mut(&key).is_some_and(|i| i.tombstone(rev(main)));
+                        prop_assert_eq!(index.tombstone(&key, rev(main)), ended);
+                    }
+                    Step::DeleteRun(k, n, far) => {
+                        main += 1;
+                        let mut sub = if far { 65_500 } else { 0 };
+                        for k in k..k.saturating_add(n) {
+                            let key = step_key(k);
+                            let ended = model.get_mut(&key).is_some_and(|i| i.tombstone(Revision::new(main, sub)));
+                            prop_assert_eq!(index.tombstone(&key, Revision::new(main, sub)), ended);
+                            sub += i64::from(ended);
+                        }
+                    }
+                    Step::Compact => {
+                        compacted = (compacted + main) / 2;
+                        let mut keep = HashSet::new();
+                        model.retain(|_, i| {
+                            i.compact(compacted, &mut keep);
+                            !i.is_empty()
+                        });
+                        prop_assert_eq!(index.compact(compacted), keep);
+                    }
+                }
+            }
+            prop_assert!(index.entries().map(|(key, _)| key).eq(model.keys().map(Vec::as_slice)));
+            for (key, state) in index.entries() {
+                prop_assert_eq!(state, &KeyState::settle(Box::new(model[key].clone())));
+            }
+            let live: BTreeMap<&[u8], bool> =
+                model.iter().map(|(key, i)| (key.as_slice(), i.is_live())).collect();
+            for (a, b) in probes {
+                let at = compacted + i64::from(a) % (main - compacted + 1);
+                let (a, b) = (step_key(a), step_key(b));
+                let mut keep = HashSet::new();
+                model.values().for_each(|i| i.keep(at, &mut keep));
+                prop_assert_eq!(index.keep(at), keep);
+                prop_assert_eq!(index.get(&a, at), model.get(&a).and_then(|i| i.get(at)));
+                let mut seen = Vec::new();
+                index.visit_live(KeyRange::Between(&a, &b), at, |key, found| {
+                    seen.push((key.to_vec(), found));
+                    seen.len() < 50
+                });
+                let expected: Vec<(Vec<u8>, KeyAt)> = if a < b {
+                    model
+                        .range(a.clone()..b.clone())
+                        .filter_map(|(key, i)| Some((key.clone(), i.get(at)?)))
+                        .take(50)
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                prop_assert_eq!(seen, expected);
+                let count = |range: KeyRange<'_>| {
+                    live.iter().filter(|(key, live)| **live && range.contains(key)).count()
+                };
+                for range in [KeyRange::Between(&a, &b), KeyRange::From(&a), KeyRange::Single(&a)] {
+                    prop_assert_eq!(index.count_newest(range), count(range), "{:?}", range);
+                }
+            }
+        }
     }
 
     proptest! {
@@ -724,39 +1114,6 @@ mod tests {
                 for (range, n) in counts(expected) {
                     prop_assert_eq!(index.count_live(range, *at), Some(n), "{:?} at {}", range, at);
                 }
-            }
-        }
-
-        #[test]
-        fn ranked_keys_count_like_a_sorted_set(
-            ops in prop::collection::vec((0u16..1500, prop::bool::weighted(0.7)), 0..4000),
-            probes in prop::collection::vec((0u16..1600, 0u16..1600), 1..40),
-        ) {
-            let key = |k: u16| Bytes::from(format!("k{k:05}"));
-            let mut ranked = RankedKeys::default();
-            let mut model = std::collections::BTreeSet::new();
-            for (k, insert) in ops {
-                let k = key(k);
-                match (insert, model.contains(&k)) {
-                    (true, false) => {
-                        ranked.insert(k.clone());
-                        model.insert(k);
-                    }
-                    (false, true) => {
-                        ranked.remove(&k);
-                        model.remove(&k);
-                    }
-                    _ => {}
-                }
-            }
-            prop_assert!(ranked.iter().eq(model.iter()));
-            for (a, b) in probes {
-                let (a, b) = (key(a), key(b));
-                prop_assert_eq!(ranked.rank(&a), model.range(..a.clone()).count());
-                let between = if a < b { model.range(a.clone()..b.clone()).count() } else { 0 };
-                prop_assert_eq!(ranked.count(KeyRange::Between(&a, &b)), between);
-                prop_assert_eq!(ranked.count(KeyRange::From(&a)), model.range(a.clone()..).count());
-                prop_assert_eq!(ranked.count(KeyRange::Single(&a)), usize::from(model.contains(&a)));
             }
         }
 
@@ -831,7 +1188,8 @@ mod tests {
         }
         let newest = writes.len() as i64 + 1;
         replayed.end_replay(newest);
-        assert_eq!(replayed.live, built.live);
+        assert!(replayed.entries().eq(built.entries()));
+        assert_eq!(replayed.live_sizes, built.live_sizes);
         for range in [
             KeyRange::From(b"k"),
             KeyRange::Between(b"k00100", b"k00900"),
@@ -858,6 +1216,42 @@ mod tests {
         assert_eq!(index.count_live(all, newest - 50), Some(total - 50));
         // Revision 10's changes since are more than are kept.
         assert_eq!(index.count_live(all, 10), None);
+    }
+
+    #[test]
+    fn a_restored_key_too_big_to_pack_reads_the_same() {
+        let mut index = TreeIndex::new();
+        let far = Revision::new(1 << 50, 3);
+        let big_sub = Revision::new(9, 70_000);
+        index.restore(b"a", rev(2), far, 1 << 40);
+        index.restore(b"b", big_sub, big_sub, 1);
+        index.restore(b"c", rev(4), rev(9), 2);
+        let found = |key: &[u8], at| index.get(key, at);
+        let a = KeyAt {
+            modified: far,
+            created: rev(2),
+            version: 1 << 40,
+        };
+        assert_eq!(found(b"a", far.main), Some(a));
+        assert_eq!(found(b"a", far.main - 1), None);
+        let b = KeyAt {
+            modified: big_sub,
+            created: big_sub,
+            version: 1,
+        };
+        assert_eq!(found(b"b", 9), Some(b));
+        let c = KeyAt {
+            modified: rev(9),
+            created: rev(4),
+            version: 2,
+        };
+        assert_eq!(found(b"c", 9), Some(c));
+        let kinds: Vec<bool> = index
+            .entries()
+            .map(|(_, state)| matches!(state, KeyState::Single { .. }))
+            .collect();
+        assert_eq!(kinds, [false, false, true]);
+        assert_eq!(index.count_live(KeyRange::From(b"a"), far.main), Some(3));
     }
 
     #[test]

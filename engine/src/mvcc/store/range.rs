@@ -53,8 +53,10 @@ pub(super) struct KeysRead {
     /// The walk visits every key of the range (to count it, or in debug builds to check the
     /// index's count), not only the page's.
     walk_all: bool,
-    /// The walk goes on after this key; `None` before the first slice.
-    walked_past: Option<Bytes>,
+    /// The walk goes on after this key; `None` before the first slice. One buffer, rewritten
+    /// as the walk moves: the index lends its keys, and a copy of each would be an allocation
+    /// per key walked.
+    walked_past: Option<Vec<u8>>,
     walk_done: bool,
     walked: i64,
     revisions: Vec<Revision>,
@@ -224,11 +226,11 @@ impl<B: RevisionBackend> KvStore<B> {
             (None, range) => range,
             (Some(_), KeyRange::Single(_)) => unreachable!("a single key is walked in one step"),
             (Some(past), KeyRange::From(_)) => {
-                resume = [past.as_ref(), &[0]].concat();
+                resume = [past.as_slice(), &[0]].concat();
                 KeyRange::From(&resume)
             }
             (Some(past), KeyRange::Between(_, end)) => {
-                resume = [past.as_ref(), &[0]].concat();
+                resume = [past.as_slice(), &[0]].concat();
                 KeyRange::Between(&resume, end)
             }
         };
@@ -253,7 +255,9 @@ impl<B: RevisionBackend> KvStore<B> {
                 revisions.push(found.modified);
             }
             *walked += 1;
-            *walked_past = Some(key.clone());
+            let past = walked_past.get_or_insert_with(Vec::new);
+            past.clear();
+            past.extend_from_slice(key);
             *walk_all || fetch_limit.is_none_or(|limit| revisions.len() < limit)
         });
         read.walk_done = finished;

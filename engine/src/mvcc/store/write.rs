@@ -119,7 +119,7 @@ impl<'s, B: RevisionBackend> WriteTxn<'s, B> {
         };
         let mut keys = Vec::new();
         self.store.index.visit_live(range, view_revision, |key, _| {
-            keys.push(key.clone());
+            keys.push(Bytes::copy_from_slice(key));
             true
         });
         for key in &keys {
