@@ -106,7 +106,8 @@ impl<B: RevisionBackend> KvStore<B> {
             current_revision = revision.main;
             match RestoredKey::decode(kv) {
                 Ok(restored) => {
-                    restore_record(&mut index, revision, tombstone, &restored);
+                    let created = Revision::new(restored.create_revision, 0);
+                    index.restore(restored.key, revision, tombstone, created, restored.version);
                     if !tombstone && restored.lease != 0 {
                         opened_leases.insert(Bytes::copy_from_slice(restored.key), restored.lease);
                     } else if !opened_leases.is_empty() {
@@ -294,24 +295,6 @@ impl<B: RevisionBackend> KvStore<B> {
     fn get_kv(&self, key: &[u8], view_revision: i64) -> Result<Option<KeyValue>, MvccError> {
         let (mut kvs, _) = self.range_keys(KeyRange::Single(key), view_revision, 0, 0, false)?;
         Ok(kvs.pop())
-    }
-}
-
-/// Rebuilds one backend record into the index, as etcd's restore does.
-fn restore_record(index: &mut TreeIndex, revision: Revision, tombstone: bool, kv: &RestoredKey) {
-    if index.contains(kv.key) {
-        if tombstone {
-            index.tombstone(kv.key, revision);
-        } else {
-            index.put(kv.key, revision);
-        }
-    } else if !tombstone {
-        index.restore(
-            kv.key,
-            Revision::new(kv.create_revision, 0),
-            revision,
-            kv.version,
-        );
     }
 }
 
