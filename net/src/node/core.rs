@@ -666,8 +666,21 @@ impl Core {
             if let Some(soft_state) = &ready.soft_state {
                 self.observe_leader(soft_state.leader_id, soft_state.role);
             }
-            // A leader's appends and heartbeats leave while its own write is in progress.
-            self.send_messages(std::mem::take(&mut ready.messages));
+            // A leader's appends and heartbeats leave while its own write is in progress. With
+            // nothing to write they wait until this Ready's entries are applied: then they are
+            // mostly a commit index for followers, and the callers answered here go first (a
+            // socket write on a virtual link costs the sender the receiver's network stack).
+            // A membership change goes out before it applies: applying a removal drops the
+            // removed member's route, and it must still hear the commit that removes it.
+            let send_first = !ready.entries.is_empty()
+                || ready.snapshot.is_some()
+                || ready
+                    .committed_entries
+                    .iter()
+                    .any(|entry| matches!(entry.data, EntryData::ConfChange(_)));
+            if send_first {
+                self.send_messages(std::mem::take(&mut ready.messages));
+            }
             if let Some(snapshot) = ready.snapshot.take() {
                 self.install_snapshot(snapshot).await?;
             }
@@ -681,6 +694,9 @@ impl Core {
             }
             for entry in &ready.committed_entries {
                 self.apply(entry)?;
+            }
+            if !send_first {
+                self.send_messages(std::mem::take(&mut ready.messages));
             }
             crate::watch::lock_hub(&self.published.watches).flush();
             let m = metrics();
