@@ -103,9 +103,13 @@ def test_health_endpoints_in_each_state():
         check(follower, HEALTHY, "follower")
 
         leader.status()
+        # A follower applies an alarm change when it hears the commit, after the leader
+        # answered the call: wait for it to arrive before checking every endpoint.
         alarm(leader, rpc.AlarmRequest.ACTIVATE)
+        wait_for(follower, "/health", failed("ALARM NOSPACE"))
         check(follower, NOSPACE, "NOSPACE")
         alarm(leader, rpc.AlarmRequest.DEACTIVATE)
+        wait_for(follower, "/health", OK)
         check(follower, HEALTHY, "NOSPACE disarmed")
 
         c.isolate(follower)
