@@ -120,7 +120,9 @@ impl SegmentFile for DmaSegment {
     }
 
     async fn write_at(&self, buf: Rc<DmaBuffer>, pos: u64) -> io::Result<usize> {
-        Ok(self.file.write_rc_at(buf, pos).await?)
+        // A WAL write is the start of every put's critical path: into the kernel now, not
+        // after whatever else is runnable (the peer writers sending the same entries) has run.
+        Ok(self.file.write_rc_at_now(buf, pos).await?)
     }
 
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<ReadResult> {

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use basalt_engine::apply::{Applied, Applier, ApplyError};
 use basalt_engine::btree;
 use basalt_engine::mvcc::RangeRead;
-use basalt_engine::wal::{wal_dir, DmaStorage, RecordRef, Wal, WalOptions};
+use basalt_engine::wal::{wal_dir, DmaStorage, Durable, RecordRef, Wal, WalOptions};
 use basalt_engine::watch::WatchHub;
 use basalt_proto::basaltpb::{internal_request::Request, InternalRequest};
 use basalt_proto::etcdserverpb::{CompactionRequest, Member};
@@ -93,6 +93,13 @@ struct Waiter {
     /// etcd's request timeout: past it the caller hears "request timed out" (the entry may
     /// still apply).
     deadline: Instant,
+}
+
+/// A Ready's WAL write in flight.
+struct WalWrite {
+    started: Instant,
+    durable: Durable,
+    hard_state: Option<basalt_raft::HardState>,
 }
 
 struct PendingRead {
@@ -678,14 +685,21 @@ impl Core {
                     .committed_entries
                     .iter()
                     .any(|entry| matches!(entry.data, EntryData::ConfChange(_)));
+            if let Some(snapshot) = ready.snapshot.take() {
+                self.send_messages(std::mem::take(&mut ready.messages));
+                self.install_snapshot(snapshot).await?;
+            }
+            // The WAL write is queued before the appends go out: the WAL writer then runs
+            // ahead of the peer writers and its write enters the kernel first.
+            let write = self
+                .submit_persist(&ready.entries, ready.hard_state.as_ref(), ready.must_sync)
+                .await?;
             if send_first {
                 self.send_messages(std::mem::take(&mut ready.messages));
             }
-            if let Some(snapshot) = ready.snapshot.take() {
-                self.install_snapshot(snapshot).await?;
+            if let Some(write) = write {
+                self.finish_persist(&ready.entries, write).await?;
             }
-            self.persist(&ready.entries, ready.hard_state.as_ref(), ready.must_sync)
-                .await?;
             self.send_messages(std::mem::take(&mut ready.persisted_messages));
             if let Some(hard_state) = ready.hard_state {
                 self.published
@@ -741,32 +755,32 @@ impl Core {
             .set(i64::from(leader_id == self.config.member_id));
     }
 
-    /// Entries and hard state durable in one group-commit write before anything depends on
-    /// them; then the in-memory log raft reads from. A commit-only hard state (`must_sync`
-    /// false, no entries) is not written on its own: the next write carries it.
-    async fn persist(
+    /// Queues a Ready's entries and hard state as one group-commit write (see
+    /// [`Core::finish_persist`] for the rest). A commit-only hard state (`must_sync` false, no
+    /// entries) is not written on its own: the next write carries it, and None is returned.
+    async fn submit_persist(
         &mut self,
         entries: &[Entry],
         hard_state: Option<&basalt_raft::HardState>,
         must_sync: bool,
-    ) -> Result<(), NodeError> {
+    ) -> Result<Option<WalWrite>, NodeError> {
         if !must_sync && entries.is_empty() {
             if let Some(hard_state) = hard_state {
                 self.raw.storage_mut().set_hard_state(*hard_state);
                 self.hard_state_unwritten = Some(*hard_state);
             }
-            return Ok(());
+            return Ok(None);
         }
         let unwritten = self.hard_state_unwritten.take();
-        let hard_state = hard_state.or(unwritten.as_ref());
+        let hard_state = hard_state.copied().or(unwritten);
         if entries.is_empty() && hard_state.is_none() {
-            return Ok(());
+            return Ok(None);
         }
         let payloads: Vec<Vec<u8>> = entries
             .iter()
             .map(|e| codec::encode_entry(&e.data))
             .collect();
-        let hard_state_bytes = hard_state.map(codec::encode_hard_state);
+        let hard_state_bytes = hard_state.as_ref().map(codec::encode_hard_state);
         let mut records: Vec<RecordRef<'_>> = entries
             .iter()
             .zip(&payloads)
@@ -775,17 +789,30 @@ impl Core {
         if let Some(bytes) = &hard_state_bytes {
             records.push(RecordRef::hard_state(bytes));
         }
-        let started = Instant::now();
-        self.wal.append(&records).await?;
+        Ok(Some(WalWrite {
+            started: Instant::now(),
+            durable: self.wal.submit(&records).await?,
+            hard_state,
+        }))
+    }
+
+    /// Waits until a submitted write is durable, then gives raft's in-memory log its entries
+    /// and hard state: nothing depends on them before they are on disk.
+    async fn finish_persist(
+        &mut self,
+        entries: &[Entry],
+        write: WalWrite,
+    ) -> Result<(), NodeError> {
+        write.durable.await?;
         metrics()
             .disk_wal_fsync_duration_seconds
-            .observe(started.elapsed());
+            .observe(write.started.elapsed());
         let storage = self.raw.storage_mut();
         storage
             .append(entries)
             .map_err(|e| NodeError::Raft(e.to_string()))?;
-        if let Some(hard_state) = hard_state {
-            storage.set_hard_state(*hard_state);
+        if let Some(hard_state) = write.hard_state {
+            storage.set_hard_state(hard_state);
         }
         Ok(())
     }

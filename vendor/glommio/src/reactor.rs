@@ -842,6 +842,10 @@ impl Reactor {
         }
     }
 
+    pub(crate) fn submit_now(&self, source: &Source) -> io::Result<()> {
+        self.sys.submit_now(source)
+    }
+
     pub(crate) fn rush_dispatch(&self, source: &Source) -> io::Result<()> {
         self.sys.rush_dispatch(source, &mut 0)
     }

@@ -372,6 +372,21 @@ impl DmaFile {
         enhanced_try!(source.collect_rw().await, "Writing", self.file).map_err(Into::into)
     }
 
+    /// Like [`DmaFile::write_rc_at`], but the write enters the kernel when this is first
+    /// polled instead of at the executor's next I/O poll, which comes only after every other
+    /// runnable task has run (Basalt's patch 2, see BASALT.md).
+    pub async fn write_rc_at_now(&self, buf: Rc<DmaBuffer>, pos: u64) -> Result<usize> {
+        let reactor = self.file.reactor.upgrade().unwrap();
+        let source = reactor.write_dma(
+            self.as_raw_fd(),
+            DmaSource::Shared(buf),
+            pos,
+            self.pollable,
+        );
+        enhanced_try!(reactor.submit_now(&source), "Writing", self.file)?;
+        enhanced_try!(source.collect_rw().await, "Writing", self.file).map_err(Into::into)
+    }
+
     /// Reads from a specific position in the file and returns the buffer.
     ///
     /// The position must be aligned to for Direct I/O. In most platforms

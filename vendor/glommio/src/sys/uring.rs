@@ -1780,6 +1780,18 @@ impl Reactor {
         Ok(())
     }
 
+    /// Hands the queued requests of `src`'s ring, `src` among them, to the kernel now rather
+    /// than at the executor's next I/O poll (Basalt's patch 2, see BASALT.md). Completions
+    /// are left for that poll.
+    pub(crate) fn submit_now(&self, src: &Source) -> io::Result<()> {
+        let ring = &mut *self.ring_for_source(src);
+        ring.consume_submission_queue()
+            .or_else(Reactor::busy_ok)
+            .or_else(Reactor::again_ok)
+            .or_else(Reactor::intr_ok)
+            .map(|_| ())
+    }
+
     pub(crate) fn rush_dispatch(&self, src: &Source, woke: &mut usize) -> io::Result<()> {
         let ring = &mut *self.ring_for_source(src);
         if ring.may_rush() {
