@@ -35,6 +35,11 @@ pub trait KvService: 'static {
     fn status(&self) -> impl Future<Output = Result<StoreStatus, Status>>;
     /// The raft term for response headers.
     fn raft_term(&self) -> u64;
+    /// Resolves once this member has applied everything committed when it was called (a
+    /// linearizable no-op); at once for a store that is not replicated.
+    fn caught_up(&self) -> impl Future<Output = Result<(), Status>> {
+        async { Ok(()) }
+    }
     /// Maintenance.Defragment: compact the store's file without stopping the world.
     fn defragment(&self) -> impl Future<Output = Result<(), Status>> {
         async {

@@ -49,7 +49,22 @@ pub(crate) async fn grant<K: KvService>(
     kv.lease_grant(req).await
 }
 
+/// A member answers lease calls from its own lessor, which may not have applied a grant the
+/// leader already answered (etcd forwards these calls to its leader, which applies all it
+/// committed first): before a lease is called missing, the member catches up and looks again.
 pub(crate) async fn time_to_live<K: KvService>(
+    kv: &K,
+    req: LeaseTimeToLiveRequest,
+) -> Result<LeaseTimeToLiveResponse, Status> {
+    let resp = time_to_live_here(kv, req).await?;
+    if resp.ttl != -1 {
+        return Ok(resp);
+    }
+    kv.caught_up().await?;
+    time_to_live_here(kv, req).await
+}
+
+async fn time_to_live_here<K: KvService>(
     kv: &K,
     req: LeaseTimeToLiveRequest,
 ) -> Result<LeaseTimeToLiveResponse, Status> {
@@ -127,9 +142,16 @@ pub(crate) async fn keep_alive<K: KvService>(
             Err(status) => break status,
         };
         let id = req.id;
-        let renewed = kv
-            .with_lessor(move |lessor, revision| (lessor.renew(id, Instant::now()), revision))
-            .await;
+        let renew =
+            || kv.with_lessor(move |lessor, revision| (lessor.renew(id, Instant::now()), revision));
+        let mut renewed = renew().await;
+        if matches!(renewed, Ok((Err(LeaseError::NotFound), _))) {
+            // Not found here may be not applied here yet (see `time_to_live`).
+            if let Err(status) = kv.caught_up().await {
+                break status;
+            }
+            renewed = renew().await;
+        }
         let (ttl, revision) = match renewed {
             Ok((Ok(ttl_s), revision)) => (ttl_s, revision),
             Ok((Err(LeaseError::NotFound), revision)) => (0, revision),

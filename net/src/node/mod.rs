@@ -602,6 +602,24 @@ impl KvService for RaftKv {
         .await
     }
 
+    async fn caught_up(&self) -> Result<(), Status> {
+        if self.pushed_off() {
+            return Err(Status::no_leader());
+        }
+        let req = RangeRequest {
+            key: bytes::Bytes::from_static(b"\0"),
+            count_only: true,
+            ..Default::default()
+        };
+        self.ask(|reply| Command::Read {
+            req,
+            linearizable: true,
+            reply,
+        })
+        .await
+        .map(drop)
+    }
+
     async fn put(&self, req: PutRequest) -> Result<PutResponse, Status> {
         match self.propose(Request::Put(req)).await? {
             Applied::Put(resp) => Ok(resp),
