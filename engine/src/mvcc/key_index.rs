@@ -533,6 +533,15 @@ impl Block {
     }
 }
 
+/// The first 8 bytes of `key`, zero-padded, as a big-endian number: keys whose prefixes differ
+/// are ordered as their prefixes are; equal prefixes say nothing.
+fn key_prefix(key: &[u8]) -> u64 {
+    let mut prefix = [0u8; 8];
+    let n = key.len().min(8);
+    prefix[..n].copy_from_slice(&key[..n]);
+    u64::from_be_bytes(prefix)
+}
+
 /// All keys' histories, ordered by key, and what counts a range without walking it.
 ///
 /// The keys lie in sorted [`Block`]s; a key is found by a binary search over the blocks'
@@ -543,6 +552,10 @@ impl Block {
 pub struct TreeIndex {
     /// Never an empty block.
     blocks: Vec<Block>,
+    /// Each block's first key's [`key_prefix`]: the search for a key's block reads this array
+    /// and only follows a block's pointer on a tie. A restart meets keys in revision order, no
+    /// key order, and a probe per block allocation was most of its time.
+    firsts: Vec<u64>,
     /// Fenwick tree (1-based) over `blocks[i].live`; stale while replaying.
     live_sizes: Vec<usize>,
     /// Keys live at the newest revision.
@@ -585,14 +598,27 @@ impl TreeIndex {
         let Some(last) = self.blocks.last() else {
             return (0, Err(0));
         };
-        // Loads and restarts mostly meet keys in ascending order: past the last key is the end.
+        // Appends in key order are common (a new resource's objects): past the last key is the end.
         if last.last_key() < key {
             return (self.blocks.len() - 1, Err(last.len()));
         }
-        let b = self
-            .blocks
-            .partition_point(|block| block.key(0) <= key)
-            .saturating_sub(1);
+        // The last block whose first key is not above `key` (the first block for a key below all).
+        let prefix = key_prefix(key);
+        let (mut low, mut high) = (0, self.blocks.len());
+        while low < high {
+            let mid = low + (high - low) / 2;
+            let first_not_above = match self.firsts[mid].cmp(&prefix) {
+                std::cmp::Ordering::Less => true,
+                std::cmp::Ordering::Greater => false,
+                std::cmp::Ordering::Equal => self.blocks[mid].key(0) <= key,
+            };
+            if first_not_above {
+                low = mid + 1;
+            } else {
+                high = mid;
+            }
+        }
+        let b = low.saturating_sub(1);
         (b, self.blocks[b].search(key))
     }
 
@@ -604,11 +630,16 @@ impl TreeIndex {
         }
         if self.blocks.is_empty() {
             self.blocks.push(Block::default());
+            self.firsts.push(0);
+        }
+        if i == 0 {
+            self.firsts[b] = key_prefix(key);
         }
         let block = &mut self.blocks[b];
         block.insert(i, key, state);
         if block.is_over() {
             let upper = block.split();
+            self.firsts.insert(b + 1, key_prefix(upper.key(0)));
             self.blocks.insert(b + 1, upper);
             self.rebuild_counts();
         } else if live {
@@ -862,6 +893,11 @@ impl TreeIndex {
             block.retain(|state| state.compact(at, &mut keep));
         }
         self.blocks.retain(|block| block.len() > 0);
+        self.firsts = self
+            .blocks
+            .iter()
+            .map(|block| key_prefix(block.key(0)))
+            .collect();
         self.live = self.blocks.iter().map(|block| block.live).sum();
         self.rebuild_counts();
         // No read goes below `at` any more, so no count undoes a change at or before it.
@@ -1032,9 +1068,14 @@ mod tests {
         )
     }
 
-    /// Keys of varying length, so blocks split on their bytes as well as their count.
+    /// Keys of varying length, so blocks split on their bytes as well as their count; half of
+    /// them share their first 8 bytes, so the search over blocks' first keys meets ties.
     fn step_key(k: u16) -> Vec<u8> {
-        let mut key = format!("k{k:05}").into_bytes();
+        let mut key = if k % 2 == 0 {
+            format!("/registry/k{k:05}").into_bytes()
+        } else {
+            format!("k{k:05}").into_bytes()
+        };
         key.resize(key.len() + usize::from(k % 7) * 30, b'.');
         key
     }
@@ -1086,6 +1127,8 @@ mod tests {
                 }
             }
             prop_assert!(index.entries().map(|(key, _)| key).eq(model.keys().map(Vec::as_slice)));
+            let firsts: Vec<u64> = index.blocks.iter().map(|block| key_prefix(block.key(0))).collect();
+            prop_assert_eq!(&index.firsts, &firsts);
             for (key, state) in index.entries() {
                 prop_assert_eq!(state, &KeyState::settle(Box::new(model[key].clone())));
             }
