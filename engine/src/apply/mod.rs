@@ -27,6 +27,7 @@ use basalt_proto::etcdserverpb::{
 };
 use prost::Message;
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::btree::Db;
 use crate::mvcc::{
@@ -104,8 +105,9 @@ pub struct Applier {
     applied_index: u64,
     /// The applied index of the newest B+tree commit.
     committed_index: u64,
-    /// The applied index of the newest durable checkpoint.
-    checkpointed_index: u64,
+    /// The applied index of the newest durable checkpoint (atomic: a checkpoint's sync needs
+    /// only `&self`, see [`Applier::sync_commit`]).
+    checkpointed_index: AtomicU64,
     /// Raised alarms as (member id, AlarmType), kept in the "alarm" bucket as well.
     alarms: BTreeSet<(u64, i32)>,
     /// Users, roles and permissions, kept in the auth buckets as well.
@@ -164,7 +166,7 @@ impl Applier {
             limits,
             applied_index,
             committed_index: applied_index,
-            checkpointed_index,
+            checkpointed_index: AtomicU64::new(checkpointed_index),
             alarms,
             membership,
             auth,
@@ -178,7 +180,7 @@ impl Applier {
 
     /// Index of the newest entry whose effects are durable in the tree file.
     pub fn checkpointed_index(&self) -> u64 {
-        self.checkpointed_index
+        self.checkpointed_index.load(Ordering::Acquire)
     }
 
     /// The MVCC store, for reads on the writer's thread.
@@ -404,13 +406,21 @@ impl Applier {
     /// from here.
     pub fn checkpoint(&mut self) -> Result<(), ApplyError> {
         self.commit()?;
-        if self.checkpointed_index == self.applied_index {
+        self.sync_commit()
+    }
+
+    /// Makes the newest [`Applier::commit`] durable with its applied index. Only `&self`: the
+    /// tree syncs under its own writer lock, so whoever shares this applier behind a
+    /// reader-writer lock keeps reading meanwhile.
+    pub fn sync_commit(&self) -> Result<(), ApplyError> {
+        if self.checkpointed_index() == self.committed_index {
             return Ok(());
         }
         self.db()
-            .checkpoint(self.applied_index)
+            .checkpoint(self.committed_index)
             .map_err(btree_error)?;
-        self.checkpointed_index = self.applied_index;
+        self.checkpointed_index
+            .store(self.committed_index, Ordering::Release);
         Ok(())
     }
 
@@ -439,14 +449,15 @@ impl Applier {
         Ok(hash)
     }
 
-    /// Rewrites the tree file compactly (readers keep the old file until they finish) and makes
-    /// it durable at the applied index.
-    pub fn defragment(&mut self) -> Result<(), ApplyError> {
-        self.commit()?;
+    /// Rewrites the tree file compactly as of the newest [`Applier::commit`] (readers keep the
+    /// old file until they finish) and makes it durable at that commit's applied index. Only
+    /// `&self`, as [`Applier::sync_commit`].
+    pub fn defragment(&self) -> Result<(), ApplyError> {
         self.db()
-            .defragment(self.applied_index)
+            .defragment(self.committed_index)
             .map_err(btree_error)?;
-        self.checkpointed_index = self.applied_index;
+        self.checkpointed_index
+            .store(self.committed_index, Ordering::Release);
         Ok(())
     }
 

@@ -2,15 +2,13 @@
 //! waiting at that moment (bounded); propose the writes and ask one ReadIndex for all the
 //! linearizable reads; then handle the Ready: entries and hard state go to the WAL in one
 //! group-commit write + fdatasync, committed entries are applied (into the backend's in-memory
-//! overlay), waiting callers are answered, reads whose index is applied are served. The overlay
-//! reaches the B+tree in batches ([`Core::maybe_commit`]), off the path of any one request.
+//! overlay), waiting callers are answered, reads whose index is applied are told to go. The
+//! overlay reaches the B+tree in batches ([`Core::maybe_commit`]), off the path of any one
+//! request.
 //!
-//! Reads run on this thread for now, in slices: a read is begun at its revision (serializable
-//! ones at the newest applied state, linearizable ones once apply reaches their read index),
-//! then each turn gives the reads being served at most [`READ_SLICE`] of work, round robin, so
-//! a big LIST never holds a turn's proposals, WAL write, answers or peer messages for longer
-//! than that. Moving reads to the client cores through published B+tree snapshots is the next
-//! step.
+//! Ranges are not read here: the applied state is shared with the client cores
+//! ([`SharedApplier`], `reads.rs`), which read it themselves; this thread only takes the write
+//! lock for each change it makes.
 
 mod cluster;
 mod disk;
@@ -27,12 +25,10 @@ use std::time::{Duration, Instant};
 
 use basalt_engine::apply::{Applied, Applier, ApplyError};
 use basalt_engine::btree;
-use basalt_engine::mvcc::RangeRead;
 use basalt_engine::wal::{wal_dir, DmaStorage, Durable, RecordRef, Wal, WalOptions};
 use basalt_engine::watch::WatchHub;
 use basalt_proto::basaltpb::{internal_request::Request, InternalRequest};
 use basalt_proto::etcdserverpb::{CompactionRequest, Member};
-use basalt_proto::etcdserverpb::{RangeRequest, RangeResponse};
 use basalt_raft::{
     ConfState, Config, Entry, EntryData, MemStorage, RawNode, Role, Snapshot, SnapshotMetadata,
     Storage,
@@ -40,6 +36,7 @@ use basalt_raft::{
 use prost::Message;
 
 use super::compactor::Compactor;
+use super::reads::SharedApplier;
 use super::{
     apply_status, codec, datadir, stopping, Command, NodeConfig, NodeError, Published, Reply,
 };
@@ -64,16 +61,6 @@ const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The index of the bootstrap snapshot `MemStorage::new_with_conf_state` starts a log with.
 const BOOTSTRAP_INDEX: u64 = 1;
-
-/// Read work one turn does (see the module docs)...
-const READ_SLICE: Duration = Duration::from_micros(500);
-/// ...in chunks of this many steps (`basalt_engine::mvcc::RECORD_READ_STEPS`) per read, round
-/// robin, so a small read begun behind a big one is answered in the next slice.
-const READ_CHUNK_STEPS: usize = 256;
-/// With reads left to serve and nothing else to do, the raft core waits this long before the
-/// next slice: a timer rather than a yield, so that the executor polls the network and the disk
-/// between two slices (a task that only yields keeps its task queue running without a poll).
-const READ_PAUSE: Duration = Duration::from_micros(20);
 
 /// Arrivals from peers queued for the raft core before the transport's readers wait.
 const PEER_INBOX_MAX: usize = 65_536;
@@ -102,24 +89,19 @@ struct WalWrite {
     hard_state: Option<basalt_raft::HardState>,
 }
 
+/// A linearizable read waiting to be told it may read.
 struct PendingRead {
-    req: RangeRequest,
-    reply: Reply<RangeResponse>,
+    reply: Reply<()>,
     /// etcd's request timeout: a read with no leader to ask waits until then.
     deadline: Instant,
-}
-
-/// A read begun at its revision and served a slice per turn.
-struct ServingRead {
-    read: RangeRead,
-    reply: Reply<RangeResponse>,
 }
 
 struct Core {
     config: NodeConfig,
     raw: RawNode<MemStorage>,
     wal: Wal,
-    applier: Applier,
+    /// Shared with the client cores, which read it (see the module docs).
+    applier: Arc<SharedApplier>,
     published: Arc<Published>,
     /// Proposals waiting for their entry to apply, by proposal id.
     waiters: HashMap<u64, Waiter>,
@@ -147,8 +129,6 @@ struct Core {
     /// Reads with a read index, waiting for apply to reach it (indexes ascending).
     reads_indexed: VecDeque<(u64, Vec<PendingRead>)>,
     next_read_ctx: u64,
-    /// Reads begun and not yet answered, in the order their next chunk runs.
-    reads_serving: VecDeque<ServingRead>,
     /// The leader this member knows of (raft's NONE when none).
     leader_id: u64,
     /// When this member last proposed NOSPACE (a follower's proposal can be lost on its way
@@ -196,8 +176,12 @@ pub(super) async fn run(
         let _ = started.send(Err(error));
         return Ok(());
     }
-    *crate::watch::lock_hub(&core.published.watches) = WatchHub::new(core.applier.store());
-    core.published.auth.publish(core.applier.auth().snapshot());
+    *crate::watch::lock_hub(&core.published.watches) = WatchHub::new(core.applier.read().store());
+    // Set once: a snapshot install replaces what the lock holds, not the lock.
+    let _ = core.published.applier.set(core.applier.clone());
+    core.published
+        .auth
+        .publish(core.applier.read().auth().snapshot());
     let _ = started.send(Ok(()));
     let result = core.serve(inbox, peer_inbox).await;
     let closed = core.close().await;
@@ -422,14 +406,13 @@ impl Core {
             config,
             raw,
             wal,
-            applier,
+            applier: Arc::new(SharedApplier::new(applier)),
             published,
             waiters: HashMap::new(),
             reads_unindexed: Vec::new(),
             reads_asked: HashMap::new(),
             reads_indexed: VecDeque::new(),
             next_read_ctx: 1,
-            reads_serving: VecDeque::new(),
             leader_id: basalt_raft::NONE,
             nospace_proposed_at: None,
             disk,
@@ -452,10 +435,7 @@ impl Core {
         let mut next_tick = Instant::now() + tick;
         let mut stopping = false;
         while !stopping && !self.removed {
-            let mut wait = next_tick.saturating_duration_since(Instant::now());
-            if !self.reads_serving.is_empty() {
-                wait = wait.min(READ_PAUSE);
-            }
+            let wait = next_tick.saturating_duration_since(Instant::now());
             let first = futures_lite::future::or(
                 async { Wake::Command(inbox.recv_async().await) },
                 futures_lite::future::or(
@@ -504,9 +484,6 @@ impl Core {
                 self.settle_transfers();
                 self.publish_attributes();
             }
-            // Before the WAL write: a serializable read taken this turn does not wait for it
-            // (the turn's proposals wait one slice at most).
-            self.serve_reads(READ_SLICE);
             self.ask_read_index();
             self.auto_compact();
             self.lease_duties();
@@ -524,9 +501,6 @@ impl Core {
         }
         self.ask_read_index();
         self.handle_ready().await?;
-        while !self.reads_serving.is_empty() {
-            self.serve_reads(READ_SLICE);
-        }
         Ok(())
     }
 
@@ -534,7 +508,8 @@ impl Core {
         for (_, waiter) in self.waiters.drain() {
             let _ = waiter.reply.send(Err(stopping()));
         }
-        match self.applier.checkpoint() {
+        let checkpointed = self.applier.write().checkpoint();
+        match checkpointed {
             // The WAL holds every applied entry: the next start replays them.
             Err(ApplyError::OutOfSpace(reason)) => {
                 eprintln!("basalt: no checkpoint at stop, the device is full: {reason}");
@@ -570,36 +545,40 @@ impl Core {
             } => self.propose_or_forward(id, data, reply),
             Command::ChangeMembers { change, reply } => self.change_members(change, reply),
             Command::TransferLeader { target, reply } => self.transfer_leader(target, reply),
-            Command::Read {
-                req,
+            Command::ReadIndex {
                 linearizable: true,
                 reply,
             } => self.reads_unindexed.push(PendingRead {
-                req,
                 reply,
                 deadline: Instant::now() + self.request_timeout,
             }),
-            Command::Read { req, reply, .. } => self.begin_read(req, reply),
+            Command::ReadIndex { reply, .. } => {
+                let _ = reply.send(Ok(()));
+            }
             Command::Status { reply } => {
                 let _ = reply.send(self.status());
             }
             Command::Defragment { reply } => {
                 // The copy reads a fixed root while readers go on; this thread (and so writes)
                 // waits for it.
-                let result = self.applier.defragment().map_err(apply_status);
+                let committed = self.applier.write().commit();
+                let result = committed
+                    .and_then(|()| self.applier.read().defragment())
+                    .map_err(apply_status);
                 self.last_checkpoint = Instant::now();
                 self.key_roll_due = result.is_ok() && self.config.keyring.is_some();
                 let _ = reply.send(result);
             }
             Command::HashKv { revision, reply } => {
-                let _ = reply.send(self.applier.hash_kv(revision).map_err(Status::from));
+                let _ = reply.send(self.applier.read().hash_kv(revision).map_err(Status::from));
             }
             Command::Hash { reply } => {
-                let _ = reply.send(self.applier.hash().map_err(apply_status));
+                let _ = reply.send(self.applier.write().hash().map_err(apply_status));
             }
             Command::Snapshot { reply } => {
-                let read = self.applier.commit().map_err(apply_status).and_then(|()| {
-                    self.applier
+                let mut applier = self.applier.write();
+                let read = applier.commit().map_err(apply_status).and_then(|()| {
+                    applier
                         .db()
                         .begin_read()
                         .map_err(|e| Status::internal(e.to_string()))
@@ -607,8 +586,8 @@ impl Core {
                 let _ = reply.send(read);
             }
             Command::WithLessor(run) => {
-                let revision = self.applier.store().current_revision();
-                run(self.applier.lessor_mut(), revision);
+                let revision = self.applier.read().store().current_revision();
+                run(self.applier.write().lessor_mut(), revision);
             }
             Command::Stop => unreachable!("handled by the loop"),
         }
@@ -617,7 +596,7 @@ impl Core {
     /// Proposes the compaction the auto-compaction policy asks for, as an entry nobody waits
     /// on (an error result, e.g. already compacted, is simply dropped).
     fn auto_compact(&mut self) {
-        let revision = self.applier.store().current_revision();
+        let revision = self.applier.read().store().current_revision();
         if let Some(target) = self.compactor.poll(Instant::now(), revision) {
             let entry = InternalRequest {
                 auth_header: None,
@@ -634,18 +613,18 @@ impl Core {
     fn status(&self) -> Result<StoreStatus, Status> {
         let raft = self.raw.status();
         let (db_size_bytes, db_size_in_use_bytes) =
-            self.applier.db_size_bytes().map_err(apply_status)?;
+            self.applier.read().db_size_bytes().map_err(apply_status)?;
         Ok(StoreStatus {
-            revision: self.applier.store().current_revision(),
+            revision: self.applier.read().store().current_revision(),
             raft_index: self.raw.storage().last_index().unwrap_or(0),
             raft_term: raft.hard_state.term,
-            raft_applied_index: self.applier.applied_index(),
+            raft_applied_index: self.applier.read().applied_index(),
             db_size_bytes: db_size_bytes as i64,
             db_size_in_use_bytes: db_size_in_use_bytes as i64,
             has_leader: raft.soft_state.leader_id != basalt_raft::NONE,
             leader_id: raft.soft_state.leader_id,
             is_learner: raft.is_learner,
-            alarms: self.applier.alarms(),
+            alarms: self.applier.read().alarms(),
         })
     }
 
@@ -719,7 +698,7 @@ impl Core {
                     .set(hard_state.commit as i64);
             }
             m.server_proposals_applied_total
-                .set(self.applier.applied_index() as i64);
+                .set(self.applier.read().applied_index() as i64);
             m.server_proposals_pending.set(self.waiters.len() as i64);
             for read_state in &ready.read_states {
                 let ctx = read_state
@@ -821,16 +800,20 @@ impl Core {
     fn sync_watches(&mut self) -> Result<(), NodeError> {
         let mut hub = crate::watch::lock_hub(&self.published.watches);
         if hub.needs_sync() {
-            hub.sync(self.applier.store()).map_err(watch_storage)?;
+            hub.sync(self.applier.read().store())
+                .map_err(watch_storage)?;
         }
         Ok(())
     }
 
     fn apply(&mut self, entry: &Entry) -> Result<(), NodeError> {
         let outcome = match &entry.data {
-            EntryData::Normal(data) => self.applier.apply(entry.index, data),
+            EntryData::Normal(data) => self.applier.write().apply(entry.index, data),
             EntryData::ConfChange(change) => {
-                let outcome = self.applier.apply_conf_change(entry.index, &change.context);
+                let outcome = self
+                    .applier
+                    .write()
+                    .apply_conf_change(entry.index, &change.context);
                 self.raw
                     .apply_conf_change(change)
                     .map_err(|e| NodeError::Raft(e.to_string()))?;
@@ -840,7 +823,7 @@ impl Core {
         // Watchers get an entry's events once it applies (its WAL record is durable), read now,
         // before a later entry could compact them away, and sent when the batch is applied.
         crate::watch::lock_hub(&self.published.watches)
-            .collect(self.applier.store())
+            .collect(self.applier.read().store())
             .map_err(watch_storage)?;
         let Some(outcome) = outcome else {
             return Ok(());
@@ -855,9 +838,9 @@ impl Core {
         }
         // Auth changes reach every core (and tokens every member) before the caller hears.
         self.published.auth.observe(
-            self.applier.auth().snapshot(),
+            self.applier.read().auth().snapshot(),
             &outcome.result,
-            self.applier.applied_index(),
+            self.applier.read().applied_index(),
         );
         if let Some(waiter) = self.waiters.remove(&outcome.id) {
             let _ = waiter.reply.send(outcome.result.map_err(apply_status));
@@ -866,7 +849,7 @@ impl Core {
     }
 
     fn serve_indexed_reads(&mut self) {
-        let applied = self.applier.applied_index();
+        let applied = self.applier.read().applied_index();
         while self
             .reads_indexed
             .front()
@@ -875,46 +858,7 @@ impl Core {
             let (_, reads) = self.reads_indexed.pop_front().expect("checked");
             self.reads_served += reads.len() as u64;
             for read in reads {
-                self.begin_read(read.req, read.reply);
-            }
-        }
-    }
-
-    /// Fixes a read's revision (the newest applied) and queues it to be served.
-    fn begin_read(&mut self, req: RangeRequest, reply: Reply<RangeResponse>) {
-        match self.applier.begin_range(req) {
-            Ok(read) => self.reads_serving.push_back(ServingRead { read, reply }),
-            Err(error) => {
-                let _ = reply.send(Err(Status::from(error)));
-            }
-        }
-    }
-
-    /// About `slice` of read work: a chunk of each read in turn, answering those that finish.
-    /// Between two slices the writer may apply, flush, compact or install a snapshot: each read
-    /// still answers at its own revision (`RangeRead`), or with etcd's compacted error.
-    fn serve_reads(&mut self, slice: Duration) {
-        let started = Instant::now();
-        while let Some(mut serving) = self.reads_serving.pop_front() {
-            // A caller gone (its deadline passed, its stream reset) needs no answer.
-            if serving.reply.is_disconnected() {
-                continue;
-            }
-            match self
-                .applier
-                .store()
-                .continue_range(&mut serving.read, READ_CHUNK_STEPS)
-            {
-                Ok(None) => self.reads_serving.push_back(serving),
-                Ok(Some(response)) => {
-                    let _ = serving.reply.send(Ok(response));
-                }
-                Err(error) => {
-                    let _ = serving.reply.send(Err(Status::from(error)));
-                }
-            }
-            if started.elapsed() >= slice {
-                break;
+                let _ = read.reply.send(Ok(()));
             }
         }
     }
@@ -924,7 +868,7 @@ impl Core {
     /// reads find them in the overlay, so a tree commit (a page write per changed node) on the
     /// write path would only delay answers; in batches it also rewrites each page once.
     fn maybe_commit(&mut self) -> Result<(), NodeError> {
-        let waiting = self.applier.uncommitted_records();
+        let waiting = self.applier.read().uncommitted_records();
         if waiting == 0
             || (waiting < COMMIT_RECORDS_MAX && self.last_commit.elapsed() < COMMIT_INTERVAL)
             || !self.may_write_tree()
@@ -932,7 +876,7 @@ impl Core {
             return Ok(());
         }
         let started = Instant::now();
-        let result = self.applier.commit();
+        let result = self.applier.write().commit();
         self.retry_after_full("commit", result)?;
         self.last_commit = started;
         metrics()
@@ -945,19 +889,21 @@ impl Core {
     /// purge) every `--snapshot-count` entries, always at a checkpointed index so that the WAL
     /// never loses an entry the tree file does not hold.
     async fn maybe_checkpoint(&mut self) -> Result<(), NodeError> {
-        let applied = self.applier.applied_index();
-        let unsaved = applied - self.applier.checkpointed_index();
+        let applied = self.applier.read().applied_index();
+        let unsaved = applied - self.applier.read().checkpointed_index();
         let snapshot_due = applied - self.snapshot_index >= self.config.snapshot_count.max(1);
         let checkpoint_due = unsaved > 0
             && (snapshot_due
                 || unsaved >= CHECKPOINT_ENTRIES_MAX
                 || self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL);
         if checkpoint_due && self.may_write_tree() {
-            let result = self.applier.checkpoint();
+            // Readers go on while the tree syncs.
+            let committed = self.applier.write().commit();
+            let result = committed.and_then(|()| self.applier.read().sync_commit());
             self.retry_after_full("checkpoint", result)?;
-            if self.applier.checkpointed_index() == applied {
+            if self.applier.read().checkpointed_index() == applied {
                 self.last_checkpoint = Instant::now();
-                let (size_bytes, in_use_bytes) = self.applier.db_size_bytes()?;
+                let (size_bytes, in_use_bytes) = self.applier.read().db_size_bytes()?;
                 metrics().mvcc_db_total_size_in_bytes.set(size_bytes as i64);
                 metrics()
                     .mvcc_db_total_size_in_use_in_bytes
@@ -969,7 +915,7 @@ impl Core {
         }
         // Short of space, the log gives back every segment the tree holds, whether or not
         // the checkpoint just now found room: the space it frees is what the tree retries in.
-        let checkpointed = self.applier.checkpointed_index();
+        let checkpointed = self.applier.read().checkpointed_index();
         let key_roll_due = std::mem::take(&mut self.key_roll_due);
         if (self.disk.pressed() || key_roll_due) && checkpointed > self.snapshot_index {
             self.snapshot(checkpointed).await?;

@@ -18,6 +18,7 @@ mod core;
 mod corrupt;
 mod datadir;
 pub mod migrate;
+mod reads;
 pub mod snapshot;
 
 use std::path::PathBuf;
@@ -186,10 +187,11 @@ enum Command {
         takes_space: bool,
         reply: Reply<Applied>,
     },
-    Read {
-        req: RangeRequest,
+    /// Answered once this member may serve a read: a linearizable one once apply reached its
+    /// read index, a serializable one (asked only before the applied state is shared) at once.
+    ReadIndex {
         linearizable: bool,
-        reply: Reply<RangeResponse>,
+        reply: Reply<()>,
     },
     Status {
         reply: Reply<StoreStatus>,
@@ -258,6 +260,9 @@ struct Published {
     watches: crate::watch::SharedWatchHub,
     /// The applied auth state (published by the raft core) and the tokens.
     auth: Arc<crate::auth::AuthShared>,
+    /// The applied state, shared by the raft core once recovered: client cores serve Ranges
+    /// from it (`reads.rs`).
+    applier: std::sync::OnceLock<Arc<reads::SharedApplier>>,
 }
 
 impl Published {
@@ -366,6 +371,7 @@ impl Node {
             watches: Arc::new(std::sync::Mutex::new(
                 basalt_engine::watch::WatchHub::at_revision(0),
             )),
+            applier: std::sync::OnceLock::new(),
         });
         snapshot::remove_leftover_copies(&published.snap_dir);
         let (started_tx, started) = std::sync::mpsc::channel();
@@ -594,30 +600,32 @@ impl KvService for RaftKv {
         if linearizable && self.pushed_off() {
             return Err(Status::no_leader());
         }
-        self.ask(|reply| Command::Read {
-            req,
-            linearizable,
-            reply,
-        })
-        .await
+        let applier = match self.published.applier.get() {
+            Some(applier) if !linearizable => applier,
+            _ => {
+                self.ask(|reply| Command::ReadIndex {
+                    linearizable,
+                    reply,
+                })
+                .await?;
+                self.published
+                    .applier
+                    .get()
+                    .expect("the raft core shares its state before it answers")
+            }
+        };
+        applier.range(req).await
     }
 
     async fn caught_up(&self) -> Result<(), Status> {
         if self.pushed_off() {
             return Err(Status::no_leader());
         }
-        let req = RangeRequest {
-            key: bytes::Bytes::from_static(b"\0"),
-            count_only: true,
-            ..Default::default()
-        };
-        self.ask(|reply| Command::Read {
-            req,
+        self.ask(|reply| Command::ReadIndex {
             linearizable: true,
             reply,
         })
         .await
-        .map(drop)
     }
 
     async fn put(&self, req: PutRequest) -> Result<PutResponse, Status> {

@@ -334,3 +334,116 @@ fn the_leader_asks_every_member_for_its_hash_over_tls_peers_and_raises_corrupt_o
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Ranges read on other threads (as client cores read the shared applied state) while the raft
+/// core rewrites every key in one Txn per round, compacts, defragments and checkpoints: each
+/// answer is one revision's whole view (every key from the same Txn), a linearizable one never
+/// older than the newest Txn acknowledged before it began, and the only error is etcd's
+/// compacted one (a compaction passed the read's revision between two of its slices).
+#[test]
+fn ranges_on_other_threads_see_whole_revisions_while_the_writer_compacts_and_defragments() {
+    use basalt_proto::etcdserverpb::{request_op, RequestOp, TxnRequest};
+    use std::sync::atomic::AtomicI64;
+
+    const KEYS: usize = 2000;
+    const ROUNDS: i64 = 40;
+    let dir = temp_dir("shared-reads");
+    // A small snapshot count adds raft snapshots and WAL purges to the writer's work.
+    let node = Node::start(NodeConfig {
+        limits: Limits {
+            max_txn_ops: KEYS,
+            max_request_bytes: 4 << 20,
+        },
+        ..config(&dir, 50)
+    })
+    .unwrap();
+    let kv = node.kv();
+    let acknowledged = Arc::new(AtomicI64::new(-1));
+    let value = |round: i64| format!("{round:04}{}", "v".repeat(96));
+    let write_round = |round: i64| {
+        let success = (0..KEYS)
+            .map(|i| RequestOp {
+                request: Some(request_op::Request::RequestPut(PutRequest {
+                    key: format!("k{i:05}").into_bytes().into(),
+                    value: value(round).into_bytes().into(),
+                    ..Default::default()
+                })),
+            })
+            .collect();
+        block_on(kv.txn(TxnRequest {
+            success,
+            ..Default::default()
+        }))
+        .unwrap()
+        .header
+        .unwrap()
+        .revision
+    };
+    write_round(0);
+    acknowledged.store(0, Ordering::SeqCst);
+    let done = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = [false, true]
+        .into_iter()
+        .map(|serializable| {
+            let kv = node.kv();
+            let done = done.clone();
+            let acknowledged = acknowledged.clone();
+            glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+                .spawn(move || async move {
+                    let (mut answers, mut compacted) = (0, 0);
+                    while !done.load(Ordering::SeqCst) {
+                        let newest_before = acknowledged.load(Ordering::SeqCst);
+                        let mut req = everything(serializable);
+                        req.key = b"k".to_vec().into();
+                        req.range_end = b"l".to_vec().into();
+                        match kv.range(req).await {
+                            Ok(resp) => {
+                                assert_eq!(resp.kvs.len(), KEYS);
+                                let first = &resp.kvs[0];
+                                assert!(resp.kvs.iter().all(|kv| kv.value == first.value
+                                    && kv.mod_revision == first.mod_revision));
+                                let round: i64 =
+                                    String::from_utf8_lossy(&first.value[..4]).parse().unwrap();
+                                if !serializable {
+                                    assert!(round >= newest_before, "{round} < {newest_before}");
+                                }
+                                answers += 1;
+                            }
+                            Err(status) => {
+                                assert_eq!(
+                                    status.message,
+                                    "etcdserver: mvcc: required revision has been compacted"
+                                );
+                                compacted += 1;
+                            }
+                        }
+                    }
+                    (answers, compacted)
+                })
+                .unwrap()
+        })
+        .collect();
+    let mut previous = 0;
+    for round in 1..=ROUNDS {
+        let revision = write_round(round);
+        acknowledged.store(round, Ordering::SeqCst);
+        if round % 5 == 0 {
+            block_on(kv.compact(CompactionRequest {
+                revision: previous,
+                ..Default::default()
+            }))
+            .unwrap();
+        }
+        if round % 13 == 0 {
+            block_on(kv.defragment()).unwrap();
+        }
+        previous = revision;
+    }
+    done.store(true, Ordering::SeqCst);
+    for reader in readers {
+        let (answers, _compacted) = reader.join().unwrap();
+        assert!(answers > 0, "a reader got no whole answer");
+    }
+    node.stop().unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -65,7 +65,7 @@ impl Core {
             }
             PeerInbound::Forwarded { from, data } => self.take_forward(from, &data),
             PeerInbound::HashKv { revision, reply } => {
-                let hash = self.applier.hash_kv(revision);
+                let hash = self.applier.read().hash_kv(revision);
                 let _ = reply.send(hash.map_err(|e| Status::from(e).message));
             }
         }
@@ -94,7 +94,8 @@ impl Core {
             }
             Some(forward::Kind::LeaseRenewals(renewals)) => {
                 let now = Instant::now();
-                let lessor = self.applier.lessor_mut();
+                let mut applier = self.applier.write();
+                let lessor = applier.lessor_mut();
                 for id in renewals.ids {
                     // A lease gone meanwhile is answered as gone at the next keep-alive.
                     let _ = lessor.renew(id, now);
@@ -199,12 +200,12 @@ impl Core {
             return Err(leader_changed());
         }
         let member = change.member.clone().unwrap_or_default();
-        let members = self.applier.members();
+        let members = self.applier.read().members();
         let existing = members.iter().find(|m| m.id == member.id);
         let voters = members.iter().filter(|m| !m.is_learner).count();
         let kind = match change.kind() {
             Kind::Add => {
-                if existing.is_some() || self.applier.is_removed(member.id) {
+                if existing.is_some() || self.applier.read().is_removed(member.id) {
                     return Err(Status::new(
                         Code::FailedPrecondition,
                         "etcdserver: member ID already exist",
@@ -282,6 +283,7 @@ impl Core {
         let member_id = self.config.member_id;
         let started = self
             .applier
+            .read()
             .members()
             .iter()
             .filter(|m| !m.is_learner && Some(m.id) != leaving)
@@ -323,7 +325,7 @@ impl Core {
     /// After the member list changed (or was replaced by a snapshot): peers to talk to, the
     /// list every core reads, and whether this member is still one.
     pub(super) fn members_changed(&mut self) {
-        let members = self.applier.members();
+        let members = self.applier.read().members();
         if members.is_empty() {
             // A joining member before its first snapshot: keep the list it started with.
             return;
@@ -357,7 +359,7 @@ impl Core {
         self.published
             .is_learner
             .store(is_learner, std::sync::atomic::Ordering::Relaxed);
-        if self.applier.is_removed(self.config.member_id) {
+        if self.applier.read().is_removed(self.config.member_id) {
             eprintln!("basalt: this member was removed from the cluster; stopping");
             self.removed = true;
         }
@@ -367,7 +369,7 @@ impl Core {
     /// publish), retried every election timeout until the applied list shows them.
     pub(super) fn publish_attributes(&mut self) {
         let member_id = self.config.member_id;
-        let up_to_date = self.applier.members().iter().any(|m| {
+        let up_to_date = self.applier.read().members().iter().any(|m| {
             m.id == member_id
                 && m.name == self.config.name
                 && m.client_ur_ls == self.config.advertise_client_urls
@@ -432,8 +434,8 @@ impl Core {
         if !self.snapshots_sending.insert(to) {
             return Ok(());
         }
-        self.applier.commit()?;
-        let index = self.applier.applied_index();
+        self.applier.write().commit()?;
+        let index = self.applier.read().applied_index();
         let term = self
             .raw
             .storage()
@@ -450,6 +452,7 @@ impl Core {
         });
         let read = self
             .applier
+            .read()
             .db()
             .begin_read()
             .map_err(|e| NodeError::Raft(format!("snapshot read: {e}")))?;
@@ -492,7 +495,7 @@ impl Core {
         self.wal
             .append(&[RecordRef::snapshot(metadata.term, metadata.index, &payload)])
             .await?;
-        self.applier = replace_tree(&self.config, &received, metadata.index)?;
+        *self.applier.write() = replace_tree(&self.config, &received, metadata.index)?;
         self.raw
             .storage_mut()
             .apply_snapshot(Snapshot {
@@ -504,9 +507,11 @@ impl Core {
         self.last_checkpoint = Instant::now();
         // Watchers keep their next revision and catch up from the new store (or are answered
         // with its compaction), as etcd's watchableStore.Restore does.
-        crate::watch::lock_hub(&self.published.watches).restore(self.applier.store());
+        crate::watch::lock_hub(&self.published.watches).restore(self.applier.read().store());
         // The received tree holds its own auth state: every core checks against it from now.
-        self.published.auth.publish(self.applier.auth().snapshot());
+        self.published
+            .auth
+            .publish(self.applier.read().auth().snapshot());
         self.lease_leadership(false);
         self.members_changed();
         eprintln!(
@@ -518,7 +523,7 @@ impl Core {
 
     /// Hands the leases this follower's clients kept alive to the leader, whose clock counts.
     pub(super) fn forward_lease_renewals(&mut self) {
-        let ids = self.applier.lessor_mut().take_renewals_for_leader();
+        let ids = self.applier.write().lessor_mut().take_renewals_for_leader();
         if ids.is_empty() || self.leader_id == basalt_raft::NONE || self.is_leader() {
             return;
         }
@@ -646,10 +651,10 @@ impl Core {
     /// Starts the peer transport on this executor once the member list is known.
     pub(super) async fn start_transport(&mut self) -> Result<(), NodeError> {
         let member_id = self.config.member_id;
-        if self.applier.is_removed(member_id) {
+        if self.applier.read().is_removed(member_id) {
             return Err(NodeError::Removed);
         }
-        let mut members = self.applier.members();
+        let mut members = self.applier.read().members();
         if members.is_empty() {
             // A joining member knows the cluster only from what it was sent at start.
             members.clone_from(&self.config.initial_members);
@@ -702,6 +707,7 @@ impl Core {
         }
         let is_voter = self
             .applier
+            .read()
             .members()
             .iter()
             .any(|m| m.id == target && !m.is_learner);

@@ -109,7 +109,11 @@ impl Core {
     /// fails, and the first such write raises NOSPACE through the log (etcd's quota check).
     pub(super) fn out_of_space(&mut self) -> bool {
         let quota = self.config.quota_backend_bytes;
-        let size_bytes = self.applier.db_size_bytes().map_or(0, |(size, _)| size);
+        let size_bytes = self
+            .applier
+            .read()
+            .db_size_bytes()
+            .map_or(0, |(size, _)| size);
         let over_quota = quota != 0 && size_bytes > quota;
         let wal_owed_bytes = self.wal.preallocation_owed_bytes();
         if !over_quota && !self.disk.short(Instant::now(), wal_owed_bytes) {
@@ -133,7 +137,7 @@ impl Core {
         let in_flight = self
             .nospace_proposed_at
             .is_some_and(|at| now.duration_since(at) < RETRY_INTERVAL);
-        if self.applier.has_alarm(AlarmType::Nospace) || in_flight {
+        if self.applier.read().has_alarm(AlarmType::Nospace) || in_flight {
             return;
         }
         let raise = InternalRequest {

@@ -14,7 +14,8 @@ impl Core {
     /// Starts or stops the lessor's clocks as leadership comes and goes; a new leader extends
     /// every lease by an election timeout, as etcd's does, so none expires in the gap.
     pub(super) fn lease_leadership(&mut self, leads: bool) {
-        let lessor = self.applier.lessor_mut();
+        let mut applier = self.applier.write();
+        let lessor = applier.lessor_mut();
         if leads && !lessor.is_primary() {
             let extend = Duration::from_millis(self.config.election_timeout_ms);
             lessor.promote(Instant::now(), extend);
@@ -27,13 +28,16 @@ impl Core {
     /// lease whose time is up, and the periodic checkpoint of remaining TTLs.
     pub(super) fn lease_duties(&mut self) {
         let now = Instant::now();
-        let lessor = self.applier.lessor_mut();
-        let mut requests: Vec<Request> = lessor
-            .take_expired(now)
+        let (expired, checkpoints) = {
+            let mut applier = self.applier.write();
+            let lessor = applier.lessor_mut();
+            (lessor.take_expired(now), lessor.take_checkpoints(now))
+        };
+        let mut requests: Vec<Request> = expired
             .into_iter()
             .map(|id| Request::LeaseRevoke(LeaseRevokeRequest { id }))
             .collect();
-        requests.extend(lessor.take_checkpoints(now).into_iter().map(|batch| {
+        requests.extend(checkpoints.into_iter().map(|batch| {
             Request::LeaseCheckpoint(LeaseCheckpointRequest {
                 checkpoints: batch
                     .into_iter()

@@ -99,7 +99,7 @@ impl Core {
             || !self.reads_asked.is_empty()
             || !self.reads_indexed.is_empty();
         let has_leader = self.leader_id != basalt_raft::NONE;
-        let progress = self.applier.applied_index() + self.reads_served;
+        let progress = self.applier.read().applied_index() + self.reads_served;
         let push = self.push_off.observe(now, has_leader, waiting, progress);
         match (self.push_off.pushed_since.is_some(), push) {
             (false, true) => {
