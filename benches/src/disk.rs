@@ -5,7 +5,12 @@
 //! file that was written in full first: writing into unwritten extents costs the filesystem a
 //! journal commit per fdatasync, which a WAL that pre-zeroes its segments never pays.
 //!
-//! It must never touch anything in DIR but its own two scratch files, and it removes them.
+//! Beside one writer's floor it measures the same 4 KiB write + fdatasync made by two and three
+//! writers at once, each into a file of its own: what a follower's flush costs when the leader's
+//! and the other follower's flushes of the same entry are in flight on the same disk, as in a
+//! test cluster whose members' data dirs share one device.
+//!
+//! It must never touch anything in DIR but its own scratch files, and it removes them.
 
 use crate::report::{new_histogram, record};
 use hdrhistogram::Histogram;
@@ -31,6 +36,15 @@ const WARMUP_WRITES: usize = 20;
 /// --bs=2300`, passed when the 99th percentile of fdatasync is under 10 ms.
 pub const FIO_WRITE_BYTES: usize = 2300;
 pub const FIO_P99_FDATASYNC_MS_MAX: f64 = 10.0;
+/// Writers of the concurrent table: one alone, then two and three starting each write together.
+pub const CONCURRENT_WRITERS: [usize; 3] = [1, 2, 3];
+/// Block of the concurrent table: a lone put's WAL write.
+const CONCURRENT_BLOCK_BYTES: usize = 4 * KIB;
+/// Each concurrent writer's file, written in full before it is timed.
+const CONCURRENT_FILE_BYTES: usize = 4 * MIB;
+/// Rounds taken for one writer count before the next count's turn: the counts alternate so that
+/// each sees the same moments of a disk other work shares.
+const CONCURRENT_TURN_ROUNDS: usize = 50;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
@@ -82,6 +96,10 @@ impl AlignedBuf {
         unsafe { std::slice::from_raw_parts(self.ptr, len_bytes) }
     }
 }
+
+// SAFETY: after `new` the bytes are only read (`bytes` hands out shared slices), so the
+// concurrent table's writer threads may share one buffer.
+unsafe impl Sync for AlignedBuf {}
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
@@ -182,6 +200,86 @@ fn write_sync_latency(
     Ok(latency_ns)
 }
 
+/// The concurrent table: for each count in [`CONCURRENT_WRITERS`], that many threads, each with
+/// its own pre-written file, start a 4 KiB write + fdatasync together (a barrier), round after
+/// round; every writer's every write is a sample. Up to `samples_max` rounds per count, within
+/// `seconds_per_size` for the whole table.
+fn concurrent_write_sync_latency(
+    dir: &Path,
+    buf: &AlignedBuf,
+    options: &DiskOptions,
+) -> Result<Vec<Value>, DiskError> {
+    let writers_max = *CONCURRENT_WRITERS
+        .iter()
+        .max()
+        .expect("a constant, non-empty list");
+    let scratches = concurrent_paths(dir)
+        .into_iter()
+        .take(writers_max)
+        .map(|path| {
+            let scratch = Scratch::create(path, true)?;
+            sequential_pass(&scratch, buf, CONCURRENT_FILE_BYTES)?;
+            Ok(scratch)
+        })
+        .collect::<Result<Vec<_>, DiskError>>()?;
+    let mut latency_ns: Vec<Histogram<u64>> =
+        CONCURRENT_WRITERS.iter().map(|_| new_histogram()).collect();
+    let mut rounds_done = 0;
+    let time_max = Duration::from_secs_f64(options.seconds_per_size);
+    let start = Instant::now();
+    while rounds_done < WARMUP_WRITES + options.samples_max
+        && (rounds_done <= WARMUP_WRITES || start.elapsed() < time_max)
+    {
+        let rounds = CONCURRENT_TURN_ROUNDS.min(WARMUP_WRITES + options.samples_max - rounds_done);
+        for (histogram, &writers) in latency_ns.iter_mut().zip(&CONCURRENT_WRITERS) {
+            let barrier = std::sync::Barrier::new(writers);
+            let taken = std::thread::scope(|scope| {
+                let handles: Vec<_> = scratches[..writers]
+                    .iter()
+                    .map(|scratch| {
+                        let barrier = &barrier;
+                        scope.spawn(move || {
+                            let mut taken = Vec::with_capacity(rounds);
+                            for round in rounds_done..rounds_done + rounds {
+                                let offset =
+                                    (round * CONCURRENT_BLOCK_BYTES % CONCURRENT_FILE_BYTES) as u64;
+                                barrier.wait();
+                                let t0 = Instant::now();
+                                scratch.io(scratch
+                                    .file
+                                    .write_all_at(buf.bytes(CONCURRENT_BLOCK_BYTES), offset))?;
+                                scratch.io(scratch.file.sync_data())?;
+                                if round >= WARMUP_WRITES {
+                                    taken.push(t0.elapsed());
+                                }
+                            }
+                            Ok::<_, DiskError>(taken)
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("a writer thread panicked"))
+                    .collect::<Result<Vec<_>, DiskError>>()
+            })?;
+            for elapsed in taken.into_iter().flatten() {
+                record(histogram, elapsed);
+            }
+        }
+        rounds_done += rounds;
+    }
+    Ok(latency_ns
+        .iter()
+        .zip(CONCURRENT_WRITERS)
+        .map(|(h, writers)| {
+            let mut entry = latency_json(h);
+            entry["writers"] = json!(writers);
+            entry["block_bytes"] = json!(CONCURRENT_BLOCK_BYTES);
+            entry
+        })
+        .collect())
+}
+
 /// etcd's fio check, done the way fio does it: a fresh file, its space reserved by fallocate,
 /// buffered 2300-byte appends, fdatasync after each; the fdatasync times are what etcd's
 /// guidance is about.
@@ -256,6 +354,9 @@ pub fn run(options: &DiskOptions) -> Result<Value, DiskError> {
     }
     drop(scratch);
 
+    eprintln!("disk: 4 KiB O_DIRECT write + fdatasync by 1, 2 and 3 writers at once");
+    let concurrent = concurrent_write_sync_latency(&options.dir, &buf, options)?;
+
     eprintln!("disk: fio-style check ({FIO_WRITE_BYTES}-byte writes, fdatasync each)");
     let fio = fio_check(fio_path, options)?;
     Ok(json!({
@@ -263,6 +364,7 @@ pub fn run(options: &DiskOptions) -> Result<Value, DiskError> {
         "file_bytes": file_bytes,
         "sequential_mib_s": { "fresh_file": fresh_mib_s, "overwrite": overwrite_mib_s },
         "write_fdatasync": latency,
+        "concurrent_write_fdatasync": concurrent,
         "fio_check": fio,
     }))
 }
@@ -301,6 +403,26 @@ pub fn print_table(result: &Value, out: &mut impl Write) -> std::io::Result<()> 
             f("p99.9"),
             f("max"),
             f("mib_s_at_p50"),
+        )?;
+    }
+    for row in result["concurrent_write_fdatasync"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let f = |k: &str| row[k].as_f64().unwrap_or(0.0);
+        writeln!(
+            out,
+            "4 KiB write + fdatasync, {} at once (a file each): {} samples, p50 {:.0} us, \
+             p90 {:.0} us, p99 {:.0} us",
+            match row["writers"].as_u64().unwrap_or(0) {
+                1 => "1 writer".to_string(),
+                n => format!("{n} writers"),
+            },
+            row["samples"].as_u64().unwrap_or(0),
+            f("p50"),
+            f("p90"),
+            f("p99"),
         )?;
     }
     let fio = &result["fio_check"];
@@ -350,6 +472,16 @@ fn scratch_paths(dir: &Path) -> [PathBuf; 2] {
     ]
 }
 
+/// The concurrent writers' scratch files, one per writer.
+fn concurrent_paths(dir: &Path) -> Vec<PathBuf> {
+    (0..*CONCURRENT_WRITERS
+        .iter()
+        .max()
+        .expect("a constant, non-empty list"))
+        .map(|writer| dir.join(format!("basalt-bench-disk-w{writer}.tmp")))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -378,7 +510,19 @@ mod tests {
         assert!(rows.iter().all(|r| r["samples"].as_u64().unwrap() == 5));
         let fio_bytes = result["fio_check"]["total_bytes"].as_u64().unwrap();
         assert_eq!(fio_bytes, (MIB / FIO_WRITE_BYTES * FIO_WRITE_BYTES) as u64);
-        for path in scratch_paths(&dir) {
+        let concurrent = result["concurrent_write_fdatasync"].as_array().unwrap();
+        let writers: Vec<u64> = concurrent
+            .iter()
+            .map(|r| r["writers"].as_u64().unwrap())
+            .collect();
+        assert_eq!(writers, CONCURRENT_WRITERS.map(|w| w as u64).to_vec());
+        for (row, writers) in concurrent.iter().zip(CONCURRENT_WRITERS) {
+            assert_eq!(row["samples"].as_u64().unwrap(), 5 * writers as u64);
+        }
+        for path in scratch_paths(&dir)
+            .into_iter()
+            .chain(concurrent_paths(&dir))
+        {
             assert!(!path.exists(), "{} was left behind", path.display());
         }
         std::fs::remove_dir_all(&dir).unwrap();
