@@ -108,6 +108,8 @@ struct Core {
     /// etcd's `ReqTimeout`: 5 s plus two election timeouts.
     request_timeout: Duration,
     role: Role,
+    /// The applied configuration has this member as its only voter.
+    lone_voter: bool,
     /// The peers, once started (a member without peer URLs has none).
     transport: Option<Rc<PeerTransport>>,
     /// Where the transport (and snapshot copies) deliver what arrives for the raft core.
@@ -383,8 +385,8 @@ impl Core {
         };
         let mut raw =
             RawNode::new(raft_config, storage).map_err(|e| NodeError::Raft(e.to_string()))?;
-        let voters = raw.status().conf_state.voters;
-        if voters == [config.member_id] {
+        let lone_voter = is_lone_voter(&raw.status().conf_state, config.member_id);
+        if lone_voter {
             // A lone voter need not wait out an election timeout to lead.
             raw.campaign();
         }
@@ -396,6 +398,7 @@ impl Core {
             push_off,
             request_timeout,
             role: Role::Follower,
+            lone_voter,
             transport: None,
             peer_inbound,
             snapshots_sending: HashSet::new(),
@@ -688,6 +691,7 @@ impl Core {
             for entry in &ready.committed_entries {
                 self.apply(entry)?;
             }
+            self.publish_lone_leader_reads();
             if !send_first {
                 self.send_messages(std::mem::take(&mut ready.messages));
             }
@@ -726,6 +730,11 @@ impl Core {
         }
         self.leader_id = leader_id;
         self.role = role;
+        // Cleared before this Ready's messages (a vote for another member among them) leave;
+        // set again once an entry of the new term applies.
+        self.published
+            .lone_leader_reads
+            .store(false, Ordering::Release);
         self.published.leader_id.store(leader_id, Ordering::Relaxed);
         self.settle_transfers();
         self.lease_leadership(role == Role::Leader);
@@ -814,9 +823,12 @@ impl Core {
                     .applier
                     .write()
                     .apply_conf_change(entry.index, &change.context);
-                self.raw
+                let conf_state = self
+                    .raw
                     .apply_conf_change(change)
                     .map_err(|e| NodeError::Raft(e.to_string()))?;
+                self.lone_voter = is_lone_voter(&conf_state, self.config.member_id);
+                self.publish_lone_leader_reads();
                 outcome
             }
         };
@@ -846,6 +858,18 @@ impl Core {
             let _ = waiter.reply.send(outcome.result.map_err(apply_status));
         }
         Ok(())
+    }
+
+    /// See `Published::lone_leader_reads`.
+    fn publish_lone_leader_reads(&self) {
+        let term = self.published.raft_term.load(Ordering::Relaxed);
+        let reads_here = self.lone_voter && self.role == Role::Leader && {
+            let applied = self.applier.read().applied_index();
+            self.raw.storage().term(applied).is_ok_and(|t| t == term)
+        };
+        self.published
+            .lone_leader_reads
+            .store(reads_here, Ordering::Release);
     }
 
     fn serve_indexed_reads(&mut self) {
@@ -946,6 +970,10 @@ impl Core {
         self.snapshot_index = index;
         Ok(())
     }
+}
+
+fn is_lone_voter(conf_state: &ConfState, member_id: u64) -> bool {
+    conf_state.voters == [member_id] && conf_state.voters_outgoing.is_empty()
 }
 
 /// Hands entries read back from the WAL to raft's log once they are known to continue it:

@@ -263,6 +263,10 @@ struct Published {
     /// The applied state, shared by the raft core once recovered: client cores serve Ranges
     /// from it (`reads.rs`).
     applier: std::sync::OnceLock<Arc<reads::SharedApplier>>,
+    /// This member is the only voter, leads, and has applied an entry of its own term (so every
+    /// entry before it, whatever an earlier run acknowledged): each acknowledged write is in the
+    /// applied state, and a linearizable Range reads it at once, as its read index would let it.
+    lone_leader_reads: AtomicBool,
 }
 
 impl Published {
@@ -372,6 +376,7 @@ impl Node {
                 basalt_engine::watch::WatchHub::at_revision(0),
             )),
             applier: std::sync::OnceLock::new(),
+            lone_leader_reads: AtomicBool::new(false),
         });
         snapshot::remove_leftover_copies(&published.snap_dir);
         let (started_tx, started) = std::sync::mpsc::channel();
@@ -600,8 +605,9 @@ impl KvService for RaftKv {
         if linearizable && self.pushed_off() {
             return Err(Status::no_leader());
         }
+        let reads_here = !linearizable || self.published.lone_leader_reads.load(Ordering::Acquire);
         let applier = match self.published.applier.get() {
-            Some(applier) if !linearizable => applier,
+            Some(applier) if reads_here => applier,
             _ => {
                 self.ask(|reply| Command::ReadIndex {
                     linearizable,

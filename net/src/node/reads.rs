@@ -11,7 +11,10 @@
 //! defragment or install a snapshot in between; the read still answers at its own revision
 //! (`basalt_engine::mvcc::RangeRead`), or with etcd's compacted error once a compaction passed
 //! it. A serializable Range never reaches the raft core; a linearizable one first asks it for a
-//! read index and waits for apply to reach it (`Command::ReadIndex`), then reads here.
+//! read index and waits for apply to reach it (`Command::ReadIndex`), then reads here, unless
+//! this member is a lone voter leading with an entry of its term applied
+//! (`Published::lone_leader_reads`): then every acknowledged write is already applied, and it
+//! reads at once.
 
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
 use std::time::{Duration, Instant};

@@ -504,6 +504,7 @@ impl Core {
             })
             .map_err(|e| NodeError::Raft(e.to_string()))?;
         self.snapshot_index = metadata.index;
+        self.lone_voter = super::is_lone_voter(&metadata.conf_state, self.config.member_id);
         self.last_checkpoint = Instant::now();
         // Watchers keep their next revision and catch up from the new store (or are answered
         // with its compaction), as etcd's watchableStore.Restore does.
