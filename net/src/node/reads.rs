@@ -1,9 +1,10 @@
 //! Ranges served on the core that received them, from the applied state the raft core shares.
 //!
 //! The raft core is the applied state's only writer. It takes [`SharedApplier`]'s write lock
-//! for one change at a time (an entry's apply, a tree commit or checkpoint, a defragment, a
-//! snapshot install) and never across an await, so a reader on another core waits at most that
-//! long, and one on the raft core's own core never finds it held.
+//! for one change at a time (an entry's apply, an overlay commit to the tree, a snapshot
+//! install; a checkpoint's sync and a defragment's copy need only the read lock) and never
+//! across an await, so a reader on another core waits at most that long, and one on the raft
+//! core's own core never finds it held.
 //!
 //! A Range fixes its revision under the read lock ([`Applier::begin_range`]: the newest applied
 //! state), then reads in slices of at most [`READ_SLICE`], letting go of the lock and of its
@@ -31,8 +32,9 @@ const READ_SLICE: Duration = Duration::from_micros(200);
 /// (`basalt_engine::mvcc::RECORD_READ_STEPS`).
 const READ_CHUNK_STEPS: usize = 256;
 /// A reader that finds the writer in the middle of a change lets its core run other work for
-/// this long, trying again between polls; a change taking longer (a tree commit, a checkpoint,
-/// a defragment) is waited for blocking the thread, as the raft core's own core waits for it.
+/// this long, trying again between polls; a change taking longer (an overlay commit to the
+/// tree, a snapshot install) is waited for blocking the thread, as the raft core's own core
+/// waits for it.
 const WRITER_SPIN: Duration = Duration::from_micros(100);
 
 /// The applied state (MVCC store, lessor, auth, members) behind a lock whose only writer is the
@@ -76,9 +78,8 @@ impl SharedApplier {
         }
     }
 
-    /// etcd's Range at the newest applied revision, read in slices (see the module docs). The
-    /// request must have passed `validate_range`'s caller checks (auth); the store's own
-    /// checks run here.
+    /// etcd's Range at the newest applied revision, read in slices (see the module docs). Auth
+    /// is the caller's to check; `validate_range` runs here.
     pub(super) async fn range(&self, req: RangeRequest) -> Result<RangeResponse, Status> {
         let mut read = self.read_when_free().await.begin_range(req)?;
         loop {
