@@ -152,6 +152,8 @@ struct Core {
     /// it in a crash is harmless: recovery takes commit = max(WAL commit, applied index), and
     /// the durable entries past it are committed again by the next leader.
     hard_state_unwritten: Option<basalt_raft::HardState>,
+    /// The leader's commit-only appends, held back a moment (`cluster::COMMIT_HOLD`).
+    commits_held: cluster::HeldCommits,
     push_off: push_off::PushOff,
 }
 
@@ -426,6 +428,7 @@ impl Core {
             last_commit: Instant::now(),
             reads_served: 0,
             hard_state_unwritten: None,
+            commits_held: cluster::HeldCommits::default(),
         })
     }
 
@@ -438,7 +441,10 @@ impl Core {
         let mut next_tick = Instant::now() + tick;
         let mut stopping = false;
         while !stopping && !self.removed {
-            let wait = next_tick.saturating_duration_since(Instant::now());
+            let mut wait = next_tick.saturating_duration_since(Instant::now());
+            if let Some(due_in) = self.held_commits_due_in() {
+                wait = wait.min(due_in);
+            }
             let first = futures_lite::future::or(
                 async { Wake::Command(inbox.recv_async().await) },
                 futures_lite::future::or(
@@ -492,6 +498,7 @@ impl Core {
             self.lease_duties();
             self.forward_lease_renewals();
             self.handle_ready().await?;
+            self.release_held_commits();
             self.sync_watches()?;
             self.maybe_commit()?;
             self.maybe_checkpoint().await?;
@@ -668,7 +675,7 @@ impl Core {
                     .iter()
                     .any(|entry| matches!(entry.data, EntryData::ConfChange(_)));
             if let Some(snapshot) = ready.snapshot.take() {
-                self.send_messages(std::mem::take(&mut ready.messages));
+                self.send_or_hold(std::mem::take(&mut ready.messages), false);
                 self.install_snapshot(snapshot).await?;
             }
             // The WAL write is queued before the appends go out: the WAL writer then runs
@@ -677,7 +684,7 @@ impl Core {
                 .submit_persist(&ready.entries, ready.hard_state.as_ref(), ready.must_sync)
                 .await?;
             if send_first {
-                self.send_messages(std::mem::take(&mut ready.messages));
+                self.send_or_hold(std::mem::take(&mut ready.messages), false);
             }
             if let Some(write) = write {
                 self.finish_persist(&ready.entries, write).await?;
@@ -693,7 +700,7 @@ impl Core {
             }
             self.publish_lone_leader_reads();
             if !send_first {
-                self.send_messages(std::mem::take(&mut ready.messages));
+                self.send_or_hold(std::mem::take(&mut ready.messages), true);
             }
             crate::watch::lock_hub(&self.published.watches).flush();
             let m = metrics();

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use basalt_engine::apply::{Applied, Applier};
 use basalt_engine::btree;
@@ -35,6 +35,23 @@ use std::rc::Rc;
 const LEARNER_READY_PERCENT: u64 = 90;
 /// etcd's `maxLearners`.
 const LEARNERS_MAX: usize = 1;
+/// How long a leader holds an append that carries only a new commit index (no entries) before
+/// sending it. An append to the same follower within that time carries the commit index too
+/// and replaces it: with one client, the next put's append comes a client round trip later,
+/// and each replaced append saves the leader a socket write (which runs the follower's network
+/// stack on the leader's core), and the follower a wake-up and an ack. Measured on the 3-member
+/// netns cluster (perf/RESULTS.md): a lone put's p50 6-12% lower, 50-80 us less CPU per put over
+/// the three members.
+/// A follower learns a commit this much later when no write follows (its heartbeats carry the
+/// commit index too).
+pub(super) const COMMIT_HOLD: Duration = Duration::from_millis(1);
+
+/// Commit-only appends waiting out [`COMMIT_HOLD`]: at most one per follower, the newest.
+#[derive(Default)]
+pub(super) struct HeldCommits {
+    messages: Vec<Message>,
+    since: Option<Instant>,
+}
 
 impl Core {
     pub(super) fn is_leader(&self) -> bool {
@@ -401,6 +418,41 @@ impl Core {
         };
         let (reply, _) = flume::bounded(1);
         self.propose_or_forward(request.id, request.encode_to_vec(), reply);
+    }
+
+    /// Sends `messages`, holding back commit-only appends (see [`COMMIT_HOLD`]); any other
+    /// append replaces a held one to the same follower.
+    pub(super) fn send_or_hold(&mut self, messages: Vec<Message>, hold: bool) {
+        let (held, now): (Vec<_>, Vec<_>) = messages
+            .into_iter()
+            .partition(|m| hold && m.kind == MessageType::App && m.entries.is_empty());
+        let commits_held = &mut self.commits_held;
+        commits_held.messages.retain(|waiting| {
+            !now.iter()
+                .chain(&held)
+                .any(|m| m.kind == MessageType::App && m.to == waiting.to)
+        });
+        commits_held.messages.extend(held);
+        commits_held.since = match commits_held.messages.is_empty() {
+            true => None,
+            false => commits_held.since.or(Some(Instant::now())),
+        };
+        self.send_messages(now);
+    }
+
+    /// Sends the held commit-only appends once they have waited [`COMMIT_HOLD`].
+    pub(super) fn release_held_commits(&mut self) {
+        if self.held_commits_due_in() == Some(Duration::ZERO) {
+            self.commits_held.since = None;
+            let messages = std::mem::take(&mut self.commits_held.messages);
+            self.send_messages(messages);
+        }
+    }
+
+    /// How long until the held commit-only appends are due, if any are held.
+    pub(super) fn held_commits_due_in(&self) -> Option<Duration> {
+        let since = self.commits_held.since?;
+        Some(COMMIT_HOLD.saturating_sub(since.elapsed()))
     }
 
     /// Messages of a Ready to their peers; a snapshot message first gets its tree copied.
